@@ -1,0 +1,89 @@
+//! Best-of-N domain logic: which N and scorer a request gets, the candidates it is answered
+//! from, and which candidate wins. Nothing here knows HTTP.
+
+mod engine;
+mod policy;
+mod select;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+pub use engine::{Engine, Outcome, Timings};
+pub use policy::{DOMAINS, DomainRule, MAX_N, Plan, Policy};
+pub use select::rank;
+
+use crate::error::Error;
+use crate::score::BoxFuture;
+
+/// Per-request steering, from the `bestofn` body field or the `x-bestofn-*` headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Steering {
+    /// Number of candidates to sample.
+    pub n: Option<u32>,
+    /// Name of a configured scorer.
+    pub scorer: Option<String>,
+    /// Domain, which selects the per-domain policy.
+    pub domain: Option<String>,
+    /// List every candidate with its score in the response.
+    pub return_candidates: bool,
+}
+
+/// One sampled completion.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The upstream's choice object (`message`, `finish_reason`, `logprobs`, ...), unchanged.
+    pub choice: Map<String, Value>,
+    /// The reply's text, as scorers see it.
+    pub text: String,
+    /// The upstream's `finish_reason`.
+    pub finish_reason: Option<String>,
+    /// Wall time of the upstream call that produced it.
+    pub latency_ms: u64,
+}
+
+/// Token usage of the generation calls, counted so that it never under-reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GenerationUsage {
+    /// Upstream calls that returned candidates.
+    pub calls: u32,
+    /// Prompt tokens, summed over every call made (each call pays for the prompt).
+    pub prompt_tokens: u64,
+    /// Completion tokens, summed over every candidate.
+    pub completion_tokens: u64,
+    /// What the upstream itself reported, when that differs from `completion_tokens` because
+    /// its figure could not be right (llama.cpp reports one choice's tokens for `n>1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_reported_completion_tokens: Option<u64>,
+    /// True when part of `completion_tokens` is an estimate from the text (about 4 bytes a token).
+    pub completion_tokens_estimated: bool,
+}
+
+/// The candidates gathered for one request.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    /// Candidates in the order they were received: n-mode choices by index, then further calls.
+    pub candidates: Vec<Candidate>,
+    /// Top-level fields of the first upstream response (`id`, `created`, `model`, ...), without
+    /// `choices` and `usage`.
+    pub envelope: Map<String, Value>,
+    /// Generation usage.
+    pub usage: GenerationUsage,
+    /// How the candidates were obtained: `n`, `parallel`, or `n+parallel`.
+    pub strategy: &'static str,
+    /// Messages of upstream calls that failed while others succeeded.
+    pub failures: Vec<String>,
+}
+
+/// Produces candidates from an LLM.
+pub trait Sampler: Send + Sync {
+    /// Samples `n` candidates for `body` (an OpenAI chat request without the `bestofn` field).
+    /// Fewer than `n` may come back when some calls fail; none at all is an error.
+    fn sample<'a>(
+        &'a self,
+        body: &'a Map<String, Value>,
+        n: u32,
+        seed: Option<i64>,
+    ) -> BoxFuture<'a, Result<Samples, Error>>;
+    /// Forwards `body` as it is and returns the upstream's answer unchanged (N = 1).
+    fn forward<'a>(&'a self, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Value, Error>>;
+}

@@ -1,0 +1,131 @@
+//! The one error type of the request path. Every variant knows its HTTP status and its OpenAI
+//! error `type`, so the server renders all failures through a single function.
+
+use http::StatusCode;
+
+/// A failure while answering a request, with enough detail to render an OpenAI error envelope.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The client sent something invalid; `param` names the offending field.
+    #[error("{message}")]
+    InvalidRequest {
+        /// Human-readable description of the problem.
+        message: String,
+        /// The request field at fault (`messages`, `bestofn.n`, ...), if one is.
+        param: Option<String>,
+    },
+    /// The request body is larger than the limit (bytes).
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The route does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The HTTP method is not allowed on this route.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The upstream answered with a 4xx; its status and normalised message are passed through.
+    #[error("{message}")]
+    UpstreamRejected {
+        /// The upstream's HTTP status (400..=499).
+        status: u16,
+        /// The upstream's error message, normalised from whatever envelope it used.
+        message: String,
+        /// The upstream's error `type`, if it gave one.
+        error_type: Option<String>,
+        /// The upstream's `param`, if it gave one.
+        param: Option<String>,
+    },
+    /// A backend (upstream LLM or scorer) failed: 5xx, unreachable, or an unusable answer.
+    #[error("{backend} failed: {message}")]
+    BadGateway {
+        /// Which backend failed, e.g. `upstream http://127.0.0.1:8000/v1` or `scorer rm`.
+        backend: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A backend did not answer in time.
+    #[error("{backend} timed out: {message}")]
+    GatewayTimeout {
+        /// Which backend timed out.
+        backend: String,
+        /// What timed out, and after how long.
+        message: String,
+    },
+    /// A bug or an impossible state inside bestofn.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A 400 naming the request field at fault.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::UpstreamRejected { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
+            Error::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            Error::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OpenAI error `type` string.
+    pub fn error_type(&self) -> String {
+        match self {
+            Error::InvalidRequest { .. }
+            | Error::PayloadTooLarge(_)
+            | Error::NotFound(_)
+            | Error::MethodNotAllowed(_) => "invalid_request_error".into(),
+            Error::UpstreamRejected { error_type, .. } => {
+                error_type.clone().unwrap_or_else(|| "invalid_request_error".into())
+            }
+            Error::BadGateway { .. } => "upstream_error".into(),
+            Error::GatewayTimeout { .. } => "timeout_error".into(),
+            Error::Internal(_) => "server_error".into(),
+        }
+    }
+
+    /// The OpenAI error `param`, the request field at fault.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            Error::InvalidRequest { param, .. } | Error::UpstreamRejected { param, .. } => param.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI error `code`, a short machine-readable string.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            Error::InvalidRequest { .. } => Some("invalid_value"),
+            Error::PayloadTooLarge(_) => Some("payload_too_large"),
+            Error::NotFound(_) => Some("not_found"),
+            Error::MethodNotAllowed(_) => Some("method_not_allowed"),
+            Error::UpstreamRejected { .. } => None,
+            Error::BadGateway { .. } => Some("bad_gateway"),
+            Error::GatewayTimeout { .. } => Some("timeout"),
+            Error::Internal(_) => Some("internal_error"),
+        }
+    }
+
+    /// The OpenAI error envelope `{"error": {"message", "type", "param", "code"}}`.
+    pub fn envelope(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.error_type(),
+                "param": self.param(),
+                "code": self.code(),
+            }
+        })
+    }
+}

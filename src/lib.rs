@@ -1,0 +1,18 @@
+//! bestofn: an OpenAI-compatible proxy that answers each chat completion with the best of N
+//! upstream samples, scored by a reward model.
+//!
+//! Domain logic (`bon`, `score`) knows nothing of HTTP; `server` is a thin layer over it, and
+//! the offline evaluator calls the same scorers and selection.
+
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod bon;
+pub mod config;
+pub mod error;
+pub mod openai;
+pub mod score;
+pub mod server;
+pub mod upstream;
+
+pub use error::Error;

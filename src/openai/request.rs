@@ -1,0 +1,321 @@
+//! Parsing and validation of `POST /v1/chat/completions` bodies.
+
+use serde_json::{Map, Value};
+
+use super::content_text;
+use crate::bon::Steering;
+use crate::error::Error;
+use crate::score::Message;
+
+/// OpenAI's own upper bound on `n`.
+const OPENAI_MAX_N: u64 = 128;
+
+/// A validated chat completion request.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    /// The body as received, minus the `bestofn` field: what the upstream is sent, adjusted
+    /// only in `n`, `seed` and `stream`.
+    pub body: Map<String, Value>,
+    /// The conversation as plain text, for scorers.
+    pub conversation: Vec<Message>,
+    /// `stream: true` was asked for.
+    pub stream: bool,
+    /// `stream_options.include_usage` was asked for.
+    pub include_usage: bool,
+    /// The client's `n`: how many choices it wants back.
+    pub client_n: u32,
+    /// The client's `seed`, if any.
+    pub seed: Option<i64>,
+    /// Per-request steering from the `bestofn` field and `x-bestofn-*` headers.
+    pub steering: Steering,
+}
+
+/// Raw values of the `x-bestofn-*` request headers, before validation.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SteeringHeaders<'a> {
+    /// `x-bestofn-n`.
+    pub n: Option<&'a str>,
+    /// `x-bestofn-scorer`.
+    pub scorer: Option<&'a str>,
+    /// `x-bestofn-domain`.
+    pub domain: Option<&'a str>,
+}
+
+/// Parses and validates a chat completion body. Errors name the field at fault.
+pub fn parse_chat_request(bytes: &[u8], headers: SteeringHeaders<'_>) -> Result<ChatRequest, Error> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| Error::InvalidRequest {
+        message: format!("request body is not valid JSON: {e}"),
+        param: None,
+    })?;
+    let Value::Object(mut body) = value else {
+        return Err(Error::InvalidRequest {
+            message: "request body must be a JSON object".into(),
+            param: None,
+        });
+    };
+
+    let steering_field = body.remove("bestofn");
+    let conversation = parse_messages(body.get("messages"))?;
+
+    if let Some(model) = body.get("model")
+        && !model.is_string()
+    {
+        return Err(Error::invalid("model", "'model' must be a string"));
+    }
+    let stream = optional_bool(&body, "stream")?.unwrap_or(false);
+    let include_usage = match body.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(Error::invalid(
+                    "stream_options.include_usage",
+                    "'stream_options.include_usage' must be a boolean",
+                ));
+            }
+        },
+        Some(_) => return Err(Error::invalid("stream_options", "'stream_options' must be an object")),
+    };
+    let client_n = match body.get("n") {
+        None | Some(Value::Null) => 1,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=OPENAI_MAX_N).contains(&n) => n as u32,
+            _ => {
+                return Err(Error::invalid(
+                    "n",
+                    format!("'n' must be an integer between 1 and {OPENAI_MAX_N}, got {v}"),
+                ));
+            }
+        },
+    };
+    let seed = match body.get("seed") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_i64()
+                .ok_or_else(|| Error::invalid("seed", "'seed' must be an integer"))?,
+        ),
+    };
+
+    let mut steering = parse_steering_field(steering_field)?;
+    merge_header_steering(&mut steering, headers)?;
+
+    Ok(ChatRequest {
+        body,
+        conversation,
+        stream,
+        include_usage,
+        client_n,
+        seed,
+        steering,
+    })
+}
+
+fn optional_bool(body: &Map<String, Value>, key: &str) -> Result<Option<bool>, Error> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(Error::invalid(key, format!("'{key}' must be a boolean"))),
+    }
+}
+
+fn parse_messages(messages: Option<&Value>) -> Result<Vec<Message>, Error> {
+    let list = match messages {
+        None | Some(Value::Null) => {
+            return Err(Error::invalid("messages", "'messages' is required"));
+        }
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(Error::invalid("messages", "'messages' must be an array")),
+    };
+    if list.is_empty() {
+        return Err(Error::invalid(
+            "messages",
+            "'messages' must contain at least one message",
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let Value::Object(m) = m else {
+                return Err(Error::invalid(
+                    format!("messages[{i}]"),
+                    format!("'messages[{i}]' must be an object"),
+                ));
+            };
+            let role = match m.get("role") {
+                Some(Value::String(r)) if !r.is_empty() => r.clone(),
+                _ => {
+                    return Err(Error::invalid(
+                        format!("messages[{i}].role"),
+                        format!("'messages[{i}].role' must be a non-empty string"),
+                    ));
+                }
+            };
+            let content = m.get("content");
+            match content {
+                None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Array(_)) => {}
+                Some(_) => {
+                    return Err(Error::invalid(
+                        format!("messages[{i}].content"),
+                        format!("'messages[{i}].content' must be a string or an array of content parts"),
+                    ));
+                }
+            }
+            Ok(Message {
+                role,
+                content: content_text(content),
+            })
+        })
+        .collect()
+}
+
+fn parse_steering_n(raw: &Value, param: &str) -> Result<u32, Error> {
+    match raw.as_u64() {
+        Some(n) if n >= 1 && n <= u64::from(u32::MAX) => Ok(n as u32),
+        _ => Err(Error::invalid(
+            param,
+            format!("'{param}' must be a positive integer, got {raw}"),
+        )),
+    }
+}
+
+fn parse_steering_field(field: Option<Value>) -> Result<Steering, Error> {
+    let mut steering = Steering::default();
+    let obj = match field {
+        None | Some(Value::Null) => return Ok(steering),
+        Some(Value::Object(obj)) => obj,
+        Some(_) => return Err(Error::invalid("bestofn", "'bestofn' must be an object")),
+    };
+    for (key, value) in obj {
+        let param = format!("bestofn.{key}");
+        match key.as_str() {
+            "n" => steering.n = Some(parse_steering_n(&value, &param)?),
+            "scorer" | "domain" => {
+                let Value::String(s) = value else {
+                    return Err(Error::invalid(&param, format!("'{param}' must be a string")));
+                };
+                if key == "scorer" {
+                    steering.scorer = Some(s);
+                } else {
+                    steering.domain = Some(s);
+                }
+            }
+            "return_candidates" => {
+                steering.return_candidates = value
+                    .as_bool()
+                    .ok_or_else(|| Error::invalid(&param, format!("'{param}' must be a boolean")))?;
+            }
+            _ => {
+                return Err(Error::invalid(
+                    &param,
+                    format!("unknown field '{param}'; expected one of n, scorer, domain, return_candidates"),
+                ));
+            }
+        }
+    }
+    Ok(steering)
+}
+
+/// Headers fill in what the body field left unset: the body is the more specific channel.
+fn merge_header_steering(steering: &mut Steering, headers: SteeringHeaders<'_>) -> Result<(), Error> {
+    if steering.n.is_none()
+        && let Some(raw) = headers.n
+    {
+        let n = raw.trim().parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            Error::invalid(
+                "x-bestofn-n",
+                format!("header 'x-bestofn-n' must be a positive integer, got '{raw}'"),
+            )
+        })?;
+        steering.n = Some(n);
+    }
+    if steering.scorer.is_none() {
+        steering.scorer = headers.scorer.map(|s| s.trim().to_string());
+    }
+    if steering.domain.is_none() {
+        steering.domain = headers.domain.map(|s| s.trim().to_string());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<ChatRequest, Error> {
+        parse_chat_request(body.as_bytes(), SteeringHeaders::default())
+    }
+
+    fn param_of(body: &str) -> Option<String> {
+        match parse(body) {
+            Err(e) => e.param().map(str::to_string),
+            Ok(_) => panic!("accepted {body}"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input_naming_the_field() {
+        assert_eq!(param_of(r#"{"model":"m"}"#).as_deref(), Some("messages"));
+        assert_eq!(param_of(r#"{"messages":[]}"#).as_deref(), Some("messages"));
+        assert_eq!(param_of(r#"{"messages":"hi"}"#).as_deref(), Some("messages"));
+        assert_eq!(
+            param_of(r#"{"messages":[{"content":"x"}]}"#).as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            param_of(r#"{"messages":[{"role":"user","content":5}]}"#).as_deref(),
+            Some("messages[0].content")
+        );
+        assert_eq!(
+            param_of(r#"{"messages":[{"role":"user","content":"x"}],"n":0}"#).as_deref(),
+            Some("n")
+        );
+        assert_eq!(
+            param_of(r#"{"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#).as_deref(),
+            Some("stream")
+        );
+        assert_eq!(
+            param_of(r#"{"messages":[{"role":"user","content":"x"}],"bestofn":{"n":0}}"#).as_deref(),
+            Some("bestofn.n")
+        );
+        assert_eq!(
+            param_of(r#"{"messages":[{"role":"user","content":"x"}],"bestofn":{"nn":2}}"#).as_deref(),
+            Some("bestofn.nn")
+        );
+        assert!(parse("{not json").is_err());
+        assert!(parse("[1]").is_err());
+    }
+
+    #[test]
+    fn strips_bestofn_and_keeps_everything_else() {
+        let r = parse(r#"{"messages":[{"role":"user","content":"x"}],"vendor_x":{"a":1},"bestofn":{"n":3,"scorer":"rm","return_candidates":true}}"#).unwrap();
+        assert!(!r.body.contains_key("bestofn"));
+        assert_eq!(r.body["vendor_x"]["a"], 1);
+        assert_eq!(r.steering.n, Some(3));
+        assert_eq!(r.steering.scorer.as_deref(), Some("rm"));
+        assert!(r.steering.return_candidates);
+    }
+
+    #[test]
+    fn body_steering_wins_over_headers() {
+        let headers = SteeringHeaders {
+            n: Some("7"),
+            scorer: Some("h"),
+            domain: Some("math"),
+        };
+        let r = parse_chat_request(
+            br#"{"messages":[{"role":"user","content":"x"}],"bestofn":{"n":3}}"#,
+            headers,
+        )
+        .unwrap();
+        assert_eq!(r.steering.n, Some(3));
+        assert_eq!(r.steering.scorer.as_deref(), Some("h"));
+        assert_eq!(r.steering.domain.as_deref(), Some("math"));
+        let bad = SteeringHeaders {
+            n: Some("many"),
+            ..Default::default()
+        };
+        let e = parse_chat_request(br#"{"messages":[{"role":"user","content":"x"}]}"#, bad).unwrap_err();
+        assert_eq!(e.param(), Some("x-bestofn-n"));
+    }
+}

@@ -1,0 +1,76 @@
+//! Building the chat.completion answer and the `bestofn` object from an engine outcome.
+
+use serde_json::{Map, Value, json};
+
+use crate::bon::{Outcome, Plan};
+
+/// The `bestofn` object: what was sampled, how it scored, what was chosen, and what it cost.
+pub fn bestofn_object(plan: &Plan, outcome: &Outcome) -> Value {
+    let samples = &outcome.samples;
+    let mut obj = json!({
+        "domain": plan.domain,
+        "n_requested": plan.n,
+        "n_received": samples.candidates.len(),
+        "chosen": outcome.chosen(),
+        "scores": outcome.scores,
+        "scorer": if outcome.scores.is_empty() { Value::Null } else { json!(plan.scorer) },
+        "sampling": samples.strategy,
+        "timings_ms": outcome.timings,
+        "usage": {
+            "generation": samples.usage,
+            "scorer": outcome.scorer_usage,
+        },
+    });
+    if !samples.failures.is_empty() {
+        obj["failures"] = json!(samples.failures);
+    }
+    if plan.return_candidates {
+        let candidates: Vec<Value> = samples
+            .candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                json!({
+                    "index": i,
+                    "text": c.text,
+                    "score": outcome.scores.get(i),
+                    "finish_reason": c.finish_reason,
+                    "latency_ms": c.latency_ms,
+                })
+            })
+            .collect();
+        obj["candidates"] = Value::Array(candidates);
+    }
+    obj
+}
+
+/// A `chat.completion` whose choices are the top `plan.k` candidates, best first, with honest
+/// usage and the `bestofn` object.
+pub fn build_chat_response(plan: &Plan, outcome: &Outcome) -> Value {
+    let samples = &outcome.samples;
+    let mut response: Map<String, Value> = samples.envelope.clone();
+    response.insert("object".into(), json!("chat.completion"));
+    let choices: Vec<Value> = outcome
+        .ranking
+        .iter()
+        .take(plan.k as usize)
+        .enumerate()
+        .map(|(position, &candidate)| {
+            let mut choice = samples.candidates[candidate].choice.clone();
+            choice.insert("index".into(), json!(position));
+            Value::Object(choice)
+        })
+        .collect();
+    response.insert("choices".into(), Value::Array(choices));
+    let usage = &samples.usage;
+    response.insert(
+        "usage".into(),
+        json!({
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        }),
+    );
+    response.insert("bestofn".into(), bestofn_object(plan, outcome));
+    Value::Object(response)
+}

@@ -1,0 +1,73 @@
+//! Scorers: given a conversation and N candidate replies, one score per candidate (higher is
+//! better). The proxy and the offline evaluator call scorers through the one [`Scorer`] trait.
+
+mod reward_http;
+mod template;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::Serialize;
+
+pub use reward_http::{InputFormat, RewardApi, RewardHttpScorer};
+pub use template::ChatTemplate;
+
+use crate::error::Error;
+
+/// One chat message reduced to its text, as scorers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    /// `system`, `user`, `assistant`, `tool`, ...
+    pub role: String,
+    /// The message's text content.
+    pub content: String,
+}
+
+/// What a scorer is asked to rank.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreInput<'a> {
+    /// The conversation so far; each candidate is scored as its final assistant turn.
+    pub conversation: &'a [Message],
+    /// The candidate replies, in candidate order.
+    pub candidates: &'a [String],
+}
+
+/// A scorer's answer: one finite score per candidate, and what the scoring cost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ScoreOutput {
+    /// One score per candidate, in candidate order.
+    pub scores: Vec<f64>,
+    /// What the scorer consumed.
+    pub usage: ScorerUsage,
+}
+
+/// What a scorer consumed, reported apart from the generation usage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ScorerUsage {
+    /// Backend calls made.
+    pub calls: u32,
+    /// Prompt tokens the scorer reported, where it reports them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u64>,
+}
+
+/// A boxed future, so scorers of different kinds can sit behind one trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Scores candidate replies to a conversation.
+pub trait Scorer: Send + Sync {
+    /// The scorer's configured name.
+    fn name(&self) -> &str;
+    /// Scores every candidate; the result has exactly one finite score per candidate.
+    fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>>;
+}
+
+/// The conversation with `candidate` appended as the final assistant turn.
+pub fn with_candidate(conversation: &[Message], candidate: &str) -> Vec<Message> {
+    let mut turns = conversation.to_vec();
+    turns.push(Message {
+        role: "assistant".into(),
+        content: candidate.to_string(),
+    });
+    turns
+}

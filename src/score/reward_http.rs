@@ -1,0 +1,239 @@
+//! Scorer kind `reward_http`: a reward model served over HTTP by vLLM, TEI or SGLang, called
+//! once per request with every candidate in one batch.
+
+use futures_util::future::try_join_all;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{BoxFuture, ChatTemplate, Message, ScoreInput, ScoreOutput, Scorer, ScorerUsage, with_candidate};
+use crate::backend::Backend;
+use crate::error::Error;
+
+/// The RM server's API, each with its own request and response JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardApi {
+    /// vLLM `POST /classify`: `data[i].probs[label_index]`.
+    VllmClassify,
+    /// vLLM `POST /pooling`: `data[i].data[label_index]` (last row for token tasks).
+    VllmPooling,
+    /// Hugging Face TEI `POST /predict` with `raw_scores: true`: a list of labels per input.
+    TeiPredict,
+    /// SGLang native `POST /classify`: `[i].embedding[label_index]`.
+    SglangClassify,
+}
+
+/// How the conversation reaches a vLLM RM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    /// Templated here and sent as one batch of texts in `input`: one call per request.
+    Text,
+    /// Sent as chat `messages`, templated by vLLM with the model's own template. vLLM takes one
+    /// conversation per call, so this makes one (concurrent) call per candidate.
+    Messages,
+}
+
+/// A reward model behind an HTTP API.
+#[derive(Debug, Clone)]
+pub struct RewardHttpScorer {
+    /// The scorer's configured name.
+    pub name: String,
+    /// Which wire format the server speaks.
+    pub api: RewardApi,
+    /// The endpoint, e.g. `http://127.0.0.1:8001/classify`.
+    pub url: String,
+    /// The `model` field sent, where the API takes one.
+    pub model: Option<String>,
+    /// How conversations are rendered to text.
+    pub template: ChatTemplate,
+    /// vLLM only: text batches or chat messages.
+    pub input_format: InputFormat,
+    /// Which output column is the reward (vLLM, SGLang).
+    pub label_index: usize,
+    /// TEI: which label's score is the reward; needed only for multi-label heads.
+    pub label: Option<String>,
+    /// Transport, timeout and retries.
+    pub backend: Backend,
+}
+
+impl Scorer for RewardHttpScorer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
+        Box::pin(self.score_all(input))
+    }
+}
+
+impl RewardHttpScorer {
+    async fn score_all(&self, input: ScoreInput<'_>) -> Result<ScoreOutput, Error> {
+        let n = input.candidates.len();
+        if n == 0 {
+            return Ok(ScoreOutput::default());
+        }
+        let conversations: Vec<Vec<Message>> = input
+            .candidates
+            .iter()
+            .map(|c| with_candidate(input.conversation, c))
+            .collect();
+
+        let is_vllm = matches!(self.api, RewardApi::VllmClassify | RewardApi::VllmPooling);
+        if is_vllm && self.input_format == InputFormat::Messages {
+            let calls = conversations.iter().map(|turns| async move {
+                let mut body = self.vllm_body();
+                body["messages"] = serde_json::to_value(turns).map_err(|e| Error::Internal(e.to_string()))?;
+                let reply = self.backend.post_json(&self.url, &body).await?;
+                let (scores, tokens) = self.parse(&reply.body, 1)?;
+                Ok::<_, Error>((scores[0], tokens))
+            });
+            let results = try_join_all(calls).await?;
+            let tokens = results.iter().map(|(_, t)| *t).sum::<Option<u64>>();
+            return Ok(ScoreOutput {
+                scores: results.into_iter().map(|(s, _)| s).collect(),
+                usage: ScorerUsage {
+                    calls: n as u32,
+                    prompt_tokens: tokens,
+                },
+            });
+        }
+
+        let texts: Vec<String> = conversations.iter().map(|t| self.template.render(t)).collect();
+        let body = match self.api {
+            RewardApi::VllmClassify | RewardApi::VllmPooling => {
+                let mut body = self.vllm_body();
+                body["input"] = json!(texts);
+                body
+            }
+            RewardApi::TeiPredict => {
+                let inputs: Vec<[&str; 1]> = texts.iter().map(|t| [t.as_str()]).collect();
+                json!({"inputs": inputs, "raw_scores": true})
+            }
+            RewardApi::SglangClassify => {
+                let mut body = json!({"text": texts});
+                if let Some(model) = &self.model {
+                    body["model"] = json!(model);
+                }
+                body
+            }
+        };
+        let reply = self.backend.post_json(&self.url, &body).await?;
+        let (scores, prompt_tokens) = self.parse(&reply.body, n)?;
+        Ok(ScoreOutput {
+            scores,
+            usage: ScorerUsage {
+                calls: 1,
+                prompt_tokens,
+            },
+        })
+    }
+
+    fn vllm_body(&self) -> Value {
+        let mut body = json!({"use_activation": false});
+        if let Some(model) = &self.model {
+            body["model"] = json!(model);
+        }
+        body
+    }
+
+    fn garbage(&self, what: impl std::fmt::Display) -> Error {
+        Error::BadGateway {
+            backend: self.backend.name.clone(),
+            message: format!("unusable answer: {what}"),
+        }
+    }
+
+    /// Extracts exactly `n` finite scores, in input order, and the prompt tokens if reported.
+    fn parse(&self, body: &Value, n: usize) -> Result<(Vec<f64>, Option<u64>), Error> {
+        let (scores, tokens) = match self.api {
+            RewardApi::VllmClassify | RewardApi::VllmPooling => {
+                let data = body
+                    .get("data")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| self.garbage("no 'data' array"))?;
+                let mut indexed = Vec::with_capacity(data.len());
+                for (pos, item) in data.iter().enumerate() {
+                    let index = item.get("index").and_then(Value::as_u64).map_or(pos, |i| i as usize);
+                    let row = if self.api == RewardApi::VllmClassify {
+                        item.get("probs")
+                    } else {
+                        // Token-level tasks return one row per token; the last row scores the whole reply.
+                        match item.get("data") {
+                            Some(Value::Array(rows)) if rows.first().is_some_and(Value::is_array) => rows.last(),
+                            other => other,
+                        }
+                    };
+                    let score = row
+                        .and_then(|r| r.get(self.label_index))
+                        .and_then(Value::as_f64)
+                        .ok_or_else(|| {
+                            self.garbage(format!("data[{pos}] has no number at column {}", self.label_index))
+                        })?;
+                    indexed.push((index, score));
+                }
+                indexed.sort_by_key(|(i, _)| *i);
+                if indexed.iter().enumerate().any(|(pos, (i, _))| pos != *i) {
+                    return Err(self.garbage("'data' indices are not 0..n"));
+                }
+                let tokens = body.pointer("/usage/prompt_tokens").and_then(Value::as_u64);
+                (indexed.into_iter().map(|(_, s)| s).collect::<Vec<_>>(), tokens)
+            }
+            RewardApi::TeiPredict => {
+                let outer = body.as_array().ok_or_else(|| self.garbage("expected a JSON array"))?;
+                let scores = outer
+                    .iter()
+                    .enumerate()
+                    .map(|(i, labels)| self.tei_score(i, labels))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (scores, None)
+            }
+            RewardApi::SglangClassify => {
+                let outer = body.as_array().ok_or_else(|| self.garbage("expected a JSON array"))?;
+                let mut scores = Vec::with_capacity(outer.len());
+                let mut tokens = Some(0u64);
+                for (i, item) in outer.iter().enumerate() {
+                    let score = item
+                        .get("embedding")
+                        .and_then(|e| e.get(self.label_index))
+                        .and_then(Value::as_f64)
+                        .ok_or_else(|| {
+                            self.garbage(format!("[{i}].embedding has no number at {}", self.label_index))
+                        })?;
+                    scores.push(score);
+                    let t = item.pointer("/meta_info/prompt_tokens").and_then(Value::as_u64);
+                    tokens = tokens.zip(t).map(|(a, b)| a + b);
+                }
+                (scores, tokens)
+            }
+        };
+        if scores.len() != n {
+            return Err(self.garbage(format!("{} scores for {n} candidates", scores.len())));
+        }
+        if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+            return Err(self.garbage(format!("score {i} is not a finite number")));
+        }
+        Ok((scores, tokens))
+    }
+
+    fn tei_score(&self, i: usize, labels: &Value) -> Result<f64, Error> {
+        let labels = labels
+            .as_array()
+            .ok_or_else(|| self.garbage(format!("[{i}] is not a list of labels")))?;
+        let pick = match &self.label {
+            Some(wanted) => labels
+                .iter()
+                .find(|l| l.get("label").and_then(Value::as_str) == Some(wanted.as_str())),
+            None if labels.len() == 1 => labels.first(),
+            None => {
+                return Err(self.garbage(format!(
+                    "[{i}] has {} labels; set 'label' on the scorer to choose the reward",
+                    labels.len()
+                )));
+            }
+        };
+        pick.and_then(|l| l.get("score"))
+            .and_then(Value::as_f64)
+            .ok_or_else(|| self.garbage(format!("[{i}] has no score for the configured label")))
+    }
+}
