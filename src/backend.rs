@@ -32,6 +32,13 @@ pub struct JsonReply {
     pub latency: Duration,
 }
 
+/// Installs ring as the process's TLS crypto provider. reqwest is built without a bundled
+/// provider (see Cargo.toml) to keep clean builds lean; this must run before a client is built.
+pub fn install_crypto_provider() {
+    // An error only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 
@@ -124,8 +131,9 @@ impl Backend {
         }
         if status.is_client_error() {
             return Err(Attempt::Final(Error::UpstreamRejected {
+                backend: self.name.clone(),
                 status: status.as_u16(),
-                message: format!("{} rejected the request: {}", self.name, normalized.message),
+                message: normalized.message,
                 error_type: normalized.error_type,
                 param: normalized.param,
             }));

@@ -24,8 +24,10 @@ pub enum Error {
     #[error("{0}")]
     MethodNotAllowed(String),
     /// The upstream answered with a 4xx; its status and normalised message are passed through.
-    #[error("{message}")]
+    #[error("{backend} rejected the request: {message}")]
     UpstreamRejected {
+        /// Which backend rejected it.
+        backend: String,
         /// The upstream's HTTP status (400..=499).
         status: u16,
         /// The upstream's error message, normalised from whatever envelope it used.
@@ -114,6 +116,23 @@ impl Error {
             Error::BadGateway { .. } => Some("bad_gateway"),
             Error::GatewayTimeout { .. } => Some("timeout"),
             Error::Internal(_) => Some("internal_error"),
+        }
+    }
+
+    /// A backend's 4xx says nothing about the client's request when the backend is one bestofn
+    /// chose (a scorer): report it as a gateway failure rather than passing the status through.
+    pub fn into_gateway_failure(self) -> Error {
+        match self {
+            Error::UpstreamRejected {
+                backend,
+                status,
+                message,
+                ..
+            } => Error::BadGateway {
+                backend,
+                message: format!("HTTP {status}: {message}"),
+            },
+            other => other,
         }
     }
 

@@ -84,7 +84,11 @@ impl RewardHttpScorer {
             let calls = conversations.iter().map(|turns| async move {
                 let mut body = self.vllm_body();
                 body["messages"] = serde_json::to_value(turns).map_err(|e| Error::Internal(e.to_string()))?;
-                let reply = self.backend.post_json(&self.url, &body).await?;
+                let reply = self
+                    .backend
+                    .post_json(&self.url, &body)
+                    .await
+                    .map_err(Error::into_gateway_failure)?;
                 let (scores, tokens) = self.parse(&reply.body, 1)?;
                 Ok::<_, Error>((scores[0], tokens))
             });
@@ -118,7 +122,11 @@ impl RewardHttpScorer {
                 body
             }
         };
-        let reply = self.backend.post_json(&self.url, &body).await?;
+        let reply = self
+            .backend
+            .post_json(&self.url, &body)
+            .await
+            .map_err(Error::into_gateway_failure)?;
         let (scores, prompt_tokens) = self.parse(&reply.body, n)?;
         Ok(ScoreOutput {
             scores,

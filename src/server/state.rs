@@ -35,8 +35,7 @@ fn secret_from_env(var: Option<&str>, owner: &str) -> Result<Option<String>, Sta
 }
 
 fn http_client() -> Result<reqwest::Client, StartupError> {
-    // reqwest is built without a bundled crypto provider (see Cargo.toml); ring is installed once.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::backend::install_crypto_provider();
     reqwest::Client::builder()
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(512)

@@ -1,0 +1,452 @@
+//! Loopback test servers that speak the exact wire formats of OpenAI-compatible LLM servers and
+//! of vLLM, TEI and SGLang reward-model servers, and a handle on the real `bestofn` binary.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Value, json};
+
+/// One request a fake server received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+/// What a fake server answers.
+pub enum Reply {
+    Json(u16, Value),
+    Raw(u16, String),
+    /// Waits, then answers (a slow backend; not used to synchronise the test).
+    Delayed(Duration, Box<Reply>),
+}
+
+pub type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
+/// A hyper server on 127.0.0.1:0 that records every request and answers with `handler`.
+pub struct FakeServer {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(reply: Reply) -> Response<Full<Bytes>> {
+    let (status, body) = match reply {
+        Reply::Json(status, v) => (status, v.to_string()),
+        Reply::Raw(status, s) => (status, s),
+        Reply::Delayed(d, inner) => {
+            tokio::time::sleep(d).await;
+            return Box::pin(answer(*inner)).await;
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    response
+}
+
+impl FakeServer {
+    pub async fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> FakeServer {
+        let handler: Handler = Arc::new(handler);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let recorded = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let handler = handler.clone();
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let handler = handler.clone();
+                        let recorded = recorded.clone();
+                        async move {
+                            let method = req.method().to_string();
+                            let path = req.uri().path().to_string();
+                            let headers = req.headers().clone();
+                            let bytes = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                            let rec = Recorded {
+                                method,
+                                path,
+                                headers,
+                                body,
+                            };
+                            recorded.lock().unwrap().push(rec.clone());
+                            Ok::<_, Infallible>(answer(handler(&rec)).await)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeServer { addr, requests, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        self.requests().into_iter().filter(|r| r.path == path).collect()
+    }
+
+    pub fn clear(&self) {
+        self.requests.lock().unwrap().clear();
+    }
+}
+
+/// The reward quality the fake RM gives a sample with this seed: deterministic, varied.
+pub fn quality(seed: i64) -> f64 {
+    (seed.rem_euclid(97) * 37 % 101) as f64 / 10.0 - 5.0
+}
+
+/// The text the fake upstream produces for a seed; the fake RM reads `q=` back from it.
+pub fn candidate_text(seed: i64) -> String {
+    format!("Answer from seed {seed} with q={}", quality(seed))
+}
+
+/// Reads the last `q=<number>` in a text, as the fake RMs score.
+pub fn read_quality(text: &str) -> f64 {
+    let Some(pos) = text.rfind("q=") else { return -100.0 };
+    let rest = &text[pos + 2..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().unwrap_or(-100.0)
+}
+
+/// How the fake upstream treats `n`.
+#[derive(Clone, Copy, Debug)]
+pub enum NSupport {
+    /// Returns n choices (vLLM, OpenAI).
+    Full,
+    /// Rejects n > 1 with 400 (older llama.cpp).
+    Reject,
+    /// Returns at most this many choices (Ollama ignores n: 1; llama.cpp caps at --parallel).
+    Cap(u32),
+}
+
+/// How the fake upstream reports completion tokens.
+#[derive(Clone, Copy, Debug)]
+pub enum UsageStyle {
+    /// The sum over choices (vLLM).
+    Honest,
+    /// One choice's tokens only, whatever n is (llama.cpp with n > 1).
+    OneChoice,
+}
+
+pub const PROMPT_TOKENS: u64 = 11;
+
+/// Tokens the fake upstream says a text has: its word count.
+pub fn fake_tokens(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}
+
+/// An OpenAI-compatible chat completions handler with the given `n` behaviour and usage style.
+/// Without a seed in the request, seeds come from a counter so samples still differ.
+pub fn upstream_handler(n_support: NSupport, usage: UsageStyle) -> impl Fn(&Recorded) -> Reply + Send + Sync {
+    let counter = AtomicI64::new(5000);
+    move |req: &Recorded| {
+        if req.path.ends_with("/models") {
+            return Reply::Json(
+                200,
+                json!({"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 1, "owned_by": "test"}]}),
+            );
+        }
+        let n = req.body.get("n").and_then(Value::as_u64).unwrap_or(1) as u32;
+        let served = match n_support {
+            NSupport::Full => n,
+            NSupport::Reject if n > 1 => {
+                return Reply::Json(
+                    400,
+                    json!({"error": {"code": 400, "message": "Only one completion choice is allowed", "type": "invalid_request_error"}}),
+                );
+            }
+            NSupport::Reject => 1,
+            NSupport::Cap(cap) => n.min(cap),
+        };
+        let seed = req
+            .body
+            .get("seed")
+            .and_then(Value::as_i64)
+            .unwrap_or_else(|| counter.fetch_add(100, Ordering::Relaxed));
+        let texts: Vec<String> = (0..served).map(|i| candidate_text(seed + i64::from(i))).collect();
+        let choices: Vec<Value> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| json!({"index": i, "message": {"role": "assistant", "content": t}, "logprobs": null, "finish_reason": "stop"}))
+            .collect();
+        let completion = match usage {
+            UsageStyle::Honest => texts.iter().map(|t| fake_tokens(t)).sum(),
+            UsageStyle::OneChoice => fake_tokens(&texts[0]),
+        };
+        Reply::Json(
+            200,
+            json!({
+                "id": format!("chatcmpl-{seed}"),
+                "object": "chat.completion",
+                "created": 1700000000,
+                "model": req.body.get("model").cloned().unwrap_or(json!("fake-model")),
+                "system_fingerprint": "fp_fake",
+                "choices": choices,
+                "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion, "total_tokens": PROMPT_TOKENS + completion}
+            }),
+        )
+    }
+}
+
+/// A reward-model server speaking vLLM `/classify` (text batch or chat messages) and `/pooling`,
+/// TEI `/predict` and SGLang `/classify` (under `/sglang`), scoring each text by its `q=`.
+pub fn rm_handler() -> impl Fn(&Recorded) -> Reply + Send + Sync {
+    |req: &Recorded| {
+        let texts = |key: &str| -> Vec<String> {
+            req.body
+                .get(key)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|t| t.as_str().unwrap_or("").to_string()).collect())
+                .unwrap_or_default()
+        };
+        match req.path.as_str() {
+            "/classify" => {
+                if let Some(messages) = req.body.get("messages").and_then(Value::as_array) {
+                    let last = messages.last().and_then(|m| m["content"].as_str()).unwrap_or("");
+                    return Reply::Json(
+                        200,
+                        json!({
+                            "id": "classify-1", "object": "list", "created": 1, "model": "rm",
+                            "data": [{"index": 0, "label": "LABEL_0", "probs": [read_quality(last)], "num_classes": 1}],
+                            "usage": {"prompt_tokens": 7, "total_tokens": 7, "completion_tokens": 0, "prompt_tokens_details": null}
+                        }),
+                    );
+                }
+                let data: Vec<Value> = texts("input")
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| json!({"index": i, "label": "LABEL_0", "probs": [read_quality(t)], "num_classes": 1}))
+                    .rev() // order by index must not be assumed
+                    .collect();
+                let n = data.len() as u64;
+                Reply::Json(
+                    200,
+                    json!({"id": "classify-2", "object": "list", "created": 1, "model": "rm", "data": data,
+                    "usage": {"prompt_tokens": 20 * n, "total_tokens": 20 * n, "completion_tokens": 0, "prompt_tokens_details": null}}),
+                )
+            }
+            "/pooling" => {
+                let data: Vec<Value> = texts("input")
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| json!({"index": i, "object": "pooling", "data": [read_quality(t)]}))
+                    .collect();
+                Reply::Json(
+                    200,
+                    json!({"id": "pool-1", "object": "list", "created": 1, "model": "rm", "data": data,
+                    "usage": {"prompt_tokens": 9, "total_tokens": 9, "completion_tokens": 0, "prompt_tokens_details": null}}),
+                )
+            }
+            "/predict" => {
+                let inputs = req.body["inputs"].as_array().cloned().unwrap_or_default();
+                let out: Vec<Value> = inputs
+                    .iter()
+                    .map(|pair| json!([{"label": "LABEL_0", "score": read_quality(pair[0].as_str().unwrap_or(""))}]))
+                    .collect();
+                Reply::Json(200, Value::Array(out))
+            }
+            "/sglang/classify" => {
+                let out: Vec<Value> = texts("text")
+                    .iter()
+                    .map(|t| json!({"embedding": [read_quality(t)], "meta_info": {"id": "x", "prompt_tokens": 5}}))
+                    .collect();
+                Reply::Json(200, Value::Array(out))
+            }
+            _ => Reply::Json(404, json!({"detail": "Not Found"})),
+        }
+    }
+}
+
+/// The real `bestofn` binary, serving a config on a free loopback port.
+pub struct Bestofn {
+    pub addr: SocketAddr,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Bestofn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Bestofn {
+    /// Writes `config` to a temp file and starts `bestofn serve` on 127.0.0.1:0.
+    pub fn start(config: &str) -> Bestofn {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bestofn.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bestofn"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(rest.trim().to_string());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("bestofn did not start; log:\n{}", logs.lock().unwrap().join("\n"));
+            }
+        };
+        Bestofn {
+            addr,
+            child,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+}
+
+/// A config with one upstream and the five RM API variants as scorers.
+pub fn config(upstream: &FakeServer, rm: &FakeServer, sampling: &str, n: u32) -> String {
+    format!(
+        r#"
+[upstream]
+base_url = "{up}/v1"
+sampling = "{sampling}"
+timeout_ms = 5000
+max_retries = 1
+
+[scorers.vllm]
+kind = "reward_http"
+api = "vllm_classify"
+url = "{rm}/classify"
+model = "Skywork/Skywork-Reward-V2-Qwen3-0.6B"
+
+[scorers.vllm_messages]
+kind = "reward_http"
+api = "vllm_classify"
+input_format = "messages"
+url = "{rm}/classify"
+
+[scorers.pooling]
+kind = "reward_http"
+api = "vllm_pooling"
+url = "{rm}/pooling"
+
+[scorers.tei]
+kind = "reward_http"
+api = "tei_predict"
+url = "{rm}/predict"
+chat_template = "plain"
+
+[scorers.sglang]
+kind = "reward_http"
+api = "sglang_classify"
+url = "{rm}/sglang/classify"
+chat_template = "llama3"
+
+[policy]
+n = {n}
+scorer = "vllm"
+"#,
+        up = upstream.url(),
+        rm = rm.url(),
+    )
+}
+
+/// A reqwest client for tests (the crate's TLS provider installed first).
+pub fn client() -> reqwest::Client {
+    bestofn::backend::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+/// POSTs a JSON body to bestofn and returns status, headers and JSON body.
+pub async fn post(url: &str, body: Value, headers: &[(&str, &str)]) -> (u16, HeaderMap, Value) {
+    let client = client();
+    let mut req = client.post(url).json(&body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (status, headers, value)
+}
+
+pub fn chat_body(content: &str) -> Value {
+    json!({"model": "fake-model", "messages": [{"role": "user", "content": content}]})
+}
+
+/// Asserts the OpenAI error envelope: all four keys, and the given param.
+pub fn assert_envelope(body: &Value, param: Option<&str>) {
+    let e = &body["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(e["type"].is_string(), "{body}");
+    assert!(e.as_object().unwrap().contains_key("code"), "{body}");
+    assert_eq!(e["param"].as_str(), param, "{body}");
+}

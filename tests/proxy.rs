@@ -1,0 +1,559 @@
+//! The real `bestofn` binary against loopback upstream and reward-model servers.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn candidate_qualities(body: &Value) -> Vec<f64> {
+    body["bestofn"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| read_quality(c["text"].as_str().unwrap()))
+        .collect()
+}
+
+fn argmax(values: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chooses_the_max_reward_candidate_for_every_rm_api() {
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let proxy = Bestofn::start(&config(&upstream, &rm, "n", 5));
+
+    for (scorer, path, calls) in [
+        ("vllm", "/classify", 1),
+        ("vllm_messages", "/classify", 5),
+        ("pooling", "/pooling", 1),
+        ("tei", "/predict", 1),
+        ("sglang", "/sglang/classify", 1),
+    ] {
+        rm.clear();
+        let mut body = chat_body("What is 2+2?");
+        body["bestofn"] = json!({"scorer": scorer, "return_candidates": true});
+        body["seed"] = json!(40);
+        let (status, headers, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
+        assert_eq!(status, 200, "{scorer}: {resp}");
+        let qualities = candidate_qualities(&resp);
+        assert_eq!(qualities.len(), 5);
+        let best = argmax(&qualities);
+        let chosen_text = resp["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_eq!(
+            read_quality(chosen_text),
+            qualities[best],
+            "{scorer}: chose {chosen_text}"
+        );
+        assert_eq!(resp["choices"].as_array().unwrap().len(), 1);
+        assert_eq!(resp["choices"][0]["index"], 0);
+        assert_eq!(resp["object"], "chat.completion");
+        let b = &resp["bestofn"];
+        assert_eq!(b["chosen"], best, "{scorer}");
+        assert_eq!(b["scorer"], scorer);
+        assert_eq!(b["n_requested"], 5);
+        assert_eq!(b["n_received"], 5);
+        let scores: Vec<f64> = b["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_f64().unwrap())
+            .collect();
+        assert_eq!(scores, qualities, "{scorer}: scores in candidate order");
+        assert_eq!(headers["x-bestofn-chosen"], best.to_string().as_str());
+        assert_eq!(headers["x-bestofn-n"], "5");
+        assert_eq!(
+            headers["x-bestofn-reward"].to_str().unwrap().parse::<f64>().unwrap(),
+            qualities[best]
+        );
+        assert_eq!(rm.requests_to(path).len(), calls, "{scorer}: RM calls");
+    }
+
+    // The RM sees the whole conversation with the candidate as the final assistant turn.
+    rm.clear();
+    let mut body = json!({"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "What is 2+2?"}
+    ]});
+    body["bestofn"] = json!({"n": 2});
+    let (status, _, _) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
+    assert_eq!(status, 200);
+    let sent = &rm.requests_to("/classify")[0].body;
+    assert_eq!(sent["use_activation"], false);
+    assert_eq!(sent["model"], "Skywork/Skywork-Reward-V2-Qwen3-0.6B");
+    let text = sent["input"][0].as_str().unwrap();
+    assert!(
+        text.starts_with("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\nAnswer from seed"),
+        "{text}"
+    );
+    assert!(text.ends_with("<|im_end|>\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn n_and_parallel_modes_pick_the_same_candidate() {
+    let rm = FakeServer::start(rm_handler()).await;
+    let mut chosen = Vec::new();
+    for mode in ["n", "parallel"] {
+        let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+        let proxy = Bestofn::start(&config(&upstream, &rm, mode, 6));
+        let mut body = chat_body("pick one");
+        body["seed"] = json!(123);
+        let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
+        assert_eq!(status, 200, "{resp}");
+        chosen.push(resp["choices"][0]["message"]["content"].as_str().unwrap().to_string());
+        let calls = upstream.requests_to("/v1/chat/completions");
+        if mode == "n" {
+            assert_eq!(calls.len(), 1);
+            assert_eq!(calls[0].body["n"], 6);
+            assert_eq!(calls[0].body["seed"], 123);
+            assert_eq!(resp["bestofn"]["sampling"], "n");
+        } else {
+            assert_eq!(calls.len(), 6);
+            let mut seeds: Vec<i64> = calls.iter().map(|c| c.body["seed"].as_i64().unwrap()).collect();
+            seeds.sort();
+            assert_eq!(seeds, (123..129).collect::<Vec<_>>(), "candidate i gets seed+i");
+            assert!(calls.iter().all(|c| c.body.get("n").is_none()));
+            assert_eq!(resp["bestofn"]["sampling"], "parallel");
+        }
+    }
+    assert_eq!(chosen[0], chosen[1]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_falls_back_to_parallel_when_n_is_rejected_and_remembers() {
+    let upstream = FakeServer::start(upstream_handler(NSupport::Reject, UsageStyle::Honest)).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let proxy = Bestofn::start(&config(&upstream, &rm, "auto", 4));
+
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["bestofn"]["n_received"], 4);
+    assert_eq!(resp["bestofn"]["sampling"], "parallel");
+    let calls = upstream.requests_to("/v1/chat/completions");
+    assert_eq!(calls.len(), 5, "one rejected n=4 call, then four single calls");
+    assert_eq!(calls[0].body["n"], 4);
+
+    upstream.clear();
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
+    assert_eq!(status, 200, "{resp}");
+    let calls = upstream.requests_to("/v1/chat/completions");
+    assert_eq!(calls.len(), 4, "learned: no more n>1 attempts");
+    assert!(calls.iter().all(|c| c.body.get("n").is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_tops_up_when_the_upstream_caps_n() {
+    let upstream = FakeServer::start(upstream_handler(NSupport::Cap(2), UsageStyle::Honest)).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let proxy = Bestofn::start(&config(&upstream, &rm, "auto", 5));
+
+    let mut body = chat_body("q");
+    body["seed"] = json!(7);
+    body["bestofn"] = json!({"return_candidates": true});
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body.clone(), &[]).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["bestofn"]["n_received"], 5);
+    assert_eq!(resp["bestofn"]["sampling"], "n+parallel");
+    let texts: Vec<&str> = resp["bestofn"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (7..12).map(candidate_text).collect();
+    assert_eq!(texts, expected, "each candidate has its own seed");
+
+    upstream.clear();
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
+    assert_eq!(status, 200);
+    let mut sizes: Vec<u64> = upstream
+        .requests_to("/v1/chat/completions")
+        .iter()
+        .map(|c| c.body.get("n").and_then(Value::as_u64).unwrap_or(1))
+        .collect();
+    sizes.sort();
+    assert_eq!(sizes, vec![1, 2, 2], "learned cap of 2 choices per call");
+    assert_eq!(resp["bestofn"]["n_received"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_counts_every_call_and_every_candidate() {
+    let rm = FakeServer::start(rm_handler()).await;
+
+    // Parallel: the prompt is paid once per call.
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let proxy = Bestofn::start(&config(&upstream, &rm, "parallel", 3));
+    let mut body = chat_body("q");
+    body["seed"] = json!(1);
+    let (_, _, resp) = post(&proxy.url("/v1/chat/completions"), body.clone(), &[]).await;
+    let expected_completion: u64 = (1..4).map(|s| fake_tokens(&candidate_text(s))).sum();
+    assert_eq!(resp["usage"]["prompt_tokens"], 3 * PROMPT_TOKENS);
+    assert_eq!(resp["usage"]["completion_tokens"], expected_completion);
+    assert_eq!(resp["usage"]["total_tokens"], 3 * PROMPT_TOKENS + expected_completion);
+    assert_eq!(
+        resp["bestofn"]["usage"]["generation"]["completion_tokens_estimated"],
+        false
+    );
+    assert_eq!(resp["bestofn"]["usage"]["scorer"]["calls"], 1);
+    assert_eq!(resp["bestofn"]["usage"]["scorer"]["prompt_tokens"], 60);
+    drop(proxy);
+
+    // n mode with an honest upstream: one prompt.
+    let proxy = Bestofn::start(&config(&upstream, &rm, "n", 3));
+    let (_, _, resp) = post(&proxy.url("/v1/chat/completions"), body.clone(), &[]).await;
+    assert_eq!(resp["usage"]["prompt_tokens"], PROMPT_TOKENS);
+    assert_eq!(resp["usage"]["completion_tokens"], expected_completion);
+    drop(proxy);
+
+    // n mode with llama.cpp's one-choice count: not silently under-counted.
+    let lying = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::OneChoice)).await;
+    let proxy = Bestofn::start(&config(&lying, &rm, "n", 3));
+    let (_, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
+    let generation = &resp["bestofn"]["usage"]["generation"];
+    assert_eq!(generation["completion_tokens_estimated"], true, "{resp}");
+    assert_eq!(
+        generation["upstream_reported_completion_tokens"],
+        fake_tokens(&candidate_text(1))
+    );
+    assert!(
+        resp["usage"]["completion_tokens"].as_u64().unwrap() >= 2 * fake_tokens(&candidate_text(1)),
+        "{resp}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_fields_reach_the_upstream_untouched_and_steering_does_not() {
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let proxy = Bestofn::start(&config(&upstream, &rm, "n", 2));
+    let mut body = chat_body("q");
+    let extras = json!({
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}],
+        "tool_choice": "auto",
+        "response_format": {"type": "json_object"},
+        "stop": ["\n\n"],
+        "max_tokens": 17,
+        "temperature": 0.7,
+        "vendor_extension": {"top_k": 40, "nested": [1, 2, {"x": null}]},
+    });
+    for (k, v) in extras.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body["bestofn"] = json!({"n": 3});
+    let (status, _, _) = post(
+        &proxy.url("/v1/chat/completions"),
+        body,
+        &[("x-bestofn-scorer", "tei"), ("x-bestofn-domain", "math")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let call = &upstream.requests_to("/v1/chat/completions")[0];
+    for (k, v) in extras.as_object().unwrap() {
+        assert_eq!(&call.body[k], v, "{k}");
+    }
+    assert!(call.body.get("bestofn").is_none());
+    assert_eq!(call.body["n"], 3, "steered N");
+    assert!(call.headers.keys().all(|h| !h.as_str().starts_with("x-bestofn")));
+    assert_eq!(
+        rm.requests_to("/predict").len(),
+        1,
+        "x-bestofn-scorer header steered the scorer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn top_k_and_pass_through() {
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let proxy = Bestofn::start(&config(&upstream, &rm, "n", 4));
+
+    // Client n=2: the two best, best first.
+    let mut body = chat_body("q");
+    body["n"] = json!(2);
+    body["seed"] = json!(50);
+    body["bestofn"] = json!({"return_candidates": true});
+    let (_, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
+    let mut qualities = candidate_qualities(&resp);
+    let choices = resp["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    qualities.sort_by(|a, b| b.partial_cmp(a).unwrap());
+    assert_eq!(
+        read_quality(choices[0]["message"]["content"].as_str().unwrap()),
+        qualities[0]
+    );
+    assert_eq!(
+        read_quality(choices[1]["message"]["content"].as_str().unwrap()),
+        qualities[1]
+    );
+    assert_eq!(
+        (choices[0]["index"].as_u64(), choices[1]["index"].as_u64()),
+        (Some(0), Some(1))
+    );
+
+    // N = 1: the upstream's answer, unchanged, and no scorer call.
+    upstream.clear();
+    rm.clear();
+    let mut body = chat_body("q");
+    body["bestofn"] = json!({"n": 1});
+    body["seed"] = json!(9);
+    let (status, headers, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(resp["id"], "chatcmpl-9");
+    assert_eq!(resp["usage"]["prompt_tokens"], PROMPT_TOKENS);
+    assert!(resp.get("bestofn").is_none());
+    assert_eq!(headers["x-bestofn-n"], "1");
+    assert!(rm.requests().is_empty());
+    assert_eq!(upstream.requests_to("/v1/chat/completions").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_400_envelope_naming_the_field() {
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let proxy = Bestofn::start(&config(&upstream, &rm, "n", 2));
+    let url = proxy.url("/v1/chat/completions");
+
+    let client = client();
+    let resp = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{\"messages\": [")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_envelope(&body, None);
+    assert!(body["error"]["message"].as_str().unwrap().contains("JSON"));
+
+    let cases = [
+        (json!({"model": "m"}), "messages"),
+        (json!({"messages": []}), "messages"),
+        (json!({"messages": "hello"}), "messages"),
+        (json!({"messages": [{"content": "hi"}]}), "messages[0].role"),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}], "n": "two"}),
+            "n",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}], "model": 5}),
+            "model",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}], "bestofn": {"n": 65}}),
+            "bestofn.n",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}], "bestofn": {"n": 0}}),
+            "bestofn.n",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}], "bestofn": {"scorer": "nope"}}),
+            "bestofn.scorer",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}], "bestofn": {"domain": "poetry"}}),
+            "bestofn.domain",
+        ),
+        (json!({"messages": [{"role": "user", "content": "hi"}], "n": 100}), "n"),
+    ];
+    for (body, param) in cases {
+        let (status, _, resp) = post(&url, body.clone(), &[]).await;
+        assert_eq!(status, 400, "{body} -> {resp}");
+        assert_envelope(&resp, Some(param));
+        assert_eq!(resp["error"]["type"], "invalid_request_error");
+    }
+    let (status, _, resp) = post(&url, chat_body("x"), &[("x-bestofn-n", "lots")]).await;
+    assert_eq!(status, 400);
+    assert_envelope(&resp, Some("x-bestofn-n"));
+    assert!(upstream.requests().is_empty(), "nothing invalid reaches the upstream");
+
+    let resp = client.get(proxy.url("/v2/nothing")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_envelope(&resp.json().await.unwrap(), None);
+    let resp = client.get(proxy.url("/v1/chat/completions")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_failures_map_to_clear_statuses() {
+    let rm = FakeServer::start(rm_handler()).await;
+
+    // Upstream 4xx: status and message passed through.
+    let rejecting = FakeServer::start(|_: &Recorded| {
+        Reply::Json(400, json!({"error": {"message": "max_tokens is too large: 99999", "type": "BadRequestError", "param": null, "code": 400}}))
+    })
+    .await;
+    let proxy = Bestofn::start(&config(&rejecting, &rm, "n", 2));
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("x"), &[]).await;
+    assert_eq!(status, 400, "{resp}");
+    assert!(
+        resp["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens is too large: 99999")
+    );
+    assert_envelope(&resp, None);
+    assert_eq!(rejecting.requests().len(), 1, "a 4xx is never retried");
+    drop(proxy);
+
+    // SGLang's flat error from a 5xx upstream: 502 naming the upstream, after retries.
+    let failing = FakeServer::start(|_: &Recorded| {
+        Reply::Json(503, json!({"object": "error", "message": "engine overloaded", "type": "ServiceUnavailable", "param": null, "code": 503}))
+    })
+    .await;
+    let proxy = Bestofn::start(&config(&failing, &rm, "n", 2));
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("x"), &[]).await;
+    assert_eq!(status, 502, "{resp}");
+    let message = resp["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("engine overloaded") && message.contains(&failing.url()),
+        "{message}"
+    );
+    assert_eq!(failing.requests().len(), 2, "max_retries = 1");
+    drop(proxy);
+
+    // Unreachable upstream: 502.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = config(&failing, &rm, "n", 2).replace(&failing.url(), &format!("http://{closed}"));
+    let proxy = Bestofn::start(&cfg);
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("x"), &[]).await;
+    assert_eq!(status, 502, "{resp}");
+    assert!(
+        resp["error"]["message"].as_str().unwrap().contains("cannot reach"),
+        "{resp}"
+    );
+    drop(proxy);
+
+    // Slow upstream: 504.
+    let slow = FakeServer::start(|_: &Recorded| {
+        Reply::Delayed(
+            std::time::Duration::from_secs(10),
+            Box::new(Reply::Json(200, json!({}))),
+        )
+    })
+    .await;
+    let cfg = config(&slow, &rm, "n", 2).replace("timeout_ms = 5000", "timeout_ms = 300");
+    let proxy = Bestofn::start(&cfg);
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("x"), &[]).await;
+    assert_eq!(status, 504, "{resp}");
+    assert!(resp["error"]["message"].as_str().unwrap().contains("300 ms"), "{resp}");
+    drop(proxy);
+
+    // Garbage from the upstream: 502, no panic.
+    let garbage = FakeServer::start(|_: &Recorded| Reply::Raw(200, "{\"choices\": \"nope\"}".into())).await;
+    let proxy = Bestofn::start(&config(&garbage, &rm, "n", 2));
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("x"), &[]).await;
+    assert_eq!(status, 502, "{resp}");
+    assert!(resp["error"]["message"].as_str().unwrap().contains("choices"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scorer_failures_are_502_with_the_backend_message() {
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let tei = FakeServer::start(|_: &Recorded| {
+        Reply::Json(413, json!({"error": "Batch size error", "error_type": "Validation"}))
+    })
+    .await;
+    let cfg = config(&upstream, &tei, "n", 3);
+    let proxy = Bestofn::start(&cfg);
+    let mut body = chat_body("x");
+    body["bestofn"] = json!({"scorer": "tei"});
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
+    assert_eq!(status, 502, "{resp}");
+    let message = resp["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("scorer tei") && message.contains("Batch size error"),
+        "{message}"
+    );
+
+    // An RM answering the wrong number of scores is an error, not a wrong pick.
+    let short = FakeServer::start(|_: &Recorded| Reply::Json(200, json!([{"embedding": [1.0]}]))).await;
+    let proxy = Bestofn::start(&config(&upstream, &short, "n", 3));
+    let mut body = chat_body("x");
+    body["bestofn"] = json!({"scorer": "sglang"});
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
+    assert_eq!(status, 502, "{resp}");
+    assert!(
+        resp["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 scores for 3 candidates"),
+        "{resp}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn models_health_and_request_logs() {
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let proxy = Bestofn::start(&config(&upstream, &rm, "n", 3));
+    let client = client();
+
+    let models: Value = client
+        .get(proxy.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "fake-model");
+    let health = client.get(proxy.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let secret = "the secret prompt text";
+    let (status, headers, _) = post(
+        &proxy.url("/v1/chat/completions"),
+        chat_body(secret),
+        &[("x-request-id", "req-42")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-request-id"], "req-42");
+    // The log line is written before the response; poll briefly for the reader thread.
+    let mut line = None;
+    for _ in 0..100 {
+        line = proxy.logs().into_iter().find(|l| l.contains("req-42"));
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let line = line.expect("a log line for the request");
+    for field in ["domain=general", "n=3", "chosen=", "scores=", "latency_ms="] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
+    assert!(
+        proxy
+            .logs()
+            .iter()
+            .all(|l| !l.contains(secret) && !l.contains("Answer from seed"))
+    );
+
+    let listed =
+        config(&upstream, &rm, "n", 3).replace("max_retries = 1", "max_retries = 1\nmodels = [\"best-model\"]");
+    let proxy = Bestofn::start(&listed);
+    let models: Value = client
+        .get(proxy.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "best-model");
+    assert_eq!(models["object"], "list");
+}
