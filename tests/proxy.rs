@@ -1,5 +1,7 @@
 //! The real `bestofn` binary against loopback upstream and reward-model servers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

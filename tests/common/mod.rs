@@ -1,7 +1,7 @@
 //! Loopback test servers that speak the exact wire formats of OpenAI-compatible LLM servers and
 //! of vLLM, TEI and SGLang reward-model servers, and a handle on the real `bestofn` binary.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
