@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use crate::error::Error;
@@ -42,39 +43,83 @@ pub fn install_crypto_provider() {
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 
+/// A stream of body bytes from a backend; an error ends it.
+pub type ByteStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, Error>> + Send>>;
+
 impl Backend {
-    /// POSTs `body` as JSON to `url`, retrying what is retryable.
+    /// POSTs `body` as JSON to `url`, retrying what is retryable, and parses the JSON answer.
     pub async fn post_json(&self, url: &str, body: &Value) -> Result<JsonReply, Error> {
-        let bytes = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
-        self.call(|| {
-            self.client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(bytes.clone())
-        })
-        .await
+        let bytes = Bytes::from(serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?);
+        self.call_json(|| self.json_request(url, &bytes)).await
     }
 
     /// GETs JSON from `url`, retrying what is retryable.
     pub async fn get_json(&self, url: &str) -> Result<JsonReply, Error> {
-        self.call(|| self.client.get(url)).await
+        self.call_json(|| self.client.get(url).timeout(self.timeout)).await
     }
 
-    async fn call(&self, build: impl Fn() -> reqwest::RequestBuilder) -> Result<JsonReply, Error> {
+    /// POSTs `body` and returns the answer's bytes as they arrive. `timeout` bounds the wait for
+    /// the response headers only: a stream may legitimately run longer than one call's limit.
+    pub async fn post_stream(&self, url: &str, body: &Value) -> Result<ByteStream, Error> {
+        use futures_util::StreamExt;
+        let bytes = Bytes::from(serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?);
+        let build = || {
+            self.client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(bytes.clone())
+        };
+        let (response, _) = match tokio::time::timeout(self.timeout, self.send(build)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(self.timed_out()),
+        };
+        let name = self.name.clone();
+        Ok(Box::pin(response.bytes_stream().map(move |chunk| {
+            chunk.map_err(|e| Error::BadGateway {
+                backend: name.clone(),
+                message: format!("stream broke off: {}", error_chain(&e)),
+            })
+        })))
+    }
+
+    fn json_request(&self, url: &str, bytes: &Bytes) -> reqwest::RequestBuilder {
+        self.client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(bytes.clone())
+            .timeout(self.timeout)
+    }
+
+    async fn call_json(&self, build: impl Fn() -> reqwest::RequestBuilder) -> Result<JsonReply, Error> {
+        let (response, started) = self.send(build).await?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                self.timed_out()
+            } else {
+                self.bad_gateway(format!("response body broke off: {}", error_chain(&e)))
+            }
+        })?;
+        let body = serde_json::from_slice(&body)
+            .map_err(|e| self.bad_gateway(format!("answered HTTP {status} with a body that is not JSON: {e}")))?;
+        Ok(JsonReply {
+            body,
+            latency: started.elapsed(),
+        })
+    }
+
+    /// Sends until a 2xx arrives or the retries run out; returns the response and when the
+    /// successful attempt started.
+    async fn send(&self, build: impl Fn() -> reqwest::RequestBuilder) -> Result<(reqwest::Response, Instant), Error> {
         let mut attempt = 0;
         loop {
             let started = Instant::now();
-            let mut request = build().timeout(self.timeout);
+            let mut request = build();
             if let Some(key) = &self.api_key {
                 request = request.bearer_auth(key);
             }
             match self.attempt(request).await {
-                Ok(body) => {
-                    return Ok(JsonReply {
-                        body,
-                        latency: started.elapsed(),
-                    });
-                }
+                Ok(response) => return Ok((response, started)),
                 Err(Attempt::Final(e)) => return Err(e),
                 Err(Attempt::Retryable { error, .. }) if attempt >= self.max_retries => return Err(error),
                 Err(Attempt::Retryable { error, retry_after }) => {
@@ -89,7 +134,7 @@ impl Backend {
         }
     }
 
-    async fn attempt(&self, request: reqwest::RequestBuilder) -> Result<Value, Attempt> {
+    async fn attempt(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, Attempt> {
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => return Err(Attempt::Final(self.timed_out())),
@@ -101,27 +146,16 @@ impl Backend {
             }
         };
         let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
         let retry_after = response
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) if e.is_timeout() => return Err(Attempt::Final(self.timed_out())),
-            Err(e) => {
-                return Err(Attempt::Retryable {
-                    error: self.bad_gateway(format!("response body broke off: {}", error_chain(&e))),
-                    retry_after: None,
-                });
-            }
-        };
-        if status.is_success() {
-            return serde_json::from_slice(&body).map_err(|e| {
-                Attempt::Final(self.bad_gateway(format!("answered HTTP {status} with a body that is not JSON: {e}")))
-            });
-        }
+        let body = response.bytes().await.unwrap_or_default();
         let normalized = normalize_error_body(&body);
         if status.as_u16() == 429 || status.is_server_error() {
             return Err(Attempt::Retryable {

@@ -59,6 +59,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<String>,
+    heartbeat_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +124,8 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Interval of SSE keep-alive comments while candidates are generated and scored.
+    pub heartbeat_interval_ms: u64,
 }
 
 /// `[upstream]`.
@@ -191,6 +194,7 @@ pub struct PolicyConfig {
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 5_000;
 const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 60_000;
 const DEFAULT_SCORER_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_MAX_RETRIES: u32 = 2;
@@ -241,6 +245,13 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         .parse::<SocketAddr>()
         .map_err(|e| invalid("server.listen", format!("'{listen_text}' is not HOST:PORT ({e})")))?;
 
+    let heartbeat_interval_ms = raw
+        .server
+        .heartbeat_interval_ms
+        .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL_MS);
+    if heartbeat_interval_ms == 0 {
+        return Err(invalid("server.heartbeat_interval_ms", "must be greater than 0".into()));
+    }
     check_url(&raw.upstream.base_url).map_err(|m| invalid("upstream.base_url", m))?;
     let upstream_timeout = raw.upstream.timeout_ms.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS);
     if upstream_timeout == 0 {
@@ -344,7 +355,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     }
 
     Ok(Config {
-        server: ServerConfig { listen },
+        server: ServerConfig {
+            listen,
+            heartbeat_interval_ms,
+        },
         upstream: UpstreamConfig {
             base_url: raw.upstream.base_url,
             api_key_env: raw.upstream.api_key_env,

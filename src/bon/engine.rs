@@ -7,7 +7,8 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{Plan, Policy, Sampler, Samples, Steering, rank};
+use super::{Api, Plan, Policy, Sampler, Samples, Steering, rank};
+use crate::backend::ByteStream;
 use crate::error::Error;
 use crate::score::{Message, ScoreInput, Scorer, ScorerUsage};
 
@@ -77,20 +78,26 @@ impl Engine {
     }
 
     /// Forwards a request unchanged (N = 1 without extras).
-    pub async fn forward(&self, body: &Map<String, Value>) -> Result<Value, Error> {
-        self.sampler.forward(body).await
+    pub async fn forward(&self, api: Api, body: &Map<String, Value>) -> Result<Value, Error> {
+        self.sampler.forward(api, body).await
+    }
+
+    /// Forwards a streaming request unchanged (N = 1): bytes reach the caller as they arrive.
+    pub async fn forward_stream(&self, api: Api, body: &Map<String, Value>) -> Result<ByteStream, Error> {
+        self.sampler.forward_stream(api, body).await
     }
 
     /// Samples `plan.n` candidates, scores them with `plan.scorer`, and ranks them.
     pub async fn run(
         &self,
+        api: Api,
         body: &Map<String, Value>,
         conversation: &[Message],
         seed: Option<i64>,
         plan: &Plan,
     ) -> Result<Outcome, Error> {
         let started = Instant::now();
-        let samples = self.sampler.sample(body, plan.n, seed).await?;
+        let samples = self.sampler.sample(api, body, plan.n, seed).await?;
         let sampling_ms = ms_since(started);
 
         let scoring_started = Instant::now();

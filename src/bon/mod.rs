@@ -12,6 +12,7 @@ pub use engine::{Engine, Outcome, Timings};
 pub use policy::{DOMAINS, DomainRule, MAX_N, Plan, Policy};
 pub use select::rank;
 
+use crate::backend::ByteStream;
 use crate::error::Error;
 use crate::score::BoxFuture;
 
@@ -74,16 +75,52 @@ pub struct Samples {
     pub failures: Vec<String>,
 }
 
+/// Which OpenAI API a request speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// `POST /v1/chat/completions`: candidates are `choices[].message`.
+    Chat,
+    /// `POST /v1/completions` (legacy): candidates are `choices[].text`.
+    Completions,
+}
+
+impl Api {
+    /// The path under the upstream's base URL.
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::Chat => "chat/completions",
+            Api::Completions => "completions",
+        }
+    }
+
+    /// The text of one upstream choice, as scorers see it.
+    pub fn choice_text(self, choice: &Map<String, Value>) -> String {
+        match self {
+            Api::Chat => crate::openai::content_text(choice.get("message").and_then(|m| m.get("content"))),
+            Api::Completions => choice
+                .get("text")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        }
+    }
+}
+
 /// Produces candidates from an LLM.
 pub trait Sampler: Send + Sync {
-    /// Samples `n` candidates for `body` (an OpenAI chat request without the `bestofn` field).
+    /// Samples `n` candidates for `body` (an OpenAI request without the `bestofn` field).
     /// Fewer than `n` may come back when some calls fail; none at all is an error.
     fn sample<'a>(
         &'a self,
+        api: Api,
         body: &'a Map<String, Value>,
         n: u32,
         seed: Option<i64>,
     ) -> BoxFuture<'a, Result<Samples, Error>>;
     /// Forwards `body` as it is and returns the upstream's answer unchanged (N = 1).
-    fn forward<'a>(&'a self, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Value, Error>>;
+    fn forward<'a>(&'a self, api: Api, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Value, Error>>;
+    /// Forwards a streaming request as it is and returns the upstream's bytes as they arrive.
+    fn forward_stream<'a>(&'a self, api: Api, body: &'a Map<String, Value>)
+    -> BoxFuture<'a, Result<ByteStream, Error>>;
 }

@@ -3,9 +3,10 @@
 
 mod request;
 mod response;
+pub mod stream;
 
-pub use request::{ChatRequest, SteeringHeaders, parse_chat_request};
-pub use response::{bestofn_object, build_chat_response};
+pub use request::{ProxyRequest, SteeringHeaders, parse_chat_request, parse_completion_request};
+pub use response::{bestofn_object, build_response, usage_object};
 
 use serde_json::Value;
 

@@ -3,20 +3,22 @@
 use serde_json::{Map, Value};
 
 use super::content_text;
-use crate::bon::Steering;
+use crate::bon::{Api, Steering};
 use crate::error::Error;
 use crate::score::Message;
 
 /// OpenAI's own upper bound on `n`.
 const OPENAI_MAX_N: u64 = 128;
 
-/// A validated chat completion request.
+/// A validated chat completion or legacy completion request.
 #[derive(Debug, Clone)]
-pub struct ChatRequest {
+pub struct ProxyRequest {
+    /// Which API the request speaks.
+    pub api: Api,
     /// The body as received, minus the `bestofn` field: what the upstream is sent, adjusted
     /// only in `n`, `seed` and `stream`.
     pub body: Map<String, Value>,
-    /// The conversation as plain text, for scorers.
+    /// The conversation as plain text, for scorers (a legacy prompt is one user turn).
     pub conversation: Vec<Message>,
     /// `stream: true` was asked for.
     pub stream: bool,
@@ -26,6 +28,8 @@ pub struct ChatRequest {
     pub client_n: u32,
     /// The client's `seed`, if any.
     pub seed: Option<i64>,
+    /// The client's `model`, if any.
+    pub model: Option<String>,
     /// Per-request steering from the `bestofn` field and `x-bestofn-*` headers.
     pub steering: Steering,
 }
@@ -42,21 +46,86 @@ pub struct SteeringHeaders<'a> {
 }
 
 /// Parses and validates a chat completion body. Errors name the field at fault.
-pub fn parse_chat_request(bytes: &[u8], headers: SteeringHeaders<'_>) -> Result<ChatRequest, Error> {
+pub fn parse_chat_request(bytes: &[u8], headers: SteeringHeaders<'_>) -> Result<ProxyRequest, Error> {
+    let mut body = json_object(bytes)?;
+    let steering_field = body.remove("bestofn");
+    let conversation = parse_messages(body.get("messages"))?;
+    finish(Api::Chat, body, conversation, steering_field, headers)
+}
+
+/// Parses and validates a legacy `/v1/completions` body, with OpenAI's `best_of` semantics:
+/// `best_of` candidates are sampled and the best `n` returned.
+pub fn parse_completion_request(bytes: &[u8], headers: SteeringHeaders<'_>) -> Result<ProxyRequest, Error> {
+    let mut body = json_object(bytes)?;
+    let steering_field = body.remove("bestofn");
+    let prompt = match body.get("prompt") {
+        None | Some(Value::Null) => return Err(Error::invalid("prompt", "'prompt' is required")),
+        Some(Value::String(p)) => p.clone(),
+        Some(Value::Array(list)) if list.len() == 1 && list[0].is_string() => {
+            list[0].as_str().unwrap_or_default().to_string()
+        }
+        Some(Value::Array(_)) => {
+            return Err(Error::invalid(
+                "prompt",
+                "'prompt' must be one string: best-of-N selection is per prompt, send one request each",
+            ));
+        }
+        Some(_) => return Err(Error::invalid("prompt", "'prompt' must be a string")),
+    };
+    let best_of = match body.remove("best_of") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(b) if b >= 1 => Some(b as u32),
+            _ => {
+                return Err(Error::invalid(
+                    "best_of",
+                    format!("'best_of' must be a positive integer, got {v}"),
+                ));
+            }
+        },
+    };
+    let conversation = vec![Message {
+        role: "user".into(),
+        content: prompt,
+    }];
+    let mut request = finish(Api::Completions, body, conversation, steering_field, headers)?;
+    if let Some(best_of) = best_of {
+        if best_of < request.client_n {
+            return Err(Error::invalid(
+                "best_of",
+                format!(
+                    "'best_of' ({best_of}) must be greater than or equal to 'n' ({})",
+                    request.client_n
+                ),
+            ));
+        }
+        request.steering.n = Some(best_of);
+    }
+    Ok(request)
+}
+
+fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| Error::InvalidRequest {
         message: format!("request body is not valid JSON: {e}"),
         param: None,
     })?;
-    let Value::Object(mut body) = value else {
-        return Err(Error::InvalidRequest {
+    match value {
+        Value::Object(body) => Ok(body),
+        _ => Err(Error::InvalidRequest {
             message: "request body must be a JSON object".into(),
             param: None,
-        });
-    };
+        }),
+    }
+}
 
-    let steering_field = body.remove("bestofn");
-    let conversation = parse_messages(body.get("messages"))?;
-
+/// Validates the fields both APIs share and assembles the request.
+fn finish(
+    api: Api,
+    body: Map<String, Value>,
+    conversation: Vec<Message>,
+    steering_field: Option<Value>,
+    headers: SteeringHeaders<'_>,
+) -> Result<ProxyRequest, Error> {
     if let Some(model) = body.get("model")
         && !model.is_string()
     {
@@ -100,7 +169,10 @@ pub fn parse_chat_request(bytes: &[u8], headers: SteeringHeaders<'_>) -> Result<
     let mut steering = parse_steering_field(steering_field)?;
     merge_header_steering(&mut steering, headers)?;
 
-    Ok(ChatRequest {
+    let model = body.get("model").and_then(Value::as_str).map(str::to_string);
+    Ok(ProxyRequest {
+        api,
+        model,
         body,
         conversation,
         stream,
@@ -242,7 +314,7 @@ fn merge_header_steering(steering: &mut Steering, headers: SteeringHeaders<'_>) 
 mod tests {
     use super::*;
 
-    fn parse(body: &str) -> Result<ChatRequest, Error> {
+    fn parse(body: &str) -> Result<ProxyRequest, Error> {
         parse_chat_request(body.as_bytes(), SteeringHeaders::default())
     }
 
@@ -317,5 +389,35 @@ mod tests {
         };
         let e = parse_chat_request(br#"{"messages":[{"role":"user","content":"x"}]}"#, bad).unwrap_err();
         assert_eq!(e.param(), Some("x-bestofn-n"));
+    }
+}
+
+#[cfg(test)]
+mod completion_tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<ProxyRequest, Error> {
+        parse_completion_request(body.as_bytes(), SteeringHeaders::default())
+    }
+
+    #[test]
+    fn best_of_sets_candidates_and_must_cover_n() {
+        let r = parse(r#"{"prompt":"2+2=","best_of":5,"n":2}"#).unwrap();
+        assert_eq!((r.steering.n, r.client_n), (Some(5), 2));
+        assert!(
+            !r.body.contains_key("best_of"),
+            "best_of is bestofn's to honour, not the upstream's"
+        );
+        assert_eq!(r.conversation[0].content, "2+2=");
+        assert_eq!(
+            parse(r#"{"prompt":"x","best_of":1,"n":2}"#).unwrap_err().param(),
+            Some("best_of")
+        );
+        assert_eq!(parse(r#"{"prompt":["a","b"]}"#).unwrap_err().param(), Some("prompt"));
+        assert_eq!(parse(r#"{"model":"m"}"#).unwrap_err().param(), Some("prompt"));
+        assert_eq!(
+            parse(r#"{"prompt":"x","best_of":0}"#).unwrap_err().param(),
+            Some("best_of")
+        );
     }
 }

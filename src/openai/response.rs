@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::bon::{Outcome, Plan};
+use crate::bon::{Api, Outcome, Plan};
 
 /// The `bestofn` object: what was sampled, how it scored, what was chosen, and what it cost.
 pub fn bestofn_object(plan: &Plan, outcome: &Outcome) -> Value {
@@ -44,12 +44,16 @@ pub fn bestofn_object(plan: &Plan, outcome: &Outcome) -> Value {
     obj
 }
 
-/// A `chat.completion` whose choices are the top `plan.k` candidates, best first, with honest
-/// usage and the `bestofn` object.
-pub fn build_chat_response(plan: &Plan, outcome: &Outcome) -> Value {
+/// A `chat.completion` (or legacy `text_completion`) whose choices are the top `plan.k`
+/// candidates, best first, with honest usage and the `bestofn` object.
+pub fn build_response(api: Api, plan: &Plan, outcome: &Outcome) -> Value {
     let samples = &outcome.samples;
     let mut response: Map<String, Value> = samples.envelope.clone();
-    response.insert("object".into(), json!("chat.completion"));
+    let object = match api {
+        Api::Chat => "chat.completion",
+        Api::Completions => "text_completion",
+    };
+    response.insert("object".into(), json!(object));
     let choices: Vec<Value> = outcome
         .ranking
         .iter()
@@ -62,15 +66,17 @@ pub fn build_chat_response(plan: &Plan, outcome: &Outcome) -> Value {
         })
         .collect();
     response.insert("choices".into(), Value::Array(choices));
-    let usage = &samples.usage;
-    response.insert(
-        "usage".into(),
-        json!({
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        }),
-    );
+    response.insert("usage".into(), usage_object(outcome));
     response.insert("bestofn".into(), bestofn_object(plan, outcome));
     Value::Object(response)
+}
+
+/// The OpenAI `usage` object of a best-of-N answer: every call's prompt, every candidate's tokens.
+pub fn usage_object(outcome: &Outcome) -> Value {
+    let usage = &outcome.samples.usage;
+    json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    })
 }

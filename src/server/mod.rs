@@ -11,10 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -22,14 +24,17 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 pub use state::AppState;
 
+use crate::bon::{Api, Outcome, Plan};
 use crate::error::Error;
-use crate::openai::{SteeringHeaders, build_chat_response, parse_chat_request};
+use crate::openai::stream::{self, StreamMeta};
+use crate::openai::{ProxyRequest, SteeringHeaders, build_response, parse_chat_request, parse_completion_request};
 
 /// Response body type of every route.
-pub type Body = BoxBody<Bytes, Infallible>;
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Largest request body accepted; beyond it, 413.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -99,12 +104,21 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) 
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let result = match (method.clone(), path.as_str()) {
-        (Method::POST, "/v1/chat/completions" | "/chat/completions") => chat(&state, req, &id).await,
+        (Method::POST, "/v1/chat/completions" | "/chat/completions") => completion(&state, req, &id, Api::Chat).await,
+        (Method::POST, "/v1/completions" | "/completions") => completion(&state, req, &id, Api::Completions).await,
         (Method::GET, "/v1/models" | "/models") => models(&state).await,
         (Method::GET, "/healthz" | "/health") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-        (_, "/v1/chat/completions" | "/chat/completions" | "/v1/models" | "/models" | "/healthz" | "/health") => {
-            Err(Error::MethodNotAllowed(format!("{method} is not allowed on {path}")))
-        }
+        (
+            _,
+            "/v1/chat/completions"
+            | "/chat/completions"
+            | "/v1/completions"
+            | "/completions"
+            | "/v1/models"
+            | "/models"
+            | "/healthz"
+            | "/health",
+        ) => Err(Error::MethodNotAllowed(format!("{method} is not allowed on {path}"))),
         _ => Err(Error::NotFound(format!("no route for {method} {path}"))),
     };
     let mut response = result.unwrap_or_else(|e| {
@@ -129,7 +143,7 @@ pub fn error_response(e: &Error) -> Response<Body> {
 
 fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut response = Response::new(Full::new(Bytes::from(bytes)).boxed());
+    let mut response = Response::new(Full::new(Bytes::from(bytes)).boxed_unsync());
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -152,7 +166,39 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn chat(state: &AppState, req: Request<Incoming>, id: &str) -> Result<Response<Body>, Error> {
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn sse_response(body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// A response body fed by a channel; dropping the body (client gone) closes the channel.
+fn channel_body(rx: mpsc::Receiver<Bytes>) -> Body {
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|bytes| (Ok::<_, Infallible>(Frame::data(bytes)), rx))
+    });
+    StreamBody::new(frames).boxed_unsync()
+}
+
+/// Chat completions and legacy completions: validation, planning, then one of pass-through,
+/// a JSON best-of-N answer, or a re-streamed best-of-N answer.
+async fn completion(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    id: &str,
+    api: Api,
+) -> Result<Response<Body>, Error> {
     let started = Instant::now();
     let headers = req.headers().clone();
     let bytes = read_body(req).await?;
@@ -161,42 +207,35 @@ async fn chat(state: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp
         scorer: header_str(&headers, "x-bestofn-scorer"),
         domain: header_str(&headers, "x-bestofn-domain"),
     };
-    let request = parse_chat_request(&bytes, steering_headers)?;
+    let request = match api {
+        Api::Chat => parse_chat_request(&bytes, steering_headers)?,
+        Api::Completions => parse_completion_request(&bytes, steering_headers)?,
+    };
     let plan = state.engine.plan(&request.steering, request.client_n)?;
-    if request.stream {
-        return Err(Error::invalid(
-            "stream",
-            "streaming responses are not supported by this build",
-        ));
-    }
 
     if plan.n == 1 && !plan.return_candidates {
-        let answer = state.engine.forward(&request.body).await?;
-        tracing::info!(request_id = %id, domain = %plan.domain, n = 1, latency_ms = started.elapsed().as_millis() as u64, "pass-through");
-        let mut response = json_response(StatusCode::OK, &answer);
+        tracing::info!(request_id = %id, domain = %plan.domain, n = 1, stream = request.stream, "pass-through");
+        let mut response = if request.stream {
+            pass_through_stream(state, api, &request).await?
+        } else {
+            json_response(StatusCode::OK, &state.engine.forward(api, &request.body).await?)
+        };
         response
             .headers_mut()
             .insert("x-bestofn-n", HeaderValue::from_static("1"));
         return Ok(response);
     }
 
+    if request.stream {
+        return Ok(best_of_n_stream(state.clone(), request, plan, id.to_string()));
+    }
+
     let outcome = state
         .engine
-        .run(&request.body, &request.conversation, request.seed, &plan)
+        .run(api, &request.body, &request.conversation, request.seed, &plan)
         .await?;
-    let body = build_chat_response(&plan, &outcome);
-    tracing::info!(
-        request_id = %id,
-        domain = %plan.domain,
-        n = plan.n,
-        received = outcome.samples.candidates.len(),
-        chosen = outcome.chosen(),
-        scores = ?outcome.scores,
-        scorer = %plan.scorer,
-        latency_ms = started.elapsed().as_millis() as u64,
-        "best-of-n"
-    );
-    let mut response = json_response(StatusCode::OK, &body);
+    log_outcome(id, &plan, &outcome, started);
+    let mut response = json_response(StatusCode::OK, &build_response(api, &plan, &outcome));
     let h = response.headers_mut();
     h.insert(
         "x-bestofn-n",
@@ -210,6 +249,99 @@ async fn chat(state: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp
         h.insert("x-bestofn-reward", reward);
     }
     Ok(response)
+}
+
+fn log_outcome(id: &str, plan: &Plan, outcome: &Outcome, started: Instant) {
+    tracing::info!(
+        request_id = %id,
+        domain = %plan.domain,
+        n = plan.n,
+        received = outcome.samples.candidates.len(),
+        chosen = outcome.chosen(),
+        scores = ?outcome.scores,
+        scorer = %plan.scorer,
+        latency_ms = started.elapsed().as_millis() as u64,
+        "best-of-n"
+    );
+}
+
+/// N = 1 with `stream: true`: the upstream's bytes go to the client as they arrive. An upstream
+/// error before the first byte is a normal HTTP error; one after it, an SSE error event.
+async fn pass_through_stream(state: &AppState, api: Api, request: &ProxyRequest) -> Result<Response<Body>, Error> {
+    let upstream = state.engine.forward_stream(api, &request.body).await?;
+    let frames = futures_util::stream::unfold(Some(upstream), |source| async move {
+        let mut source = source?;
+        match source.next().await {
+            Some(Ok(bytes)) => Some((Ok::<_, Infallible>(Frame::data(bytes)), Some(source))),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "upstream stream failed mid-way");
+                Some((Ok(Frame::data(stream::error_events(&e).concat().into())), None))
+            }
+            None => None,
+        }
+    });
+    Ok(sse_response(StreamBody::new(frames).boxed_unsync()))
+}
+
+/// N > 1 with `stream: true`: the role delta at once, heartbeats while candidates are sampled
+/// and scored, then the winner re-streamed. The work runs in its own task that stops as soon as
+/// the client goes away, dropping in-flight upstream and scorer calls with it.
+fn best_of_n_stream(state: Arc<AppState>, request: ProxyRequest, plan: Plan, id: String) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Bytes>(32);
+    let meta = StreamMeta {
+        api: request.api,
+        id: match request.api {
+            Api::Chat => format!("chatcmpl-{id}"),
+            Api::Completions => format!("cmpl-{id}"),
+        },
+        created: unix_now(),
+        model: request.model.clone().unwrap_or_default(),
+        include_usage: request.include_usage,
+    };
+    tokio::spawn(async move {
+        let started = Instant::now();
+        for event in meta.opening(plan.k) {
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+        let run = state
+            .engine
+            .run(request.api, &request.body, &request.conversation, request.seed, &plan);
+        tokio::pin!(run);
+        let mut heartbeat = tokio::time::interval(state.heartbeat);
+        heartbeat.tick().await;
+        let result = loop {
+            tokio::select! {
+                result = &mut run => break result,
+                _ = heartbeat.tick() => {
+                    if tx.send(Bytes::from_static(stream::HEARTBEAT)).await.is_err() {
+                        return;
+                    }
+                }
+                () = tx.closed() => {
+                    tracing::info!(request_id = %id, "client went away; dropping in-flight calls");
+                    return;
+                }
+            }
+        };
+        let events = match result {
+            Ok(outcome) => {
+                log_outcome(&id, &plan, &outcome, started);
+                meta.answer(&plan, &outcome)
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %id, status = e.status().as_u16(), error = %e, "best-of-n stream failed");
+                stream::error_events(&e)
+            }
+        };
+        for event in events {
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    });
+    sse_response(channel_body(rx))
 }
 
 async fn models(state: &AppState) -> Result<Response<Body>, Error> {

@@ -18,6 +18,8 @@ pub struct AppState {
     pub upstream: Arc<Upstream>,
     /// A configured model list that replaces the upstream's.
     pub models: Option<Vec<String>>,
+    /// Interval of SSE keep-alive comments while a best-of-N stream waits for its answer.
+    pub heartbeat: Duration,
 }
 
 /// A startup failure: a missing environment variable or an HTTP client that cannot be built.
@@ -86,6 +88,7 @@ impl AppState {
             engine,
             upstream,
             models: up.models.clone(),
+            heartbeat: Duration::from_millis(config.server.heartbeat_interval_ms),
         })
     }
 }

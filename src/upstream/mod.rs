@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::backend::Backend;
-use crate::bon::{Candidate, Sampler, Samples};
+use crate::backend::ByteStream;
+use crate::bon::{Api, Candidate, Sampler, Samples};
 use crate::error::Error;
-use crate::openai::content_text;
 use crate::score::BoxFuture;
 
 /// How N candidates are requested from the upstream.
@@ -28,8 +28,7 @@ pub enum SamplingMode {
 /// An OpenAI-compatible chat completions server.
 pub struct Upstream {
     backend: Backend,
-    chat_url: String,
-    models_url: String,
+    base_url: String,
     mode: SamplingMode,
     /// What `auto` has learned of the upstream's `n`: 0 not yet known, 1 no `n` support,
     /// k > 1 at most k choices per call (llama.cpp caps `n` at its `--parallel` slots).
@@ -59,8 +58,7 @@ impl Upstream {
         let base = base_url.trim_end_matches('/');
         Upstream {
             backend,
-            chat_url: format!("{base}/chat/completions"),
-            models_url: format!("{base}/models"),
+            base_url: base.to_string(),
             mode,
             n_cap: AtomicU32::new(0),
         }
@@ -68,7 +66,7 @@ impl Upstream {
 
     /// The upstream's `GET /models` answer.
     pub async fn models(&self) -> Result<Value, Error> {
-        Ok(self.backend.get_json(&self.models_url).await?.body)
+        Ok(self.backend.get_json(&format!("{}/models", self.base_url)).await?.body)
     }
 
     /// What `auto` has learned: 0 unknown, 1 no `n`, k at most k choices per call.
@@ -99,8 +97,12 @@ impl Upstream {
         body
     }
 
-    async fn call(&self, body: Map<String, Value>) -> Result<ChatCall, Error> {
-        let reply = self.backend.post_json(&self.chat_url, &Value::Object(body)).await?;
+    fn url(&self, api: Api) -> String {
+        format!("{}/{}", self.base_url, api.path())
+    }
+
+    async fn call(&self, api: Api, body: Map<String, Value>) -> Result<ChatCall, Error> {
+        let reply = self.backend.post_json(&self.url(api), &Value::Object(body)).await?;
         let Value::Object(mut body) = reply.body else {
             return Err(self.garbage("the body is not a JSON object"));
         };
@@ -108,8 +110,10 @@ impl Upstream {
             Some(Value::Array(list)) => list
                 .into_iter()
                 .map(|c| match c {
-                    Value::Object(c) if c.get("message").is_some_and(Value::is_object) => Ok(c),
-                    _ => Err(self.garbage("a choice without a 'message' object")),
+                    Value::Object(c) if api == Api::Chat && c.get("message").is_some_and(Value::is_object) => Ok(c),
+                    Value::Object(c) if api == Api::Completions && c.get("text").is_some_and(Value::is_string) => Ok(c),
+                    _ if api == Api::Chat => Err(self.garbage("a choice without a 'message' object")),
+                    _ => Err(self.garbage("a choice without a 'text' string")),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
             _ => return Err(self.garbage("no 'choices' array")),
@@ -129,6 +133,7 @@ impl Upstream {
     /// starting at candidate offset o gets seed `seed + o`, so every candidate has its own seed.
     async fn batches(
         &self,
+        api: Api,
         base: &Map<String, Value>,
         total: u32,
         per_call: u32,
@@ -141,31 +146,37 @@ impl Upstream {
         while offset < total {
             let size = per_call.min(total - offset);
             let call_seed = seed.map(|s| s.wrapping_add(i64::from(first + offset)));
-            calls.push(self.call(Self::call_body(base, size, call_seed)));
+            calls.push(self.call(api, Self::call_body(base, size, call_seed)));
             offset += size;
         }
         join_all(calls).await
     }
 
-    async fn sample_auto(&self, base: &Map<String, Value>, n: u32, seed: Option<i64>) -> Result<Samples, Error> {
+    async fn sample_auto(
+        &self,
+        api: Api,
+        base: &Map<String, Value>,
+        n: u32,
+        seed: Option<i64>,
+    ) -> Result<Samples, Error> {
         let cap = self.learned_n_cap();
         if n == 1 || cap == 1 || (cap > 1 && cap < n) {
-            return Self::collect(self.batches(base, n, cap.max(1), seed, 0).await, "parallel");
+            return Self::collect(api, self.batches(api, base, n, cap.max(1), seed, 0).await, "parallel");
         }
-        match self.call(Self::call_body(base, n, seed)).await {
+        match self.call(api, Self::call_body(base, n, seed)).await {
             Ok(call) => {
                 let got = call.choices.len() as u32;
                 if got >= n {
-                    return Self::collect(vec![Ok(call)], "n");
+                    return Self::collect(api, vec![Ok(call)], "n");
                 }
                 self.n_cap.store(got, Ordering::Relaxed);
                 tracing::info!(upstream = %self.backend.name, asked = n, got, "upstream returned fewer choices than n; topping up with parallel calls");
                 let mut results = vec![Ok(call)];
-                results.extend(self.batches(base, n - got, got, seed, got).await);
-                Self::collect(results, "n+parallel")
+                results.extend(self.batches(api, base, n - got, got, seed, got).await);
+                Self::collect(api, results, "n+parallel")
             }
             Err(Error::UpstreamRejected { status: 400 | 422, .. }) => {
-                let fallback = Self::collect(self.batches(base, n, 1, seed, 0).await, "parallel")?;
+                let fallback = Self::collect(api, self.batches(api, base, n, 1, seed, 0).await, "parallel")?;
                 // The same body with n=1 went through, so it was n>1 that was rejected.
                 self.n_cap.store(1, Ordering::Relaxed);
                 tracing::info!(upstream = %self.backend.name, "upstream rejected n>1; using parallel calls from now on");
@@ -176,7 +187,7 @@ impl Upstream {
     }
 
     /// Turns call results into candidates with honest usage; fails only if every call failed.
-    fn collect(results: Vec<Result<ChatCall, Error>>, strategy: &'static str) -> Result<Samples, Error> {
+    fn collect(api: Api, results: Vec<Result<ChatCall, Error>>, strategy: &'static str) -> Result<Samples, Error> {
         let mut samples = Samples {
             strategy,
             ..Default::default()
@@ -196,11 +207,7 @@ impl Upstream {
             let usage = call.body.get("usage");
             let prompt = usage.and_then(|u| u.get("prompt_tokens")).and_then(Value::as_u64);
             let reported = usage.and_then(|u| u.get("completion_tokens")).and_then(Value::as_u64);
-            let texts: Vec<String> = call
-                .choices
-                .iter()
-                .map(|c| content_text(c.get("message").and_then(|m| m.get("content"))))
-                .collect();
+            let texts: Vec<String> = call.choices.iter().map(|c| api.choice_text(c)).collect();
             let estimates: Vec<u64> = texts.iter().map(|t| estimate_tokens(t)).collect();
             let estimated_sum: u64 = estimates.iter().sum();
             let non_empty = texts.iter().filter(|t| !t.is_empty()).count() as u64;
@@ -251,26 +258,39 @@ impl Upstream {
 impl Sampler for Upstream {
     fn sample<'a>(
         &'a self,
+        api: Api,
         body: &'a Map<String, Value>,
         n: u32,
         seed: Option<i64>,
     ) -> BoxFuture<'a, Result<Samples, Error>> {
         Box::pin(async move {
             match self.mode {
-                SamplingMode::N => Self::collect(vec![self.call(Self::call_body(body, n, seed)).await], "n"),
-                SamplingMode::Parallel => Self::collect(self.batches(body, n, 1, seed, 0).await, "parallel"),
-                SamplingMode::Auto => self.sample_auto(body, n, seed).await,
+                SamplingMode::N => Self::collect(api, vec![self.call(api, Self::call_body(body, n, seed)).await], "n"),
+                SamplingMode::Parallel => Self::collect(api, self.batches(api, body, n, 1, seed, 0).await, "parallel"),
+                SamplingMode::Auto => self.sample_auto(api, body, n, seed).await,
             }
         })
     }
 
-    fn forward<'a>(&'a self, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Value, Error>> {
+    fn forward<'a>(&'a self, api: Api, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Value, Error>> {
         Box::pin(async move {
             Ok(self
                 .backend
-                .post_json(&self.chat_url, &Value::Object(body.clone()))
+                .post_json(&self.url(api), &Value::Object(body.clone()))
                 .await?
                 .body)
+        })
+    }
+
+    fn forward_stream<'a>(
+        &'a self,
+        api: Api,
+        body: &'a Map<String, Value>,
+    ) -> BoxFuture<'a, Result<ByteStream, Error>> {
+        Box::pin(async move {
+            self.backend
+                .post_stream(&self.url(api), &Value::Object(body.clone()))
+                .await
         })
     }
 }
