@@ -50,4 +50,16 @@ async fn the_openai_python_sdk_works_unchanged() {
     assert_eq!(seen["error"]["status"], 400);
     assert_eq!(seen["error"]["param"], "messages");
     assert_eq!(seen["models"][0], "fake-model");
+
+    // Streaming through the SDK's iterator: the same best candidate, usage at the end.
+    assert_eq!(
+        read_quality(seen["stream"]["content"].as_str().unwrap()),
+        best,
+        "{seen}"
+    );
+    assert_eq!(seen["stream"]["finish_reason"], "stop");
+    assert_eq!(seen["stream"]["usage_prompt_tokens"], PROMPT_TOKENS);
+    // The legacy completions API, with best_of and streamed.
+    assert_eq!(read_quality(seen["legacy"].as_str().unwrap()), best);
+    assert_eq!(read_quality(seen["legacy_stream"].as_str().unwrap()), best);
 }

@@ -35,6 +35,8 @@ pub enum Reply {
     Raw(u16, String),
     /// Waits, then answers (a slow backend; not used to synchronise the test).
     Delayed(Duration, Box<Reply>),
+    /// A `text/event-stream` body of these `data:` payloads.
+    Sse(Vec<String>),
 }
 
 pub type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
@@ -59,6 +61,14 @@ async fn answer(reply: Reply) -> Response<Full<Bytes>> {
         Reply::Delayed(d, inner) => {
             tokio::time::sleep(d).await;
             return Box::pin(answer(*inner)).await;
+        }
+        Reply::Sse(events) => {
+            let body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response
+                .headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            return response;
         }
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -210,10 +220,40 @@ pub fn upstream_handler(n_support: NSupport, usage: UsageStyle) -> impl Fn(&Reco
             .and_then(Value::as_i64)
             .unwrap_or_else(|| counter.fetch_add(100, Ordering::Relaxed));
         let texts: Vec<String> = (0..served).map(|i| candidate_text(seed + i64::from(i))).collect();
+        let legacy = req.path.ends_with("/v1/completions");
+        if req.body["stream"] == json!(true) {
+            let object = if legacy {
+                "text_completion"
+            } else {
+                "chat.completion.chunk"
+            };
+            let piece = |i: usize, text: &str, finish: Value| {
+                let choice = if legacy {
+                    json!({"index": i, "text": text, "logprobs": null, "finish_reason": finish})
+                } else {
+                    json!({"index": i, "delta": {"content": text}, "logprobs": null, "finish_reason": finish})
+                };
+                json!({"id": "up-1", "object": object, "created": 1, "model": "fake-model", "choices": [choice]})
+                    .to_string()
+            };
+            let mut events: Vec<String> = texts[0]
+                .split_inclusive(' ')
+                .map(|w| piece(0, w, Value::Null))
+                .collect();
+            events.push(piece(0, "", json!("stop")));
+            events.push("[DONE]".to_string());
+            return Reply::Sse(events);
+        }
         let choices: Vec<Value> = texts
             .iter()
             .enumerate()
-            .map(|(i, t)| json!({"index": i, "message": {"role": "assistant", "content": t}, "logprobs": null, "finish_reason": "stop"}))
+            .map(|(i, t)| {
+                if legacy {
+                    json!({"index": i, "text": t, "logprobs": null, "finish_reason": "length"})
+                } else {
+                    json!({"index": i, "message": {"role": "assistant", "content": t}, "logprobs": null, "finish_reason": "stop"})
+                }
+            })
             .collect();
         let completion = match usage {
             UsageStyle::Honest => texts.iter().map(|t| fake_tokens(t)).sum(),
@@ -223,7 +263,7 @@ pub fn upstream_handler(n_support: NSupport, usage: UsageStyle) -> impl Fn(&Reco
             200,
             json!({
                 "id": format!("chatcmpl-{seed}"),
-                "object": "chat.completion",
+                "object": if legacy { "text_completion" } else { "chat.completion" },
                 "created": 1700000000,
                 "model": req.body.get("model").cloned().unwrap_or(json!("fake-model")),
                 "system_fingerprint": "fp_fake",
@@ -449,4 +489,96 @@ pub fn assert_envelope(body: &Value, param: Option<&str>) {
     assert!(e["type"].is_string(), "{body}");
     assert!(e.as_object().unwrap().contains_key("code"), "{body}");
     assert_eq!(e["param"].as_str(), param, "{body}");
+}
+
+/// One item of a strictly parsed SSE stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SseItem {
+    Comment(String),
+    Data(Value),
+    Done,
+}
+
+/// Parses an SSE byte stream strictly: every event is one `data: ` line or one comment line,
+/// events end with a blank line, `[DONE]` is the last event, and every data payload is JSON.
+pub fn parse_sse(text: &str) -> Vec<SseItem> {
+    assert!(
+        text.ends_with("\n\n"),
+        "stream does not end with a blank line: {text:?}"
+    );
+    let mut items = Vec::new();
+    for block in text[..text.len() - 2].split("\n\n") {
+        assert!(!block.contains('\n'), "an event spans several lines: {block:?}");
+        assert!(!items.contains(&SseItem::Done), "an event after [DONE]: {block}");
+        if let Some(comment) = block.strip_prefix(':') {
+            items.push(SseItem::Comment(comment.trim().to_string()));
+        } else if let Some(data) = block.strip_prefix("data: ") {
+            if data == "[DONE]" {
+                items.push(SseItem::Done);
+            } else {
+                items.push(SseItem::Data(
+                    serde_json::from_str(data).unwrap_or_else(|e| panic!("bad JSON {data}: {e}")),
+                ));
+            }
+        } else {
+            panic!("not an SSE data or comment line: {block:?}");
+        }
+    }
+    assert_eq!(items.last(), Some(&SseItem::Done), "the stream must end with [DONE]");
+    items
+}
+
+/// The JSON data events of a parsed stream.
+pub fn data_events(items: &[SseItem]) -> Vec<Value> {
+    items
+        .iter()
+        .filter_map(|i| {
+            if let SseItem::Data(v) = i {
+                Some(v.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// POSTs and returns status, content type and the raw body text.
+pub async fn post_raw(url: &str, body: Value) -> (u16, String, String) {
+    let resp = client().post(url).json(&body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, content_type, resp.text().await.unwrap())
+}
+
+/// Reads one HTTP/1.1 request (headers and a content-length body) from a raw socket.
+pub async fn read_http_request(stream: &mut tokio::net::TcpStream) -> Option<Value> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .unwrap_or(0);
+            while buf.len() < end + 4 + length {
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return serde_json::from_slice(&buf[end + 4..end + 4 + length]).ok();
+        }
+    }
 }

@@ -42,6 +42,28 @@ def main() -> None:
         out["error"] = {"status": e.status_code, "param": e.param, "message": e.message}
 
     out["models"] = [m.id for m in client.models.list().data]
+
+    stream = client.chat.completions.create(
+        model="fake-model",
+        messages=[{"role": "user", "content": "stream it"}],
+        seed=40,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"bestofn": {"n": 5}},
+    )
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage.prompt_tokens
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    out["stream"] = {"content": "".join(pieces), "finish_reason": finish, "usage_prompt_tokens": usage}
+
+    legacy = client.completions.create(model="fake-model", prompt="Once", best_of=5, n=1, seed=40)
+    out["legacy"] = legacy.choices[0].text
+    legacy_stream = client.completions.create(model="fake-model", prompt="Once", seed=40, stream=True, extra_body={"bestofn": {"n": 5}})
+    out["legacy_stream"] = "".join(c.choices[0].text for c in legacy_stream if c.choices)
     print(json.dumps(out))
 
 
