@@ -358,3 +358,60 @@ async fn legacy_completions_with_best_of() {
     let chunks = data_events(&parse_sse(&text));
     assert_eq!(contents(&chunks, "text")[0], candidate_text(3));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_streaming_client_that_goes_away_closes_the_upstream_connections() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let closed_tx = closed_tx.clone();
+            let accepted_tx = accepted_tx.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                if read_http_request(&mut stream).await.is_some() {
+                    let _ = accepted_tx.send(());
+                }
+                let mut buf = [0u8; 64];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    let rm = FakeServer::start(rm_handler()).await;
+    let dummy = FakeServer::start(|_: &Recorded| Reply::Json(500, json!({}))).await;
+    let cfg = config(&dummy, &rm, "parallel", 2)
+        .replace(&dummy.url(), &format!("http://{addr}"))
+        .replace("timeout_ms = 5000", "timeout_ms = 60000");
+    let proxy = Bestofn::start(&cfg);
+
+    let request = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&chat_body("hang"))
+        .send();
+    let give_up_after_both_calls = async {
+        for _ in 0..2 {
+            accepted_rx.recv().await.unwrap();
+        }
+    };
+    tokio::select! {
+        _ = request => panic!("the upstream never answers"),
+        _ = tokio::time::timeout(Duration::from_secs(10), give_up_after_both_calls) => {}
+    }
+    // The client's request future is dropped here, closing its connection.
+    let all_closed = async {
+        for _ in 0..2 {
+            closed_rx.recv().await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), all_closed)
+        .await
+        .expect("upstream connections left open after the client went away");
+}
