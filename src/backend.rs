@@ -1,6 +1,8 @@
-//! One JSON-over-HTTP call to a backend (upstream LLM or scorer), with timeout, retries and
-//! error normalisation shared by every client bestofn has.
+//! Calls to backends (upstream LLMs and scorers): a pool of endpoints chosen by fewest
+//! in-flight requests with ejection of failing ones, per-attempt timeouts, retries with capped
+//! exponential backoff and jitter that honour Retry-After, and error normalisation.
 
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -9,19 +11,187 @@ use serde_json::Value;
 use crate::error::Error;
 use crate::openai::normalize_error_body;
 
-/// How a backend is called: its display name for errors, credentials, time limit and retries.
-#[derive(Debug, Clone)]
+/// Installs ring as the process's TLS crypto provider. reqwest is built without a bundled
+/// provider (see Cargo.toml) to keep clean builds lean; this must run before a client is built.
+pub fn install_crypto_provider() {
+    // An error only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A credential that never shows in `Debug` output, logs or errors.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a credential.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// The credential itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// When and how often failed calls are tried again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Further attempts after a connection error, a 429 or a 5xx.
+    pub max_retries: u32,
+    /// First backoff; doubled each attempt.
+    pub backoff_base: Duration,
+    /// Largest backoff, Retry-After included.
+    pub backoff_max: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `attempt` (0-based): "full jitter" over the capped
+    /// exponential, so that many clients retrying at once spread out; at least Retry-After.
+    pub fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let ceiling = self
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(attempt))
+            .min(self.backoff_max);
+        let jittered = ceiling.mul_f64(fastrand::f64());
+        match retry_after {
+            Some(wait) => wait.min(self.backoff_max).max(jittered),
+            None => jittered,
+        }
+    }
+}
+
+/// When a failing endpoint is taken out of rotation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EjectionPolicy {
+    /// Consecutive failures that eject an endpoint.
+    pub after_failures: u32,
+    /// How long it stays out before it is probed with a real request again.
+    pub cooldown: Duration,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    url: String,
+    in_flight: AtomicUsize,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since the pool's epoch until which the endpoint is out; 0 when in.
+    ejected_until_ms: AtomicU64,
+}
+
+/// Interchangeable endpoints of one backend.
+#[derive(Debug)]
+pub struct EndpointPool {
+    endpoints: Vec<Endpoint>,
+    ejection: EjectionPolicy,
+    epoch: Instant,
+    rotation: AtomicUsize,
+}
+
+/// Holds an endpoint's in-flight count up while a call runs.
+struct InFlight<'a> {
+    pool: &'a EndpointPool,
+    index: usize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.pool.endpoints[self.index]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl EndpointPool {
+    /// A pool over `urls` (at least one).
+    pub fn new(urls: &[String], ejection: EjectionPolicy) -> Self {
+        let endpoints = urls
+            .iter()
+            .map(|u| Endpoint {
+                url: u.trim_end_matches('/').to_string(),
+                in_flight: AtomicUsize::new(0),
+                consecutive_failures: AtomicU32::new(0),
+                ejected_until_ms: AtomicU64::new(0),
+            })
+            .collect();
+        EndpointPool {
+            endpoints,
+            ejection,
+            epoch: Instant::now(),
+            rotation: AtomicUsize::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The endpoint with the fewest in-flight calls among those not ejected; when every one is
+    /// ejected, the one whose cool-down ends first, so requests still have somewhere to go.
+    fn pick(&self) -> InFlight<'_> {
+        let now = self.now_ms();
+        let start = self.rotation.fetch_add(1, Ordering::Relaxed);
+        let count = self.endpoints.len();
+        let order = (0..count).map(|i| (start + i) % count);
+        let available = order
+            .clone()
+            .filter(|&i| self.endpoints[i].ejected_until_ms.load(Ordering::Relaxed) <= now);
+        let index = available
+            .min_by_key(|&i| self.endpoints[i].in_flight.load(Ordering::Relaxed))
+            .or_else(|| order.min_by_key(|&i| self.endpoints[i].ejected_until_ms.load(Ordering::Relaxed)))
+            .unwrap_or(0);
+        self.endpoints[index].in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { pool: self, index }
+    }
+
+    fn record(&self, index: usize, healthy: bool) {
+        let endpoint = &self.endpoints[index];
+        if healthy {
+            endpoint.consecutive_failures.store(0, Ordering::Relaxed);
+            endpoint.ejected_until_ms.store(0, Ordering::Relaxed);
+            return;
+        }
+        let failures = endpoint.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.ejection.after_failures {
+            let until = self.now_ms() + self.ejection.cooldown.as_millis() as u64;
+            if endpoint.ejected_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms() {
+                tracing::warn!(endpoint = %endpoint.url, failures, cooldown_ms = self.ejection.cooldown.as_millis() as u64, "endpoint ejected");
+            }
+        }
+    }
+
+    /// URLs of endpoints currently in rotation.
+    pub fn healthy(&self) -> Vec<&str> {
+        let now = self.now_ms();
+        self.endpoints
+            .iter()
+            .filter(|e| e.ejected_until_ms.load(Ordering::Relaxed) <= now)
+            .map(|e| e.url.as_str())
+            .collect()
+    }
+}
+
+/// How a backend is called: its kind for errors, endpoints, credentials, time limit, retries.
+#[derive(Debug)]
 pub struct Backend {
     /// A connection-pooling, keep-alive client shared by all calls.
     pub client: reqwest::Client,
-    /// Name used in error messages and logs, e.g. `upstream http://127.0.0.1:8000/v1`.
+    /// What the backend is, for errors and logs: `upstream`, `scorer rm`.
     pub name: String,
+    /// The endpoints: base URLs for the upstream, full URLs for a scorer.
+    pub pool: EndpointPool,
     /// Sent as `Authorization: Bearer ...` when set.
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// Limit for one attempt, connection to last byte.
     pub timeout: Duration,
-    /// Further attempts after a connection error, a 429 or a 5xx.
-    pub max_retries: u32,
+    /// Retries and backoff.
+    pub retry: RetryPolicy,
 }
 
 /// A successful call: the JSON body and how long the successful attempt took.
@@ -33,47 +203,42 @@ pub struct JsonReply {
     pub latency: Duration,
 }
 
-/// Installs ring as the process's TLS crypto provider. reqwest is built without a bundled
-/// provider (see Cargo.toml) to keep clean builds lean; this must run before a client is built.
-pub fn install_crypto_provider() {
-    // An error only means a provider is already installed, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-const BACKOFF_BASE: Duration = Duration::from_millis(50);
-const BACKOFF_CAP: Duration = Duration::from_secs(2);
-
 /// A stream of body bytes from a backend; an error ends it.
 pub type ByteStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, Error>> + Send>>;
 
+enum Attempt {
+    Retryable {
+        error: Error,
+        retry_after: Option<Duration>,
+    },
+    Final(Error),
+}
+
+enum Method<'a> {
+    Get,
+    Post(&'a Bytes),
+}
+
 impl Backend {
-    /// POSTs `body` as JSON to `url`, retrying what is retryable, and parses the JSON answer.
-    pub async fn post_json(&self, url: &str, body: &Value) -> Result<JsonReply, Error> {
+    /// POSTs `body` as JSON to `path` under an endpoint, retrying what is retryable, and parses
+    /// the JSON answer.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<JsonReply, Error> {
         let bytes = Bytes::from(serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?);
-        self.call_json(|| self.json_request(url, &bytes)).await
+        self.call_json(path, Method::Post(&bytes)).await
     }
 
-    /// GETs JSON from `url`, retrying what is retryable.
-    pub async fn get_json(&self, url: &str) -> Result<JsonReply, Error> {
-        self.call_json(|| self.client.get(url).timeout(self.timeout)).await
+    /// GETs JSON from `path` under an endpoint, retrying what is retryable.
+    pub async fn get_json(&self, path: &str) -> Result<JsonReply, Error> {
+        self.call_json(path, Method::Get).await
     }
 
-    /// POSTs `body` and returns the answer's bytes as they arrive. `timeout` bounds the wait for
-    /// the response headers only: a stream may legitimately run longer than one call's limit.
-    pub async fn post_stream(&self, url: &str, body: &Value) -> Result<ByteStream, Error> {
+    /// POSTs `body` and returns the answer's bytes as they arrive. The timeout bounds the wait
+    /// for the response headers only: a stream may legitimately run longer than one call.
+    pub async fn post_stream(&self, path: &str, body: &Value) -> Result<ByteStream, Error> {
         use futures_util::StreamExt;
         let bytes = Bytes::from(serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?);
-        let build = || {
-            self.client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(bytes.clone())
-        };
-        let (response, _) = match tokio::time::timeout(self.timeout, self.send(build)).await {
-            Ok(result) => result?,
-            Err(_) => return Err(self.timed_out()),
-        };
-        let name = self.name.clone();
+        let (response, _, endpoint) = self.send(path, Method::Post(&bytes), false).await?;
+        let name = self.endpoint_name(&endpoint);
         Ok(Box::pin(response.bytes_stream().map(move |chunk| {
             chunk.map_err(|e| Error::BadGateway {
                 backend: name.clone(),
@@ -82,51 +247,86 @@ impl Backend {
         })))
     }
 
-    fn json_request(&self, url: &str, bytes: &Bytes) -> reqwest::RequestBuilder {
-        self.client
-            .post(url)
-            .header("content-type", "application/json")
-            .body(bytes.clone())
-            .timeout(self.timeout)
+    fn endpoint_name(&self, url: &str) -> String {
+        format!("{} {url}", self.name)
     }
 
-    async fn call_json(&self, build: impl Fn() -> reqwest::RequestBuilder) -> Result<JsonReply, Error> {
-        let (response, started) = self.send(build).await?;
+    async fn call_json(&self, path: &str, method: Method<'_>) -> Result<JsonReply, Error> {
+        let (response, started, endpoint) = self.send(path, method, true).await?;
         let status = response.status();
+        let name = self.endpoint_name(&endpoint);
         let body = response.bytes().await.map_err(|e| {
             if e.is_timeout() {
-                self.timed_out()
+                timed_out(&name, self.timeout)
             } else {
-                self.bad_gateway(format!("response body broke off: {}", error_chain(&e)))
+                Error::BadGateway {
+                    backend: name.clone(),
+                    message: format!("response body broke off: {}", error_chain(&e)),
+                }
             }
         })?;
-        let body = serde_json::from_slice(&body)
-            .map_err(|e| self.bad_gateway(format!("answered HTTP {status} with a body that is not JSON: {e}")))?;
+        let body = serde_json::from_slice(&body).map_err(|e| Error::BadGateway {
+            backend: name.clone(),
+            message: format!("answered HTTP {status} with a body that is not JSON: {e}"),
+        })?;
         Ok(JsonReply {
             body,
             latency: started.elapsed(),
         })
     }
 
-    /// Sends until a 2xx arrives or the retries run out; returns the response and when the
-    /// successful attempt started.
-    async fn send(&self, build: impl Fn() -> reqwest::RequestBuilder) -> Result<(reqwest::Response, Instant), Error> {
+    /// Sends until a 2xx arrives or the retries run out. With `whole_body`, the timeout covers
+    /// the body too; otherwise only the headers. Returns the response, when the successful
+    /// attempt started, and the endpoint that answered.
+    async fn send(
+        &self,
+        path: &str,
+        method: Method<'_>,
+        whole_body: bool,
+    ) -> Result<(reqwest::Response, Instant, String), Error> {
         let mut attempt = 0;
         loop {
-            let started = Instant::now();
-            let mut request = build();
-            if let Some(key) = &self.api_key {
-                request = request.bearer_auth(key);
+            let endpoint = self.pool.pick();
+            let base = &self.pool.endpoints[endpoint.index].url;
+            let url = format!("{base}{path}");
+            let mut request = match method {
+                Method::Get => self.client.get(&url),
+                Method::Post(bytes) => self
+                    .client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(bytes.clone()),
+            };
+            if whole_body {
+                request = request.timeout(self.timeout);
             }
-            match self.attempt(request).await {
-                Ok(response) => return Ok((response, started)),
+            if let Some(key) = &self.api_key {
+                request = request.bearer_auth(key.expose());
+            }
+            let started = Instant::now();
+            let name = self.endpoint_name(base);
+            let outcome = if whole_body {
+                self.attempt(request, &name).await
+            } else {
+                match tokio::time::timeout(self.timeout, self.attempt(request, &name)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(Attempt::Final(timed_out(&name, self.timeout))),
+                }
+            };
+            let healthy = match &outcome {
+                Ok(_) => true,
+                Err(Attempt::Final(e)) => e.status().is_client_error(),
+                Err(Attempt::Retryable { .. }) => false,
+            };
+            self.pool.record(endpoint.index, healthy);
+            drop(endpoint);
+            match outcome {
+                Ok(response) => return Ok((response, started, base.clone())),
                 Err(Attempt::Final(e)) => return Err(e),
-                Err(Attempt::Retryable { error, .. }) if attempt >= self.max_retries => return Err(error),
+                Err(Attempt::Retryable { error, .. }) if attempt >= self.retry.max_retries => return Err(error),
                 Err(Attempt::Retryable { error, retry_after }) => {
-                    let backoff = retry_after
-                        .unwrap_or(BACKOFF_BASE * 2u32.saturating_pow(attempt))
-                        .min(BACKOFF_CAP);
-                    tracing::debug!(backend = %self.name, attempt, error = %error, ?backoff, "retrying");
+                    let backoff = self.retry.backoff(attempt, retry_after);
+                    tracing::debug!(backend = %name, attempt, error = %error, ?backoff, "retrying");
                     tokio::time::sleep(backoff).await;
                     attempt += 1;
                 }
@@ -134,13 +334,17 @@ impl Backend {
         }
     }
 
-    async fn attempt(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, Attempt> {
+    async fn attempt(&self, request: reqwest::RequestBuilder, name: &str) -> Result<reqwest::Response, Attempt> {
+        let bad_gateway = |message: String| Error::BadGateway {
+            backend: name.to_string(),
+            message,
+        };
         let response = match request.send().await {
             Ok(r) => r,
-            Err(e) if e.is_timeout() => return Err(Attempt::Final(self.timed_out())),
+            Err(e) if e.is_timeout() => return Err(Attempt::Final(timed_out(name, self.timeout))),
             Err(e) => {
                 return Err(Attempt::Retryable {
-                    error: self.bad_gateway(format!("cannot reach it: {}", error_chain(&e))),
+                    error: bad_gateway(format!("cannot reach it: {}", error_chain(&e))),
                     retry_after: None,
                 });
             }
@@ -159,46 +363,31 @@ impl Backend {
         let normalized = normalize_error_body(&body);
         if status.as_u16() == 429 || status.is_server_error() {
             return Err(Attempt::Retryable {
-                error: self.bad_gateway(format!("HTTP {}: {}", status.as_u16(), normalized.message)),
+                error: bad_gateway(format!("HTTP {}: {}", status.as_u16(), normalized.message)),
                 retry_after,
             });
         }
         if status.is_client_error() {
             return Err(Attempt::Final(Error::UpstreamRejected {
-                backend: self.name.clone(),
+                backend: name.to_string(),
                 status: status.as_u16(),
                 message: normalized.message,
                 error_type: normalized.error_type,
                 param: normalized.param,
             }));
         }
-        Err(Attempt::Final(self.bad_gateway(format!(
+        Err(Attempt::Final(bad_gateway(format!(
             "unexpected HTTP {status}: {}",
             normalized.message
         ))))
     }
-
-    fn timed_out(&self) -> Error {
-        Error::GatewayTimeout {
-            backend: self.name.clone(),
-            message: format!("no complete answer within {} ms", self.timeout.as_millis()),
-        }
-    }
-
-    fn bad_gateway(&self, message: String) -> Error {
-        Error::BadGateway {
-            backend: self.name.clone(),
-            message,
-        }
-    }
 }
 
-enum Attempt {
-    Retryable {
-        error: Error,
-        retry_after: Option<Duration>,
-    },
-    Final(Error),
+fn timed_out(name: &str, timeout: Duration) -> Error {
+    Error::GatewayTimeout {
+        backend: name.to_string(),
+        message: format!("no complete answer within {} ms", timeout.as_millis()),
+    }
 }
 
 /// `reqwest` hides the useful part of a connection error in its source chain.
@@ -211,4 +400,76 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: usize) -> EndpointPool {
+        let urls: Vec<String> = (0..n).map(|i| format!("http://e{i}")).collect();
+        EndpointPool::new(
+            &urls,
+            EjectionPolicy {
+                after_failures: 2,
+                cooldown: Duration::from_secs(60),
+            },
+        )
+    }
+
+    #[test]
+    fn picks_the_least_loaded_endpoint() {
+        let p = pool(3);
+        let a = p.pick();
+        let b = p.pick();
+        let c = p.pick();
+        let mut picked = vec![a.index, b.index, c.index];
+        picked.sort();
+        assert_eq!(picked, vec![0, 1, 2], "each in-flight call goes to an idle endpoint");
+        drop(b);
+        let idle = c.index;
+        drop(c);
+        let d = p.pick();
+        assert!(d.index == idle || p.endpoints[d.index].in_flight.load(Ordering::Relaxed) == 1);
+        assert_ne!(d.index, a.index, "the busy endpoint is not chosen");
+    }
+
+    #[test]
+    fn ejects_after_consecutive_failures_and_restores_on_success() {
+        let p = pool(2);
+        p.record(0, false);
+        assert_eq!(p.healthy().len(), 2, "one failure is not enough");
+        p.record(0, false);
+        assert_eq!(p.healthy(), vec!["http://e1"]);
+        for _ in 0..10 {
+            assert_eq!(p.pick().index, 1, "an ejected endpoint gets no traffic");
+        }
+        p.record(1, false);
+        p.record(1, false);
+        // Every endpoint ejected: still pick one rather than fail.
+        let _ = p.pick();
+        p.record(0, true);
+        assert_eq!(p.healthy(), vec!["http://e0"]);
+    }
+
+    #[test]
+    fn backoff_is_capped_jittered_and_honours_retry_after() {
+        let r = RetryPolicy {
+            max_retries: 5,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+        };
+        for attempt in 0..10 {
+            let b = r.backoff(attempt, None);
+            assert!(b <= Duration::from_secs(1));
+            assert!(b <= Duration::from_millis(100) * 2u32.pow(attempt.min(5)));
+        }
+        assert!(r.backoff(0, Some(Duration::from_millis(700))) >= Duration::from_millis(700));
+        assert_eq!(
+            r.backoff(0, Some(Duration::from_secs(30))),
+            Duration::from_secs(1),
+            "capped"
+        );
+        assert_eq!(format!("{:?}", Secret::new("sk-123".into())), "Secret(***)");
+    }
 }

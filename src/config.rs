@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bon::{DOMAINS, DomainRule, MAX_N, Policy};
+use std::time::Duration;
+
+use crate::backend::Secret;
+use crate::bon::{DOMAINS, DomainRule, MAX_N, Policy, ScorerFailurePolicy};
 use crate::score::{ChatTemplate, InputFormat, RewardApi};
 use crate::upstream::SamplingMode;
 
@@ -60,17 +63,43 @@ struct RawConfig {
 struct RawServer {
     listen: Option<String>,
     heartbeat_interval_ms: Option<u64>,
+    api_keys: Option<Vec<String>>,
+    api_keys_env: Option<String>,
+    auth_ops_endpoints: Option<bool>,
+    max_concurrent_requests: Option<usize>,
+    max_body_bytes: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    drain_timeout_ms: Option<u64>,
+}
+
+/// Transport keys shared by the upstream and every HTTP scorer, gathered for validation.
+#[derive(Debug, Default)]
+struct RawTransport {
+    api_key_env: Option<String>,
+    timeout_ms: Option<u64>,
+    max_retries: Option<u32>,
+    retry_backoff_ms: Option<u64>,
+    retry_backoff_max_ms: Option<u64>,
+    eject_after_failures: Option<u32>,
+    eject_cooldown_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
-    base_url: String,
-    api_key_env: Option<String>,
+    base_url: Option<String>,
+    base_urls: Option<Vec<String>>,
     sampling: Option<SamplingMode>,
+    hedge: Option<u32>,
+    models: Option<Vec<String>>,
+    api_key_env: Option<String>,
     timeout_ms: Option<u64>,
     max_retries: Option<u32>,
-    models: Option<Vec<String>>,
+    retry_backoff_ms: Option<u64>,
+    retry_backoff_max_ms: Option<u64>,
+    eject_after_failures: Option<u32>,
+    eject_cooldown_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,7 +107,8 @@ struct RawUpstream {
 enum RawScorer {
     RewardHttp {
         api: RewardApi,
-        url: String,
+        url: Option<String>,
+        urls: Option<Vec<String>>,
         model: Option<String>,
         chat_template: Option<ChatTemplate>,
         input_format: Option<InputFormat>,
@@ -87,6 +117,10 @@ enum RawScorer {
         api_key_env: Option<String>,
         timeout_ms: Option<u64>,
         max_retries: Option<u32>,
+        retry_backoff_ms: Option<u64>,
+        retry_backoff_max_ms: Option<u64>,
+        eject_after_failures: Option<u32>,
+        eject_cooldown_ms: Option<u64>,
     },
 }
 
@@ -95,6 +129,9 @@ enum RawScorer {
 struct RawPolicy {
     n: u32,
     scorer: String,
+    deadline_ms: Option<u64>,
+    min_candidates: Option<u32>,
+    on_scorer_failure: Option<ScorerFailurePolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,25 +163,63 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Interval of SSE keep-alive comments while candidates are generated and scored.
     pub heartbeat_interval_ms: u64,
+    /// Client API keys; empty means no client authentication. Never printed.
+    #[serde(skip)]
+    pub api_keys: Vec<Secret>,
+    /// How many client keys are configured (printed instead of the keys).
+    pub api_keys_configured: usize,
+    /// Environment variable with more client keys, comma-separated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_keys_env: Option<String>,
+    /// Require a client key on /metrics and /healthz too.
+    pub auth_ops_endpoints: bool,
+    /// Requests served at once; beyond it, 429 with Retry-After.
+    pub max_concurrent_requests: usize,
+    /// Largest request body; beyond it, 413.
+    pub max_body_bytes: usize,
+    /// Time a client has to send its request headers.
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send its request body; beyond it, 408.
+    pub body_read_timeout_ms: u64,
+    /// Time in-flight requests get to finish after SIGTERM or SIGINT.
+    pub drain_timeout_ms: u64,
+}
+
+/// Transport settings of one backend: credentials, time limit, retries, ejection.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TransportConfig {
+    /// Environment variable holding the API key (sent as a Bearer token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Limit for one call.
+    pub timeout_ms: u64,
+    /// Retries on connection errors, 429 and 5xx.
+    pub max_retries: u32,
+    /// First retry backoff (doubled per attempt, with jitter).
+    pub retry_backoff_ms: u64,
+    /// Largest retry backoff, Retry-After included.
+    pub retry_backoff_max_ms: u64,
+    /// Consecutive failures that take an endpoint out of rotation.
+    pub eject_after_failures: u32,
+    /// How long an ejected endpoint stays out before it is probed again.
+    pub eject_cooldown_ms: u64,
 }
 
 /// `[upstream]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpstreamConfig {
-    /// Base URL of the OpenAI-compatible API, e.g. `http://127.0.0.1:8000/v1`.
-    pub base_url: String,
-    /// Environment variable holding the upstream API key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub api_key_env: Option<String>,
+    /// Base URLs of interchangeable OpenAI-compatible servers, e.g. `http://127.0.0.1:8000/v1`.
+    pub base_urls: Vec<String>,
     /// How N candidates are requested.
     pub sampling: SamplingMode,
-    /// Limit for one upstream call.
-    pub timeout_ms: u64,
-    /// Retries on connection errors, 429 and 5xx.
-    pub max_retries: u32,
+    /// Extra parallel samples requested; the first N to finish are used.
+    pub hedge: u32,
     /// Served at `GET /v1/models` instead of asking the upstream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
+    /// Credentials, time limit, retries, ejection.
+    #[serde(flatten)]
+    pub transport: TransportConfig,
 }
 
 /// `[scorers.NAME]`.
@@ -160,8 +235,8 @@ pub enum ScorerConfig {
 pub struct RewardHttpConfig {
     /// The server's API.
     pub api: RewardApi,
-    /// The endpoint URL.
-    pub url: String,
+    /// Interchangeable endpoint URLs.
+    pub urls: Vec<String>,
     /// The `model` field sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -174,13 +249,9 @@ pub struct RewardHttpConfig {
     /// TEI label holding the reward, for multi-label heads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
-    /// Environment variable holding the scorer's API key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub api_key_env: Option<String>,
-    /// Limit for one scorer call.
-    pub timeout_ms: u64,
-    /// Retries on connection errors, 429 and 5xx.
-    pub max_retries: u32,
+    /// Credentials, time limit, retries, ejection.
+    #[serde(flatten)]
+    pub transport: TransportConfig,
 }
 
 /// `[policy]`.
@@ -190,6 +261,13 @@ pub struct PolicyConfig {
     pub n: u32,
     /// Default scorer.
     pub scorer: String,
+    /// Per-request sampling deadline; at it, selection uses the candidates that arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// Fewest candidates worth selecting from; fewer by the deadline is a 504.
+    pub min_candidates: u32,
+    /// What to answer when the scorer fails.
+    pub on_scorer_failure: ScorerFailurePolicy,
 }
 
 /// Default listen address.
@@ -198,6 +276,8 @@ const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 5_000;
 const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 60_000;
 const DEFAULT_SCORER_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_MAX_RETRIES: u32 = 2;
+const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 impl Config {
     /// Reads and validates a config file.
@@ -215,7 +295,7 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        validate(raw, path)
+        Validator { path }.config(raw)
     }
 
     /// The validated policy for the engine.
@@ -224,156 +304,270 @@ impl Config {
             n: self.policy.n,
             scorer: self.policy.scorer.clone(),
             domains: self.domains.clone(),
+            deadline: self.policy.deadline_ms.map(Duration::from_millis),
+            min_candidates: self.policy.min_candidates,
+            on_scorer_failure: self.policy.on_scorer_failure,
         }
     }
 
-    /// The effective configuration as TOML, defaults included.
+    /// The effective configuration as TOML, defaults included, secrets left out.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
 
-fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
-    let invalid = |key: &str, message: String| ConfigError::Invalid {
-        path: path.to_path_buf(),
-        key: key.to_string(),
-        message,
-    };
+struct Validator<'a> {
+    path: &'a Path,
+}
 
-    let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-    let listen = listen_text
-        .parse::<SocketAddr>()
-        .map_err(|e| invalid("server.listen", format!("'{listen_text}' is not HOST:PORT ({e})")))?;
-
-    let heartbeat_interval_ms = raw
-        .server
-        .heartbeat_interval_ms
-        .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL_MS);
-    if heartbeat_interval_ms == 0 {
-        return Err(invalid("server.heartbeat_interval_ms", "must be greater than 0".into()));
-    }
-    check_url(&raw.upstream.base_url).map_err(|m| invalid("upstream.base_url", m))?;
-    let upstream_timeout = raw.upstream.timeout_ms.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS);
-    if upstream_timeout == 0 {
-        return Err(invalid("upstream.timeout_ms", "must be greater than 0".into()));
-    }
-    if let Some(models) = &raw.upstream.models
-        && models.iter().any(|m| m.trim().is_empty())
-    {
-        return Err(invalid("upstream.models", "model names must not be empty".into()));
+impl Validator<'_> {
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            message: message.into(),
+        }
     }
 
-    let mut scorers = BTreeMap::new();
-    for (name, scorer) in raw.scorers {
-        let key = |k: &str| format!("scorers.{name}.{k}");
-        let config = match scorer {
-            RawScorer::RewardHttp {
-                api,
-                url,
-                model,
-                chat_template,
-                input_format,
-                label_index,
-                label,
-                api_key_env,
-                timeout_ms,
-                max_retries,
-            } => {
-                check_url(&url).map_err(|m| invalid(&key("url"), m))?;
-                let timeout_ms = timeout_ms.unwrap_or(DEFAULT_SCORER_TIMEOUT_MS);
-                if timeout_ms == 0 {
-                    return Err(invalid(&key("timeout_ms"), "must be greater than 0".into()));
+    fn positive(&self, key: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+        match value.unwrap_or(default) {
+            0 => Err(self.invalid(key, "must be greater than 0")),
+            v => Ok(v),
+        }
+    }
+
+    fn urls(&self, key: &str, one: Option<String>, many: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+        let (plural, singular) = (format!("{key}s"), key.to_string());
+        let urls = match (one, many) {
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(&plural, format!("set either {singular} or {plural}, not both")));
+            }
+            (Some(u), None) => vec![u],
+            (None, Some(list)) if !list.is_empty() => list,
+            _ => return Err(self.invalid(&singular, "is required")),
+        };
+        for u in &urls {
+            check_url(u).map_err(|m| self.invalid(&singular, m))?;
+        }
+        Ok(urls)
+    }
+
+    fn transport(&self, prefix: &str, raw: RawTransport, default_timeout: u64) -> Result<TransportConfig, ConfigError> {
+        let key = |k: &str| format!("{prefix}.{k}");
+        let retry_backoff_ms = self.positive(&key("retry_backoff_ms"), raw.retry_backoff_ms, 100)?;
+        let retry_backoff_max_ms = self.positive(&key("retry_backoff_max_ms"), raw.retry_backoff_max_ms, 2_000)?;
+        if retry_backoff_max_ms < retry_backoff_ms {
+            return Err(self.invalid(&key("retry_backoff_max_ms"), "must be at least retry_backoff_ms"));
+        }
+        Ok(TransportConfig {
+            api_key_env: raw.api_key_env,
+            timeout_ms: self.positive(&key("timeout_ms"), raw.timeout_ms, default_timeout)?,
+            max_retries: raw.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            retry_backoff_ms,
+            retry_backoff_max_ms,
+            eject_after_failures: self.positive(
+                &key("eject_after_failures"),
+                raw.eject_after_failures.map(u64::from),
+                3,
+            )? as u32,
+            eject_cooldown_ms: self.positive(&key("eject_cooldown_ms"), raw.eject_cooldown_ms, 10_000)?,
+        })
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let server = self.server(raw.server)?;
+        let up = raw.upstream;
+        let upstream = UpstreamConfig {
+            base_urls: self.urls("upstream.base_url", up.base_url, up.base_urls)?,
+            sampling: up.sampling.unwrap_or(SamplingMode::Auto),
+            hedge: match up.hedge.unwrap_or(0) {
+                h if h <= MAX_N => h,
+                h => return Err(self.invalid("upstream.hedge", format!("must be at most {MAX_N}, got {h}"))),
+            },
+            models: match up.models {
+                Some(m) if m.iter().any(|m| m.trim().is_empty()) => {
+                    return Err(self.invalid("upstream.models", "model names must not be empty"));
                 }
-                let input_format = input_format.unwrap_or(InputFormat::Text);
-                if input_format == InputFormat::Messages
-                    && !matches!(api, RewardApi::VllmClassify | RewardApi::VllmPooling)
-                {
-                    return Err(invalid(
-                        &key("input_format"),
-                        "\"messages\" is only for the vllm_classify and vllm_pooling APIs".into(),
-                    ));
-                }
-                ScorerConfig::RewardHttp(RewardHttpConfig {
+                other => other,
+            },
+            transport: self.transport(
+                "upstream",
+                RawTransport {
+                    api_key_env: up.api_key_env,
+                    timeout_ms: up.timeout_ms,
+                    max_retries: up.max_retries,
+                    retry_backoff_ms: up.retry_backoff_ms,
+                    retry_backoff_max_ms: up.retry_backoff_max_ms,
+                    eject_after_failures: up.eject_after_failures,
+                    eject_cooldown_ms: up.eject_cooldown_ms,
+                },
+                DEFAULT_UPSTREAM_TIMEOUT_MS,
+            )?,
+        };
+
+        let mut scorers = BTreeMap::new();
+        for (name, scorer) in raw.scorers {
+            let prefix = format!("scorers.{name}");
+            let config = match scorer {
+                RawScorer::RewardHttp {
                     api,
                     url,
+                    urls,
                     model,
-                    chat_template: chat_template.unwrap_or(ChatTemplate::Chatml),
+                    chat_template,
                     input_format,
-                    label_index: label_index.unwrap_or(0),
+                    label_index,
                     label,
                     api_key_env,
                     timeout_ms,
-                    max_retries: max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
-                })
+                    max_retries,
+                    retry_backoff_ms,
+                    retry_backoff_max_ms,
+                    eject_after_failures,
+                    eject_cooldown_ms,
+                } => {
+                    let input_format = input_format.unwrap_or(InputFormat::Text);
+                    if input_format == InputFormat::Messages
+                        && !matches!(api, RewardApi::VllmClassify | RewardApi::VllmPooling)
+                    {
+                        return Err(self.invalid(
+                            &format!("{prefix}.input_format"),
+                            "\"messages\" is only for the vllm_classify and vllm_pooling APIs",
+                        ));
+                    }
+                    ScorerConfig::RewardHttp(RewardHttpConfig {
+                        api,
+                        urls: self.urls(&format!("{prefix}.url"), url, urls)?,
+                        model,
+                        chat_template: chat_template.unwrap_or(ChatTemplate::Chatml),
+                        input_format,
+                        label_index: label_index.unwrap_or(0),
+                        label,
+                        transport: self.transport(
+                            &prefix,
+                            RawTransport {
+                                api_key_env,
+                                timeout_ms,
+                                max_retries,
+                                retry_backoff_ms,
+                                retry_backoff_max_ms,
+                                eject_after_failures,
+                                eject_cooldown_ms,
+                            },
+                            DEFAULT_SCORER_TIMEOUT_MS,
+                        )?,
+                    })
+                }
+            };
+            scorers.insert(name, config);
+        }
+
+        let check_n = |key: &str, n: u32| {
+            if (1..=MAX_N).contains(&n) {
+                Ok(n)
+            } else {
+                Err(self.invalid(key, format!("must be between 1 and {MAX_N}, got {n}")))
             }
         };
-        scorers.insert(name, config);
+        let check_scorer = |key: &str, s: &str| {
+            if scorers.contains_key(s) {
+                Ok(())
+            } else {
+                let known: Vec<&str> = scorers.keys().map(String::as_str).collect();
+                Err(self.invalid(
+                    key,
+                    format!("no scorer named '{s}' (configured: [{}])", known.join(", ")),
+                ))
+            }
+        };
+        let p = raw.policy;
+        check_n("policy.n", p.n)?;
+        check_scorer("policy.scorer", &p.scorer)?;
+        let min_candidates = p.min_candidates.unwrap_or(1);
+        if min_candidates == 0 {
+            return Err(self.invalid("policy.min_candidates", "must be at least 1"));
+        }
+        if p.deadline_ms == Some(0) {
+            return Err(self.invalid("policy.deadline_ms", "must be greater than 0"));
+        }
+        let policy = PolicyConfig {
+            n: p.n,
+            scorer: p.scorer,
+            deadline_ms: p.deadline_ms,
+            min_candidates,
+            on_scorer_failure: p.on_scorer_failure.unwrap_or(ScorerFailurePolicy::Fail),
+        };
+
+        let mut domains = BTreeMap::new();
+        for (name, rule) in raw.domains {
+            if !DOMAINS.contains(&name.as_str()) {
+                return Err(self.invalid(
+                    &format!("domains.{name}"),
+                    format!("unknown domain; expected one of {}", DOMAINS.join(", ")),
+                ));
+            }
+            if let Some(n) = rule.n {
+                check_n(&format!("domains.{name}.n"), n)?;
+            }
+            if let Some(s) = &rule.scorer {
+                check_scorer(&format!("domains.{name}.scorer"), s)?;
+            }
+            domains.insert(
+                name,
+                DomainRule {
+                    n: rule.n,
+                    scorer: rule.scorer,
+                },
+            );
+        }
+        Ok(Config {
+            server,
+            upstream,
+            scorers,
+            policy,
+            domains,
+        })
     }
 
-    let check_n = |key: &str, n: u32| {
-        if (1..=MAX_N).contains(&n) {
-            Ok(n)
-        } else {
-            Err(invalid(key, format!("must be between 1 and {MAX_N}, got {n}")))
+    fn server(&self, raw: RawServer) -> Result<ServerConfig, ConfigError> {
+        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_text
+            .parse::<SocketAddr>()
+            .map_err(|e| self.invalid("server.listen", format!("'{listen_text}' is not HOST:PORT ({e})")))?;
+        let api_keys: Vec<Secret> = raw.api_keys.unwrap_or_default().into_iter().map(Secret::new).collect();
+        if api_keys.iter().any(|k| k.expose().trim().is_empty()) {
+            return Err(self.invalid("server.api_keys", "keys must not be empty"));
         }
-    };
-    let check_scorer = |key: &str, s: &str| {
-        if scorers.contains_key(s) {
-            Ok(())
-        } else {
-            let known: Vec<&str> = scorers.keys().map(String::as_str).collect();
-            Err(invalid(
-                key,
-                format!("no scorer named '{s}' (configured: [{}])", known.join(", ")),
-            ))
+        let max_concurrent_requests = raw.max_concurrent_requests.unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS);
+        if max_concurrent_requests == 0 {
+            return Err(self.invalid("server.max_concurrent_requests", "must be greater than 0"));
         }
-    };
-    check_n("policy.n", raw.policy.n)?;
-    check_scorer("policy.scorer", &raw.policy.scorer)?;
-
-    let mut domains = BTreeMap::new();
-    for (name, rule) in raw.domains {
-        if !DOMAINS.contains(&name.as_str()) {
-            return Err(invalid(
-                &format!("domains.{name}"),
-                format!("unknown domain; expected one of {}", DOMAINS.join(", ")),
-            ));
+        let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            return Err(self.invalid("server.max_body_bytes", "must be greater than 0"));
         }
-        if let Some(n) = rule.n {
-            check_n(&format!("domains.{name}.n"), n)?;
-        }
-        if let Some(s) = &rule.scorer {
-            check_scorer(&format!("domains.{name}.scorer"), s)?;
-        }
-        domains.insert(
-            name,
-            DomainRule {
-                n: rule.n,
-                scorer: rule.scorer,
-            },
-        );
-    }
-
-    Ok(Config {
-        server: ServerConfig {
+        Ok(ServerConfig {
             listen,
-            heartbeat_interval_ms,
-        },
-        upstream: UpstreamConfig {
-            base_url: raw.upstream.base_url,
-            api_key_env: raw.upstream.api_key_env,
-            sampling: raw.upstream.sampling.unwrap_or(SamplingMode::Auto),
-            timeout_ms: upstream_timeout,
-            max_retries: raw.upstream.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
-            models: raw.upstream.models,
-        },
-        scorers,
-        policy: PolicyConfig {
-            n: raw.policy.n,
-            scorer: raw.policy.scorer,
-        },
-        domains,
-    })
+            heartbeat_interval_ms: self.positive(
+                "server.heartbeat_interval_ms",
+                raw.heartbeat_interval_ms,
+                DEFAULT_HEARTBEAT_INTERVAL_MS,
+            )?,
+            api_keys_configured: api_keys.len(),
+            api_keys,
+            api_keys_env: raw.api_keys_env,
+            auth_ops_endpoints: raw.auth_ops_endpoints.unwrap_or(false),
+            max_concurrent_requests,
+            max_body_bytes,
+            header_read_timeout_ms: self.positive(
+                "server.header_read_timeout_ms",
+                raw.header_read_timeout_ms,
+                10_000,
+            )?,
+            body_read_timeout_ms: self.positive("server.body_read_timeout_ms", raw.body_read_timeout_ms, 30_000)?,
+            drain_timeout_ms: self.positive("server.drain_timeout_ms", raw.drain_timeout_ms, 30_000)?,
+        })
+    }
 }
 
 fn check_url(url: &str) -> Result<(), String> {
@@ -421,6 +615,8 @@ n = 8
         assert_eq!(c.upstream.sampling, SamplingMode::Auto);
         assert_eq!(c.domains["math"].n, Some(8));
         let ScorerConfig::RewardHttp(rm) = &c.scorers["rm"];
+        assert_eq!(rm.transport.timeout_ms, 30_000);
+        assert_eq!(c.policy.on_scorer_failure, ScorerFailurePolicy::Fail);
         assert_eq!(rm.chat_template, ChatTemplate::Chatml);
         // The effective config is itself valid config text for humans to read.
         assert!(c.to_toml().contains("sampling = \"auto\""));

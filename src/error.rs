@@ -14,6 +14,15 @@ pub enum Error {
         /// The request field at fault (`messages`, `bestofn.n`, ...), if one is.
         param: Option<String>,
     },
+    /// No valid client API key.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Too many requests in flight; the client should retry after a second.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The client did not send its body in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The request body is larger than the limit (bytes).
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -72,6 +81,9 @@ impl Error {
         match self {
             Error::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::UpstreamRejected { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
@@ -84,7 +96,10 @@ impl Error {
     /// The OpenAI error `type` string.
     pub fn error_type(&self) -> String {
         match self {
+            Error::Overloaded(_) => "rate_limit_error".into(),
             Error::InvalidRequest { .. }
+            | Error::Unauthorized(_)
+            | Error::RequestTimeout(_)
             | Error::PayloadTooLarge(_)
             | Error::NotFound(_)
             | Error::MethodNotAllowed(_) => "invalid_request_error".into(),
@@ -110,6 +125,9 @@ impl Error {
         match self {
             Error::InvalidRequest { .. } => Some("invalid_value"),
             Error::PayloadTooLarge(_) => Some("payload_too_large"),
+            Error::Unauthorized(_) => Some("invalid_api_key"),
+            Error::Overloaded(_) => Some("rate_limit_exceeded"),
+            Error::RequestTimeout(_) => Some("request_timeout"),
             Error::NotFound(_) => Some("not_found"),
             Error::MethodNotAllowed(_) => Some("method_not_allowed"),
             Error::UpstreamRejected { .. } => None,

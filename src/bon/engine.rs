@@ -7,10 +7,10 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{Api, Plan, Policy, Sampler, Samples, Steering, rank};
+use super::{Api, Plan, Policy, Sampler, Samples, ScorerFailurePolicy, Steering, rank};
 use crate::backend::ByteStream;
 use crate::error::Error;
-use crate::score::{Message, ScoreInput, Scorer, ScorerUsage};
+use crate::score::{Message, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
 
 /// Where a request's time went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -34,6 +34,8 @@ pub struct Outcome {
     pub ranking: Vec<usize>,
     /// What the scorer consumed.
     pub scorer_usage: ScorerUsage,
+    /// Why the scorer failed, when the policy answered without scores.
+    pub scorer_error: Option<String>,
     /// Where the time went.
     pub timings: Timings,
 }
@@ -62,6 +64,27 @@ fn ms_since(t: Instant) -> f64 {
 }
 
 impl Engine {
+    async fn score(&self, plan: &Plan, conversation: &[Message], samples: &Samples) -> Result<ScoreOutput, Error> {
+        let scorer = self
+            .scorers
+            .get(&plan.scorer)
+            .ok_or_else(|| Error::Internal(format!("scorer '{}' vanished after planning", plan.scorer)))?;
+        let texts: Vec<String> = samples.candidates.iter().map(|c| c.text.clone()).collect();
+        let out = scorer
+            .score(ScoreInput {
+                conversation,
+                candidates: &texts,
+            })
+            .await?;
+        if out.scores.len() != texts.len() {
+            return Err(Error::BadGateway {
+                backend: format!("scorer {}", plan.scorer),
+                message: format!("{} scores for {} candidates", out.scores.len(), texts.len()),
+            });
+        }
+        Ok(out)
+    }
+
     /// An engine over a sampler, the named scorers and a validated policy.
     pub fn new(sampler: Arc<dyn Sampler>, scorers: BTreeMap<String, Arc<dyn Scorer>>, policy: Policy) -> Self {
         Engine {
@@ -97,43 +120,66 @@ impl Engine {
         plan: &Plan,
     ) -> Result<Outcome, Error> {
         let started = Instant::now();
-        let samples = self.sampler.sample(api, body, plan.n, seed).await?;
+        let deadline = self.policy.deadline.map(|d| started + d);
+        let samples = self.sampler.sample(api, body, plan.n, seed, deadline).await?;
         let sampling_ms = ms_since(started);
+        let received = samples.candidates.len() as u32;
+        if received < self.policy.min_candidates {
+            let message = format!(
+                "only {received} of {} candidates arrived (min_candidates = {})",
+                plan.n, self.policy.min_candidates
+            );
+            return Err(if samples.deadline_hit {
+                let limit = self.policy.deadline.map_or(0, |d| d.as_millis());
+                Error::GatewayTimeout {
+                    backend: "upstream".into(),
+                    message: format!("{message} before the {limit} ms deadline"),
+                }
+            } else {
+                let cause = samples
+                    .failures
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("no error reported");
+                Error::BadGateway {
+                    backend: "upstream".into(),
+                    message: format!("{message}; first failure: {cause}"),
+                }
+            });
+        }
 
         let scoring_started = Instant::now();
+        let mut scorer_error = None;
         let (scores, scorer_usage) = if samples.candidates.len() > 1 {
-            let scorer = self
-                .scorers
-                .get(&plan.scorer)
-                .ok_or_else(|| Error::Internal(format!("scorer '{}' vanished after planning", plan.scorer)))?;
-            let texts: Vec<String> = samples.candidates.iter().map(|c| c.text.clone()).collect();
-            let out = scorer
-                .score(ScoreInput {
-                    conversation,
-                    candidates: &texts,
-                })
-                .await?;
-            if out.scores.len() != texts.len() {
-                return Err(Error::BadGateway {
-                    backend: format!("scorer {}", plan.scorer),
-                    message: format!("{} scores for {} candidates", out.scores.len(), texts.len()),
-                });
+            match self.score(plan, conversation, &samples).await {
+                Ok(out) => (out.scores, out.usage),
+                Err(e) if self.policy.on_scorer_failure == ScorerFailurePolicy::Fail => return Err(e),
+                Err(e) => {
+                    tracing::warn!(scorer = %plan.scorer, error = %e, policy = ?self.policy.on_scorer_failure, "scorer failed; falling back");
+                    scorer_error = Some(e.to_string());
+                    (Vec::new(), ScorerUsage::default())
+                }
             }
-            (out.scores, out.usage)
         } else {
             (Vec::new(), ScorerUsage::default())
         };
         let scoring_ms = ms_since(scoring_started);
-        let ranking = if scores.is_empty() {
-            (0..samples.candidates.len()).collect()
-        } else {
+        let ranking = if !scores.is_empty() {
             rank(&scores)
+        } else {
+            let mut order: Vec<usize> = (0..samples.candidates.len()).collect();
+            if scorer_error.is_some() && self.policy.on_scorer_failure == ScorerFailurePolicy::Random {
+                let pick = fastrand::usize(..order.len());
+                order.rotate_left(pick);
+            }
+            order
         };
         Ok(Outcome {
             samples,
             scores,
             ranking,
             scorer_usage,
+            scorer_error,
             timings: Timings {
                 sampling_ms,
                 scoring_ms,

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 pub use engine::{Engine, Outcome, Timings};
-pub use policy::{DOMAINS, DomainRule, MAX_N, Plan, Policy};
+pub use policy::{DOMAINS, DomainRule, MAX_N, Plan, Policy, ScorerFailurePolicy};
 pub use select::rank;
 
 use crate::backend::ByteStream;
@@ -73,6 +73,8 @@ pub struct Samples {
     pub strategy: &'static str,
     /// Messages of upstream calls that failed while others succeeded.
     pub failures: Vec<String>,
+    /// The request deadline cut off calls that were still running.
+    pub deadline_hit: bool,
 }
 
 /// Which OpenAI API a request speaks.
@@ -89,8 +91,8 @@ impl Api {
     /// The path under the upstream's base URL.
     pub fn path(self) -> &'static str {
         match self {
-            Api::Chat => "chat/completions",
-            Api::Completions => "completions",
+            Api::Chat => "/chat/completions",
+            Api::Completions => "/completions",
         }
     }
 
@@ -110,13 +112,15 @@ impl Api {
 /// Produces candidates from an LLM.
 pub trait Sampler: Send + Sync {
     /// Samples `n` candidates for `body` (an OpenAI request without the `bestofn` field).
-    /// Fewer than `n` may come back when some calls fail; none at all is an error.
+    /// Fewer than `n` may come back when some calls fail or the deadline cuts them off; none at
+    /// all is an error.
     fn sample<'a>(
         &'a self,
         api: Api,
         body: &'a Map<String, Value>,
         n: u32,
         seed: Option<i64>,
+        deadline: Option<std::time::Instant>,
     ) -> BoxFuture<'a, Result<Samples, Error>>;
     /// Forwards `body` as it is and returns the upstream's answer unchanged (N = 1).
     fn forward<'a>(&'a self, api: Api, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Value, Error>>;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Steering;
 use crate::error::Error;
@@ -28,6 +28,18 @@ pub struct DomainRule {
     pub scorer: Option<String>,
 }
 
+/// What a request gets when its scorer fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScorerFailurePolicy {
+    /// Fail the request with a 502.
+    Fail,
+    /// Answer with candidate 0, saying the scorer failed.
+    First,
+    /// Answer with a uniformly random candidate, saying the scorer failed.
+    Random,
+}
+
 /// The validated policy: defaults plus per-domain overrides.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Policy {
@@ -37,6 +49,12 @@ pub struct Policy {
     pub scorer: String,
     /// Per-domain overrides.
     pub domains: BTreeMap<String, DomainRule>,
+    /// Sampling deadline per request.
+    pub deadline: Option<std::time::Duration>,
+    /// Fewest candidates worth selecting from.
+    pub min_candidates: u32,
+    /// What to answer when the scorer fails.
+    pub on_scorer_failure: ScorerFailurePolicy,
 }
 
 /// What one request will do.
@@ -121,6 +139,9 @@ mod tests {
             n: 4,
             scorer: "rm".into(),
             domains,
+            deadline: None,
+            min_candidates: 1,
+            on_scorer_failure: ScorerFailurePolicy::Fail,
         }
     }
 

@@ -21,6 +21,13 @@ pub fn bestofn_object(plan: &Plan, outcome: &Outcome) -> Value {
             "scorer": outcome.scorer_usage,
         },
     });
+    obj["n_scored"] = json!(outcome.scores.len());
+    if let Some(e) = &outcome.scorer_error {
+        obj["scorer_failed"] = json!(e);
+    }
+    if samples.deadline_hit {
+        obj["deadline_hit"] = json!(true);
+    }
     if !samples.failures.is_empty() {
         obj["failures"] = json!(samples.failures);
     }

@@ -35,14 +35,12 @@ pub enum InputFormat {
 }
 
 /// A reward model behind an HTTP API.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RewardHttpScorer {
     /// The scorer's configured name.
     pub name: String,
     /// Which wire format the server speaks.
     pub api: RewardApi,
-    /// The endpoint, e.g. `http://127.0.0.1:8001/classify`.
-    pub url: String,
     /// The `model` field sent, where the API takes one.
     pub model: Option<String>,
     /// How conversations are rendered to text.
@@ -53,7 +51,8 @@ pub struct RewardHttpScorer {
     pub label_index: usize,
     /// TEI: which label's score is the reward; needed only for multi-label heads.
     pub label: Option<String>,
-    /// Transport, timeout and retries.
+    /// Transport, timeout and retries; its endpoints are full URLs such as
+    /// `http://127.0.0.1:8001/classify`.
     pub backend: Backend,
 }
 
@@ -86,7 +85,7 @@ impl RewardHttpScorer {
                 body["messages"] = serde_json::to_value(turns).map_err(|e| Error::Internal(e.to_string()))?;
                 let reply = self
                     .backend
-                    .post_json(&self.url, &body)
+                    .post_json("", &body)
                     .await
                     .map_err(Error::into_gateway_failure)?;
                 let (scores, tokens) = self.parse(&reply.body, 1)?;
@@ -124,7 +123,7 @@ impl RewardHttpScorer {
         };
         let reply = self
             .backend
-            .post_json(&self.url, &body)
+            .post_json("", &body)
             .await
             .map_err(Error::into_gateway_failure)?;
         let (scores, prompt_tokens) = self.parse(&reply.body, n)?;

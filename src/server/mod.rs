@@ -19,12 +19,12 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 pub use state::AppState;
 
@@ -36,15 +36,15 @@ use crate::openai::{ProxyRequest, SteeringHeaders, build_response, parse_chat_re
 /// Response body type of every route.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-/// Largest request body accepted; beyond it, 413.
-const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
-/// How long in-flight requests may finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Serves `state` on `listener` until `shutdown` resolves, then drains in-flight connections.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Slow-loris protection: a client that dribbles its headers is disconnected.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.header_read_timeout);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -75,7 +75,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
         });
     }
     tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(state.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
 }
@@ -103,23 +106,14 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) 
     let id = request_id(req.headers());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let result = match (method.clone(), path.as_str()) {
-        (Method::POST, "/v1/chat/completions" | "/chat/completions") => completion(&state, req, &id, Api::Chat).await,
-        (Method::POST, "/v1/completions" | "/completions") => completion(&state, req, &id, Api::Completions).await,
-        (Method::GET, "/v1/models" | "/models") => models(&state).await,
-        (Method::GET, "/healthz" | "/health") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-        (
-            _,
-            "/v1/chat/completions"
-            | "/chat/completions"
-            | "/v1/completions"
-            | "/completions"
-            | "/v1/models"
-            | "/models"
-            | "/healthz"
-            | "/health",
-        ) => Err(Error::MethodNotAllowed(format!("{method} is not allowed on {path}"))),
-        _ => Err(Error::NotFound(format!("no route for {method} {path}"))),
+    let authorization = header_str(req.headers(), "authorization");
+    let is_ops = matches!(path.as_str(), "/healthz" | "/health" | "/metrics");
+    let result = if (!is_ops || state.auth_ops_endpoints) && !state.authorized(authorization) {
+        Err(Error::Unauthorized(
+            "missing or invalid API key: send 'Authorization: Bearer <key>'".into(),
+        ))
+    } else {
+        route(&state, req, &id, &method, &path).await
     };
     let mut response = result.unwrap_or_else(|e| {
         let status = e.status();
@@ -136,9 +130,51 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) 
     response
 }
 
+async fn route(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    id: &str,
+    method: &Method,
+    path: &str,
+) -> Result<Response<Body>, Error> {
+    let completions = |api| async move {
+        // Beyond the limit, refuse at once rather than queue: memory stays bounded.
+        let permit = state
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded("too many requests in flight; retry shortly".into()))?;
+        completion(state, req, id, api, permit).await
+    };
+    match (method.clone(), path) {
+        (Method::POST, "/v1/chat/completions" | "/chat/completions") => completions(Api::Chat).await,
+        (Method::POST, "/v1/completions" | "/completions") => completions(Api::Completions).await,
+        (Method::GET, "/v1/models" | "/models") => models(state).await,
+        (Method::GET, "/healthz" | "/health") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (
+            _,
+            "/v1/chat/completions"
+            | "/chat/completions"
+            | "/v1/completions"
+            | "/completions"
+            | "/v1/models"
+            | "/models"
+            | "/healthz"
+            | "/health",
+        ) => Err(Error::MethodNotAllowed(format!("{method} is not allowed on {path}"))),
+        _ => Err(Error::NotFound(format!("no route for {method} {path}"))),
+    }
+}
+
 /// Renders any error as the OpenAI envelope; the one place errors become HTTP.
 pub fn error_response(e: &Error) -> Response<Body> {
-    json_response(e.status(), &e.envelope())
+    let mut response = json_response(e.status(), &e.envelope());
+    if matches!(e, Error::Overloaded(_)) {
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
+    }
+    response
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
@@ -151,11 +187,17 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     response
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Error> {
-    match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::PayloadTooLarge(MAX_BODY_BYTES)),
-        Err(e) => Err(Error::InvalidRequest {
+async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, Error> {
+    let limit = state.max_body_bytes;
+    let read = Limited::new(req.into_body(), limit).collect();
+    match tokio::time::timeout(state.body_read_timeout, read).await {
+        Err(_) => Err(Error::RequestTimeout(format!(
+            "the request body did not arrive within {} ms",
+            state.body_read_timeout.as_millis()
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Error::PayloadTooLarge(limit)),
+        Ok(Err(e)) => Err(Error::InvalidRequest {
             message: format!("cannot read request body: {e}"),
             param: None,
         }),
@@ -198,10 +240,11 @@ async fn completion(
     req: Request<Incoming>,
     id: &str,
     api: Api,
+    permit: OwnedSemaphorePermit,
 ) -> Result<Response<Body>, Error> {
     let started = Instant::now();
     let headers = req.headers().clone();
-    let bytes = read_body(req).await?;
+    let bytes = read_body(state, req).await?;
     let steering_headers = SteeringHeaders {
         n: header_str(&headers, "x-bestofn-n"),
         scorer: header_str(&headers, "x-bestofn-scorer"),
@@ -216,7 +259,7 @@ async fn completion(
     if plan.n == 1 && !plan.return_candidates {
         tracing::info!(request_id = %id, domain = %plan.domain, n = 1, stream = request.stream, "pass-through");
         let mut response = if request.stream {
-            pass_through_stream(state, api, &request).await?
+            pass_through_stream(state, api, &request, permit).await?
         } else {
             json_response(StatusCode::OK, &state.engine.forward(api, &request.body).await?)
         };
@@ -227,7 +270,7 @@ async fn completion(
     }
 
     if request.stream {
-        return Ok(best_of_n_stream(state.clone(), request, plan, id.to_string()));
+        return Ok(best_of_n_stream(state.clone(), request, plan, id.to_string(), permit));
     }
 
     let outcome = state
@@ -267,12 +310,18 @@ fn log_outcome(id: &str, plan: &Plan, outcome: &Outcome, started: Instant) {
 
 /// N = 1 with `stream: true`: the upstream's bytes go to the client as they arrive. An upstream
 /// error before the first byte is a normal HTTP error; one after it, an SSE error event.
-async fn pass_through_stream(state: &AppState, api: Api, request: &ProxyRequest) -> Result<Response<Body>, Error> {
+async fn pass_through_stream(
+    state: &AppState,
+    api: Api,
+    request: &ProxyRequest,
+    permit: OwnedSemaphorePermit,
+) -> Result<Response<Body>, Error> {
     let upstream = state.engine.forward_stream(api, &request.body).await?;
-    let frames = futures_util::stream::unfold(Some(upstream), |source| async move {
-        let mut source = source?;
+    // The permit lives in the stream's state: the request is in flight until the stream ends.
+    let frames = futures_util::stream::unfold(Some((upstream, permit)), |source| async move {
+        let (mut source, permit) = source?;
         match source.next().await {
-            Some(Ok(bytes)) => Some((Ok::<_, Infallible>(Frame::data(bytes)), Some(source))),
+            Some(Ok(bytes)) => Some((Ok::<_, Infallible>(Frame::data(bytes)), Some((source, permit)))),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "upstream stream failed mid-way");
                 Some((Ok(Frame::data(stream::error_events(&e).concat().into())), None))
@@ -286,7 +335,13 @@ async fn pass_through_stream(state: &AppState, api: Api, request: &ProxyRequest)
 /// N > 1 with `stream: true`: the role delta at once, heartbeats while candidates are sampled
 /// and scored, then the winner re-streamed. The work runs in its own task that stops as soon as
 /// the client goes away, dropping in-flight upstream and scorer calls with it.
-fn best_of_n_stream(state: Arc<AppState>, request: ProxyRequest, plan: Plan, id: String) -> Response<Body> {
+fn best_of_n_stream(
+    state: Arc<AppState>,
+    request: ProxyRequest,
+    plan: Plan,
+    id: String,
+    permit: OwnedSemaphorePermit,
+) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     let meta = StreamMeta {
         api: request.api,
@@ -299,6 +354,8 @@ fn best_of_n_stream(state: Arc<AppState>, request: ProxyRequest, plan: Plan, id:
         include_usage: request.include_usage,
     };
     tokio::spawn(async move {
+        // The stream counts as in flight until its task ends.
+        let _permit = permit;
         let started = Instant::now();
         for event in meta.opening(plan.k) {
             if tx.send(event).await.is_err() {

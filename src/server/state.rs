@@ -4,9 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::Backend;
+use tokio::sync::Semaphore;
+
+use crate::backend::{Backend, EjectionPolicy, EndpointPool, RetryPolicy, Secret};
 use crate::bon::Engine;
-use crate::config::{Config, ScorerConfig};
+use crate::config::{Config, ScorerConfig, TransportConfig};
 use crate::score::{RewardHttpScorer, Scorer};
 use crate::upstream::Upstream;
 
@@ -20,6 +22,20 @@ pub struct AppState {
     pub models: Option<Vec<String>>,
     /// Interval of SSE keep-alive comments while a best-of-N stream waits for its answer.
     pub heartbeat: Duration,
+    /// Client API keys; empty means no authentication.
+    pub api_keys: Vec<Secret>,
+    /// Whether /metrics and /healthz need a key too.
+    pub auth_ops_endpoints: bool,
+    /// Permits for requests served at once.
+    pub in_flight: Arc<Semaphore>,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Time a client has to send its body.
+    pub body_read_timeout: Duration,
+    /// Time a client has to send its headers.
+    pub header_read_timeout: Duration,
+    /// Time in-flight requests get after a shutdown signal.
+    pub drain_timeout: Duration,
 }
 
 /// A startup failure: a missing environment variable or an HTTP client that cannot be built.
@@ -27,11 +43,11 @@ pub struct AppState {
 #[error("{0}")]
 pub struct StartupError(String);
 
-fn secret_from_env(var: Option<&str>, owner: &str) -> Result<Option<String>, StartupError> {
+fn secret_from_env(var: Option<&str>, owner: &str) -> Result<Option<Secret>, StartupError> {
     match var {
         None => Ok(None),
         Some(var) => std::env::var(var)
-            .map(Some)
+            .map(|v| Some(Secret::new(v)))
             .map_err(|_| StartupError(format!("{owner}: environment variable {var} (api_key_env) is not set"))),
     }
 }
@@ -46,19 +62,57 @@ fn http_client() -> Result<reqwest::Client, StartupError> {
         .map_err(|e| StartupError(format!("cannot build the HTTP client: {e}")))
 }
 
+fn backend(
+    client: &reqwest::Client,
+    name: String,
+    urls: &[String],
+    t: &TransportConfig,
+) -> Result<Backend, StartupError> {
+    Ok(Backend {
+        client: client.clone(),
+        api_key: secret_from_env(t.api_key_env.as_deref(), &name)?,
+        pool: EndpointPool::new(
+            urls,
+            EjectionPolicy {
+                after_failures: t.eject_after_failures,
+                cooldown: Duration::from_millis(t.eject_cooldown_ms),
+            },
+        ),
+        name,
+        timeout: Duration::from_millis(t.timeout_ms),
+        retry: RetryPolicy {
+            max_retries: t.max_retries,
+            backoff_base: Duration::from_millis(t.retry_backoff_ms),
+            backoff_max: Duration::from_millis(t.retry_backoff_max_ms),
+        },
+    })
+}
+
 impl AppState {
+    /// True when the request carries a configured key (or none are configured). Every key is
+    /// compared in constant time, so timing tells nothing about how much of a guess was right.
+    pub fn authorized(&self, authorization: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq;
+        if self.api_keys.is_empty() {
+            return true;
+        }
+        let Some(presented) = authorization.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
+            return false;
+        };
+        self.api_keys
+            .iter()
+            .fold(subtle::Choice::from(0), |found, key| {
+                found | key.expose().as_bytes().ct_eq(presented.as_bytes())
+            })
+            .into()
+    }
+
     /// Builds the upstream client, the scorers and the engine.
     pub fn from_config(config: &Config) -> Result<AppState, StartupError> {
         let client = http_client()?;
         let up = &config.upstream;
-        let backend = Backend {
-            client: client.clone(),
-            name: format!("upstream {}", up.base_url),
-            api_key: secret_from_env(up.api_key_env.as_deref(), "upstream")?,
-            timeout: Duration::from_millis(up.timeout_ms),
-            max_retries: up.max_retries,
-        };
-        let upstream = Arc::new(Upstream::new(backend, &up.base_url, up.sampling));
+        let upstream_backend = backend(&client, "upstream".into(), &up.base_urls, &up.transport)?;
+        let upstream = Arc::new(Upstream::new(upstream_backend, up.sampling, up.hedge));
 
         let mut scorers: BTreeMap<String, Arc<dyn Scorer>> = BTreeMap::new();
         for (name, scorer) in &config.scorers {
@@ -66,29 +120,43 @@ impl AppState {
                 ScorerConfig::RewardHttp(c) => Arc::new(RewardHttpScorer {
                     name: name.clone(),
                     api: c.api,
-                    url: c.url.clone(),
                     model: c.model.clone(),
                     template: c.chat_template,
                     input_format: c.input_format,
                     label_index: c.label_index,
                     label: c.label.clone(),
-                    backend: Backend {
-                        client: client.clone(),
-                        name: format!("scorer {name}"),
-                        api_key: secret_from_env(c.api_key_env.as_deref(), &format!("scorer {name}"))?,
-                        timeout: Duration::from_millis(c.timeout_ms),
-                        max_retries: c.max_retries,
-                    },
+                    backend: backend(&client, format!("scorer {name}"), &c.urls, &c.transport)?,
                 }),
             };
             scorers.insert(name.clone(), built);
+        }
+
+        let server = &config.server;
+        let mut api_keys = server.api_keys.clone();
+        if let Some(var) = &server.api_keys_env {
+            let value = std::env::var(var)
+                .map_err(|_| StartupError(format!("server: environment variable {var} (api_keys_env) is not set")))?;
+            api_keys.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(|k| Secret::new(k.to_string())),
+            );
         }
         let engine = Engine::new(upstream.clone(), scorers, config.policy());
         Ok(AppState {
             engine,
             upstream,
             models: up.models.clone(),
-            heartbeat: Duration::from_millis(config.server.heartbeat_interval_ms),
+            heartbeat: Duration::from_millis(server.heartbeat_interval_ms),
+            api_keys,
+            auth_ops_endpoints: server.auth_ops_endpoints,
+            in_flight: Arc::new(Semaphore::new(server.max_concurrent_requests)),
+            max_body_bytes: server.max_body_bytes,
+            body_read_timeout: Duration::from_millis(server.body_read_timeout_ms),
+            header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
+            drain_timeout: Duration::from_millis(server.drain_timeout_ms),
         })
     }
 }

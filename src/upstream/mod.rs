@@ -3,7 +3,10 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use futures_util::future::join_all;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -25,11 +28,11 @@ pub enum SamplingMode {
     Auto,
 }
 
-/// An OpenAI-compatible chat completions server.
+/// An OpenAI-compatible server (or a pool of interchangeable ones).
 pub struct Upstream {
     backend: Backend,
-    base_url: String,
     mode: SamplingMode,
+    hedge: u32,
     /// What `auto` has learned of the upstream's `n`: 0 not yet known, 1 no `n` support,
     /// k > 1 at most k choices per call (llama.cpp caps `n` at its `--parallel` slots).
     n_cap: AtomicU32,
@@ -42,6 +45,12 @@ struct ChatCall {
     latency_ms: u64,
 }
 
+/// Finished calls in launch order, and whether the deadline cut the rest off.
+struct Batch {
+    results: Vec<Result<ChatCall, Error>>,
+    deadline_hit: bool,
+}
+
 /// Rough tokens of a text, used only where the upstream's own count is missing or impossible.
 /// About four bytes a token holds for English BPE vocabularies; it is flagged as an estimate.
 fn estimate_tokens(text: &str) -> u64 {
@@ -52,21 +61,29 @@ fn estimate_tokens(text: &str) -> u64 {
     }
 }
 
+/// Resolves at `deadline`, or never.
+async fn deadline_reached(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Upstream {
-    /// A client for the upstream at `base_url` (ending in `/v1`, as OpenAI SDK base URLs do).
-    pub fn new(backend: Backend, base_url: &str, mode: SamplingMode) -> Self {
-        let base = base_url.trim_end_matches('/');
+    /// An upstream behind `backend`, whose endpoints are base URLs ending in `/v1`. `hedge`
+    /// extra single-sample calls are made in parallel sampling; the first N answers are used.
+    pub fn new(backend: Backend, mode: SamplingMode, hedge: u32) -> Self {
         Upstream {
             backend,
-            base_url: base.to_string(),
             mode,
+            hedge,
             n_cap: AtomicU32::new(0),
         }
     }
 
     /// The upstream's `GET /models` answer.
     pub async fn models(&self) -> Result<Value, Error> {
-        Ok(self.backend.get_json(&format!("{}/models", self.base_url)).await?.body)
+        Ok(self.backend.get_json("/models").await?.body)
     }
 
     /// What `auto` has learned: 0 unknown, 1 no `n`, k at most k choices per call.
@@ -97,12 +114,8 @@ impl Upstream {
         body
     }
 
-    fn url(&self, api: Api) -> String {
-        format!("{}/{}", self.base_url, api.path())
-    }
-
     async fn call(&self, api: Api, body: Map<String, Value>) -> Result<ChatCall, Error> {
-        let reply = self.backend.post_json(&self.url(api), &Value::Object(body)).await?;
+        let reply = self.backend.post_json(api.path(), &Value::Object(body)).await?;
         let Value::Object(mut body) = reply.body else {
             return Err(self.garbage("the body is not a JSON object"));
         };
@@ -129,9 +142,11 @@ impl Upstream {
         })
     }
 
-    /// `total` candidates in calls of at most `per_call` choices, run concurrently. Call j
-    /// starting at candidate offset o gets seed `seed + o`, so every candidate has its own seed.
-    async fn batches(
+    /// `total` candidates in concurrent calls of at most `per_call` choices; call starting at
+    /// candidate offset o gets seed `seed + o`, so every candidate has its own seed. Single-sample
+    /// calls are hedged: `hedge` more are made and the first `total` answers win. Calls still
+    /// running at the deadline, or once enough answers are in, are dropped, which cancels them.
+    async fn batch(
         &self,
         api: Api,
         base: &Map<String, Value>,
@@ -139,17 +154,57 @@ impl Upstream {
         per_call: u32,
         seed: Option<i64>,
         first: u32,
-    ) -> Vec<Result<ChatCall, Error>> {
+        deadline: Option<Instant>,
+    ) -> Batch {
         let per_call = per_call.max(1);
-        let mut calls = Vec::new();
+        let mut plans = Vec::new();
         let mut offset = 0;
         while offset < total {
             let size = per_call.min(total - offset);
-            let call_seed = seed.map(|s| s.wrapping_add(i64::from(first + offset)));
-            calls.push(self.call(api, Self::call_body(base, size, call_seed)));
+            plans.push((size, offset));
             offset += size;
         }
-        join_all(calls).await
+        if per_call == 1 {
+            plans.extend((0..self.hedge).map(|h| (1, total + h)));
+        }
+        let mut pending: FuturesUnordered<_> = plans
+            .iter()
+            .enumerate()
+            .map(|(i, &(size, offset))| {
+                let call_seed = seed.map(|s| s.wrapping_add(i64::from(first + offset)));
+                let body = Self::call_body(base, size, call_seed);
+                async move { (i, self.call(api, body).await) }
+            })
+            .collect();
+        let mut finished: Vec<Option<Result<ChatCall, Error>>> = plans.iter().map(|_| None).collect();
+        let mut received = 0;
+        let mut deadline_hit = false;
+        let cutoff = deadline_reached(deadline);
+        tokio::pin!(cutoff);
+        loop {
+            tokio::select! {
+                next = pending.next() => match next {
+                    Some((i, result)) => {
+                        if let Ok(call) = &result {
+                            received += call.choices.len() as u32;
+                        }
+                        finished[i] = Some(result);
+                        if received >= total {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                () = &mut cutoff => {
+                    deadline_hit = !pending.is_empty();
+                    break;
+                }
+            }
+        }
+        Batch {
+            results: finished.into_iter().flatten().collect(),
+            deadline_hit,
+        }
     }
 
     async fn sample_auto(
@@ -158,25 +213,43 @@ impl Upstream {
         base: &Map<String, Value>,
         n: u32,
         seed: Option<i64>,
+        deadline: Option<Instant>,
     ) -> Result<Samples, Error> {
         let cap = self.learned_n_cap();
         if n == 1 || cap == 1 || (cap > 1 && cap < n) {
-            return Self::collect(api, self.batches(api, base, n, cap.max(1), seed, 0).await, "parallel");
+            return self.collect(
+                api,
+                self.batch(api, base, n, cap.max(1), seed, 0, deadline).await,
+                "parallel",
+            );
         }
-        match self.call(api, Self::call_body(base, n, seed)).await {
+        let first_call = tokio::select! {
+            result = self.call(api, Self::call_body(base, n, seed)) => result,
+            () = deadline_reached(deadline) => {
+                return self.collect(api, Batch { results: Vec::new(), deadline_hit: true }, "n");
+            }
+        };
+        match first_call {
             Ok(call) => {
                 let got = call.choices.len() as u32;
                 if got >= n {
-                    return Self::collect(api, vec![Ok(call)], "n");
+                    return self.collect(
+                        api,
+                        Batch {
+                            results: vec![Ok(call)],
+                            deadline_hit: false,
+                        },
+                        "n",
+                    );
                 }
                 self.n_cap.store(got, Ordering::Relaxed);
                 tracing::info!(upstream = %self.backend.name, asked = n, got, "upstream returned fewer choices than n; topping up with parallel calls");
-                let mut results = vec![Ok(call)];
-                results.extend(self.batches(api, base, n - got, got, seed, got).await);
-                Self::collect(api, results, "n+parallel")
+                let mut rest = self.batch(api, base, n - got, got, seed, got, deadline).await;
+                rest.results.insert(0, Ok(call));
+                self.collect(api, rest, "n+parallel")
             }
             Err(Error::UpstreamRejected { status: 400 | 422, .. }) => {
-                let fallback = Self::collect(api, self.batches(api, base, n, 1, seed, 0).await, "parallel")?;
+                let fallback = self.collect(api, self.batch(api, base, n, 1, seed, 0, deadline).await, "parallel")?;
                 // The same body with n=1 went through, so it was n>1 that was rejected.
                 self.n_cap.store(1, Ordering::Relaxed);
                 tracing::info!(upstream = %self.backend.name, "upstream rejected n>1; using parallel calls from now on");
@@ -186,16 +259,17 @@ impl Upstream {
         }
     }
 
-    /// Turns call results into candidates with honest usage; fails only if every call failed.
-    fn collect(api: Api, results: Vec<Result<ChatCall, Error>>, strategy: &'static str) -> Result<Samples, Error> {
+    /// Turns call results into candidates with honest usage; fails only if none arrived.
+    fn collect(&self, api: Api, batch: Batch, strategy: &'static str) -> Result<Samples, Error> {
         let mut samples = Samples {
             strategy,
+            deadline_hit: batch.deadline_hit,
             ..Default::default()
         };
         let mut first_error = None;
         let mut reported_total = 0u64;
         let mut any_recount = false;
-        for result in results {
+        for result in batch.results {
             let call = match result {
                 Ok(call) => call,
                 Err(e) => {
@@ -208,8 +282,7 @@ impl Upstream {
             let prompt = usage.and_then(|u| u.get("prompt_tokens")).and_then(Value::as_u64);
             let reported = usage.and_then(|u| u.get("completion_tokens")).and_then(Value::as_u64);
             let texts: Vec<String> = call.choices.iter().map(|c| api.choice_text(c)).collect();
-            let estimates: Vec<u64> = texts.iter().map(|t| estimate_tokens(t)).collect();
-            let estimated_sum: u64 = estimates.iter().sum();
+            let estimated_sum: u64 = texts.iter().map(|t| estimate_tokens(t)).sum();
             let non_empty = texts.iter().filter(|t| !t.is_empty()).count() as u64;
             let completion = match reported {
                 // Each non-empty choice has at least one token; and a figure well under the text's
@@ -248,10 +321,13 @@ impl Upstream {
             samples.usage.completion_tokens_estimated = true;
             samples.usage.upstream_reported_completion_tokens = Some(reported_total);
         }
-        match first_error {
-            Some(e) if samples.candidates.is_empty() => Err(e),
-            _ => Ok(samples),
+        if samples.candidates.is_empty() {
+            return Err(first_error.unwrap_or_else(|| Error::GatewayTimeout {
+                backend: self.backend.name.clone(),
+                message: "no candidate arrived before the request deadline".into(),
+            }));
         }
+        Ok(samples)
     }
 }
 
@@ -262,13 +338,20 @@ impl Sampler for Upstream {
         body: &'a Map<String, Value>,
         n: u32,
         seed: Option<i64>,
+        deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<Samples, Error>> {
         Box::pin(async move {
-            match self.mode {
-                SamplingMode::N => Self::collect(api, vec![self.call(api, Self::call_body(body, n, seed)).await], "n"),
-                SamplingMode::Parallel => Self::collect(api, self.batches(api, body, n, 1, seed, 0).await, "parallel"),
-                SamplingMode::Auto => self.sample_auto(api, body, n, seed).await,
-            }
+            let mut samples = match self.mode {
+                SamplingMode::N => self.collect(api, self.batch(api, body, n, n, seed, 0, deadline).await, "n")?,
+                SamplingMode::Parallel => {
+                    self.collect(api, self.batch(api, body, n, 1, seed, 0, deadline).await, "parallel")?
+                }
+                SamplingMode::Auto => self.sample_auto(api, body, n, seed, deadline).await?,
+            };
+            // Hedged calls that finished together may bring more than asked; their tokens were
+            // spent and stay in the usage, but only N candidates compete.
+            samples.candidates.truncate(n as usize);
+            Ok(samples)
         })
     }
 
@@ -276,7 +359,7 @@ impl Sampler for Upstream {
         Box::pin(async move {
             Ok(self
                 .backend
-                .post_json(&self.url(api), &Value::Object(body.clone()))
+                .post_json(api.path(), &Value::Object(body.clone()))
                 .await?
                 .body)
         })
@@ -287,10 +370,6 @@ impl Sampler for Upstream {
         api: Api,
         body: &'a Map<String, Value>,
     ) -> BoxFuture<'a, Result<ByteStream, Error>> {
-        Box::pin(async move {
-            self.backend
-                .post_stream(&self.url(api), &Value::Object(body.clone()))
-                .await
-        })
+        Box::pin(async move { self.backend.post_stream(api.path(), &Value::Object(body.clone())).await })
     }
 }
