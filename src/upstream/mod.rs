@@ -45,6 +45,15 @@ struct ChatCall {
     latency_ms: u64,
 }
 
+/// What every call of one sampling run shares.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    api: Api,
+    body: &'a Map<String, Value>,
+    seed: Option<i64>,
+    deadline: Option<Instant>,
+}
+
 /// Finished calls in launch order, and whether the deadline cut the rest off.
 struct Batch {
     results: Vec<Result<ChatCall, Error>>,
@@ -146,16 +155,13 @@ impl Upstream {
     /// candidate offset o gets seed `seed + o`, so every candidate has its own seed. Single-sample
     /// calls are hedged: `hedge` more are made and the first `total` answers win. Calls still
     /// running at the deadline, or once enough answers are in, are dropped, which cancels them.
-    async fn batch(
-        &self,
-        api: Api,
-        base: &Map<String, Value>,
-        total: u32,
-        per_call: u32,
-        seed: Option<i64>,
-        first: u32,
-        deadline: Option<Instant>,
-    ) -> Batch {
+    async fn batch(&self, run: Run<'_>, total: u32, per_call: u32, first: u32) -> Batch {
+        let Run {
+            api,
+            body: base,
+            seed,
+            deadline,
+        } = run;
         let per_call = per_call.max(1);
         let mut plans = Vec::new();
         let mut offset = 0;
@@ -207,21 +213,16 @@ impl Upstream {
         }
     }
 
-    async fn sample_auto(
-        &self,
-        api: Api,
-        base: &Map<String, Value>,
-        n: u32,
-        seed: Option<i64>,
-        deadline: Option<Instant>,
-    ) -> Result<Samples, Error> {
+    async fn sample_auto(&self, run: Run<'_>, n: u32) -> Result<Samples, Error> {
+        let Run {
+            api,
+            body: base,
+            seed,
+            deadline,
+        } = run;
         let cap = self.learned_n_cap();
         if n == 1 || cap == 1 || (cap > 1 && cap < n) {
-            return self.collect(
-                api,
-                self.batch(api, base, n, cap.max(1), seed, 0, deadline).await,
-                "parallel",
-            );
+            return self.collect(api, self.batch(run, n, cap.max(1), 0).await, "parallel");
         }
         let first_call = tokio::select! {
             result = self.call(api, Self::call_body(base, n, seed)) => result,
@@ -244,12 +245,12 @@ impl Upstream {
                 }
                 self.n_cap.store(got, Ordering::Relaxed);
                 tracing::info!(upstream = %self.backend.name, asked = n, got, "upstream returned fewer choices than n; topping up with parallel calls");
-                let mut rest = self.batch(api, base, n - got, got, seed, got, deadline).await;
+                let mut rest = self.batch(run, n - got, got, got).await;
                 rest.results.insert(0, Ok(call));
                 self.collect(api, rest, "n+parallel")
             }
             Err(Error::UpstreamRejected { status: 400 | 422, .. }) => {
-                let fallback = self.collect(api, self.batch(api, base, n, 1, seed, 0, deadline).await, "parallel")?;
+                let fallback = self.collect(api, self.batch(run, n, 1, 0).await, "parallel")?;
                 // The same body with n=1 went through, so it was n>1 that was rejected.
                 self.n_cap.store(1, Ordering::Relaxed);
                 tracing::info!(upstream = %self.backend.name, "upstream rejected n>1; using parallel calls from now on");
@@ -341,12 +342,16 @@ impl Sampler for Upstream {
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<Samples, Error>> {
         Box::pin(async move {
+            let run = Run {
+                api,
+                body,
+                seed,
+                deadline,
+            };
             let mut samples = match self.mode {
-                SamplingMode::N => self.collect(api, self.batch(api, body, n, n, seed, 0, deadline).await, "n")?,
-                SamplingMode::Parallel => {
-                    self.collect(api, self.batch(api, body, n, 1, seed, 0, deadline).await, "parallel")?
-                }
-                SamplingMode::Auto => self.sample_auto(api, body, n, seed, deadline).await?,
+                SamplingMode::N => self.collect(api, self.batch(run, n, n, 0).await, "n")?,
+                SamplingMode::Parallel => self.collect(api, self.batch(run, n, 1, 0).await, "parallel")?,
+                SamplingMode::Auto => self.sample_auto(run, n).await?,
             };
             // Hedged calls that finished together may bring more than asked; their tokens were
             // spent and stay in the usage, but only N candidates compete.
