@@ -421,3 +421,36 @@ mod completion_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_chat_request(&bytes, SteeringHeaders::default());
+            let _ = parse_completion_request(&bytes, SteeringHeaders::default());
+            let _ = crate::openai::normalize_error_body(&bytes);
+        }
+
+        #[test]
+        fn json_shaped_bodies_never_panic(
+            messages in prop::collection::vec(("[a-z]{0,6}", prop_oneof![Just(Value::Null), "[ -~]{0,12}".prop_map(Value::String), any::<i64>().prop_map(|n| serde_json::json!(n))]), 0..4),
+            n in prop_oneof![Just(Value::Null), any::<i64>().prop_map(|n| serde_json::json!(n)), Just(serde_json::json!("x"))],
+            steering_n in any::<i64>(),
+            header_n in "[ -~]{0,6}",
+        ) {
+            let messages: Vec<Value> = messages.into_iter().map(|(role, content)| serde_json::json!({"role": role, "content": content})).collect();
+            let body = serde_json::json!({"messages": messages, "n": n, "prompt": "p", "best_of": n, "bestofn": {"n": steering_n}});
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            let headers = SteeringHeaders { n: Some(&header_n), scorer: None, domain: None };
+            if let Ok(r) = parse_chat_request(&bytes, headers) {
+                prop_assert!(!r.conversation.is_empty());
+                prop_assert!(r.client_n >= 1);
+            }
+            let _ = parse_completion_request(&bytes, headers);
+        }
+    }
+}

@@ -244,3 +244,123 @@ impl RewardHttpScorer {
             .ok_or_else(|| self.garbage(format!("[{i}] has no score for the configured label")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::backend::{EjectionPolicy, EndpointPool, RetryPolicy};
+
+    fn scorer(api: RewardApi) -> RewardHttpScorer {
+        crate::backend::install_crypto_provider();
+        RewardHttpScorer {
+            name: "rm".into(),
+            api,
+            model: None,
+            template: ChatTemplate::Chatml,
+            input_format: InputFormat::Text,
+            label_index: 0,
+            label: None,
+            backend: Backend {
+                client: reqwest::Client::new(),
+                name: "scorer rm".into(),
+                pool: EndpointPool::new(
+                    &["http://127.0.0.1:9".to_string()],
+                    EjectionPolicy {
+                        after_failures: 1,
+                        cooldown: Duration::from_secs(1),
+                    },
+                ),
+                api_key: None,
+                timeout: Duration::from_secs(1),
+                retry: RetryPolicy {
+                    max_retries: 0,
+                    backoff_base: Duration::from_millis(1),
+                    backoff_max: Duration::from_millis(1),
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn parses_each_api_in_input_order() {
+        let vllm = json!({"data": [{"index": 1, "probs": [0.5]}, {"index": 0, "probs": [2.0]}], "usage": {"prompt_tokens": 9}});
+        assert_eq!(
+            scorer(RewardApi::VllmClassify).parse(&vllm, 2).unwrap(),
+            (vec![2.0, 0.5], Some(9))
+        );
+        let pooling = json!({"data": [{"index": 0, "data": [[0.1], [0.7]]}, {"index": 1, "data": [0.3]}]});
+        assert_eq!(
+            scorer(RewardApi::VllmPooling).parse(&pooling, 2).unwrap().0,
+            vec![0.7, 0.3]
+        );
+        let tei = json!([[{"label": "LABEL_0", "score": 1.5}], [{"label": "LABEL_0", "score": -2.0}]]);
+        assert_eq!(scorer(RewardApi::TeiPredict).parse(&tei, 2).unwrap().0, vec![1.5, -2.0]);
+        let sglang = json!([{"embedding": [3.0], "meta_info": {"prompt_tokens": 4}}, {"embedding": [-1.0], "meta_info": {"prompt_tokens": 5}}]);
+        assert_eq!(
+            scorer(RewardApi::SglangClassify).parse(&sglang, 2).unwrap(),
+            (vec![3.0, -1.0], Some(9))
+        );
+        assert!(
+            scorer(RewardApi::VllmClassify).parse(&vllm, 3).is_err(),
+            "count mismatch"
+        );
+        let multi = json!([[{"label": "good", "score": 0.9}, {"label": "bad", "score": 0.1}]]);
+        assert!(
+            scorer(RewardApi::TeiPredict).parse(&multi, 1).is_err(),
+            "multi-label needs 'label'"
+        );
+        let mut labelled = scorer(RewardApi::TeiPredict);
+        labelled.label = Some("bad".into());
+        assert_eq!(labelled.parse(&multi, 1).unwrap().0, vec![0.1]);
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<f64>().prop_map(|f| json!(f)),
+            any::<i64>().prop_map(|n| json!(n)),
+            "[a-z_0-9]{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("data".to_string()),
+                            Just("probs".to_string()),
+                            Just("index".to_string()),
+                            Just("embedding".to_string()),
+                            Just("label".to_string()),
+                            Just("score".to_string())
+                        ],
+                        inner
+                    ),
+                    0..4
+                )
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_rm_answer_parses_or_is_refused_without_panic(body in json_value(), n in 0usize..4) {
+            // Building a client is slow; one set of scorers serves every case.
+            static SCORERS: std::sync::OnceLock<Vec<RewardHttpScorer>> = std::sync::OnceLock::new();
+            let scorers = SCORERS.get_or_init(|| {
+                [RewardApi::VllmClassify, RewardApi::VllmPooling, RewardApi::TeiPredict, RewardApi::SglangClassify].map(scorer).into()
+            });
+            for s in scorers {
+                if let Ok((scores, _)) = s.parse(&body, n) {
+                    prop_assert_eq!(scores.len(), n);
+                    prop_assert!(scores.iter().all(|s| s.is_finite()));
+                }
+            }
+        }
+    }
+}

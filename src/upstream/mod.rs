@@ -70,6 +70,31 @@ fn estimate_tokens(text: &str) -> u64 {
     }
 }
 
+/// Splits an upstream answer into its envelope and its choices sorted by index, or says what is
+/// wrong with it.
+fn parse_reply(api: Api, reply: Value) -> Result<(Map<String, Value>, Vec<Map<String, Value>>), String> {
+    let Value::Object(mut body) = reply else {
+        return Err("the body is not a JSON object".into());
+    };
+    let Some(Value::Array(list)) = body.remove("choices") else {
+        return Err("no 'choices' array".into());
+    };
+    let mut choices = list
+        .into_iter()
+        .map(|c| match c {
+            Value::Object(c) if api == Api::Chat && c.get("message").is_some_and(Value::is_object) => Ok(c),
+            Value::Object(c) if api == Api::Completions && c.get("text").is_some_and(Value::is_string) => Ok(c),
+            _ if api == Api::Chat => Err("a choice without a 'message' object".to_string()),
+            _ => Err("a choice without a 'text' string".to_string()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if choices.is_empty() {
+        return Err("empty 'choices'".into());
+    }
+    choices.sort_by_key(|c| c.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX));
+    Ok((body, choices))
+}
+
 /// Resolves at `deadline`, or never.
 async fn deadline_reached(deadline: Option<Instant>) {
     match deadline {
@@ -125,25 +150,7 @@ impl Upstream {
 
     async fn call(&self, api: Api, body: Map<String, Value>) -> Result<ChatCall, Error> {
         let reply = self.backend.post_json(api.path(), &Value::Object(body)).await?;
-        let Value::Object(mut body) = reply.body else {
-            return Err(self.garbage("the body is not a JSON object"));
-        };
-        let mut choices = match body.remove("choices") {
-            Some(Value::Array(list)) => list
-                .into_iter()
-                .map(|c| match c {
-                    Value::Object(c) if api == Api::Chat && c.get("message").is_some_and(Value::is_object) => Ok(c),
-                    Value::Object(c) if api == Api::Completions && c.get("text").is_some_and(Value::is_string) => Ok(c),
-                    _ if api == Api::Chat => Err(self.garbage("a choice without a 'message' object")),
-                    _ => Err(self.garbage("a choice without a 'text' string")),
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            _ => return Err(self.garbage("no 'choices' array")),
-        };
-        if choices.is_empty() {
-            return Err(self.garbage("empty 'choices'"));
-        }
-        choices.sort_by_key(|c| c.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX));
+        let (body, choices) = parse_reply(api, reply.body).map_err(|what| self.garbage(what))?;
         Ok(ChatCall {
             body,
             choices,
@@ -376,5 +383,53 @@ impl Sampler for Upstream {
         body: &'a Map<String, Value>,
     ) -> BoxFuture<'a, Result<ByteStream, Error>> {
         Box::pin(async move { self.backend.post_stream(api.path(), &Value::Object(body.clone())).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            "[a-z ]{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("choices".to_string()),
+                            Just("message".to_string()),
+                            Just("text".to_string()),
+                            Just("index".to_string()),
+                            "[a-z]{1,6}"
+                        ],
+                        inner
+                    ),
+                    0..4
+                )
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_upstream_answer_parses_or_is_refused_without_panic(reply in json_value()) {
+            for api in [Api::Chat, Api::Completions] {
+                if let Ok((_, choices)) = parse_reply(api, reply.clone()) {
+                    prop_assert!(!choices.is_empty());
+                    for c in &choices {
+                        let _ = api.choice_text(c);
+                    }
+                }
+            }
+        }
     }
 }

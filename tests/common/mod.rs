@@ -27,6 +27,7 @@ pub struct Recorded {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Value,
+    pub at: std::time::Instant,
 }
 
 /// What a fake server answers.
@@ -108,11 +109,13 @@ impl FakeServer {
                                 .map(|c| c.to_bytes())
                                 .unwrap_or_default();
                             let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                            let at = std::time::Instant::now();
                             let rec = Recorded {
                                 method,
                                 path,
                                 headers,
                                 body,
+                                at,
                             };
                             recorded.lock().unwrap().push(rec.clone());
                             Ok::<_, Infallible>(answer(handler(&rec)).await)
@@ -361,6 +364,11 @@ impl Drop for Bestofn {
 impl Bestofn {
     /// Writes `config` to a temp file and starts `bestofn serve` on 127.0.0.1:0.
     pub fn start(config: &str) -> Bestofn {
+        Bestofn::start_with_env(config, &[])
+    }
+
+    /// Starts with extra environment variables (API keys).
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Bestofn {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bestofn.toml");
         std::fs::write(&path, config).unwrap();
@@ -369,6 +377,7 @@ impl Bestofn {
             .arg(&path)
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -402,6 +411,26 @@ impl Bestofn {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    pub fn terminate_and_wait(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("bestofn did not exit after SIGTERM");
     }
 
     pub fn logs(&self) -> Vec<String> {
