@@ -70,9 +70,11 @@ fn estimate_tokens(text: &str) -> u64 {
     }
 }
 
+type JsonObject = Map<String, Value>;
+
 /// Splits an upstream answer into its envelope and its choices sorted by index, or says what is
 /// wrong with it.
-fn parse_reply(api: Api, reply: Value) -> Result<(Map<String, Value>, Vec<Map<String, Value>>), String> {
+fn parse_reply(api: Api, reply: Value) -> Result<(JsonObject, Vec<JsonObject>), String> {
     let Value::Object(mut body) = reply else {
         return Err("the body is not a JSON object".into());
     };
