@@ -10,6 +10,7 @@ pub mod backend;
 pub mod bon;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod openai;
 pub mod score;
 pub mod server;

@@ -1,6 +1,7 @@
 //! Best-of-N domain logic: which N and scorer a request gets, the candidates it is answered
 //! from, and which candidate wins. Nothing here knows HTTP.
 
+mod classify;
 mod engine;
 mod policy;
 mod select;
@@ -8,6 +9,7 @@ mod select;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub use classify::classify;
 pub use engine::{Engine, Outcome, Timings};
 pub use policy::{DOMAINS, DomainRule, MAX_N, Plan, Policy, ScorerFailurePolicy};
 pub use select::rank;
