@@ -18,6 +18,16 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+tokio::task_local! {
+    /// Spans of the backend calls made while serving the current request, for the overhead
+    /// metric. Set by the server around the engine; calls outside it record nothing.
+    pub static CALL_SPANS: std::cell::RefCell<Vec<(Instant, Instant)>>;
+}
+
+fn record_span(started: Instant) {
+    let _ = CALL_SPANS.try_with(|spans| spans.borrow_mut().push((started, Instant::now())));
+}
+
 /// A credential that never shows in `Debug` output, logs or errors.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -237,7 +247,8 @@ impl Backend {
     pub async fn post_stream(&self, path: &str, body: &Value) -> Result<ByteStream, Error> {
         use futures_util::StreamExt;
         let bytes = Bytes::from(serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?);
-        let (response, _, endpoint) = self.send(path, Method::Post(&bytes), false).await?;
+        let (response, started, endpoint) = self.send(path, Method::Post(&bytes), false).await?;
+        record_span(started);
         let name = self.endpoint_name(&endpoint);
         Ok(Box::pin(response.bytes_stream().map(move |chunk| {
             chunk.map_err(|e| Error::BadGateway {
@@ -269,6 +280,7 @@ impl Backend {
             backend: name.clone(),
             message: format!("answered HTTP {status} with a body that is not JSON: {e}"),
         })?;
+        record_span(started);
         Ok(JsonReply {
             body,
             latency: started.elapsed(),
@@ -319,6 +331,9 @@ impl Backend {
                 Err(Attempt::Retryable { .. }) => false,
             };
             self.pool.record(endpoint.index, healthy);
+            if outcome.is_err() {
+                record_span(started);
+            }
             drop(endpoint);
             match outcome {
                 Ok(response) => return Ok((response, started, base.clone())),

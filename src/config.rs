@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::backend::Secret;
 use crate::bon::{DOMAINS, DomainRule, MAX_N, Policy, ScorerFailurePolicy};
+use crate::record::RecorderConfig;
 use crate::score::{ChatTemplate, InputFormat, RewardApi};
 use crate::upstream::SamplingMode;
 
@@ -56,6 +57,30 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     domains: BTreeMap<String, RawDomain>,
+    recorder: Option<RawRecorder>,
+    classifier: Option<RawClassifier>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecorder {
+    path: PathBuf,
+    sample_rate: Option<f64>,
+    max_bytes: Option<u64>,
+    max_files: Option<u32>,
+    queue_capacity: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum RawClassifier {
+    Rules,
+    Judge {
+        base_url: Option<String>,
+        model: Option<String>,
+        api_key_env: Option<String>,
+        timeout_ms: Option<u64>,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +164,9 @@ struct RawPolicy {
 struct RawDomain {
     n: Option<u32>,
     scorer: Option<String>,
+    temperature: Option<f64>,
+    max_tokens: Option<u64>,
+    deadline_ms: Option<u64>,
 }
 
 /// The validated configuration, with every default filled in.
@@ -154,6 +182,32 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Per-domain overrides.
     pub domains: BTreeMap<String, DomainRule>,
+    /// The traffic recorder, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorder: Option<RecorderConfig>,
+    /// How requests without an explicit domain are classified.
+    pub classifier: ClassifierConfig,
+}
+
+/// `[classifier]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ClassifierConfig {
+    /// Keyword and pattern rules on the last user message (microseconds, no calls).
+    Rules,
+    /// An OpenAI-compatible LLM names the domain; the rules answer when it fails.
+    Judge {
+        /// Base URL of the judge (default: the first upstream base URL).
+        base_url: String,
+        /// The `model` sent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        /// Environment variable holding the judge's API key.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        api_key_env: Option<String>,
+        /// Limit for one classification call.
+        timeout_ms: u64,
+    },
 }
 
 /// `[server]`.
@@ -512,20 +566,85 @@ impl Validator<'_> {
             if let Some(s) = &rule.scorer {
                 check_scorer(&format!("domains.{name}.scorer"), s)?;
             }
+            if let Some(t) = rule.temperature
+                && !(0.0..=2.0).contains(&t)
+            {
+                return Err(self.invalid(
+                    &format!("domains.{name}.temperature"),
+                    format!("must be between 0 and 2, got {t}"),
+                ));
+            }
+            if rule.max_tokens == Some(0) || rule.deadline_ms == Some(0) {
+                return Err(self.invalid(
+                    &format!("domains.{name}"),
+                    "max_tokens and deadline_ms must be greater than 0",
+                ));
+            }
             domains.insert(
                 name,
                 DomainRule {
                     n: rule.n,
                     scorer: rule.scorer,
+                    temperature: rule.temperature,
+                    max_tokens: rule.max_tokens,
+                    deadline_ms: rule.deadline_ms,
                 },
             );
         }
+        let recorder = match raw.recorder {
+            None => None,
+            Some(r) => {
+                let sample_rate = r.sample_rate.unwrap_or(1.0);
+                if !(0.0..=1.0).contains(&sample_rate) {
+                    return Err(self.invalid(
+                        "recorder.sample_rate",
+                        format!("must be between 0 and 1, got {sample_rate}"),
+                    ));
+                }
+                Some(RecorderConfig {
+                    path: r.path,
+                    sample_rate,
+                    max_bytes: self.positive("recorder.max_bytes", r.max_bytes, 100 * 1024 * 1024)?,
+                    max_files: r.max_files.unwrap_or(5),
+                    queue_capacity: self.positive(
+                        "recorder.queue_capacity",
+                        r.queue_capacity.map(|c| c as u64),
+                        1024,
+                    )? as usize,
+                })
+            }
+        };
+        let classifier = match raw.classifier {
+            None | Some(RawClassifier::Rules) => ClassifierConfig::Rules,
+            Some(RawClassifier::Judge {
+                base_url,
+                model,
+                api_key_env,
+                timeout_ms,
+            }) => {
+                let base_url = match base_url {
+                    Some(u) => {
+                        check_url(&u).map_err(|m| self.invalid("classifier.base_url", m))?;
+                        u
+                    }
+                    None => upstream.base_urls[0].clone(),
+                };
+                ClassifierConfig::Judge {
+                    base_url,
+                    model,
+                    api_key_env,
+                    timeout_ms: self.positive("classifier.timeout_ms", timeout_ms, 5_000)?,
+                }
+            }
+        };
         Ok(Config {
             server,
             upstream,
             scorers,
             policy,
             domains,
+            recorder,
+            classifier,
         })
     }
 

@@ -154,6 +154,21 @@ impl Error {
         }
     }
 
+    /// A short, bounded label for metrics: what kind of failure this was.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidRequest { .. } | Error::PayloadTooLarge(_) | Error::RequestTimeout(_) => "invalid_request",
+            Error::NotFound(_) | Error::MethodNotAllowed(_) => "not_found",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Overloaded(_) => "overloaded",
+            Error::UpstreamRejected { .. } => "upstream_rejected",
+            Error::BadGateway { backend, .. } if backend.starts_with("scorer") => "scorer",
+            Error::BadGateway { .. } => "upstream",
+            Error::GatewayTimeout { .. } => "timeout",
+            Error::Internal(_) => "internal",
+        }
+    }
+
     /// The OpenAI error envelope `{"error": {"message", "type", "param", "code"}}`.
     pub fn envelope(&self) -> serde_json::Value {
         serde_json::json!({

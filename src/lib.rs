@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod openai;
+pub mod record;
 pub mod score;
 pub mod server;
 pub mod upstream;

@@ -7,7 +7,9 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{Api, Plan, Policy, Sampler, Samples, ScorerFailurePolicy, Steering, rank};
+use super::{
+    Api, DomainClassifier, Plan, Policy, RuleClassifier, Sampler, Samples, ScorerFailurePolicy, Steering, rank,
+};
 use crate::backend::ByteStream;
 use crate::error::Error;
 use crate::score::{Message, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
@@ -57,6 +59,7 @@ pub struct Engine {
     sampler: Arc<dyn Sampler>,
     scorers: BTreeMap<String, Arc<dyn Scorer>>,
     policy: Policy,
+    classifier: Arc<dyn DomainClassifier>,
 }
 
 fn ms_since(t: Instant) -> f64 {
@@ -64,6 +67,12 @@ fn ms_since(t: Instant) -> f64 {
 }
 
 impl Engine {
+    /// Replaces the rule-based domain classifier (with a judge LLM, say).
+    pub fn with_classifier(mut self, classifier: Arc<dyn DomainClassifier>) -> Self {
+        self.classifier = classifier;
+        self
+    }
+
     async fn score(&self, plan: &Plan, conversation: &[Message], samples: &Samples) -> Result<ScoreOutput, Error> {
         let scorer = self
             .scorers
@@ -91,23 +100,37 @@ impl Engine {
             sampler,
             scorers,
             policy,
+            classifier: Arc::new(RuleClassifier),
         }
     }
 
-    /// Resolves N, scorer and domain for a request.
-    pub fn plan(&self, steering: &Steering, client_n: u32) -> Result<Plan, Error> {
-        self.policy
-            .plan(steering, client_n, |name| self.scorers.contains_key(name))
+    /// Resolves domain, N and scorer for a request; the classifier runs only when the request
+    /// names no domain.
+    pub async fn plan(&self, steering: &Steering, client_n: u32, conversation: &[Message]) -> Result<Plan, Error> {
+        let classified = match &steering.domain {
+            Some(_) => None,
+            None => {
+                let last_user = conversation
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == "user")
+                    .map_or("", |m| m.content.as_str());
+                Some(self.classifier.classify(last_user).await)
+            }
+        };
+        self.policy.plan(steering, client_n, classified.as_deref(), |name| {
+            self.scorers.contains_key(name)
+        })
     }
 
-    /// Forwards a request unchanged (N = 1 without extras).
-    pub async fn forward(&self, api: Api, body: &Map<String, Value>) -> Result<Value, Error> {
-        self.sampler.forward(api, body).await
+    /// Forwards a request as it is, with the domain's defaults filled in (N = 1).
+    pub async fn forward(&self, api: Api, plan: &Plan, body: &Map<String, Value>) -> Result<Value, Error> {
+        self.sampler.forward(api, &plan.upstream_body(body)).await
     }
 
-    /// Forwards a streaming request unchanged (N = 1): bytes reach the caller as they arrive.
-    pub async fn forward_stream(&self, api: Api, body: &Map<String, Value>) -> Result<ByteStream, Error> {
-        self.sampler.forward_stream(api, body).await
+    /// Forwards a streaming request (N = 1): bytes reach the caller as they arrive.
+    pub async fn forward_stream(&self, api: Api, plan: &Plan, body: &Map<String, Value>) -> Result<ByteStream, Error> {
+        self.sampler.forward_stream(api, &plan.upstream_body(body)).await
     }
 
     /// Samples `plan.n` candidates, scores them with `plan.scorer`, and ranks them.
@@ -120,8 +143,11 @@ impl Engine {
         plan: &Plan,
     ) -> Result<Outcome, Error> {
         let started = Instant::now();
-        let deadline = self.policy.deadline.map(|d| started + d);
-        let samples = self.sampler.sample(api, body, plan.n, seed, deadline).await?;
+        let deadline = plan.deadline.map(|d| started + d);
+        let samples = self
+            .sampler
+            .sample(api, &plan.upstream_body(body), plan.n, seed, deadline)
+            .await?;
         let sampling_ms = ms_since(started);
         let received = samples.candidates.len() as u32;
         if received < self.policy.min_candidates {
@@ -130,7 +156,7 @@ impl Engine {
                 plan.n, self.policy.min_candidates
             );
             return Err(if samples.deadline_hit {
-                let limit = self.policy.deadline.map_or(0, |d| d.as_millis());
+                let limit = plan.deadline.map_or(0, |d| d.as_millis());
                 Error::GatewayTimeout {
                     backend: "upstream".into(),
                     message: format!("{message} before the {limit} ms deadline"),

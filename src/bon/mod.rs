@@ -130,3 +130,19 @@ pub trait Sampler: Send + Sync {
     fn forward_stream<'a>(&'a self, api: Api, body: &'a Map<String, Value>)
     -> BoxFuture<'a, Result<ByteStream, Error>>;
 }
+
+/// Decides a request's domain from its last user message.
+pub trait DomainClassifier: Send + Sync {
+    /// One of [`DOMAINS`].
+    fn classify<'a>(&'a self, last_user_message: &'a str) -> BoxFuture<'a, String>;
+}
+
+/// The rule-based classifier ([`classify`]): microseconds, no calls.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RuleClassifier;
+
+impl DomainClassifier for RuleClassifier {
+    fn classify<'a>(&'a self, last_user_message: &'a str) -> BoxFuture<'a, String> {
+        Box::pin(std::future::ready(classify(last_user_message).to_string()))
+    }
+}

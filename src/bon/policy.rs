@@ -26,6 +26,15 @@ pub struct DomainRule {
     /// Scorer for this domain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scorer: Option<String>,
+    /// Sampling temperature sent upstream when the request sets none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// `max_tokens` sent upstream when the request sets neither it nor `max_completion_tokens`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Sampling deadline for this domain, instead of the policy's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 /// What a request gets when its scorer fails.
@@ -58,7 +67,7 @@ pub struct Policy {
 }
 
 /// What one request will do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
     /// The request's domain.
     pub domain: String,
@@ -70,11 +79,48 @@ pub struct Plan {
     pub scorer: String,
     /// List every candidate in the response.
     pub return_candidates: bool,
+    /// Temperature to send when the request sets none.
+    pub temperature: Option<f64>,
+    /// `max_tokens` to send when the request sets no limit.
+    pub max_tokens: Option<u64>,
+    /// Sampling deadline.
+    pub deadline: Option<std::time::Duration>,
+}
+
+impl Plan {
+    /// The upstream body with the domain's defaults filled in where the client left them out.
+    pub fn upstream_body<'a>(
+        &self,
+        body: &'a serde_json::Map<String, serde_json::Value>,
+    ) -> std::borrow::Cow<'a, serde_json::Map<String, serde_json::Value>> {
+        let missing_temperature = self.temperature.is_some() && !body.contains_key("temperature");
+        let missing_limit = self.max_tokens.is_some()
+            && !body.contains_key("max_tokens")
+            && !body.contains_key("max_completion_tokens");
+        if !missing_temperature && !missing_limit {
+            return std::borrow::Cow::Borrowed(body);
+        }
+        let mut body = body.clone();
+        if missing_temperature && let Some(t) = self.temperature {
+            body.insert("temperature".into(), serde_json::json!(t));
+        }
+        if missing_limit && let Some(m) = self.max_tokens {
+            body.insert("max_tokens".into(), serde_json::json!(m));
+        }
+        std::borrow::Cow::Owned(body)
+    }
 }
 
 impl Policy {
-    /// Resolves the plan for a request. `has_scorer` says whether a scorer name is configured.
-    pub fn plan(&self, steering: &Steering, client_n: u32, has_scorer: impl Fn(&str) -> bool) -> Result<Plan, Error> {
+    /// Resolves the plan for a request. `classified` is the classifier's domain, used when the
+    /// request names none; `has_scorer` says whether a scorer name is configured.
+    pub fn plan(
+        &self,
+        steering: &Steering,
+        client_n: u32,
+        classified: Option<&str>,
+        has_scorer: impl Fn(&str) -> bool,
+    ) -> Result<Plan, Error> {
         let domain = match &steering.domain {
             Some(d) if DOMAINS.contains(&d.as_str()) || self.domains.contains_key(d) => d.clone(),
             Some(d) => {
@@ -83,7 +129,7 @@ impl Policy {
                     format!("unknown domain '{d}'; expected one of {}", DOMAINS.join(", ")),
                 ));
             }
-            None => DEFAULT_DOMAIN.to_string(),
+            None => classified.unwrap_or(DEFAULT_DOMAIN).to_string(),
         };
         let rule = self.domains.get(&domain);
         let mut n = match steering.n {
@@ -113,11 +159,17 @@ impl Policy {
                 .unwrap_or_else(|| self.scorer.clone()),
         };
         Ok(Plan {
-            domain,
             n,
             k: client_n,
             scorer,
             return_candidates: steering.return_candidates,
+            temperature: rule.and_then(|r| r.temperature),
+            max_tokens: rule.and_then(|r| r.max_tokens),
+            deadline: rule
+                .and_then(|r| r.deadline_ms)
+                .map(std::time::Duration::from_millis)
+                .or(self.deadline),
+            domain,
         })
     }
 }
@@ -133,6 +185,8 @@ mod tests {
             DomainRule {
                 n: Some(8),
                 scorer: Some("verify".into()),
+                temperature: Some(0.9),
+                ..Default::default()
             },
         );
         Policy {
@@ -152,7 +206,7 @@ mod tests {
     #[test]
     fn domain_overrides_then_steering_wins() {
         let p = policy();
-        let plan = p.plan(&Steering::default(), 1, known).unwrap();
+        let plan = p.plan(&Steering::default(), 1, None, known).unwrap();
         assert_eq!(
             (plan.n, plan.scorer.as_str(), plan.domain.as_str()),
             (4, "rm", "general")
@@ -161,7 +215,7 @@ mod tests {
             domain: Some("math".into()),
             ..Default::default()
         };
-        let plan = p.plan(&math, 1, known).unwrap();
+        let plan = p.plan(&math, 1, None, known).unwrap();
         assert_eq!((plan.n, plan.scorer.as_str()), (8, "verify"));
         let steer = Steering {
             domain: Some("math".into()),
@@ -169,20 +223,46 @@ mod tests {
             scorer: Some("rm".into()),
             ..Default::default()
         };
-        let plan = p.plan(&steer, 1, known).unwrap();
+        let plan = p.plan(&steer, 1, None, known).unwrap();
         assert_eq!((plan.n, plan.scorer.as_str()), (2, "rm"));
+    }
+
+    #[test]
+    fn classified_domain_applies_its_rule_and_defaults() {
+        let p = policy();
+        let plan = p.plan(&Steering::default(), 1, Some("math"), known).unwrap();
+        assert_eq!((plan.domain.as_str(), plan.n), ("math", 8));
+        let body: serde_json::Map<String, serde_json::Value> = serde_json::from_str(r#"{"messages":[]}"#).unwrap();
+        assert_eq!(plan.upstream_body(&body)["temperature"], 0.9);
+        let set: serde_json::Map<String, serde_json::Value> = serde_json::from_str(r#"{"temperature":0.1}"#).unwrap();
+        assert_eq!(plan.upstream_body(&set)["temperature"], 0.1, "the client's value wins");
+        let explicit = Steering {
+            domain: Some("code".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            p.plan(&explicit, 1, Some("math"), known).unwrap().domain,
+            "code",
+            "an explicit domain wins"
+        );
     }
 
     #[test]
     fn client_n_raises_n_within_bounds() {
         let p = policy();
-        assert_eq!(p.plan(&Steering::default(), 6, known).unwrap().n, 6);
-        assert_eq!(p.plan(&Steering::default(), 65, known).unwrap_err().param(), Some("n"));
+        assert_eq!(p.plan(&Steering::default(), 6, None, known).unwrap().n, 6);
+        assert_eq!(
+            p.plan(&Steering::default(), 65, None, known).unwrap_err().param(),
+            Some("n")
+        );
         let too_many = Steering {
             n: Some(65),
             ..Default::default()
         };
-        assert_eq!(p.plan(&too_many, 1, known).unwrap_err().param(), Some("bestofn.n"));
+        assert_eq!(
+            p.plan(&too_many, 1, None, known).unwrap_err().param(),
+            Some("bestofn.n")
+        );
     }
 
     #[test]
@@ -192,11 +272,11 @@ mod tests {
             scorer: Some("nope".into()),
             ..Default::default()
         };
-        assert_eq!(p.plan(&s, 1, known).unwrap_err().param(), Some("bestofn.scorer"));
+        assert_eq!(p.plan(&s, 1, None, known).unwrap_err().param(), Some("bestofn.scorer"));
         let d = Steering {
             domain: Some("poetry".into()),
             ..Default::default()
         };
-        assert_eq!(p.plan(&d, 1, known).unwrap_err().param(), Some("bestofn.domain"));
+        assert_eq!(p.plan(&d, 1, None, known).unwrap_err().param(), Some("bestofn.domain"));
     }
 }

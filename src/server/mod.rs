@@ -28,10 +28,13 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 pub use state::AppState;
 
+use crate::backend::CALL_SPANS;
 use crate::bon::{Api, Outcome, Plan};
 use crate::error::Error;
+use crate::metrics::{Metrics, status_class, union_seconds};
 use crate::openai::stream::{self, StreamMeta};
 use crate::openai::{ProxyRequest, SteeringHeaders, build_response, parse_chat_request, parse_completion_request};
+use crate::record::sample_line;
 
 /// Response body type of every route.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -138,19 +141,34 @@ async fn route(
     path: &str,
 ) -> Result<Response<Body>, Error> {
     let completions = |api| async move {
+        let mut meter = Meter {
+            started: Instant::now(),
+            domain: None,
+            streaming: false,
+        };
+        state.metrics.in_flight.inc();
         // Beyond the limit, refuse at once rather than queue: memory stays bounded.
-        let permit = state
-            .in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::Overloaded("too many requests in flight; retry shortly".into()))?;
-        completion(state, req, id, api, permit).await
+        let result = match state.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => completion(state, req, id, api, permit, &mut meter).await,
+            Err(_) => Err(Error::Overloaded("too many requests in flight; retry shortly".into())),
+        };
+        state.metrics.in_flight.dec();
+        meter.finish(&state.metrics, &result);
+        result
     };
     match (method.clone(), path) {
         (Method::POST, "/v1/chat/completions" | "/chat/completions") => completions(Api::Chat).await,
         (Method::POST, "/v1/completions" | "/completions") => completions(Api::Completions).await,
         (Method::GET, "/v1/models" | "/models") => models(state).await,
         (Method::GET, "/healthz" | "/health") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (Method::GET, "/metrics") => {
+            let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())).boxed_unsync());
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(response)
+        }
         (
             _,
             "/v1/chat/completions"
@@ -160,7 +178,8 @@ async fn route(
             | "/v1/models"
             | "/models"
             | "/healthz"
-            | "/health",
+            | "/health"
+            | "/metrics",
         ) => Err(Error::MethodNotAllowed(format!("{method} is not allowed on {path}"))),
         _ => Err(Error::NotFound(format!("no route for {method} {path}"))),
     }
@@ -235,14 +254,121 @@ fn channel_body(rx: mpsc::Receiver<Bytes>) -> Body {
 
 /// Chat completions and legacy completions: validation, planning, then one of pass-through,
 /// a JSON best-of-N answer, or a re-streamed best-of-N answer.
+/// What the metrics need to know of one completion request, filled in as it proceeds.
+struct Meter {
+    started: Instant,
+    domain: Option<String>,
+    /// A stream's latency and outcome are recorded by its own task.
+    streaming: bool,
+}
+
+impl Meter {
+    fn finish(&self, metrics: &Metrics, result: &Result<Response<Body>, Error>) {
+        let domain = self.domain.as_deref().unwrap_or("unknown");
+        let status = match result {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => {
+                metrics.errors.with_label_values(&[domain, e.kind()]).inc();
+                e.status().as_u16()
+            }
+        };
+        metrics
+            .requests
+            .with_label_values(&[domain, status_class(status)])
+            .inc();
+        if !self.streaming {
+            metrics
+                .request_duration
+                .with_label_values(&[domain])
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Runs `work` while collecting the spans of the backend calls it makes.
+async fn with_call_spans<T>(work: impl Future<Output = T>) -> (T, Vec<(Instant, Instant)>) {
+    CALL_SPANS
+        .scope(std::cell::RefCell::new(Vec::new()), async move {
+            let out = work.await;
+            let spans = CALL_SPANS.with(|s| s.take());
+            (out, spans)
+        })
+        .await
+}
+
+/// Records what a best-of-N request cost and bought, logs it, and hands it to the recorder.
+fn observe_outcome(
+    state: &AppState,
+    id: &str,
+    request: &ProxyRequest,
+    plan: &Plan,
+    outcome: &Outcome,
+    started: Instant,
+    mut spans: Vec<(Instant, Instant)>,
+) {
+    let m = &state.metrics;
+    let domain = plan.domain.as_str();
+    let e2e = started.elapsed();
+    m.sampling_duration
+        .with_label_values(&[domain])
+        .observe(outcome.timings.sampling_ms / 1000.0);
+    if !outcome.scores.is_empty() {
+        m.scoring_duration
+            .with_label_values(&[plan.scorer.as_str()])
+            .observe(outcome.timings.scoring_ms / 1000.0);
+    }
+    let overhead = (e2e.as_secs_f64() - union_seconds(&mut spans)).max(0.0);
+    m.overhead.observe(overhead);
+    let received = outcome.samples.candidates.len() as u64;
+    m.candidates_requested
+        .with_label_values(&[domain])
+        .inc_by(u64::from(plan.n));
+    m.candidates_received.with_label_values(&[domain]).inc_by(received);
+    m.candidates_failed
+        .with_label_values(&[domain])
+        .inc_by(u64::from(plan.n).saturating_sub(received));
+    m.prompt_tokens
+        .with_label_values(&[domain])
+        .inc_by(outcome.samples.usage.prompt_tokens);
+    m.completion_tokens
+        .with_label_values(&[domain])
+        .inc_by(outcome.samples.usage.completion_tokens);
+    if let Some(chosen) = outcome.chosen_score() {
+        let mean = outcome.scores.iter().sum::<f64>() / outcome.scores.len() as f64;
+        let labels = [domain, plan.scorer.as_str()];
+        m.chosen_reward.with_label_values(&labels).observe(chosen);
+        m.mean_reward.with_label_values(&labels).observe(mean);
+        m.reward_lift.with_label_values(&labels).observe(chosen - mean);
+    }
+    if outcome.scorer_error.is_some() {
+        m.scorer_failures.with_label_values(&[plan.scorer.as_str()]).inc();
+    }
+    tracing::info!(
+        request_id = %id,
+        domain = %plan.domain,
+        n = plan.n,
+        received,
+        chosen = outcome.chosen(),
+        scores = ?outcome.scores,
+        scorer = %plan.scorer,
+        latency_ms = e2e.as_millis() as u64,
+        overhead_us = (overhead * 1e6) as u64,
+        "best-of-n"
+    );
+    if let Some(recorder) = &state.recorder {
+        recorder.record(|| sample_line(id, plan, &request.conversation, outcome));
+    }
+}
+
 async fn completion(
     state: &Arc<AppState>,
     req: Request<Incoming>,
     id: &str,
     api: Api,
     permit: OwnedSemaphorePermit,
+    meter: &mut Meter,
 ) -> Result<Response<Body>, Error> {
-    let started = Instant::now();
+    let started = meter.started;
     let headers = req.headers().clone();
     let bytes = read_body(state, req).await?;
     let steering_headers = SteeringHeaders {
@@ -254,15 +380,35 @@ async fn completion(
         Api::Chat => parse_chat_request(&bytes, steering_headers)?,
         Api::Completions => parse_completion_request(&bytes, steering_headers)?,
     };
-    let plan = state.engine.plan(&request.steering, request.client_n)?;
+    let plan = state
+        .engine
+        .plan(&request.steering, request.client_n, &request.conversation)
+        .await?;
+    meter.domain = Some(plan.domain.clone());
 
     if plan.n == 1 && !plan.return_candidates {
         tracing::info!(request_id = %id, domain = %plan.domain, n = 1, stream = request.stream, "pass-through");
+        let m = &state.metrics;
+        m.candidates_requested.with_label_values(&[plan.domain.as_str()]).inc();
         let mut response = if request.stream {
-            pass_through_stream(state, api, &request, permit).await?
+            pass_through_stream(state, api, &plan, &request, permit).await?
         } else {
-            json_response(StatusCode::OK, &state.engine.forward(api, &request.body).await?)
+            let answer = state.engine.forward(api, &plan, &request.body).await?;
+            let tokens = |key: &str| {
+                answer
+                    .pointer(&format!("/usage/{key}"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            };
+            m.prompt_tokens
+                .with_label_values(&[plan.domain.as_str()])
+                .inc_by(tokens("prompt_tokens"));
+            m.completion_tokens
+                .with_label_values(&[plan.domain.as_str()])
+                .inc_by(tokens("completion_tokens"));
+            json_response(StatusCode::OK, &answer)
         };
+        m.candidates_received.with_label_values(&[plan.domain.as_str()]).inc();
         response
             .headers_mut()
             .insert("x-bestofn-n", HeaderValue::from_static("1"));
@@ -270,14 +416,19 @@ async fn completion(
     }
 
     if request.stream {
+        meter.streaming = true;
         return Ok(best_of_n_stream(state.clone(), request, plan, id.to_string(), permit));
     }
 
-    let outcome = state
-        .engine
-        .run(api, &request.body, &request.conversation, request.seed, &plan)
-        .await?;
-    log_outcome(id, &plan, &outcome, started);
+    let (result, spans) =
+        with_call_spans(
+            state
+                .engine
+                .run(api, &request.body, &request.conversation, request.seed, &plan),
+        )
+        .await;
+    let outcome = result?;
+    observe_outcome(state, id, &request, &plan, &outcome, started, spans);
     let mut response = json_response(StatusCode::OK, &build_response(api, &plan, &outcome));
     let h = response.headers_mut();
     h.insert(
@@ -294,29 +445,16 @@ async fn completion(
     Ok(response)
 }
 
-fn log_outcome(id: &str, plan: &Plan, outcome: &Outcome, started: Instant) {
-    tracing::info!(
-        request_id = %id,
-        domain = %plan.domain,
-        n = plan.n,
-        received = outcome.samples.candidates.len(),
-        chosen = outcome.chosen(),
-        scores = ?outcome.scores,
-        scorer = %plan.scorer,
-        latency_ms = started.elapsed().as_millis() as u64,
-        "best-of-n"
-    );
-}
-
 /// N = 1 with `stream: true`: the upstream's bytes go to the client as they arrive. An upstream
 /// error before the first byte is a normal HTTP error; one after it, an SSE error event.
 async fn pass_through_stream(
     state: &AppState,
     api: Api,
+    plan: &Plan,
     request: &ProxyRequest,
     permit: OwnedSemaphorePermit,
 ) -> Result<Response<Body>, Error> {
-    let upstream = state.engine.forward_stream(api, &request.body).await?;
+    let upstream = state.engine.forward_stream(api, plan, &request.body).await?;
     // The permit lives in the stream's state: the request is in flight until the stream ends.
     let frames = futures_util::stream::unfold(Some((upstream, permit)), |source| async move {
         let (mut source, permit) = source?;
@@ -362,13 +500,16 @@ fn best_of_n_stream(
                 return;
             }
         }
-        let run = state
-            .engine
-            .run(request.api, &request.body, &request.conversation, request.seed, &plan);
+        let run =
+            with_call_spans(
+                state
+                    .engine
+                    .run(request.api, &request.body, &request.conversation, request.seed, &plan),
+            );
         tokio::pin!(run);
         let mut heartbeat = tokio::time::interval(state.heartbeat);
         heartbeat.tick().await;
-        let result = loop {
+        let (result, spans) = loop {
             tokio::select! {
                 result = &mut run => break result,
                 _ = heartbeat.tick() => {
@@ -384,14 +525,24 @@ fn best_of_n_stream(
         };
         let events = match result {
             Ok(outcome) => {
-                log_outcome(&id, &plan, &outcome, started);
+                observe_outcome(&state, &id, &request, &plan, &outcome, started, spans);
                 meta.answer(&plan, &outcome)
             }
             Err(e) => {
                 tracing::warn!(request_id = %id, status = e.status().as_u16(), error = %e, "best-of-n stream failed");
+                state
+                    .metrics
+                    .errors
+                    .with_label_values(&[plan.domain.as_str(), e.kind()])
+                    .inc();
                 stream::error_events(&e)
             }
         };
+        state
+            .metrics
+            .request_duration
+            .with_label_values(&[plan.domain.as_str()])
+            .observe(started.elapsed().as_secs_f64());
         for event in events {
             if tx.send(event).await.is_err() {
                 return;

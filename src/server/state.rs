@@ -8,14 +8,20 @@ use tokio::sync::Semaphore;
 
 use crate::backend::{Backend, EjectionPolicy, EndpointPool, RetryPolicy, Secret};
 use crate::bon::Engine;
-use crate::config::{Config, ScorerConfig, TransportConfig};
+use crate::config::{ClassifierConfig, Config, ScorerConfig, TransportConfig};
+use crate::metrics::Metrics;
+use crate::record::Recorder;
 use crate::score::{RewardHttpScorer, Scorer};
-use crate::upstream::Upstream;
+use crate::upstream::{JudgeClassifier, Upstream};
 
 /// Shared state of the server.
 pub struct AppState {
     /// The best-of-N engine.
     pub engine: Engine,
+    /// Every exported metric.
+    pub metrics: Arc<Metrics>,
+    /// The traffic recorder, when configured.
+    pub recorder: Option<Recorder>,
     /// The upstream, also used directly for `GET /v1/models`.
     pub upstream: Arc<Upstream>,
     /// A configured model list that replaces the upstream's.
@@ -144,9 +150,41 @@ impl AppState {
                     .map(|k| Secret::new(k.to_string())),
             );
         }
-        let engine = Engine::new(upstream.clone(), scorers, config.policy());
+        let mut engine = Engine::new(upstream.clone(), scorers, config.policy());
+        if let ClassifierConfig::Judge {
+            base_url,
+            model,
+            api_key_env,
+            timeout_ms,
+        } = &config.classifier
+        {
+            let transport = TransportConfig {
+                api_key_env: api_key_env.clone(),
+                timeout_ms: *timeout_ms,
+                max_retries: 0,
+                retry_backoff_ms: 1,
+                retry_backoff_max_ms: 1,
+                eject_after_failures: 3,
+                eject_cooldown_ms: 10_000,
+            };
+            let judge = backend(&client, "classifier".into(), std::slice::from_ref(base_url), &transport)?;
+            engine = engine.with_classifier(Arc::new(JudgeClassifier {
+                backend: judge,
+                model: model.clone(),
+            }));
+        }
+        let metrics = Arc::new(Metrics::new().map_err(|e| StartupError(format!("cannot register metrics: {e}")))?);
+        let recorder = match &config.recorder {
+            None => None,
+            Some(r) => Some(
+                Recorder::start(r, metrics.recorder_dropped.clone())
+                    .map_err(|e| StartupError(format!("recorder: cannot open {}: {e}", r.path.display())))?,
+            ),
+        };
         Ok(AppState {
             engine,
+            metrics,
+            recorder,
             upstream,
             models: up.models.clone(),
             heartbeat: Duration::from_millis(server.heartbeat_interval_ms),

@@ -1,6 +1,10 @@
 //! The OpenAI-compatible upstream LLM: sampling N candidates by `n`, by parallel calls, or by
 //! learning which of the two the server supports.
 
+mod judge_classifier;
+
+pub use judge_classifier::JudgeClassifier;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use std::time::Instant;
