@@ -174,6 +174,12 @@ impl AppState {
             }));
         }
         let metrics = Arc::new(Metrics::new().map_err(|e| StartupError(format!("cannot register metrics: {e}")))?);
+        // Series that exist from the start, so dashboards show zeros rather than "no data".
+        for name in config.scorers.keys() {
+            metrics.cache_hits.with_label_values(&[name.as_str()]);
+            metrics.cache_misses.with_label_values(&[name.as_str()]);
+            metrics.scorer_failures.with_label_values(&[name.as_str()]);
+        }
         let recorder = match &config.recorder {
             None => None,
             Some(r) => Some(
