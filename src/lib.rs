@@ -10,11 +10,13 @@ pub mod backend;
 pub mod bon;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod metrics;
 pub mod openai;
 pub mod record;
 pub mod score;
 pub mod server;
 pub mod upstream;
+pub mod wiring;
 
 pub use error::Error;

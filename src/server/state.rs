@@ -1,18 +1,18 @@
 //! Everything a running server shares across requests, built once from the config.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::backend::{Backend, EjectionPolicy, EndpointPool, RetryPolicy, Secret};
+use crate::backend::Secret;
 use crate::bon::Engine;
-use crate::config::{ClassifierConfig, Config, ScorerConfig, TransportConfig};
+use crate::config::{ClassifierConfig, Config, TransportConfig};
 use crate::metrics::Metrics;
 use crate::record::Recorder;
-use crate::score::{RewardHttpScorer, Scorer};
 use crate::upstream::{JudgeClassifier, Upstream};
+pub use crate::wiring::StartupError;
+use crate::wiring::{backend, build_scorers, http_client};
 
 /// Shared state of the server.
 pub struct AppState {
@@ -44,56 +44,6 @@ pub struct AppState {
     pub drain_timeout: Duration,
 }
 
-/// A startup failure: a missing environment variable or an HTTP client that cannot be built.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartupError(String);
-
-fn secret_from_env(var: Option<&str>, owner: &str) -> Result<Option<Secret>, StartupError> {
-    match var {
-        None => Ok(None),
-        Some(var) => std::env::var(var)
-            .map(|v| Some(Secret::new(v)))
-            .map_err(|_| StartupError(format!("{owner}: environment variable {var} (api_key_env) is not set"))),
-    }
-}
-
-fn http_client() -> Result<reqwest::Client, StartupError> {
-    crate::backend::install_crypto_provider();
-    reqwest::Client::builder()
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(512)
-        .tcp_nodelay(true)
-        .build()
-        .map_err(|e| StartupError(format!("cannot build the HTTP client: {e}")))
-}
-
-fn backend(
-    client: &reqwest::Client,
-    name: String,
-    urls: &[String],
-    t: &TransportConfig,
-) -> Result<Backend, StartupError> {
-    Ok(Backend {
-        client: client.clone(),
-        api_key: secret_from_env(t.api_key_env.as_deref(), &name)?,
-        pool: EndpointPool::new(
-            urls,
-            EjectionPolicy {
-                after_failures: t.eject_after_failures,
-                cooldown: Duration::from_millis(t.eject_cooldown_ms),
-            },
-        ),
-        name,
-        timeout: Duration::from_millis(t.timeout_ms),
-        retry: RetryPolicy {
-            max_retries: t.max_retries,
-            backoff_base: Duration::from_millis(t.retry_backoff_ms),
-            backoff_max: Duration::from_millis(t.retry_backoff_max_ms),
-        },
-    })
-}
-
 impl AppState {
     /// True when the request carries a configured key (or none are configured). Every key is
     /// compared in constant time, so timing tells nothing about how much of a guess was right.
@@ -120,22 +70,7 @@ impl AppState {
         let upstream_backend = backend(&client, "upstream".into(), &up.base_urls, &up.transport)?;
         let upstream = Arc::new(Upstream::new(upstream_backend, up.sampling, up.hedge));
 
-        let mut scorers: BTreeMap<String, Arc<dyn Scorer>> = BTreeMap::new();
-        for (name, scorer) in &config.scorers {
-            let built: Arc<dyn Scorer> = match scorer {
-                ScorerConfig::RewardHttp(c) => Arc::new(RewardHttpScorer {
-                    name: name.clone(),
-                    api: c.api,
-                    model: c.model.clone(),
-                    template: c.chat_template,
-                    input_format: c.input_format,
-                    label_index: c.label_index,
-                    label: c.label.clone(),
-                    backend: backend(&client, format!("scorer {name}"), &c.urls, &c.transport)?,
-                }),
-            };
-            scorers.insert(name.clone(), built);
-        }
+        let scorers = build_scorers(&client, &config.scorers)?;
 
         let server = &config.server;
         let mut api_keys = server.api_keys.clone();

@@ -1,0 +1,218 @@
+//! Offline evaluation: the scorers and selection the proxy runs, measured on data.
+
+pub mod input;
+pub mod rewardbench;
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+
+use input::{BenchmarkRow, InputError, read_scores};
+use rewardbench::{Report, ScoredRow};
+
+use crate::score::{Message, ScoreInput, Scorer};
+
+/// A failure of an evaluation run.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// An input file is unusable.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The scorer failed on a row.
+    #[error("scoring row {id} failed: {source}")]
+    Scorer {
+        /// The row's id.
+        id: String,
+        /// The scorer's error.
+        source: crate::Error,
+    },
+    /// The scores file could not be written.
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Scores every row of a dataset with `scorer`, `concurrency` rows at a time. Each row's
+/// candidates are scored in one scorer call, each candidate as the reply to the prompt alone:
+/// the same path the proxy takes. With `scores_out`, rows already in the file are skipped (so an
+/// interrupted run resumes) and new rows are appended as they finish. Returns every scored row,
+/// earlier ones included.
+pub async fn score_dataset(
+    rows: Vec<BenchmarkRow>,
+    scorer: Arc<dyn Scorer>,
+    concurrency: usize,
+    scores_out: Option<&Path>,
+    show_progress: bool,
+) -> Result<Vec<ScoredRow>, EvalError> {
+    let mut done: Vec<ScoredRow> = match scores_out {
+        Some(path) if path.exists() => read_scores(path)?,
+        _ => Vec::new(),
+    };
+    let seen: std::collections::HashSet<String> = done.iter().map(|r| r.id.clone()).collect();
+    let todo: Vec<BenchmarkRow> = rows.into_iter().filter(|r| !seen.contains(&r.id)).collect();
+    let write_error = |source| EvalError::Write {
+        path: scores_out.map(|p| p.display().to_string()).unwrap_or_default(),
+        source,
+    };
+    let mut out = match scores_out {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(write_error)?,
+        ),
+        None => None,
+    };
+    let progress = if show_progress {
+        indicatif::ProgressBar::new(todo.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut results = futures_util::stream::iter(todo)
+        .map(|row| {
+            let scorer = scorer.clone();
+            async move {
+                let conversation = [Message {
+                    role: "user".into(),
+                    content: row.prompt.clone(),
+                }];
+                let out = scorer
+                    .score(ScoreInput {
+                        conversation: &conversation,
+                        candidates: &row.completions,
+                    })
+                    .await;
+                (row, out)
+            }
+        })
+        .buffer_unordered(concurrency.max(1));
+    while let Some((row, result)) = results.next().await {
+        let scores = result
+            .map_err(|source| EvalError::Scorer {
+                id: row.id.clone(),
+                source,
+            })?
+            .scores;
+        let scored = ScoredRow {
+            id: row.id,
+            subset: row.subset,
+            num_correct: row.num_correct,
+            scores,
+        };
+        if let Some(file) = out.as_mut() {
+            let line = serde_json::to_string(&scored).unwrap_or_default();
+            writeln!(file, "{line}")
+                .and_then(|()| file.flush())
+                .map_err(write_error)?;
+        }
+        done.push(scored);
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    Ok(done)
+}
+
+/// How a report is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// An aligned text table.
+    Table,
+    /// The JSON report.
+    Json,
+    /// Comma-separated values.
+    Csv,
+    /// A Markdown table.
+    Md,
+}
+
+fn random_baseline(benchmark: &str, subset: &str) -> Option<f64> {
+    match (benchmark, subset) {
+        ("rewardbench2", "Ties") => None,
+        ("rewardbench2", _) => Some(0.25),
+        _ => Some(0.5),
+    }
+}
+
+/// Renders a benchmark report as a table, JSON, CSV or Markdown. Only the JSON carries the
+/// report's notes; print them apart for the other formats.
+pub fn render_report(report: &Report, format: Format) -> String {
+    if format == Format::Json {
+        return serde_json::to_string_pretty(report).unwrap_or_default() + "\n";
+    }
+    let order: Vec<&String> = {
+        let mut keys: Vec<&String> = report.subsets.keys().chain(report.n.keys()).collect();
+        keys.sort_by_key(|k| {
+            (
+                rewardbench::RB2_SUBSETS.iter().position(|s| s == k).unwrap_or(99),
+                k.to_string(),
+            )
+        });
+        keys.dedup();
+        keys
+    };
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    let mut rows: Vec<[String; 4]> = order
+        .iter()
+        .map(|s| {
+            [
+                s.to_string(),
+                report.n.get(*s).map_or("-".into(), |n| n.to_string()),
+                fmt(report.subsets.get(*s).copied()),
+                fmt(random_baseline(&report.benchmark, s)),
+            ]
+        })
+        .collect();
+    for (name, score) in &report.sections {
+        rows.push([format!("section: {name}"), "-".into(), fmt(Some(*score)), "-".into()]);
+    }
+    rows.push([
+        "Overall".into(),
+        report.n.values().sum::<usize>().to_string(),
+        fmt(report.overall),
+        "-".into(),
+    ]);
+    let header = ["subset", "rows", "score", "random"];
+    let mut text = String::new();
+    match format {
+        Format::Csv => {
+            text.push_str(&header.join(","));
+            text.push('\n');
+            for r in &rows {
+                let quoted: Vec<String> = r
+                    .iter()
+                    .map(|c| if c.contains(',') { format!("\"{c}\"") } else { c.clone() })
+                    .collect();
+                text.push_str(&quoted.join(","));
+                text.push('\n');
+            }
+        }
+        Format::Md => {
+            text.push_str(&format!("| {} |\n|---|---:|---:|---:|\n", header.join(" | ")));
+            for r in &rows {
+                text.push_str(&format!("| {} |\n", r.join(" | ")));
+            }
+        }
+        Format::Table | Format::Json => {
+            let width = rows.iter().map(|r| r[0].len()).max().unwrap_or(6).max(6);
+            text.push_str(&format!(
+                "{:<width$}  {:>6}  {:>7}  {:>7}\n",
+                header[0], header[1], header[2], header[3]
+            ));
+            for r in &rows {
+                text.push_str(&format!("{:<width$}  {:>6}  {:>7}  {:>7}\n", r[0], r[1], r[2], r[3]));
+            }
+        }
+    }
+    text
+}
