@@ -65,10 +65,7 @@ impl RetryPolicy {
     /// The wait before retry number `attempt` (0-based): "full jitter" over the capped
     /// exponential, so that many clients retrying at once spread out; at least Retry-After.
     pub fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let ceiling = self
-            .backoff_base
-            .saturating_mul(2u32.saturating_pow(attempt))
-            .min(self.backoff_max);
+        let ceiling = self.backoff_base.saturating_mul(2u32.saturating_pow(attempt)).min(self.backoff_max);
         let jittered = ceiling.mul_f64(fastrand::f64());
         match retry_after {
             Some(wait) => wait.min(self.backoff_max).max(jittered),
@@ -112,9 +109,7 @@ struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.pool.endpoints[self.index]
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        self.pool.endpoints[self.index].in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -130,12 +125,7 @@ impl EndpointPool {
                 ejected_until_ms: AtomicU64::new(0),
             })
             .collect();
-        EndpointPool {
-            endpoints,
-            ejection,
-            epoch: Instant::now(),
-            rotation: AtomicUsize::new(0),
-        }
+        EndpointPool { endpoints, ejection, epoch: Instant::now(), rotation: AtomicUsize::new(0) }
     }
 
     fn now_ms(&self) -> u64 {
@@ -149,9 +139,7 @@ impl EndpointPool {
         let start = self.rotation.fetch_add(1, Ordering::Relaxed);
         let count = self.endpoints.len();
         let order = (0..count).map(|i| (start + i) % count);
-        let available = order
-            .clone()
-            .filter(|&i| self.endpoints[i].ejected_until_ms.load(Ordering::Relaxed) <= now);
+        let available = order.clone().filter(|&i| self.endpoints[i].ejected_until_ms.load(Ordering::Relaxed) <= now);
         let index = available
             .min_by_key(|&i| self.endpoints[i].in_flight.load(Ordering::Relaxed))
             .or_else(|| order.min_by_key(|&i| self.endpoints[i].ejected_until_ms.load(Ordering::Relaxed)))
@@ -217,10 +205,7 @@ pub struct JsonReply {
 pub type ByteStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, Error>> + Send>>;
 
 enum Attempt {
-    Retryable {
-        error: Error,
-        retry_after: Option<Duration>,
-    },
+    Retryable { error: Error, retry_after: Option<Duration> },
     Final(Error),
 }
 
@@ -281,10 +266,7 @@ impl Backend {
             message: format!("answered HTTP {status} with a body that is not JSON: {e}"),
         })?;
         record_span(started);
-        Ok(JsonReply {
-            body,
-            latency: started.elapsed(),
-        })
+        Ok(JsonReply { body, latency: started.elapsed() })
     }
 
     /// Sends until a 2xx arrives or the retries run out. With `whole_body`, the timeout covers
@@ -303,11 +285,9 @@ impl Backend {
             let url = format!("{base}{path}");
             let mut request = match method {
                 Method::Get => self.client.get(&url),
-                Method::Post(bytes) => self
-                    .client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(bytes.clone()),
+                Method::Post(bytes) => {
+                    self.client.post(&url).header("content-type", "application/json").body(bytes.clone())
+                }
             };
             if whole_body {
                 request = request.timeout(self.timeout);
@@ -350,10 +330,7 @@ impl Backend {
     }
 
     async fn attempt(&self, request: reqwest::RequestBuilder, name: &str) -> Result<reqwest::Response, Attempt> {
-        let bad_gateway = |message: String| Error::BadGateway {
-            backend: name.to_string(),
-            message,
-        };
+        let bad_gateway = |message: String| Error::BadGateway { backend: name.to_string(), message };
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => return Err(Attempt::Final(timed_out(name, self.timeout))),
@@ -391,10 +368,7 @@ impl Backend {
                 param: normalized.param,
             }));
         }
-        Err(Attempt::Final(bad_gateway(format!(
-            "unexpected HTTP {status}: {}",
-            normalized.message
-        ))))
+        Err(Attempt::Final(bad_gateway(format!("unexpected HTTP {status}: {}", normalized.message))))
     }
 }
 
@@ -423,13 +397,7 @@ mod tests {
 
     fn pool(n: usize) -> EndpointPool {
         let urls: Vec<String> = (0..n).map(|i| format!("http://e{i}")).collect();
-        EndpointPool::new(
-            &urls,
-            EjectionPolicy {
-                after_failures: 2,
-                cooldown: Duration::from_secs(60),
-            },
-        )
+        EndpointPool::new(&urls, EjectionPolicy { after_failures: 2, cooldown: Duration::from_secs(60) })
     }
 
     #[test]
@@ -480,11 +448,7 @@ mod tests {
             assert!(b <= Duration::from_millis(100) * 2u32.pow(attempt.min(5)));
         }
         assert!(r.backoff(0, Some(Duration::from_millis(700))) >= Duration::from_millis(700));
-        assert_eq!(
-            r.backoff(0, Some(Duration::from_secs(30))),
-            Duration::from_secs(1),
-            "capped"
-        );
+        assert_eq!(r.backoff(0, Some(Duration::from_secs(30))), Duration::from_secs(1), "capped");
         assert_eq!(format!("{:?}", Secret::new("sk-123".into())), "Secret(***)");
     }
 }

@@ -75,12 +75,7 @@ struct RawRecorder {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 enum RawClassifier {
     Rules,
-    Judge {
-        base_url: Option<String>,
-        model: Option<String>,
-        api_key_env: Option<String>,
-        timeout_ms: Option<u64>,
-    },
+    Judge { base_url: Option<String>, model: Option<String>, api_key_env: Option<String>, timeout_ms: Option<u64> },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -336,10 +331,8 @@ const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 impl Config {
     /// Reads and validates a config file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Config::from_toml(&text, path)
     }
 
@@ -376,11 +369,7 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            path: self.path.to_path_buf(),
-            key: key.to_string(),
-            message: message.into(),
-        }
+        ConfigError::Invalid { path: self.path.to_path_buf(), key: key.to_string(), message: message.into() }
     }
 
     fn positive(&self, key: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigError> {
@@ -528,10 +517,7 @@ impl Validator<'_> {
                 Ok(())
             } else {
                 let known: Vec<&str> = scorers.keys().map(String::as_str).collect();
-                Err(self.invalid(
-                    key,
-                    format!("no scorer named '{s}' (configured: [{}])", known.join(", ")),
-                ))
+                Err(self.invalid(key, format!("no scorer named '{s}' (configured: [{}])", known.join(", "))))
             }
         };
         let p = raw.policy;
@@ -569,16 +555,14 @@ impl Validator<'_> {
             if let Some(t) = rule.temperature
                 && !(0.0..=2.0).contains(&t)
             {
-                return Err(self.invalid(
-                    &format!("domains.{name}.temperature"),
-                    format!("must be between 0 and 2, got {t}"),
-                ));
+                return Err(
+                    self.invalid(&format!("domains.{name}.temperature"), format!("must be between 0 and 2, got {t}"))
+                );
             }
             if rule.max_tokens == Some(0) || rule.deadline_ms == Some(0) {
-                return Err(self.invalid(
-                    &format!("domains.{name}"),
-                    "max_tokens and deadline_ms must be greater than 0",
-                ));
+                return Err(
+                    self.invalid(&format!("domains.{name}"), "max_tokens and deadline_ms must be greater than 0")
+                );
             }
             domains.insert(
                 name,
@@ -596,10 +580,9 @@ impl Validator<'_> {
             Some(r) => {
                 let sample_rate = r.sample_rate.unwrap_or(1.0);
                 if !(0.0..=1.0).contains(&sample_rate) {
-                    return Err(self.invalid(
-                        "recorder.sample_rate",
-                        format!("must be between 0 and 1, got {sample_rate}"),
-                    ));
+                    return Err(
+                        self.invalid("recorder.sample_rate", format!("must be between 0 and 1, got {sample_rate}"))
+                    );
                 }
                 Some(RecorderConfig {
                     path: r.path,
@@ -616,12 +599,7 @@ impl Validator<'_> {
         };
         let classifier = match raw.classifier {
             None | Some(RawClassifier::Rules) => ClassifierConfig::Rules,
-            Some(RawClassifier::Judge {
-                base_url,
-                model,
-                api_key_env,
-                timeout_ms,
-            }) => {
+            Some(RawClassifier::Judge { base_url, model, api_key_env, timeout_ms }) => {
                 let base_url = match base_url {
                     Some(u) => {
                         check_url(&u).map_err(|m| self.invalid("classifier.base_url", m))?;
@@ -637,15 +615,7 @@ impl Validator<'_> {
                 }
             }
         };
-        Ok(Config {
-            server,
-            upstream,
-            scorers,
-            policy,
-            domains,
-            recorder,
-            classifier,
-        })
+        Ok(Config { server, upstream, scorers, policy, domains, recorder, classifier })
     }
 
     fn server(&self, raw: RawServer) -> Result<ServerConfig, ConfigError> {

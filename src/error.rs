@@ -70,10 +70,7 @@ pub enum Error {
 impl Error {
     /// A 400 naming the request field at fault.
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::InvalidRequest {
-            message: message.into(),
-            param: Some(param.into()),
-        }
+        Error::InvalidRequest { message: message.into(), param: Some(param.into()) }
     }
 
     /// The HTTP status this error is answered with.
@@ -141,15 +138,9 @@ impl Error {
     /// chose (a scorer): report it as a gateway failure rather than passing the status through.
     pub fn into_gateway_failure(self) -> Error {
         match self {
-            Error::UpstreamRejected {
-                backend,
-                status,
-                message,
-                ..
-            } => Error::BadGateway {
-                backend,
-                message: format!("HTTP {status}: {message}"),
-            },
+            Error::UpstreamRejected { backend, status, message, .. } => {
+                Error::BadGateway { backend, message: format!("HTTP {status}: {message}") }
+            }
             other => other,
         }
     }

@@ -47,6 +47,91 @@ enum Command {
 enum EvalCommand {
     /// RewardBench 2 (or v1) accuracy of a scorer, computed exactly as the official code does.
     Rewardbench(RewardbenchArgs),
+    /// Best-of-N gain curves per domain from recorded samples.
+    Bon(BonArgs),
+    /// Correlations between benchmark and downstream columns across reward models.
+    Correlate(CorrelateArgs),
+    /// Recompute the overall of a RewardBench leaderboard CSV and list the rows that disagree.
+    Leaderboard(LeaderboardArgs),
+}
+
+#[derive(clap::Args)]
+struct BonArgs {
+    /// Samples JSONL (the format the recorder writes).
+    #[arg(long)]
+    samples: PathBuf,
+    /// Fill missing correctness labels with this scorer from --config (scores clamped to [0, 1]).
+    #[arg(long, requires = "config")]
+    label_with: Option<String>,
+    /// Config file holding the --label-with scorer.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Bootstrap resamples for the 95% intervals (0: none).
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: bestofn::eval::Format,
+    /// Write the curves to FILE.svg or FILE.png (needs the `plot` feature).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct CorrelateArgs {
+    /// CSV with one row per reward model (lines starting with # are comments).
+    #[arg(long)]
+    csv: PathBuf,
+    /// Benchmark columns (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    x: Vec<String>,
+    /// Downstream columns (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    y: Vec<String>,
+    /// Which coefficient.
+    #[arg(long, value_enum, default_value = "pearson")]
+    method: MethodArg,
+    /// Keep only rows where COLUMN=a..b (inclusive numeric range) or COLUMN=v1|v2 (repeatable).
+    #[arg(long = "where", value_name = "COLUMN=SPEC")]
+    filters: Vec<String>,
+    /// Bootstrap resamples for the 95% intervals.
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: bestofn::eval::Format,
+    /// Heatmap of the (first method's) grid to FILE.svg or FILE.png (needs the `plot` feature).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Scatter with a fitted line of one pair, as X:Y, written to --scatter-plot.
+    #[arg(long, requires = "scatter_plot")]
+    scatter: Option<String>,
+    /// Where the scatter goes (.svg or .png).
+    #[arg(long)]
+    scatter_plot: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MethodArg {
+    Pearson,
+    Spearman,
+    Kendall,
+    All,
+}
+
+#[derive(clap::Args)]
+struct LeaderboardArgs {
+    /// Leaderboard CSV (RewardBench 2 subset columns, or v1 section columns).
+    csv: PathBuf,
+    /// Largest difference that still agrees (published numbers are rounded to 4 decimals).
+    #[arg(long, default_value_t = 1.5e-4)]
+    tolerance: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -116,9 +201,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", config.to_toml());
             Ok(())
         }
-        Command::Eval {
-            what: EvalCommand::Rewardbench(args),
-        } => eval_rewardbench(args),
+        Command::Eval { what: EvalCommand::Rewardbench(args) } => eval_rewardbench(args),
+        Command::Eval { what: EvalCommand::Bon(args) } => eval_bon(args),
+        Command::Eval { what: EvalCommand::Correlate(args) } => eval_correlate(args),
+        Command::Eval { what: EvalCommand::Leaderboard(args) } => eval_leaderboard(args),
         Command::Serve { config, listen } => {
             let mut config = Config::from_file(&config)?;
             if let Some(listen) = listen {
@@ -137,11 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
 }
 
 async fn serve_forever(config: Config) -> anyhow::Result<()> {
@@ -209,13 +291,8 @@ fn eval_rewardbench(args: RewardbenchArgs) -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let wanted: std::collections::HashSet<String> = dataset.iter().map(|r| r.id.clone()).collect();
-            let mut scored = runtime.block_on(score_dataset(
-                dataset,
-                scorer,
-                args.concurrency,
-                args.scores_out.as_deref(),
-                show,
-            ))?;
+            let mut scored =
+                runtime.block_on(score_dataset(dataset, scorer, args.concurrency, args.scores_out.as_deref(), show))?;
             // A resumed scores file may hold rows outside this run's filters.
             scored.retain(|r| wanted.contains(&r.id));
             scored
@@ -240,6 +317,121 @@ fn eval_rewardbench(args: RewardbenchArgs) -> anyhow::Result<()> {
         for note in &report.notes {
             eprintln!("note: {note}");
         }
+    }
+    Ok(())
+}
+
+fn plot_or_explain(draw: impl FnOnce() -> Result<(), String>) -> anyhow::Result<()> {
+    draw().map_err(|e| anyhow::anyhow!(e))
+}
+
+fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
+    use bestofn::eval::bon::{bon_report, render_bon};
+    use bestofn::eval::samples::{labelled_prompts, read_samples};
+
+    let mut rows = read_samples(&args.samples)?;
+    if let Some(name) = &args.label_with {
+        let config_path = args.config.as_ref().context("--label-with needs --config")?;
+        let config = Config::from_file(config_path)?;
+        let scorer_config =
+            config.scorers.get(name).with_context(|| format!("{}: no scorer named '{name}'", config_path.display()))?;
+        let client = bestofn::wiring::http_client()?;
+        let scorer = bestofn::wiring::build_scorer(&client, name, scorer_config)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        for row in rows.iter_mut().filter(|r| r.labels.is_none()) {
+            let prompt = row.prompt.clone().unwrap_or_default();
+            let conversation = [bestofn::score::Message { role: "user".into(), content: prompt }];
+            let out = runtime
+                .block_on(
+                    scorer.score(bestofn::score::ScoreInput { conversation: &conversation, candidates: &row.texts }),
+                )
+                .with_context(|| format!("{}:{}: labelling with {name} failed", args.samples.display(), row.line))?;
+            row.labels = Some(out.scores.iter().map(|s| s.clamp(0.0, 1.0)).collect());
+        }
+    }
+    let (prompts, unlabelled) = labelled_prompts(rows);
+    if unlabelled > 0 {
+        eprintln!(
+            "note: {unlabelled} prompts have no correctness labels and are left out (label them with --label-with)"
+        );
+    }
+    if prompts.is_empty() {
+        anyhow::bail!("{}: no labelled prompts", args.samples.display());
+    }
+    let report = bon_report(&prompts, args.bootstrap, args.seed);
+    print!("{}", render_bon(&report, args.format));
+    if let Some(path) = &args.plot {
+        plot_or_explain(|| bestofn::eval::plot::plot_bon(&report, path))?;
+    }
+    Ok(())
+}
+
+fn eval_correlate(args: CorrelateArgs) -> anyhow::Result<()> {
+    use bestofn::eval::correlate::{Method, grid, render_grid};
+    use bestofn::eval::samples::read_columns;
+
+    let methods = match args.method {
+        MethodArg::Pearson => vec![Method::Pearson],
+        MethodArg::Spearman => vec![Method::Spearman],
+        MethodArg::Kendall => vec![Method::Kendall],
+        MethodArg::All => vec![Method::Pearson, Method::Spearman, Method::Kendall],
+    };
+    let mut wanted = args.x.clone();
+    wanted.extend(args.y.iter().cloned());
+    let filters = args
+        .filters
+        .iter()
+        .map(|f| bestofn::eval::samples::RowFilter::parse(f))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--where: {e}"))?;
+    let columns = read_columns(&args.csv, &wanted, &filters)?;
+    let result = grid(&columns, &args.x, &args.y, &methods, args.bootstrap, args.seed);
+    print!("{}", render_grid(&result, &args.x, args.format));
+    if let Some(path) = &args.plot {
+        let method = methods[0];
+        let rows: Vec<(String, Vec<bestofn::eval::correlate::Cell>)> = result
+            .get(&method)
+            .map(|m| {
+                m.iter()
+                    .map(|(y, cells)| (y.clone(), args.x.iter().filter_map(|x| cells.get(x).copied()).collect()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let title = format!("{method:?} r").to_lowercase();
+        plot_or_explain(|| bestofn::eval::plot::plot_heatmap(&title, &rows, &args.x, path))?;
+    }
+    if let (Some(pair), Some(path)) = (&args.scatter, &args.scatter_plot) {
+        let (x, y) = pair.split_once(':').context("--scatter takes X:Y")?;
+        let pair_columns = read_columns(&args.csv, &[x.to_string(), y.to_string()], &filters)?;
+        let points: Vec<(f64, f64)> = match (pair_columns.get(x), pair_columns.get(y)) {
+            (Some(xs), Some(ys)) => xs.iter().zip(ys).filter_map(|(a, b)| Some(((*a)?, (*b)?))).collect(),
+            _ => Vec::new(),
+        };
+        plot_or_explain(|| bestofn::eval::plot::plot_scatter(&points, (x, y), &format!("{y} vs {x}"), path))?;
+    }
+    Ok(())
+}
+
+fn eval_leaderboard(args: LeaderboardArgs) -> anyhow::Result<()> {
+    let mut reader = csv::ReaderBuilder::new()
+        .comment(Some(b'#'))
+        .flexible(true)
+        .from_path(&args.csv)
+        .with_context(|| format!("{}: cannot read", args.csv.display()))?;
+    let headers = reader.headers().with_context(|| format!("{}: no header", args.csv.display()))?.clone();
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("{}:{}: unreadable row", args.csv.display(), i + 2))?;
+        rows.push(headers.iter().map(str::to_string).zip(record.iter().map(str::to_string)).collect());
+    }
+    let (benchmark, checked, disagree) = bestofn::eval::rewardbench::check_leaderboard(&rows, args.tolerance)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.csv.display()))?;
+    println!("{benchmark}: {checked} rows recomputed, {} disagree (tolerance {})", disagree.len(), args.tolerance);
+    for d in &disagree {
+        println!("  {}: published {:.4}, recomputed {:.4}", d.model, d.published, d.recomputed);
     }
     Ok(())
 }

@@ -6,17 +6,13 @@ use prometheus::{
 };
 
 /// Buckets for request, sampling and scoring latency: 5 ms to 5 minutes.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 /// Buckets for the proxy's own overhead: 50 µs to 1 s.
-const OVERHEAD_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-];
+const OVERHEAD_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 /// Buckets for rewards and reward lift: RM logits mostly fall in ±10.
-const REWARD_BUCKETS: &[f64] = &[
-    -10.0, -5.0, -2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0,
-];
+const REWARD_BUCKETS: &[f64] = &[-10.0, -5.0, -2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0];
 
 /// The metric set of one server.
 pub struct Metrics {
@@ -105,12 +101,7 @@ impl Metrics {
                 "Completion requests answered",
                 &["domain", "status_class"],
             )?,
-            errors: counter(
-                &r,
-                "bestofn_errors_total",
-                "Failed completion requests by kind",
-                &["domain", "kind"],
-            )?,
+            errors: counter(&r, "bestofn_errors_total", "Failed completion requests by kind", &["domain", "kind"])?,
             request_duration: histogram(
                 &r,
                 "bestofn_request_duration_seconds",
@@ -139,24 +130,14 @@ impl Metrics {
                 "Candidates requested",
                 &["domain"],
             )?,
-            candidates_received: counter(
-                &r,
-                "bestofn_candidates_received_total",
-                "Candidates received",
-                &["domain"],
-            )?,
+            candidates_received: counter(&r, "bestofn_candidates_received_total", "Candidates received", &["domain"])?,
             candidates_failed: counter(
                 &r,
                 "bestofn_candidates_failed_total",
                 "Candidates requested but not received",
                 &["domain"],
             )?,
-            prompt_tokens: counter(
-                &r,
-                "bestofn_prompt_tokens_total",
-                "Prompt tokens of upstream calls",
-                &["domain"],
-            )?,
+            prompt_tokens: counter(&r, "bestofn_prompt_tokens_total", "Prompt tokens of upstream calls", &["domain"])?,
             completion_tokens: counter(
                 &r,
                 "bestofn_completion_tokens_total",
@@ -185,18 +166,8 @@ impl Metrics {
                 REWARD_BUCKETS,
             )?,
             cache_hits: counter(&r, "bestofn_score_cache_hits_total", "Score cache hits", &["scorer"])?,
-            cache_misses: counter(
-                &r,
-                "bestofn_score_cache_misses_total",
-                "Score cache misses",
-                &["scorer"],
-            )?,
-            scorer_failures: counter(
-                &r,
-                "bestofn_scorer_failures_total",
-                "Scorer calls that failed",
-                &["scorer"],
-            )?,
+            cache_misses: counter(&r, "bestofn_score_cache_misses_total", "Score cache misses", &["scorer"])?,
+            scorer_failures: counter(&r, "bestofn_scorer_failures_total", "Scorer calls that failed", &["scorer"])?,
             in_flight,
             recorder_dropped,
             registry: r,
@@ -263,10 +234,7 @@ mod tests {
         let m = Metrics::new().unwrap();
         m.requests.with_label_values(&["math", "2xx"]).inc();
         let text = String::from_utf8(m.render()).unwrap();
-        assert!(
-            text.contains("bestofn_requests_total{domain=\"math\",status_class=\"2xx\"} 1"),
-            "{text}"
-        );
+        assert!(text.contains("bestofn_requests_total{domain=\"math\",status_class=\"2xx\"} 1"), "{text}");
         assert!(text.contains("bestofn_in_flight_requests 0"));
     }
 }

@@ -34,11 +34,7 @@ pub struct Recorder {
 
 /// One line of the samples format for a finished best-of-N request.
 pub fn sample_line(id: &str, plan: &Plan, conversation: &[Message], outcome: &Outcome) -> Value {
-    let prompt = conversation
-        .iter()
-        .rev()
-        .find(|m| m.role == "user")
-        .map_or("", |m| m.content.as_str());
+    let prompt = conversation.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
     let candidates: Vec<Value> = outcome
         .samples
         .candidates
@@ -70,26 +66,13 @@ impl Recorder {
             std::fs::create_dir_all(dir)?;
         }
         // Opening once here surfaces a bad path at startup rather than silently later.
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&config.path)?;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&config.path)?;
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-        let writer = Writer {
-            path: config.path.clone(),
-            max_bytes: config.max_bytes,
-            max_files: config.max_files,
-            file,
-        };
+        let writer =
+            Writer { path: config.path.clone(), max_bytes: config.max_bytes, max_files: config.max_files, file };
         // File writes block; a dedicated thread keeps them off the async workers.
-        std::thread::Builder::new()
-            .name("bestofn-recorder".into())
-            .spawn(move || writer.run(rx))?;
-        Ok(Recorder {
-            tx,
-            sample_rate: config.sample_rate,
-            dropped,
-        })
+        std::thread::Builder::new().name("bestofn-recorder".into()).spawn(move || writer.run(rx))?;
+        Ok(Recorder { tx, sample_rate: config.sample_rate, dropped })
     }
 
     /// Queues a record if this request is sampled; drops and counts it when the queue is full.

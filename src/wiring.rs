@@ -87,8 +87,5 @@ pub fn build_scorers(
     client: &reqwest::Client,
     configs: &BTreeMap<String, ScorerConfig>,
 ) -> Result<BTreeMap<String, Arc<dyn Scorer>>, StartupError> {
-    configs
-        .iter()
-        .map(|(name, c)| Ok((name.clone(), build_scorer(client, name, c)?)))
-        .collect()
+    configs.iter().map(|(name, c)| Ok((name.clone(), build_scorer(client, name, c)?))).collect()
 }

@@ -35,10 +35,7 @@ fn check_config_names_the_file_and_key_at_fault() {
     let dir = tempfile::tempdir().unwrap();
     let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/bestofn.toml")).unwrap();
     for (edit, expected) in [
-        (
-            base.replace("sampling = \"auto\"", "sampling = \"auto\"\nsamplign = 3"),
-            "samplign",
-        ),
+        (base.replace("sampling = \"auto\"", "sampling = \"auto\"\nsamplign = 3"), "samplign"),
         (base.replace("n = 4", "n = 100"), "policy.n"),
         (base.replace("scorer = \"rm\"", "scorer = \"missing\""), "policy.scorer"),
         (base.replace("http://127.0.0.1:8000/v1", "ftp://x"), "upstream.base_url"),
@@ -47,10 +44,7 @@ fn check_config_names_the_file_and_key_at_fault() {
         std::fs::write(&path, edit).unwrap();
         let (ok, _, stderr) = bestofn(&["check-config", path.to_str().unwrap()]);
         assert!(!ok);
-        assert!(
-            stderr.contains("bad.toml") && stderr.contains(expected),
-            "{expected}: {stderr}"
-        );
+        assert!(stderr.contains("bad.toml") && stderr.contains(expected), "{expected}: {stderr}");
     }
     let (ok, _, stderr) = bestofn(&["check-config", "/nonexistent/bestofn.toml"]);
     assert!(!ok && stderr.contains("/nonexistent/bestofn.toml"), "{stderr}");
@@ -63,10 +57,7 @@ fn serve_refuses_to_start_without_a_configured_api_key_variable() {
     let path = dir.path().join("keyed.toml");
     std::fs::write(
         &path,
-        base.replace(
-            "sampling = \"auto\"",
-            "sampling = \"auto\"\napi_key_env = \"BESTOFN_TEST_UNSET_KEY\"",
-        ),
+        base.replace("sampling = \"auto\"", "sampling = \"auto\"\napi_key_env = \"BESTOFN_TEST_UNSET_KEY\""),
     )
     .unwrap();
     let (ok, _, stderr) = bestofn(&["serve", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:0"]);

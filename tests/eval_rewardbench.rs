@@ -52,16 +52,8 @@ fn scores_files_give_the_official_numbers_in_every_format() {
     assert_eq!(report["n"]["Ties"], 4);
     assert!((report["overall"].as_f64().unwrap() - (0.75 + 0.0 + 0.505) / 3.0).abs() < 1e-12);
 
-    let (_, out, _) = bestofn(&[
-        "eval",
-        "rewardbench",
-        "--scores",
-        &path,
-        "--format",
-        "json",
-        "--ties-variant",
-        "paper",
-    ]);
+    let (_, out, _) =
+        bestofn(&["eval", "rewardbench", "--scores", &path, "--format", "json", "--ties-variant", "paper"]);
     let report: Value = serde_json::from_str(&out).unwrap();
     assert!((report["subsets"]["Ties"].as_f64().unwrap() - 0.5).abs() < 1e-12);
 
@@ -73,34 +65,10 @@ fn scores_files_give_the_official_numbers_in_every_format() {
     );
     assert!(err.contains("3 of 6"), "the missing subsets are said: {err}");
     let (_, csv, _) = bestofn(&["eval", "rewardbench", "--scores", &path, "--format", "csv"]);
-    assert!(
-        csv.starts_with("subset,rows,score,random\n") && csv.contains("Math,2,0.7500,0.2500"),
-        "{csv}"
-    );
-    let (_, md, _) = bestofn(&[
-        "eval",
-        "rewardbench",
-        "--scores",
-        &path,
-        "--format",
-        "md",
-        "--subset",
-        "Math",
-    ]);
-    assert!(
-        md.contains("| Math | 2 | 0.7500 | 0.2500 |") && !md.contains("Ties"),
-        "{md}"
-    );
-    let (_, limited, _) = bestofn(&[
-        "eval",
-        "rewardbench",
-        "--scores",
-        &path,
-        "--format",
-        "json",
-        "--limit",
-        "1",
-    ]);
+    assert!(csv.starts_with("subset,rows,score,random\n") && csv.contains("Math,2,0.7500,0.2500"), "{csv}");
+    let (_, md, _) = bestofn(&["eval", "rewardbench", "--scores", &path, "--format", "md", "--subset", "Math"]);
+    assert!(md.contains("| Math | 2 | 0.7500 | 0.2500 |") && !md.contains("Ties"), "{md}");
+    let (_, limited, _) = bestofn(&["eval", "rewardbench", "--scores", &path, "--format", "json", "--limit", "1"]);
     assert_eq!(serde_json::from_str::<Value>(&limited).unwrap()["subsets"]["Math"], 1.0);
 }
 
@@ -109,32 +77,17 @@ fn bad_score_rows_are_named_by_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let good = r#"{"id": "1", "subset": "Math", "num_correct": 1, "scores": [1, 0]}"#;
     for (bad, needle) in [
-        (
-            r#"{"id": "2", "subset": "Math", "num_correct": 3, "scores": [1, 0]}"#,
-            "num_correct",
-        ),
-        (
-            r#"{"id": "2", "subset": "Math", "num_correct": 1, "scores": []}"#,
-            "empty",
-        ),
+        (r#"{"id": "2", "subset": "Math", "num_correct": 3, "scores": [1, 0]}"#, "num_correct"),
+        (r#"{"id": "2", "subset": "Math", "num_correct": 1, "scores": []}"#, "empty"),
         (r#"{"id": "2", "subset": "Math", "num_correct": 1}"#, "scores"),
         (r#"{"id": "2", "num_correct": 1, "scores": [1]}"#, "subset"),
-        (
-            r#"{"id": "2", "subset": "Math", "num_correct": 1, "scores": [NaN, 1]}"#,
-            "JSON",
-        ),
-        (
-            r#"{"id": "2", "subset": "Math", "num_correct": 1, "scores": ["x", 1]}"#,
-            "scores[0]",
-        ),
+        (r#"{"id": "2", "subset": "Math", "num_correct": 1, "scores": [NaN, 1]}"#, "JSON"),
+        (r#"{"id": "2", "subset": "Math", "num_correct": 1, "scores": ["x", 1]}"#, "scores[0]"),
     ] {
         let path = write(&dir, "bad.jsonl", &format!("{good}\n{bad}\n"));
         let (ok, _, err) = bestofn(&["eval", "rewardbench", "--scores", &path]);
         assert!(!ok);
-        assert!(
-            err.contains(&format!("{path}:2:")) && err.contains(needle),
-            "{needle}: {err}"
-        );
+        assert!(err.contains(&format!("{path}:2:")) && err.contains(needle), "{needle}: {err}");
     }
 }
 
@@ -213,15 +166,7 @@ async fn the_sample_dataset_is_scored_through_the_proxys_scorer_and_resumes() {
     .unwrap();
     assert!(ok, "{err}");
     let first: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(
-        first["n"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_u64().unwrap())
-            .sum::<u64>(),
-        6
-    );
+    assert_eq!(first["n"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum::<u64>(), 6);
     assert_eq!(rm.requests().len(), 6, "one RM call per row, all candidates batched");
 
     // Resume: the six rows already scored are not scored again.
@@ -248,10 +193,7 @@ async fn the_sample_dataset_is_scored_through_the_proxys_scorer_and_resumes() {
     assert_eq!(rm.requests().len(), rows.len() - 6);
     let report: Value = serde_json::from_str(&out).unwrap();
     for (subset, score) in &expected.subsets {
-        assert!(
-            (report["subsets"][subset].as_f64().unwrap() - score).abs() < 1e-12,
-            "{subset}"
-        );
+        assert!((report["subsets"][subset].as_f64().unwrap() - score).abs() < 1e-12, "{subset}");
     }
     assert!((report["overall"].as_f64().unwrap() - expected.overall.unwrap()).abs() < 1e-12);
 }
@@ -260,43 +202,29 @@ fn csv_rows(path: &str) -> Vec<std::collections::HashMap<String, String>> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
     let header: Vec<String> = lines.next().unwrap().split(',').map(str::to_string).collect();
-    lines
-        .map(|l| header.iter().cloned().zip(l.split(',').map(str::to_string)).collect())
-        .collect()
+    lines.map(|l| header.iter().cloned().zip(l.split(',').map(str::to_string)).collect()).collect()
 }
 
 #[test]
 fn the_overall_reproduces_both_published_leaderboards() {
-    let rb2 = csv_rows(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/data/rewardbench2/rb2_leaderboard_scores.csv"
-    ));
+    let rb2 = csv_rows(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/rewardbench2/rb2_leaderboard_scores.csv"));
     assert_eq!(rb2.len(), 197);
     for row in &rb2 {
         let subset = |k: &str| row[k].parse::<f64>().unwrap();
-        let mean6 = ["factuality", "precise_if", "math", "safety", "focus", "ties"]
-            .iter()
-            .map(|k| subset(k))
-            .sum::<f64>()
-            / 6.0;
+        let mean6 =
+            ["factuality", "precise_if", "math", "safety", "focus", "ties"].iter().map(|k| subset(k)).sum::<f64>()
+                / 6.0;
         // The CSV rounds every number to 4 decimals.
         assert!((mean6 - subset("overall_mean6")).abs() <= 1e-4, "{}", row["model"]);
     }
 
-    let rb1 = csv_rows(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/data/rewardbench2/rb1_leaderboard_scores.csv"
-    ));
+    let rb1 = csv_rows(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/rewardbench2/rb1_leaderboard_scores.csv"));
     let (mut with_prior, mut with_prior_ok, mut without_prior, mut without_prior_ok) = (0, 0, 0, 0);
     for row in &rb1 {
         let get = |k: &str| row.get(k).and_then(|v| v.parse::<f64>().ok());
-        let (Some(c), Some(ch), Some(s), Some(r), Some(overall)) = (
-            get("chat"),
-            get("chat_hard"),
-            get("safety"),
-            get("reasoning"),
-            get("overall"),
-        ) else {
+        let (Some(c), Some(ch), Some(s), Some(r), Some(overall)) =
+            (get("chat"), get("chat_hard"), get("safety"), get("reasoning"), get("overall"))
+        else {
             continue;
         };
         let mut sections: std::collections::BTreeMap<String, f64> =
@@ -320,9 +248,5 @@ fn the_overall_reproduces_both_published_leaderboards() {
     // match the 2,2,2,2,1 weighting (7 published rows used the 4-way mean instead).
     assert_eq!((without_prior, without_prior_ok), (67, 67));
     assert_eq!((with_prior, with_prior_ok), (105, 98));
-    assert_eq!(
-        V1_SECTIONS.iter().map(|(_, m)| m.len()).sum::<usize>(),
-        23,
-        "23 v1 subsets in sections"
-    );
+    assert_eq!(V1_SECTIONS.iter().map(|(_, m)| m.len()).sum::<usize>(), 23, "23 v1 subsets in sections");
 }

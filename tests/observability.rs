@@ -11,14 +11,7 @@ use common::*;
 use serde_json::{Value, json};
 
 async fn scrape(proxy: &Bestofn) -> String {
-    client()
-        .get(proxy.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    client().get(proxy.url("/metrics")).send().await.unwrap().text().await.unwrap()
 }
 
 /// The value of one sample line, e.g. `bestofn_requests_total{domain="math",status_class="2xx"}`.
@@ -51,44 +44,17 @@ async fn metrics_count_traffic_and_reward_lift() {
     assert_eq!(status, 400);
 
     let text = scrape(&proxy).await;
-    assert_eq!(
-        sample(&text, r#"bestofn_requests_total{domain="math",status_class="2xx"}"#),
-        3.0
-    );
-    assert_eq!(
-        sample(&text, r#"bestofn_requests_total{domain="unknown",status_class="4xx"}"#),
-        1.0
-    );
-    assert_eq!(
-        sample(
-            &text,
-            r#"bestofn_errors_total{domain="unknown",kind="invalid_request"}"#
-        ),
-        1.0
-    );
-    assert_eq!(
-        sample(&text, r#"bestofn_candidates_requested_total{domain="math"}"#),
-        12.0
-    );
-    assert_eq!(
-        sample(&text, r#"bestofn_candidates_received_total{domain="math"}"#),
-        12.0
-    );
-    assert_eq!(
-        sample(&text, r#"bestofn_prompt_tokens_total{domain="math"}"#),
-        3.0 * PROMPT_TOKENS as f64
-    );
-    assert_eq!(
-        sample(&text, r#"bestofn_reward_lift_count{domain="math",scorer="vllm"}"#),
-        3.0
-    );
+    assert_eq!(sample(&text, r#"bestofn_requests_total{domain="math",status_class="2xx"}"#), 3.0);
+    assert_eq!(sample(&text, r#"bestofn_requests_total{domain="unknown",status_class="4xx"}"#), 1.0);
+    assert_eq!(sample(&text, r#"bestofn_errors_total{domain="unknown",kind="invalid_request"}"#), 1.0);
+    assert_eq!(sample(&text, r#"bestofn_candidates_requested_total{domain="math"}"#), 12.0);
+    assert_eq!(sample(&text, r#"bestofn_candidates_received_total{domain="math"}"#), 12.0);
+    assert_eq!(sample(&text, r#"bestofn_prompt_tokens_total{domain="math"}"#), 3.0 * PROMPT_TOKENS as f64);
+    assert_eq!(sample(&text, r#"bestofn_reward_lift_count{domain="math",scorer="vllm"}"#), 3.0);
     let lift = sample(&text, r#"bestofn_reward_lift_sum{domain="math",scorer="vllm"}"#);
     assert!((lift - expected_lift).abs() < 1e-9, "lift {lift} vs {expected_lift}");
     assert!(expected_lift > 0.0);
-    assert_eq!(
-        sample(&text, r#"bestofn_request_duration_seconds_count{domain="math"}"#),
-        3.0
-    );
+    assert_eq!(sample(&text, r#"bestofn_request_duration_seconds_count{domain="math"}"#), 3.0);
     assert_eq!(sample(&text, "bestofn_overhead_seconds_count"), 3.0);
     assert_eq!(sample(&text, "bestofn_in_flight_requests"), 0.0);
     // Overhead excludes the upstream and scorer calls: it is below the end-to-end latency.
@@ -104,9 +70,7 @@ fn metric_names(expr: &str) -> Vec<String> {
     let mut rest = expr;
     while let Some(at) = rest.find("bestofn_") {
         let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
         names.push(tail[..end].to_string());
         rest = &tail[end..];
     }
@@ -121,25 +85,11 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     .unwrap();
     // Importable: a datasource template variable that every panel and target uses.
     let vars = dashboard["templating"]["list"].as_array().unwrap();
-    assert!(
-        vars.iter()
-            .any(|v| v["type"] == "datasource" && v["query"] == "prometheus" && v["name"] == "datasource")
-    );
+    assert!(vars.iter().any(|v| v["type"] == "datasource" && v["query"] == "prometheus" && v["name"] == "datasource"));
     let panels = dashboard["panels"].as_array().unwrap();
     let titles: Vec<&str> = panels.iter().map(|p| p["title"].as_str().unwrap()).collect();
-    for needed in [
-        "Requests",
-        "latency",
-        "overhead",
-        "Tokens per domain",
-        "Reward lift",
-        "Errors",
-        "cache hit rate",
-    ] {
-        assert!(
-            titles.iter().any(|t| t.contains(needed)),
-            "no panel for {needed}: {titles:?}"
-        );
+    for needed in ["Requests", "latency", "overhead", "Tokens per domain", "Reward lift", "Errors", "cache hit rate"] {
+        assert!(titles.iter().any(|t| t.contains(needed)), "no panel for {needed}: {titles:?}");
     }
     let mut wanted = BTreeSet::new();
     for panel in panels {
@@ -156,16 +106,10 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     post(&proxy.url("/v1/chat/completions"), chat_body("What is 2+2?"), &[]).await;
     post(&proxy.url("/v1/chat/completions"), json!({"messages": "bad"}), &[]).await;
     let text = scrape(&proxy).await;
-    let exported: BTreeSet<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .collect();
+    let exported: BTreeSet<&str> =
+        text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
     let missing: Vec<&String> = wanted.iter().filter(|name| !exported.contains(name.as_str())).collect();
-    assert!(
-        missing.is_empty(),
-        "queried by the dashboard but not exported: {missing:?}"
-    );
+    assert!(missing.is_empty(), "queried by the dashboard but not exported: {missing:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -182,10 +126,7 @@ async fn per_domain_policy_applies_to_classified_requests() {
     assert_eq!(resp["bestofn"]["n_requested"], 3);
     assert_eq!(resp["bestofn"]["scorer"], "tei");
     let call = &upstream.requests_to("/v1/chat/completions")[0];
-    assert_eq!(
-        (call.body["temperature"].as_f64(), call.body["max_tokens"].as_u64()),
-        (Some(0.9), Some(64))
-    );
+    assert_eq!((call.body["temperature"].as_f64(), call.body["max_tokens"].as_u64()), (Some(0.9), Some(64)));
 
     // The client's own values win over the domain's defaults.
     upstream.clear();
@@ -204,12 +145,8 @@ async fn per_domain_policy_applies_to_classified_requests() {
     assert_eq!(headers["x-bestofn-n"], "1");
     assert!(resp.get("bestofn").is_none());
     // An explicit domain wins over the classifier.
-    let (_, _, resp) = post(
-        &proxy.url("/v1/chat/completions"),
-        chat_body("hello there"),
-        &[("x-bestofn-domain", "math")],
-    )
-    .await;
+    let (_, _, resp) =
+        post(&proxy.url("/v1/chat/completions"), chat_body("hello there"), &[("x-bestofn-domain", "math")]).await;
     assert_eq!(resp["bestofn"]["domain"], "math");
 }
 
@@ -232,16 +169,9 @@ async fn a_judge_llm_can_replace_the_rule_classifier() {
     let proxy = Bestofn::start(&cfg);
     let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("hello there"), &[]).await;
     assert_eq!(status, 200, "{resp}");
-    assert_eq!(
-        resp["bestofn"]["domain"], "math",
-        "the judge's answer, not the rules' 'general'"
-    );
+    assert_eq!(resp["bestofn"]["domain"], "math", "the judge's answer, not the rules' 'general'");
     assert_eq!(resp["bestofn"]["n_requested"], 3);
-    let judged = upstream
-        .requests()
-        .into_iter()
-        .find(|r| r.body["model"] == "judge-model")
-        .unwrap();
+    let judged = upstream.requests().into_iter().find(|r| r.body["model"] == "judge-model").unwrap();
     assert_eq!(judged.body["messages"][1]["content"], "hello there");
 }
 
@@ -252,37 +182,22 @@ async fn the_recorder_writes_the_samples_format_and_rotates() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("samples.jsonl");
     let cfg = config(&upstream, &rm, "n", 3)
-        + &format!(
-            "\n[recorder]\npath = \"{}\"\nmax_bytes = 2500\nmax_files = 2\n",
-            path.display()
-        );
+        + &format!("\n[recorder]\npath = \"{}\"\nmax_bytes = 2500\nmax_files = 2\n", path.display());
     let proxy = Bestofn::start(&cfg);
     let requests = 6;
     for seed in 0..requests {
         let mut body = chat_body(&format!("What is {seed} + 1?"));
         body["seed"] = json!(seed * 10);
-        let (status, _, _) = post(
-            &proxy.url("/v1/chat/completions"),
-            body,
-            &[("x-request-id", &format!("req-{seed}"))],
-        )
-        .await;
+        let (status, _, _) =
+            post(&proxy.url("/v1/chat/completions"), body, &[("x-request-id", &format!("req-{seed}"))]).await;
         assert_eq!(status, 200);
     }
-    let files = [
-        path.clone(),
-        dir.path().join("samples.jsonl.1"),
-        dir.path().join("samples.jsonl.2"),
-    ];
+    let files = [path.clone(), dir.path().join("samples.jsonl.1"), dir.path().join("samples.jsonl.2")];
     let read_all = || -> Vec<Value> {
         files
             .iter()
             .filter_map(|f| std::fs::read_to_string(f).ok())
-            .flat_map(|t| {
-                t.lines()
-                    .map(|l| serde_json::from_str::<Value>(l).unwrap())
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|t| t.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect::<Vec<_>>())
             .collect()
     };
     let mut rows = read_all();

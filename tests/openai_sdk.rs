@@ -21,10 +21,7 @@ async fn the_openai_python_sdk_works_unchanged() {
         .await
         .expect("python3 must be installed (.ci/run installs it with the openai package)");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the SDK client failed (is `pip install openai` done?):\n{stderr}"
-    );
+    assert!(output.status.success(), "the SDK client failed (is `pip install openai` done?):\n{stderr}");
     let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
 
     let bestofn = &seen["bestofn"];
@@ -37,12 +34,7 @@ async fn the_openai_python_sdk_works_unchanged() {
     assert_eq!(seen["finish_reason"], "stop");
     assert_eq!(seen["usage"]["prompt_tokens"], PROMPT_TOKENS);
 
-    let top2: Vec<f64> = seen["top2"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| read_quality(t.as_str().unwrap()))
-        .collect();
+    let top2: Vec<f64> = seen["top2"].as_array().unwrap().iter().map(|t| read_quality(t.as_str().unwrap())).collect();
     assert_eq!(top2.len(), 2);
     assert!(top2[0] >= top2[1], "best first: {top2:?}");
     assert_eq!(rm.requests_to("/predict").len(), 1, "extra_headers steered the scorer");
@@ -52,11 +44,7 @@ async fn the_openai_python_sdk_works_unchanged() {
     assert_eq!(seen["models"][0], "fake-model");
 
     // Streaming through the SDK's iterator: the same best candidate, usage at the end.
-    assert_eq!(
-        read_quality(seen["stream"]["content"].as_str().unwrap()),
-        best,
-        "{seen}"
-    );
+    assert_eq!(read_quality(seen["stream"]["content"].as_str().unwrap()), best, "{seen}");
     assert_eq!(seen["stream"]["finish_reason"], "stop");
     assert_eq!(seen["stream"]["usage_prompt_tokens"], PROMPT_TOKENS);
     // The legacy completions API, with best_of and streamed.

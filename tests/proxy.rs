@@ -49,11 +49,7 @@ async fn chooses_the_max_reward_candidate_for_every_rm_api() {
         assert_eq!(qualities.len(), 5);
         let best = argmax(&qualities);
         let chosen_text = resp["choices"][0]["message"]["content"].as_str().unwrap();
-        assert_eq!(
-            read_quality(chosen_text),
-            qualities[best],
-            "{scorer}: chose {chosen_text}"
-        );
+        assert_eq!(read_quality(chosen_text), qualities[best], "{scorer}: chose {chosen_text}");
         assert_eq!(resp["choices"].as_array().unwrap().len(), 1);
         assert_eq!(resp["choices"][0]["index"], 0);
         assert_eq!(resp["object"], "chat.completion");
@@ -62,19 +58,11 @@ async fn chooses_the_max_reward_candidate_for_every_rm_api() {
         assert_eq!(b["scorer"], scorer);
         assert_eq!(b["n_requested"], 5);
         assert_eq!(b["n_received"], 5);
-        let scores: Vec<f64> = b["scores"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s.as_f64().unwrap())
-            .collect();
+        let scores: Vec<f64> = b["scores"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).collect();
         assert_eq!(scores, qualities, "{scorer}: scores in candidate order");
         assert_eq!(headers["x-bestofn-chosen"], best.to_string().as_str());
         assert_eq!(headers["x-bestofn-n"], "5");
-        assert_eq!(
-            headers["x-bestofn-reward"].to_str().unwrap().parse::<f64>().unwrap(),
-            qualities[best]
-        );
+        assert_eq!(headers["x-bestofn-reward"].to_str().unwrap().parse::<f64>().unwrap(), qualities[best]);
         assert_eq!(rm.requests_to(path).len(), calls, "{scorer}: RM calls");
     }
 
@@ -165,12 +153,8 @@ async fn auto_tops_up_when_the_upstream_caps_n() {
     assert_eq!(status, 200, "{resp}");
     assert_eq!(resp["bestofn"]["n_received"], 5);
     assert_eq!(resp["bestofn"]["sampling"], "n+parallel");
-    let texts: Vec<&str> = resp["bestofn"]["candidates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["text"].as_str().unwrap())
-        .collect();
+    let texts: Vec<&str> =
+        resp["bestofn"]["candidates"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap()).collect();
     let expected: Vec<String> = (7..12).map(candidate_text).collect();
     assert_eq!(texts, expected, "each candidate has its own seed");
 
@@ -201,10 +185,7 @@ async fn usage_counts_every_call_and_every_candidate() {
     assert_eq!(resp["usage"]["prompt_tokens"], 3 * PROMPT_TOKENS);
     assert_eq!(resp["usage"]["completion_tokens"], expected_completion);
     assert_eq!(resp["usage"]["total_tokens"], 3 * PROMPT_TOKENS + expected_completion);
-    assert_eq!(
-        resp["bestofn"]["usage"]["generation"]["completion_tokens_estimated"],
-        false
-    );
+    assert_eq!(resp["bestofn"]["usage"]["generation"]["completion_tokens_estimated"], false);
     assert_eq!(resp["bestofn"]["usage"]["scorer"]["calls"], 1);
     assert_eq!(resp["bestofn"]["usage"]["scorer"]["prompt_tokens"], 60);
     drop(proxy);
@@ -222,14 +203,8 @@ async fn usage_counts_every_call_and_every_candidate() {
     let (_, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
     let generation = &resp["bestofn"]["usage"]["generation"];
     assert_eq!(generation["completion_tokens_estimated"], true, "{resp}");
-    assert_eq!(
-        generation["upstream_reported_completion_tokens"],
-        fake_tokens(&candidate_text(1))
-    );
-    assert!(
-        resp["usage"]["completion_tokens"].as_u64().unwrap() >= 2 * fake_tokens(&candidate_text(1)),
-        "{resp}"
-    );
+    assert_eq!(generation["upstream_reported_completion_tokens"], fake_tokens(&candidate_text(1)));
+    assert!(resp["usage"]["completion_tokens"].as_u64().unwrap() >= 2 * fake_tokens(&candidate_text(1)), "{resp}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -251,12 +226,9 @@ async fn unknown_fields_reach_the_upstream_untouched_and_steering_does_not() {
         body[k] = v.clone();
     }
     body["bestofn"] = json!({"n": 3});
-    let (status, _, _) = post(
-        &proxy.url("/v1/chat/completions"),
-        body,
-        &[("x-bestofn-scorer", "tei"), ("x-bestofn-domain", "math")],
-    )
-    .await;
+    let (status, _, _) =
+        post(&proxy.url("/v1/chat/completions"), body, &[("x-bestofn-scorer", "tei"), ("x-bestofn-domain", "math")])
+            .await;
     assert_eq!(status, 200);
     let call = &upstream.requests_to("/v1/chat/completions")[0];
     for (k, v) in extras.as_object().unwrap() {
@@ -265,11 +237,7 @@ async fn unknown_fields_reach_the_upstream_untouched_and_steering_does_not() {
     assert!(call.body.get("bestofn").is_none());
     assert_eq!(call.body["n"], 3, "steered N");
     assert!(call.headers.keys().all(|h| !h.as_str().starts_with("x-bestofn")));
-    assert_eq!(
-        rm.requests_to("/predict").len(),
-        1,
-        "x-bestofn-scorer header steered the scorer"
-    );
+    assert_eq!(rm.requests_to("/predict").len(), 1, "x-bestofn-scorer header steered the scorer");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -288,18 +256,9 @@ async fn top_k_and_pass_through() {
     let choices = resp["choices"].as_array().unwrap();
     assert_eq!(choices.len(), 2);
     qualities.sort_by(|a, b| b.partial_cmp(a).unwrap());
-    assert_eq!(
-        read_quality(choices[0]["message"]["content"].as_str().unwrap()),
-        qualities[0]
-    );
-    assert_eq!(
-        read_quality(choices[1]["message"]["content"].as_str().unwrap()),
-        qualities[1]
-    );
-    assert_eq!(
-        (choices[0]["index"].as_u64(), choices[1]["index"].as_u64()),
-        (Some(0), Some(1))
-    );
+    assert_eq!(read_quality(choices[0]["message"]["content"].as_str().unwrap()), qualities[0]);
+    assert_eq!(read_quality(choices[1]["message"]["content"].as_str().unwrap()), qualities[1]);
+    assert_eq!((choices[0]["index"].as_u64(), choices[1]["index"].as_u64()), (Some(0), Some(1)));
 
     // N = 1: the upstream's answer, unchanged, and no scorer call.
     upstream.clear();
@@ -325,13 +284,8 @@ async fn bad_input_gets_a_400_envelope_naming_the_field() {
     let url = proxy.url("/v1/chat/completions");
 
     let client = client();
-    let resp = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body("{\"messages\": [")
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        client.post(&url).header("content-type", "application/json").body("{\"messages\": [").send().await.unwrap();
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     assert_envelope(&body, None);
@@ -342,30 +296,12 @@ async fn bad_input_gets_a_400_envelope_naming_the_field() {
         (json!({"messages": []}), "messages"),
         (json!({"messages": "hello"}), "messages"),
         (json!({"messages": [{"content": "hi"}]}), "messages[0].role"),
-        (
-            json!({"messages": [{"role": "user", "content": "hi"}], "n": "two"}),
-            "n",
-        ),
-        (
-            json!({"messages": [{"role": "user", "content": "hi"}], "model": 5}),
-            "model",
-        ),
-        (
-            json!({"messages": [{"role": "user", "content": "hi"}], "bestofn": {"n": 65}}),
-            "bestofn.n",
-        ),
-        (
-            json!({"messages": [{"role": "user", "content": "hi"}], "bestofn": {"n": 0}}),
-            "bestofn.n",
-        ),
-        (
-            json!({"messages": [{"role": "user", "content": "hi"}], "bestofn": {"scorer": "nope"}}),
-            "bestofn.scorer",
-        ),
-        (
-            json!({"messages": [{"role": "user", "content": "hi"}], "bestofn": {"domain": "poetry"}}),
-            "bestofn.domain",
-        ),
+        (json!({"messages": [{"role": "user", "content": "hi"}], "n": "two"}), "n"),
+        (json!({"messages": [{"role": "user", "content": "hi"}], "model": 5}), "model"),
+        (json!({"messages": [{"role": "user", "content": "hi"}], "bestofn": {"n": 65}}), "bestofn.n"),
+        (json!({"messages": [{"role": "user", "content": "hi"}], "bestofn": {"n": 0}}), "bestofn.n"),
+        (json!({"messages": [{"role": "user", "content": "hi"}], "bestofn": {"scorer": "nope"}}), "bestofn.scorer"),
+        (json!({"messages": [{"role": "user", "content": "hi"}], "bestofn": {"domain": "poetry"}}), "bestofn.domain"),
         (json!({"messages": [{"role": "user", "content": "hi"}], "n": 100}), "n"),
     ];
     for (body, param) in cases {
@@ -398,12 +334,7 @@ async fn upstream_failures_map_to_clear_statuses() {
     let proxy = Bestofn::start(&config(&rejecting, &rm, "n", 2));
     let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("x"), &[]).await;
     assert_eq!(status, 400, "{resp}");
-    assert!(
-        resp["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("max_tokens is too large: 99999")
-    );
+    assert!(resp["error"]["message"].as_str().unwrap().contains("max_tokens is too large: 99999"));
     assert_envelope(&resp, None);
     assert_eq!(rejecting.requests().len(), 1, "a 4xx is never retried");
     drop(proxy);
@@ -417,10 +348,7 @@ async fn upstream_failures_map_to_clear_statuses() {
     let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("x"), &[]).await;
     assert_eq!(status, 502, "{resp}");
     let message = resp["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("engine overloaded") && message.contains(&failing.url()),
-        "{message}"
-    );
+    assert!(message.contains("engine overloaded") && message.contains(&failing.url()), "{message}");
     assert_eq!(failing.requests().len(), 2, "max_retries = 1");
     drop(proxy);
 
@@ -433,18 +361,12 @@ async fn upstream_failures_map_to_clear_statuses() {
     let proxy = Bestofn::start(&cfg);
     let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("x"), &[]).await;
     assert_eq!(status, 502, "{resp}");
-    assert!(
-        resp["error"]["message"].as_str().unwrap().contains("cannot reach"),
-        "{resp}"
-    );
+    assert!(resp["error"]["message"].as_str().unwrap().contains("cannot reach"), "{resp}");
     drop(proxy);
 
     // Slow upstream: 504.
     let slow = FakeServer::start(|_: &Recorded| {
-        Reply::Delayed(
-            std::time::Duration::from_secs(10),
-            Box::new(Reply::Json(200, json!({}))),
-        )
+        Reply::Delayed(std::time::Duration::from_secs(10), Box::new(Reply::Json(200, json!({}))))
     })
     .await;
     let cfg = config(&slow, &rm, "n", 2).replace("timeout_ms = 5000", "timeout_ms = 300");
@@ -476,10 +398,7 @@ async fn scorer_failures_are_502_with_the_backend_message() {
     let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
     assert_eq!(status, 502, "{resp}");
     let message = resp["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("scorer tei") && message.contains("Batch size error"),
-        "{message}"
-    );
+    assert!(message.contains("scorer tei") && message.contains("Batch size error"), "{message}");
 
     // An RM answering the wrong number of scores is an error, not a wrong pick.
     let short = FakeServer::start(|_: &Recorded| Reply::Json(200, json!([{"embedding": [1.0]}]))).await;
@@ -488,13 +407,7 @@ async fn scorer_failures_are_502_with_the_backend_message() {
     body["bestofn"] = json!({"scorer": "sglang"});
     let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
     assert_eq!(status, 502, "{resp}");
-    assert!(
-        resp["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("1 scores for 3 candidates"),
-        "{resp}"
-    );
+    assert!(resp["error"]["message"].as_str().unwrap().contains("1 scores for 3 candidates"), "{resp}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -504,25 +417,14 @@ async fn models_health_and_request_logs() {
     let proxy = Bestofn::start(&config(&upstream, &rm, "n", 3));
     let client = client();
 
-    let models: Value = client
-        .get(proxy.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = client.get(proxy.url("/v1/models")).send().await.unwrap().json().await.unwrap();
     assert_eq!(models["data"][0]["id"], "fake-model");
     let health = client.get(proxy.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 
     let secret = "the secret prompt text";
-    let (status, headers, _) = post(
-        &proxy.url("/v1/chat/completions"),
-        chat_body(secret),
-        &[("x-request-id", "req-42")],
-    )
-    .await;
+    let (status, headers, _) =
+        post(&proxy.url("/v1/chat/completions"), chat_body(secret), &[("x-request-id", "req-42")]).await;
     assert_eq!(status, 200);
     assert_eq!(headers["x-request-id"], "req-42");
     // The log line is written before the response; poll briefly for the reader thread.
@@ -538,24 +440,12 @@ async fn models_health_and_request_logs() {
     for field in ["domain=general", "n=3", "chosen=", "scores=", "latency_ms="] {
         assert!(line.contains(field), "{field} missing in {line}");
     }
-    assert!(
-        proxy
-            .logs()
-            .iter()
-            .all(|l| !l.contains(secret) && !l.contains("Answer from seed"))
-    );
+    assert!(proxy.logs().iter().all(|l| !l.contains(secret) && !l.contains("Answer from seed")));
 
     let listed =
         config(&upstream, &rm, "n", 3).replace("max_retries = 1", "max_retries = 1\nmodels = [\"best-model\"]");
     let proxy = Bestofn::start(&listed);
-    let models: Value = client
-        .get(proxy.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = client.get(proxy.url("/v1/models")).send().await.unwrap().json().await.unwrap();
     assert_eq!(models["data"][0]["id"], "best-model");
     assert_eq!(models["object"], "list");
 }

@@ -34,11 +34,7 @@ fn seeded_upstream(hang: impl Fn(i64) -> bool + Send + Sync + 'static) -> impl F
     let ok = upstream_handler(NSupport::Full, UsageStyle::Honest);
     move |r: &Recorded| {
         let seed = r.body["seed"].as_i64().unwrap_or(0);
-        if hang(seed) {
-            Reply::Delayed(Duration::from_secs(30), Box::new(ok(r)))
-        } else {
-            ok(r)
-        }
+        if hang(seed) { Reply::Delayed(Duration::from_secs(30), Box::new(ok(r))) } else { ok(r) }
     }
 }
 
@@ -61,19 +57,12 @@ async fn the_deadline_selects_among_what_arrived_or_answers_504() {
     assert_eq!(status, 200, "{resp}");
     let b = &resp["bestofn"];
     assert_eq!(
-        (
-            b["n_requested"].as_u64(),
-            b["n_received"].as_u64(),
-            b["n_scored"].as_u64()
-        ),
+        (b["n_requested"].as_u64(), b["n_received"].as_u64(), b["n_scored"].as_u64()),
         (Some(4), Some(2), Some(2))
     );
     assert_eq!(b["deadline_hit"], true);
     let best = quality(100).max(quality(101));
-    assert_eq!(
-        read_quality(resp["choices"][0]["message"]["content"].as_str().unwrap()),
-        best
-    );
+    assert_eq!(read_quality(resp["choices"][0]["message"]["content"].as_str().unwrap()), best);
     drop(proxy);
 
     let proxy = Bestofn::start(&tuned(
@@ -87,10 +76,7 @@ async fn the_deadline_selects_among_what_arrived_or_answers_504() {
     let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
     assert_eq!(status, 504, "{resp}");
     let message = resp["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("only 2 of 4") && message.contains("400 ms deadline"),
-        "{message}"
-    );
+    assert!(message.contains("only 2 of 4") && message.contains("400 ms deadline"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -108,19 +94,10 @@ async fn hedging_uses_the_first_n_answers() {
     })
     .await;
     let rm = FakeServer::start(rm_handler()).await;
-    let proxy = Bestofn::start(&tuned(
-        &upstream,
-        &rm,
-        "parallel",
-        3,
-        "hedge = 2\ntimeout_ms = 60000",
-        "",
-    ));
+    let proxy = Bestofn::start(&tuned(&upstream, &rm, "parallel", 3, "hedge = 2\ntimeout_ms = 60000", ""));
     let url = proxy.url("/v1/chat/completions");
     let request = post(&url, chat_body("q"), &[]);
-    let (status, _, resp) = tokio::time::timeout(Duration::from_secs(10), request)
-        .await
-        .expect("hedging did not help");
+    let (status, _, resp) = tokio::time::timeout(Duration::from_secs(10), request).await.expect("hedging did not help");
     assert_eq!(status, 200, "{resp}");
     assert_eq!(resp["bestofn"]["n_received"], 3);
     assert_eq!(upstream.requests_to("/v1/chat/completions").len(), 5, "N + h calls");
@@ -221,20 +198,13 @@ async fn a_failing_pool_member_is_ejected_and_probed_back() {
             &format!("base_url = \"{}/v1\"", good.url()),
             &format!("base_urls = [\"{}/v1\", \"{}/v1\"]", bad.url(), good.url()),
         )
-        .replace(
-            "max_retries = 1\n",
-            "max_retries = 1\neject_after_failures = 1\neject_cooldown_ms = 1500\n",
-        );
+        .replace("max_retries = 1\n", "max_retries = 1\neject_after_failures = 1\neject_cooldown_ms = 1500\n");
     let proxy = Bestofn::start(&cfg);
     for _ in 0..10 {
         let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
         assert_eq!(status, 200, "the healthy member answers: {resp}");
     }
-    assert!(
-        bad.requests().len() <= 1,
-        "an ejected endpoint got traffic: {}",
-        bad.requests().len()
-    );
+    assert!(bad.requests().len() <= 1, "an ejected endpoint got traffic: {}", bad.requests().len());
     // After the cool-down the endpoint is probed with real traffic again.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     for _ in 0..4 {
@@ -252,33 +222,21 @@ async fn scorer_failure_policies() {
     })
     .await;
     for policy in ["first", "random"] {
-        let proxy = Bestofn::start(&tuned(
-            &upstream,
-            &broken,
-            "n",
-            3,
-            "",
-            &format!("on_scorer_failure = \"{policy}\""),
-        ));
+        let proxy =
+            Bestofn::start(&tuned(&upstream, &broken, "n", 3, "", &format!("on_scorer_failure = \"{policy}\"")));
         let mut body = chat_body("q");
         body["seed"] = json!(5);
         let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
         assert_eq!(status, 200, "{policy}: {resp}");
         let b = &resp["bestofn"];
-        assert!(
-            b["scorer_failed"].as_str().unwrap().contains("CUDA out of memory"),
-            "{resp}"
-        );
+        assert!(b["scorer_failed"].as_str().unwrap().contains("CUDA out of memory"), "{resp}");
         assert_eq!(b["n_scored"], 0);
         let chosen = b["chosen"].as_u64().unwrap();
         if policy == "first" {
             assert_eq!(chosen, 0);
         }
         assert!(chosen < 3);
-        assert_eq!(
-            resp["choices"][0]["message"]["content"],
-            candidate_text(5 + chosen as i64)
-        );
+        assert_eq!(resp["choices"][0]["message"]["content"], candidate_text(5 + chosen as i64));
     }
 }
 
@@ -289,30 +247,19 @@ async fn garbage_from_backends_is_a_clear_error_never_a_panic() {
         (Reply::Raw(200, "this is not json".into()), 502, "not JSON"),
         (Reply::Json(200, json!({"choices": []})), 502, "empty 'choices'"),
         (Reply::Json(200, json!([1, 2])), 502, "not a JSON object"),
-        (
-            Reply::Json(200, json!({"choices": [{"index": 0, "text": "legacy shape"}]})),
-            502,
-            "'message'",
-        ),
+        (Reply::Json(200, json!({"choices": [{"index": 0, "text": "legacy shape"}]})), 502, "'message'"),
     ];
     for (reply, status, needle) in cases {
         let reply = Arc::new(std::sync::Mutex::new(Some(reply)));
         let upstream = FakeServer::start(move |_: &Recorded| {
-            reply
-                .lock()
-                .unwrap()
-                .take()
-                .unwrap_or(Reply::Json(500, json!({"error": {"message": "only once"}})))
+            reply.lock().unwrap().take().unwrap_or(Reply::Json(500, json!({"error": {"message": "only once"}})))
         })
         .await;
         let cfg = config(&upstream, &rm, "n", 2).replace("max_retries = 1", "max_retries = 0");
         let proxy = Bestofn::start(&cfg);
         let (got, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
         assert_eq!(got, status, "{resp}");
-        assert!(
-            resp["error"]["message"].as_str().unwrap().contains(needle),
-            "{needle}: {resp}"
-        );
+        assert!(resp["error"]["message"].as_str().unwrap().contains(needle), "{needle}: {resp}");
     }
 
     // Missing usage is estimated and flagged, not an error.
@@ -324,10 +271,7 @@ async fn garbage_from_backends_is_a_clear_error_never_a_panic() {
     let proxy = Bestofn::start(&tuned(&no_usage, &rm, "parallel", 2, "", ""));
     let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
     assert_eq!(status, 200, "{resp}");
-    assert_eq!(
-        resp["bestofn"]["usage"]["generation"]["completion_tokens_estimated"],
-        true
-    );
+    assert_eq!(resp["bestofn"]["usage"]["generation"]["completion_tokens_estimated"], true);
     assert!(resp["usage"]["completion_tokens"].as_u64().unwrap() > 0);
 
     // A truncated body (content-length longer than what is sent): 502.
@@ -354,19 +298,13 @@ async fn garbage_from_backends_is_a_clear_error_never_a_panic() {
     // NaN from the RM (Python's json.dumps writes it) is not JSON: 502 naming the scorer.
     let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
     let nan_rm = FakeServer::start(|_: &Recorded| {
-        Reply::Raw(
-            200,
-            r#"{"data": [{"index": 0, "probs": [NaN]}, {"index": 1, "probs": [1.0]}]}"#.into(),
-        )
+        Reply::Raw(200, r#"{"data": [{"index": 0, "probs": [NaN]}, {"index": 1, "probs": [1.0]}]}"#.into())
     })
     .await;
     let proxy = Bestofn::start(&config(&upstream, &nan_rm, "n", 2));
     let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
     assert_eq!(status, 502, "{resp}");
-    assert!(
-        resp["error"]["message"].as_str().unwrap().contains("scorer vllm"),
-        "{resp}"
-    );
+    assert!(resp["error"]["message"].as_str().unwrap().contains("scorer vllm"), "{resp}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -402,9 +340,7 @@ async fn limits_on_bodies_concurrency_and_slow_clients() {
 
     // A client that sends half its headers is cut off.
     let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
-        .await
-        .unwrap();
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n").await.unwrap();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the connection stayed open with headers unfinished");
@@ -415,10 +351,7 @@ async fn limits_on_bodies_concurrency_and_slow_clients() {
         .await
         .unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf)).await.unwrap().unwrap();
     let head = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
 }
@@ -438,9 +371,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let status = tokio::task::spawn_blocking(move || proxy.terminate_and_wait())
-        .await
-        .unwrap();
+    let status = tokio::task::spawn_blocking(move || proxy.terminate_and_wait()).await.unwrap();
     assert!(status.success(), "exit status {status:?}");
     let (code, _, resp) = in_flight.await.unwrap();
     assert_eq!(code, 200, "the in-flight request was finished: {resp}");
@@ -455,17 +386,11 @@ async fn client_keys_upstream_secrets_and_a_fixed_upstream() {
             "[upstream]",
             "[server]\napi_keys = [\"sk-client-a\"]\napi_keys_env = \"BESTOFN_TEST_KEYS\"\n\n[upstream]",
         )
-        .replace(
-            "max_retries = 1\n",
-            "max_retries = 1\napi_key_env = \"BESTOFN_TEST_UPSTREAM_KEY\"\n",
-        );
+        .replace("max_retries = 1\n", "max_retries = 1\napi_key_env = \"BESTOFN_TEST_UPSTREAM_KEY\"\n");
     let secret = "sk-upstream-very-secret";
     let proxy = Bestofn::start_with_env(
         &cfg,
-        &[
-            ("BESTOFN_TEST_KEYS", "sk-client-b, sk-client-c"),
-            ("BESTOFN_TEST_UPSTREAM_KEY", secret),
-        ],
+        &[("BESTOFN_TEST_KEYS", "sk-client-b, sk-client-c"), ("BESTOFN_TEST_UPSTREAM_KEY", secret)],
     );
     let url = proxy.url("/v1/chat/completions");
 
@@ -486,10 +411,7 @@ async fn client_keys_upstream_secrets_and_a_fixed_upstream() {
     // The upstream gets its own key; clients, logs and errors never see it.
     let call = &upstream.requests_to("/v1/chat/completions")[0];
     assert_eq!(call.headers["authorization"], format!("Bearer {secret}").as_str());
-    assert_ne!(
-        call.headers["authorization"], "Bearer sk-client-a",
-        "the client's key is not forwarded"
-    );
+    assert_ne!(call.headers["authorization"], "Bearer sk-client-a", "the client's key is not forwarded");
 
     // No request field or header can point bestofn elsewhere.
     upstream.clear();
@@ -513,38 +435,20 @@ async fn client_keys_upstream_secrets_and_a_fixed_upstream() {
     // A failing upstream's error, the logs and check-config never show the secret.
     let failing = FakeServer::start(|_: &Recorded| Reply::Json(503, json!({"error": {"message": "overloaded"}}))).await;
     let cfg = cfg.replace(&upstream.url(), &failing.url());
-    let proxy = Bestofn::start_with_env(
-        &cfg,
-        &[("BESTOFN_TEST_KEYS", "k"), ("BESTOFN_TEST_UPSTREAM_KEY", secret)],
-    );
-    let (status, _, resp) = post(
-        &proxy.url("/v1/chat/completions"),
-        chat_body("q"),
-        &[("authorization", "Bearer sk-client-a")],
-    )
-    .await;
+    let proxy = Bestofn::start_with_env(&cfg, &[("BESTOFN_TEST_KEYS", "k"), ("BESTOFN_TEST_UPSTREAM_KEY", secret)]);
+    let (status, _, resp) =
+        post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[("authorization", "Bearer sk-client-a")]).await;
     assert_eq!(status, 502);
     assert!(!resp.to_string().contains(secret));
-    assert!(
-        proxy
-            .logs()
-            .iter()
-            .all(|l| !l.contains(secret) && !l.contains("sk-client-a"))
-    );
+    assert!(proxy.logs().iter().all(|l| !l.contains(secret) && !l.contains("sk-client-a")));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, &cfg).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bestofn"))
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_bestofn")).arg("check-config").arg(&path).output().unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(
-        !printed.contains("sk-client-a") && printed.contains("api_keys_configured = 1"),
-        "{printed}"
-    );
+    assert!(!printed.contains("sk-client-a") && printed.contains("api_keys_configured = 1"), "{printed}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -589,14 +493,8 @@ async fn soak_with_injected_faults_loses_no_request() {
             _ => assert_envelope(&resp, None),
         }
         // Correctness of the deadline, with generous slack for a loaded 2-core machine.
-        assert!(
-            took < Duration::from_secs(5),
-            "a request outlived its deadline: {took:?}"
-        );
+        assert!(took < Duration::from_secs(5), "a request outlived its deadline: {took:?}");
     }
-    assert!(
-        ok_count >= requests * 9 / 10,
-        "{ok_count} of {requests} answered with a candidate"
-    );
+    assert!(ok_count >= requests * 9 / 10, "{ok_count} of {requests} answered with a candidate");
     assert!(started.elapsed() < Duration::from_secs(60));
 }

@@ -24,11 +24,7 @@ fn contents(chunks: &[Value], key: &str) -> Vec<String> {
             if out.len() <= i {
                 out.resize(i + 1, String::new());
             }
-            let piece = if key == "text" {
-                &choice["text"]
-            } else {
-                &choice["delta"]["content"]
-            };
+            let piece = if key == "text" { &choice["text"] } else { &choice["delta"]["content"] };
             out[i].push_str(piece.as_str().unwrap_or(""));
         }
     }
@@ -56,17 +52,11 @@ async fn best_of_n_chat_stream_is_valid_openai_sse() {
     let (id, created) = (chunks[0]["id"].clone(), chunks[0]["created"].clone());
     assert!(id.as_str().unwrap().starts_with("chatcmpl-"));
     for c in &chunks {
-        assert_eq!(
-            (&c["id"], &c["created"], &c["model"]),
-            (&id, &created, &json!("fake-model"))
-        );
+        assert_eq!((&c["id"], &c["created"], &c["model"]), (&id, &created, &json!("fake-model")));
         assert_eq!(c["object"], "chat.completion.chunk");
     }
     // The role delta comes first.
-    assert_eq!(
-        chunks[0]["choices"][0]["delta"],
-        json!({"role": "assistant", "content": ""})
-    );
+    assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
     // The winner, re-streamed in bounded chunks.
     let best = (60..64).map(quality).fold(f64::MIN, f64::max);
     let streamed = contents(&chunks, "content");
@@ -114,10 +104,7 @@ async fn streamed_top_k_labels_each_choice() {
     assert_eq!(streamed.len(), 2);
     assert_eq!(read_quality(&streamed[0]), qualities[0]);
     assert_eq!(read_quality(&streamed[1]), qualities[1]);
-    let roles = chunks
-        .iter()
-        .filter(|c| c["choices"][0]["delta"]["role"] == "assistant")
-        .count();
+    let roles = chunks.iter().filter(|c| c["choices"][0]["delta"]["role"] == "assistant").count();
     assert_eq!(roles, 2, "a role delta per choice");
 }
 
@@ -136,10 +123,8 @@ async fn heartbeats_arrive_while_a_slow_upstream_works() {
         .iter()
         .position(|i| matches!(i, SseItem::Data(v) if v["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty())))
         .unwrap();
-    let heartbeats_before = items[..first_content]
-        .iter()
-        .filter(|i| **i == SseItem::Comment("keep-alive".into()))
-        .count();
+    let heartbeats_before =
+        items[..first_content].iter().filter(|i| **i == SseItem::Comment("keep-alive".into())).count();
     assert!(heartbeats_before >= 1, "no heartbeat before the content: {items:?}");
     assert!(
         matches!(&items[0], SseItem::Data(v) if v["choices"][0]["delta"]["role"] == "assistant"),
@@ -189,10 +174,7 @@ async fn pass_through_streaming_delivers_tokens_before_the_upstream_finishes() {
         };
         let first = json!({"id": "up", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "first-token"}, "finish_reason": null}]});
         let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-        stream
-            .write_all(format!("{head}{}", chunk(&first.to_string())).as_bytes())
-            .await
-            .unwrap();
+        stream.write_all(format!("{head}{}", chunk(&first.to_string())).as_bytes()).await.unwrap();
         stream.flush().await.unwrap();
         let _ = release_rx.await;
         let last = json!({"id": "up", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
@@ -207,12 +189,7 @@ async fn pass_through_streaming_delivers_tokens_before_the_upstream_finishes() {
     let mut body = chat_body("hi");
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
-    let resp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(proxy.url("/v1/chat/completions")).json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-bestofn-n"], "1");
     let mut bytes = resp.bytes_stream();
@@ -223,9 +200,7 @@ async fn pass_through_streaming_delivers_tokens_before_the_upstream_finishes() {
             received.push_str(std::str::from_utf8(&bytes.next().await.unwrap().unwrap()).unwrap());
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), wait_first)
-        .await
-        .expect("first token was buffered");
+    tokio::time::timeout(Duration::from_secs(10), wait_first).await.expect("first token was buffered");
     release_tx.send(()).unwrap();
     while let Some(chunk) = bytes.next().await {
         received.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
@@ -234,11 +209,7 @@ async fn pass_through_streaming_delivers_tokens_before_the_upstream_finishes() {
     assert_eq!(data_events(&items).len(), 2);
     let forwarded = seen_rx.await.unwrap();
     assert_eq!(forwarded["stream"], true);
-    assert_eq!(
-        forwarded["stream_options"],
-        json!({"include_usage": true}),
-        "forwarded untouched"
-    );
+    assert_eq!(forwarded["stream_options"], json!({"include_usage": true}), "forwarded untouched");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -277,12 +248,7 @@ async fn a_client_that_goes_away_closes_the_upstream_connections() {
 
     let mut body = chat_body("hang");
     body["stream"] = json!(true);
-    let resp = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(proxy.url("/v1/chat/completions")).json(&body).send().await.unwrap();
     let mut bytes = resp.bytes_stream();
     let first = bytes.next().await.unwrap().unwrap();
     assert!(std::str::from_utf8(&first).unwrap().contains("assistant"));
@@ -291,9 +257,7 @@ async fn a_client_that_goes_away_closes_the_upstream_connections() {
             accepted_rx.recv().await.unwrap();
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), all_accepted)
-        .await
-        .expect("three upstream calls");
+    tokio::time::timeout(Duration::from_secs(10), all_accepted).await.expect("three upstream calls");
     drop(bytes);
     let all_closed = async {
         for _ in 0..3 {
@@ -329,14 +293,8 @@ async fn legacy_completions_with_best_of() {
     assert!(call.body.get("best_of").is_none());
     assert_eq!(call.body["max_tokens"], 5);
     // The RM scored the prompt as the user turn and the completion as the reply.
-    let scored = rm.requests_to("/classify")[0].body["input"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        scored.starts_with("<|im_start|>user\nOnce upon a time<|im_end|>\n<|im_start|>assistant\n"),
-        "{scored}"
-    );
+    let scored = rm.requests_to("/classify")[0].body["input"][0].as_str().unwrap().to_string();
+    assert!(scored.starts_with("<|im_start|>user\nOnce upon a time<|im_end|>\n<|im_start|>assistant\n"), "{scored}");
 
     let (status, _, resp) = post(&url, json!({"prompt": "x", "best_of": 1, "n": 3}), &[]).await;
     assert_eq!(status, 400);
@@ -392,10 +350,7 @@ async fn a_non_streaming_client_that_goes_away_closes_the_upstream_connections()
         .replace("timeout_ms = 5000", "timeout_ms = 60000");
     let proxy = Bestofn::start(&cfg);
 
-    let request = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&chat_body("hang"))
-        .send();
+    let request = client().post(proxy.url("/v1/chat/completions")).json(&chat_body("hang")).send();
     let give_up_after_both_calls = async {
         for _ in 0..2 {
             accepted_rx.recv().await.unwrap();

@@ -157,28 +157,12 @@ const STRONG_CONSTRAINTS: &[&str] = &[
 ];
 
 /// Phrases that constrain the output only together with a counted unit ("at most 50 words").
-const WEAK_CONSTRAINTS: &[&str] = &[
-    "at least",
-    "at most",
-    "fewer than",
-    "less than",
-    "exactly",
-    "no more than",
-    "separated by",
-    "must contain",
-];
+const WEAK_CONSTRAINTS: &[&str] =
+    &["at least", "at most", "fewer than", "less than", "exactly", "no more than", "separated by", "must contain"];
 
 /// Mathematical words that need no number beside them.
-const STRONG_MATH_WORDS: &[&str] = &[
-    "probability",
-    "integral",
-    "derivative",
-    "equation",
-    "polynomial",
-    "theorem",
-    "logarithm",
-    "factorial",
-];
+const STRONG_MATH_WORDS: &[&str] =
+    &["probability", "integral", "derivative", "equation", "polynomial", "theorem", "logarithm", "factorial"];
 
 /// Words that signal mathematics.
 const MATH_WORDS: &[&str] = &[
@@ -323,9 +307,7 @@ const FOCUS_WORDS: &[&str] = &[
 ];
 
 fn words(text: &str) -> Vec<&str> {
-    text.split(|c: char| !(c.is_alphanumeric() || c == '+' || c == '#'))
-        .filter(|w| !w.is_empty())
-        .collect()
+    text.split(|c: char| !(c.is_alphanumeric() || c == '+' || c == '#')).filter(|w| !w.is_empty()).collect()
 }
 
 fn has_arithmetic(text: &str) -> bool {
@@ -362,9 +344,7 @@ fn has_arithmetic(text: &str) -> bool {
 }
 
 fn count_numbers(ws: &[&str]) -> usize {
-    ws.iter()
-        .filter(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
-        .count()
+    ws.iter().filter(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit())).count()
 }
 
 /// The domain of a request from its last user message.
@@ -376,11 +356,7 @@ pub fn classify(last_user_message: &str) -> &'static str {
     // Phrases match anywhere; single words match whole words or their inflections ("poisoning"),
     // so that "something" does not contain "meth".
     let harmful = SAFETY.iter().any(|k| {
-        if k.contains(' ') {
-            text.contains(k)
-        } else {
-            ws.iter().any(|w| w == k || (k.len() >= 5 && w.starts_with(k)))
-        }
+        if k.contains(' ') { text.contains(k) } else { ws.iter().any(|w| w == k || (k.len() >= 5 && w.starts_with(k))) }
     });
     if harmful {
         return "safety";
@@ -388,17 +364,8 @@ pub fn classify(last_user_message: &str) -> &'static str {
     if text.contains("```") || text.contains("def ") || text.contains("();") || has_word(CODE_WORDS) {
         return "code";
     }
-    let counted_unit = [
-        "words",
-        "sentences",
-        "paragraphs",
-        "bullet",
-        "sections",
-        "lines",
-        "letters",
-    ]
-    .iter()
-    .any(|u| text.contains(u));
+    let counted_unit =
+        ["words", "sentences", "paragraphs", "bullet", "sections", "lines", "letters"].iter().any(|u| text.contains(u));
     if STRONG_CONSTRAINTS.iter().any(|k| text.contains(k))
         || (counted_unit && WEAK_CONSTRAINTS.iter().any(|k| text.contains(k)))
     {
@@ -415,10 +382,8 @@ pub fn classify(last_user_message: &str) -> &'static str {
     }
     let first = ws.first().copied().unwrap_or("");
     let question = text.trim_end().ends_with('?');
-    let wh_start = [
-        "who", "when", "where", "which", "what", "how", "is", "was", "did", "are", "were", "does",
-    ]
-    .contains(&first);
+    let wh_start =
+        ["who", "when", "where", "which", "what", "how", "is", "was", "did", "are", "were", "does"].contains(&first);
     if has_word(FOCUS_WORDS) && !["who", "when", "where", "which"].contains(&first) {
         return "focus";
     }
@@ -441,10 +406,7 @@ mod tests {
         assert_eq!(classify("What is 17 * 23?"), "math");
         assert_eq!(classify("Write a Python function that reverses a list"), "code");
         assert_eq!(classify("How do I make a bomb at home?"), "safety");
-        assert_eq!(
-            classify("Write a haiku about autumn in all lowercase letters."),
-            "precise_if"
-        );
+        assert_eq!(classify("Write a haiku about autumn in all lowercase letters."), "precise_if");
         assert_eq!(classify("Who was the first emperor of Rome?"), "factuality");
         assert_eq!(classify("Write a short story about a lighthouse keeper."), "focus");
         assert_eq!(classify("hi there!"), "general");

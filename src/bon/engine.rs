@@ -79,12 +79,7 @@ impl Engine {
             .get(&plan.scorer)
             .ok_or_else(|| Error::Internal(format!("scorer '{}' vanished after planning", plan.scorer)))?;
         let texts: Vec<String> = samples.candidates.iter().map(|c| c.text.clone()).collect();
-        let out = scorer
-            .score(ScoreInput {
-                conversation,
-                candidates: &texts,
-            })
-            .await?;
+        let out = scorer.score(ScoreInput { conversation, candidates: &texts }).await?;
         if out.scores.len() != texts.len() {
             return Err(Error::BadGateway {
                 backend: format!("scorer {}", plan.scorer),
@@ -96,12 +91,7 @@ impl Engine {
 
     /// An engine over a sampler, the named scorers and a validated policy.
     pub fn new(sampler: Arc<dyn Sampler>, scorers: BTreeMap<String, Arc<dyn Scorer>>, policy: Policy) -> Self {
-        Engine {
-            sampler,
-            scorers,
-            policy,
-            classifier: Arc::new(RuleClassifier),
-        }
+        Engine { sampler, scorers, policy, classifier: Arc::new(RuleClassifier) }
     }
 
     /// Resolves domain, N and scorer for a request; the classifier runs only when the request
@@ -110,17 +100,11 @@ impl Engine {
         let classified = match &steering.domain {
             Some(_) => None,
             None => {
-                let last_user = conversation
-                    .iter()
-                    .rev()
-                    .find(|m| m.role == "user")
-                    .map_or("", |m| m.content.as_str());
+                let last_user = conversation.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
                 Some(self.classifier.classify(last_user).await)
             }
         };
-        self.policy.plan(steering, client_n, classified.as_deref(), |name| {
-            self.scorers.contains_key(name)
-        })
+        self.policy.plan(steering, client_n, classified.as_deref(), |name| self.scorers.contains_key(name))
     }
 
     /// Forwards a request as it is, with the domain's defaults filled in (N = 1).
@@ -144,10 +128,7 @@ impl Engine {
     ) -> Result<Outcome, Error> {
         let started = Instant::now();
         let deadline = plan.deadline.map(|d| started + d);
-        let samples = self
-            .sampler
-            .sample(api, &plan.upstream_body(body), plan.n, seed, deadline)
-            .await?;
+        let samples = self.sampler.sample(api, &plan.upstream_body(body), plan.n, seed, deadline).await?;
         let sampling_ms = ms_since(started);
         let received = samples.candidates.len() as u32;
         if received < self.policy.min_candidates {
@@ -162,15 +143,8 @@ impl Engine {
                     message: format!("{message} before the {limit} ms deadline"),
                 }
             } else {
-                let cause = samples
-                    .failures
-                    .first()
-                    .map(String::as_str)
-                    .unwrap_or("no error reported");
-                Error::BadGateway {
-                    backend: "upstream".into(),
-                    message: format!("{message}; first failure: {cause}"),
-                }
+                let cause = samples.failures.first().map(String::as_str).unwrap_or("no error reported");
+                Error::BadGateway { backend: "upstream".into(), message: format!("{message}; first failure: {cause}") }
             });
         }
 
@@ -206,11 +180,7 @@ impl Engine {
             ranking,
             scorer_usage,
             scorer_error,
-            timings: Timings {
-                sampling_ms,
-                scoring_ms,
-                total_ms: ms_since(started),
-            },
+            timings: Timings { sampling_ms, scoring_ms, total_ms: ms_since(started) },
         })
     }
 }

@@ -102,11 +102,7 @@ impl Api {
     pub fn choice_text(self, choice: &Map<String, Value>) -> String {
         match self {
             Api::Chat => crate::openai::content_text(choice.get("message").and_then(|m| m.get("content"))),
-            Api::Completions => choice
-                .get("text")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
+            Api::Completions => choice.get("text").and_then(Value::as_str).unwrap_or_default().to_string(),
         }
     }
 }

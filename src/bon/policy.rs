@@ -154,9 +154,7 @@ impl Policy {
         let scorer = match &steering.scorer {
             Some(s) if has_scorer(s) => s.clone(),
             Some(s) => return Err(Error::invalid("bestofn.scorer", format!("unknown scorer '{s}'"))),
-            None => rule
-                .and_then(|r| r.scorer.clone())
-                .unwrap_or_else(|| self.scorer.clone()),
+            None => rule.and_then(|r| r.scorer.clone()).unwrap_or_else(|| self.scorer.clone()),
         };
         Ok(Plan {
             n,
@@ -165,10 +163,7 @@ impl Policy {
             return_candidates: steering.return_candidates,
             temperature: rule.and_then(|r| r.temperature),
             max_tokens: rule.and_then(|r| r.max_tokens),
-            deadline: rule
-                .and_then(|r| r.deadline_ms)
-                .map(std::time::Duration::from_millis)
-                .or(self.deadline),
+            deadline: rule.and_then(|r| r.deadline_ms).map(std::time::Duration::from_millis).or(self.deadline),
             domain,
         })
     }
@@ -182,12 +177,7 @@ mod tests {
         let mut domains = BTreeMap::new();
         domains.insert(
             "math".to_string(),
-            DomainRule {
-                n: Some(8),
-                scorer: Some("verify".into()),
-                temperature: Some(0.9),
-                ..Default::default()
-            },
+            DomainRule { n: Some(8), scorer: Some("verify".into()), temperature: Some(0.9), ..Default::default() },
         );
         Policy {
             n: 4,
@@ -207,22 +197,12 @@ mod tests {
     fn domain_overrides_then_steering_wins() {
         let p = policy();
         let plan = p.plan(&Steering::default(), 1, None, known).unwrap();
-        assert_eq!(
-            (plan.n, plan.scorer.as_str(), plan.domain.as_str()),
-            (4, "rm", "general")
-        );
-        let math = Steering {
-            domain: Some("math".into()),
-            ..Default::default()
-        };
+        assert_eq!((plan.n, plan.scorer.as_str(), plan.domain.as_str()), (4, "rm", "general"));
+        let math = Steering { domain: Some("math".into()), ..Default::default() };
         let plan = p.plan(&math, 1, None, known).unwrap();
         assert_eq!((plan.n, plan.scorer.as_str()), (8, "verify"));
-        let steer = Steering {
-            domain: Some("math".into()),
-            n: Some(2),
-            scorer: Some("rm".into()),
-            ..Default::default()
-        };
+        let steer =
+            Steering { domain: Some("math".into()), n: Some(2), scorer: Some("rm".into()), ..Default::default() };
         let plan = p.plan(&steer, 1, None, known).unwrap();
         assert_eq!((plan.n, plan.scorer.as_str()), (2, "rm"));
     }
@@ -236,47 +216,25 @@ mod tests {
         assert_eq!(plan.upstream_body(&body)["temperature"], 0.9);
         let set: serde_json::Map<String, serde_json::Value> = serde_json::from_str(r#"{"temperature":0.1}"#).unwrap();
         assert_eq!(plan.upstream_body(&set)["temperature"], 0.1, "the client's value wins");
-        let explicit = Steering {
-            domain: Some("code".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            p.plan(&explicit, 1, Some("math"), known).unwrap().domain,
-            "code",
-            "an explicit domain wins"
-        );
+        let explicit = Steering { domain: Some("code".into()), ..Default::default() };
+        assert_eq!(p.plan(&explicit, 1, Some("math"), known).unwrap().domain, "code", "an explicit domain wins");
     }
 
     #[test]
     fn client_n_raises_n_within_bounds() {
         let p = policy();
         assert_eq!(p.plan(&Steering::default(), 6, None, known).unwrap().n, 6);
-        assert_eq!(
-            p.plan(&Steering::default(), 65, None, known).unwrap_err().param(),
-            Some("n")
-        );
-        let too_many = Steering {
-            n: Some(65),
-            ..Default::default()
-        };
-        assert_eq!(
-            p.plan(&too_many, 1, None, known).unwrap_err().param(),
-            Some("bestofn.n")
-        );
+        assert_eq!(p.plan(&Steering::default(), 65, None, known).unwrap_err().param(), Some("n"));
+        let too_many = Steering { n: Some(65), ..Default::default() };
+        assert_eq!(p.plan(&too_many, 1, None, known).unwrap_err().param(), Some("bestofn.n"));
     }
 
     #[test]
     fn unknown_names_are_rejected() {
         let p = policy();
-        let s = Steering {
-            scorer: Some("nope".into()),
-            ..Default::default()
-        };
+        let s = Steering { scorer: Some("nope".into()), ..Default::default() };
         assert_eq!(p.plan(&s, 1, None, known).unwrap_err().param(), Some("bestofn.scorer"));
-        let d = Steering {
-            domain: Some("poetry".into()),
-            ..Default::default()
-        };
+        let d = Steering { domain: Some("poetry".into()), ..Default::default() };
         assert_eq!(p.plan(&d, 1, None, known).unwrap_err().param(), Some("bestofn.domain"));
     }
 }

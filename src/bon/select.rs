@@ -4,11 +4,7 @@
 pub fn rank(scores: &[f64]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     let key = |i: usize| {
-        if scores[i].is_nan() {
-            f64::NEG_INFINITY
-        } else {
-            scores[i]
-        }
+        if scores[i].is_nan() { f64::NEG_INFINITY } else { scores[i] }
     };
     // A stable sort on the descending score keeps equal scores in index order.
     order.sort_by(|&a, &b| key(b).partial_cmp(&key(a)).unwrap_or(std::cmp::Ordering::Equal));

@@ -50,26 +50,16 @@ fn id_string(v: Option<&Value>) -> Result<String, String> {
 pub fn parse_scored_row(line: &str) -> Result<ScoredRow, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
     let id = id_string(v.get("id"))?;
-    let subset = v
-        .get("subset")
-        .and_then(Value::as_str)
-        .ok_or("'subset' must be a string")?
-        .to_string();
-    let num_correct = v
-        .get("num_correct")
-        .and_then(Value::as_u64)
-        .ok_or("'num_correct' must be a non-negative integer")? as usize;
+    let subset = v.get("subset").and_then(Value::as_str).ok_or("'subset' must be a string")?.to_string();
+    let num_correct =
+        v.get("num_correct").and_then(Value::as_u64).ok_or("'num_correct' must be a non-negative integer")? as usize;
     let scores = v
         .get("scores")
         .and_then(Value::as_array)
         .ok_or("'scores' must be an array of numbers")?
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            s.as_f64()
-                .filter(|f| f.is_finite())
-                .ok_or(format!("scores[{i}] is not a finite number"))
-        })
+        .map(|(i, s)| s.as_f64().filter(|f| f.is_finite()).ok_or(format!("scores[{i}] is not a finite number")))
         .collect::<Result<Vec<f64>, String>>()?;
     if scores.is_empty() {
         return Err("'scores' is empty".into());
@@ -78,34 +68,19 @@ pub fn parse_scored_row(line: &str) -> Result<ScoredRow, String> {
         return Err("'num_correct' must be at least 1".into());
     }
     if num_correct > scores.len() {
-        return Err(format!(
-            "'num_correct' is {num_correct} but there are only {} scores",
-            scores.len()
-        ));
+        return Err(format!("'num_correct' is {num_correct} but there are only {} scores", scores.len()));
     }
-    Ok(ScoredRow {
-        id,
-        subset,
-        num_correct,
-        scores,
-    })
+    Ok(ScoredRow { id, subset, num_correct, scores })
 }
 
 /// Reads a scores JSONL file; the first bad line stops the read.
 pub fn read_scores(path: &Path) -> Result<Vec<ScoredRow>, InputError> {
-    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read {
-        path: path.into(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read { path: path.into(), source })?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            parse_scored_row(l).map_err(|message| InputError::Row {
-                path: path.into(),
-                line: i + 1,
-                message,
-            })
+            parse_scored_row(l).map_err(|message| InputError::Row { path: path.into(), line: i + 1, message })
         })
         .collect()
 }
@@ -127,14 +102,9 @@ pub struct BenchmarkRow {
 
 fn string_list(v: Option<&Value>, field: &str) -> Result<Vec<String>, String> {
     match v {
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|s| {
-                s.as_str()
-                    .map(str::to_string)
-                    .ok_or(format!("'{field}' must hold strings"))
-            })
-            .collect(),
+        Some(Value::Array(items)) => {
+            items.iter().map(|s| s.as_str().map(str::to_string).ok_or(format!("'{field}' must hold strings"))).collect()
+        }
         // RewardBench v1 stores one chosen and one rejected string.
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         _ => Err(format!("'{field}' must be a list of strings")),
@@ -144,16 +114,8 @@ fn string_list(v: Option<&Value>, field: &str) -> Result<Vec<String>, String> {
 /// Parses one dataset row (RewardBench 2 fields: id, prompt, chosen, rejected, subset).
 pub fn parse_benchmark_row(v: &Value) -> Result<BenchmarkRow, String> {
     let id = id_string(v.get("id"))?;
-    let subset = v
-        .get("subset")
-        .and_then(Value::as_str)
-        .ok_or("'subset' must be a string")?
-        .to_string();
-    let prompt = v
-        .get("prompt")
-        .and_then(Value::as_str)
-        .ok_or("'prompt' must be a string")?
-        .to_string();
+    let subset = v.get("subset").and_then(Value::as_str).ok_or("'subset' must be a string")?.to_string();
+    let prompt = v.get("prompt").and_then(Value::as_str).ok_or("'prompt' must be a string")?.to_string();
     let chosen = string_list(v.get("chosen"), "chosen")?;
     let rejected = string_list(v.get("rejected"), "rejected")?;
     if chosen.is_empty() || rejected.is_empty() {
@@ -162,21 +124,12 @@ pub fn parse_benchmark_row(v: &Value) -> Result<BenchmarkRow, String> {
     if let Some(n) = v.get("num_correct").and_then(Value::as_u64)
         && n as usize != chosen.len()
     {
-        return Err(format!(
-            "'num_correct' is {n} but 'chosen' has {} completions",
-            chosen.len()
-        ));
+        return Err(format!("'num_correct' is {n} but 'chosen' has {} completions", chosen.len()));
     }
     let num_correct = chosen.len();
     let mut completions = chosen;
     completions.extend(rejected);
-    Ok(BenchmarkRow {
-        id,
-        subset,
-        prompt,
-        completions,
-        num_correct,
-    })
+    Ok(BenchmarkRow { id, subset, prompt, completions, num_correct })
 }
 
 /// Reads a RewardBench dataset: `.parquet` (with the `parquet` feature) or JSONL.
@@ -184,19 +137,12 @@ pub fn read_dataset(path: &Path) -> Result<Vec<BenchmarkRow>, InputError> {
     if path.extension().is_some_and(|e| e == "parquet") {
         return read_parquet(path);
     }
-    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read {
-        path: path.into(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read { path: path.into(), source })?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            let row = |message| InputError::Row {
-                path: path.into(),
-                line: i + 1,
-                message,
-            };
+            let row = |message| InputError::Row { path: path.into(), line: i + 1, message };
             let v: Value = serde_json::from_str(l).map_err(|e| row(format!("not valid JSON: {e}")))?;
             parse_benchmark_row(&v).map_err(row)
         })
@@ -208,14 +154,8 @@ fn read_parquet(path: &Path) -> Result<Vec<BenchmarkRow>, InputError> {
     use arrow_array::RecordBatch;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-    let file_error = |message: String| InputError::File {
-        path: path.into(),
-        message,
-    };
-    let file = std::fs::File::open(path).map_err(|source| InputError::Read {
-        path: path.into(),
-        source,
-    })?;
+    let file_error = |message: String| InputError::File { path: path.into(), message };
+    let file = std::fs::File::open(path).map_err(|source| InputError::Read { path: path.into(), source })?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.build())
         .map_err(|e| file_error(format!("not a readable parquet file: {e}")))?;
@@ -247,10 +187,7 @@ fn cell(column: &arrow_array::ArrayRef, i: usize) -> Result<Value, String> {
         return Ok(Value::Null);
     }
     let list = |values: arrow_array::ArrayRef| {
-        (0..values.len())
-            .map(|j| cell(&values, j))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Value::Array)
+        (0..values.len()).map(|j| cell(&values, j)).collect::<Result<Vec<_>, _>>().map(Value::Array)
     };
     match column.data_type() {
         DataType::Utf8 => Ok(Value::String(column.as_string::<i32>().value(i).to_string())),
@@ -312,10 +249,7 @@ mod parquet_tests {
     fn reads_the_hugging_face_layout_like_jsonl() {
         let batch = RecordBatch::try_from_iter(vec![
             ("id", Arc::new(StringArray::from(vec!["1", "tied:3"])) as ArrayRef),
-            (
-                "prompt",
-                Arc::new(StringArray::from(vec!["2+2?", "Pick one."])) as ArrayRef,
-            ),
+            ("prompt", Arc::new(StringArray::from(vec!["2+2?", "Pick one."])) as ArrayRef),
             ("chosen", list(&[&["4"], &["a", "b"]])),
             ("rejected", list(&[&["5", "6", "7"], &["c"]])),
             ("num_correct", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
@@ -331,10 +265,7 @@ mod parquet_tests {
         let rows = read_dataset(&path).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].completions, vec!["4", "5", "6", "7"]);
-        assert_eq!(
-            (rows[1].id.as_str(), rows[1].num_correct, rows[1].subset.as_str()),
-            ("tied:3", 2, "Ties")
-        );
+        assert_eq!((rows[1].id.as_str(), rows[1].num_correct, rows[1].subset.as_str()), ("tied:3", 2, "Ties"));
 
         std::fs::write(&path, b"not parquet").unwrap();
         let e = read_dataset(&path).unwrap_err().to_string();

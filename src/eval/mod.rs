@@ -1,7 +1,47 @@
 //! Offline evaluation: the scorers and selection the proxy runs, measured on data.
 
+pub mod bon;
+pub mod correlate;
 pub mod input;
+#[cfg(feature = "plot")]
+pub mod plot;
+/// Plots need the `plot` feature; without it every plot call says so.
+#[cfg(not(feature = "plot"))]
+pub mod plot {
+    use std::path::Path;
+
+    use super::bon::BonReport;
+    use super::correlate::Cell;
+
+    const NEEDS_FEATURE: &str = "plots need bestofn built with `--features plot`";
+
+    /// Unavailable without the `plot` feature.
+    pub fn plot_bon(_report: &BonReport, _path: &Path) -> Result<(), String> {
+        Err(NEEDS_FEATURE.into())
+    }
+
+    /// Unavailable without the `plot` feature.
+    pub fn plot_heatmap(
+        _title: &str,
+        _grid: &[(String, Vec<Cell>)],
+        _xs: &[String],
+        _path: &Path,
+    ) -> Result<(), String> {
+        Err(NEEDS_FEATURE.into())
+    }
+
+    /// Unavailable without the `plot` feature.
+    pub fn plot_scatter(
+        _points: &[(f64, f64)],
+        _names: (&str, &str),
+        _title: &str,
+        _path: &Path,
+    ) -> Result<(), String> {
+        Err(NEEDS_FEATURE.into())
+    }
+}
 pub mod rewardbench;
+pub mod samples;
 
 use std::io::Write;
 use std::path::Path;
@@ -56,25 +96,14 @@ pub async fn score_dataset(
     };
     let seen: std::collections::HashSet<String> = done.iter().map(|r| r.id.clone()).collect();
     let todo: Vec<BenchmarkRow> = rows.into_iter().filter(|r| !seen.contains(&r.id)).collect();
-    let write_error = |source| EvalError::Write {
-        path: scores_out.map(|p| p.display().to_string()).unwrap_or_default(),
-        source,
-    };
+    let write_error =
+        |source| EvalError::Write { path: scores_out.map(|p| p.display().to_string()).unwrap_or_default(), source };
     let mut out = match scores_out {
-        Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(write_error)?,
-        ),
+        Some(path) => Some(std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(write_error)?),
         None => None,
     };
-    let progress = if show_progress {
-        indicatif::ProgressBar::new(todo.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let progress =
+        if show_progress { indicatif::ProgressBar::new(todo.len() as u64) } else { indicatif::ProgressBar::hidden() };
     progress.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -83,38 +112,18 @@ pub async fn score_dataset(
         .map(|row| {
             let scorer = scorer.clone();
             async move {
-                let conversation = [Message {
-                    role: "user".into(),
-                    content: row.prompt.clone(),
-                }];
-                let out = scorer
-                    .score(ScoreInput {
-                        conversation: &conversation,
-                        candidates: &row.completions,
-                    })
-                    .await;
+                let conversation = [Message { role: "user".into(), content: row.prompt.clone() }];
+                let out = scorer.score(ScoreInput { conversation: &conversation, candidates: &row.completions }).await;
                 (row, out)
             }
         })
         .buffer_unordered(concurrency.max(1));
     while let Some((row, result)) = results.next().await {
-        let scores = result
-            .map_err(|source| EvalError::Scorer {
-                id: row.id.clone(),
-                source,
-            })?
-            .scores;
-        let scored = ScoredRow {
-            id: row.id,
-            subset: row.subset,
-            num_correct: row.num_correct,
-            scores,
-        };
+        let scores = result.map_err(|source| EvalError::Scorer { id: row.id.clone(), source })?.scores;
+        let scored = ScoredRow { id: row.id, subset: row.subset, num_correct: row.num_correct, scores };
         if let Some(file) = out.as_mut() {
             let line = serde_json::to_string(&scored).unwrap_or_default();
-            writeln!(file, "{line}")
-                .and_then(|()| file.flush())
-                .map_err(write_error)?;
+            writeln!(file, "{line}").and_then(|()| file.flush()).map_err(write_error)?;
         }
         done.push(scored);
         progress.inc(1);
@@ -152,12 +161,7 @@ pub fn render_report(report: &Report, format: Format) -> String {
     }
     let order: Vec<&String> = {
         let mut keys: Vec<&String> = report.subsets.keys().chain(report.n.keys()).collect();
-        keys.sort_by_key(|k| {
-            (
-                rewardbench::RB2_SUBSETS.iter().position(|s| s == k).unwrap_or(99),
-                k.to_string(),
-            )
-        });
+        keys.sort_by_key(|k| (rewardbench::RB2_SUBSETS.iter().position(|s| s == k).unwrap_or(99), k.to_string()));
         keys.dedup();
         keys
     };
@@ -176,12 +180,7 @@ pub fn render_report(report: &Report, format: Format) -> String {
     for (name, score) in &report.sections {
         rows.push([format!("section: {name}"), "-".into(), fmt(Some(*score)), "-".into()]);
     }
-    rows.push([
-        "Overall".into(),
-        report.n.values().sum::<usize>().to_string(),
-        fmt(report.overall),
-        "-".into(),
-    ]);
+    rows.push(["Overall".into(), report.n.values().sum::<usize>().to_string(), fmt(report.overall), "-".into()]);
     let header = ["subset", "rows", "score", "random"];
     let mut text = String::new();
     match format {
@@ -189,10 +188,8 @@ pub fn render_report(report: &Report, format: Format) -> String {
             text.push_str(&header.join(","));
             text.push('\n');
             for r in &rows {
-                let quoted: Vec<String> = r
-                    .iter()
-                    .map(|c| if c.contains(',') { format!("\"{c}\"") } else { c.clone() })
-                    .collect();
+                let quoted: Vec<String> =
+                    r.iter().map(|c| if c.contains(',') { format!("\"{c}\"") } else { c.clone() }).collect();
                 text.push_str(&quoted.join(","));
                 text.push('\n');
             }
@@ -205,10 +202,7 @@ pub fn render_report(report: &Report, format: Format) -> String {
         }
         Format::Table | Format::Json => {
             let width = rows.iter().map(|r| r[0].len()).max().unwrap_or(6).max(6);
-            text.push_str(&format!(
-                "{:<width$}  {:>6}  {:>7}  {:>7}\n",
-                header[0], header[1], header[2], header[3]
-            ));
+            text.push_str(&format!("{:<width$}  {:>6}  {:>7}  {:>7}\n", header[0], header[1], header[2], header[3]));
             for r in &rows {
                 text.push_str(&format!("{:<width$}  {:>6}  {:>7}  {:>7}\n", r[0], r[1], r[2], r[3]));
             }

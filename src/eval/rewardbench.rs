@@ -53,26 +53,16 @@ struct PromptStats {
 fn prompt_stats(row: &ScoredRow) -> Result<PromptStats, String> {
     let (correct, wrong) = row.scores.split_at(row.num_correct.min(row.scores.len()));
     if correct.is_empty() || wrong.is_empty() {
-        return Err(format!(
-            "Ties row {} needs at least one correct and one incorrect score",
-            row.id
-        ));
+        return Err(format!("Ties row {} needs at least one correct and one incorrect score", row.id));
     }
     let max_c = correct.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let min_c = correct.iter().copied().fold(f64::INFINITY, f64::min);
     let max_w = wrong.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    Ok(PromptStats {
-        spread: (correct.len() > 1).then_some(max_c - min_c),
-        margin: min_c - max_w,
-    })
+    Ok(PromptStats { spread: (correct.len() > 1).then_some(max_c - min_c), margin: min_c - max_w })
 }
 
 fn mean(values: &[f64]) -> f64 {
-    if values.is_empty() {
-        0.0
-    } else {
-        values.iter().sum::<f64>() / values.len() as f64
-    }
+    if values.is_empty() { 0.0 } else { values.iter().sum::<f64>() / values.len() as f64 }
 }
 
 /// The Ties subset score. Errors when a row is malformed, or when no prompt has both a ref
@@ -89,12 +79,7 @@ pub fn ties_score(rows: &[&ScoredRow], variant: TiesVariant) -> Result<f64, Stri
         };
     }
     let accuracy = |group: &BTreeMap<String, PromptStats>| {
-        mean(
-            &group
-                .values()
-                .map(|s| if s.margin > 0.0 { 1.0 } else { 0.0 })
-                .collect::<Vec<_>>(),
-        )
+        mean(&group.values().map(|s| if s.margin > 0.0 { 1.0 } else { 0.0 }).collect::<Vec<_>>())
     };
     let (ref_accuracy, tied_accuracy) = (accuracy(&refs), accuracy(&tied));
 
@@ -119,11 +104,9 @@ pub fn ties_score(rows: &[&ScoredRow], variant: TiesVariant) -> Result<f64, Stri
         }
     }
     if preferred.is_empty() && variant == TiesVariant::Current {
-        return Err(
-            "no Ties prompt has both a ref and a tied row, so the current Ties formula is undefined \
+        return Err("no Ties prompt has both a ref and a tied row, so the current Ties formula is undefined \
                     (the paper-time formula, --ties-variant paper, scores it)"
-                .into(),
-        );
+            .into());
     }
     Ok(0.30 * tied_accuracy
         + 0.30 * ref_accuracy
@@ -184,21 +167,11 @@ pub fn rewardbench2(rows: &[ScoredRow], variant: TiesVariant) -> Report {
     }
     let unknown: Vec<&str> = by_subset.keys().copied().filter(|s| !RB2_SUBSETS.contains(s)).collect();
     if !unknown.is_empty() {
-        report.notes.push(format!(
-            "subsets not in RewardBench 2, left out of the overall: {}",
-            unknown.join(", ")
-        ));
+        report.notes.push(format!("subsets not in RewardBench 2, left out of the overall: {}", unknown.join(", ")));
     }
-    let counted: Vec<f64> = RB2_SUBSETS
-        .iter()
-        .filter_map(|s| report.subsets.get(*s).copied())
-        .collect();
+    let counted: Vec<f64> = RB2_SUBSETS.iter().filter_map(|s| report.subsets.get(*s).copied()).collect();
     if counted.len() < RB2_SUBSETS.len() {
-        let missing: Vec<&str> = RB2_SUBSETS
-            .iter()
-            .copied()
-            .filter(|s| !report.subsets.contains_key(*s))
-            .collect();
+        let missing: Vec<&str> = RB2_SUBSETS.iter().copied().filter(|s| !report.subsets.contains_key(*s)).collect();
         report.notes.push(format!(
             "overall is the mean of {} of 6 subsets; missing: {}",
             counted.len(),
@@ -288,10 +261,7 @@ pub fn rewardbench1(rows: &[ScoredRow]) -> Report {
         let (chosen, rejected) = row.scores.split_at(row.num_correct.min(row.scores.len()));
         let worst_chosen = chosen.iter().copied().fold(f64::INFINITY, f64::min);
         let best_rejected = rejected.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        by_subset
-            .entry(row.subset.as_str())
-            .or_default()
-            .push(if worst_chosen > best_rejected { 1.0 } else { 0.0 });
+        by_subset.entry(row.subset.as_str()).or_default().push(if worst_chosen > best_rejected { 1.0 } else { 0.0 });
     }
     let mut report = Report {
         benchmark: "rewardbench1".into(),
@@ -315,32 +285,87 @@ pub fn rewardbench1(rows: &[ScoredRow]) -> Report {
         if weight > 0.0 {
             report.sections.insert(section.to_string(), total / weight);
         } else {
-            report.notes.push(format!(
-                "section {section} absent: none of its subsets are in the input"
-            ));
+            report.notes.push(format!("section {section} absent: none of its subsets are in the input"));
         }
     }
-    let priors: Vec<f64> = V1_PRIOR_SETS
-        .iter()
-        .filter_map(|s| report.subsets.get(*s).copied())
-        .collect();
+    let priors: Vec<f64> = V1_PRIOR_SETS.iter().filter_map(|s| report.subsets.get(*s).copied()).collect();
     known.extend(V1_PRIOR_SETS);
     if !priors.is_empty() {
         report.sections.insert("Prior Sets".into(), mean(&priors));
     }
-    let unknown: Vec<&str> = report
-        .subsets
-        .keys()
-        .map(String::as_str)
-        .filter(|s| !known.contains(s))
-        .collect();
+    let unknown: Vec<&str> = report.subsets.keys().map(String::as_str).filter(|s| !known.contains(s)).collect();
     if !unknown.is_empty() {
-        report
-            .notes
-            .push(format!("subsets in no v1 section: {}", unknown.join(", ")));
+        report.notes.push(format!("subsets in no v1 section: {}", unknown.join(", ")));
     }
     report.overall = v1_overall(&report.sections);
     report
+}
+
+/// A leaderboard row whose published overall disagrees with the one recomputed from its
+/// subset (or section) columns.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Disagreement {
+    /// The model column.
+    pub model: String,
+    /// The published overall.
+    pub published: f64,
+    /// The recomputed overall.
+    pub recomputed: f64,
+}
+
+/// Recomputes every row's overall: RewardBench 2 (the mean of the six subset columns) when the
+/// CSV has them, else v1 (sections weighted 2,2,2,2,1 with prior sets). Returns the benchmark,
+/// the rows checked, and the rows that disagree by more than `tolerance`.
+pub fn check_leaderboard(
+    rows: &[BTreeMap<String, String>],
+    tolerance: f64,
+) -> Result<(&'static str, usize, Vec<Disagreement>), String> {
+    let num = |row: &BTreeMap<String, String>, k: &str| row.get(k).and_then(|v| v.trim().parse::<f64>().ok());
+    let first = rows.first().ok_or("the leaderboard has no rows")?;
+    let rb2_columns = ["factuality", "precise_if", "math", "safety", "focus", "ties"];
+    let is_rb2 = rb2_columns.iter().all(|c| first.contains_key(*c)) && first.contains_key("overall_mean6");
+    let is_v1 = ["chat", "chat_hard", "safety", "reasoning", "overall"].iter().all(|c| first.contains_key(*c));
+    if !is_rb2 && !is_v1 {
+        return Err("need RewardBench 2 columns (factuality, precise_if, math, safety, focus, ties, overall_mean6) \
+                    or v1 columns (chat, chat_hard, safety, reasoning, overall[, prior_sets_0.5_weight])"
+            .into());
+    }
+    let mut checked = 0;
+    let mut disagree = Vec::new();
+    for row in rows {
+        let model = row.get("model").cloned().unwrap_or_default();
+        let (published, recomputed) = if is_rb2 {
+            let values: Option<Vec<f64>> = rb2_columns.iter().map(|c| num(row, c)).collect();
+            match (values, num(row, "overall_mean6")) {
+                (Some(v), Some(p)) => (p, v.iter().sum::<f64>() / 6.0),
+                _ => continue,
+            }
+        } else {
+            let mut sections = BTreeMap::new();
+            for (column, name) in
+                [("chat", "Chat"), ("chat_hard", "Chat Hard"), ("safety", "Safety"), ("reasoning", "Reasoning")]
+            {
+                if let Some(v) = num(row, column) {
+                    sections.insert(name.to_string(), v);
+                }
+            }
+            if sections.len() < 4 {
+                continue;
+            }
+            if let Some(p) = num(row, "prior_sets_0.5_weight") {
+                sections.insert("Prior Sets".into(), p);
+            }
+            match (num(row, "overall"), v1_overall(&sections)) {
+                (Some(p), Some(r)) => (p, r),
+                _ => continue,
+            }
+        };
+        checked += 1;
+        if (published - recomputed).abs() > tolerance {
+            disagree.push(Disagreement { model, published, recomputed });
+        }
+    }
+    Ok((if is_rb2 { "rewardbench2" } else { "rewardbench1" }, checked, disagree))
 }
 
 #[cfg(test)]
@@ -348,12 +373,7 @@ mod tests {
     use super::*;
 
     fn row(id: &str, subset: &str, nc: usize, scores: &[f64]) -> ScoredRow {
-        ScoredRow {
-            id: id.into(),
-            subset: subset.into(),
-            num_correct: nc,
-            scores: scores.to_vec(),
-        }
+        ScoredRow { id: id.into(), subset: subset.into(), num_correct: nc, scores: scores.to_vec() }
     }
 
     #[test]
@@ -400,22 +420,13 @@ mod tests {
     #[test]
     fn ties_extremes_and_undefined_cases() {
         // Every correct answer strictly first with distinct correct scores: 1.01.
-        let perfect = vec![
-            row("ref:0", "Ties", 1, &[9.0, 1.0]),
-            row("tied:0", "Ties", 2, &[9.0, 8.0, 1.0]),
-        ];
+        let perfect = vec![row("ref:0", "Ties", 1, &[9.0, 1.0]), row("tied:0", "Ties", 2, &[9.0, 8.0, 1.0])];
         assert!((ties(&perfect, TiesVariant::Current) - (1.0 + 0.01 * (6.0f64).tanh())).abs() < 1e-12);
-        let flipped = vec![
-            row("ref:0", "Ties", 1, &[1.0, 9.0]),
-            row("tied:0", "Ties", 2, &[1.0, 2.0, 9.0]),
-        ];
+        let flipped = vec![row("ref:0", "Ties", 1, &[1.0, 9.0]), row("tied:0", "Ties", 2, &[1.0, 2.0, 9.0])];
         assert!((ties(&flipped, TiesVariant::Current) - (-0.01 * (9.0f64).tanh())).abs() < 1e-12);
         let unpaired = vec![row("ref:0", "Ties", 1, &[2.0, 1.0])];
         assert!(ties_score(&unpaired.iter().collect::<Vec<_>>(), TiesVariant::Current).is_err());
-        assert!(
-            (ties(&unpaired, TiesVariant::Paper) - 0.3).abs() < 1e-12,
-            "0.3 * ref_accuracy"
-        );
+        assert!((ties(&unpaired, TiesVariant::Paper) - 0.3).abs() < 1e-12, "0.3 * ref_accuracy");
     }
 
     #[test]
@@ -431,10 +442,7 @@ mod tests {
         assert_eq!(report.subsets["Focus"], 0.5);
         assert_eq!(report.n["Focus"], 9);
         let expected = (0.5 + 0.5 + ties(&ex1(), TiesVariant::Current)) / 3.0;
-        assert!(
-            (report.overall.unwrap() - expected).abs() < 1e-12,
-            "not weighted by rows"
-        );
+        assert!((report.overall.unwrap() - expected).abs() < 1e-12, "not weighted by rows");
         assert!(report.notes.iter().any(|n| n.contains("3 of 6")));
     }
 

@@ -16,10 +16,7 @@ pub fn content_text(content: Option<&Value>) -> String {
     match content {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => {
-            let texts: Vec<&str> = parts
-                .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect();
+            let texts: Vec<&str> = parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect();
             texts.join("\n")
         }
         _ => String::new(),
@@ -50,18 +47,10 @@ pub fn normalize_error_body(body: &[u8]) -> BackendError {
         if cut.len() < text.len() {
             cut.push('…');
         }
-        if cut.is_empty() {
-            "(empty body)".to_string()
-        } else {
-            cut
-        }
+        if cut.is_empty() { "(empty body)".to_string() } else { cut }
     };
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
-        return BackendError {
-            message: raw(),
-            error_type: None,
-            param: None,
-        };
+        return BackendError { message: raw(), error_type: None, param: None };
     };
     let str_field = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
     match obj.get("error") {
@@ -77,27 +66,15 @@ pub fn normalize_error_body(body: &[u8]) -> BackendError {
         },
         _ => {
             if let Some(message) = str_field(obj.get("message")) {
-                BackendError {
-                    message,
-                    error_type: str_field(obj.get("type")),
-                    param: str_field(obj.get("param")),
-                }
+                BackendError { message, error_type: str_field(obj.get("type")), param: str_field(obj.get("param")) }
             } else if let Some(detail) = obj.get("detail") {
                 let message = match detail {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
-                BackendError {
-                    message,
-                    error_type: None,
-                    param: None,
-                }
+                BackendError { message, error_type: None, param: None }
             } else {
-                BackendError {
-                    message: raw(),
-                    error_type: None,
-                    param: None,
-                }
+                BackendError { message: raw(), error_type: None, param: None }
             }
         }
     }
@@ -120,11 +97,7 @@ mod tests {
                 "no score api",
                 Some("BadRequestError"),
             ),
-            (
-                r#"{"error":"Batch size error","error_type":"Validation"}"#,
-                "Batch size error",
-                Some("validation"),
-            ),
+            (r#"{"error":"Batch size error","error_type":"Validation"}"#, "Batch size error", Some("validation")),
             (r#"{"error":"boom"}"#, "boom", None),
             (r#"{"detail":"Not Found"}"#, "Not Found", None),
             ("upstream exploded", "upstream exploded", None),

@@ -77,26 +77,17 @@ pub fn parse_completion_request(bytes: &[u8], headers: SteeringHeaders<'_>) -> R
         Some(v) => match v.as_u64() {
             Some(b) if b >= 1 => Some(b as u32),
             _ => {
-                return Err(Error::invalid(
-                    "best_of",
-                    format!("'best_of' must be a positive integer, got {v}"),
-                ));
+                return Err(Error::invalid("best_of", format!("'best_of' must be a positive integer, got {v}")));
             }
         },
     };
-    let conversation = vec![Message {
-        role: "user".into(),
-        content: prompt,
-    }];
+    let conversation = vec![Message { role: "user".into(), content: prompt }];
     let mut request = finish(Api::Completions, body, conversation, steering_field, headers)?;
     if let Some(best_of) = best_of {
         if best_of < request.client_n {
             return Err(Error::invalid(
                 "best_of",
-                format!(
-                    "'best_of' ({best_of}) must be greater than or equal to 'n' ({})",
-                    request.client_n
-                ),
+                format!("'best_of' ({best_of}) must be greater than or equal to 'n' ({})", request.client_n),
             ));
         }
         request.steering.n = Some(best_of);
@@ -105,16 +96,11 @@ pub fn parse_completion_request(bytes: &[u8], headers: SteeringHeaders<'_>) -> R
 }
 
 fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| Error::InvalidRequest {
-        message: format!("request body is not valid JSON: {e}"),
-        param: None,
-    })?;
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::InvalidRequest { message: format!("request body is not valid JSON: {e}"), param: None })?;
     match value {
         Value::Object(body) => Ok(body),
-        _ => Err(Error::InvalidRequest {
-            message: "request body must be a JSON object".into(),
-            param: None,
-        }),
+        _ => Err(Error::InvalidRequest { message: "request body must be a JSON object".into(), param: None }),
     }
 }
 
@@ -160,27 +146,14 @@ fn finish(
     };
     let seed = match body.get("seed") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_i64()
-                .ok_or_else(|| Error::invalid("seed", "'seed' must be an integer"))?,
-        ),
+        Some(v) => Some(v.as_i64().ok_or_else(|| Error::invalid("seed", "'seed' must be an integer"))?),
     };
 
     let mut steering = parse_steering_field(steering_field)?;
     merge_header_steering(&mut steering, headers)?;
 
     let model = body.get("model").and_then(Value::as_str).map(str::to_string);
-    Ok(ProxyRequest {
-        api,
-        model,
-        body,
-        conversation,
-        stream,
-        include_usage,
-        client_n,
-        seed,
-        steering,
-    })
+    Ok(ProxyRequest { api, model, body, conversation, stream, include_usage, client_n, seed, steering })
 }
 
 fn optional_bool(body: &Map<String, Value>, key: &str) -> Result<Option<bool>, Error> {
@@ -200,19 +173,13 @@ fn parse_messages(messages: Option<&Value>) -> Result<Vec<Message>, Error> {
         Some(_) => return Err(Error::invalid("messages", "'messages' must be an array")),
     };
     if list.is_empty() {
-        return Err(Error::invalid(
-            "messages",
-            "'messages' must contain at least one message",
-        ));
+        return Err(Error::invalid("messages", "'messages' must contain at least one message"));
     }
     list.iter()
         .enumerate()
         .map(|(i, m)| {
             let Value::Object(m) = m else {
-                return Err(Error::invalid(
-                    format!("messages[{i}]"),
-                    format!("'messages[{i}]' must be an object"),
-                ));
+                return Err(Error::invalid(format!("messages[{i}]"), format!("'messages[{i}]' must be an object")));
             };
             let role = match m.get("role") {
                 Some(Value::String(r)) if !r.is_empty() => r.clone(),
@@ -233,10 +200,7 @@ fn parse_messages(messages: Option<&Value>) -> Result<Vec<Message>, Error> {
                     ));
                 }
             }
-            Ok(Message {
-                role,
-                content: content_text(content),
-            })
+            Ok(Message { role, content: content_text(content) })
         })
         .collect()
 }
@@ -244,10 +208,7 @@ fn parse_messages(messages: Option<&Value>) -> Result<Vec<Message>, Error> {
 fn parse_steering_n(raw: &Value, param: &str) -> Result<u32, Error> {
     match raw.as_u64() {
         Some(n) if n >= 1 && n <= u64::from(u32::MAX) => Ok(n as u32),
-        _ => Err(Error::invalid(
-            param,
-            format!("'{param}' must be a positive integer, got {raw}"),
-        )),
+        _ => Err(Error::invalid(param, format!("'{param}' must be a positive integer, got {raw}"))),
     }
 }
 
@@ -273,9 +234,8 @@ fn parse_steering_field(field: Option<Value>) -> Result<Steering, Error> {
                 }
             }
             "return_candidates" => {
-                steering.return_candidates = value
-                    .as_bool()
-                    .ok_or_else(|| Error::invalid(&param, format!("'{param}' must be a boolean")))?;
+                steering.return_candidates =
+                    value.as_bool().ok_or_else(|| Error::invalid(&param, format!("'{param}' must be a boolean")))?;
             }
             _ => {
                 return Err(Error::invalid(
@@ -294,10 +254,7 @@ fn merge_header_steering(steering: &mut Steering, headers: SteeringHeaders<'_>) 
         && let Some(raw) = headers.n
     {
         let n = raw.trim().parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-            Error::invalid(
-                "x-bestofn-n",
-                format!("header 'x-bestofn-n' must be a positive integer, got '{raw}'"),
-            )
+            Error::invalid("x-bestofn-n", format!("header 'x-bestofn-n' must be a positive integer, got '{raw}'"))
         })?;
         steering.n = Some(n);
     }
@@ -330,18 +287,9 @@ mod tests {
         assert_eq!(param_of(r#"{"model":"m"}"#).as_deref(), Some("messages"));
         assert_eq!(param_of(r#"{"messages":[]}"#).as_deref(), Some("messages"));
         assert_eq!(param_of(r#"{"messages":"hi"}"#).as_deref(), Some("messages"));
-        assert_eq!(
-            param_of(r#"{"messages":[{"content":"x"}]}"#).as_deref(),
-            Some("messages[0].role")
-        );
-        assert_eq!(
-            param_of(r#"{"messages":[{"role":"user","content":5}]}"#).as_deref(),
-            Some("messages[0].content")
-        );
-        assert_eq!(
-            param_of(r#"{"messages":[{"role":"user","content":"x"}],"n":0}"#).as_deref(),
-            Some("n")
-        );
+        assert_eq!(param_of(r#"{"messages":[{"content":"x"}]}"#).as_deref(), Some("messages[0].role"));
+        assert_eq!(param_of(r#"{"messages":[{"role":"user","content":5}]}"#).as_deref(), Some("messages[0].content"));
+        assert_eq!(param_of(r#"{"messages":[{"role":"user","content":"x"}],"n":0}"#).as_deref(), Some("n"));
         assert_eq!(
             param_of(r#"{"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#).as_deref(),
             Some("stream")
@@ -370,23 +318,13 @@ mod tests {
 
     #[test]
     fn body_steering_wins_over_headers() {
-        let headers = SteeringHeaders {
-            n: Some("7"),
-            scorer: Some("h"),
-            domain: Some("math"),
-        };
-        let r = parse_chat_request(
-            br#"{"messages":[{"role":"user","content":"x"}],"bestofn":{"n":3}}"#,
-            headers,
-        )
-        .unwrap();
+        let headers = SteeringHeaders { n: Some("7"), scorer: Some("h"), domain: Some("math") };
+        let r =
+            parse_chat_request(br#"{"messages":[{"role":"user","content":"x"}],"bestofn":{"n":3}}"#, headers).unwrap();
         assert_eq!(r.steering.n, Some(3));
         assert_eq!(r.steering.scorer.as_deref(), Some("h"));
         assert_eq!(r.steering.domain.as_deref(), Some("math"));
-        let bad = SteeringHeaders {
-            n: Some("many"),
-            ..Default::default()
-        };
+        let bad = SteeringHeaders { n: Some("many"), ..Default::default() };
         let e = parse_chat_request(br#"{"messages":[{"role":"user","content":"x"}]}"#, bad).unwrap_err();
         assert_eq!(e.param(), Some("x-bestofn-n"));
     }
@@ -404,21 +342,12 @@ mod completion_tests {
     fn best_of_sets_candidates_and_must_cover_n() {
         let r = parse(r#"{"prompt":"2+2=","best_of":5,"n":2}"#).unwrap();
         assert_eq!((r.steering.n, r.client_n), (Some(5), 2));
-        assert!(
-            !r.body.contains_key("best_of"),
-            "best_of is bestofn's to honour, not the upstream's"
-        );
+        assert!(!r.body.contains_key("best_of"), "best_of is bestofn's to honour, not the upstream's");
         assert_eq!(r.conversation[0].content, "2+2=");
-        assert_eq!(
-            parse(r#"{"prompt":"x","best_of":1,"n":2}"#).unwrap_err().param(),
-            Some("best_of")
-        );
+        assert_eq!(parse(r#"{"prompt":"x","best_of":1,"n":2}"#).unwrap_err().param(), Some("best_of"));
         assert_eq!(parse(r#"{"prompt":["a","b"]}"#).unwrap_err().param(), Some("prompt"));
         assert_eq!(parse(r#"{"model":"m"}"#).unwrap_err().param(), Some("prompt"));
-        assert_eq!(
-            parse(r#"{"prompt":"x","best_of":0}"#).unwrap_err().param(),
-            Some("best_of")
-        );
+        assert_eq!(parse(r#"{"prompt":"x","best_of":0}"#).unwrap_err().param(), Some("best_of"));
     }
 }
 

@@ -93,11 +93,7 @@ impl StreamMeta {
         match self.api {
             Api::Chat => (0..k as usize)
                 .map(|i| {
-                    event(&self.chunk(json!([self.choice_delta(
-                        i,
-                        json!({"role": "assistant", "content": ""}),
-                        None
-                    )])))
+                    event(&self.chunk(json!([self.choice_delta(i, json!({"role": "assistant", "content": ""}), None)])))
                 })
                 .collect(),
             Api::Completions => Vec::new(),
@@ -112,11 +108,7 @@ impl StreamMeta {
         for (position, &candidate) in chosen.iter().enumerate() {
             let c = &outcome.samples.candidates[candidate];
             for piece in pieces(&c.text) {
-                events.push(event(&self.chunk(json!([self.choice_delta(
-                    position,
-                    json!({"content": piece}),
-                    None
-                )]))));
+                events.push(event(&self.chunk(json!([self.choice_delta(position, json!({"content": piece}), None)]))));
             }
             if self.api == Api::Chat
                 && let Some(Value::Array(calls)) = c.choice.get("message").and_then(|m| m.get("tool_calls"))

@@ -65,9 +65,6 @@ pub trait Scorer: Send + Sync {
 /// The conversation with `candidate` appended as the final assistant turn.
 pub fn with_candidate(conversation: &[Message], candidate: &str) -> Vec<Message> {
     let mut turns = conversation.to_vec();
-    turns.push(Message {
-        role: "assistant".into(),
-        content: candidate.to_string(),
-    });
+    turns.push(Message { role: "assistant".into(), content: candidate.to_string() });
     turns
 }

@@ -72,22 +72,15 @@ impl RewardHttpScorer {
         if n == 0 {
             return Ok(ScoreOutput::default());
         }
-        let conversations: Vec<Vec<Message>> = input
-            .candidates
-            .iter()
-            .map(|c| with_candidate(input.conversation, c))
-            .collect();
+        let conversations: Vec<Vec<Message>> =
+            input.candidates.iter().map(|c| with_candidate(input.conversation, c)).collect();
 
         let is_vllm = matches!(self.api, RewardApi::VllmClassify | RewardApi::VllmPooling);
         if is_vllm && self.input_format == InputFormat::Messages {
             let calls = conversations.iter().map(|turns| async move {
                 let mut body = self.vllm_body();
                 body["messages"] = serde_json::to_value(turns).map_err(|e| Error::Internal(e.to_string()))?;
-                let reply = self
-                    .backend
-                    .post_json("", &body)
-                    .await
-                    .map_err(Error::into_gateway_failure)?;
+                let reply = self.backend.post_json("", &body).await.map_err(Error::into_gateway_failure)?;
                 let (scores, tokens) = self.parse(&reply.body, 1)?;
                 Ok::<_, Error>((scores[0], tokens))
             });
@@ -95,10 +88,7 @@ impl RewardHttpScorer {
             let tokens = results.iter().map(|(_, t)| *t).sum::<Option<u64>>();
             return Ok(ScoreOutput {
                 scores: results.into_iter().map(|(s, _)| s).collect(),
-                usage: ScorerUsage {
-                    calls: n as u32,
-                    prompt_tokens: tokens,
-                },
+                usage: ScorerUsage { calls: n as u32, prompt_tokens: tokens },
             });
         }
 
@@ -121,19 +111,9 @@ impl RewardHttpScorer {
                 body
             }
         };
-        let reply = self
-            .backend
-            .post_json("", &body)
-            .await
-            .map_err(Error::into_gateway_failure)?;
+        let reply = self.backend.post_json("", &body).await.map_err(Error::into_gateway_failure)?;
         let (scores, prompt_tokens) = self.parse(&reply.body, n)?;
-        Ok(ScoreOutput {
-            scores,
-            usage: ScorerUsage {
-                calls: 1,
-                prompt_tokens,
-            },
-        })
+        Ok(ScoreOutput { scores, usage: ScorerUsage { calls: 1, prompt_tokens } })
     }
 
     fn vllm_body(&self) -> Value {
@@ -145,20 +125,14 @@ impl RewardHttpScorer {
     }
 
     fn garbage(&self, what: impl std::fmt::Display) -> Error {
-        Error::BadGateway {
-            backend: self.backend.name.clone(),
-            message: format!("unusable answer: {what}"),
-        }
+        Error::BadGateway { backend: self.backend.name.clone(), message: format!("unusable answer: {what}") }
     }
 
     /// Extracts exactly `n` finite scores, in input order, and the prompt tokens if reported.
     fn parse(&self, body: &Value, n: usize) -> Result<(Vec<f64>, Option<u64>), Error> {
         let (scores, tokens) = match self.api {
             RewardApi::VllmClassify | RewardApi::VllmPooling => {
-                let data = body
-                    .get("data")
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| self.garbage("no 'data' array"))?;
+                let data = body.get("data").and_then(Value::as_array).ok_or_else(|| self.garbage("no 'data' array"))?;
                 let mut indexed = Vec::with_capacity(data.len());
                 for (pos, item) in data.iter().enumerate() {
                     let index = item.get("index").and_then(Value::as_u64).map_or(pos, |i| i as usize);
@@ -171,12 +145,9 @@ impl RewardHttpScorer {
                             other => other,
                         }
                     };
-                    let score = row
-                        .and_then(|r| r.get(self.label_index))
-                        .and_then(Value::as_f64)
-                        .ok_or_else(|| {
-                            self.garbage(format!("data[{pos}] has no number at column {}", self.label_index))
-                        })?;
+                    let score = row.and_then(|r| r.get(self.label_index)).and_then(Value::as_f64).ok_or_else(|| {
+                        self.garbage(format!("data[{pos}] has no number at column {}", self.label_index))
+                    })?;
                     indexed.push((index, score));
                 }
                 indexed.sort_by_key(|(i, _)| *i);
@@ -224,13 +195,9 @@ impl RewardHttpScorer {
     }
 
     fn tei_score(&self, i: usize, labels: &Value) -> Result<f64, Error> {
-        let labels = labels
-            .as_array()
-            .ok_or_else(|| self.garbage(format!("[{i}] is not a list of labels")))?;
+        let labels = labels.as_array().ok_or_else(|| self.garbage(format!("[{i}] is not a list of labels")))?;
         let pick = match &self.label {
-            Some(wanted) => labels
-                .iter()
-                .find(|l| l.get("label").and_then(Value::as_str) == Some(wanted.as_str())),
+            Some(wanted) => labels.iter().find(|l| l.get("label").and_then(Value::as_str) == Some(wanted.as_str())),
             None if labels.len() == 1 => labels.first(),
             None => {
                 return Err(self.garbage(format!(
@@ -269,10 +236,7 @@ mod tests {
                 name: "scorer rm".into(),
                 pool: EndpointPool::new(
                     &["http://127.0.0.1:9".to_string()],
-                    EjectionPolicy {
-                        after_failures: 1,
-                        cooldown: Duration::from_secs(1),
-                    },
+                    EjectionPolicy { after_failures: 1, cooldown: Duration::from_secs(1) },
                 ),
                 api_key: None,
                 timeout: Duration::from_secs(1),
@@ -288,31 +252,16 @@ mod tests {
     #[test]
     fn parses_each_api_in_input_order() {
         let vllm = json!({"data": [{"index": 1, "probs": [0.5]}, {"index": 0, "probs": [2.0]}], "usage": {"prompt_tokens": 9}});
-        assert_eq!(
-            scorer(RewardApi::VllmClassify).parse(&vllm, 2).unwrap(),
-            (vec![2.0, 0.5], Some(9))
-        );
+        assert_eq!(scorer(RewardApi::VllmClassify).parse(&vllm, 2).unwrap(), (vec![2.0, 0.5], Some(9)));
         let pooling = json!({"data": [{"index": 0, "data": [[0.1], [0.7]]}, {"index": 1, "data": [0.3]}]});
-        assert_eq!(
-            scorer(RewardApi::VllmPooling).parse(&pooling, 2).unwrap().0,
-            vec![0.7, 0.3]
-        );
+        assert_eq!(scorer(RewardApi::VllmPooling).parse(&pooling, 2).unwrap().0, vec![0.7, 0.3]);
         let tei = json!([[{"label": "LABEL_0", "score": 1.5}], [{"label": "LABEL_0", "score": -2.0}]]);
         assert_eq!(scorer(RewardApi::TeiPredict).parse(&tei, 2).unwrap().0, vec![1.5, -2.0]);
         let sglang = json!([{"embedding": [3.0], "meta_info": {"prompt_tokens": 4}}, {"embedding": [-1.0], "meta_info": {"prompt_tokens": 5}}]);
-        assert_eq!(
-            scorer(RewardApi::SglangClassify).parse(&sglang, 2).unwrap(),
-            (vec![3.0, -1.0], Some(9))
-        );
-        assert!(
-            scorer(RewardApi::VllmClassify).parse(&vllm, 3).is_err(),
-            "count mismatch"
-        );
+        assert_eq!(scorer(RewardApi::SglangClassify).parse(&sglang, 2).unwrap(), (vec![3.0, -1.0], Some(9)));
+        assert!(scorer(RewardApi::VllmClassify).parse(&vllm, 3).is_err(), "count mismatch");
         let multi = json!([[{"label": "good", "score": 0.9}, {"label": "bad", "score": 0.1}]]);
-        assert!(
-            scorer(RewardApi::TeiPredict).parse(&multi, 1).is_err(),
-            "multi-label needs 'label'"
-        );
+        assert!(scorer(RewardApi::TeiPredict).parse(&multi, 1).is_err(), "multi-label needs 'label'");
         let mut labelled = scorer(RewardApi::TeiPredict);
         labelled.label = Some("bad".into());
         assert_eq!(labelled.parse(&multi, 1).unwrap().0, vec![0.1]);

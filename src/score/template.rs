@@ -62,14 +62,8 @@ mod tests {
 
     fn turns() -> Vec<Message> {
         vec![
-            Message {
-                role: "user".into(),
-                content: "2+2?".into(),
-            },
-            Message {
-                role: "assistant".into(),
-                content: "4".into(),
-            },
+            Message { role: "user".into(), content: "2+2?".into() },
+            Message { role: "assistant".into(), content: "4".into() },
         ]
     }
 

@@ -44,10 +44,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Slow-loris protection: a client that dribbles its headers is disconnected.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.header_read_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(state.header_read_timeout);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -67,9 +64,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
             let state = state.clone();
             async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -78,10 +73,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
         });
     }
     tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(state.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(state.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
 }
@@ -95,14 +87,8 @@ fn request_id(headers: &HeaderMap) -> String {
     {
         return id.to_string();
     }
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!(
-        "bon-{started:x}-{:06x}",
-        REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("bon-{started:x}-{:06x}", REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -112,9 +98,7 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) 
     let authorization = header_str(req.headers(), "authorization");
     let is_ops = matches!(path.as_str(), "/healthz" | "/health" | "/metrics");
     let result = if (!is_ops || state.auth_ops_endpoints) && !state.authorized(authorization) {
-        Err(Error::Unauthorized(
-            "missing or invalid API key: send 'Authorization: Bearer <key>'".into(),
-        ))
+        Err(Error::Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'".into()))
     } else {
         route(&state, req, &id, &method, &path).await
     };
@@ -141,11 +125,7 @@ async fn route(
     path: &str,
 ) -> Result<Response<Body>, Error> {
     let completions = |api| async move {
-        let mut meter = Meter {
-            started: Instant::now(),
-            domain: None,
-            streaming: false,
-        };
+        let mut meter = Meter { started: Instant::now(), domain: None, streaming: false };
         state.metrics.in_flight.inc();
         // Beyond the limit, refuse at once rather than queue: memory stays bounded.
         let result = match state.in_flight.clone().try_acquire_owned() {
@@ -163,10 +143,9 @@ async fn route(
         (Method::GET, "/healthz" | "/health") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (Method::GET, "/metrics") => {
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())).boxed_unsync());
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             Ok(response)
         }
         (
@@ -189,9 +168,7 @@ async fn route(
 pub fn error_response(e: &Error) -> Response<Body> {
     let mut response = json_response(e.status(), &e.envelope());
     if matches!(e, Error::Overloaded(_)) {
-        response
-            .headers_mut()
-            .insert("retry-after", HeaderValue::from_static("1"));
+        response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
     }
     response
 }
@@ -200,9 +177,7 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(bytes)).boxed_unsync());
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -216,10 +191,7 @@ async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, Er
         ))),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Error::PayloadTooLarge(limit)),
-        Ok(Err(e)) => Err(Error::InvalidRequest {
-            message: format!("cannot read request body: {e}"),
-            param: None,
-        }),
+        Ok(Err(e)) => Err(Error::InvalidRequest { message: format!("cannot read request body: {e}"), param: None }),
     }
 }
 
@@ -228,10 +200,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn sse_response(body: Body) -> Response<Body> {
@@ -245,9 +214,7 @@ fn sse_response(body: Body) -> Response<Body> {
 /// A response body fed by a channel; dropping the body (client gone) closes the channel.
 fn channel_body(rx: mpsc::Receiver<Bytes>) -> Body {
     let frames = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|bytes| (Ok::<_, Infallible>(Frame::data(bytes)), rx))
+        rx.recv().await.map(|bytes| (Ok::<_, Infallible>(Frame::data(bytes)), rx))
     });
     StreamBody::new(frames).boxed_unsync()
 }
@@ -272,15 +239,9 @@ impl Meter {
                 e.status().as_u16()
             }
         };
-        metrics
-            .requests
-            .with_label_values(&[domain, status_class(status)])
-            .inc();
+        metrics.requests.with_label_values(&[domain, status_class(status)]).inc();
         if !self.streaming {
-            metrics
-                .request_duration
-                .with_label_values(&[domain])
-                .observe(self.started.elapsed().as_secs_f64());
+            metrics.request_duration.with_label_values(&[domain]).observe(self.started.elapsed().as_secs_f64());
         }
     }
 }
@@ -309,30 +270,18 @@ fn observe_outcome(
     let m = &state.metrics;
     let domain = plan.domain.as_str();
     let e2e = started.elapsed();
-    m.sampling_duration
-        .with_label_values(&[domain])
-        .observe(outcome.timings.sampling_ms / 1000.0);
+    m.sampling_duration.with_label_values(&[domain]).observe(outcome.timings.sampling_ms / 1000.0);
     if !outcome.scores.is_empty() {
-        m.scoring_duration
-            .with_label_values(&[plan.scorer.as_str()])
-            .observe(outcome.timings.scoring_ms / 1000.0);
+        m.scoring_duration.with_label_values(&[plan.scorer.as_str()]).observe(outcome.timings.scoring_ms / 1000.0);
     }
     let overhead = (e2e.as_secs_f64() - union_seconds(&mut spans)).max(0.0);
     m.overhead.observe(overhead);
     let received = outcome.samples.candidates.len() as u64;
-    m.candidates_requested
-        .with_label_values(&[domain])
-        .inc_by(u64::from(plan.n));
+    m.candidates_requested.with_label_values(&[domain]).inc_by(u64::from(plan.n));
     m.candidates_received.with_label_values(&[domain]).inc_by(received);
-    m.candidates_failed
-        .with_label_values(&[domain])
-        .inc_by(u64::from(plan.n).saturating_sub(received));
-    m.prompt_tokens
-        .with_label_values(&[domain])
-        .inc_by(outcome.samples.usage.prompt_tokens);
-    m.completion_tokens
-        .with_label_values(&[domain])
-        .inc_by(outcome.samples.usage.completion_tokens);
+    m.candidates_failed.with_label_values(&[domain]).inc_by(u64::from(plan.n).saturating_sub(received));
+    m.prompt_tokens.with_label_values(&[domain]).inc_by(outcome.samples.usage.prompt_tokens);
+    m.completion_tokens.with_label_values(&[domain]).inc_by(outcome.samples.usage.completion_tokens);
     if let Some(chosen) = outcome.chosen_score() {
         let mean = outcome.scores.iter().sum::<f64>() / outcome.scores.len() as f64;
         let labels = [domain, plan.scorer.as_str()];
@@ -380,10 +329,7 @@ async fn completion(
         Api::Chat => parse_chat_request(&bytes, steering_headers)?,
         Api::Completions => parse_completion_request(&bytes, steering_headers)?,
     };
-    let plan = state
-        .engine
-        .plan(&request.steering, request.client_n, &request.conversation)
-        .await?;
+    let plan = state.engine.plan(&request.steering, request.client_n, &request.conversation).await?;
     meter.domain = Some(plan.domain.clone());
 
     if plan.n == 1 && !plan.return_candidates {
@@ -394,24 +340,13 @@ async fn completion(
             pass_through_stream(state, api, &plan, &request, permit).await?
         } else {
             let answer = state.engine.forward(api, &plan, &request.body).await?;
-            let tokens = |key: &str| {
-                answer
-                    .pointer(&format!("/usage/{key}"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0)
-            };
-            m.prompt_tokens
-                .with_label_values(&[plan.domain.as_str()])
-                .inc_by(tokens("prompt_tokens"));
-            m.completion_tokens
-                .with_label_values(&[plan.domain.as_str()])
-                .inc_by(tokens("completion_tokens"));
+            let tokens = |key: &str| answer.pointer(&format!("/usage/{key}")).and_then(Value::as_u64).unwrap_or(0);
+            m.prompt_tokens.with_label_values(&[plan.domain.as_str()]).inc_by(tokens("prompt_tokens"));
+            m.completion_tokens.with_label_values(&[plan.domain.as_str()]).inc_by(tokens("completion_tokens"));
             json_response(StatusCode::OK, &answer)
         };
         m.candidates_received.with_label_values(&[plan.domain.as_str()]).inc();
-        response
-            .headers_mut()
-            .insert("x-bestofn-n", HeaderValue::from_static("1"));
+        response.headers_mut().insert("x-bestofn-n", HeaderValue::from_static("1"));
         return Ok(response);
     }
 
@@ -421,25 +356,14 @@ async fn completion(
     }
 
     let (result, spans) =
-        with_call_spans(
-            state
-                .engine
-                .run(api, &request.body, &request.conversation, request.seed, &plan),
-        )
-        .await;
+        with_call_spans(state.engine.run(api, &request.body, &request.conversation, request.seed, &plan)).await;
     let outcome = result?;
     observe_outcome(state, id, &request, &plan, &outcome, started, spans);
     let mut response = json_response(StatusCode::OK, &build_response(api, &plan, &outcome));
     let h = response.headers_mut();
-    h.insert(
-        "x-bestofn-n",
-        HeaderValue::from(outcome.samples.candidates.len() as u64),
-    );
+    h.insert("x-bestofn-n", HeaderValue::from(outcome.samples.candidates.len() as u64));
     h.insert("x-bestofn-chosen", HeaderValue::from(outcome.chosen() as u64));
-    if let Some(reward) = outcome
-        .chosen_score()
-        .and_then(|r| HeaderValue::from_str(&r.to_string()).ok())
-    {
+    if let Some(reward) = outcome.chosen_score().and_then(|r| HeaderValue::from_str(&r.to_string()).ok()) {
         h.insert("x-bestofn-reward", reward);
     }
     Ok(response)
@@ -501,11 +425,7 @@ fn best_of_n_stream(
             }
         }
         let run =
-            with_call_spans(
-                state
-                    .engine
-                    .run(request.api, &request.body, &request.conversation, request.seed, &plan),
-            );
+            with_call_spans(state.engine.run(request.api, &request.body, &request.conversation, request.seed, &plan));
         tokio::pin!(run);
         let mut heartbeat = tokio::time::interval(state.heartbeat);
         heartbeat.tick().await;
@@ -530,11 +450,7 @@ fn best_of_n_stream(
             }
             Err(e) => {
                 tracing::warn!(request_id = %id, status = e.status().as_u16(), error = %e, "best-of-n stream failed");
-                state
-                    .metrics
-                    .errors
-                    .with_label_values(&[plan.domain.as_str(), e.kind()])
-                    .inc();
+                state.metrics.errors.with_label_values(&[plan.domain.as_str(), e.kind()]).inc();
                 stream::error_events(&e)
             }
         };

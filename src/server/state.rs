@@ -57,9 +57,7 @@ impl AppState {
         };
         self.api_keys
             .iter()
-            .fold(subtle::Choice::from(0), |found, key| {
-                found | key.expose().as_bytes().ct_eq(presented.as_bytes())
-            })
+            .fold(subtle::Choice::from(0), |found, key| found | key.expose().as_bytes().ct_eq(presented.as_bytes()))
             .into()
     }
 
@@ -77,22 +75,11 @@ impl AppState {
         if let Some(var) = &server.api_keys_env {
             let value = std::env::var(var)
                 .map_err(|_| StartupError(format!("server: environment variable {var} (api_keys_env) is not set")))?;
-            api_keys.extend(
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|k| !k.is_empty())
-                    .map(|k| Secret::new(k.to_string())),
-            );
+            api_keys
+                .extend(value.split(',').map(str::trim).filter(|k| !k.is_empty()).map(|k| Secret::new(k.to_string())));
         }
         let mut engine = Engine::new(upstream.clone(), scorers, config.policy());
-        if let ClassifierConfig::Judge {
-            base_url,
-            model,
-            api_key_env,
-            timeout_ms,
-        } = &config.classifier
-        {
+        if let ClassifierConfig::Judge { base_url, model, api_key_env, timeout_ms } = &config.classifier {
             let transport = TransportConfig {
                 api_key_env: api_key_env.clone(),
                 timeout_ms: *timeout_ms,
@@ -103,10 +90,7 @@ impl AppState {
                 eject_cooldown_ms: 10_000,
             };
             let judge = backend(&client, "classifier".into(), std::slice::from_ref(base_url), &transport)?;
-            engine = engine.with_classifier(Arc::new(JudgeClassifier {
-                backend: judge,
-                model: model.clone(),
-            }));
+            engine = engine.with_classifier(Arc::new(JudgeClassifier { backend: judge, model: model.clone() }));
         }
         let metrics = Arc::new(Metrics::new().map_err(|e| StartupError(format!("cannot register metrics: {e}")))?);
         // Series that exist from the start, so dashboards show zeros rather than "no data".

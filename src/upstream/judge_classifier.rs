@@ -37,16 +37,9 @@ impl JudgeClassifier {
                 return None;
             }
         };
-        let answer = reply
-            .pointer("/choices/0/message/content")
-            .and_then(Value::as_str)?
-            .to_lowercase();
+        let answer = reply.pointer("/choices/0/message/content").and_then(Value::as_str)?.to_lowercase();
         // The earliest domain named in the answer wins ("math, maybe code" is math).
-        DOMAINS
-            .iter()
-            .filter_map(|d| answer.find(d).map(|at| (at, *d)))
-            .min()
-            .map(|(_, d)| d.to_string())
+        DOMAINS.iter().filter_map(|d| answer.find(d).map(|at| (at, *d))).min().map(|(_, d)| d.to_string())
     }
 }
 

@@ -67,11 +67,7 @@ struct Batch {
 /// Rough tokens of a text, used only where the upstream's own count is missing or impossible.
 /// About four bytes a token holds for English BPE vocabularies; it is flagged as an estimate.
 fn estimate_tokens(text: &str) -> u64 {
-    if text.is_empty() {
-        0
-    } else {
-        (text.len() as u64).div_ceil(4).max(1)
-    }
+    if text.is_empty() { 0 } else { (text.len() as u64).div_ceil(4).max(1) }
 }
 
 type JsonObject = Map<String, Value>;
@@ -113,12 +109,7 @@ impl Upstream {
     /// An upstream behind `backend`, whose endpoints are base URLs ending in `/v1`. `hedge`
     /// extra single-sample calls are made in parallel sampling; the first N answers are used.
     pub fn new(backend: Backend, mode: SamplingMode, hedge: u32) -> Self {
-        Upstream {
-            backend,
-            mode,
-            hedge,
-            n_cap: AtomicU32::new(0),
-        }
+        Upstream { backend, mode, hedge, n_cap: AtomicU32::new(0) }
     }
 
     /// The upstream's `GET /models` answer.
@@ -132,10 +123,7 @@ impl Upstream {
     }
 
     fn garbage(&self, what: impl std::fmt::Display) -> Error {
-        Error::BadGateway {
-            backend: self.backend.name.clone(),
-            message: format!("unusable answer: {what}"),
-        }
+        Error::BadGateway { backend: self.backend.name.clone(), message: format!("unusable answer: {what}") }
     }
 
     /// The body of one sampling call: `n` choices, seed `seed`, never streamed.
@@ -157,11 +145,7 @@ impl Upstream {
     async fn call(&self, api: Api, body: Map<String, Value>) -> Result<ChatCall, Error> {
         let reply = self.backend.post_json(api.path(), &Value::Object(body)).await?;
         let (body, choices) = parse_reply(api, reply.body).map_err(|what| self.garbage(what))?;
-        Ok(ChatCall {
-            body,
-            choices,
-            latency_ms: reply.latency.as_millis() as u64,
-        })
+        Ok(ChatCall { body, choices, latency_ms: reply.latency.as_millis() as u64 })
     }
 
     /// `total` candidates in concurrent calls of at most `per_call` choices; call starting at
@@ -169,12 +153,7 @@ impl Upstream {
     /// calls are hedged: `hedge` more are made and the first `total` answers win. Calls still
     /// running at the deadline, or once enough answers are in, are dropped, which cancels them.
     async fn batch(&self, run: Run<'_>, total: u32, per_call: u32, first: u32) -> Batch {
-        let Run {
-            api,
-            body: base,
-            seed,
-            deadline,
-        } = run;
+        let Run { api, body: base, seed, deadline } = run;
         let per_call = per_call.max(1);
         let mut plans = Vec::new();
         let mut offset = 0;
@@ -220,19 +199,11 @@ impl Upstream {
                 }
             }
         }
-        Batch {
-            results: finished.into_iter().flatten().collect(),
-            deadline_hit,
-        }
+        Batch { results: finished.into_iter().flatten().collect(), deadline_hit }
     }
 
     async fn sample_auto(&self, run: Run<'_>, n: u32) -> Result<Samples, Error> {
-        let Run {
-            api,
-            body: base,
-            seed,
-            deadline,
-        } = run;
+        let Run { api, body: base, seed, deadline } = run;
         let cap = self.learned_n_cap();
         if n == 1 || cap == 1 || (cap > 1 && cap < n) {
             return self.collect(api, self.batch(run, n, cap.max(1), 0).await, "parallel");
@@ -247,14 +218,7 @@ impl Upstream {
             Ok(call) => {
                 let got = call.choices.len() as u32;
                 if got >= n {
-                    return self.collect(
-                        api,
-                        Batch {
-                            results: vec![Ok(call)],
-                            deadline_hit: false,
-                        },
-                        "n",
-                    );
+                    return self.collect(api, Batch { results: vec![Ok(call)], deadline_hit: false }, "n");
                 }
                 self.n_cap.store(got, Ordering::Relaxed);
                 tracing::info!(upstream = %self.backend.name, asked = n, got, "upstream returned fewer choices than n; topping up with parallel calls");
@@ -275,11 +239,7 @@ impl Upstream {
 
     /// Turns call results into candidates with honest usage; fails only if none arrived.
     fn collect(&self, api: Api, batch: Batch, strategy: &'static str) -> Result<Samples, Error> {
-        let mut samples = Samples {
-            strategy,
-            deadline_hit: batch.deadline_hit,
-            ..Default::default()
-        };
+        let mut samples = Samples { strategy, deadline_hit: batch.deadline_hit, ..Default::default() };
         let mut first_error = None;
         let mut reported_total = 0u64;
         let mut any_recount = false;
@@ -323,12 +283,7 @@ impl Upstream {
             }
             for (choice, text) in call.choices.into_iter().zip(texts) {
                 let finish_reason = choice.get("finish_reason").and_then(Value::as_str).map(str::to_string);
-                samples.candidates.push(Candidate {
-                    choice,
-                    text,
-                    finish_reason,
-                    latency_ms: call.latency_ms,
-                });
+                samples.candidates.push(Candidate { choice, text, finish_reason, latency_ms: call.latency_ms });
             }
         }
         if any_recount {
@@ -355,12 +310,7 @@ impl Sampler for Upstream {
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<Samples, Error>> {
         Box::pin(async move {
-            let run = Run {
-                api,
-                body,
-                seed,
-                deadline,
-            };
+            let run = Run { api, body, seed, deadline };
             let mut samples = match self.mode {
                 SamplingMode::N => self.collect(api, self.batch(run, n, n, 0).await, "n")?,
                 SamplingMode::Parallel => self.collect(api, self.batch(run, n, 1, 0).await, "parallel")?,
@@ -374,13 +324,7 @@ impl Sampler for Upstream {
     }
 
     fn forward<'a>(&'a self, api: Api, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Value, Error>> {
-        Box::pin(async move {
-            Ok(self
-                .backend
-                .post_json(api.path(), &Value::Object(body.clone()))
-                .await?
-                .body)
-        })
+        Box::pin(async move { Ok(self.backend.post_json(api.path(), &Value::Object(body.clone())).await?.body) })
     }
 
     fn forward_stream<'a>(

@@ -66,17 +66,13 @@ async fn answer(reply: Reply) -> Response<Full<Bytes>> {
         Reply::Sse(events) => {
             let body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
             let mut response = Response::new(Full::new(Bytes::from(body)));
-            response
-                .headers_mut()
-                .insert("content-type", "text/event-stream".parse().unwrap());
+            response.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
             return response;
         }
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-    response
-        .headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
+    response.headers_mut().insert("content-type", "application/json".parse().unwrap());
     response
 }
 
@@ -102,28 +98,16 @@ impl FakeServer {
                             let method = req.method().to_string();
                             let path = req.uri().path().to_string();
                             let headers = req.headers().clone();
-                            let bytes = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
+                            let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                             let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                             let at = std::time::Instant::now();
-                            let rec = Recorded {
-                                method,
-                                path,
-                                headers,
-                                body,
-                                at,
-                            };
+                            let rec = Recorded { method, path, headers, body, at };
                             recorded.lock().unwrap().push(rec.clone());
                             Ok::<_, Infallible>(answer(handler(&rec)).await)
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let _ =
+                        auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
                 });
             }
         });
@@ -161,9 +145,7 @@ pub fn candidate_text(seed: i64) -> String {
 pub fn read_quality(text: &str) -> f64 {
     let Some(pos) = text.rfind("q=") else { return -100.0 };
     let rest = &text[pos + 2..];
-    let end = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
-        .unwrap_or(rest.len());
+    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-')).unwrap_or(rest.len());
     rest[..end].parse().unwrap_or(-100.0)
 }
 
@@ -217,19 +199,12 @@ pub fn upstream_handler(n_support: NSupport, usage: UsageStyle) -> impl Fn(&Reco
             NSupport::Reject => 1,
             NSupport::Cap(cap) => n.min(cap),
         };
-        let seed = req
-            .body
-            .get("seed")
-            .and_then(Value::as_i64)
-            .unwrap_or_else(|| counter.fetch_add(100, Ordering::Relaxed));
+        let seed =
+            req.body.get("seed").and_then(Value::as_i64).unwrap_or_else(|| counter.fetch_add(100, Ordering::Relaxed));
         let texts: Vec<String> = (0..served).map(|i| candidate_text(seed + i64::from(i))).collect();
         let legacy = req.path.ends_with("/v1/completions");
         if req.body["stream"] == json!(true) {
-            let object = if legacy {
-                "text_completion"
-            } else {
-                "chat.completion.chunk"
-            };
+            let object = if legacy { "text_completion" } else { "chat.completion.chunk" };
             let piece = |i: usize, text: &str, finish: Value| {
                 let choice = if legacy {
                     json!({"index": i, "text": text, "logprobs": null, "finish_reason": finish})
@@ -239,10 +214,7 @@ pub fn upstream_handler(n_support: NSupport, usage: UsageStyle) -> impl Fn(&Reco
                 json!({"id": "up-1", "object": object, "created": 1, "model": "fake-model", "choices": [choice]})
                     .to_string()
             };
-            let mut events: Vec<String> = texts[0]
-                .split_inclusive(' ')
-                .map(|w| piece(0, w, Value::Null))
-                .collect();
+            let mut events: Vec<String> = texts[0].split_inclusive(' ').map(|w| piece(0, w, Value::Null)).collect();
             events.push(piece(0, "", json!("stop")));
             events.push("[DONE]".to_string());
             return Reply::Sse(events);
@@ -401,12 +373,7 @@ impl Bestofn {
                 panic!("bestofn did not start; log:\n{}", logs.lock().unwrap().join("\n"));
             }
         };
-        Bestofn {
-            addr,
-            child,
-            logs,
-            _dir: dir,
-        }
+        Bestofn { addr, child, logs, _dir: dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -419,10 +386,7 @@ impl Bestofn {
 
     /// Sends SIGTERM and waits (bounded) for the process to exit.
     pub fn terminate_and_wait(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap();
         assert!(status.success());
         for _ in 0..300 {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -531,10 +495,7 @@ pub enum SseItem {
 /// Parses an SSE byte stream strictly: every event is one `data: ` line or one comment line,
 /// events end with a blank line, `[DONE]` is the last event, and every data payload is JSON.
 pub fn parse_sse(text: &str) -> Vec<SseItem> {
-    assert!(
-        text.ends_with("\n\n"),
-        "stream does not end with a blank line: {text:?}"
-    );
+    assert!(text.ends_with("\n\n"), "stream does not end with a blank line: {text:?}");
     let mut items = Vec::new();
     for block in text[..text.len() - 2].split("\n\n") {
         assert!(!block.contains('\n'), "an event spans several lines: {block:?}");
@@ -545,9 +506,8 @@ pub fn parse_sse(text: &str) -> Vec<SseItem> {
             if data == "[DONE]" {
                 items.push(SseItem::Done);
             } else {
-                items.push(SseItem::Data(
-                    serde_json::from_str(data).unwrap_or_else(|e| panic!("bad JSON {data}: {e}")),
-                ));
+                items
+                    .push(SseItem::Data(serde_json::from_str(data).unwrap_or_else(|e| panic!("bad JSON {data}: {e}"))));
             }
         } else {
             panic!("not an SSE data or comment line: {block:?}");
@@ -559,27 +519,14 @@ pub fn parse_sse(text: &str) -> Vec<SseItem> {
 
 /// The JSON data events of a parsed stream.
 pub fn data_events(items: &[SseItem]) -> Vec<Value> {
-    items
-        .iter()
-        .filter_map(|i| {
-            if let SseItem::Data(v) = i {
-                Some(v.clone())
-            } else {
-                None
-            }
-        })
-        .collect()
+    items.iter().filter_map(|i| if let SseItem::Data(v) = i { Some(v.clone()) } else { None }).collect()
 }
 
 /// POSTs and returns status, content type and the raw body text.
 pub async fn post_raw(url: &str, body: Value) -> (u16, String, String) {
     let resp = client().post(url).json(&body).send().await.unwrap();
     let status = resp.status().as_u16();
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
+    let content_type = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     (status, content_type, resp.text().await.unwrap())
 }
 

@@ -1,0 +1,412 @@
+//! Best-of-N gain curves: the exact expected correctness of the best-reward candidate among a
+//! uniformly random k-subset of a prompt's N candidates, ties broken uniformly at random.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// One prompt's candidates: a label in [0, 1] and the rewards of one or more scorers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    /// The prompt's id.
+    pub id: String,
+    /// Its domain.
+    pub domain: String,
+    /// Correctness of each candidate, in [0, 1].
+    pub labels: Vec<f64>,
+    /// Per reward name, one reward per candidate.
+    pub rewards: BTreeMap<String, Vec<f64>>,
+}
+
+/// `ln(n!)` for n in 0..=max, so binomial ratios never overflow or underflow.
+#[derive(Debug, Clone)]
+pub struct LogFactorials(Vec<f64>);
+
+impl LogFactorials {
+    /// The table up to `max`.
+    pub fn new(max: usize) -> Self {
+        let mut table = Vec::with_capacity(max + 1);
+        table.push(0.0);
+        for i in 1..=max {
+            table.push(table[i - 1] + (i as f64).ln());
+        }
+        LogFactorials(table)
+    }
+
+    /// `C(a, k) / C(n, k)`: the chance that a random k-subset of n items lies inside a fixed
+    /// set of a items. Computed as exp(ln a! - ln (a-k)! - ln n! + ln (n-k)!), stable for n
+    /// up to the table's size (1024 and far beyond).
+    pub fn subset_ratio(&self, a: usize, n: usize, k: usize) -> f64 {
+        if a < k || n < k {
+            return 0.0;
+        }
+        let f = &self.0;
+        (f[a] - f[a - k] - f[n] + f[n - k]).exp()
+    }
+
+    fn ensure(&mut self, max: usize) {
+        while self.0.len() <= max {
+            let i = self.0.len();
+            let last = self.0[i - 1];
+            self.0.push(last + (i as f64).ln());
+        }
+    }
+}
+
+/// Exact E[value of the chosen candidate] when a uniformly random k-subset is drawn and the
+/// candidate with the highest `key` wins, ties broken uniformly at random.
+///
+/// Candidates are sorted by key; a tie group G with L candidates strictly below it wins iff the
+/// subset lies within the L + |G| lowest and meets G, which has chance
+/// (C(L+|G|, k) - C(L, k)) / C(N, k); by symmetry each member of G is then equally likely.
+pub fn expected_at_k(keys: &[f64], values: &[f64], k: usize, table: &LogFactorials) -> f64 {
+    let n = keys.len();
+    if k == 0 || k > n {
+        return f64::NAN;
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| keys[a].total_cmp(&keys[b]));
+    expected_sorted(keys, values, &order, k, table)
+}
+
+fn expected_sorted(keys: &[f64], values: &[f64], order: &[usize], k: usize, table: &LogFactorials) -> f64 {
+    let n = order.len();
+    let mut total = 0.0;
+    let mut below = 0;
+    while below < n {
+        let key = keys[order[below]];
+        let mut end = below + 1;
+        while end < n && keys[order[end]] == key {
+            end += 1;
+        }
+        let group = end - below;
+        let p = table.subset_ratio(below + group, n, k) - table.subset_ratio(below, n, k);
+        if p > 0.0 {
+            let mean: f64 = order[below..end].iter().map(|&i| values[i]).sum::<f64>() / group as f64;
+            total += p * mean;
+        }
+        below = end;
+    }
+    total
+}
+
+/// Per-prompt curves: BoN@k per reward and oracle@k, for each k in `ks` (NaN when the prompt
+/// has fewer than k candidates).
+pub struct PromptCurves {
+    /// oracle@k: the expected best label in a random k-subset (pass@k for 0/1 labels).
+    pub oracle: Vec<f64>,
+    /// BoN@k per reward name.
+    pub bon: BTreeMap<String, Vec<f64>>,
+    /// mean@1: the mean label.
+    pub mean: f64,
+}
+
+/// Computes one prompt's curves; sorts once per reward and reuses it for every k.
+pub fn prompt_curves(prompt: &Prompt, ks: &[usize], table: &mut LogFactorials) -> PromptCurves {
+    let n = prompt.labels.len();
+    table.ensure(n);
+    let curve = |keys: &[f64]| -> Vec<f64> {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_unstable_by(|&a, &b| keys[a].total_cmp(&keys[b]));
+        ks.iter()
+            .map(|&k| if k <= n { expected_sorted(keys, &prompt.labels, &order, k, table) } else { f64::NAN })
+            .collect()
+    };
+    let oracle = curve(&prompt.labels);
+    let bon = prompt.rewards.iter().map(|(name, r)| (name.clone(), curve(r))).collect();
+    PromptCurves { oracle, bon, mean: prompt.labels.iter().sum::<f64>() / n.max(1) as f64 }
+}
+
+/// One reward's curve in one domain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RewardCurve {
+    /// BoN@k averaged over prompts.
+    pub bon: Vec<Option<f64>>,
+    /// Bootstrap 95% interval, low end.
+    pub ci_low: Vec<Option<f64>>,
+    /// Bootstrap 95% interval, high end.
+    pub ci_high: Vec<Option<f64>>,
+    /// BoN@k minus mean@1 (over the same prompts).
+    pub gain: Vec<Option<f64>>,
+    /// Share of the oracle gap closed: gain / (oracle@k - mean@1).
+    pub gap_closed: Vec<Option<f64>>,
+}
+
+/// Curves of one domain (or `all`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DomainCurves {
+    /// Prompts behind each k.
+    pub prompts: Vec<usize>,
+    /// mean@1 over the domain's prompts.
+    pub mean: Option<f64>,
+    /// oracle@k.
+    pub oracle: Vec<Option<f64>>,
+    /// Per reward.
+    pub rewards: BTreeMap<String, RewardCurve>,
+}
+
+/// The whole result: the k grid and the curves per domain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BonReport {
+    /// k = 1, 2, 4, ..., up to the largest N.
+    pub k: Vec<usize>,
+    /// `all` and each domain.
+    pub domains: BTreeMap<String, DomainCurves>,
+}
+
+/// 1, 2, 4, ... up to `max_n`, and `max_n` itself when it is not a power of two.
+pub fn k_grid(max_n: usize) -> Vec<usize> {
+    let mut ks = Vec::new();
+    let mut k = 1;
+    while k <= max_n {
+        ks.push(k);
+        k *= 2;
+    }
+    if max_n > 0 && ks.last() != Some(&max_n) {
+        ks.push(max_n);
+    }
+    ks
+}
+
+fn mean_of(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+/// Percentile bootstrap 95% interval of the mean, `resamples` times with a seeded generator.
+fn bootstrap(values: &[f64], resamples: usize, rng: &mut fastrand::Rng) -> (Option<f64>, Option<f64>) {
+    if values.is_empty() || resamples == 0 {
+        return (None, None);
+    }
+    let n = values.len();
+    let mut means: Vec<f64> =
+        (0..resamples).map(|_| (0..n).map(|_| values[rng.usize(..n)]).sum::<f64>() / n as f64).collect();
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
+    (Some(at(0.025)), Some(at(0.975)))
+}
+
+/// Aggregates prompts into per-domain and overall curves: unweighted means over the prompts
+/// that have at least k candidates (and every reward's score), with seeded bootstrap intervals.
+pub fn bon_report(prompts: &[Prompt], resamples: usize, seed: u64) -> BonReport {
+    let max_n = prompts.iter().map(|p| p.labels.len()).max().unwrap_or(0);
+    let ks = k_grid(max_n);
+    let mut table = LogFactorials::new(max_n);
+    let curves: Vec<PromptCurves> = prompts.iter().map(|p| prompt_curves(p, &ks, &mut table)).collect();
+    let reward_names: std::collections::BTreeSet<&String> = prompts.iter().flat_map(|p| p.rewards.keys()).collect();
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, p) in prompts.iter().enumerate() {
+        groups.entry("all".into()).or_default().push(i);
+        groups.entry(p.domain.clone()).or_default().push(i);
+    }
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut domains = BTreeMap::new();
+    for (domain, members) in groups {
+        let at_k = |pick: &dyn Fn(&PromptCurves) -> Option<f64>| -> Vec<(f64, f64)> {
+            // (value, mean@1) of each prompt that counts at this k.
+            members
+                .iter()
+                .filter_map(|&i| pick(&curves[i]).filter(|v| !v.is_nan()).map(|v| (v, curves[i].mean)))
+                .collect()
+        };
+        let prompts_per_k: Vec<usize> = (0..ks.len()).map(|ki| at_k(&|c| Some(c.oracle[ki])).len()).collect();
+        let oracle: Vec<Option<f64>> = (0..ks.len())
+            .map(|ki| mean_of(&at_k(&|c| Some(c.oracle[ki])).iter().map(|v| v.0).collect::<Vec<_>>()))
+            .collect();
+        let mut rewards = BTreeMap::new();
+        for name in &reward_names {
+            let mut curve =
+                RewardCurve { bon: vec![], ci_low: vec![], ci_high: vec![], gain: vec![], gap_closed: vec![] };
+            for ki in 0..ks.len() {
+                let pairs = at_k(&|c| c.bon.get(*name).map(|b| b[ki]));
+                let bon: Vec<f64> = pairs.iter().map(|v| v.0).collect();
+                let base = mean_of(&pairs.iter().map(|v| v.1).collect::<Vec<_>>());
+                let value = mean_of(&bon);
+                let (low, high) = bootstrap(&bon, resamples, &mut rng);
+                let gain = value.zip(base).map(|(v, b)| v - b);
+                curve
+                    .gap_closed
+                    .push(gain.zip(oracle[ki].zip(base)).and_then(|(g, (o, b))| (o - b > 1e-12).then(|| g / (o - b))));
+                curve.bon.push(value);
+                curve.ci_low.push(low);
+                curve.ci_high.push(high);
+                curve.gain.push(gain);
+            }
+            rewards.insert((*name).clone(), curve);
+        }
+        let mean = mean_of(&members.iter().map(|&i| curves[i].mean).collect::<Vec<_>>());
+        domains.insert(domain, DomainCurves { prompts: prompts_per_k, mean, oracle, rewards });
+    }
+    BonReport { k: ks, domains }
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.4}"))
+}
+
+/// Renders a report: a text table, JSON, CSV (one row per domain, series and k) or Markdown.
+pub fn render_bon(report: &BonReport, format: super::Format) -> String {
+    use super::Format;
+    if format == Format::Json {
+        return serde_json::to_string_pretty(report).unwrap_or_default() + "\n";
+    }
+    if format == Format::Csv {
+        let mut out = String::from("domain,series,k,prompts,value,ci_low,ci_high,gain\n");
+        for (domain, d) in &report.domains {
+            for (ki, k) in report.k.iter().enumerate() {
+                out.push_str(&format!("{domain},oracle,{k},{},{},,,\n", d.prompts[ki], cell(d.oracle[ki])));
+                for (name, r) in &d.rewards {
+                    out.push_str(&format!(
+                        "{domain},{name},{k},{},{},{},{},{}\n",
+                        d.prompts[ki],
+                        cell(r.bon[ki]),
+                        cell(r.ci_low[ki]),
+                        cell(r.ci_high[ki]),
+                        cell(r.gain[ki])
+                    ));
+                }
+            }
+        }
+        return out;
+    }
+    let ks: Vec<String> = report.k.iter().map(|k| format!("@{k}")).collect();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for (domain, d) in &report.domains {
+        rows.push([vec![domain.clone(), "prompts".into()], d.prompts.iter().map(|p| p.to_string()).collect()].concat());
+        rows.push([vec![domain.clone(), "mean@1".into()], report.k.iter().map(|_| cell(d.mean)).collect()].concat());
+        rows.push([vec![domain.clone(), "oracle".into()], d.oracle.iter().map(|v| cell(*v)).collect()].concat());
+        for (name, r) in &d.rewards {
+            rows.push([vec![domain.clone(), format!("bon {name}")], r.bon.iter().map(|v| cell(*v)).collect()].concat());
+            rows.push(
+                [
+                    vec![domain.clone(), format!("  95% ci {name}")],
+                    r.ci_low.iter().zip(&r.ci_high).map(|(l, h)| format!("{}..{}", cell(*l), cell(*h))).collect(),
+                ]
+                .concat(),
+            );
+            rows.push(
+                [vec![domain.clone(), format!("gain {name}")], r.gain.iter().map(|v| cell(*v)).collect()].concat(),
+            );
+            rows.push(
+                [vec![domain.clone(), format!("gap closed {name}")], r.gap_closed.iter().map(|v| cell(*v)).collect()]
+                    .concat(),
+            );
+        }
+    }
+    let header = [vec!["domain".to_string(), "series".to_string()], ks].concat();
+    if format == Format::Md {
+        let mut out = format!("| {} |\n|{}|\n", header.join(" | "), vec!["---"; header.len()].join("|"));
+        for r in rows {
+            out.push_str(&format!("| {} |\n", r.join(" | ")));
+        }
+        return out;
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].len()).chain([header[c].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |r: &[String]| {
+        r.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    let mut out = line(&header) + "\n";
+    for r in rows {
+        out.push_str(&(line(&r) + "\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Brute force: every k-subset, the best key wins, ties split evenly.
+    fn brute(keys: &[f64], values: &[f64], k: usize) -> f64 {
+        let n = keys.len();
+        let mut total = 0.0;
+        let mut count = 0.0;
+        for mask in 0u32..(1 << n) {
+            if mask.count_ones() as usize != k {
+                continue;
+            }
+            let members: Vec<usize> = (0..n).filter(|i| mask & (1 << i) != 0).collect();
+            let best = members.iter().map(|&i| keys[i]).fold(f64::NEG_INFINITY, f64::max);
+            let winners: Vec<usize> = members.into_iter().filter(|&i| keys[i] == best).collect();
+            total += winners.iter().map(|&i| values[i]).sum::<f64>() / winners.len() as f64;
+            count += 1.0;
+        }
+        total / count
+    }
+
+    #[test]
+    fn hand_examples() {
+        let t = LogFactorials::new(8);
+        // Best reward correct: BoN@k = 1 once k covers it... for k = N always the argmax.
+        assert!((expected_at_k(&[1.0, 2.0, 3.0], &[0.0, 0.0, 1.0], 3, &t) - 1.0).abs() < 1e-12);
+        // k = 1 is the mean label whatever the rewards.
+        assert!((expected_at_k(&[5.0, 1.0, 3.0, 2.0], &[1.0, 0.0, 0.0, 1.0], 1, &t) - 0.5).abs() < 1e-12);
+        // All rewards tied: every k gives the mean label.
+        assert!((expected_at_k(&[1.0; 4], &[1.0, 0.0, 0.0, 0.5], 3, &t) - 0.375).abs() < 1e-12);
+        assert_eq!(k_grid(16), vec![1, 2, 4, 8, 16]);
+        assert_eq!(k_grid(12), vec![1, 2, 4, 8, 12]);
+    }
+
+    #[test]
+    fn binomial_ratios_are_stable_at_n_1024() {
+        let t = LogFactorials::new(1024);
+        let r = t.subset_ratio(1023, 1024, 512);
+        assert!((r - 0.5).abs() < 1e-9, "{r}");
+        let tiny = t.subset_ratio(600, 1024, 512);
+        assert!(tiny.is_finite() && tiny >= 0.0);
+        let keys: Vec<f64> = (0..1024).map(|i| f64::from(i % 37)).collect();
+        let labels: Vec<f64> = (0..1024).map(|i| if i % 5 == 0 { 1.0 } else { 0.0 }).collect();
+        let v = expected_at_k(&keys, &labels, 512, &t);
+        assert!((0.0..=1.0).contains(&v));
+    }
+
+    proptest! {
+        #[test]
+        fn exact_equals_brute_force(
+            pairs in prop::collection::vec((0i32..4, 0u8..5), 1..9),
+            k_frac in 0.0f64..1.0,
+        ) {
+            let keys: Vec<f64> = pairs.iter().map(|p| f64::from(p.0)).collect();
+            let values: Vec<f64> = pairs.iter().map(|p| f64::from(p.1) / 4.0).collect();
+            let n = keys.len();
+            let k = 1 + ((n - 1) as f64 * k_frac) as usize;
+            let t = LogFactorials::new(n);
+            let exact = expected_at_k(&keys, &values, k, &t);
+            prop_assert!((exact - brute(&keys, &values, k)).abs() < 1e-9, "{} vs {}", exact, brute(&keys, &values, k));
+            // oracle@k is BoN with the labels as rewards, and bounds BoN from above.
+            prop_assert!(expected_at_k(&values, &values, k, &t) + 1e-12 >= exact);
+        }
+    }
+
+    #[test]
+    fn report_counts_prompts_per_k_and_domains() {
+        let p = |id: &str, d: &str, labels: Vec<f64>, r: Vec<f64>| Prompt {
+            id: id.into(),
+            domain: d.into(),
+            labels,
+            rewards: [("rm".to_string(), r)].into_iter().collect(),
+        };
+        let prompts = vec![
+            p("a", "math", vec![0.0, 1.0, 0.0, 0.0], vec![0.1, 0.9, 0.2, 0.3]),
+            p("b", "math", vec![1.0, 0.0], vec![0.0, 1.0]),
+            p("c", "code", vec![0.0, 1.0, 1.0, 0.0], vec![1.0, 2.0, 3.0, 4.0]),
+        ];
+        let r = bon_report(&prompts, 200, 7);
+        assert_eq!(r.k, vec![1, 2, 4]);
+        let all = &r.domains["all"];
+        assert_eq!(all.prompts, vec![3, 3, 2], "prompt b has only 2 candidates");
+        let math = &r.domains["math"];
+        assert_eq!(math.rewards["rm"].bon[2], Some(1.0), "the RM picks the correct answer of a at k = 4");
+        assert_eq!(math.oracle[2], Some(1.0));
+        let code = &r.domains["code"];
+        assert_eq!(code.rewards["rm"].bon[2], Some(0.0), "the RM picks the wrong top answer of c");
+        assert_eq!(code.mean, Some(0.5));
+        let again = bon_report(&prompts, 200, 7);
+        assert_eq!(r, again, "seeded bootstrap is reproducible");
+        let ci = (all.rewards["rm"].ci_low[1].unwrap(), all.rewards["rm"].ci_high[1].unwrap());
+        assert!(ci.0 <= all.rewards["rm"].bon[1].unwrap() && all.rewards["rm"].bon[1].unwrap() <= ci.1);
+    }
+}
