@@ -71,6 +71,13 @@ pub fn expected_at_k(keys: &[f64], values: &[f64], k: usize, table: &LogFactoria
 
 fn expected_sorted(keys: &[f64], values: &[f64], order: &[usize], k: usize, table: &LogFactorials) -> f64 {
     let n = order.len();
+    expected_with(keys, values, order, |a| table.subset_ratio(a, n, k))
+}
+
+/// The sum over tie groups, with `ratio(a)` = C(a, k) / C(n, k) supplied by the caller (from a
+/// precomputed row in the hot path).
+fn expected_with(keys: &[f64], values: &[f64], order: &[usize], ratio: impl Fn(usize) -> f64) -> f64 {
+    let n = order.len();
     let mut total = 0.0;
     let mut below = 0;
     while below < n {
@@ -80,7 +87,7 @@ fn expected_sorted(keys: &[f64], values: &[f64], order: &[usize], k: usize, tabl
             end += 1;
         }
         let group = end - below;
-        let p = table.subset_ratio(below + group, n, k) - table.subset_ratio(below, n, k);
+        let p = ratio(below + group) - ratio(below);
         if p > 0.0 {
             let mean: f64 = order[below..end].iter().map(|&i| values[i]).sum::<f64>() / group as f64;
             total += p * mean;
@@ -90,31 +97,35 @@ fn expected_sorted(keys: &[f64], values: &[f64], order: &[usize], k: usize, tabl
     total
 }
 
-/// Per-prompt curves: BoN@k per reward and oracle@k, for each k in `ks` (NaN when the prompt
-/// has fewer than k candidates).
-pub struct PromptCurves {
-    /// oracle@k: the expected best label in a random k-subset (pass@k for 0/1 labels).
-    pub oracle: Vec<f64>,
-    /// BoN@k per reward name.
-    pub bon: BTreeMap<String, Vec<f64>>,
-    /// mean@1: the mean label.
-    pub mean: f64,
+/// `C(a, k) / C(n, k)` for every a in 0..=n and every k of the grid, per candidate count n:
+/// computed once per distinct n, so the per-prompt work has no exp or log in it.
+#[derive(Debug, Default)]
+pub struct RatioCache {
+    table: Option<LogFactorials>,
+    rows: std::collections::HashMap<usize, Vec<Vec<f64>>>,
 }
 
-/// Computes one prompt's curves; sorts once per reward and reuses it for every k.
-pub fn prompt_curves(prompt: &Prompt, ks: &[usize], table: &mut LogFactorials) -> PromptCurves {
-    let n = prompt.labels.len();
-    table.ensure(n);
-    let curve = |keys: &[f64]| -> Vec<f64> {
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_unstable_by(|&a, &b| keys[a].total_cmp(&keys[b]));
-        ks.iter()
-            .map(|&k| if k <= n { expected_sorted(keys, &prompt.labels, &order, k, table) } else { f64::NAN })
-            .collect()
-    };
-    let oracle = curve(&prompt.labels);
-    let bon = prompt.rewards.iter().map(|(name, r)| (name.clone(), curve(r))).collect();
-    PromptCurves { oracle, bon, mean: prompt.labels.iter().sum::<f64>() / n.max(1) as f64 }
+impl RatioCache {
+    fn rows(&mut self, n: usize, ks: &[usize]) -> &Vec<Vec<f64>> {
+        let table = self.table.get_or_insert_with(|| LogFactorials::new(n));
+        table.ensure(n);
+        let table = &*table;
+        self.rows
+            .entry(n)
+            .or_insert_with(|| ks.iter().map(|&k| (0..=n).map(|a| table.subset_ratio(a, n, k)).collect()).collect())
+    }
+}
+
+/// Fills `out[ki]` with E[label of the winner] at each k when `keys` rank the candidates
+/// (NaN where the prompt has fewer than k candidates). Sorts once for all k.
+fn fill_curve(keys: &[f64], labels: &[f64], ks: &[usize], rows: &[Vec<f64>], order: &mut Vec<usize>, out: &mut [f64]) {
+    let n = keys.len();
+    order.clear();
+    order.extend(0..n);
+    order.sort_unstable_by(|&a, &b| keys[a].total_cmp(&keys[b]));
+    for ((slot, &k), row) in out.iter_mut().zip(ks).zip(rows) {
+        *slot = if k <= n { expected_with(keys, labels, order, |a| row[a]) } else { f64::NAN };
+    }
 }
 
 /// One reward's curve in one domain.
@@ -187,54 +198,89 @@ fn bootstrap(values: &[f64], resamples: usize, rng: &mut fastrand::Rng) -> (Opti
 
 /// Aggregates prompts into per-domain and overall curves: unweighted means over the prompts
 /// that have at least k candidates (and every reward's score), with seeded bootstrap intervals.
+///
+/// Per-prompt values live in flat arrays (prompt-major, one slot per k) so that the aggregation
+/// is plain loops: this is the hot path of a million-prompt run.
 pub fn bon_report(prompts: &[Prompt], resamples: usize, seed: u64) -> BonReport {
     let max_n = prompts.iter().map(|p| p.labels.len()).max().unwrap_or(0);
     let ks = k_grid(max_n);
-    let mut table = LogFactorials::new(max_n);
-    let curves: Vec<PromptCurves> = prompts.iter().map(|p| prompt_curves(p, &ks, &mut table)).collect();
-    let reward_names: std::collections::BTreeSet<&String> = prompts.iter().flat_map(|p| p.rewards.keys()).collect();
-    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let nk = ks.len();
+    let names: Vec<String> = prompts
+        .iter()
+        .flat_map(|p| p.rewards.keys())
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut oracle = vec![f64::NAN; prompts.len() * nk];
+    let mut bon: Vec<Vec<f64>> = vec![vec![f64::NAN; prompts.len() * nk]; names.len()];
+    let mut means = Vec::with_capacity(prompts.len());
+    let mut cache = RatioCache::default();
+    let mut order = Vec::new();
     for (i, p) in prompts.iter().enumerate() {
-        groups.entry("all".into()).or_default().push(i);
-        groups.entry(p.domain.clone()).or_default().push(i);
+        let rows = cache.rows(p.labels.len(), &ks);
+        let slots = i * nk..(i + 1) * nk;
+        fill_curve(&p.labels, &p.labels, &ks, rows, &mut order, &mut oracle[slots.clone()]);
+        for (r, name) in names.iter().enumerate() {
+            if let Some(keys) = p.rewards.get(name) {
+                fill_curve(keys, &p.labels, &ks, rows, &mut order, &mut bon[r][slots.clone()]);
+            }
+        }
+        means.push(p.labels.iter().sum::<f64>() / p.labels.len().max(1) as f64);
+    }
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, p) in prompts.iter().enumerate() {
+        groups.entry("all").or_default().push(i);
+        groups.entry(p.domain.as_str()).or_default().push(i);
     }
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut domains = BTreeMap::new();
+    let mut values = Vec::new();
     for (domain, members) in groups {
-        let at_k = |pick: &dyn Fn(&PromptCurves) -> Option<f64>| -> Vec<(f64, f64)> {
-            // (value, mean@1) of each prompt that counts at this k.
-            members
-                .iter()
-                .filter_map(|&i| pick(&curves[i]).filter(|v| !v.is_nan()).map(|v| (v, curves[i].mean)))
-                .collect()
-        };
-        let prompts_per_k: Vec<usize> = (0..ks.len()).map(|ki| at_k(&|c| Some(c.oracle[ki])).len()).collect();
-        let oracle: Vec<Option<f64>> = (0..ks.len())
-            .map(|ki| mean_of(&at_k(&|c| Some(c.oracle[ki])).iter().map(|v| v.0).collect::<Vec<_>>()))
-            .collect();
+        let mut prompts_per_k = vec![0; nk];
+        let mut oracle_mean = vec![None; nk];
+        for ki in 0..nk {
+            let (mut sum, mut count) = (0.0, 0);
+            for &i in &members {
+                let v = oracle[i * nk + ki];
+                if !v.is_nan() {
+                    sum += v;
+                    count += 1;
+                }
+            }
+            prompts_per_k[ki] = count;
+            oracle_mean[ki] = (count > 0).then(|| sum / count as f64);
+        }
         let mut rewards = BTreeMap::new();
-        for name in &reward_names {
+        for (r, name) in names.iter().enumerate() {
             let mut curve =
                 RewardCurve { bon: vec![], ci_low: vec![], ci_high: vec![], gain: vec![], gap_closed: vec![] };
-            for ki in 0..ks.len() {
-                let pairs = at_k(&|c| c.bon.get(*name).map(|b| b[ki]));
-                let bon: Vec<f64> = pairs.iter().map(|v| v.0).collect();
-                let base = mean_of(&pairs.iter().map(|v| v.1).collect::<Vec<_>>());
-                let value = mean_of(&bon);
-                let (low, high) = bootstrap(&bon, resamples, &mut rng);
+            for ki in 0..nk {
+                values.clear();
+                let mut base = 0.0;
+                for &i in &members {
+                    let v = bon[r][i * nk + ki];
+                    if !v.is_nan() {
+                        values.push(v);
+                        base += means[i];
+                    }
+                }
+                let value = mean_of(&values);
+                let base = (!values.is_empty()).then(|| base / values.len() as f64);
+                let (low, high) = bootstrap(&values, resamples, &mut rng);
                 let gain = value.zip(base).map(|(v, b)| v - b);
-                curve
-                    .gap_closed
-                    .push(gain.zip(oracle[ki].zip(base)).and_then(|(g, (o, b))| (o - b > 1e-12).then(|| g / (o - b))));
+                curve.gap_closed.push(
+                    gain.zip(oracle_mean[ki].zip(base)).and_then(|(g, (o, b))| (o - b > 1e-12).then(|| g / (o - b))),
+                );
                 curve.bon.push(value);
                 curve.ci_low.push(low);
                 curve.ci_high.push(high);
                 curve.gain.push(gain);
             }
-            rewards.insert((*name).clone(), curve);
+            rewards.insert(name.clone(), curve);
         }
-        let mean = mean_of(&members.iter().map(|&i| curves[i].mean).collect::<Vec<_>>());
-        domains.insert(domain, DomainCurves { prompts: prompts_per_k, mean, oracle, rewards });
+        let mean = mean_of(&members.iter().map(|&i| means[i]).collect::<Vec<_>>());
+        domains.insert(domain.to_string(), DomainCurves { prompts: prompts_per_k, mean, oracle: oracle_mean, rewards });
     }
     BonReport { k: ks, domains }
 }
