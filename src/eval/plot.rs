@@ -61,24 +61,30 @@ fn bon_panels<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &BonRep
     let cols = domains.len().clamp(1, 3);
     let rows = domains.len().div_ceil(cols).max(1);
     let areas = root.split_evenly((rows, cols));
+    // k on a log2 axis: plot log2(k) linearly and label the ticks 2^x, so they read 1, 2, 4, ...
     let max_k = report.k.last().copied().unwrap_or(1).max(2) as f64;
+    let max_x = max_k.log2();
     for ((name, d), area) in domains.into_iter().zip(areas) {
         let mut chart = ChartBuilder::on(&area)
             .caption(format!("{name} ({} prompts)", d.prompts.first().copied().unwrap_or(0)), ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(32)
             .y_label_area_size(44)
-            .build_cartesian_2d((1f64..max_k).log_scale(), 0f64..1.02f64)
+            .build_cartesian_2d(0f64..max_x, 0f64..1.02f64)
             .map_err(err)?;
         chart
             .configure_mesh()
-            .x_desc("k (log2)")
+            .x_desc("k")
             .y_desc("expected correctness")
-            .x_label_formatter(&|v| format!("{v:.0}"))
+            .x_labels(max_x.ceil() as usize + 1)
+            .x_label_formatter(&|v| {
+                if (v - v.round()).abs() < 1e-9 { format!("{}", 2f64.powf(v.round())) } else { String::new() }
+            })
+            .light_line_style(WHITE)
             .draw()
             .map_err(err)?;
         let points = |values: &[Option<f64>]| -> Vec<(f64, f64)> {
-            report.k.iter().zip(values).filter_map(|(k, v)| v.map(|v| (*k as f64, v))).collect()
+            report.k.iter().zip(values).filter_map(|(k, v)| v.map(|v| ((*k as f64).log2(), v))).collect()
         };
         let oracle = points(&d.oracle);
         chart
@@ -88,7 +94,7 @@ fn bon_panels<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &BonRep
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
         if let Some(mean) = d.mean {
             chart
-                .draw_series(LineSeries::new(vec![(1.0, mean), (max_k, mean)], RGBColor(128, 128, 128).stroke_width(1)))
+                .draw_series(LineSeries::new(vec![(0.0, mean), (max_x, mean)], RGBColor(128, 128, 128).stroke_width(1)))
                 .map_err(err)?
                 .label("mean@1")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RGBColor(128, 128, 128)));
@@ -123,6 +129,12 @@ pub fn plot_bon(report: &BonReport, path: &Path) -> Result<(), String> {
     on_backend!(path, (420 * cols, 340 * rows), |root| bon_panels(&root, report))
 }
 
+/// The index of the cell whose centre a tick at `v` marks (ticks at i + 0.5), if any.
+fn centre(v: f64) -> Option<usize> {
+    let i = v - 0.5;
+    ((i - i.round()).abs() < 1e-6 && i >= -1e-6).then(|| i.round() as usize)
+}
+
 fn heatmap<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
@@ -130,40 +142,41 @@ fn heatmap<DB: DrawingBackend>(
     xs: &[String],
 ) -> Result<(), String> {
     root.fill(&WHITE).map_err(err)?;
-    let (nx, ny) = (xs.len() as i32, grid.len() as i32);
+    let (nx, ny) = (xs.len() as f64, grid.len() as f64);
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 20))
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(110)
-        .build_cartesian_2d(0..nx, 0..ny)
+        .build_cartesian_2d(0f64..nx, 0f64..ny)
         .map_err(err)?;
     let x_names = xs.to_vec();
     let y_names: Vec<String> = grid.iter().map(|(y, _)| y.clone()).collect();
     chart
         .configure_mesh()
         .disable_mesh()
-        .x_labels(xs.len())
-        .y_labels(grid.len())
-        .x_label_formatter(&|i| x_names.get(*i as usize).cloned().unwrap_or_default())
-        .y_label_formatter(&|i| y_names.get((ny - 1 - *i) as usize).cloned().unwrap_or_default())
+        .x_labels(2 * xs.len() + 1)
+        .y_labels(2 * grid.len() + 1)
+        // Ticks fall on half-integers too; only the cell centres get a name.
+        .x_label_formatter(&|v| centre(*v).and_then(|i| x_names.get(i).cloned()).unwrap_or_default())
+        .y_label_formatter(&|v| centre(ny - *v).and_then(|i| y_names.get(i).cloned()).unwrap_or_default())
         .draw()
         .map_err(err)?;
     for (row, (_, cells)) in grid.iter().enumerate() {
-        let yy = ny - 1 - row as i32;
+        let yy = ny - 1.0 - row as f64;
         for (col, c) in cells.iter().enumerate() {
             let r = c.r.unwrap_or(0.0).clamp(-1.0, 1.0);
             // Blue for positive, red for negative, white at zero.
             let fade = |v: f64| (255.0 * (1.0 - v.abs())) as u8;
             let color = if r >= 0.0 { RGBColor(fade(r), fade(r), 255) } else { RGBColor(255, fade(r), fade(r)) };
-            let x = col as i32;
+            let x = col as f64;
             chart
-                .draw_series(std::iter::once(Rectangle::new([(x, yy), (x + 1, yy + 1)], color.filled())))
+                .draw_series(std::iter::once(Rectangle::new([(x, yy), (x + 1.0, yy + 1.0)], color.filled())))
                 .map_err(err)?;
             let label = c.r.map_or("-".into(), |r| format!("{r:.2}"));
             let text_color = if r.abs() > 0.6 { WHITE } else { BLACK };
             let style = ("sans-serif", 14).into_font().color(&text_color);
-            chart.plotting_area().draw(&Text::new(label, (x, yy + 1), style)).map_err(err)?;
+            chart.plotting_area().draw(&Text::new(label, (x + 0.38, yy + 0.58), style)).map_err(err)?;
         }
     }
     Ok(())

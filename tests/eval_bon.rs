@@ -1,0 +1,367 @@
+//! `bestofn eval bon`, `eval correlate` and `eval leaderboard` through the real binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use bestofn::eval::bon::{Prompt, bon_report};
+use common::*;
+use serde_json::{Value, json};
+
+fn bestofn(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bestofn")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn samples() -> Vec<Value> {
+    let mut rows = Vec::new();
+    let mut rng = fastrand::Rng::with_seed(3);
+    for i in 0..40 {
+        let domain = if i % 2 == 0 { "math" } else { "precise_if" };
+        let n = if i % 10 == 0 { 3 } else { 8 };
+        let candidates: Vec<Value> = (0..n)
+            .map(|_| {
+                let correct = f64::from(u8::from(rng.f64() < 0.4));
+                json!({"text": "t", "correct": correct, "rewards": {"rm": (correct + rng.f64()).to_string().parse::<f64>().unwrap(), "noise": rng.f64()}})
+            })
+            .collect();
+        rows.push(json!({"prompt_id": format!("p{i}"), "domain": domain, "prompt": "q", "candidates": candidates}));
+    }
+    rows
+}
+
+fn as_prompts(rows: &[Value]) -> Vec<Prompt> {
+    rows.iter()
+        .map(|r| {
+            let cands = r["candidates"].as_array().unwrap();
+            let mut rewards: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            for name in ["rm", "noise"] {
+                rewards.insert(name.into(), cands.iter().map(|c| c["rewards"][name].as_f64().unwrap()).collect());
+            }
+            Prompt {
+                id: r["prompt_id"].as_str().unwrap().into(),
+                domain: r["domain"].as_str().unwrap().into(),
+                labels: cands.iter().map(|c| c["correct"].as_f64().unwrap()).collect(),
+                rewards,
+            }
+        })
+        .collect()
+}
+
+/// JSON equality, numbers within 1e-12 (printing and parsing floats may move the last digit).
+fn assert_close(a: &Value, b: &Value, at: &str) {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-12, "{at}: {x} vs {y}");
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}");
+            for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                assert_close(x, y, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{at}");
+            for (k, v) in x {
+                assert_close(v, &y[k], &format!("{at}.{k}"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
+
+#[test]
+fn bon_curves_from_samples_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = samples();
+    let path = dir.path().join("samples.jsonl");
+    std::fs::write(&path, rows.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
+    let p = path.to_str().unwrap();
+
+    let (ok, out, err) =
+        bestofn(&["eval", "bon", "--samples", p, "--format", "json", "--bootstrap", "200", "--seed", "5"]);
+    assert!(ok, "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["k"], json!([1, 2, 4, 8]));
+    let expected = serde_json::to_value(bon_report(&as_prompts(&rows), 200, 5)).unwrap();
+    assert_close(&got, &expected, "$");
+    let all = &got["domains"]["all"];
+    assert_eq!(all["prompts"], json!([40, 40, 36, 36]), "prompts with 3 candidates do not count at k = 4 or 8");
+    for key in ["prompts", "mean", "oracle", "rewards"] {
+        assert!(all.get(key).is_some(), "{key}");
+    }
+    let rm = &all["rewards"]["rm"];
+    for key in ["bon", "ci_low", "ci_high", "gain"] {
+        assert_eq!(rm[key].as_array().unwrap().len(), 4, "{key}");
+    }
+    // A reward that tracks correctness gains; and BoN@1 is the mean whatever the reward.
+    assert!(rm["gain"][3].as_f64().unwrap() > all["rewards"]["noise"]["gain"][3].as_f64().unwrap());
+    assert!((rm["bon"][0].as_f64().unwrap() - all["mean"].as_f64().unwrap()).abs() < 1e-12);
+
+    let (_, table, _) = bestofn(&["eval", "bon", "--samples", p, "--bootstrap", "0"]);
+    assert!(table.contains("oracle") && table.contains("bon rm") && table.contains("@8"), "{table}");
+    let (_, csv, _) = bestofn(&["eval", "bon", "--samples", p, "--format", "csv", "--bootstrap", "0"]);
+    assert!(csv.starts_with("domain,series,k,prompts,value,ci_low,ci_high,gain\n"));
+    assert!(csv.lines().any(|l| l.starts_with("math,rm,8,")));
+    let (_, md, _) = bestofn(&["eval", "bon", "--samples", p, "--format", "md", "--bootstrap", "0"]);
+    assert!(md.starts_with("| domain | series | @1 |"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recorder_output_is_labelled_with_a_scorer() {
+    // The proxy's recorder writes no labels; a scorer (here an RM that reads q=) fills them.
+    let rm = FakeServer::start(rm_handler()).await;
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, config(&upstream, &rm, "n", 2)).unwrap();
+    let lines: String = (0..3)
+        .map(|i| {
+            json!({"prompt_id": format!("r{i}"), "domain": "math", "prompt": "q", "chosen": 0, "scorer": "vllm",
+                "candidates": [{"text": "answer q=0.9", "rewards": {"vllm": 0.9}}, {"text": "answer q=-3", "rewards": {"vllm": -3.0}}]})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let path = dir.path().join("recorded.jsonl");
+    std::fs::write(&path, lines).unwrap();
+    let (p, c) = (path.display().to_string(), cfg.display().to_string());
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        bestofn(&["eval", "bon", "--samples", &p, "--label-with", "vllm", "--config", &c, "--format", "json"])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    let all = &got["domains"]["all"];
+    assert_eq!(all["prompts"][0], 3);
+    // Labels: clamp(0.9) = 0.9 and clamp(-3) = 0; the RM picks the 0.9 one at k = 2.
+    assert!((all["mean"].as_f64().unwrap() - 0.45).abs() < 1e-12);
+    assert!((all["rewards"]["vllm"]["bon"][1].as_f64().unwrap() - 0.9).abs() < 1e-12);
+    assert_eq!(rm.requests_to("/classify").len(), 3);
+
+    // Without labels and without --label-with, the rows are left out and the CLI says so.
+    let p = path.display().to_string();
+    let (ok, _, err) = bestofn(&["eval", "bon", "--samples", &p]);
+    assert!(!ok && err.contains("no correctness labels") && err.contains("no labelled prompts"), "{err}");
+}
+
+#[test]
+fn bad_samples_are_named_by_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for (bad, needle) in [
+        (r#"{"prompt_id": "a", "candidates": []}"#, "empty"),
+        (r#"{"prompt_id": "a", "candidates": [{"correct": 2, "rewards": {}}]}"#, "correct"),
+        (r#"{"prompt_id": "a", "candidates": [{"correct": 1, "rewards": {"rm": "x"}}]}"#, "rewards.rm"),
+        (r#"{"candidates": [{"correct": 1}]}"#, "prompt_id"),
+        ("{oops", "JSON"),
+    ] {
+        let path = dir.path().join("s.jsonl");
+        std::fs::write(&path, format!("{{\"prompt_id\": \"ok\", \"candidates\": [{{\"correct\": 1}}]}}\n{bad}\n"))
+            .unwrap();
+        let p = path.display().to_string();
+        let (ok, _, err) = bestofn(&["eval", "bon", "--samples", &p]);
+        assert!(!ok && err.contains(&format!("{p}:2:")) && err.contains(needle), "{needle}: {err}");
+    }
+}
+
+const TABLE8: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/rewardbench2/paper_tables/table8_ppo_bon.csv");
+
+fn r_of(json: &Value, method: &str, y: &str, x: &str) -> f64 {
+    json[method][y][x]["r"].as_f64().unwrap()
+}
+
+#[test]
+fn correlate_reproduces_the_table8_numbers() {
+    let (ok, out, err) = bestofn(&[
+        "eval",
+        "correlate",
+        "--csv",
+        TABLE8,
+        "--x",
+        "rbv2",
+        "--y",
+        "bon,ppo",
+        "--method",
+        "all",
+        "--format",
+        "json",
+        "--bootstrap",
+        "200",
+    ]);
+    assert!(ok, "{err}");
+    let all: Value = serde_json::from_str(&out).unwrap();
+    let round3 = |v: f64| (v * 1000.0).round() / 1000.0;
+    assert_eq!(round3(r_of(&all, "pearson", "bon", "rbv2")), 0.915);
+    assert_eq!(round3(r_of(&all, "pearson", "ppo", "rbv2")), 0.717);
+    assert_eq!(round3(r_of(&all, "spearman", "bon", "rbv2")), 0.793);
+    assert_eq!(round3(r_of(&all, "spearman", "ppo", "rbv2")), -0.039);
+    let cell = &all["pearson"]["bon"]["rbv2"];
+    assert_eq!(cell["n"], 17);
+    assert!(cell["ci_low"].as_f64().unwrap() <= 0.915 && 0.915 <= cell["ci_high"].as_f64().unwrap());
+    assert!(cell["p"].as_f64().unwrap() < 1e-4);
+
+    let (_, out, _) = bestofn(&[
+        "eval",
+        "correlate",
+        "--csv",
+        TABLE8,
+        "--x",
+        "rbv2",
+        "--y",
+        "bon,ppo",
+        "--where",
+        "id=1..12",
+        "--format",
+        "json",
+        "--bootstrap",
+        "0",
+    ]);
+    let on_policy: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(round3(r_of(&on_policy, "pearson", "bon", "rbv2")), 0.928);
+    assert_eq!(round3(r_of(&on_policy, "pearson", "ppo", "rbv2")), 0.885);
+    assert_eq!(on_policy["pearson"]["bon"]["rbv2"]["n"], 12);
+    let (_, out, _) = bestofn(&[
+        "eval",
+        "correlate",
+        "--csv",
+        TABLE8,
+        "--x",
+        "rbv2",
+        "--y",
+        "ppo",
+        "--where",
+        "id=1..9",
+        "--format",
+        "json",
+        "--bootstrap",
+        "0",
+    ]);
+    assert_eq!(round3(r_of(&serde_json::from_str(&out).unwrap(), "pearson", "ppo", "rbv2")), -0.255);
+    let (_, out, _) = bestofn(&[
+        "eval",
+        "correlate",
+        "--csv",
+        TABLE8,
+        "--x",
+        "rbv2",
+        "--y",
+        "ppo",
+        "--where",
+        "group=off_policy_or_ood",
+        "--format",
+        "json",
+        "--bootstrap",
+        "0",
+    ]);
+    assert_eq!(round3(r_of(&serde_json::from_str(&out).unwrap(), "pearson", "ppo", "rbv2")), -0.947);
+
+    let (_, table, _) =
+        bestofn(&["eval", "correlate", "--csv", TABLE8, "--x", "rbv2", "--y", "bon,ppo", "--bootstrap", "0"]);
+    assert!(table.contains("0.915") && table.contains("0.717"), "{table}");
+    let (_, csv, _) = bestofn(&[
+        "eval",
+        "correlate",
+        "--csv",
+        TABLE8,
+        "--x",
+        "rbv2",
+        "--y",
+        "bon",
+        "--format",
+        "csv",
+        "--bootstrap",
+        "0",
+    ]);
+    assert!(csv.starts_with("method,y,x,r,n,ci_low,ci_high,p\npearson,bon,rbv2,0.915"), "{csv}");
+    let (ok, _, err) = bestofn(&["eval", "correlate", "--csv", TABLE8, "--x", "nope", "--y", "bon"]);
+    assert!(!ok && err.contains("no column 'nope'"), "{err}");
+}
+
+#[test]
+fn leaderboard_recomputation_lists_disagreements() {
+    let rb2 = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/rewardbench2/rb2_leaderboard_scores.csv");
+    let (ok, out, _) = bestofn(&["eval", "leaderboard", rb2]);
+    assert!(ok);
+    assert!(out.starts_with("rewardbench2: 197 rows recomputed, 0 disagree"), "{out}");
+    let rb1 = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/rewardbench2/rb1_leaderboard_scores.csv");
+    let (_, out, _) = bestofn(&["eval", "leaderboard", rb1]);
+    assert!(out.starts_with("rewardbench1: 172 rows recomputed, 7 disagree"), "{out}");
+    assert!(out.contains("allenai/Llama-3.1-70B-Instruct-RM-RB2: published 0.9021"));
+}
+
+#[test]
+fn plots_are_written_or_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = samples();
+    let path = dir.path().join("samples.jsonl");
+    std::fs::write(&path, rows.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
+    let p = path.to_str().unwrap();
+    let svg = dir.path().join("bon.svg");
+    let png = dir.path().join("bon.png");
+    let heat = dir.path().join("heat.png");
+    let scatter = dir.path().join("scatter.svg");
+    let (ok_svg, _, err_svg) =
+        bestofn(&["eval", "bon", "--samples", p, "--bootstrap", "0", "--plot", svg.to_str().unwrap()]);
+    let (ok_png, _, _) = bestofn(&["eval", "bon", "--samples", p, "--bootstrap", "0", "--plot", png.to_str().unwrap()]);
+    let (ok_heat, _, _) = bestofn(&[
+        "eval",
+        "correlate",
+        "--csv",
+        TABLE8,
+        "--x",
+        "rbv2",
+        "--y",
+        "bon,ppo",
+        "--bootstrap",
+        "0",
+        "--plot",
+        heat.to_str().unwrap(),
+    ]);
+    let (ok_scatter, _, _) = bestofn(&[
+        "eval",
+        "correlate",
+        "--csv",
+        TABLE8,
+        "--x",
+        "rbv2",
+        "--y",
+        "bon",
+        "--bootstrap",
+        "0",
+        "--scatter",
+        "rbv2:bon",
+        "--scatter-plot",
+        scatter.to_str().unwrap(),
+    ]);
+    if cfg!(feature = "plot") {
+        assert!(ok_svg && ok_png && ok_heat && ok_scatter, "{err_svg}");
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(
+            text.contains("<svg")
+                && text.contains("oracle@k")
+                && text.contains("BoN@k rm")
+                && text.contains("precise_if")
+        );
+        for f in [&png, &heat] {
+            let bytes = std::fs::read(f).unwrap();
+            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", f.display());
+            assert!(bytes.len() > 2000);
+        }
+        assert!(std::fs::read_to_string(&scatter).unwrap().contains("<circle"));
+        let (ok, _, err) =
+            bestofn(&["eval", "bon", "--samples", p, "--plot", dir.path().join("bon.gif").to_str().unwrap()]);
+        assert!(!ok && err.contains(".svg or .png"), "{err}");
+    } else {
+        assert!(!ok_svg && err_svg.contains("--features plot"), "{err_svg}");
+    }
+}
