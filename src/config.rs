@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::backend::Secret;
 use crate::bon::{DOMAINS, DomainRule, MAX_N, Policy, ScorerFailurePolicy};
 use crate::record::RecorderConfig;
-use crate::score::{ChatTemplate, InputFormat, RewardApi};
+use crate::score::{ChatTemplate, Combine, InputFormat, JudgeMode, RewardApi};
 use crate::upstream::SamplingMode;
 
 /// A configuration that could not be loaded, naming the file and the problem.
@@ -58,7 +58,15 @@ struct RawConfig {
     #[serde(default)]
     domains: BTreeMap<String, RawDomain>,
     recorder: Option<RawRecorder>,
+    score_cache: Option<RawScoreCache>,
     classifier: Option<RawClassifier>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScoreCache {
+    max_entries: Option<u64>,
+    ttl_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,13 +150,39 @@ enum RawScorer {
         eject_after_failures: Option<u32>,
         eject_cooldown_ms: Option<u64>,
     },
+    Judge {
+        base_url: Option<String>,
+        base_urls: Option<Vec<String>>,
+        model: Option<String>,
+        mode: Option<JudgeMode>,
+        concurrency: Option<usize>,
+        seed: Option<u64>,
+        max_tokens: Option<u32>,
+        logprobs: Option<bool>,
+        api_key_env: Option<String>,
+        timeout_ms: Option<u64>,
+        max_retries: Option<u32>,
+        retry_backoff_ms: Option<u64>,
+        retry_backoff_max_ms: Option<u64>,
+        eject_after_failures: Option<u32>,
+        eject_cooldown_ms: Option<u64>,
+    },
+    Consensus {},
+    Verify {
+        pattern: Option<String>,
+    },
+    Ensemble {
+        members: Vec<String>,
+        combine: Option<Combine>,
+        weights: Option<Vec<f64>>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     n: u32,
-    scorer: String,
+    scorer: Option<String>,
     deadline_ms: Option<u64>,
     min_candidates: Option<u32>,
     on_scorer_failure: Option<ScorerFailurePolicy>,
@@ -180,6 +214,9 @@ pub struct Config {
     /// The traffic recorder, when configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recorder: Option<RecorderConfig>,
+    /// The score cache for pointwise scorers, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score_cache: Option<ScoreCacheConfig>,
     /// How requests without an explicit domain are classified.
     pub classifier: ClassifierConfig,
 }
@@ -277,6 +314,61 @@ pub struct UpstreamConfig {
 pub enum ScorerConfig {
     /// A reward model served over HTTP.
     RewardHttp(RewardHttpConfig),
+    /// An OpenAI-compatible LLM as judge.
+    Judge(JudgeConfig),
+    /// Agreement among the candidates (majority vote on final answers, else token F1).
+    Consensus,
+    /// Rule-based checks: stated constraints, response_format, a regex.
+    Verify {
+        /// A regex good replies match.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pattern: Option<String>,
+    },
+    /// Several scorers combined.
+    Ensemble(EnsembleConfig),
+}
+
+/// `[scorers.NAME]` with `kind = "judge"`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JudgeConfig {
+    /// Base URLs of the judge (ending in `/v1`).
+    pub base_urls: Vec<String>,
+    /// The `model` sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Rating (1-10 per candidate) or ranking (one pick).
+    pub mode: JudgeMode,
+    /// Rating calls in flight at once.
+    pub concurrency: usize,
+    /// Seed of the ranking shuffle.
+    pub seed: u64,
+    /// `max_tokens` of a judge call.
+    pub max_tokens: u32,
+    /// Score the expected rating from `top_logprobs`.
+    pub logprobs: bool,
+    /// Credentials, time limit, retries, ejection.
+    #[serde(flatten)]
+    pub transport: TransportConfig,
+}
+
+/// `[scorers.NAME]` with `kind = "ensemble"`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnsembleConfig {
+    /// Member scorer names, in priority order.
+    pub members: Vec<String>,
+    /// Lexicographic or weighted z-scores.
+    pub combine: Combine,
+    /// One weight per member.
+    pub weights: Vec<f64>,
+}
+
+/// `[score_cache]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoreCacheConfig {
+    /// Scores kept at most.
+    pub max_entries: u64,
+    /// How long a score is kept.
+    pub ttl_ms: u64,
 }
 
 /// `[scorers.NAME]` with `kind = "reward_http"`.
@@ -501,8 +593,102 @@ impl Validator<'_> {
                         )?,
                     })
                 }
+                RawScorer::Judge {
+                    base_url,
+                    base_urls,
+                    model,
+                    mode,
+                    concurrency,
+                    seed,
+                    max_tokens,
+                    logprobs,
+                    api_key_env,
+                    timeout_ms,
+                    max_retries,
+                    retry_backoff_ms,
+                    retry_backoff_max_ms,
+                    eject_after_failures,
+                    eject_cooldown_ms,
+                } => {
+                    let base_urls = match (base_url, base_urls) {
+                        (None, None) => upstream.base_urls.clone(),
+                        (one, many) => self.urls(&format!("{prefix}.base_url"), one, many)?,
+                    };
+                    ScorerConfig::Judge(JudgeConfig {
+                        base_urls,
+                        model,
+                        mode: mode.unwrap_or(JudgeMode::Rating),
+                        concurrency: self.positive(
+                            &format!("{prefix}.concurrency"),
+                            concurrency.map(|c| c as u64),
+                            8,
+                        )? as usize,
+                        seed: seed.unwrap_or(0),
+                        max_tokens: self.positive(&format!("{prefix}.max_tokens"), max_tokens.map(u64::from), 1024)?
+                            as u32,
+                        logprobs: logprobs.unwrap_or(false),
+                        transport: self.transport(
+                            &prefix,
+                            RawTransport {
+                                api_key_env,
+                                timeout_ms,
+                                max_retries,
+                                retry_backoff_ms,
+                                retry_backoff_max_ms,
+                                eject_after_failures,
+                                eject_cooldown_ms,
+                            },
+                            DEFAULT_SCORER_TIMEOUT_MS,
+                        )?,
+                    })
+                }
+                RawScorer::Consensus {} => ScorerConfig::Consensus,
+                RawScorer::Verify { pattern } => {
+                    if let Some(p) = &pattern {
+                        regex::Regex::new(p)
+                            .map_err(|e| self.invalid(&format!("{prefix}.pattern"), format!("not a regex: {e}")))?;
+                    }
+                    ScorerConfig::Verify { pattern }
+                }
+                RawScorer::Ensemble { members, combine, weights } => {
+                    if members.is_empty() {
+                        return Err(self.invalid(&format!("{prefix}.members"), "must name at least one scorer"));
+                    }
+                    let weights = weights.unwrap_or_else(|| vec![1.0; members.len()]);
+                    if weights.len() != members.len() || weights.iter().any(|w| !w.is_finite()) {
+                        return Err(self.invalid(&format!("{prefix}.weights"), "needs one finite weight per member"));
+                    }
+                    ScorerConfig::Ensemble(EnsembleConfig {
+                        members,
+                        combine: combine.unwrap_or(Combine::Lexicographic),
+                        weights,
+                    })
+                }
             };
             scorers.insert(name, config);
+        }
+        // Scorers that need no server are always there under their kind's name.
+        scorers.entry("consensus".to_string()).or_insert(ScorerConfig::Consensus);
+        scorers.entry("verify".to_string()).or_insert(ScorerConfig::Verify { pattern: None });
+        for (name, scorer) in &scorers {
+            if let ScorerConfig::Ensemble(e) = scorer {
+                for m in &e.members {
+                    match scorers.get(m) {
+                        None => {
+                            return Err(
+                                self.invalid(&format!("scorers.{name}.members"), format!("no scorer named '{m}'"))
+                            );
+                        }
+                        Some(ScorerConfig::Ensemble(_)) => {
+                            return Err(self.invalid(
+                                &format!("scorers.{name}.members"),
+                                format!("'{m}' is an ensemble; members must not be"),
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
         }
 
         let check_n = |key: &str, n: u32| {
@@ -522,7 +708,9 @@ impl Validator<'_> {
         };
         let p = raw.policy;
         check_n("policy.n", p.n)?;
-        check_scorer("policy.scorer", &p.scorer)?;
+        // Without an RM, consensus (majority voting) is the default.
+        let policy_scorer = p.scorer.unwrap_or_else(|| "consensus".to_string());
+        check_scorer("policy.scorer", &policy_scorer)?;
         let min_candidates = p.min_candidates.unwrap_or(1);
         if min_candidates == 0 {
             return Err(self.invalid("policy.min_candidates", "must be at least 1"));
@@ -532,7 +720,7 @@ impl Validator<'_> {
         }
         let policy = PolicyConfig {
             n: p.n,
-            scorer: p.scorer,
+            scorer: policy_scorer,
             deadline_ms: p.deadline_ms,
             min_candidates,
             on_scorer_failure: p.on_scorer_failure.unwrap_or(ScorerFailurePolicy::Fail),
@@ -615,7 +803,14 @@ impl Validator<'_> {
                 }
             }
         };
-        Ok(Config { server, upstream, scorers, policy, domains, recorder, classifier })
+        let score_cache = match raw.score_cache {
+            None => None,
+            Some(c) => Some(ScoreCacheConfig {
+                max_entries: self.positive("score_cache.max_entries", c.max_entries, 100_000)?,
+                ttl_ms: self.positive("score_cache.ttl_ms", c.ttl_ms, 600_000)?,
+            }),
+        };
+        Ok(Config { server, upstream, scorers, policy, domains, recorder, score_cache, classifier })
     }
 
     fn server(&self, raw: RawServer) -> Result<ServerConfig, ConfigError> {
@@ -703,7 +898,8 @@ n = 8
         assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.upstream.sampling, SamplingMode::Auto);
         assert_eq!(c.domains["math"].n, Some(8));
-        let ScorerConfig::RewardHttp(rm) = &c.scorers["rm"];
+        let ScorerConfig::RewardHttp(rm) = &c.scorers["rm"] else { panic!("rm is reward_http") };
+        assert_eq!(c.scorers["consensus"], ScorerConfig::Consensus, "built in");
         assert_eq!(rm.transport.timeout_ms, 30_000);
         assert_eq!(c.policy.on_scorer_failure, ScorerFailurePolicy::Fail);
         assert_eq!(rm.chat_template, ChatTemplate::Chatml);

@@ -345,9 +345,11 @@ fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
             let prompt = row.prompt.clone().unwrap_or_default();
             let conversation = [bestofn::score::Message { role: "user".into(), content: prompt }];
             let out = runtime
-                .block_on(
-                    scorer.score(bestofn::score::ScoreInput { conversation: &conversation, candidates: &row.texts }),
-                )
+                .block_on(scorer.score(bestofn::score::ScoreInput {
+                    conversation: &conversation,
+                    candidates: &row.texts,
+                    response_format: None,
+                }))
                 .with_context(|| format!("{}:{}: labelling with {name} failed", args.samples.display(), row.line))?;
             row.labels = Some(out.scores.iter().map(|s| s.clamp(0.0, 1.0)).collect());
         }

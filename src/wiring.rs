@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{Backend, EjectionPolicy, EndpointPool, RetryPolicy, Secret};
-use crate::config::{ScorerConfig, TransportConfig};
-use crate::score::{RewardHttpScorer, Scorer};
+use crate::config::{ScoreCacheConfig, ScorerConfig, TransportConfig};
+use crate::metrics::Metrics;
+use crate::score::{
+    CachedScorer, ConsensusScorer, EnsembleScorer, JudgeScorer, RewardHttpScorer, Scorer, VerifyScorer,
+};
 
 /// A startup failure: a missing environment variable or an HTTP client that cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +65,29 @@ pub fn backend(
     })
 }
 
-/// One scorer from its config section.
+/// The score cache and the counters it reports to, when configured.
+pub struct CacheSetup<'a> {
+    /// Size and lifetime.
+    pub config: &'a ScoreCacheConfig,
+    /// Where hits and misses are counted.
+    pub metrics: &'a Metrics,
+}
+
+/// One non-ensemble scorer from its config section (ensembles need their members: see
+/// [`build_scorers`]).
 pub fn build_scorer(
     client: &reqwest::Client,
     name: &str,
     config: &ScorerConfig,
+) -> Result<Arc<dyn Scorer>, StartupError> {
+    build_with(client, name, config, &BTreeMap::new())
+}
+
+fn build_with(
+    client: &reqwest::Client,
+    name: &str,
+    config: &ScorerConfig,
+    built: &BTreeMap<String, Arc<dyn Scorer>>,
 ) -> Result<Arc<dyn Scorer>, StartupError> {
     Ok(match config {
         ScorerConfig::RewardHttp(c) => Arc::new(RewardHttpScorer {
@@ -79,13 +100,70 @@ pub fn build_scorer(
             label: c.label.clone(),
             backend: backend(client, format!("scorer {name}"), &c.urls, &c.transport)?,
         }),
+        ScorerConfig::Judge(c) => Arc::new(JudgeScorer {
+            name: name.to_string(),
+            backend: backend(client, format!("scorer {name}"), &c.base_urls, &c.transport)?,
+            model: c.model.clone(),
+            mode: c.mode,
+            concurrency: c.concurrency,
+            seed: c.seed,
+            max_tokens: c.max_tokens,
+            logprobs: c.logprobs,
+        }),
+        ScorerConfig::Consensus => Arc::new(ConsensusScorer { name: name.to_string() }),
+        ScorerConfig::Verify { pattern } => Arc::new(VerifyScorer {
+            name: name.to_string(),
+            pattern: match pattern {
+                Some(p) => {
+                    Some(regex::Regex::new(p).map_err(|e| StartupError(format!("scorer {name}: bad pattern: {e}")))?)
+                }
+                None => None,
+            },
+        }),
+        ScorerConfig::Ensemble(e) => Arc::new(EnsembleScorer {
+            name: name.to_string(),
+            members: e
+                .members
+                .iter()
+                .map(|m| {
+                    built
+                        .get(m)
+                        .cloned()
+                        .ok_or_else(|| StartupError(format!("scorer {name}: member '{m}' is not built")))
+                })
+                .collect::<Result<_, _>>()?,
+            combine: e.combine,
+            weights: e.weights.clone(),
+        }),
     })
 }
 
-/// Every configured scorer, by name.
+/// Every configured scorer, by name: plain scorers first (pointwise ones behind the score cache
+/// when one is configured), then ensembles over them.
 pub fn build_scorers(
     client: &reqwest::Client,
     configs: &BTreeMap<String, ScorerConfig>,
+    cache: Option<CacheSetup<'_>>,
 ) -> Result<BTreeMap<String, Arc<dyn Scorer>>, StartupError> {
-    configs.iter().map(|(name, c)| Ok((name.clone(), build_scorer(client, name, c)?))).collect()
+    let mut built: BTreeMap<String, Arc<dyn Scorer>> = BTreeMap::new();
+    for (name, c) in configs.iter().filter(|(_, c)| !matches!(c, ScorerConfig::Ensemble(_))) {
+        let mut scorer = build_with(client, name, c, &built)?;
+        if let Some(cache) = &cache
+            && scorer.pointwise()
+        {
+            scorer = Arc::new(CachedScorer::new(
+                scorer,
+                cache.config.max_entries,
+                Duration::from_millis(cache.config.ttl_ms),
+                cache.metrics.cache_hits.with_label_values(&[name.as_str()]),
+                cache.metrics.cache_misses.with_label_values(&[name.as_str()]),
+            ));
+        }
+        built.insert(name.clone(), scorer);
+    }
+    for (name, c) in configs.iter().filter(|(_, c)| matches!(c, ScorerConfig::Ensemble(_))) {
+        let scorer = build_with(client, name, c, &built)?;
+        built.insert(name.clone(), scorer);
+    }
+    Ok(built)
 }

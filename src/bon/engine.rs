@@ -73,13 +73,19 @@ impl Engine {
         self
     }
 
-    async fn score(&self, plan: &Plan, conversation: &[Message], samples: &Samples) -> Result<ScoreOutput, Error> {
+    async fn score(
+        &self,
+        plan: &Plan,
+        conversation: &[Message],
+        samples: &Samples,
+        response_format: Option<&Value>,
+    ) -> Result<ScoreOutput, Error> {
         let scorer = self
             .scorers
             .get(&plan.scorer)
             .ok_or_else(|| Error::Internal(format!("scorer '{}' vanished after planning", plan.scorer)))?;
         let texts: Vec<String> = samples.candidates.iter().map(|c| c.text.clone()).collect();
-        let out = scorer.score(ScoreInput { conversation, candidates: &texts }).await?;
+        let out = scorer.score(ScoreInput { conversation, candidates: &texts, response_format }).await?;
         if out.scores.len() != texts.len() {
             return Err(Error::BadGateway {
                 backend: format!("scorer {}", plan.scorer),
@@ -151,7 +157,7 @@ impl Engine {
         let scoring_started = Instant::now();
         let mut scorer_error = None;
         let (scores, scorer_usage) = if samples.candidates.len() > 1 {
-            match self.score(plan, conversation, &samples).await {
+            match self.score(plan, conversation, &samples, body.get("response_format")).await {
                 Ok(out) => (out.scores, out.usage),
                 Err(e) if self.policy.on_scorer_failure == ScorerFailurePolicy::Fail => return Err(e),
                 Err(e) => {

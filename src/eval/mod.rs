@@ -113,7 +113,13 @@ pub async fn score_dataset(
             let scorer = scorer.clone();
             async move {
                 let conversation = [Message { role: "user".into(), content: row.prompt.clone() }];
-                let out = scorer.score(ScoreInput { conversation: &conversation, candidates: &row.completions }).await;
+                let out = scorer
+                    .score(ScoreInput {
+                        conversation: &conversation,
+                        candidates: &row.completions,
+                        response_format: None,
+                    })
+                    .await;
                 (row, out)
             }
         })

@@ -1,16 +1,26 @@
 //! Scorers: given a conversation and N candidate replies, one score per candidate (higher is
 //! better). The proxy and the offline evaluator call scorers through the one [`Scorer`] trait.
 
+mod cache;
+mod consensus;
+mod ensemble;
+mod judge;
 mod reward_http;
 mod template;
+mod verify;
 
 use std::future::Future;
 use std::pin::Pin;
 
 use serde::Serialize;
 
+pub use cache::CachedScorer;
+pub use consensus::{ConsensusScorer, consensus_scores, final_answer, normalize_answer};
+pub use ensemble::{Combine, EnsembleScorer};
+pub use judge::{JudgeMode, JudgeScorer, expected_rating, parse_rating};
 pub use reward_http::{InputFormat, RewardApi, RewardHttpScorer};
 pub use template::ChatTemplate;
+pub use verify::{VerifyScorer, checks_for, conforms, parse_constraints, passes};
 
 use crate::error::Error;
 
@@ -30,6 +40,8 @@ pub struct ScoreInput<'a> {
     pub conversation: &'a [Message],
     /// The candidate replies, in candidate order.
     pub candidates: &'a [String],
+    /// The request's `response_format`, for verifiers.
+    pub response_format: Option<&'a serde_json::Value>,
 }
 
 /// A scorer's answer: one finite score per candidate, and what the scoring cost.
@@ -60,6 +72,11 @@ pub trait Scorer: Send + Sync {
     fn name(&self) -> &str;
     /// Scores every candidate; the result has exactly one finite score per candidate.
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>>;
+    /// True when a candidate's score depends only on the conversation and that candidate (not on
+    /// the other candidates), so it may be cached and duplicates scored once.
+    fn pointwise(&self) -> bool {
+        false
+    }
 }
 
 /// The conversation with `candidate` appended as the final assistant turn.

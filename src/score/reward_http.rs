@@ -61,6 +61,10 @@ impl Scorer for RewardHttpScorer {
         &self.name
     }
 
+    fn pointwise(&self) -> bool {
+        true
+    }
+
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
         Box::pin(self.score_all(input))
     }

@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::record::Recorder;
 use crate::upstream::{JudgeClassifier, Upstream};
 pub use crate::wiring::StartupError;
-use crate::wiring::{backend, build_scorers, http_client};
+use crate::wiring::{CacheSetup, backend, build_scorers, http_client};
 
 /// Shared state of the server.
 pub struct AppState {
@@ -68,7 +68,9 @@ impl AppState {
         let upstream_backend = backend(&client, "upstream".into(), &up.base_urls, &up.transport)?;
         let upstream = Arc::new(Upstream::new(upstream_backend, up.sampling, up.hedge));
 
-        let scorers = build_scorers(&client, &config.scorers)?;
+        let metrics = Arc::new(Metrics::new().map_err(|e| StartupError(format!("cannot register metrics: {e}")))?);
+        let cache = config.score_cache.as_ref().map(|c| CacheSetup { config: c, metrics: &metrics });
+        let scorers = build_scorers(&client, &config.scorers, cache)?;
 
         let server = &config.server;
         let mut api_keys = server.api_keys.clone();
@@ -92,7 +94,6 @@ impl AppState {
             let judge = backend(&client, "classifier".into(), std::slice::from_ref(base_url), &transport)?;
             engine = engine.with_classifier(Arc::new(JudgeClassifier { backend: judge, model: model.clone() }));
         }
-        let metrics = Arc::new(Metrics::new().map_err(|e| StartupError(format!("cannot register metrics: {e}")))?);
         // Series that exist from the start, so dashboards show zeros rather than "no data".
         for name in config.scorers.keys() {
             metrics.cache_hits.with_label_values(&[name.as_str()]);

@@ -1,0 +1,195 @@
+//! Scorer kind `judge`: an OpenAI-compatible LLM rates each candidate 1-10 with RewardBench 2's
+//! ratings prompt (concurrent calls, bounded), or picks the best of all candidates in one call
+//! (ranking mode, candidates shuffled by a seeded RNG against position bias).
+
+use futures_util::StreamExt;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
+use crate::backend::Backend;
+use crate::error::Error;
+
+/// RewardBench 2's `ratings_prompt` (allenai/reward-bench `scripts/run_generative_v2.py`).
+pub const RATINGS_PROMPT: &str = "\n### Task Description\nPlease act as an impartial judge and evaluate the quality of the response provided by an\nAI assistant to the user query displayed below.\n\nNotes:\n1- Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response.\n2- Begin your evaluation by providing a short explanation.\n3- Be as objective as possible. After providing your explanation, please rate the response on a scale of 1 to 10. For your rating, only give a number between 1 and 10 (inclusive), do not use any markdown, and do not put any text after your final rating.\n\n[Query]\n{prompt}\n\n[Response]\n{completion}\n\n[Your judgement]";
+
+const RANKING_SYSTEM: &str = "Please act as an impartial judge and evaluate the responses provided by AI assistants to the \
+user question displayed below. Choose the assistant that follows the user's instructions and answers the user's question \
+best. Avoid any position biases and ensure that the order in which the responses were presented does not influence your \
+decision. Do not allow the length of the responses to influence your evaluation. Be as objective as possible. After \
+providing your explanation, output your final verdict by strictly following this format: \"[[X]]\" where X is the letter \
+of the best assistant.";
+
+/// Rate each candidate, or rank them all in one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JudgeMode {
+    /// One call per candidate, a 1-10 rating each.
+    Rating,
+    /// One call for all candidates; the pick scores 1, the rest 0.
+    Ranking,
+}
+
+/// An LLM judge.
+#[derive(Debug)]
+pub struct JudgeScorer {
+    /// The scorer's configured name.
+    pub name: String,
+    /// Endpoints are base URLs ending in `/v1`.
+    pub backend: Backend,
+    /// The `model` field sent.
+    pub model: Option<String>,
+    /// Rating or ranking.
+    pub mode: JudgeMode,
+    /// Rating calls in flight at once.
+    pub concurrency: usize,
+    /// Seed of the ranking shuffle.
+    pub seed: u64,
+    /// `max_tokens` of judge calls.
+    pub max_tokens: u32,
+    /// Ask for `top_logprobs` and score the expected rating over the digit probabilities.
+    pub logprobs: bool,
+}
+
+/// The trailing rating 1..10 of a judgement, or -1 when there is none (the reference's rule).
+pub fn parse_rating(text: &str) -> f64 {
+    Regex::new(r"\b([1-9]|10)\b\s*$")
+        .ok()
+        .and_then(|r| r.captures(text.trim()))
+        .and_then(|c| c.get(1))
+        .and_then(|m| m.as_str().parse::<f64>().ok())
+        .unwrap_or(-1.0)
+}
+
+/// The expected rating over the digit probabilities at the last rating token, when the judge
+/// returned `top_logprobs`.
+pub fn expected_rating(logprobs: &Value) -> Option<f64> {
+    let tokens = logprobs.get("content")?.as_array()?;
+    let rating = |t: &str| t.trim().parse::<u32>().ok().filter(|v| (1..=10).contains(v));
+    let at = tokens.iter().rposition(|t| t.get("token").and_then(Value::as_str).and_then(rating).is_some())?;
+    let (mut mass, mut total) = (0.0, 0.0);
+    for alt in tokens[at].get("top_logprobs")?.as_array()? {
+        if let (Some(v), Some(lp)) =
+            (alt.get("token").and_then(Value::as_str).and_then(rating), alt.get("logprob").and_then(Value::as_f64))
+        {
+            let p = lp.exp();
+            mass += p;
+            total += p * f64::from(v);
+        }
+    }
+    (mass > 0.0).then(|| total / mass)
+}
+
+impl JudgeScorer {
+    fn body(&self, messages: Value, logprobs: bool) -> Value {
+        let mut body = json!({"messages": messages, "temperature": 0, "max_tokens": self.max_tokens});
+        if let Some(m) = &self.model {
+            body["model"] = json!(m);
+        }
+        if logprobs {
+            body["logprobs"] = json!(true);
+            body["top_logprobs"] = json!(20);
+        }
+        body
+    }
+
+    async fn rate(&self, prompt: &str, candidate: &str) -> Result<(f64, Option<u64>), Error> {
+        let content = RATINGS_PROMPT.replace("{prompt}", prompt).replace("{completion}", candidate);
+        let body = self.body(json!([{"role": "user", "content": content}]), self.logprobs);
+        let reply = self.backend.post_json("/chat/completions", &body).await.map_err(Error::into_gateway_failure)?.body;
+        let tokens = reply.pointer("/usage/total_tokens").and_then(Value::as_u64);
+        let text = reply.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or("");
+        let expected = reply.pointer("/choices/0/logprobs").and_then(expected_rating);
+        Ok((expected.unwrap_or_else(|| parse_rating(text)), tokens))
+    }
+
+    async fn rank(&self, prompt: &str, candidates: &[String]) -> Result<ScoreOutput, Error> {
+        const LETTERS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        if candidates.len() > LETTERS.len() {
+            return Err(Error::BadGateway {
+                backend: format!("scorer {}", self.name),
+                message: format!("ranking mode labels at most 26 candidates, got {}", candidates.len()),
+            });
+        }
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        fastrand::Rng::with_seed(self.seed).shuffle(&mut order);
+        let mut user = format!("[User Question]\n{prompt}\n\n");
+        for (slot, &i) in order.iter().enumerate() {
+            let l = LETTERS[slot] as char;
+            user.push_str(&format!(
+                "[The Start of Assistant {l}'s Answer]\n{}\n[The End of Assistant {l}'s Answer]\n\n",
+                candidates[i]
+            ));
+        }
+        let body =
+            self.body(json!([{"role": "system", "content": RANKING_SYSTEM}, {"role": "user", "content": user}]), false);
+        let reply = self.backend.post_json("/chat/completions", &body).await.map_err(Error::into_gateway_failure)?.body;
+        let text = reply.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or("");
+        let picked = (0..order.len()).find(|&slot| text.contains(&format!("[[{}]]", LETTERS[slot] as char)));
+        let mut scores = vec![0.0; candidates.len()];
+        if let Some(slot) = picked {
+            scores[order[slot]] = 1.0;
+        }
+        let usage =
+            ScorerUsage { calls: 1, prompt_tokens: reply.pointer("/usage/prompt_tokens").and_then(Value::as_u64) };
+        Ok(ScoreOutput { scores, usage })
+    }
+}
+
+impl Scorer for JudgeScorer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn pointwise(&self) -> bool {
+        self.mode == JudgeMode::Rating
+    }
+
+    fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
+        Box::pin(async move {
+            let prompt = input.conversation.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
+            if self.mode == JudgeMode::Ranking {
+                return self.rank(prompt, input.candidates).await;
+            }
+            let calls: Vec<_> = input.candidates.iter().map(|c| self.rate(prompt, c.as_str())).collect();
+            let results: Vec<Result<(f64, Option<u64>), Error>> =
+                futures_util::stream::iter(calls).buffered(self.concurrency.max(1)).collect().await;
+            let mut scores = Vec::with_capacity(results.len());
+            let mut tokens = Some(0u64);
+            for r in results {
+                let (s, t) = r?;
+                scores.push(s);
+                tokens = tokens.zip(t).map(|(a, b)| a + b);
+            }
+            Ok(ScoreOutput { usage: ScorerUsage { calls: scores.len() as u32, prompt_tokens: tokens }, scores })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratings_parse_like_the_reference() {
+        assert_eq!(parse_rating("Good answer. 8"), 8.0);
+        assert_eq!(parse_rating("Rating: 10\n"), 10.0);
+        assert_eq!(parse_rating("I give it 7/10"), 10.0);
+        assert_eq!(parse_rating("8 out of ten"), -1.0);
+        assert_eq!(parse_rating(""), -1.0);
+    }
+
+    #[test]
+    fn expected_rating_from_top_logprobs() {
+        let lp = json!({"content": [
+            {"token": "Score", "logprob": -0.1, "top_logprobs": []},
+            {"token": "8", "logprob": -0.5, "top_logprobs": [
+                {"token": "8", "logprob": (0.6f64).ln()}, {"token": "7", "logprob": (0.3f64).ln()}, {"token": "x", "logprob": (0.1f64).ln()}
+            ]}
+        ]});
+        let e = expected_rating(&lp).unwrap();
+        assert!((e - (0.6 * 8.0 + 0.3 * 7.0) / 0.9).abs() < 1e-9);
+        assert!(expected_rating(&json!({"content": []})).is_none());
+    }
+}
