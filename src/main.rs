@@ -260,6 +260,25 @@ async fn shutdown_signal() {
     }
 }
 
+/// The named scorer of a config file, built as the server builds it (ensembles included), and
+/// a runtime to drive it.
+fn load_scorer(
+    config_path: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<(Arc<dyn bestofn::score::Scorer>, tokio::runtime::Runtime)> {
+    let config = Config::from_file(config_path)?;
+    if !config.scorers.contains_key(name) {
+        anyhow::bail!("{}: no scorer named '{name}'", config_path.display());
+    }
+    let client = bestofn::wiring::http_client()?;
+    let mut scorers = bestofn::wiring::build_scorers(&client, &config.scorers, None)?;
+    let scorer =
+        scorers.remove(name).with_context(|| format!("{}: scorer '{name}' was not built", config_path.display()))?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    Ok((scorer, runtime))
+}
+
 fn eval_rewardbench(args: RewardbenchArgs) -> anyhow::Result<()> {
     use bestofn::eval::rewardbench::{TiesVariant, rewardbench1, rewardbench2};
     use bestofn::eval::{input, render_report, score_dataset};
@@ -278,17 +297,7 @@ fn eval_rewardbench(args: RewardbenchArgs) -> anyhow::Result<()> {
             dataset.truncate(args.limit.unwrap_or(usize::MAX));
             let config_path = args.config.as_ref().context("--dataset needs --config")?;
             let name = args.scorer.as_ref().context("--dataset needs --scorer")?;
-            let config = Config::from_file(config_path)?;
-            let scorer_config = config
-                .scorers
-                .get(name)
-                .with_context(|| format!("{}: no scorer named '{name}'", config_path.display()))?;
-            let client = bestofn::wiring::http_client()?;
-            let scorer = bestofn::wiring::build_scorer(&client, name, scorer_config)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
+            let (scorer, runtime) = load_scorer(config_path, name)?;
             let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let wanted: std::collections::HashSet<String> = dataset.iter().map(|r| r.id.clone()).collect();
             let mut scored =
@@ -332,15 +341,7 @@ fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
     let mut rows = read_samples(&args.samples)?;
     if let Some(name) = &args.label_with {
         let config_path = args.config.as_ref().context("--label-with needs --config")?;
-        let config = Config::from_file(config_path)?;
-        let scorer_config =
-            config.scorers.get(name).with_context(|| format!("{}: no scorer named '{name}'", config_path.display()))?;
-        let client = bestofn::wiring::http_client()?;
-        let scorer = bestofn::wiring::build_scorer(&client, name, scorer_config)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
+        let (scorer, runtime) = load_scorer(config_path, name)?;
         for row in rows.iter_mut().filter(|r| r.labels.is_none()) {
             let prompt = row.prompt.clone().unwrap_or_default();
             let conversation = [bestofn::score::Message { role: "user".into(), content: prompt }];

@@ -5,20 +5,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use bestofn::eval::bon::{Prompt, bon_report};
 use common::*;
 use serde_json::{Value, json};
-
-fn bestofn(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bestofn")).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn samples() -> Vec<Value> {
     let mut rows = Vec::new();

@@ -5,21 +5,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use bestofn::eval::input::read_dataset;
 use bestofn::eval::rewardbench::{ScoredRow, TiesVariant, V1_SECTIONS, rewardbench2, v1_overall};
 use common::*;
 use serde_json::{Value, json};
-
-fn bestofn(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bestofn")).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
     let path = dir.path().join(name);

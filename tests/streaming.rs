@@ -215,30 +215,7 @@ async fn pass_through_streaming_delivers_tokens_before_the_upstream_finishes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_goes_away_closes_the_upstream_connections() {
     // A raw upstream that never answers and reports when each connection is closed by its peer.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let closed_tx = closed_tx.clone();
-            let accepted_tx = accepted_tx.clone();
-            tokio::spawn(async move {
-                use tokio::io::AsyncReadExt;
-                if read_http_request(&mut stream).await.is_some() {
-                    let _ = accepted_tx.send(());
-                }
-                let mut buf = [0u8; 64];
-                while let Ok(n) = stream.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                let _ = closed_tx.send(());
-            });
-        }
-    });
+    let (addr, mut accepted_rx, mut closed_rx) = hanging_upstream().await;
     let rm = FakeServer::start(rm_handler()).await;
     let dummy = FakeServer::start(|_: &Recorded| Reply::Json(500, json!({}))).await;
     let cfg = streaming_config(&dummy, &rm, "parallel", 3)
@@ -319,30 +296,7 @@ async fn legacy_completions_with_best_of() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_non_streaming_client_that_goes_away_closes_the_upstream_connections() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let closed_tx = closed_tx.clone();
-            let accepted_tx = accepted_tx.clone();
-            tokio::spawn(async move {
-                use tokio::io::AsyncReadExt;
-                if read_http_request(&mut stream).await.is_some() {
-                    let _ = accepted_tx.send(());
-                }
-                let mut buf = [0u8; 64];
-                while let Ok(n) = stream.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                let _ = closed_tx.send(());
-            });
-        }
-    });
+    let (addr, mut accepted_rx, mut closed_rx) = hanging_upstream().await;
     let rm = FakeServer::start(rm_handler()).await;
     let dummy = FakeServer::start(|_: &Recorded| Reply::Json(500, json!({}))).await;
     let cfg = config(&dummy, &rm, "parallel", 2)

@@ -73,16 +73,20 @@ pub fn parse_scored_row(line: &str) -> Result<ScoredRow, String> {
     Ok(ScoredRow { id, subset, num_correct, scores })
 }
 
-/// Reads a scores JSONL file; the first bad line stops the read.
-pub fn read_scores(path: &Path) -> Result<Vec<ScoredRow>, InputError> {
+/// Reads a JSONL file, parsing each non-blank line with `parse(line, line_number)`; the first
+/// bad line stops the read with the file and line.
+pub fn read_jsonl<T>(path: &Path, parse: impl Fn(&str, usize) -> Result<T, String>) -> Result<Vec<T>, InputError> {
     let text = std::fs::read_to_string(path).map_err(|source| InputError::Read { path: path.into(), source })?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            parse_scored_row(l).map_err(|message| InputError::Row { path: path.into(), line: i + 1, message })
-        })
+        .map(|(i, l)| parse(l, i + 1).map_err(|message| InputError::Row { path: path.into(), line: i + 1, message }))
         .collect()
+}
+
+/// Reads a scores JSONL file; the first bad line stops the read.
+pub fn read_scores(path: &Path) -> Result<Vec<ScoredRow>, InputError> {
+    read_jsonl(path, |line, _| parse_scored_row(line))
 }
 
 /// One benchmark item: a prompt and its completions, correct ones first.
@@ -137,16 +141,10 @@ pub fn read_dataset(path: &Path) -> Result<Vec<BenchmarkRow>, InputError> {
     if path.extension().is_some_and(|e| e == "parquet") {
         return read_parquet(path);
     }
-    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read { path: path.into(), source })?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            let row = |message| InputError::Row { path: path.into(), line: i + 1, message };
-            let v: Value = serde_json::from_str(l).map_err(|e| row(format!("not valid JSON: {e}")))?;
-            parse_benchmark_row(&v).map_err(row)
-        })
-        .collect()
+    read_jsonl(path, |line, _| {
+        let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+        parse_benchmark_row(&v)
+    })
 }
 
 #[cfg(feature = "parquet")]

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::bon::Prompt;
-use super::input::InputError;
+use super::input::{InputError, read_jsonl};
 
 /// A samples row before labels are known.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,16 +85,10 @@ fn parse_row(v: &Value, line: usize) -> Result<SampleRow, String> {
 
 /// Reads a samples JSONL file.
 pub fn read_samples(path: &Path) -> Result<Vec<SampleRow>, InputError> {
-    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read { path: path.into(), source })?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            let err = |message| InputError::Row { path: path.into(), line: i + 1, message };
-            let v: Value = serde_json::from_str(l).map_err(|e| err(format!("not valid JSON: {e}")))?;
-            parse_row(&v, i + 1).map_err(err)
-        })
-        .collect()
+    read_jsonl(path, |line, number| {
+        let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+        parse_row(&v, number)
+    })
 }
 
 /// The labelled rows as prompts for [`super::bon::bon_report`]; the count of unlabelled rows.

@@ -558,3 +558,44 @@ pub async fn read_http_request(stream: &mut tokio::net::TcpStream) -> Option<Val
         }
     }
 }
+
+/// Runs the real `bestofn` binary with `args`: success, stdout, stderr.
+pub fn bestofn(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bestofn")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A raw upstream that reads each request and never answers, reporting each accepted request
+/// and each connection its peer closed.
+pub async fn hanging_upstream()
+-> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (accepted_tx, accepted_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let closed_tx = closed_tx.clone();
+            let accepted_tx = accepted_tx.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                if read_http_request(&mut stream).await.is_some() {
+                    let _ = accepted_tx.send(());
+                }
+                let mut buf = [0u8; 64];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    (addr, accepted_rx, closed_rx)
+}
