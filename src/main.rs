@@ -74,6 +74,16 @@ struct BonArgs {
     /// rewards (repeatable): compare scorers on the same recorded candidates.
     #[arg(long, requires = "config")]
     rescore: Vec<String>,
+    #[command(flatten)]
+    stats: StatsArgs,
+    /// Write the curves to FILE.svg or FILE.png (needs the `plot` feature).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+/// Bootstrap and output options shared by the statistics commands.
+#[derive(clap::Args)]
+struct StatsArgs {
     /// Bootstrap resamples for the 95% intervals (0: none).
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
@@ -83,9 +93,6 @@ struct BonArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: bestofn::eval::Format,
-    /// Write the curves to FILE.svg or FILE.png (needs the `plot` feature).
-    #[arg(long)]
-    plot: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -105,15 +112,8 @@ struct CorrelateArgs {
     /// Keep only rows where COLUMN=a..b (inclusive numeric range) or COLUMN=v1|v2 (repeatable).
     #[arg(long = "where", value_name = "COLUMN=SPEC")]
     filters: Vec<String>,
-    /// Bootstrap resamples for the 95% intervals.
-    #[arg(long, default_value_t = 1000)]
-    bootstrap: usize,
-    /// Seed of the bootstrap.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "table")]
-    format: bestofn::eval::Format,
+    #[command(flatten)]
+    stats: StatsArgs,
     /// Heatmap of the (first method's) grid to FILE.svg or FILE.png (needs the `plot` feature).
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -410,8 +410,8 @@ fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
     if prompts.is_empty() {
         anyhow::bail!("{}: no labelled prompts", args.samples.display());
     }
-    let report = bon_report(&prompts, args.bootstrap, args.seed);
-    print!("{}", render_bon(&report, args.format));
+    let report = bon_report(&prompts, args.stats.bootstrap, args.stats.seed);
+    print!("{}", render_bon(&report, args.stats.format));
     if let Some(path) = &args.plot {
         plot_or_explain(|| bestofn::eval::plot::plot_bon(&report, path))?;
     }
@@ -437,8 +437,8 @@ fn eval_correlate(args: CorrelateArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("--where: {e}"))?;
     let columns = read_columns(&args.csv, &wanted, &filters)?;
-    let result = grid(&columns, &args.x, &args.y, &methods, args.bootstrap, args.seed);
-    print!("{}", render_grid(&result, &args.x, args.format));
+    let result = grid(&columns, &args.x, &args.y, &methods, args.stats.bootstrap, args.stats.seed);
+    print!("{}", render_grid(&result, &args.x, args.stats.format));
     if let Some(path) = &args.plot {
         let method = methods[0];
         let rows: Vec<(String, Vec<bestofn::eval::correlate::Cell>)> = result
