@@ -27,6 +27,8 @@ async fn stub(handler: fn(&Value, &str) -> Value) -> SocketAddr {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
+            // As a production upstream would: no Nagle delay on small writes.
+            let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
                     let path = req.uri().path().to_string();

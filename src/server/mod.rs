@@ -59,6 +59,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
             },
             () = &mut shutdown => break,
         };
+        // Streams are written in many small frames; Nagle's algorithm against the client's
+        // delayed ACK would hold each back by tens of milliseconds.
+        let _ = stream.set_nodelay(true);
         let state = state.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
