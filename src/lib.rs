@@ -16,6 +16,8 @@ pub mod openai;
 pub mod record;
 pub mod score;
 pub mod server;
+#[cfg(test)]
+mod test_support;
 pub mod upstream;
 pub mod wiring;
 

@@ -170,6 +170,28 @@ fn r_of(json: &Value, method: &str, y: &str, x: &str) -> f64 {
     json[method][y][x]["r"].as_f64().unwrap()
 }
 
+/// Pearson of rbv2 against `y` over the Table 8 rows `filter` keeps, as JSON.
+fn correlate_where(y: &str, filter: &str) -> Value {
+    let (ok, out, err) = bestofn(&[
+        "eval",
+        "correlate",
+        "--csv",
+        TABLE8,
+        "--x",
+        "rbv2",
+        "--y",
+        y,
+        "--where",
+        filter,
+        "--format",
+        "json",
+        "--bootstrap",
+        "0",
+    ]);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
 #[test]
 fn correlate_reproduces_the_table8_numbers() {
     let (ok, out, err) = bestofn(&[
@@ -200,60 +222,14 @@ fn correlate_reproduces_the_table8_numbers() {
     assert!(cell["ci_low"].as_f64().unwrap() <= 0.915 && 0.915 <= cell["ci_high"].as_f64().unwrap());
     assert!(cell["p"].as_f64().unwrap() < 1e-4);
 
-    let (_, out, _) = bestofn(&[
-        "eval",
-        "correlate",
-        "--csv",
-        TABLE8,
-        "--x",
-        "rbv2",
-        "--y",
-        "bon,ppo",
-        "--where",
-        "id=1..12",
-        "--format",
-        "json",
-        "--bootstrap",
-        "0",
-    ]);
-    let on_policy: Value = serde_json::from_str(&out).unwrap();
+    let on_policy = correlate_where("bon,ppo", "id=1..12");
     assert_eq!(round3(r_of(&on_policy, "pearson", "bon", "rbv2")), 0.928);
     assert_eq!(round3(r_of(&on_policy, "pearson", "ppo", "rbv2")), 0.885);
     assert_eq!(on_policy["pearson"]["bon"]["rbv2"]["n"], 12);
-    let (_, out, _) = bestofn(&[
-        "eval",
-        "correlate",
-        "--csv",
-        TABLE8,
-        "--x",
-        "rbv2",
-        "--y",
-        "ppo",
-        "--where",
-        "id=1..9",
-        "--format",
-        "json",
-        "--bootstrap",
-        "0",
-    ]);
-    assert_eq!(round3(r_of(&serde_json::from_str(&out).unwrap(), "pearson", "ppo", "rbv2")), -0.255);
-    let (_, out, _) = bestofn(&[
-        "eval",
-        "correlate",
-        "--csv",
-        TABLE8,
-        "--x",
-        "rbv2",
-        "--y",
-        "ppo",
-        "--where",
-        "group=off_policy_or_ood",
-        "--format",
-        "json",
-        "--bootstrap",
-        "0",
-    ]);
-    assert_eq!(round3(r_of(&serde_json::from_str(&out).unwrap(), "pearson", "ppo", "rbv2")), -0.947);
+    let out = correlate_where("ppo", "id=1..9");
+    assert_eq!(round3(r_of(&out, "pearson", "ppo", "rbv2")), -0.255);
+    let out = correlate_where("ppo", "group=off_policy_or_ood");
+    assert_eq!(round3(r_of(&out, "pearson", "ppo", "rbv2")), -0.947);
 
     let (_, table, _) =
         bestofn(&["eval", "correlate", "--csv", TABLE8, "--x", "rbv2", "--y", "bon,ppo", "--bootstrap", "0"]);

@@ -272,32 +272,7 @@ mod tests {
     }
 
     fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<f64>().prop_map(|f| json!(f)),
-            any::<i64>().prop_map(|n| json!(n)),
-            "[a-z_0-9]{0,8}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(4, 32, 4, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::vec(
-                    (
-                        prop_oneof![
-                            Just("data".to_string()),
-                            Just("probs".to_string()),
-                            Just("index".to_string()),
-                            Just("embedding".to_string()),
-                            Just("label".to_string()),
-                            Just("score".to_string())
-                        ],
-                        inner
-                    ),
-                    0..4
-                )
-                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
-            ]
-        })
+        crate::test_support::arbitrary_json(&["data", "probs", "index", "embedding", "label", "score"])
     }
 
     proptest! {

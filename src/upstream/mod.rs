@@ -342,31 +342,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(|n| json!(n)),
-            "[a-z ]{0,8}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(4, 32, 4, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::vec(
-                    (
-                        prop_oneof![
-                            Just("choices".to_string()),
-                            Just("message".to_string()),
-                            Just("text".to_string()),
-                            Just("index".to_string()),
-                            "[a-z]{1,6}"
-                        ],
-                        inner
-                    ),
-                    0..4
-                )
-                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
-            ]
-        })
+        crate::test_support::arbitrary_json(&["choices", "message", "text", "index"])
     }
 
     proptest! {
