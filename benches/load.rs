@@ -1,43 +1,217 @@
-//! Load benchmark: bestofn versus a direct call to the upstream, side by side in one run, with
-//! loopback stub servers that answer at once (an OpenAI-compatible upstream and a vLLM /classify
-//! RM). Closed-loop: a fixed number of concurrent clients for a fixed time per scenario.
-//! Prints throughput, latency percentiles and the overhead; asserts nothing.
+//! Load benchmark: what bestofn costs, side by side with a direct call to the upstream.
 //!
-//! Run: `cargo bench --bench load` (BESTOFN_LOAD_SECONDS and BESTOFN_LOAD_CLIENTS override the
-//! 3 s and 32 clients per scenario). Everything (stubs, proxy, load generator) shares this
-//! process and the machine's two cores, so absolute numbers are lower bounds.
+//! The real `bestofn` binary runs as its own processes (one per configuration), in front of
+//! loopback stubs served by this process: an OpenAI-compatible upstream that answers at once
+//! (`/instant/v1`) or after a lognormal delay (`/lognormal/v1`), JSON or SSE, and a vLLM
+//! `/classify` reward model. This process is also the load generator (hyper's pooled client):
+//! closed loop (a fixed number of clients, each sending as soon as its last answer arrived) for
+//! maximum throughput, and open loop (a fixed request rate whatever the answers do) for latency.
+//!
+//! Sections, each scenario run against a direct call to the stub first:
+//!   1. throughput: closed loop, instant stubs, N = 1 / 4 / 16, n and parallel mode, streaming;
+//!   2. latency at a fixed rate (default 500 req/s), with bestofn's overhead three ways: its p99
+//!      minus the direct p99, the exact per-request `overhead_us` of bestofn's log lines, and the
+//!      `bestofn_overhead_seconds` histogram scraped from /metrics;
+//!   3. tail latency under a lognormal upstream (median 200 ms): BoN(N=16) p99 relative to a single
+//!      sample's p99, without and with hedging;
+//!   4. memory with 1,000 concurrent requests in flight (slow upstream).
+//!
+//! For each scenario: throughput, p50/p90/p99, CPU time of the bestofn process per request (from
+//! /proc/PID/stat), and its peak RSS while the scenario ran (VmRSS polled every 10 ms).
+//! It prints numbers and asserts none. `scripts/bench.sh` runs it with the micro-benchmarks.
+//!
+//! Environment (defaults in brackets): BESTOFN_LOAD_SECONDS [3] per closed-loop scenario,
+//! BESTOFN_LOAD_CLIENTS [32], BESTOFN_LOAD_RATE [500] req/s and BESTOFN_LOAD_OPEN_SECONDS [5] for
+//! section 2, BESTOFN_LOAD_TAIL_RATE [100] and BESTOFN_LOAD_TAIL_SECONDS [10] for section 3,
+//! BESTOFN_LOAD_MEDIAN_MS [200] and BESTOFN_LOAD_SIGMA [0.5] for the lognormal upstream,
+//! BESTOFN_LOAD_CONCURRENT [1000] for section 4, BESTOFN_LOAD_SECTIONS [1234] to pick sections,
+//! BESTOFN_LOAD_FILTER to run only scenarios whose label contains the text, BESTOFN_LOAD_LOG
+//! [info] as bestofn's RUST_LOG (info is what a deployment logs: one line per request).
 
 // A benchmark harness: failing to set up its own loopback servers should stop it loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
+use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
-async fn stub(handler: fn(&Value, &str) -> Value) -> SocketAddr {
+// The stubs and the generator share the machine with bestofn: keep their own cost low.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct Settings {
+    closed_seconds: f64,
+    clients: usize,
+    rate: f64,
+    open_seconds: f64,
+    tail_rate: f64,
+    tail_seconds: f64,
+    median_ms: f64,
+    sigma: f64,
+    concurrent: usize,
+    sections: String,
+    filter: Option<String>,
+    log: String,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        Settings {
+            closed_seconds: env_or("BESTOFN_LOAD_SECONDS", 3.0),
+            clients: env_or("BESTOFN_LOAD_CLIENTS", 32),
+            rate: env_or("BESTOFN_LOAD_RATE", 500.0),
+            open_seconds: env_or("BESTOFN_LOAD_OPEN_SECONDS", 5.0),
+            tail_rate: env_or("BESTOFN_LOAD_TAIL_RATE", 100.0),
+            tail_seconds: env_or("BESTOFN_LOAD_TAIL_SECONDS", 10.0),
+            median_ms: env_or("BESTOFN_LOAD_MEDIAN_MS", 200.0),
+            sigma: env_or("BESTOFN_LOAD_SIGMA", 0.5),
+            concurrent: env_or("BESTOFN_LOAD_CONCURRENT", 1000),
+            sections: env_or("BESTOFN_LOAD_SECTIONS", "1234".to_string()),
+            filter: std::env::var("BESTOFN_LOAD_FILTER").ok().filter(|f| !f.is_empty()),
+            log: env_or("BESTOFN_LOAD_LOG", "info".to_string()),
+        }
+    }
+
+    fn wants(&self, label: &str) -> bool {
+        self.filter.as_ref().is_none_or(|f| label.contains(f.as_str()))
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Stubs
+
+/// Candidate text of a realistic size (~500 bytes, ~120 tokens), so that JSON handling and copies
+/// of candidate text cost what they would.
+const FILLER: &str = "Let us work through this step by step. First we restate the question in our own words, \
+then we list what is known and what is asked. Next we check each quantity against the units it should carry, \
+and we make sure no assumption slipped in unannounced. With the pieces in place the computation itself is short, \
+and we verify it by substituting the result back into the original statement. ";
+
+#[derive(Clone, Copy)]
+struct LogNormal {
+    median_ms: f64,
+    sigma: f64,
+}
+
+impl LogNormal {
+    fn sample(&self) -> Duration {
+        // Box-Muller: a standard normal from two uniforms.
+        let (u1, u2) = (fastrand::f64().max(1e-12), fastrand::f64());
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        Duration::from_secs_f64(self.median_ms * (self.sigma * z).exp() / 1000.0)
+    }
+}
+
+fn upstream_json(n: u64) -> Value {
+    let choices: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"index": i, "message": {"role": "assistant", "content": format!("{FILLER}Candidate {i}: the answer is {}.", i % 3)},
+                "logprobs": null, "finish_reason": "stop"})
+        })
+        .collect();
+    json!({"id": "chatcmpl-stub", "object": "chat.completion", "created": 1, "model": "stub", "choices": choices,
+        "usage": {"prompt_tokens": 24, "completion_tokens": 120 * n, "total_tokens": 24 + 120 * n}})
+}
+
+/// The SSE answer of an OpenAI-compatible server: a role delta, the text in pieces, the finish
+/// chunk, a usage chunk when asked, and `[DONE]`.
+fn upstream_sse(include_usage: bool) -> Vec<u8> {
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 1, "model": "stub",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+    };
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let text = format!("{FILLER}The answer is 4.");
+    for piece in text.as_bytes().chunks(32) {
+        events.push(chunk(json!({"content": String::from_utf8_lossy(piece)}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    if include_usage {
+        events.push(json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 1, "model": "stub",
+            "choices": [], "usage": {"prompt_tokens": 24, "completion_tokens": 120, "total_tokens": 144}}));
+    }
+    let mut out = Vec::new();
+    for e in events {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&serde_json::to_vec(&e).unwrap());
+        out.extend_from_slice(b"\n\n");
+    }
+    out.extend_from_slice(b"data: [DONE]\n\n");
+    out
+}
+
+fn rm_json(body: &Value) -> Value {
+    let data: Vec<Value> = body["input"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let reward = (t.as_str().unwrap_or("").len() % 97) as f64 / 10.0 + i as f64 * 0.01;
+                    json!({"index": i, "label": "LABEL_0", "probs": [reward], "num_classes": 1})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({"id": "classify-stub", "object": "list", "created": 1, "model": "rm", "data": data,
+        "usage": {"prompt_tokens": 100, "total_tokens": 100, "completion_tokens": 0}})
+}
+
+async fn stub_answer(path: &str, body: &[u8], delay: LogNormal) -> hyper::Response<Full<Bytes>> {
+    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let (bytes, content_type) = if path == "/classify" {
+        (serde_json::to_vec(&rm_json(&value)).unwrap(), "application/json")
+    } else {
+        if path.starts_with("/lognormal/") {
+            tokio::time::sleep(delay.sample()).await;
+        }
+        if value["stream"].as_bool() == Some(true) {
+            let usage = value.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
+            (upstream_sse(usage), "text/event-stream")
+        } else {
+            let n = value.get("n").and_then(Value::as_u64).unwrap_or(1);
+            (serde_json::to_vec(&upstream_json(n)).unwrap(), "application/json")
+        }
+    };
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(bytes)));
+    resp.headers_mut().insert("content-type", content_type.parse().unwrap());
+    resp
+}
+
+/// The stub server: upstream at `/instant/v1` and `/lognormal/v1`, RM at `/classify`.
+async fn start_stub(delay: LogNormal) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
             // As a production upstream would: no Nagle delay on small writes.
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
                     let path = req.uri().path().to_string();
                     let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-                    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    let out = serde_json::to_vec(&handler(&value, &path)).unwrap();
-                    let mut resp = hyper::Response::new(Full::new(Bytes::from(out)));
-                    resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
-                    Ok::<_, Infallible>(resp)
+                    Ok::<_, Infallible>(stub_answer(&path, &body, delay).await)
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -48,151 +222,720 @@ async fn stub(handler: fn(&Value, &str) -> Value) -> SocketAddr {
     addr
 }
 
-fn upstream(body: &Value, _path: &str) -> Value {
-    let n = body.get("n").and_then(Value::as_u64).unwrap_or(1);
-    let choices: Vec<Value> = (0..n)
-        .map(|i| json!({"index": i, "message": {"role": "assistant", "content": format!("candidate {i}: the answer is {}", i % 3)}, "finish_reason": "stop"}))
-        .collect();
-    json!({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": choices,
-        "usage": {"prompt_tokens": 12, "completion_tokens": 8 * n, "total_tokens": 12 + 8 * n}})
+// ----------------------------------------------------------------------------------------------
+// bestofn processes
+
+/// One `bestofn serve` process; its log (stderr) goes to a file so it can be read for the
+/// per-request overhead.
+struct Proxy {
+    addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
-fn rm(body: &Value, _path: &str) -> Value {
-    let data: Vec<Value> = body["input"]
-        .as_array()
-        .map(|a| a.iter().enumerate().map(|(i, t)| json!({"index": i, "probs": [t.as_str().unwrap_or("").len() as f64 / 10.0], "num_classes": 1})).collect())
-        .unwrap_or_default();
-    json!({"id": "c", "object": "list", "created": 1, "model": "rm", "data": data, "usage": {"prompt_tokens": 1}})
-}
-
-struct Outcome {
-    done: usize,
-    errors: usize,
-    latencies: Vec<Duration>,
-    elapsed: Duration,
-}
-
-async fn run_load(url: String, body: Value, clients: usize, seconds: f64) -> Outcome {
-    let client = bestofn::wiring::http_client().unwrap();
-    let stop = Instant::now() + Duration::from_secs_f64(seconds);
-    let started = Instant::now();
-    let body = Arc::new(serde_json::to_vec(&body).unwrap());
-    let workers: Vec<_> = (0..clients)
-        .map(|_| {
-            let (client, url, body) = (client.clone(), url.clone(), body.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut errors = 0;
-                while Instant::now() < stop {
-                    let t = Instant::now();
-                    let ok = match client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body((*body).clone())
-                        .send()
-                        .await
-                    {
-                        Ok(r) => r.status().is_success() & r.bytes().await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if ok {
-                        latencies.push(t.elapsed());
-                    } else {
-                        errors += 1;
-                    }
-                }
-                (latencies, errors)
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for w in workers {
-        let (l, e) = w.await.unwrap();
-        latencies.extend(l);
-        errors += e;
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-    latencies.sort();
-    Outcome { done: latencies.len(), errors, latencies, elapsed: started.elapsed() }
 }
 
-fn pct(l: &[Duration], q: f64) -> f64 {
-    if l.is_empty() {
-        return f64::NAN;
+impl Proxy {
+    fn start(stub: SocketAddr, route: &str, sampling: &str, hedge: u32, log_filter: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("bestofn.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nmax_concurrent_requests = 8192\n\n[upstream]\nbase_url = \"http://{stub}/{route}/v1\"\nsampling = \"{sampling}\"\nhedge = {hedge}\ntimeout_ms = 30000\n\n\
+                 [scorers.rm]\nkind = \"reward_http\"\napi = \"vllm_classify\"\nurl = \"http://{stub}/classify\"\nmodel = \"rm\"\n\n\
+                 [policy]\nn = 1\nscorer = \"rm\"\n"
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("bestofn.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_bestofn"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", format!("{log_filter},bestofn=info"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(rest) = text.split("listening on http://").nth(1) {
+                break rest.lines().next().unwrap().trim().parse().unwrap();
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "bestofn did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Proxy { addr, child, log, _dir: dir }
     }
-    l[((l.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/v1/chat/completions", self.addr)
+    }
+
+    fn log_len(&self) -> u64 {
+        std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The `overhead_us` fields of the log lines written since byte `from`.
+    fn overheads_since(&self, from: u64) -> Vec<u64> {
+        let mut file = std::fs::File::open(&self.log).unwrap();
+        file.seek(SeekFrom::Start(from)).unwrap();
+        let mut text = String::new();
+        file.read_to_string(&mut text).unwrap();
+        text.lines().filter_map(|l| l.split("overhead_us=").nth(1)?.split_whitespace().next()?.parse().ok()).collect()
+    }
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// CPU time (user + system, all threads) of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) ; utime and stime are the 14th and
+    // 15th fields overall, in clock ticks of 1/100 s (USER_HZ on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A `VmRSS`/`VmHWM`-style field of /proc/PID/status, in MiB.
+fn status_mib(pid: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Cumulative `bestofn_overhead_seconds` buckets (upper bound, count) from a /metrics text.
+fn overhead_buckets(metrics: &str) -> Vec<(f64, f64)> {
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("bestofn_overhead_seconds_bucket{le=\"")?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The upper bound of the bucket holding quantile `q`, from the difference of two scrapes.
+fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    let delta: Vec<(f64, f64)> =
+        after.iter().map(|&(le, c)| (le, c - before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1))).collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    delta.iter().find(|&&(_, c)| c >= q * total).map(|&(le, _)| le)
+}
+
+// ----------------------------------------------------------------------------------------------
+// Load generator
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build(connector)
+}
+
+#[derive(Clone)]
+struct Target {
+    uri: hyper::Uri,
+    body: Bytes,
+}
+
+impl Target {
+    fn new(url: &str, body: &Value) -> Target {
+        Target { uri: url.parse().unwrap(), body: Bytes::from(serde_json::to_vec(body).unwrap()) }
+    }
+}
+
+/// Latency to the first body byte and to the last, or None for a failed request (transport
+/// error, non-2xx status, or a stream that did not end with `[DONE]`).
+async fn send(client: &HttpClient, target: &Target) -> Option<(Duration, Duration)> {
+    let started = Instant::now();
+    let request = hyper::Request::post(target.uri.clone())
+        .header("content-type", "application/json")
+        .body(Full::new(target.body.clone()))
+        .unwrap();
+    let response = client.request(request).await.ok()?;
+    let ok = response.status().is_success();
+    let streamed =
+        response.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let mut body = response.into_body();
+    let mut first = None;
+    let mut tail = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.ok()?;
+        if let Some(data) = frame.data_ref() {
+            first.get_or_insert_with(|| started.elapsed());
+            if streamed {
+                tail.extend_from_slice(data);
+                let keep = tail.len().saturating_sub(32);
+                tail.drain(..keep);
+            }
+        }
+    }
+    let total = started.elapsed();
+    let complete = !streamed || tail.windows(6).any(|w| w == b"[DONE]");
+    (ok && complete).then(|| (first.unwrap_or(total), total))
+}
+
+#[derive(Default)]
+struct Recorded {
+    latencies: Vec<Duration>,
+    first_bytes: Vec<Duration>,
+    errors: usize,
+    elapsed: Duration,
+    /// Open loop: the largest delay between a scheduled send and the actual one.
+    max_lag: Duration,
+}
+
+impl Recorded {
+    fn merge(&mut self, results: Vec<Option<(Duration, Duration)>>) {
+        for r in results {
+            match r {
+                Some((first, total)) => {
+                    self.first_bytes.push(first);
+                    self.latencies.push(total);
+                }
+                None => self.errors += 1,
+            }
+        }
+    }
+
+    fn finish(mut self, elapsed: Duration) -> Recorded {
+        self.latencies.sort();
+        self.first_bytes.sort();
+        self.elapsed = elapsed;
+        self
+    }
+
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn ms(&self, q: f64) -> f64 {
+        pct(&self.latencies, q)
+    }
+}
+
+fn pct(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0
+}
+
+/// `clients` concurrent clients, each sending its next request when its last answer is in.
+async fn closed_loop(client: &HttpClient, target: &Target, clients: usize, seconds: f64) -> Recorded {
+    let stop = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let (client, target) = (client.clone(), target.clone());
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                while Instant::now() < stop {
+                    results.push(send(&client, &target).await);
+                }
+                results
+            })
+        })
+        .collect();
+    let mut recorded = Recorded::default();
+    for w in workers {
+        recorded.merge(w.await.unwrap());
+    }
+    recorded.finish(started.elapsed())
+}
+
+/// `rate` requests a second for `seconds`, each sent on schedule whatever the earlier ones do.
+async fn open_loop(client: &HttpClient, target: &Target, rate: f64, seconds: f64) -> Recorded {
+    let total = (rate * seconds).round() as usize;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut max_lag = Duration::ZERO;
+    let mut tasks = Vec::with_capacity(total);
+    for _ in 0..total {
+        let scheduled = ticker.tick().await;
+        max_lag = max_lag.max(scheduled.elapsed());
+        let (client, target) = (client.clone(), target.clone());
+        tasks.push(tokio::spawn(async move { send(&client, &target).await }));
+    }
+    let mut results = Vec::with_capacity(total);
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let mut recorded = Recorded::default();
+    recorded.merge(results);
+    recorded.max_lag = max_lag;
+    recorded.finish(started.elapsed())
+}
+
+// ----------------------------------------------------------------------------------------------
+// Scenarios
+
+/// What one scenario measured of the bestofn process (absent for a direct call).
+#[derive(Default)]
+struct ProxyCost {
+    cpu_us_per_request: f64,
+    rss_max_mib: f64,
+    /// Exact per-request overhead from the log lines, sorted, in µs.
+    overheads_us: Vec<u64>,
+    /// The p99 bucket bound of the /metrics overhead histogram, in ms.
+    metric_p99_ms: Option<f64>,
+    metric_mean_ms: f64,
+}
+
+struct Measured {
+    load: Recorded,
+    proxy: Option<ProxyCost>,
+    bench_cpu_us_per_request: f64,
+}
+
+enum Load {
+    Closed(usize, f64),
+    Open(f64, f64),
+}
+
+async fn scrape(client: &HttpClient, proxy: &Proxy) -> String {
+    let uri: hyper::Uri = format!("http://{}/metrics", proxy.addr).parse().unwrap();
+    let request = hyper::Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+    match client.request(request).await {
+        Ok(r) => String::from_utf8_lossy(&r.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default())
+            .into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+fn metric_value(metrics: &str, key: &str) -> f64 {
+    metrics.lines().find_map(|l| l.strip_prefix(key)?.trim().parse::<f64>().ok()).unwrap_or(0.0)
+}
+
+async fn measure(client: &HttpClient, target: &Target, load: Load, proxy: Option<&Proxy>) -> Measured {
+    let before_metrics = match proxy {
+        Some(p) => scrape(client, p).await,
+        None => String::new(),
+    };
+    let log_from = proxy.map_or(0, Proxy::log_len);
+    let cpu_before = proxy.map_or(0.0, |p| cpu_seconds(p.pid()));
+    let bench_cpu_before = cpu_seconds(std::process::id());
+    // Peak RSS while the scenario runs: VmHWM is the process's lifetime peak, so poll VmRSS.
+    let polling = Arc::new(AtomicBool::new(true));
+    let poller = proxy.map(|p| {
+        let (pid, polling) = (p.pid().to_string(), polling.clone());
+        tokio::spawn(async move {
+            let mut max = 0.0f64;
+            while polling.load(Ordering::Relaxed) {
+                max = max.max(status_mib(&pid, "VmRSS:"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            max.max(status_mib(&pid, "VmRSS:"))
+        })
+    });
+    let recorded = match load {
+        Load::Closed(clients, seconds) => closed_loop(client, target, clients, seconds).await,
+        Load::Open(rate, seconds) => open_loop(client, target, rate, seconds).await,
+    };
+    polling.store(false, Ordering::Relaxed);
+    let done = recorded.latencies.len().max(1) as f64;
+    let bench_cpu_us_per_request = (cpu_seconds(std::process::id()) - bench_cpu_before) * 1e6 / done;
+    let proxy = match (proxy, poller) {
+        (Some(p), Some(poller)) => {
+            let cpu_us_per_request = (cpu_seconds(p.pid()) - cpu_before) * 1e6 / done;
+            let rss_max_mib = poller.await.unwrap();
+            let after_metrics = scrape(client, p).await;
+            let (b, a) = (overhead_buckets(&before_metrics), overhead_buckets(&after_metrics));
+            let sum = metric_value(&after_metrics, "bestofn_overhead_seconds_sum ")
+                - metric_value(&before_metrics, "bestofn_overhead_seconds_sum ");
+            let count = metric_value(&after_metrics, "bestofn_overhead_seconds_count ")
+                - metric_value(&before_metrics, "bestofn_overhead_seconds_count ");
+            let mut overheads_us = p.overheads_since(log_from);
+            overheads_us.sort_unstable();
+            Some(ProxyCost {
+                cpu_us_per_request,
+                rss_max_mib,
+                overheads_us,
+                metric_p99_ms: bucket_quantile(&b, &a, 0.99).map(|s| s * 1000.0),
+                metric_mean_ms: if count > 0.0 { sum / count * 1000.0 } else { f64::NAN },
+            })
+        }
+        _ => None,
+    };
+    Measured { load: recorded, proxy, bench_cpu_us_per_request }
+}
+
+fn chat_body(n: Option<u32>, stream: bool) -> Value {
+    let mut body = json!({"model": "stub", "messages": [
+        {"role": "system", "content": "You are a careful assistant."},
+        {"role": "user", "content": "What is 2 + 2? Explain briefly."}], "max_tokens": 128, "temperature": 0.8});
+    if let Some(n) = n {
+        body["bestofn"] = json!({"n": n});
+    }
+    if stream {
+        body["stream"] = json!(true);
+    }
+    body
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("≤{v}"))
+}
+
+fn exact_us(sorted: &[u64], q: f64) -> String {
+    if sorted.is_empty() {
+        return "-".into();
+    }
+    format!("{}", sorted[((sorted.len() - 1) as f64 * q).round() as usize])
+}
+
+struct Proxies {
+    n: Proxy,
+    parallel: Proxy,
+    slow_n: Proxy,
+    slow_parallel: Proxy,
+    slow_hedge1: Proxy,
+    slow_hedge2: Proxy,
+}
+
+/// One row of a section: a label, the URL, the body, and the proxy it goes through (if any).
+struct Scenario<'a> {
+    label: String,
+    target: Target,
+    proxy: Option<&'a Proxy>,
+    stream: bool,
+}
+
+fn scenario<'a>(label: &str, url: &str, n: Option<u32>, stream: bool, proxy: Option<&'a Proxy>) -> Scenario<'a> {
+    Scenario { label: label.to_string(), target: Target::new(url, &chat_body(n, stream)), proxy, stream }
+}
+
+fn throughput_scenarios<'a>(direct: &str, p: &'a Proxies) -> Vec<Scenario<'a>> {
+    let (n, par) = (p.n.url(), p.parallel.url());
+    vec![
+        scenario("direct", direct, None, false, None),
+        scenario("bestofn N=1 pass-through", &n, Some(1), false, Some(&p.n)),
+        scenario("bestofn N=4 n mode", &n, Some(4), false, Some(&p.n)),
+        scenario("bestofn N=16 n mode", &n, Some(16), false, Some(&p.n)),
+        scenario("bestofn N=4 parallel", &par, Some(4), false, Some(&p.parallel)),
+        scenario("bestofn N=16 parallel", &par, Some(16), false, Some(&p.parallel)),
+        scenario("direct, streaming", direct, None, true, None),
+        scenario("bestofn N=1 streaming pass-through", &n, Some(1), true, Some(&p.n)),
+        scenario("bestofn N=4 n mode, streaming", &n, Some(4), true, Some(&p.n)),
+        scenario("bestofn N=16 n mode, streaming", &n, Some(16), true, Some(&p.n)),
+        scenario("bestofn N=16 parallel, streaming", &par, Some(16), true, Some(&p.parallel)),
+    ]
+}
+
+async fn section_throughput(s: &Settings, client: &HttpClient, direct: &str, p: &Proxies) -> Vec<(String, f64)> {
+    println!(
+        "\n## 1. Throughput: closed loop, {} clients, {} s per scenario, stubs answer at once",
+        s.clients, s.closed_seconds
+    );
+    println!(
+        "{:<38} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10} {:>8}",
+        "scenario", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "proxy CPU", "bench CPU", "RSS MiB"
+    );
+    println!(
+        "{:<38} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10} {:>8}",
+        "", "", "", "", "", "", "µs/req", "µs/req", "max"
+    );
+    let mut rates = Vec::new();
+    for sc in throughput_scenarios(direct, p) {
+        if !s.wants(&sc.label) {
+            continue;
+        }
+        let m = measure(client, &sc.target, Load::Closed(s.clients, s.closed_seconds), sc.proxy).await;
+        let l = &m.load;
+        let (cpu, rss) = m.proxy.as_ref().map_or(("-".into(), "-".into()), |c| {
+            (format!("{:.0}", c.cpu_us_per_request), format!("{:.1}", c.rss_max_mib))
+        });
+        println!(
+            "{:<38} {:>8.0} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>10} {:>10.0} {:>8}",
+            sc.label,
+            l.rate(),
+            l.ms(0.5),
+            l.ms(0.9),
+            l.ms(0.99),
+            l.errors,
+            cpu,
+            m.bench_cpu_us_per_request,
+            rss
+        );
+        rates.push((sc.label, l.rate()));
+    }
+    rates
+}
+
+/// Returns (label, p99 overhead in ms as bestofn p99 minus direct p99, exact p99 from the logs).
+async fn section_fixed_rate(s: &Settings, client: &HttpClient, direct: &str, p: &Proxies) -> Vec<(String, f64, f64)> {
+    println!(
+        "\n## 2. Latency at a fixed rate: open loop, {} req/s for {} s per scenario, stubs answer at once",
+        s.rate, s.open_seconds
+    );
+    println!(
+        "{:<38} {:>7} {:>7} {:>7} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "scenario",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "errors",
+        "Δp50 ms",
+        "Δp99 ms",
+        "log p50",
+        "log p99",
+        "metric",
+        "metric",
+        "CPU"
+    );
+    println!(
+        "{:<38} {:>7} {:>7} {:>7} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "", "", "", "", "", "vs direct", "vs direct", "µs", "µs", "p99 ms", "mean ms", "µs/req"
+    );
+    let mut out = Vec::new();
+    let mut direct_ms = [(f64::NAN, f64::NAN); 2];
+    for sc in throughput_scenarios(direct, p) {
+        if sc.label.contains("N=4") || !s.wants(&sc.label) && sc.proxy.is_some() {
+            continue;
+        }
+        let m = measure(client, &sc.target, Load::Open(s.rate, s.open_seconds), sc.proxy).await;
+        let l = &m.load;
+        let (p50, p99) = (l.ms(0.5), l.ms(0.99));
+        let base = &mut direct_ms[usize::from(sc.stream)];
+        let (d50, d99) = if sc.proxy.is_none() {
+            *base = (p50, p99);
+            ("-".to_string(), "-".to_string())
+        } else {
+            (format!("{:+.2}", p50 - base.0), format!("{:+.2}", p99 - base.1))
+        };
+        let (log50, log99, metric99, metric_mean, cpu) = match &m.proxy {
+            Some(c) => (
+                exact_us(&c.overheads_us, 0.5),
+                exact_us(&c.overheads_us, 0.99),
+                fmt_opt(c.metric_p99_ms),
+                if c.metric_mean_ms.is_nan() { "-".into() } else { format!("{:.3}", c.metric_mean_ms) },
+                format!("{:.0}", c.cpu_us_per_request),
+            ),
+            None => Default::default(),
+        };
+        println!(
+            "{:<38} {:>7.2} {:>7.2} {:>7.2} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            sc.label,
+            p50,
+            l.ms(0.9),
+            p99,
+            l.errors,
+            d50,
+            d99,
+            log50,
+            log99,
+            metric99,
+            metric_mean,
+            cpu
+        );
+        if l.max_lag > Duration::from_millis(5) {
+            println!(
+                "    (the generator fell behind its schedule by up to {:.1} ms)",
+                l.max_lag.as_secs_f64() * 1000.0
+            );
+        }
+        if let Some(c) = &m.proxy {
+            let log99 = c.overheads_us.get(((c.overheads_us.len().max(1) - 1) as f64 * 0.99).round() as usize);
+            out.push((sc.label.clone(), p99 - base.1, log99.map_or(f64::NAN, |&u| u as f64 / 1000.0)));
+        }
+    }
+    out
+}
+
+/// Returns (label, p99 relative to the single sample's p99).
+async fn section_tail(s: &Settings, client: &HttpClient, direct: &str, p: &Proxies) -> Vec<(String, f64)> {
+    println!(
+        "\n## 3. Tail latency: upstream delay lognormal (median {} ms, sigma {}), open loop {} req/s for {} s",
+        s.median_ms, s.sigma, s.tail_rate, s.tail_seconds
+    );
+    println!(
+        "{:<44} {:>8} {:>8} {:>8} {:>8} {:>6} {:>14}",
+        "scenario", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "p99 / single"
+    );
+    let scenarios = [
+        scenario("single sample, direct", direct, None, false, None),
+        scenario("bestofn N=1 pass-through", &p.slow_n.url(), Some(1), false, Some(&p.slow_n)),
+        scenario("bestofn N=16 parallel, no hedging", &p.slow_parallel.url(), Some(16), false, Some(&p.slow_parallel)),
+        scenario("bestofn N=16 parallel, hedge h=1", &p.slow_hedge1.url(), Some(16), false, Some(&p.slow_hedge1)),
+        scenario("bestofn N=16 parallel, hedge h=2", &p.slow_hedge2.url(), Some(16), false, Some(&p.slow_hedge2)),
+    ];
+    let mut single = f64::NAN;
+    let mut out = Vec::new();
+    for sc in scenarios {
+        if sc.proxy.is_some() && !s.wants(&sc.label) {
+            continue;
+        }
+        let m = measure(client, &sc.target, Load::Open(s.tail_rate, s.tail_seconds), sc.proxy).await;
+        let l = &m.load;
+        if sc.proxy.is_none() {
+            single = l.ms(0.99);
+        }
+        let ratio = l.ms(0.99) / single;
+        println!(
+            "{:<44} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>13.2}x",
+            sc.label,
+            l.rate(),
+            l.ms(0.5),
+            l.ms(0.9),
+            l.ms(0.99),
+            l.errors,
+            ratio
+        );
+        out.push((sc.label, ratio));
+    }
+    out
+}
+
+/// Returns (label, peak RSS in MiB).
+async fn section_memory(s: &Settings, client: &HttpClient, p: &Proxies) -> Vec<(String, f64)> {
+    println!(
+        "\n## 4. Memory: {} concurrent requests held open by the lognormal upstream, closed loop for {} s",
+        s.concurrent, s.closed_seconds
+    );
+    println!(
+        "{:<44} {:>8} {:>8} {:>8} {:>6} {:>10} {:>9}",
+        "scenario", "req/s", "p50 ms", "p99 ms", "errors", "proxy CPU", "RSS MiB"
+    );
+    println!("{:<44} {:>8} {:>8} {:>8} {:>6} {:>10} {:>9}", "", "", "", "", "", "µs/req", "max");
+    let scenarios = [
+        scenario("bestofn N=1 pass-through", &p.slow_n.url(), Some(1), false, Some(&p.slow_n)),
+        scenario("bestofn N=16 n mode", &p.slow_n.url(), Some(16), false, Some(&p.slow_n)),
+        scenario("bestofn N=16 n mode, streaming", &p.slow_n.url(), Some(16), true, Some(&p.slow_n)),
+        scenario("bestofn N=16 parallel", &p.slow_parallel.url(), Some(16), false, Some(&p.slow_parallel)),
+    ];
+    let mut out = Vec::new();
+    for sc in scenarios {
+        if !s.wants(&sc.label) {
+            continue;
+        }
+        let m = measure(client, &sc.target, Load::Closed(s.concurrent, s.closed_seconds), sc.proxy).await;
+        let l = &m.load;
+        let c = m.proxy.unwrap_or_default();
+        println!(
+            "{:<44} {:>8.0} {:>8.1} {:>8.1} {:>6} {:>10.0} {:>9.1}",
+            sc.label,
+            l.rate(),
+            l.ms(0.5),
+            l.ms(0.99),
+            l.errors,
+            c.cpu_us_per_request,
+            c.rss_max_mib
+        );
+        out.push((sc.label, c.rss_max_mib));
+    }
+    out
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
+
 fn main() {
-    let seconds: f64 = std::env::var("BESTOFN_LOAD_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3.0);
-    let clients: usize = std::env::var("BESTOFN_LOAD_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
+    let s = Settings::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async move {
-        let up = stub(upstream).await;
-        let rm_addr = stub(rm).await;
-        let mut proxies = Vec::new();
-        for sampling in ["n", "parallel"] {
-            let text = format!(
-                "[upstream]\nbase_url = \"http://{up}/v1\"\nsampling = \"{sampling}\"\n\n[scorers.rm]\nkind = \"reward_http\"\napi = \"vllm_classify\"\nurl = \"http://{rm_addr}/classify\"\n\n[server]\nmax_concurrent_requests = 4096\n\n[policy]\nn = 1\nscorer = \"rm\"\n"
-            );
-            let config = bestofn::config::Config::from_toml(&text, std::path::Path::new("bench.toml")).unwrap();
-            let state = Arc::new(bestofn::server::AppState::from_config(&config).unwrap());
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            tokio::spawn(bestofn::server::serve(listener, state, std::future::pending()));
-            proxies.push(addr);
-        }
-        let question = json!({"model": "m", "messages": [{"role": "user", "content": "What is 2 + 2?"}], "max_tokens": 16});
-        println!("closed loop, {clients} clients, {seconds} s per scenario, stubs answer at once; one process, 2 worker threads");
-        println!("{:<44} {:>9} {:>8} {:>8} {:>8} {:>7}", "scenario", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors");
-        let mut direct = (f64::NAN, f64::NAN);
-        let scenarios: Vec<(String, String, Value)> = {
-            let mut v = vec![("direct to upstream (n=1)".to_string(), format!("http://{up}/v1/chat/completions"), question.clone())];
-            for (label, proxy, n, stream) in [
-                ("bestofn N=1 (pass-through)", proxies[0], 1, false),
-                ("bestofn N=4, n mode", proxies[0], 4, false),
-                ("bestofn N=16, n mode", proxies[0], 16, false),
-                ("bestofn N=16, parallel mode", proxies[1], 16, false),
-                ("bestofn N=16, n mode, streaming", proxies[0], 16, true),
-            ] {
-                let mut body = question.clone();
-                body["bestofn"] = json!({"n": n});
-                if stream {
-                    body["stream"] = json!(true);
-                }
-                v.push((label.to_string(), format!("http://{proxy}/v1/chat/completions"), body));
-            }
-            v
+        let delay = LogNormal { median_ms: s.median_ms, sigma: s.sigma };
+        let stub = start_stub(delay).await;
+        let proxies = Proxies {
+            n: Proxy::start(stub, "instant", "n", 0, &s.log),
+            parallel: Proxy::start(stub, "instant", "parallel", 0, &s.log),
+            slow_n: Proxy::start(stub, "lognormal", "n", 0, &s.log),
+            slow_parallel: Proxy::start(stub, "lognormal", "parallel", 0, &s.log),
+            slow_hedge1: Proxy::start(stub, "lognormal", "parallel", 1, &s.log),
+            slow_hedge2: Proxy::start(stub, "lognormal", "parallel", 2, &s.log),
         };
-        for (i, (label, url, body)) in scenarios.into_iter().enumerate() {
-            let o = run_load(url, body, clients, seconds).await;
-            let (p50, p90, p99) = (pct(&o.latencies, 0.5), pct(&o.latencies, 0.9), pct(&o.latencies, 0.99));
-            if i == 0 {
-                direct = (p50, p99);
+        let client = http_client();
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        println!("# bestofn load benchmark");
+        println!(
+            "machine: {cpus} CPUs ({}), bestofn {} (release build, RUST_LOG={}), stubs and load generator in one process with 2 Tokio workers",
+            std::fs::read_to_string("/proc/cpuinfo")
+                .ok()
+                .and_then(|c| c.lines().find(|l| l.starts_with("model name"))?.split(':').nth(1).map(|m| m.trim().to_string()))
+                .unwrap_or_default(),
+            env!("CARGO_PKG_VERSION"),
+            s.log
+        );
+        println!(
+            "bestofn PIDs (for perf record -p): n {}, parallel {}, slow n {}, slow parallel {}",
+            proxies.n.pid(),
+            proxies.parallel.pid(),
+            proxies.slow_n.pid(),
+            proxies.slow_parallel.pid()
+        );
+        println!("candidate text ~500 bytes; RM: vLLM /classify, one call per best-of-N request; bestofn CPU from /proc/PID/stat");
+        let fast = format!("http://{stub}/instant/v1/chat/completions");
+        let slow = format!("http://{stub}/lognormal/v1/chat/completions");
+        let mut summary = Vec::new();
+        if s.sections.contains('1') {
+            let rates = section_throughput(&s, &client, &fast, &proxies).await;
+            for (label, rate) in rates {
+                if label == "bestofn N=1 pass-through" {
+                    summary.push(format!("N=1 throughput {rate:.0} req/s (target ≥ 5,000): {}", verdict(rate >= 5000.0)));
+                }
+                if label == "bestofn N=16 n mode" || label == "bestofn N=16 parallel" {
+                    summary.push(format!("{label} throughput {rate:.0} req/s (target ≥ 1,000): {}", verdict(rate >= 1000.0)));
+                }
             }
-            println!(
-                "{label:<44} {:>9.0} {p50:>8.2} {p90:>8.2} {p99:>8.2} {:>7}{}",
-                o.done as f64 / o.elapsed.as_secs_f64(),
-                o.errors,
-                if i == 0 { String::new() } else { format!("   overhead p50 {:+.2} ms, p99 {:+.2} ms", p50 - direct.0, p99 - direct.1) }
-            );
         }
-        let client = bestofn::wiring::http_client().unwrap();
-        for (name, addr) in [("n", proxies[0]), ("parallel", proxies[1])] {
-            let text = client.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
-            let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(k).and_then(|r| r.trim().parse::<f64>().ok())).unwrap_or(f64::NAN);
-            let (sum, count) = (get("bestofn_overhead_seconds_sum "), get("bestofn_overhead_seconds_count "));
-            println!("proxy ({name} mode) overhead metric: mean {:.3} ms over {count} best-of-N requests", sum / count * 1000.0);
+        if s.sections.contains('2') {
+            for (label, delta99, log99) in section_fixed_rate(&s, &client, &fast, &proxies).await {
+                let target = if label.contains("N=1 ") { 1.0 } else { 2.0 };
+                summary.push(format!(
+                    "{label} at {} req/s: p99 - direct p99 = {delta99:.2} ms, logged overhead p99 = {log99:.3} ms (target < {target} ms): {}",
+                    s.rate,
+                    verdict(delta99 < target)
+                ));
+            }
         }
-        println!("peak RSS of the whole process (stubs, proxies, load generator): {:.1} MiB", peak_rss_mib());
+        if s.sections.contains('3') {
+            for (label, ratio) in section_tail(&s, &client, &slow, &proxies).await {
+                if label.contains("h=2") {
+                    summary.push(format!("{label}: p99 {ratio:.2}x the single-sample p99 (target ≤ 1.3x): {}", verdict(ratio <= 1.3)));
+                }
+            }
+        }
+        if s.sections.contains('4') {
+            for (label, rss) in section_memory(&s, &client, &proxies).await {
+                summary.push(format!(
+                    "{label} with {} concurrent: peak RSS {rss:.1} MiB (target < 100 MiB): {}",
+                    s.concurrent,
+                    verdict(rss < 100.0)
+                ));
+            }
+        }
+        println!("\n## Targets");
+        for line in summary {
+            println!("- {line}");
+        }
+        println!(
+            "\nlifetime peak RSS (VmHWM): bestofn {:.1} / {:.1} / {:.1} / {:.1} MiB (n, parallel, slow n, slow parallel); this process {:.1} MiB",
+            status_mib(&proxies.n.pid().to_string(), "VmHWM:"),
+            status_mib(&proxies.parallel.pid().to_string(), "VmHWM:"),
+            status_mib(&proxies.slow_n.pid().to_string(), "VmHWM:"),
+            status_mib(&proxies.slow_parallel.pid().to_string(), "VmHWM:"),
+            status_mib("self", "VmHWM:")
+        );
     });
 }
