@@ -174,23 +174,56 @@ fn rm_json(body: &Value) -> Value {
         "usage": {"prompt_tokens": 100, "total_tokens": 100, "completion_tokens": 0}})
 }
 
+/// What the stub reads of a request; the rest is skipped, as a fast server would.
+#[derive(serde::Deserialize)]
+struct StubRequest {
+    n: Option<u64>,
+    stream: Option<bool>,
+    stream_options: Option<StubStreamOptions>,
+}
+
+#[derive(serde::Deserialize)]
+struct StubStreamOptions {
+    include_usage: Option<bool>,
+}
+
+/// The upstream's answers depend only on `n` and `stream`: made once, served as shared bytes,
+/// so the stubs spend little of the CPU they share with bestofn.
+struct Answers {
+    json_by_n: Vec<Bytes>,
+    sse: [Bytes; 2],
+}
+
+fn answers() -> &'static Answers {
+    static ANSWERS: std::sync::OnceLock<Answers> = std::sync::OnceLock::new();
+    ANSWERS.get_or_init(|| Answers {
+        json_by_n: (0..=64).map(|n| Bytes::from(serde_json::to_vec(&upstream_json(n)).unwrap())).collect(),
+        sse: [Bytes::from(upstream_sse(false)), Bytes::from(upstream_sse(true))],
+    })
+}
+
 async fn stub_answer(path: &str, body: &[u8], delay: LogNormal) -> hyper::Response<Full<Bytes>> {
-    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let (bytes, content_type) = if path == "/classify" {
-        (serde_json::to_vec(&rm_json(&value)).unwrap(), "application/json")
+        let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        (Bytes::from(serde_json::to_vec(&rm_json(&value)).unwrap()), "application/json")
     } else {
         if path.starts_with("/lognormal/") {
             tokio::time::sleep(delay.sample()).await;
         }
-        if value["stream"].as_bool() == Some(true) {
-            let usage = value.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
-            (upstream_sse(usage), "text/event-stream")
+        let request: StubRequest =
+            serde_json::from_slice(body).unwrap_or(StubRequest { n: None, stream: None, stream_options: None });
+        if request.stream == Some(true) {
+            let usage = request.stream_options.and_then(|o| o.include_usage) == Some(true);
+            (answers().sse[usize::from(usage)].clone(), "text/event-stream")
         } else {
-            let n = value.get("n").and_then(Value::as_u64).unwrap_or(1);
-            (serde_json::to_vec(&upstream_json(n)).unwrap(), "application/json")
+            let n = request.n.unwrap_or(1);
+            match answers().json_by_n.get(n as usize) {
+                Some(b) => (b.clone(), "application/json"),
+                None => (Bytes::from(serde_json::to_vec(&upstream_json(n)).unwrap()), "application/json"),
+            }
         }
     };
-    let mut resp = hyper::Response::new(Full::new(Bytes::from(bytes)));
+    let mut resp = hyper::Response::new(Full::new(bytes));
     resp.headers_mut().insert("content-type", content_type.parse().unwrap());
     resp
 }
@@ -356,17 +389,73 @@ fn http_client() -> HttpClient {
 struct Target {
     uri: hyper::Uri,
     body: Bytes,
+    /// Best-of-N done by the client itself, without bestofn: the baseline of the proxy's
+    /// overhead at N > 1.
+    client_side: Option<ClientSideBestOf>,
+}
+
+/// The client samples `n` candidates from the upstream (one call with `n`, or `n` concurrent
+/// calls) and scores them with one RM call, as bestofn would.
+#[derive(Clone)]
+struct ClientSideBestOf {
+    n: u32,
+    parallel: bool,
+    rm: hyper::Uri,
 }
 
 impl Target {
     fn new(url: &str, body: &Value) -> Target {
-        Target { uri: url.parse().unwrap(), body: Bytes::from(serde_json::to_vec(body).unwrap()) }
+        Target { uri: url.parse().unwrap(), body: Bytes::from(serde_json::to_vec(body).unwrap()), client_side: None }
     }
+}
+
+async fn post_for_json(client: &HttpClient, uri: &hyper::Uri, body: Bytes) -> Option<Value> {
+    let request =
+        hyper::Request::post(uri.clone()).header("content-type", "application/json").body(Full::new(body)).unwrap();
+    let response = client.request(request).await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    serde_json::from_slice(&response.into_body().collect().await.ok()?.to_bytes()).ok()
+}
+
+/// Client-side best-of-N: the candidates' texts, then their rewards; the latency of the whole.
+async fn send_client_side(
+    client: &HttpClient,
+    target: &Target,
+    bon: &ClientSideBestOf,
+) -> Option<(Duration, Duration)> {
+    let started = Instant::now();
+    let texts = |v: &Value| -> Vec<Value> {
+        v["choices"].as_array().map(|c| c.iter().map(|c| c["message"]["content"].clone()).collect()).unwrap_or_default()
+    };
+    let mut candidates = Vec::new();
+    if bon.parallel {
+        let calls = (0..bon.n).map(|_| post_for_json(client, &target.uri, target.body.clone()));
+        for answer in futures_util::future::join_all(calls).await {
+            candidates.extend(texts(&answer?));
+        }
+    } else {
+        let mut body: Value = serde_json::from_slice(&target.body).ok()?;
+        body["n"] = json!(bon.n);
+        candidates = texts(&post_for_json(client, &target.uri, Bytes::from(serde_json::to_vec(&body).ok()?)).await?);
+    }
+    let scored = post_for_json(
+        client,
+        &bon.rm,
+        Bytes::from(serde_json::to_vec(&json!({"model": "rm", "input": candidates})).ok()?),
+    )
+    .await?;
+    let total = started.elapsed();
+    (scored["data"].as_array()?.len() == bon.n as usize).then_some((total, total))
 }
 
 /// Latency to the first body byte and to the last, or None for a failed request (transport
 /// error, non-2xx status, or a stream that did not end with `[DONE]`).
 async fn send(client: &HttpClient, target: &Target) -> Option<(Duration, Duration)> {
+    if let Some(bon) = &target.client_side {
+        return send_client_side(client, target, bon).await;
+    }
     let started = Instant::now();
     let request = hyper::Request::post(target.uri.clone())
         .header("content-type", "application/json")
@@ -619,21 +708,31 @@ struct Scenario<'a> {
     label: String,
     target: Target,
     proxy: Option<&'a Proxy>,
-    stream: bool,
 }
 
 fn scenario<'a>(label: &str, url: &str, n: Option<u32>, stream: bool, proxy: Option<&'a Proxy>) -> Scenario<'a> {
-    Scenario { label: label.to_string(), target: Target::new(url, &chat_body(n, stream)), proxy, stream }
+    Scenario { label: label.to_string(), target: Target::new(url, &chat_body(n, stream)), proxy }
 }
 
-fn throughput_scenarios<'a>(direct: &str, p: &'a Proxies) -> Vec<Scenario<'a>> {
+/// Best-of-N done by the load generator itself against the stubs: what bestofn is compared with.
+fn client_side<'a>(label: &str, direct: &str, rm: &str, n: u32, parallel: bool) -> Scenario<'a> {
+    let mut sc = scenario(label, direct, None, false, None);
+    sc.target.client_side = Some(ClientSideBestOf { n, parallel, rm: rm.parse().unwrap() });
+    sc
+}
+
+fn throughput_scenarios<'a>(direct: &str, rm: &str, p: &'a Proxies) -> Vec<Scenario<'a>> {
     let (n, par) = (p.n.url(), p.parallel.url());
     vec![
         scenario("direct", direct, None, false, None),
         scenario("bestofn N=1 pass-through", &n, Some(1), false, Some(&p.n)),
+        client_side("client-side N=4 n mode (no proxy)", direct, rm, 4, false),
         scenario("bestofn N=4 n mode", &n, Some(4), false, Some(&p.n)),
+        client_side("client-side N=16 n mode (no proxy)", direct, rm, 16, false),
         scenario("bestofn N=16 n mode", &n, Some(16), false, Some(&p.n)),
+        client_side("client-side N=4 parallel (no proxy)", direct, rm, 4, true),
         scenario("bestofn N=4 parallel", &par, Some(4), false, Some(&p.parallel)),
+        client_side("client-side N=16 parallel (no proxy)", direct, rm, 16, true),
         scenario("bestofn N=16 parallel", &par, Some(16), false, Some(&p.parallel)),
         scenario("direct, streaming", direct, None, true, None),
         scenario("bestofn N=1 streaming pass-through", &n, Some(1), true, Some(&p.n)),
@@ -643,7 +742,13 @@ fn throughput_scenarios<'a>(direct: &str, p: &'a Proxies) -> Vec<Scenario<'a>> {
     ]
 }
 
-async fn section_throughput(s: &Settings, client: &HttpClient, direct: &str, p: &Proxies) -> Vec<(String, f64)> {
+async fn section_throughput(
+    s: &Settings,
+    client: &HttpClient,
+    direct: &str,
+    rm: &str,
+    p: &Proxies,
+) -> Vec<(String, f64)> {
     println!(
         "\n## 1. Throughput: closed loop, {} clients, {} s per scenario, stubs answer at once",
         s.clients, s.closed_seconds
@@ -657,7 +762,7 @@ async fn section_throughput(s: &Settings, client: &HttpClient, direct: &str, p: 
         "", "", "", "", "", "", "µs/req", "µs/req", "max"
     );
     let mut rates = Vec::new();
-    for sc in throughput_scenarios(direct, p) {
+    for sc in throughput_scenarios(direct, rm, p) {
         if !s.wants(&sc.label) {
             continue;
         }
@@ -683,8 +788,25 @@ async fn section_throughput(s: &Settings, client: &HttpClient, direct: &str, p: 
     rates
 }
 
-/// Returns (label, p99 overhead in ms as bestofn p99 minus direct p99, exact p99 from the logs).
-async fn section_fixed_rate(s: &Settings, client: &HttpClient, direct: &str, p: &Proxies) -> Vec<(String, f64, f64)> {
+/// The scenario without bestofn that a bestofn scenario is compared with: a direct call for
+/// N = 1, client-side best-of-N (same N, same sampling, then one RM call) for N > 1.
+fn baseline_of(label: &str) -> String {
+    let streaming = label.ends_with(", streaming");
+    if label.contains("N=1 ") {
+        return if streaming { "direct, streaming".into() } else { "direct".into() };
+    }
+    let core = label.trim_start_matches("bestofn ").trim_end_matches(", streaming");
+    format!("client-side {core} (no proxy)")
+}
+
+/// Returns (label, bestofn p99 minus its baseline's p99 in ms, exact overhead p99 from the logs).
+async fn section_fixed_rate(
+    s: &Settings,
+    client: &HttpClient,
+    direct: &str,
+    rm: &str,
+    p: &Proxies,
+) -> Vec<(String, f64, f64)> {
     println!(
         "\n## 2. Latency at a fixed rate: open loop, {} req/s for {} s per scenario, stubs answer at once",
         s.rate, s.open_seconds
@@ -706,20 +828,23 @@ async fn section_fixed_rate(s: &Settings, client: &HttpClient, direct: &str, p: 
     );
     println!(
         "{:<38} {:>7} {:>7} {:>7} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8}",
-        "", "", "", "", "", "vs direct", "vs direct", "µs", "µs", "p99 ms", "mean ms", "µs/req"
+        "", "", "", "", "", "vs base", "vs base", "µs", "µs", "p99 ms", "mean ms", "µs/req"
     );
     let mut out = Vec::new();
-    let mut direct_ms = [(f64::NAN, f64::NAN); 2];
-    for sc in throughput_scenarios(direct, p) {
+    let mut baselines: Vec<(String, (f64, f64))> = Vec::new();
+    for sc in throughput_scenarios(direct, rm, p) {
         if sc.label.contains("N=4") || !s.wants(&sc.label) && sc.proxy.is_some() {
             continue;
         }
         let m = measure(client, &sc.target, Load::Open(s.rate, s.open_seconds), sc.proxy).await;
         let l = &m.load;
         let (p50, p99) = (l.ms(0.5), l.ms(0.99));
-        let base = &mut direct_ms[usize::from(sc.stream)];
+        let base = baselines
+            .iter()
+            .find(|(label, _)| *label == baseline_of(&sc.label))
+            .map_or((f64::NAN, f64::NAN), |(_, b)| *b);
         let (d50, d99) = if sc.proxy.is_none() {
-            *base = (p50, p99);
+            baselines.push((sc.label.clone(), (p50, p99)));
             ("-".to_string(), "-".to_string())
         } else {
             (format!("{:+.2}", p50 - base.0), format!("{:+.2}", p99 - base.1))
@@ -887,9 +1012,10 @@ fn main() {
         println!("candidate text ~500 bytes; RM: vLLM /classify, one call per best-of-N request; bestofn CPU from /proc/PID/stat");
         let fast = format!("http://{stub}/instant/v1/chat/completions");
         let slow = format!("http://{stub}/lognormal/v1/chat/completions");
+        let rm = format!("http://{stub}/classify");
         let mut summary = Vec::new();
         if s.sections.contains('1') {
-            let rates = section_throughput(&s, &client, &fast, &proxies).await;
+            let rates = section_throughput(&s, &client, &fast, &rm, &proxies).await;
             for (label, rate) in rates {
                 if label == "bestofn N=1 pass-through" {
                     summary.push(format!("N=1 throughput {rate:.0} req/s (target ≥ 5,000): {}", verdict(rate >= 5000.0)));
@@ -900,10 +1026,10 @@ fn main() {
             }
         }
         if s.sections.contains('2') {
-            for (label, delta99, log99) in section_fixed_rate(&s, &client, &fast, &proxies).await {
+            for (label, delta99, log99) in section_fixed_rate(&s, &client, &fast, &rm, &proxies).await {
                 let target = if label.contains("N=1 ") { 1.0 } else { 2.0 };
                 summary.push(format!(
-                    "{label} at {} req/s: p99 - direct p99 = {delta99:.2} ms, logged overhead p99 = {log99:.3} ms (target < {target} ms): {}",
+                    "{label} at {} req/s: p99 - baseline p99 = {delta99:.2} ms, logged overhead p99 = {log99:.3} ms (target < {target} ms): {}",
                     s.rate,
                     verdict(delta99 < target)
                 ));

@@ -34,6 +34,9 @@ pub fn http_client() -> Result<reqwest::Client, StartupError> {
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(512)
         .tcp_nodelay(true)
+        // Backends are called at configured URLs; a redirect is a misconfiguration to surface,
+        // not to follow (and following costs a policy check and URL clone on every call).
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| StartupError(format!("cannot build the HTTP client: {e}")))
 }

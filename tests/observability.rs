@@ -42,6 +42,11 @@ async fn metrics_count_traffic_and_reward_lift() {
     }
     let (status, _, _) = post(&proxy.url("/v1/chat/completions"), json!({"messages": []}), &[]).await;
     assert_eq!(status, 400);
+    // A pass-through (N = 1) request has its overhead measured too.
+    let mut body = chat_body("q");
+    body["bestofn"] = json!({"n": 1, "domain": "code"});
+    let (status, _, _) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
+    assert_eq!(status, 200);
 
     let text = scrape(&proxy).await;
     assert_eq!(sample(&text, r#"bestofn_requests_total{domain="math",status_class="2xx"}"#), 3.0);
@@ -55,12 +60,13 @@ async fn metrics_count_traffic_and_reward_lift() {
     assert!((lift - expected_lift).abs() < 1e-9, "lift {lift} vs {expected_lift}");
     assert!(expected_lift > 0.0);
     assert_eq!(sample(&text, r#"bestofn_request_duration_seconds_count{domain="math"}"#), 3.0);
-    assert_eq!(sample(&text, "bestofn_overhead_seconds_count"), 3.0);
+    assert_eq!(sample(&text, "bestofn_overhead_seconds_count"), 4.0);
     assert_eq!(sample(&text, "bestofn_in_flight_requests"), 0.0);
     // Overhead excludes the upstream and scorer calls: it is below the end-to-end latency.
     assert!(
         sample(&text, "bestofn_overhead_seconds_sum")
             < sample(&text, r#"bestofn_request_duration_seconds_sum{domain="math"}"#)
+                + sample(&text, r#"bestofn_request_duration_seconds_sum{domain="code"}"#)
     );
 }
 

@@ -96,19 +96,23 @@ impl RewardHttpScorer {
             });
         }
 
-        let texts: Vec<String> = conversations.iter().map(|t| self.template.render(t)).collect();
+        // Rendered texts are moved into the body, not copied: they hold every candidate.
+        let texts: Vec<Value> = conversations.iter().map(|t| Value::String(self.template.render(t))).collect();
         let body = match self.api {
             RewardApi::VllmClassify | RewardApi::VllmPooling => {
                 let mut body = self.vllm_body();
-                body["input"] = json!(texts);
+                body["input"] = Value::Array(texts);
                 body
             }
             RewardApi::TeiPredict => {
-                let inputs: Vec<[&str; 1]> = texts.iter().map(|t| [t.as_str()]).collect();
-                json!({"inputs": inputs, "raw_scores": true})
+                let inputs: Vec<Value> = texts.into_iter().map(|t| Value::Array(vec![t])).collect();
+                let mut body = json!({"raw_scores": true});
+                body["inputs"] = Value::Array(inputs);
+                body
             }
             RewardApi::SglangClassify => {
-                let mut body = json!({"text": texts});
+                let mut body = json!({});
+                body["text"] = Value::Array(texts);
                 if let Some(model) = &self.model {
                     body["model"] = json!(model);
                 }

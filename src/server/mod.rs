@@ -336,17 +336,29 @@ async fn completion(
     meter.domain = Some(plan.domain.clone());
 
     if plan.n == 1 && !plan.return_candidates {
-        tracing::info!(request_id = %id, domain = %plan.domain, n = 1, stream = request.stream, "pass-through");
         let m = &state.metrics;
         m.candidates_requested.with_label_values(&[plan.domain.as_str()]).inc();
         let mut response = if request.stream {
+            tracing::info!(request_id = %id, domain = %plan.domain, n = 1, stream = true, "pass-through");
             pass_through_stream(state, api, &plan, &request, permit).await?
         } else {
-            let answer = state.engine.forward(api, &plan, &request.body).await?;
+            let (answer, mut spans) = with_call_spans(state.engine.forward(api, &plan, &request.body)).await;
+            let answer = answer?;
             let tokens = |key: &str| answer.pointer(&format!("/usage/{key}")).and_then(Value::as_u64).unwrap_or(0);
             m.prompt_tokens.with_label_values(&[plan.domain.as_str()]).inc_by(tokens("prompt_tokens"));
             m.completion_tokens.with_label_values(&[plan.domain.as_str()]).inc_by(tokens("completion_tokens"));
-            json_response(StatusCode::OK, &answer)
+            let response = json_response(StatusCode::OK, &answer);
+            let overhead = (started.elapsed().as_secs_f64() - union_seconds(&mut spans)).max(0.0);
+            m.overhead.observe(overhead);
+            tracing::info!(
+                request_id = %id,
+                domain = %plan.domain,
+                n = 1,
+                stream = false,
+                overhead_us = (overhead * 1e6) as u64,
+                "pass-through"
+            );
+            response
         };
         m.candidates_received.with_label_values(&[plan.domain.as_str()]).inc();
         response.headers_mut().insert("x-bestofn-n", HeaderValue::from_static("1"));
@@ -430,8 +442,9 @@ fn best_of_n_stream(
         let run =
             with_call_spans(state.engine.run(request.api, &request.body, &request.conversation, request.seed, &plan));
         tokio::pin!(run);
-        let mut heartbeat = tokio::time::interval(state.heartbeat);
-        heartbeat.tick().await;
+        // Not `interval()` and a first tick: that tick waits for the timer wheel's next turn,
+        // which added about a millisecond to every streamed best-of-N answer.
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + state.heartbeat, state.heartbeat);
         let (result, spans) = loop {
             tokio::select! {
                 result = &mut run => break result,

@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::backend::Backend;
 use crate::backend::ByteStream;
@@ -97,6 +98,56 @@ fn parse_reply(api: Api, reply: Value) -> Result<(JsonObject, Vec<JsonObject>), 
     Ok((body, choices))
 }
 
+/// The bodies of the calls of one sampling run. They differ only in `n`, `seed` and `stream`,
+/// so the client's request is serialised once without those fields and each call's body is that
+/// text with its own fields appended: cloning and serialising the whole conversation once per
+/// call was the largest cost of parallel sampling after the HTTP client itself.
+struct CallBodies {
+    /// The client's body without `n`, `seed`, `stream`, `stream_options`, minus its closing brace.
+    open: Vec<u8>,
+    /// Whether `open` holds at least one field (so the next one needs a comma).
+    has_fields: bool,
+}
+
+/// The client's body without the fields each call sets itself.
+struct SharedFields<'a>(&'a Map<String, Value>);
+
+const PER_CALL_FIELDS: [&str; 4] = ["n", "seed", "stream", "stream_options"];
+
+impl Serialize for SharedFields<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().filter(|(k, _)| !PER_CALL_FIELDS.contains(&k.as_str())))
+    }
+}
+
+impl CallBodies {
+    fn new(base: &Map<String, Value>) -> Result<CallBodies, Error> {
+        let mut open = serde_json::to_vec(&SharedFields(base)).map_err(|e| Error::Internal(e.to_string()))?;
+        open.pop(); // the closing brace
+        let has_fields = open.len() > 1;
+        Ok(CallBodies { open, has_fields })
+    }
+
+    /// The body of one sampling call: `n` choices, seed `seed`, never streamed.
+    fn body(&self, n: u32, seed: Option<i64>) -> Bytes {
+        use std::io::Write;
+        let mut out = Vec::with_capacity(self.open.len() + 48);
+        out.extend_from_slice(&self.open);
+        if self.has_fields {
+            out.push(b',');
+        }
+        // Writing into a Vec cannot fail.
+        if n > 1 {
+            let _ = write!(out, "\"n\":{n},");
+        }
+        if let Some(seed) = seed {
+            let _ = write!(out, "\"seed\":{seed},");
+        }
+        out.extend_from_slice(b"\"stream\":false}");
+        Bytes::from(out)
+    }
+}
+
 /// Resolves at `deadline`, or never.
 async fn deadline_reached(deadline: Option<Instant>) {
     match deadline {
@@ -126,24 +177,8 @@ impl Upstream {
         Error::BadGateway { backend: self.backend.name.clone(), message: format!("unusable answer: {what}") }
     }
 
-    /// The body of one sampling call: `n` choices, seed `seed`, never streamed.
-    fn call_body(base: &Map<String, Value>, n: u32, seed: Option<i64>) -> Map<String, Value> {
-        let mut body = base.clone();
-        if n > 1 {
-            body.insert("n".into(), json!(n));
-        } else {
-            body.remove("n");
-        }
-        if let Some(seed) = seed {
-            body.insert("seed".into(), json!(seed));
-        }
-        body.insert("stream".into(), Value::Bool(false));
-        body.remove("stream_options");
-        body
-    }
-
-    async fn call(&self, api: Api, body: Map<String, Value>) -> Result<ChatCall, Error> {
-        let reply = self.backend.post_json(api.path(), &Value::Object(body)).await?;
+    async fn call(&self, api: Api, body: Bytes) -> Result<ChatCall, Error> {
+        let reply = self.backend.post_json_bytes(api.path(), body).await?;
         let (body, choices) = parse_reply(api, reply.body).map_err(|what| self.garbage(what))?;
         Ok(ChatCall { body, choices, latency_ms: reply.latency.as_millis() as u64 })
     }
@@ -165,12 +200,16 @@ impl Upstream {
         if per_call == 1 {
             plans.extend((0..self.hedge).map(|h| (1, total + h)));
         }
+        let shared = match CallBodies::new(base) {
+            Ok(shared) => shared,
+            Err(e) => return Batch { results: vec![Err(e)], deadline_hit: false },
+        };
         let mut pending: FuturesUnordered<_> = plans
             .iter()
             .enumerate()
             .map(|(i, &(size, offset))| {
                 let call_seed = seed.map(|s| s.wrapping_add(i64::from(first + offset)));
-                let body = Self::call_body(base, size, call_seed);
+                let body = shared.body(size, call_seed);
                 async move { (i, self.call(api, body).await) }
             })
             .collect();
@@ -209,7 +248,7 @@ impl Upstream {
             return self.collect(api, self.batch(run, n, cap.max(1), 0).await, "parallel");
         }
         let first_call = tokio::select! {
-            result = self.call(api, Self::call_body(base, n, seed)) => result,
+            result = async { self.call(api, CallBodies::new(base)?.body(n, seed)).await } => result,
             () = deadline_reached(deadline) => {
                 return self.collect(api, Batch { results: Vec::new(), deadline_hit: true }, "n");
             }
@@ -324,7 +363,7 @@ impl Sampler for Upstream {
     }
 
     fn forward<'a>(&'a self, api: Api, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Value, Error>> {
-        Box::pin(async move { Ok(self.backend.post_json(api.path(), &Value::Object(body.clone())).await?.body) })
+        Box::pin(async move { Ok(self.backend.post_json(api.path(), body).await?.body) })
     }
 
     fn forward_stream<'a>(
@@ -332,7 +371,7 @@ impl Sampler for Upstream {
         api: Api,
         body: &'a Map<String, Value>,
     ) -> BoxFuture<'a, Result<ByteStream, Error>> {
-        Box::pin(async move { self.backend.post_stream(api.path(), &Value::Object(body.clone())).await })
+        Box::pin(async move { self.backend.post_stream(api.path(), body).await })
     }
 }
 
@@ -340,9 +379,32 @@ impl Sampler for Upstream {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::json;
 
     fn json_value() -> impl Strategy<Value = Value> {
         crate::test_support::arbitrary_json(&["choices", "message", "text", "index"])
+    }
+
+    #[test]
+    fn call_bodies_replace_the_per_call_fields_and_keep_the_rest() {
+        let base: Map<String, Value> = serde_json::from_value(json!({
+            "model": "m", "n": 4, "messages": [{"role": "user", "content": "q \"quoted\""}],
+            "stream": true, "stream_options": {"include_usage": true}, "seed": 7, "temperature": 0.5
+        }))
+        .unwrap();
+        let bodies = CallBodies::new(&base).unwrap();
+        let parsed = |b: Bytes| serde_json::from_slice::<Value>(&b).unwrap();
+        assert_eq!(
+            parsed(bodies.body(3, Some(12))),
+            json!({"model": "m", "messages": [{"role": "user", "content": "q \"quoted\""}], "temperature": 0.5,
+                "n": 3, "seed": 12, "stream": false})
+        );
+        assert_eq!(
+            parsed(bodies.body(1, None)),
+            json!({"model": "m", "messages": [{"role": "user", "content": "q \"quoted\""}], "temperature": 0.5, "stream": false})
+        );
+        let empty = CallBodies::new(&Map::new()).unwrap();
+        assert_eq!(parsed(empty.body(2, Some(-1))), json!({"n": 2, "seed": -1, "stream": false}));
     }
 
     proptest! {
