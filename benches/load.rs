@@ -26,7 +26,8 @@
 //! BESTOFN_LOAD_MEDIAN_MS [200] and BESTOFN_LOAD_SIGMA [0.5] for the lognormal upstream,
 //! BESTOFN_LOAD_CONCURRENT [1000] for section 4, BESTOFN_LOAD_SECTIONS [1234] to pick sections,
 //! BESTOFN_LOAD_FILTER to run only scenarios whose label contains the text, BESTOFN_LOAD_LOG
-//! [info] as bestofn's RUST_LOG (info is what a deployment logs: one line per request).
+//! [info] as bestofn's RUST_LOG (info is what a deployment logs: one line per request),
+//! BESTOFN_LOAD_BIN to run another bestofn binary than this build's.
 
 // A benchmark harness: failing to set up its own loopback servers should stop it loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -288,7 +289,9 @@ impl Proxy {
         )
         .unwrap();
         let log = dir.path().join("bestofn.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_bestofn"))
+        // BESTOFN_LOAD_BIN runs another build (a previous release, a different allocator).
+        let binary = std::env::var("BESTOFN_LOAD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bestofn").to_string());
+        let child = Command::new(binary)
             .args(["serve", "--config"])
             .arg(&config)
             .args(["--listen", "127.0.0.1:0"])

@@ -15,7 +15,9 @@ use bestofn::server::{AppState, serve};
 // Under load glibc's malloc took about a third of the proxy's CPU (perf on N=16 parallel
 // sampling: _int_malloc, _int_free, malloc_consolidate and arena lock wake-ups): many small,
 // short-lived allocations freed on another thread than the one that made them. mimalloc's
-// per-thread heaps avoid the arena locks and the consolidation.
+// per-thread heaps avoid the arena locks and the consolidation. Its transparent-huge-page use is
+// off (feature no_thp): with it, RSS at 1,000 concurrent requests was 105 MiB instead of 71 MiB
+// (glibc: 74 MiB).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
