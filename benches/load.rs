@@ -2,7 +2,7 @@
 //!
 //! The real `bestofn` binary runs as its own processes (one per configuration), in front of
 //! loopback stubs served by this process: an OpenAI-compatible upstream that answers at once
-//! (`/instant/v1`) or after a lognormal delay (`/lognormal/v1`), JSON or SSE, and a vLLM
+//! (`/instant/v1`) or after a lognormal delay (`/lognormal/v1`, `/held/v1`), JSON or SSE, and a vLLM
 //! `/classify` reward model. This process is also the load generator (hyper's pooled client):
 //! closed loop (a fixed number of clients, each sending as soon as its last answer arrived) for
 //! maximum throughput, and open loop (a fixed request rate whatever the answers do) for latency.
@@ -14,17 +14,20 @@
 //!      `bestofn_overhead_seconds` histogram scraped from /metrics;
 //!   3. tail latency under a lognormal upstream (median 200 ms): BoN(N=16) p99 relative to a single
 //!      sample's p99, without and with hedging;
-//!   4. memory with 1,000 concurrent requests in flight (slow upstream).
+//!   4. memory with 1,000 concurrent requests in flight: an upstream taking ~2 s holds them open
+//!      at ~500 req/s, a rate the machine serves, so the figure is memory per request in flight
+//!      rather than queues of a saturated CPU.
 //!
 //! For each scenario: throughput, p50/p90/p99, CPU time of the bestofn process per request (from
 //! /proc/PID/stat), and its peak RSS while the scenario ran (VmRSS polled every 10 ms).
 //! It prints numbers and asserts none. `scripts/bench.sh` runs it with the micro-benchmarks.
 //!
 //! Environment (defaults in brackets): BESTOFN_LOAD_SECONDS [3] per closed-loop scenario,
-//! BESTOFN_LOAD_CLIENTS [32], BESTOFN_LOAD_RATE [500] req/s and BESTOFN_LOAD_OPEN_SECONDS [5] for
+//! BESTOFN_LOAD_CLIENTS [32], BESTOFN_LOAD_RATE [500] req/s and BESTOFN_LOAD_OPEN_SECONDS [10] for
 //! section 2, BESTOFN_LOAD_TAIL_RATE [100] and BESTOFN_LOAD_TAIL_SECONDS [10] for section 3,
 //! BESTOFN_LOAD_MEDIAN_MS [200] and BESTOFN_LOAD_SIGMA [0.5] for the lognormal upstream,
-//! BESTOFN_LOAD_CONCURRENT [1000] for section 4, BESTOFN_LOAD_SECTIONS [1234] to pick sections,
+//! BESTOFN_LOAD_CONCURRENT [1000], BESTOFN_LOAD_HOLD_MS [2000] (the upstream's median delay
+//! there) and BESTOFN_LOAD_HOLD_SECONDS [8] for section 4, BESTOFN_LOAD_SECTIONS [1234] to pick sections,
 //! BESTOFN_LOAD_FILTER to run only scenarios whose label contains the text, BESTOFN_LOAD_LOG
 //! [info] as bestofn's RUST_LOG (info is what a deployment logs: one line per request),
 //! BESTOFN_LOAD_BIN to run another bestofn binary than this build's.
@@ -67,6 +70,8 @@ struct Settings {
     median_ms: f64,
     sigma: f64,
     concurrent: usize,
+    hold_ms: f64,
+    hold_seconds: f64,
     sections: String,
     filter: Option<String>,
     log: String,
@@ -78,12 +83,14 @@ impl Settings {
             closed_seconds: env_or("BESTOFN_LOAD_SECONDS", 3.0),
             clients: env_or("BESTOFN_LOAD_CLIENTS", 32),
             rate: env_or("BESTOFN_LOAD_RATE", 500.0),
-            open_seconds: env_or("BESTOFN_LOAD_OPEN_SECONDS", 5.0),
+            open_seconds: env_or("BESTOFN_LOAD_OPEN_SECONDS", 10.0),
             tail_rate: env_or("BESTOFN_LOAD_TAIL_RATE", 100.0),
             tail_seconds: env_or("BESTOFN_LOAD_TAIL_SECONDS", 10.0),
             median_ms: env_or("BESTOFN_LOAD_MEDIAN_MS", 200.0),
             sigma: env_or("BESTOFN_LOAD_SIGMA", 0.5),
             concurrent: env_or("BESTOFN_LOAD_CONCURRENT", 1000),
+            hold_ms: env_or("BESTOFN_LOAD_HOLD_MS", 2000.0),
+            hold_seconds: env_or("BESTOFN_LOAD_HOLD_SECONDS", 8.0),
             sections: env_or("BESTOFN_LOAD_SECTIONS", "1234".to_string()),
             filter: std::env::var("BESTOFN_LOAD_FILTER").ok().filter(|f| !f.is_empty()),
             log: env_or("BESTOFN_LOAD_LOG", "info".to_string()),
@@ -203,13 +210,23 @@ fn answers() -> &'static Answers {
     })
 }
 
-async fn stub_answer(path: &str, body: &[u8], delay: LogNormal) -> hyper::Response<Full<Bytes>> {
+/// The upstream's delays: `/lognormal/v1` for tail latency, `/held/v1` (same shape, a longer
+/// median) to hold many requests open at a rate the machine can serve.
+#[derive(Clone, Copy)]
+struct Delays {
+    lognormal: LogNormal,
+    held: LogNormal,
+}
+
+async fn stub_answer(path: &str, body: &[u8], delays: Delays) -> hyper::Response<Full<Bytes>> {
     let (bytes, content_type) = if path == "/classify" {
         let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         (Bytes::from(serde_json::to_vec(&rm_json(&value)).unwrap()), "application/json")
     } else {
         if path.starts_with("/lognormal/") {
-            tokio::time::sleep(delay.sample()).await;
+            tokio::time::sleep(delays.lognormal.sample()).await;
+        } else if path.starts_with("/held/") {
+            tokio::time::sleep(delays.held.sample()).await;
         }
         let request: StubRequest =
             serde_json::from_slice(body).unwrap_or(StubRequest { n: None, stream: None, stream_options: None });
@@ -229,8 +246,8 @@ async fn stub_answer(path: &str, body: &[u8], delay: LogNormal) -> hyper::Respon
     resp
 }
 
-/// The stub server: upstream at `/instant/v1` and `/lognormal/v1`, RM at `/classify`.
-async fn start_stub(delay: LogNormal) -> SocketAddr {
+/// The stub server: upstream at `/instant/v1`, `/lognormal/v1` and `/held/v1`, RM at `/classify`.
+async fn start_stub(delays: Delays) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -245,7 +262,7 @@ async fn start_stub(delay: LogNormal) -> SocketAddr {
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
                     let path = req.uri().path().to_string();
                     let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-                    Ok::<_, Infallible>(stub_answer(&path, &body, delay).await)
+                    Ok::<_, Infallible>(stub_answer(&path, &body, delays).await)
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -702,6 +719,8 @@ struct Proxies {
     parallel: Proxy,
     slow_n: Proxy,
     slow_parallel: Proxy,
+    held_n: Proxy,
+    held_parallel: Proxy,
     slow_hedge1: Proxy,
     slow_hedge2: Proxy,
 }
@@ -938,8 +957,8 @@ async fn section_tail(s: &Settings, client: &HttpClient, direct: &str, p: &Proxi
 /// Returns (label, peak RSS in MiB).
 async fn section_memory(s: &Settings, client: &HttpClient, p: &Proxies) -> Vec<(String, f64)> {
     println!(
-        "\n## 4. Memory: {} concurrent requests held open by the lognormal upstream, closed loop for {} s",
-        s.concurrent, s.closed_seconds
+        "\n## 4. Memory: {} concurrent requests held open by an upstream taking {} ms (median, lognormal), closed loop for {} s",
+        s.concurrent, s.hold_ms, s.hold_seconds
     );
     println!(
         "{:<44} {:>8} {:>8} {:>8} {:>6} {:>10} {:>9}",
@@ -947,17 +966,17 @@ async fn section_memory(s: &Settings, client: &HttpClient, p: &Proxies) -> Vec<(
     );
     println!("{:<44} {:>8} {:>8} {:>8} {:>6} {:>10} {:>9}", "", "", "", "", "", "µs/req", "max");
     let scenarios = [
-        scenario("bestofn N=1 pass-through", &p.slow_n.url(), Some(1), false, Some(&p.slow_n)),
-        scenario("bestofn N=16 n mode", &p.slow_n.url(), Some(16), false, Some(&p.slow_n)),
-        scenario("bestofn N=16 n mode, streaming", &p.slow_n.url(), Some(16), true, Some(&p.slow_n)),
-        scenario("bestofn N=16 parallel", &p.slow_parallel.url(), Some(16), false, Some(&p.slow_parallel)),
+        scenario("bestofn N=1 pass-through", &p.held_n.url(), Some(1), false, Some(&p.held_n)),
+        scenario("bestofn N=16 n mode", &p.held_n.url(), Some(16), false, Some(&p.held_n)),
+        scenario("bestofn N=16 n mode, streaming", &p.held_n.url(), Some(16), true, Some(&p.held_n)),
+        scenario("bestofn N=16 parallel", &p.held_parallel.url(), Some(16), false, Some(&p.held_parallel)),
     ];
     let mut out = Vec::new();
     for sc in scenarios {
         if !s.wants(&sc.label) {
             continue;
         }
-        let m = measure(client, &sc.target, Load::Closed(s.concurrent, s.closed_seconds), sc.proxy).await;
+        let m = measure(client, &sc.target, Load::Closed(s.concurrent, s.hold_seconds), sc.proxy).await;
         let l = &m.load;
         let c = m.proxy.unwrap_or_default();
         println!(
@@ -983,8 +1002,11 @@ fn main() {
     let s = Settings::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async move {
-        let delay = LogNormal { median_ms: s.median_ms, sigma: s.sigma };
-        let stub = start_stub(delay).await;
+        let delays = Delays {
+            lognormal: LogNormal { median_ms: s.median_ms, sigma: s.sigma },
+            held: LogNormal { median_ms: s.hold_ms, sigma: s.sigma },
+        };
+        let stub = start_stub(delays).await;
         let proxies = Proxies {
             n: Proxy::start(stub, "instant", "n", 0, &s.log),
             parallel: Proxy::start(stub, "instant", "parallel", 0, &s.log),
@@ -992,6 +1014,8 @@ fn main() {
             slow_parallel: Proxy::start(stub, "lognormal", "parallel", 0, &s.log),
             slow_hedge1: Proxy::start(stub, "lognormal", "parallel", 1, &s.log),
             slow_hedge2: Proxy::start(stub, "lognormal", "parallel", 2, &s.log),
+            held_n: Proxy::start(stub, "held", "n", 0, &s.log),
+            held_parallel: Proxy::start(stub, "held", "parallel", 0, &s.log),
         };
         let client = http_client();
         let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
