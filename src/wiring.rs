@@ -35,7 +35,7 @@ pub fn http_client() -> Result<reqwest::Client, StartupError> {
         .pool_max_idle_per_host(512)
         .tcp_nodelay(true)
         // Backends are called at configured URLs; a redirect is a misconfiguration to surface,
-        // not to follow (and following costs a policy check and URL clone on every call).
+        // not to follow (a POST must not silently become a GET elsewhere).
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| StartupError(format!("cannot build the HTTP client: {e}")))
