@@ -432,6 +432,20 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_urls_are_parsed_once_per_path_and_bad_ones_are_errors() {
+        let p = EndpointPool::new(
+            &["http://10.0.0.1:8000/v1/".to_string(), "http://[bad".to_string()],
+            EjectionPolicy { after_failures: 2, cooldown: Duration::from_secs(60) },
+        );
+        for _ in 0..2 {
+            assert_eq!(p.url(0, "/chat/completions").unwrap().as_str(), "http://10.0.0.1:8000/v1/chat/completions");
+            assert_eq!(p.url(0, "/models").unwrap().as_str(), "http://10.0.0.1:8000/v1/models");
+        }
+        assert_eq!(p.endpoints[0].parsed.read().unwrap().len(), 2, "one cache entry per path");
+        assert!(p.url(1, "/models").unwrap_err().contains("http://[bad/models"));
+    }
+
+    #[test]
     fn picks_the_least_loaded_endpoint() {
         let p = pool(3);
         let a = p.pick();

@@ -376,6 +376,28 @@ async fn upstream_failures_map_to_clear_statuses() {
     assert!(resp["error"]["message"].as_str().unwrap().contains("300 ms"), "{resp}");
     drop(proxy);
 
+    // A redirecting upstream is a misconfiguration: 502 naming the status, and the redirect's
+    // target never sees the request.
+    let elsewhere = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let redirecting = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirecting_addr = redirecting.local_addr().unwrap();
+    let location = format!("{}/chat/completions", elsewhere.url());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = redirecting.accept().await {
+            use tokio::io::AsyncWriteExt;
+            let _ = read_http_request(&mut stream).await;
+            let head = format!("HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n");
+            let _ = stream.write_all(head.as_bytes()).await;
+        }
+    });
+    let cfg = config(&failing, &rm, "n", 2).replace(&failing.url(), &format!("http://{redirecting_addr}/v1"));
+    let proxy = Bestofn::start(&cfg);
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("x"), &[]).await;
+    assert_eq!(status, 502, "{resp}");
+    assert!(resp["error"]["message"].as_str().unwrap().contains("307"), "{resp}");
+    assert!(elsewhere.requests().is_empty(), "the redirect was followed");
+    drop(proxy);
+
     // Garbage from the upstream: 502, no panic.
     let garbage = FakeServer::start(|_: &Recorded| Reply::Raw(200, "{\"choices\": \"nope\"}".into())).await;
     let proxy = Bestofn::start(&config(&garbage, &rm, "n", 2));
