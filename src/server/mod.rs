@@ -24,7 +24,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 
 pub use state::AppState;
 
@@ -212,14 +212,6 @@ fn sse_response(body: Body) -> Response<Body> {
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert("cache-control", HeaderValue::from_static("no-cache"));
     response
-}
-
-/// A response body fed by a channel; dropping the body (client gone) closes the channel.
-fn channel_body(rx: mpsc::Receiver<Bytes>) -> Body {
-    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|bytes| (Ok::<_, Infallible>(Frame::data(bytes)), rx))
-    });
-    StreamBody::new(frames).boxed_unsync()
 }
 
 /// Chat completions and legacy completions: validation, planning, then one of pass-through,
@@ -410,8 +402,10 @@ async fn pass_through_stream(
 }
 
 /// N > 1 with `stream: true`: the role delta at once, heartbeats while candidates are sampled
-/// and scored, then the winner re-streamed. The work runs in its own task that stops as soon as
-/// the client goes away, dropping in-flight upstream and scorer calls with it.
+/// and scored, then the winner re-streamed. The work is driven by the response body itself:
+/// when the client goes away hyper drops the body, which drops the in-flight upstream and scorer
+/// calls with it. (A spawned task feeding a channel did the same with a task, a channel and a
+/// cross-task wake-up more per request.)
 fn best_of_n_stream(
     state: Arc<AppState>,
     request: ProxyRequest,
@@ -419,7 +413,6 @@ fn best_of_n_stream(
     id: String,
     permit: OwnedSemaphorePermit,
 ) -> Response<Body> {
-    let (tx, rx) = mpsc::channel::<Bytes>(32);
     let meta = StreamMeta {
         api: request.api,
         id: match request.api {
@@ -430,35 +423,14 @@ fn best_of_n_stream(
         model: request.model.clone().unwrap_or_default(),
         include_usage: request.include_usage,
     };
-    tokio::spawn(async move {
-        // The stream counts as in flight until its task ends.
-        let _permit = permit;
+    let opening = meta.opening(plan.k);
+    let heartbeat = state.heartbeat;
+    let request_id = id.clone();
+    let work = Box::pin(async move {
         let started = Instant::now();
-        for event in meta.opening(plan.k) {
-            if tx.send(event).await.is_err() {
-                return;
-            }
-        }
-        let run =
-            with_call_spans(state.engine.run(request.api, &request.body, &request.conversation, request.seed, &plan));
-        tokio::pin!(run);
-        // Not `interval()` and a first tick: that tick waits for the timer wheel's next turn,
-        // which added about a millisecond to every streamed best-of-N answer.
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + state.heartbeat, state.heartbeat);
-        let (result, spans) = loop {
-            tokio::select! {
-                result = &mut run => break result,
-                _ = heartbeat.tick() => {
-                    if tx.send(Bytes::from_static(stream::HEARTBEAT)).await.is_err() {
-                        return;
-                    }
-                }
-                () = tx.closed() => {
-                    tracing::info!(request_id = %id, "client went away; dropping in-flight calls");
-                    return;
-                }
-            }
-        };
+        let (result, spans) =
+            with_call_spans(state.engine.run(request.api, &request.body, &request.conversation, request.seed, &plan))
+                .await;
         let events = match result {
             Ok(outcome) => {
                 observe_outcome(&state, &id, &request, &plan, &outcome, started, spans);
@@ -475,13 +447,60 @@ fn best_of_n_stream(
             .request_duration
             .with_label_values(&[plan.domain.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        for event in events {
-            if tx.send(event).await.is_err() {
-                return;
+        events
+    });
+    let body = BestOfNBody {
+        pending: opening.into(),
+        work: Some(work),
+        // Not `interval()` and a first tick: that tick waits for the timer wheel's next turn,
+        // which added about a millisecond to every streamed best-of-N answer.
+        heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
+        _permit: permit,
+        request_id,
+    };
+    let frames = futures_util::stream::unfold(body, |mut body| async move {
+        let bytes = body.next_event().await?;
+        Some((Ok::<_, Infallible>(Frame::data(bytes)), body))
+    });
+    sse_response(StreamBody::new(frames).boxed_unsync())
+}
+
+/// The state of a streamed best-of-N answer: events ready to send, the work still running, and
+/// the heartbeat clock. The permit keeps the request counted as in flight until the body ends.
+struct BestOfNBody {
+    pending: std::collections::VecDeque<Bytes>,
+    work: Option<std::pin::Pin<Box<dyn Future<Output = Vec<Bytes>> + Send>>>,
+    heartbeat: tokio::time::Interval,
+    _permit: OwnedSemaphorePermit,
+    request_id: String,
+}
+
+impl BestOfNBody {
+    /// The next event to send: a queued one, a heartbeat while the work runs, or the answer's
+    /// events once it is done; None at the end.
+    async fn next_event(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(bytes) = self.pending.pop_front() {
+                return Some(bytes);
+            }
+            let work = self.work.as_mut()?;
+            tokio::select! {
+                events = work => {
+                    self.work = None;
+                    self.pending.extend(events);
+                }
+                _ = self.heartbeat.tick() => return Some(Bytes::from_static(stream::HEARTBEAT)),
             }
         }
-    });
-    sse_response(channel_body(rx))
+    }
+}
+
+impl Drop for BestOfNBody {
+    fn drop(&mut self) {
+        if self.work.is_some() {
+            tracing::info!(request_id = %self.request_id, "client went away; dropping in-flight calls");
+        }
+    }
 }
 
 async fn models(state: &AppState) -> Result<Response<Body>, Error> {
