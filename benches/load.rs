@@ -447,11 +447,7 @@ async fn post_for_json(client: &HttpClient, uri: &hyper::Uri, body: Bytes) -> Op
 }
 
 /// Client-side best-of-N: the candidates' texts, then their rewards; the latency of the whole.
-async fn send_client_side(
-    client: &HttpClient,
-    target: &Target,
-    bon: &ClientSideBestOf,
-) -> Option<(Duration, Duration)> {
+async fn send_client_side(client: &HttpClient, target: &Target, bon: &ClientSideBestOf) -> Option<Duration> {
     let started = Instant::now();
     let texts = |v: &Value| -> Vec<Value> {
         v["choices"].as_array().map(|c| c.iter().map(|c| c["message"]["content"].clone()).collect()).unwrap_or_default()
@@ -473,13 +469,12 @@ async fn send_client_side(
         Bytes::from(serde_json::to_vec(&json!({"model": "rm", "input": candidates})).ok()?),
     )
     .await?;
-    let total = started.elapsed();
-    (scored["data"].as_array()?.len() == bon.n as usize).then_some((total, total))
+    (scored["data"].as_array()?.len() == bon.n as usize).then(|| started.elapsed())
 }
 
-/// Latency to the first body byte and to the last, or None for a failed request (transport
-/// error, non-2xx status, or a stream that did not end with `[DONE]`).
-async fn send(client: &HttpClient, target: &Target) -> Option<(Duration, Duration)> {
+/// Latency to the last body byte, or None for a failed request (transport error, non-2xx
+/// status, or a stream that did not end with `[DONE]`).
+async fn send(client: &HttpClient, target: &Target) -> Option<Duration> {
     if let Some(bon) = &target.client_side {
         return send_client_side(client, target, bon).await;
     }
@@ -493,28 +488,25 @@ async fn send(client: &HttpClient, target: &Target) -> Option<(Duration, Duratio
     let streamed =
         response.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let mut body = response.into_body();
-    let mut first = None;
     let mut tail = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.ok()?;
-        if let Some(data) = frame.data_ref() {
-            first.get_or_insert_with(|| started.elapsed());
-            if streamed {
-                tail.extend_from_slice(data);
-                let keep = tail.len().saturating_sub(32);
-                tail.drain(..keep);
-            }
+        if let Some(data) = frame.data_ref()
+            && streamed
+        {
+            tail.extend_from_slice(data);
+            let keep = tail.len().saturating_sub(32);
+            tail.drain(..keep);
         }
     }
     let total = started.elapsed();
     let complete = !streamed || tail.windows(6).any(|w| w == b"[DONE]");
-    (ok && complete).then(|| (first.unwrap_or(total), total))
+    (ok && complete).then_some(total)
 }
 
 #[derive(Default)]
 struct Recorded {
     latencies: Vec<Duration>,
-    first_bytes: Vec<Duration>,
     errors: usize,
     elapsed: Duration,
     /// Open loop: the largest delay between a scheduled send and the actual one.
@@ -522,13 +514,10 @@ struct Recorded {
 }
 
 impl Recorded {
-    fn merge(&mut self, results: Vec<Option<(Duration, Duration)>>) {
+    fn merge(&mut self, results: Vec<Option<Duration>>) {
         for r in results {
             match r {
-                Some((first, total)) => {
-                    self.first_bytes.push(first);
-                    self.latencies.push(total);
-                }
+                Some(latency) => self.latencies.push(latency),
                 None => self.errors += 1,
             }
         }
@@ -536,7 +525,6 @@ impl Recorded {
 
     fn finish(mut self, elapsed: Duration) -> Recorded {
         self.latencies.sort();
-        self.first_bytes.sort();
         self.elapsed = elapsed;
         self
     }
@@ -546,15 +534,14 @@ impl Recorded {
     }
 
     fn ms(&self, q: f64) -> f64 {
-        pct(&self.latencies, q)
+        quantile(&self.latencies, q).map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
     }
 }
 
-fn pct(sorted: &[Duration], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0
+/// The `q` quantile of sorted values (nearest rank), None when there are none.
+fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    let last = sorted.len().checked_sub(1)?;
+    sorted.get((last as f64 * q).round() as usize).copied()
 }
 
 /// `clients` concurrent clients, each sending its next request when its last answer is in.
@@ -715,10 +702,7 @@ fn fmt_opt(v: Option<f64>) -> String {
 }
 
 fn exact_us(sorted: &[u64], q: f64) -> String {
-    if sorted.is_empty() {
-        return "-".into();
-    }
-    format!("{}", sorted[((sorted.len() - 1) as f64 * q).round() as usize])
+    quantile(sorted, q).map_or("-".into(), |us| us.to_string())
 }
 
 struct Proxies {
@@ -919,8 +903,8 @@ async fn section_fixed_rate(
             );
         }
         if sc.proxy.is_some() {
-            let log99 = logged.get(((logged.len().max(1) - 1) as f64 * 0.99).round() as usize);
-            out.push((sc.label.clone(), p99 - base.1, log99.map_or(f64::NAN, |&u| u as f64 / 1000.0)));
+            let log99 = quantile(&logged, 0.99).map_or(f64::NAN, |us| us as f64 / 1000.0);
+            out.push((sc.label.clone(), p99 - base.1, log99));
         }
     }
     out

@@ -28,6 +28,7 @@ pub struct Metrics {
     /// `bestofn_scoring_duration_seconds{scorer}`.
     pub scoring_duration: HistogramVec,
     /// `bestofn_overhead_seconds`: end to end minus the union of upstream and scorer call spans.
+    /// Recorded through [`Metrics::observe_overhead`].
     pub overhead: Histogram,
     /// `bestofn_candidates_requested_total{domain}`.
     pub candidates_requested: IntCounterVec,
@@ -172,6 +173,18 @@ impl Metrics {
             recorder_dropped,
             registry: r,
         })
+    }
+
+    /// Records and returns the proxy's own overhead of a request that took `elapsed` end to end
+    /// and made backend calls over `spans`: the time not covered by any call, in seconds.
+    pub fn observe_overhead(
+        &self,
+        elapsed: std::time::Duration,
+        spans: &mut [(std::time::Instant, std::time::Instant)],
+    ) -> f64 {
+        let overhead = (elapsed.as_secs_f64() - union_seconds(spans)).max(0.0);
+        self.overhead.observe(overhead);
+        overhead
     }
 
     /// The Prometheus text exposition of every metric.

@@ -31,7 +31,7 @@ pub use state::AppState;
 use crate::backend::CALL_SPANS;
 use crate::bon::{Api, Outcome, Plan};
 use crate::error::Error;
-use crate::metrics::{Metrics, status_class, union_seconds};
+use crate::metrics::{Metrics, status_class};
 use crate::openai::stream::{self, StreamMeta};
 use crate::openai::{ProxyRequest, SteeringHeaders, build_response, parse_chat_request, parse_completion_request};
 use crate::record::sample_line;
@@ -269,8 +269,7 @@ fn observe_outcome(
     if !outcome.scores.is_empty() {
         m.scoring_duration.with_label_values(&[plan.scorer.as_str()]).observe(outcome.timings.scoring_ms / 1000.0);
     }
-    let overhead = (e2e.as_secs_f64() - union_seconds(&mut spans)).max(0.0);
-    m.overhead.observe(overhead);
+    let overhead = m.observe_overhead(e2e, &mut spans);
     let received = outcome.samples.candidates.len() as u64;
     m.candidates_requested.with_label_values(&[domain]).inc_by(u64::from(plan.n));
     m.candidates_received.with_label_values(&[domain]).inc_by(received);
@@ -340,8 +339,7 @@ async fn completion(
             m.prompt_tokens.with_label_values(&[plan.domain.as_str()]).inc_by(tokens("prompt_tokens"));
             m.completion_tokens.with_label_values(&[plan.domain.as_str()]).inc_by(tokens("completion_tokens"));
             let response = json_response(StatusCode::OK, &answer);
-            let overhead = (started.elapsed().as_secs_f64() - union_seconds(&mut spans)).max(0.0);
-            m.overhead.observe(overhead);
+            let overhead = m.observe_overhead(started.elapsed(), &mut spans);
             tracing::info!(
                 request_id = %id,
                 domain = %plan.domain,
