@@ -164,7 +164,7 @@ fn bad_samples_are_named_by_file_and_line() {
 }
 
 const TABLE8: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/rewardbench2/paper_tables/table8_ppo_bon.csv");
+    concat!(env!("CARGO_MANIFEST_DIR"), "/data/rewardbench2/paper_tables/table8_ppo_bon.csv");
 
 fn r_of(json: &Value, method: &str, y: &str, x: &str) -> f64 {
     json[method][y][x]["r"].as_f64().unwrap()
@@ -255,11 +255,11 @@ fn correlate_reproduces_the_table8_numbers() {
 
 #[test]
 fn leaderboard_recomputation_lists_disagreements() {
-    let rb2 = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/rewardbench2/rb2_leaderboard_scores.csv");
+    let rb2 = concat!(env!("CARGO_MANIFEST_DIR"), "/data/rewardbench2/rb2_leaderboard_scores.csv");
     let (ok, out, _) = bestofn(&["eval", "leaderboard", rb2]);
     assert!(ok);
     assert!(out.starts_with("rewardbench2: 197 rows recomputed, 0 disagree"), "{out}");
-    let rb1 = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/rewardbench2/rb1_leaderboard_scores.csv");
+    let rb1 = concat!(env!("CARGO_MANIFEST_DIR"), "/data/rewardbench2/rb1_leaderboard_scores.csv");
     let (_, out, _) = bestofn(&["eval", "leaderboard", rb1]);
     assert!(out.starts_with("rewardbench1: 172 rows recomputed, 7 disagree"), "{out}");
     assert!(out.contains("allenai/Llama-3.1-70B-Instruct-RM-RB2: published 0.9021"));

@@ -196,7 +196,7 @@ fn csv_rows(path: &str) -> Vec<std::collections::HashMap<String, String>> {
 
 #[test]
 fn the_overall_reproduces_both_published_leaderboards() {
-    let rb2 = csv_rows(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/rewardbench2/rb2_leaderboard_scores.csv"));
+    let rb2 = csv_rows(concat!(env!("CARGO_MANIFEST_DIR"), "/data/rewardbench2/rb2_leaderboard_scores.csv"));
     assert_eq!(rb2.len(), 197);
     for row in &rb2 {
         let subset = |k: &str| row[k].parse::<f64>().unwrap();
@@ -207,7 +207,7 @@ fn the_overall_reproduces_both_published_leaderboards() {
         assert!((mean6 - subset("overall_mean6")).abs() <= 1e-4, "{}", row["model"]);
     }
 
-    let rb1 = csv_rows(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/rewardbench2/rb1_leaderboard_scores.csv"));
+    let rb1 = csv_rows(concat!(env!("CARGO_MANIFEST_DIR"), "/data/rewardbench2/rb1_leaderboard_scores.csv"));
     let (mut with_prior, mut with_prior_ok, mut without_prior, mut without_prior_ok) = (0, 0, 0, 0);
     for row in &rb1 {
         let get = |k: &str| row.get(k).and_then(|v| v.parse::<f64>().ok());
