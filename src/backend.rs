@@ -224,8 +224,7 @@ pub struct JsonReply {
     pub latency: Duration,
 }
 
-/// A stream of body bytes from a backend; an error ends it.
-pub type ByteStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, Error>> + Send>>;
+pub use crate::bon::ByteStream;
 
 enum Attempt {
     Retryable { error: Error, retry_after: Option<Duration> },

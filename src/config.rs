@@ -12,7 +12,8 @@ use std::time::Duration;
 use crate::backend::Secret;
 use crate::bon::{DOMAINS, DomainRule, MAX_N, Policy, ScorerFailurePolicy};
 use crate::record::RecorderConfig;
-use crate::score::{ChatTemplate, Combine, InputFormat, JudgeMode, RewardApi};
+use crate::remote::{InputFormat, JudgeMode, RewardApi};
+use crate::score::{ChatTemplate, Combine};
 use crate::upstream::SamplingMode;
 
 /// A configuration that could not be loaded, naming the file and the problem.

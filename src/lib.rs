@@ -14,6 +14,7 @@ pub mod eval;
 pub mod metrics;
 pub mod openai;
 pub mod record;
+pub mod remote;
 pub mod score;
 pub mod server;
 #[cfg(test)]

@@ -42,7 +42,7 @@ pub fn sample_line(id: &str, plan: &Plan, conversation: &[Message], outcome: &Ou
         .enumerate()
         .map(|(i, c)| {
             let rewards = match outcome.scores.get(i) {
-                Some(score) => json!({ plan.scorer.as_str(): score }),
+                Some(score) => json!({ plan.scorer.name.as_str(): score }),
                 None => json!({}),
             };
             json!({"text": c.text, "rewards": rewards, "finish_reason": c.finish_reason})
@@ -55,7 +55,7 @@ pub fn sample_line(id: &str, plan: &Plan, conversation: &[Message], outcome: &Ou
         "messages": conversation,
         "candidates": candidates,
         "chosen": outcome.chosen(),
-        "scorer": plan.scorer,
+        "scorer": plan.scorer.name,
     })
 }
 

@@ -8,9 +8,8 @@ use std::time::Duration;
 use crate::backend::{Backend, EjectionPolicy, EndpointPool, RetryPolicy, Secret};
 use crate::config::{ScoreCacheConfig, ScorerConfig, TransportConfig};
 use crate::metrics::Metrics;
-use crate::score::{
-    CachedScorer, ConsensusScorer, EnsembleScorer, JudgeScorer, RewardHttpScorer, Scorer, VerifyScorer,
-};
+use crate::remote::{JudgeScorer, RewardHttpScorer};
+use crate::score::{CachedScorer, ConsensusScorer, EnsembleScorer, Scorer, VerifyScorer};
 
 /// A startup failure: a missing environment variable or an HTTP client that cannot be built.
 #[derive(Debug, thiserror::Error)]

@@ -163,8 +163,7 @@ fn bad_samples_are_named_by_file_and_line() {
     }
 }
 
-const TABLE8: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/data/rewardbench2/paper_tables/table8_ppo_bon.csv");
+const TABLE8: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/rewardbench2/paper_tables/table8_ppo_bon.csv");
 
 fn r_of(json: &Value, method: &str, y: &str, x: &str) -> f64 {
     json[method][y][x]["r"].as_f64().unwrap()

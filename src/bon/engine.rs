@@ -8,11 +8,11 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{
-    Api, DomainClassifier, Plan, Policy, RuleClassifier, Sampler, Samples, ScorerFailurePolicy, Steering, rank,
+    Api, ByteStream, DomainClassifier, Plan, Policy, RuleClassifier, Sampler, Samples, ScorerFailurePolicy, Steering,
+    rank, score_candidates,
 };
-use crate::backend::ByteStream;
 use crate::error::Error;
-use crate::score::{Message, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
+use crate::score::{Message, ScoreInput, ScoreOutput, Scorer, ScorerUsage, last_user_message};
 
 /// Where a request's time went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -80,19 +80,8 @@ impl Engine {
         samples: &Samples,
         response_format: Option<&Value>,
     ) -> Result<ScoreOutput, Error> {
-        let scorer = self
-            .scorers
-            .get(&plan.scorer)
-            .ok_or_else(|| Error::Internal(format!("scorer '{}' vanished after planning", plan.scorer)))?;
         let texts: Vec<String> = samples.candidates.iter().map(|c| c.text.clone()).collect();
-        let out = scorer.score(ScoreInput { conversation, candidates: &texts, response_format }).await?;
-        if out.scores.len() != texts.len() {
-            return Err(Error::BadGateway {
-                backend: format!("scorer {}", plan.scorer),
-                message: format!("{} scores for {} candidates", out.scores.len(), texts.len()),
-            });
-        }
-        Ok(out)
+        score_candidates(&*plan.scorer.scorer, ScoreInput { conversation, candidates: &texts, response_format }).await
     }
 
     /// An engine over a sampler, the named scorers and a validated policy.
@@ -105,12 +94,9 @@ impl Engine {
     pub async fn plan(&self, steering: &Steering, client_n: u32, conversation: &[Message]) -> Result<Plan, Error> {
         let classified = match &steering.domain {
             Some(_) => None,
-            None => {
-                let last_user = conversation.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
-                Some(self.classifier.classify(last_user).await)
-            }
+            None => Some(self.classifier.classify(last_user_message(conversation)).await),
         };
-        self.policy.plan(steering, client_n, classified.as_deref(), |name| self.scorers.contains_key(name))
+        self.policy.plan(steering, client_n, classified.as_deref(), &self.scorers)
     }
 
     /// Forwards a request as it is, with the domain's defaults filled in (N = 1).
@@ -161,7 +147,7 @@ impl Engine {
                 Ok(out) => (out.scores, out.usage),
                 Err(e) if self.policy.on_scorer_failure == ScorerFailurePolicy::Fail => return Err(e),
                 Err(e) => {
-                    tracing::warn!(scorer = %plan.scorer, error = %e, policy = ?self.policy.on_scorer_failure, "scorer failed; falling back");
+                    tracing::warn!(scorer = %plan.scorer.name, error = %e, policy = ?self.policy.on_scorer_failure, "scorer failed; falling back");
                     scorer_error = Some(e.to_string());
                     (Vec::new(), ScorerUsage::default())
                 }

@@ -4,17 +4,16 @@
 mod classify;
 mod engine;
 mod policy;
-mod select;
+pub mod select;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 pub use classify::classify;
 pub use engine::{Engine, Outcome, Timings};
-pub use policy::{DOMAINS, DomainRule, MAX_N, Plan, Policy, ScorerFailurePolicy};
-pub use select::rank;
+pub use policy::{DOMAINS, DomainRule, MAX_N, Plan, Policy, ResolvedScorer, ScorerFailurePolicy, check_n};
+pub use select::{rank, score_candidates};
 
-use crate::backend::ByteStream;
 use crate::error::Error;
 use crate::score::BoxFuture;
 
@@ -97,15 +96,10 @@ impl Api {
             Api::Completions => "/completions",
         }
     }
-
-    /// The text of one upstream choice, as scorers see it.
-    pub fn choice_text(self, choice: &Map<String, Value>) -> String {
-        match self {
-            Api::Chat => crate::openai::content_text(choice.get("message").and_then(|m| m.get("content"))),
-            Api::Completions => choice.get("text").and_then(Value::as_str).unwrap_or_default().to_string(),
-        }
-    }
 }
+
+/// Bytes of a streamed answer as they arrive from the upstream; an error ends the stream.
+pub type ByteStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, Error>> + Send>>;
 
 /// Produces candidates from an LLM.
 pub trait Sampler: Send + Sync {

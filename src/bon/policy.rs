@@ -2,14 +2,50 @@
 //! per-request steering.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::Steering;
 use crate::error::Error;
+use crate::score::Scorer;
 
 /// The most candidates one request may ask for.
 pub const MAX_N: u32 = 64;
+
+/// The policy bound on a number of candidates, checked in one place for config values and
+/// request values alike: 1 to [`MAX_N`].
+pub fn check_n(n: u32) -> Result<u32, String> {
+    if (1..=MAX_N).contains(&n) { Ok(n) } else { Err(format!("must be between 1 and {MAX_N}, got {n}")) }
+}
+
+/// A scorer resolved at planning time: its name and the scorer itself, so a request never looks
+/// its scorer up twice.
+#[derive(Clone)]
+pub struct ResolvedScorer {
+    /// The configured name.
+    pub name: String,
+    /// The scorer.
+    pub scorer: Arc<dyn Scorer>,
+}
+
+impl std::fmt::Debug for ResolvedScorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl PartialEq for ResolvedScorer {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Serialize for ResolvedScorer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name)
+    }
+}
 
 /// RewardBench 2's domains as they apply to requests, plus `code` and `general`.
 pub const DOMAINS: [&str; 7] = ["factuality", "precise_if", "math", "safety", "focus", "code", "general"];
@@ -75,8 +111,8 @@ pub struct Plan {
     pub n: u32,
     /// Choices to return, best first.
     pub k: u32,
-    /// Scorer name.
-    pub scorer: String,
+    /// The scorer, resolved.
+    pub scorer: ResolvedScorer,
     /// List every candidate in the response.
     pub return_candidates: bool,
     /// Temperature to send when the request sets none.
@@ -113,13 +149,13 @@ impl Plan {
 
 impl Policy {
     /// Resolves the plan for a request. `classified` is the classifier's domain, used when the
-    /// request names none; `has_scorer` says whether a scorer name is configured.
+    /// request names none; `scorers` are the configured scorers by name.
     pub fn plan(
         &self,
         steering: &Steering,
         client_n: u32,
         classified: Option<&str>,
-        has_scorer: impl Fn(&str) -> bool,
+        scorers: &BTreeMap<String, Arc<dyn Scorer>>,
     ) -> Result<Plan, Error> {
         let domain = match &steering.domain {
             Some(d) if DOMAINS.contains(&d.as_str()) || self.domains.contains_key(d) => d.clone(),
@@ -133,28 +169,28 @@ impl Policy {
         };
         let rule = self.domains.get(&domain);
         let mut n = match steering.n {
-            Some(n) if n > MAX_N => {
-                return Err(Error::invalid(
-                    "bestofn.n",
-                    format!("'bestofn.n' (or x-bestofn-n) must be at most {MAX_N}, got {n}"),
-                ));
+            Some(n) => {
+                check_n(n).map_err(|m| Error::invalid("bestofn.n", format!("'bestofn.n' (or x-bestofn-n) {m}")))?
             }
-            Some(n) => n,
             None => rule.and_then(|r| r.n).unwrap_or(self.n),
         };
         if client_n > n {
-            if client_n > MAX_N {
-                return Err(Error::invalid(
+            n = check_n(client_n).map_err(|_| {
+                Error::invalid(
                     "n",
                     format!("'n' asks for {client_n} choices but at most {MAX_N} candidates are sampled"),
-                ));
-            }
-            n = client_n;
+                )
+            })?;
         }
+        let resolve =
+            |name: &str| scorers.get(name).map(|s| ResolvedScorer { name: name.to_string(), scorer: s.clone() });
         let scorer = match &steering.scorer {
-            Some(s) if has_scorer(s) => s.clone(),
-            Some(s) => return Err(Error::invalid("bestofn.scorer", format!("unknown scorer '{s}'"))),
-            None => rule.and_then(|r| r.scorer.clone()).unwrap_or_else(|| self.scorer.clone()),
+            Some(s) => resolve(s).ok_or_else(|| Error::invalid("bestofn.scorer", format!("unknown scorer '{s}'")))?,
+            None => {
+                let name = rule.and_then(|r| r.scorer.as_deref()).unwrap_or(&self.scorer);
+                // Config validation guarantees the policy's scorers exist.
+                resolve(name).ok_or_else(|| Error::Internal(format!("the policy's scorer '{name}' is not built")))?
+            }
         };
         Ok(Plan {
             n,
@@ -189,52 +225,58 @@ mod tests {
         }
     }
 
-    fn known(s: &str) -> bool {
-        s == "rm" || s == "verify"
+    fn known() -> BTreeMap<String, Arc<dyn Scorer>> {
+        ["rm", "verify"]
+            .into_iter()
+            .map(|name| {
+                let scorer: Arc<dyn Scorer> = Arc::new(crate::score::ConsensusScorer { name: name.into() });
+                (name.to_string(), scorer)
+            })
+            .collect()
     }
 
     #[test]
     fn domain_overrides_then_steering_wins() {
         let p = policy();
-        let plan = p.plan(&Steering::default(), 1, None, known).unwrap();
-        assert_eq!((plan.n, plan.scorer.as_str(), plan.domain.as_str()), (4, "rm", "general"));
+        let plan = p.plan(&Steering::default(), 1, None, &known()).unwrap();
+        assert_eq!((plan.n, plan.scorer.name.as_str(), plan.domain.as_str()), (4, "rm", "general"));
         let math = Steering { domain: Some("math".into()), ..Default::default() };
-        let plan = p.plan(&math, 1, None, known).unwrap();
-        assert_eq!((plan.n, plan.scorer.as_str()), (8, "verify"));
+        let plan = p.plan(&math, 1, None, &known()).unwrap();
+        assert_eq!((plan.n, plan.scorer.name.as_str()), (8, "verify"));
         let steer =
             Steering { domain: Some("math".into()), n: Some(2), scorer: Some("rm".into()), ..Default::default() };
-        let plan = p.plan(&steer, 1, None, known).unwrap();
-        assert_eq!((plan.n, plan.scorer.as_str()), (2, "rm"));
+        let plan = p.plan(&steer, 1, None, &known()).unwrap();
+        assert_eq!((plan.n, plan.scorer.name.as_str()), (2, "rm"));
     }
 
     #[test]
     fn classified_domain_applies_its_rule_and_defaults() {
         let p = policy();
-        let plan = p.plan(&Steering::default(), 1, Some("math"), known).unwrap();
+        let plan = p.plan(&Steering::default(), 1, Some("math"), &known()).unwrap();
         assert_eq!((plan.domain.as_str(), plan.n), ("math", 8));
         let body: serde_json::Map<String, serde_json::Value> = serde_json::from_str(r#"{"messages":[]}"#).unwrap();
         assert_eq!(plan.upstream_body(&body)["temperature"], 0.9);
         let set: serde_json::Map<String, serde_json::Value> = serde_json::from_str(r#"{"temperature":0.1}"#).unwrap();
         assert_eq!(plan.upstream_body(&set)["temperature"], 0.1, "the client's value wins");
         let explicit = Steering { domain: Some("code".into()), ..Default::default() };
-        assert_eq!(p.plan(&explicit, 1, Some("math"), known).unwrap().domain, "code", "an explicit domain wins");
+        assert_eq!(p.plan(&explicit, 1, Some("math"), &known()).unwrap().domain, "code", "an explicit domain wins");
     }
 
     #[test]
     fn client_n_raises_n_within_bounds() {
         let p = policy();
-        assert_eq!(p.plan(&Steering::default(), 6, None, known).unwrap().n, 6);
-        assert_eq!(p.plan(&Steering::default(), 65, None, known).unwrap_err().param(), Some("n"));
+        assert_eq!(p.plan(&Steering::default(), 6, None, &known()).unwrap().n, 6);
+        assert_eq!(p.plan(&Steering::default(), 65, None, &known()).unwrap_err().param(), Some("n"));
         let too_many = Steering { n: Some(65), ..Default::default() };
-        assert_eq!(p.plan(&too_many, 1, None, known).unwrap_err().param(), Some("bestofn.n"));
+        assert_eq!(p.plan(&too_many, 1, None, &known()).unwrap_err().param(), Some("bestofn.n"));
     }
 
     #[test]
     fn unknown_names_are_rejected() {
         let p = policy();
         let s = Steering { scorer: Some("nope".into()), ..Default::default() };
-        assert_eq!(p.plan(&s, 1, None, known).unwrap_err().param(), Some("bestofn.scorer"));
+        assert_eq!(p.plan(&s, 1, None, &known()).unwrap_err().param(), Some("bestofn.scorer"));
         let d = Steering { domain: Some("poetry".into()), ..Default::default() };
-        assert_eq!(p.plan(&d, 1, None, known).unwrap_err().param(), Some("bestofn.domain"));
+        assert_eq!(p.plan(&d, 1, None, &known()).unwrap_err().param(), Some("bestofn.domain"));
     }
 }

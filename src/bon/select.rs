@@ -1,4 +1,29 @@
-//! Selection: the candidate order by score that both the proxy and the evaluator use.
+//! Selection: how candidates are scored, ranked and chosen, online and offline. The proxy's
+//! engine and every `bestofn eval` command go through this file: the checked scoring call, the
+//! ranking and its tie rule, and the exact best-of-k estimators that predict what the ranking
+//! buys on recorded candidates.
+//!
+//! The tie rule is the same on both sides: online, equal scores go to the lower candidate index;
+//! candidates arrive in a random order, so offline that is a uniformly random member of the tie
+//! group, which is what the estimators average over.
+
+use crate::error::Error;
+use crate::score::{ScoreInput, ScoreOutput, Scorer};
+
+/// Scores `input` with `scorer` and checks the contract every caller relies on: exactly one
+/// finite score per candidate. A scorer that breaks it is a gateway failure naming the scorer.
+pub async fn score_candidates(scorer: &dyn Scorer, input: ScoreInput<'_>) -> Result<ScoreOutput, Error> {
+    let expected = input.candidates.len();
+    let out = scorer.score(input).await?;
+    let broken = |message: String| Error::BadGateway { backend: format!("scorer {}", scorer.name()), message };
+    if out.scores.len() != expected {
+        return Err(broken(format!("{} scores for {expected} candidates", out.scores.len())));
+    }
+    if let Some(i) = out.scores.iter().position(|s| !s.is_finite()) {
+        return Err(broken(format!("score {} of candidate {i} is not a finite number", out.scores[i])));
+    }
+    Ok(out)
+}
 
 /// Candidate indices ordered best first: higher score first, ties to the lower index, NaN last.
 pub fn rank(scores: &[f64]) -> Vec<usize> {
@@ -11,9 +36,146 @@ pub fn rank(scores: &[f64]) -> Vec<usize> {
     order
 }
 
+/// 1, 2, 4, ... up to `max_n`, and `max_n` itself when it is not a power of two: the N grid of
+/// best-of-N curves.
+pub fn k_grid(max_n: usize) -> Vec<usize> {
+    let mut ks = Vec::new();
+    let mut k = 1;
+    while k <= max_n {
+        ks.push(k);
+        k *= 2;
+    }
+    if max_n > 0 && ks.last() != Some(&max_n) {
+        ks.push(max_n);
+    }
+    ks
+}
+
+/// `ln(n!)` for n in 0..=max, so binomial ratios never overflow or underflow.
+#[derive(Debug, Clone)]
+pub struct LogFactorials(Vec<f64>);
+
+impl LogFactorials {
+    /// The table up to `max`.
+    pub fn new(max: usize) -> Self {
+        let mut table = Vec::with_capacity(max + 1);
+        table.push(0.0);
+        for i in 1..=max {
+            table.push(table[i - 1] + (i as f64).ln());
+        }
+        LogFactorials(table)
+    }
+
+    /// `C(a, k) / C(n, k)`: the chance that a random k-subset of n items lies inside a fixed
+    /// set of a items. Computed as exp(ln a! - ln (a-k)! - ln n! + ln (n-k)!), stable for n
+    /// up to the table's size (1024 and far beyond).
+    pub fn subset_ratio(&self, a: usize, n: usize, k: usize) -> f64 {
+        if a < k || n < k {
+            return 0.0;
+        }
+        let f = &self.0;
+        (f[a] - f[a - k] - f[n] + f[n - k]).exp()
+    }
+
+    /// Grows the table to cover `max`.
+    pub fn ensure(&mut self, max: usize) {
+        while self.0.len() <= max {
+            let i = self.0.len();
+            let last = self.0[i - 1];
+            self.0.push(last + (i as f64).ln());
+        }
+    }
+}
+
+/// Exact E[value of the chosen candidate] when a uniformly random k-subset is drawn and the
+/// candidate with the highest `key` wins, ties broken uniformly at random.
+///
+/// Candidates are sorted by key; a tie group G with L candidates strictly below it wins iff the
+/// subset lies within the L + |G| lowest and meets G, which has chance
+/// (C(L+|G|, k) - C(L, k)) / C(N, k); by symmetry each member of G is then equally likely.
+pub fn expected_at_k(keys: &[f64], values: &[f64], k: usize, table: &LogFactorials) -> f64 {
+    let n = keys.len();
+    if k == 0 || k > n {
+        return f64::NAN;
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| keys[a].total_cmp(&keys[b]));
+    expected_sorted(keys, values, &order, k, table)
+}
+
+fn expected_sorted(keys: &[f64], values: &[f64], order: &[usize], k: usize, table: &LogFactorials) -> f64 {
+    let n = order.len();
+    expected_with(keys, values, order, |a| table.subset_ratio(a, n, k))
+}
+
+/// The sum over tie groups, with `ratio(a)` = C(a, k) / C(n, k) supplied by the caller (from a
+/// precomputed row in the hot path).
+fn expected_with(keys: &[f64], values: &[f64], order: &[usize], ratio: impl Fn(usize) -> f64) -> f64 {
+    let n = order.len();
+    let mut total = 0.0;
+    let mut below = 0;
+    while below < n {
+        let key = keys[order[below]];
+        let mut end = below + 1;
+        while end < n && keys[order[end]] == key {
+            end += 1;
+        }
+        let group = end - below;
+        let p = ratio(below + group) - ratio(below);
+        if p > 0.0 {
+            let mean: f64 = order[below..end].iter().map(|&i| values[i]).sum::<f64>() / group as f64;
+            total += p * mean;
+        }
+        below = end;
+    }
+    total
+}
+
+/// `C(a, k) / C(n, k)` for every a in 0..=n and every k of the grid, per candidate count n:
+/// computed once per distinct n, so the per-prompt work has no exp or log in it.
+#[derive(Debug, Default)]
+pub struct RatioCache {
+    table: Option<LogFactorials>,
+    rows: std::collections::HashMap<usize, Vec<Vec<f64>>>,
+}
+
+impl RatioCache {
+    /// The ratio rows for `n` candidates over the grid `ks` (computed on first use).
+    pub fn rows(&mut self, n: usize, ks: &[usize]) -> &Vec<Vec<f64>> {
+        let table = self.table.get_or_insert_with(|| LogFactorials::new(n));
+        table.ensure(n);
+        let table = &*table;
+        self.rows
+            .entry(n)
+            .or_insert_with(|| ks.iter().map(|&k| (0..=n).map(|a| table.subset_ratio(a, n, k)).collect()).collect())
+    }
+}
+
+/// Fills `out[ki]` with E[label of the winner] at each k when `keys` rank the candidates
+/// (NaN where the prompt has fewer than k candidates). Sorts once for all k.
+pub fn fill_curve(
+    keys: &[f64],
+    labels: &[f64],
+    ks: &[usize],
+    rows: &[Vec<f64>],
+    order: &mut Vec<usize>,
+    out: &mut [f64],
+) {
+    let n = keys.len();
+    order.clear();
+    order.extend(0..n);
+    order.sort_unstable_by(|&a, &b| keys[a].total_cmp(&keys[b]));
+    for ((slot, &k), row) in out.iter_mut().zip(ks).zip(rows) {
+        *slot = if k <= n { expected_with(keys, labels, order, |a| row[a]) } else { f64::NAN };
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::score::{BoxFuture, Message, ScorerUsage};
 
     #[test]
     fn highest_first_ties_to_lowest_index() {
@@ -22,5 +184,97 @@ mod tests {
         assert_eq!(rank(&[f64::NAN, -5.0]), vec![1, 0]);
         assert_eq!(rank(&[-0.0, 0.0]), vec![0, 1]);
         assert!(rank(&[]).is_empty());
+    }
+
+    /// A scorer that answers fixed scores, whatever it is asked.
+    struct Fixed(Vec<f64>);
+
+    impl Scorer for Fixed {
+        fn name(&self) -> &str {
+            "fixed"
+        }
+        fn score<'a>(&'a self, _input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
+            Box::pin(std::future::ready(Ok(ScoreOutput { scores: self.0.clone(), usage: ScorerUsage::default() })))
+        }
+    }
+
+    #[tokio::test]
+    async fn scoring_checks_one_finite_score_per_candidate() {
+        let conversation = [Message { role: "user".into(), content: "q".into() }];
+        let candidates = ["a".to_string(), "b".to_string()];
+        let input = ScoreInput { conversation: &conversation, candidates: &candidates, response_format: None };
+        assert_eq!(score_candidates(&Fixed(vec![1.0, 2.0]), input).await.unwrap().scores, vec![1.0, 2.0]);
+        let short = score_candidates(&Fixed(vec![1.0]), input).await.unwrap_err().to_string();
+        assert!(short.contains("scorer fixed") && short.contains("1 scores for 2 candidates"), "{short}");
+        let nan = score_candidates(&Fixed(vec![1.0, f64::NAN]), input).await.unwrap_err().to_string();
+        assert!(nan.contains("candidate 1") && nan.contains("finite"), "{nan}");
+    }
+
+    /// Brute force: every k-subset, the best key wins, ties split evenly.
+    fn brute(keys: &[f64], values: &[f64], k: usize) -> f64 {
+        let n = keys.len();
+        let mut total = 0.0;
+        let mut count = 0.0;
+        for mask in 0u32..(1 << n) {
+            if mask.count_ones() as usize != k {
+                continue;
+            }
+            let members: Vec<usize> = (0..n).filter(|i| mask & (1 << i) != 0).collect();
+            let best = members.iter().map(|&i| keys[i]).fold(f64::NEG_INFINITY, f64::max);
+            let winners: Vec<usize> = members.into_iter().filter(|&i| keys[i] == best).collect();
+            total += winners.iter().map(|&i| values[i]).sum::<f64>() / winners.len() as f64;
+            count += 1.0;
+        }
+        total / count
+    }
+
+    #[test]
+    fn hand_examples() {
+        let t = LogFactorials::new(8);
+        // For k = N the argmax always wins.
+        assert!((expected_at_k(&[1.0, 2.0, 3.0], &[0.0, 0.0, 1.0], 3, &t) - 1.0).abs() < 1e-12);
+        // k = 1 is the mean label whatever the rewards.
+        assert!((expected_at_k(&[5.0, 1.0, 3.0, 2.0], &[1.0, 0.0, 0.0, 1.0], 1, &t) - 0.5).abs() < 1e-12);
+        // All rewards tied: every k gives the mean label.
+        assert!((expected_at_k(&[1.0; 4], &[1.0, 0.0, 0.0, 0.5], 3, &t) - 0.375).abs() < 1e-12);
+        assert_eq!(k_grid(16), vec![1, 2, 4, 8, 16]);
+        assert_eq!(k_grid(12), vec![1, 2, 4, 8, 12]);
+    }
+
+    #[test]
+    fn binomial_ratios_are_stable_at_n_1024() {
+        let t = LogFactorials::new(1024);
+        let r = t.subset_ratio(1023, 1024, 512);
+        assert!((r - 0.5).abs() < 1e-9, "{r}");
+        let tiny = t.subset_ratio(600, 1024, 512);
+        assert!(tiny.is_finite() && tiny >= 0.0);
+        let keys: Vec<f64> = (0..1024).map(|i| f64::from(i % 37)).collect();
+        let labels: Vec<f64> = (0..1024).map(|i| if i % 5 == 0 { 1.0 } else { 0.0 }).collect();
+        let v = expected_at_k(&keys, &labels, 512, &t);
+        assert!((0.0..=1.0).contains(&v));
+    }
+
+    proptest! {
+        #[test]
+        fn exact_equals_brute_force(
+            pairs in prop::collection::vec((0i32..4, 0u8..5), 1..9),
+            k_frac in 0.0f64..1.0,
+        ) {
+            let keys: Vec<f64> = pairs.iter().map(|p| f64::from(p.0)).collect();
+            let values: Vec<f64> = pairs.iter().map(|p| f64::from(p.1) / 4.0).collect();
+            let n = keys.len();
+            let k = 1 + ((n - 1) as f64 * k_frac) as usize;
+            let t = LogFactorials::new(n);
+            let exact = expected_at_k(&keys, &values, k, &t);
+            prop_assert!((exact - brute(&keys, &values, k)).abs() < 1e-9, "{} vs {}", exact, brute(&keys, &values, k));
+            // oracle@k is BoN with the labels as rewards, and bounds BoN from above.
+            prop_assert!(expected_at_k(&values, &values, k, &t) + 1e-12 >= exact);
+            // At k = N the estimator is the online rule: the label of rank()'s first pick, up
+            // to ties (which it averages).
+            let top = rank(&keys)[0];
+            let tied: Vec<usize> = (0..n).filter(|&i| keys[i] == keys[top]).collect();
+            let tie_mean = tied.iter().map(|&i| values[i]).sum::<f64>() / tied.len() as f64;
+            prop_assert!((expected_at_k(&keys, &values, n, &t) - tie_mean).abs() < 1e-9);
+        }
     }
 }

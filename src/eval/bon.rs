@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::bon::select::{RatioCache, fill_curve, k_grid};
+
 /// One prompt's candidates: a label in [0, 1] and the rewards of one or more scorers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prompt {
@@ -16,116 +18,6 @@ pub struct Prompt {
     pub labels: Vec<f64>,
     /// Per reward name, one reward per candidate.
     pub rewards: BTreeMap<String, Vec<f64>>,
-}
-
-/// `ln(n!)` for n in 0..=max, so binomial ratios never overflow or underflow.
-#[derive(Debug, Clone)]
-pub struct LogFactorials(Vec<f64>);
-
-impl LogFactorials {
-    /// The table up to `max`.
-    pub fn new(max: usize) -> Self {
-        let mut table = Vec::with_capacity(max + 1);
-        table.push(0.0);
-        for i in 1..=max {
-            table.push(table[i - 1] + (i as f64).ln());
-        }
-        LogFactorials(table)
-    }
-
-    /// `C(a, k) / C(n, k)`: the chance that a random k-subset of n items lies inside a fixed
-    /// set of a items. Computed as exp(ln a! - ln (a-k)! - ln n! + ln (n-k)!), stable for n
-    /// up to the table's size (1024 and far beyond).
-    pub fn subset_ratio(&self, a: usize, n: usize, k: usize) -> f64 {
-        if a < k || n < k {
-            return 0.0;
-        }
-        let f = &self.0;
-        (f[a] - f[a - k] - f[n] + f[n - k]).exp()
-    }
-
-    fn ensure(&mut self, max: usize) {
-        while self.0.len() <= max {
-            let i = self.0.len();
-            let last = self.0[i - 1];
-            self.0.push(last + (i as f64).ln());
-        }
-    }
-}
-
-/// Exact E[value of the chosen candidate] when a uniformly random k-subset is drawn and the
-/// candidate with the highest `key` wins, ties broken uniformly at random.
-///
-/// Candidates are sorted by key; a tie group G with L candidates strictly below it wins iff the
-/// subset lies within the L + |G| lowest and meets G, which has chance
-/// (C(L+|G|, k) - C(L, k)) / C(N, k); by symmetry each member of G is then equally likely.
-pub fn expected_at_k(keys: &[f64], values: &[f64], k: usize, table: &LogFactorials) -> f64 {
-    let n = keys.len();
-    if k == 0 || k > n {
-        return f64::NAN;
-    }
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| keys[a].total_cmp(&keys[b]));
-    expected_sorted(keys, values, &order, k, table)
-}
-
-fn expected_sorted(keys: &[f64], values: &[f64], order: &[usize], k: usize, table: &LogFactorials) -> f64 {
-    let n = order.len();
-    expected_with(keys, values, order, |a| table.subset_ratio(a, n, k))
-}
-
-/// The sum over tie groups, with `ratio(a)` = C(a, k) / C(n, k) supplied by the caller (from a
-/// precomputed row in the hot path).
-fn expected_with(keys: &[f64], values: &[f64], order: &[usize], ratio: impl Fn(usize) -> f64) -> f64 {
-    let n = order.len();
-    let mut total = 0.0;
-    let mut below = 0;
-    while below < n {
-        let key = keys[order[below]];
-        let mut end = below + 1;
-        while end < n && keys[order[end]] == key {
-            end += 1;
-        }
-        let group = end - below;
-        let p = ratio(below + group) - ratio(below);
-        if p > 0.0 {
-            let mean: f64 = order[below..end].iter().map(|&i| values[i]).sum::<f64>() / group as f64;
-            total += p * mean;
-        }
-        below = end;
-    }
-    total
-}
-
-/// `C(a, k) / C(n, k)` for every a in 0..=n and every k of the grid, per candidate count n:
-/// computed once per distinct n, so the per-prompt work has no exp or log in it.
-#[derive(Debug, Default)]
-pub struct RatioCache {
-    table: Option<LogFactorials>,
-    rows: std::collections::HashMap<usize, Vec<Vec<f64>>>,
-}
-
-impl RatioCache {
-    fn rows(&mut self, n: usize, ks: &[usize]) -> &Vec<Vec<f64>> {
-        let table = self.table.get_or_insert_with(|| LogFactorials::new(n));
-        table.ensure(n);
-        let table = &*table;
-        self.rows
-            .entry(n)
-            .or_insert_with(|| ks.iter().map(|&k| (0..=n).map(|a| table.subset_ratio(a, n, k)).collect()).collect())
-    }
-}
-
-/// Fills `out[ki]` with E[label of the winner] at each k when `keys` rank the candidates
-/// (NaN where the prompt has fewer than k candidates). Sorts once for all k.
-fn fill_curve(keys: &[f64], labels: &[f64], ks: &[usize], rows: &[Vec<f64>], order: &mut Vec<usize>, out: &mut [f64]) {
-    let n = keys.len();
-    order.clear();
-    order.extend(0..n);
-    order.sort_unstable_by(|&a, &b| keys[a].total_cmp(&keys[b]));
-    for ((slot, &k), row) in out.iter_mut().zip(ks).zip(rows) {
-        *slot = if k <= n { expected_with(keys, labels, order, |a| row[a]) } else { f64::NAN };
-    }
 }
 
 /// One reward's curve in one domain.
@@ -163,20 +55,6 @@ pub struct BonReport {
     pub k: Vec<usize>,
     /// `all` and each domain.
     pub domains: BTreeMap<String, DomainCurves>,
-}
-
-/// 1, 2, 4, ... up to `max_n`, and `max_n` itself when it is not a power of two.
-pub fn k_grid(max_n: usize) -> Vec<usize> {
-    let mut ks = Vec::new();
-    let mut k = 1;
-    while k <= max_n {
-        ks.push(k);
-        k *= 2;
-    }
-    if max_n > 0 && ks.last() != Some(&max_n) {
-        ks.push(max_n);
-    }
-    ks
 }
 
 fn mean_of(values: &[f64]) -> Option<f64> {
@@ -361,71 +239,7 @@ pub fn render_bon(report: &BonReport, format: super::Format) -> String {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-
     use super::*;
-
-    /// Brute force: every k-subset, the best key wins, ties split evenly.
-    fn brute(keys: &[f64], values: &[f64], k: usize) -> f64 {
-        let n = keys.len();
-        let mut total = 0.0;
-        let mut count = 0.0;
-        for mask in 0u32..(1 << n) {
-            if mask.count_ones() as usize != k {
-                continue;
-            }
-            let members: Vec<usize> = (0..n).filter(|i| mask & (1 << i) != 0).collect();
-            let best = members.iter().map(|&i| keys[i]).fold(f64::NEG_INFINITY, f64::max);
-            let winners: Vec<usize> = members.into_iter().filter(|&i| keys[i] == best).collect();
-            total += winners.iter().map(|&i| values[i]).sum::<f64>() / winners.len() as f64;
-            count += 1.0;
-        }
-        total / count
-    }
-
-    #[test]
-    fn hand_examples() {
-        let t = LogFactorials::new(8);
-        // Best reward correct: BoN@k = 1 once k covers it... for k = N always the argmax.
-        assert!((expected_at_k(&[1.0, 2.0, 3.0], &[0.0, 0.0, 1.0], 3, &t) - 1.0).abs() < 1e-12);
-        // k = 1 is the mean label whatever the rewards.
-        assert!((expected_at_k(&[5.0, 1.0, 3.0, 2.0], &[1.0, 0.0, 0.0, 1.0], 1, &t) - 0.5).abs() < 1e-12);
-        // All rewards tied: every k gives the mean label.
-        assert!((expected_at_k(&[1.0; 4], &[1.0, 0.0, 0.0, 0.5], 3, &t) - 0.375).abs() < 1e-12);
-        assert_eq!(k_grid(16), vec![1, 2, 4, 8, 16]);
-        assert_eq!(k_grid(12), vec![1, 2, 4, 8, 12]);
-    }
-
-    #[test]
-    fn binomial_ratios_are_stable_at_n_1024() {
-        let t = LogFactorials::new(1024);
-        let r = t.subset_ratio(1023, 1024, 512);
-        assert!((r - 0.5).abs() < 1e-9, "{r}");
-        let tiny = t.subset_ratio(600, 1024, 512);
-        assert!(tiny.is_finite() && tiny >= 0.0);
-        let keys: Vec<f64> = (0..1024).map(|i| f64::from(i % 37)).collect();
-        let labels: Vec<f64> = (0..1024).map(|i| if i % 5 == 0 { 1.0 } else { 0.0 }).collect();
-        let v = expected_at_k(&keys, &labels, 512, &t);
-        assert!((0.0..=1.0).contains(&v));
-    }
-
-    proptest! {
-        #[test]
-        fn exact_equals_brute_force(
-            pairs in prop::collection::vec((0i32..4, 0u8..5), 1..9),
-            k_frac in 0.0f64..1.0,
-        ) {
-            let keys: Vec<f64> = pairs.iter().map(|p| f64::from(p.0)).collect();
-            let values: Vec<f64> = pairs.iter().map(|p| f64::from(p.1) / 4.0).collect();
-            let n = keys.len();
-            let k = 1 + ((n - 1) as f64 * k_frac) as usize;
-            let t = LogFactorials::new(n);
-            let exact = expected_at_k(&keys, &values, k, &t);
-            prop_assert!((exact - brute(&keys, &values, k)).abs() < 1e-9, "{} vs {}", exact, brute(&keys, &values, k));
-            // oracle@k is BoN with the labels as rewards, and bounds BoN from above.
-            prop_assert!(expected_at_k(&values, &values, k, &t) + 1e-12 >= exact);
-        }
-    }
 
     #[test]
     fn report_counts_prompts_per_k_and_domains() {

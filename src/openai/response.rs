@@ -13,7 +13,7 @@ pub fn bestofn_object(plan: &Plan, outcome: &Outcome) -> Value {
         "n_received": samples.candidates.len(),
         "chosen": outcome.chosen(),
         "scores": outcome.scores,
-        "scorer": if outcome.scores.is_empty() { Value::Null } else { json!(plan.scorer) },
+        "scorer": if outcome.scores.is_empty() { Value::Null } else { json!(plan.scorer.name) },
         "sampling": samples.strategy,
         "timings_ms": outcome.timings,
         "usage": {

@@ -4,8 +4,6 @@
 mod cache;
 mod consensus;
 mod ensemble;
-mod judge;
-mod reward_http;
 mod template;
 mod verify;
 
@@ -17,8 +15,6 @@ use serde::Serialize;
 pub use cache::CachedScorer;
 pub use consensus::{ConsensusScorer, consensus_scores, final_answer, normalize_answer};
 pub use ensemble::{Combine, EnsembleScorer};
-pub use judge::{JudgeMode, JudgeScorer, expected_rating, parse_rating};
-pub use reward_http::{InputFormat, RewardApi, RewardHttpScorer};
 pub use template::ChatTemplate;
 pub use verify::{VerifyScorer, checks_for, conforms, parse_constraints, passes};
 
@@ -77,6 +73,12 @@ pub trait Scorer: Send + Sync {
     fn pointwise(&self) -> bool {
         false
     }
+}
+
+/// The text of the last user turn of a conversation (empty when there is none): what the
+/// classifier, the judge and the recorder's `prompt` field take as "the prompt".
+pub fn last_user_message(conversation: &[Message]) -> &str {
+    conversation.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str())
 }
 
 /// The conversation with `candidate` appended as the final assistant turn.

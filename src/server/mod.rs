@@ -267,7 +267,7 @@ fn observe_outcome(
     let e2e = started.elapsed();
     m.sampling_duration.with_label_values(&[domain]).observe(outcome.timings.sampling_ms / 1000.0);
     if !outcome.scores.is_empty() {
-        m.scoring_duration.with_label_values(&[plan.scorer.as_str()]).observe(outcome.timings.scoring_ms / 1000.0);
+        m.scoring_duration.with_label_values(&[plan.scorer.name.as_str()]).observe(outcome.timings.scoring_ms / 1000.0);
     }
     let overhead = m.observe_overhead(e2e, &mut spans);
     let received = outcome.samples.candidates.len() as u64;
@@ -278,13 +278,13 @@ fn observe_outcome(
     m.completion_tokens.with_label_values(&[domain]).inc_by(outcome.samples.usage.completion_tokens);
     if let Some(chosen) = outcome.chosen_score() {
         let mean = outcome.scores.iter().sum::<f64>() / outcome.scores.len() as f64;
-        let labels = [domain, plan.scorer.as_str()];
+        let labels = [domain, plan.scorer.name.as_str()];
         m.chosen_reward.with_label_values(&labels).observe(chosen);
         m.mean_reward.with_label_values(&labels).observe(mean);
         m.reward_lift.with_label_values(&labels).observe(chosen - mean);
     }
     if outcome.scorer_error.is_some() {
-        m.scorer_failures.with_label_values(&[plan.scorer.as_str()]).inc();
+        m.scorer_failures.with_label_values(&[plan.scorer.name.as_str()]).inc();
     }
     tracing::info!(
         request_id = %id,
@@ -293,7 +293,7 @@ fn observe_outcome(
         received,
         chosen = outcome.chosen(),
         scores = ?outcome.scores,
-        scorer = %plan.scorer,
+        scorer = %plan.scorer.name,
         latency_ms = e2e.as_millis() as u64,
         overhead_us = (overhead * 1e6) as u64,
         "best-of-n"

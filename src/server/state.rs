@@ -10,7 +10,8 @@ use crate::bon::Engine;
 use crate::config::{ClassifierConfig, Config, TransportConfig};
 use crate::metrics::Metrics;
 use crate::record::Recorder;
-use crate::upstream::{JudgeClassifier, Upstream};
+use crate::remote::JudgeClassifier;
+use crate::upstream::Upstream;
 pub use crate::wiring::StartupError;
 use crate::wiring::{CacheSetup, backend, build_scorers, http_client};
 

@@ -1,10 +1,6 @@
 //! The OpenAI-compatible upstream LLM: sampling N candidates by `n`, by parallel calls, or by
 //! learning which of the two the server supports.
 
-mod judge_classifier;
-
-pub use judge_classifier::JudgeClassifier;
-
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use std::time::Instant;
@@ -19,6 +15,7 @@ use crate::backend::Backend;
 use crate::backend::ByteStream;
 use crate::bon::{Api, Candidate, Sampler, Samples};
 use crate::error::Error;
+use crate::openai::choice_text;
 use crate::score::BoxFuture;
 
 /// How N candidates are requested from the upstream.
@@ -294,7 +291,7 @@ impl Upstream {
             let usage = call.body.get("usage");
             let prompt = usage.and_then(|u| u.get("prompt_tokens")).and_then(Value::as_u64);
             let reported = usage.and_then(|u| u.get("completion_tokens")).and_then(Value::as_u64);
-            let texts: Vec<String> = call.choices.iter().map(|c| api.choice_text(c)).collect();
+            let texts: Vec<String> = call.choices.iter().map(|c| choice_text(api, c)).collect();
             let estimated_sum: u64 = texts.iter().map(|t| estimate_tokens(t)).sum();
             let non_empty = texts.iter().filter(|t| !t.is_empty()).count() as u64;
             let completion = match reported {
@@ -414,7 +411,7 @@ mod tests {
                 if let Ok((_, choices)) = parse_reply(api, reply.clone()) {
                     prop_assert!(!choices.is_empty());
                     for c in &choices {
-                        let _ = api.choice_text(c);
+                        let _ = choice_text(api, c);
                     }
                 }
             }

@@ -5,11 +5,12 @@
 use futures_util::StreamExt;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
+use super::ChatCall;
 use crate::backend::Backend;
 use crate::error::Error;
+use crate::score::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage, last_user_message};
 
 /// RewardBench 2's `ratings_prompt` (allenai/reward-bench `scripts/run_generative_v2.py`).
 pub const RATINGS_PROMPT: &str = "\n### Task Description\nPlease act as an impartial judge and evaluate the quality of the response provided by an\nAI assistant to the user query displayed below.\n\nNotes:\n1- Your evaluation should consider factors such as the helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response.\n2- Begin your evaluation by providing a short explanation.\n3- Be as objective as possible. After providing your explanation, please rate the response on a scale of 1 to 10. For your rating, only give a number between 1 and 10 (inclusive), do not use any markdown, and do not put any text after your final rating.\n\n[Query]\n{prompt}\n\n[Response]\n{completion}\n\n[Your judgement]";
@@ -82,26 +83,17 @@ pub fn expected_rating(logprobs: &Value) -> Option<f64> {
 }
 
 impl JudgeScorer {
-    fn body(&self, messages: Value, logprobs: bool) -> Value {
-        let mut body = json!({"messages": messages, "temperature": 0, "max_tokens": self.max_tokens});
-        if let Some(m) = &self.model {
-            body["model"] = json!(m);
-        }
-        if logprobs {
-            body["logprobs"] = json!(true);
-            body["top_logprobs"] = json!(20);
-        }
-        body
+    fn call<'a>(&'a self, messages: &'a [(&'a str, &'a str)], logprobs: bool) -> ChatCall<'a> {
+        ChatCall { model: self.model.as_deref(), messages, max_tokens: self.max_tokens, temperature: 0.0, logprobs }
     }
 
     async fn rate(&self, prompt: &str, candidate: &str) -> Result<(f64, Option<u64>), Error> {
         let content = RATINGS_PROMPT.replace("{prompt}", prompt).replace("{completion}", candidate);
-        let body = self.body(json!([{"role": "user", "content": content}]), self.logprobs);
-        let reply = self.backend.post_json("/chat/completions", &body).await.map_err(Error::into_gateway_failure)?.body;
-        let tokens = reply.pointer("/usage/total_tokens").and_then(Value::as_u64);
-        let text = reply.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or("");
-        let expected = reply.pointer("/choices/0/logprobs").and_then(expected_rating);
-        Ok((expected.unwrap_or_else(|| parse_rating(text)), tokens))
+        let messages = [("user", content.as_str())];
+        let reply =
+            self.call(&messages, self.logprobs).send(&self.backend).await.map_err(Error::into_gateway_failure)?;
+        let expected = reply.logprobs.as_ref().and_then(expected_rating);
+        Ok((expected.unwrap_or_else(|| parse_rating(&reply.text)), reply.total_tokens))
     }
 
     async fn rank(&self, prompt: &str, candidates: &[String]) -> Result<ScoreOutput, Error> {
@@ -122,17 +114,15 @@ impl JudgeScorer {
                 candidates[i]
             ));
         }
-        let body =
-            self.body(json!([{"role": "system", "content": RANKING_SYSTEM}, {"role": "user", "content": user}]), false);
-        let reply = self.backend.post_json("/chat/completions", &body).await.map_err(Error::into_gateway_failure)?.body;
-        let text = reply.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or("");
+        let messages = [("system", RANKING_SYSTEM), ("user", user.as_str())];
+        let reply = self.call(&messages, false).send(&self.backend).await.map_err(Error::into_gateway_failure)?;
+        let text = reply.text.as_str();
         let picked = (0..order.len()).find(|&slot| text.contains(&format!("[[{}]]", LETTERS[slot] as char)));
         let mut scores = vec![0.0; candidates.len()];
         if let Some(slot) = picked {
             scores[order[slot]] = 1.0;
         }
-        let usage =
-            ScorerUsage { calls: 1, prompt_tokens: reply.pointer("/usage/prompt_tokens").and_then(Value::as_u64) };
+        let usage = ScorerUsage { calls: 1, prompt_tokens: reply.prompt_tokens };
         Ok(ScoreOutput { scores, usage })
     }
 }
@@ -148,7 +138,7 @@ impl Scorer for JudgeScorer {
 
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
         Box::pin(async move {
-            let prompt = input.conversation.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
+            let prompt = last_user_message(input.conversation);
             if self.mode == JudgeMode::Ranking {
                 return self.rank(prompt, input.candidates).await;
             }
@@ -169,6 +159,8 @@ impl Scorer for JudgeScorer {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

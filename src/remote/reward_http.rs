@@ -5,9 +5,9 @@ use futures_util::future::try_join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{BoxFuture, ChatTemplate, Message, ScoreInput, ScoreOutput, Scorer, ScorerUsage, with_candidate};
 use crate::backend::Backend;
 use crate::error::Error;
+use crate::score::{BoxFuture, ChatTemplate, Message, ScoreInput, ScoreOutput, Scorer, ScorerUsage, with_candidate};
 
 /// The RM server's API, each with its own request and response JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,6 @@
 //! A domain classifier that asks an OpenAI-compatible LLM, falling back to the rules.
 
-use serde_json::{Value, json};
-
+use super::ChatCall;
 use crate::backend::Backend;
 use crate::bon::{DOMAINS, DomainClassifier, classify};
 use crate::score::BoxFuture;
@@ -22,22 +21,21 @@ pub struct JudgeClassifier {
 
 impl JudgeClassifier {
     async fn ask(&self, message: &str) -> Option<String> {
-        let mut body = json!({
-            "messages": [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": message}],
-            "temperature": 0,
-            "max_tokens": 8,
-        });
-        if let Some(model) = &self.model {
-            body["model"] = json!(model);
-        }
-        let reply = match self.backend.post_json("/chat/completions", &body).await {
-            Ok(r) => r.body,
+        let messages = [("system", INSTRUCTIONS), ("user", message)];
+        let call = ChatCall {
+            model: self.model.as_deref(),
+            messages: &messages,
+            max_tokens: 8,
+            temperature: 0.0,
+            logprobs: false,
+        };
+        let answer = match call.send(&self.backend).await {
+            Ok(r) => r.text.to_lowercase(),
             Err(e) => {
                 tracing::debug!(error = %e, "judge classifier failed; using the rules");
                 return None;
             }
         };
-        let answer = reply.pointer("/choices/0/message/content").and_then(Value::as_str)?.to_lowercase();
         // The earliest domain named in the answer wins ("math, maybe code" is math).
         DOMAINS.iter().filter_map(|d| answer.find(d).map(|at| (at, *d))).min().map(|(_, d)| d.to_string())
     }

@@ -1,0 +1,73 @@
+//! Scorers and classifiers that call HTTP backends: a reward model server (`reward_http`), an
+//! LLM judge, and the judge-LLM domain classifier. They implement the pure traits of `score`
+//! and `bon` over [`crate::backend::Backend`], so the domain logic never sees HTTP.
+
+mod judge;
+mod judge_classifier;
+mod reward_http;
+
+pub use judge::{JudgeMode, JudgeScorer, RATINGS_PROMPT, expected_rating, parse_rating};
+pub use judge_classifier::JudgeClassifier;
+pub use reward_http::{InputFormat, RewardApi, RewardHttpScorer};
+
+use serde_json::{Value, json};
+
+use crate::backend::Backend;
+use crate::error::Error;
+
+/// One chat completion request that bestofn itself makes (a judge rating, a classification):
+/// the one place such calls are built, so every caller sends the same shape.
+#[derive(Debug, Clone)]
+pub struct ChatCall<'a> {
+    /// The `model` field, when configured.
+    pub model: Option<&'a str>,
+    /// The messages as `(role, content)` pairs.
+    pub messages: &'a [(&'a str, &'a str)],
+    /// `max_tokens`.
+    pub max_tokens: u32,
+    /// `temperature`.
+    pub temperature: f64,
+    /// Ask for `top_logprobs` (20) at every token.
+    pub logprobs: bool,
+}
+
+/// What came back from a [`ChatCall`].
+#[derive(Debug, Clone, Default)]
+pub struct ChatReply {
+    /// The first choice's message text (empty when there is none).
+    pub text: String,
+    /// The first choice's `logprobs` object, when returned.
+    pub logprobs: Option<Value>,
+    /// `usage.prompt_tokens`, when reported.
+    pub prompt_tokens: Option<u64>,
+    /// `usage.total_tokens`, when reported.
+    pub total_tokens: Option<u64>,
+}
+
+impl ChatCall<'_> {
+    /// The request body.
+    pub fn body(&self) -> Value {
+        let messages: Vec<Value> =
+            self.messages.iter().map(|(role, content)| json!({"role": role, "content": content})).collect();
+        let mut body = json!({"messages": messages, "temperature": self.temperature, "max_tokens": self.max_tokens});
+        if let Some(m) = self.model {
+            body["model"] = json!(m);
+        }
+        if self.logprobs {
+            body["logprobs"] = json!(true);
+            body["top_logprobs"] = json!(20);
+        }
+        body
+    }
+
+    /// Sends the call to `backend`'s `/chat/completions` and reads the first choice.
+    pub async fn send(&self, backend: &Backend) -> Result<ChatReply, Error> {
+        let reply = backend.post_json("/chat/completions", &self.body()).await?.body;
+        Ok(ChatReply {
+            text: reply.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or("").to_string(),
+            logprobs: reply.pointer("/choices/0/logprobs").filter(|v| !v.is_null()).cloned(),
+            prompt_tokens: reply.pointer("/usage/prompt_tokens").and_then(Value::as_u64),
+            total_tokens: reply.pointer("/usage/total_tokens").and_then(Value::as_u64),
+        })
+    }
+}
