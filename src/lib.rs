@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod openai;
 pub mod record;
 pub mod remote;
+pub mod samples;
 pub mod score;
 pub mod server;
 #[cfg(test)]

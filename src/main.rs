@@ -83,6 +83,13 @@ struct BonArgs {
     /// rewards (repeatable): compare scorers on the same recorded candidates.
     #[arg(long, requires = "config")]
     rescore: Vec<String>,
+    /// Rows scored at once by --label-with and --rescore.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Report every series on the prompts that carry every reward (a like-for-like comparison);
+    /// by default each reward's series covers the prompts that carry that reward.
+    #[arg(long)]
+    common: bool,
     #[command(flatten)]
     stats: StatsArgs,
     /// Write the curves to FILE.svg or FILE.png (needs the `plot` feature).
@@ -277,20 +284,12 @@ async fn shutdown_signal() {
     }
 }
 
-/// The named scorer of a config file, built as the server builds it (ensembles included), and
-/// a runtime to drive it.
+/// The named scorer of a config file and a runtime to drive it.
 fn load_scorer(
     config_path: &std::path::Path,
     name: &str,
 ) -> anyhow::Result<(Arc<dyn bestofn::score::Scorer>, tokio::runtime::Runtime)> {
-    let config = Config::from_file(config_path)?;
-    if !config.scorers.contains_key(name) {
-        anyhow::bail!("{}: no scorer named '{name}'", config_path.display());
-    }
-    let client = bestofn::wiring::http_client()?;
-    let mut scorers = bestofn::wiring::build_scorers(&client, &config.scorers, None)?;
-    let scorer =
-        scorers.remove(name).with_context(|| format!("{}: scorer '{name}' was not built", config_path.display()))?;
+    let scorer = bestofn::wiring::load_scorer(config_path, name)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     Ok((scorer, runtime))
@@ -352,69 +351,31 @@ fn plot_or_explain(draw: impl FnOnce() -> Result<(), String>) -> anyhow::Result<
 }
 
 fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
-    use bestofn::eval::bon::{bon_report, render_bon};
+    use bestofn::eval::bon::{bon_report, common_prompts, render_bon};
+    use bestofn::eval::label::{ScorePass, apply_gold, read_gold, score_rows};
     use bestofn::eval::samples::{labelled_prompts, read_samples};
 
     let mut rows = read_samples(&args.samples)?;
     if let Some(gold_path) = &args.gold {
-        let gold: std::collections::HashMap<String, String> =
-            bestofn::eval::input::read_jsonl(gold_path, |line, _| {
-                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
-                let prompt = v.get("prompt").and_then(|p| p.as_str()).ok_or("'prompt' must be a string")?;
-                let answer = v.get("gold").and_then(|g| g.as_str()).ok_or("'gold' must be a string")?;
-                Ok((prompt.to_string(), bestofn::score::normalize_answer(answer)))
-            })?
-            .into_iter()
-            .collect();
-        for row in rows.iter_mut().filter(|r| r.labels.is_none()) {
-            if let Some(answer) = row.prompt.as_ref().and_then(|p| gold.get(p)) {
-                let labels = row
-                    .texts
-                    .iter()
-                    .map(|t| f64::from(u8::from(bestofn::score::final_answer(t).as_deref() == Some(answer.as_str()))))
-                    .collect();
-                row.labels = Some(labels);
-            }
-        }
+        apply_gold(&mut rows, &read_gold(gold_path)?);
     }
-    if let Some(name) = &args.label_with {
-        let config_path = args.config.as_ref().context("--label-with needs --config")?;
+    let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let passes = args.label_with.iter().map(|n| (n, ScorePass::Labels));
+    for (name, pass) in passes.chain(args.rescore.iter().map(|n| (n, ScorePass::Rewards(n.as_str())))) {
+        let config_path = args.config.as_ref().context("--label-with and --rescore need --config")?;
         let (scorer, runtime) = load_scorer(config_path, name)?;
-        for row in rows.iter_mut().filter(|r| r.labels.is_none()) {
-            let prompt = row.prompt.clone().unwrap_or_default();
-            let conversation = [bestofn::score::Message { role: "user".into(), content: prompt }];
-            let out = runtime
-                .block_on(scorer.score(bestofn::score::ScoreInput {
-                    conversation: &conversation,
-                    candidates: &row.texts,
-                    response_format: None,
-                }))
-                .with_context(|| format!("{}:{}: labelling with {name} failed", args.samples.display(), row.line))?;
-            row.labels = Some(out.scores.iter().map(|s| s.clamp(0.0, 1.0)).collect());
-        }
+        runtime.block_on(score_rows(&mut rows, scorer, pass, args.concurrency, &args.samples, show))?;
     }
-    for name in &args.rescore {
-        let config_path = args.config.as_ref().context("--rescore needs --config")?;
-        let (scorer, runtime) = load_scorer(config_path, name)?;
-        for row in rows.iter_mut() {
-            let prompt = row.prompt.clone().unwrap_or_default();
-            let conversation = [bestofn::score::Message { role: "user".into(), content: prompt }];
-            let input = bestofn::score::ScoreInput {
-                conversation: &conversation,
-                candidates: &row.texts,
-                response_format: None,
-            };
-            let out = runtime
-                .block_on(scorer.score(input))
-                .with_context(|| format!("{}:{}: scoring with {name} failed", args.samples.display(), row.line))?;
-            row.rewards.insert(name.clone(), out.scores);
-        }
-    }
-    let (prompts, unlabelled) = labelled_prompts(rows);
+    let (mut prompts, unlabelled) = labelled_prompts(&rows);
     if unlabelled > 0 {
         eprintln!(
             "note: {unlabelled} prompts have no correctness labels and are left out (label them with --label-with)"
         );
+    }
+    if args.common {
+        let before = prompts.len();
+        prompts = common_prompts(&prompts);
+        eprintln!("note: --common keeps the {} of {before} labelled prompts that carry every reward", prompts.len());
     }
     if prompts.is_empty() {
         anyhow::bail!("{}: no labelled prompts", args.samples.display());
@@ -474,17 +435,7 @@ fn eval_correlate(args: CorrelateArgs) -> anyhow::Result<()> {
 }
 
 fn eval_leaderboard(args: LeaderboardArgs) -> anyhow::Result<()> {
-    let mut reader = csv::ReaderBuilder::new()
-        .comment(Some(b'#'))
-        .flexible(true)
-        .from_path(&args.csv)
-        .with_context(|| format!("{}: cannot read", args.csv.display()))?;
-    let headers = reader.headers().with_context(|| format!("{}: no header", args.csv.display()))?.clone();
-    let mut rows = Vec::new();
-    for (i, record) in reader.records().enumerate() {
-        let record = record.with_context(|| format!("{}:{}: unreadable row", args.csv.display(), i + 2))?;
-        rows.push(headers.iter().map(str::to_string).zip(record.iter().map(str::to_string)).collect());
-    }
+    let rows = bestofn::eval::input::read_csv_rows(&args.csv)?;
     let (benchmark, checked, disagree) = bestofn::eval::rewardbench::check_leaderboard(&rows, args.tolerance)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.csv.display()))?;
     println!("{benchmark}: {checked} rows recomputed, {} disagree (tolerance {})", disagree.len(), args.tolerance);

@@ -4,11 +4,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::bon::{Outcome, Plan};
-use crate::score::Message;
+use crate::samples::{CandidateRecord, SampleRecord};
+use crate::score::{Message, last_user_message};
 
 /// Recorder settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -32,31 +33,42 @@ pub struct Recorder {
     dropped: prometheus::IntCounter,
 }
 
-/// One line of the samples format for a finished best-of-N request.
-pub fn sample_line(id: &str, plan: &Plan, conversation: &[Message], outcome: &Outcome) -> Value {
-    let prompt = conversation.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
-    let candidates: Vec<Value> = outcome
+/// The samples record of a finished best-of-N request.
+pub fn sample_record(
+    id: &str,
+    plan: &Plan,
+    conversation: &[Message],
+    response_format: Option<&Value>,
+    outcome: &Outcome,
+) -> SampleRecord {
+    let candidates = outcome
         .samples
         .candidates
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            let rewards = match outcome.scores.get(i) {
-                Some(score) => json!({ plan.scorer.name.as_str(): score }),
-                None => json!({}),
-            };
-            json!({"text": c.text, "rewards": rewards, "finish_reason": c.finish_reason})
+        .map(|(i, c)| CandidateRecord {
+            text: c.text.clone(),
+            rewards: outcome
+                .scores
+                .get(i)
+                .map(|s| [(plan.scorer.name.clone(), *s)].into_iter().collect())
+                .unwrap_or_default(),
+            finish_reason: c.finish_reason.clone(),
+            completion_tokens: c.completion_tokens,
+            ..Default::default()
         })
         .collect();
-    json!({
-        "prompt_id": id,
-        "domain": plan.domain,
-        "prompt": prompt,
-        "messages": conversation,
-        "candidates": candidates,
-        "chosen": outcome.chosen(),
-        "scorer": plan.scorer.name,
-    })
+    SampleRecord {
+        prompt_id: id.to_string(),
+        domain: Some(plan.domain.clone()),
+        prompt: Some(last_user_message(conversation).to_string()),
+        messages: Some(conversation.to_vec()),
+        response_format: response_format.cloned(),
+        candidates,
+        chosen: Some(outcome.chosen()),
+        scorer: Some(plan.scorer.name.clone()),
+        extra: Default::default(),
+    }
 }
 
 impl Recorder {
@@ -76,11 +88,13 @@ impl Recorder {
     }
 
     /// Queues a record if this request is sampled; drops and counts it when the queue is full.
-    pub fn record(&self, line: impl FnOnce() -> Value) {
+    pub fn record(&self, record: impl FnOnce() -> SampleRecord) {
         if self.sample_rate < 1.0 && fastrand::f64() >= self.sample_rate {
             return;
         }
-        let text = line().to_string();
+        let Ok(text) = serde_json::to_string(&record()) else {
+            return;
+        };
         if self.tx.try_send(text).is_err() {
             self.dropped.inc();
         }

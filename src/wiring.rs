@@ -67,6 +67,22 @@ pub fn backend(
     })
 }
 
+/// The scorer named `name` in the config file at `path`, built as the server builds it
+/// (ensembles included, no score cache): what every `eval` command scores with.
+pub fn load_scorer(path: &std::path::Path, name: &str) -> Result<Arc<dyn Scorer>, StartupError> {
+    let config = crate::config::Config::from_file(path).map_err(|e| StartupError(e.to_string()))?;
+    if !config.scorers.contains_key(name) {
+        let known: Vec<&str> = config.scorers.keys().map(String::as_str).collect();
+        return Err(StartupError(format!(
+            "{}: no scorer named '{name}' (configured: {})",
+            path.display(),
+            known.join(", ")
+        )));
+    }
+    let mut scorers = build_scorers(&http_client()?, &config.scorers, None)?;
+    scorers.remove(name).ok_or_else(|| StartupError(format!("{}: scorer '{name}' was not built", path.display())))
+}
+
 /// The score cache and the counters it reports to, when configured.
 pub struct CacheSetup<'a> {
     /// Size and lifetime.

@@ -330,3 +330,111 @@ fn plots_are_written_or_refused_clearly() {
         assert!(!ok_svg && err_svg.contains("--features plot"), "{err_svg}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mixed_scorer_records_are_reported_per_reward_and_rescored_as_the_proxy_scored() {
+    let rm = FakeServer::start(rm_handler()).await;
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, config(&upstream, &rm, "n", 2)).unwrap();
+    let messages = json!([
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "q"}
+    ]);
+    // As per-domain routing records them: r0 scored by tei (and vllm), r1..r3 by vllm only.
+    let row = |i: usize, rewards: Value| {
+        json!({"prompt_id": format!("r{i}"), "domain": "math", "prompt": "q", "messages": messages,
+        "candidates": [
+            {"text": "answer q=0.9", "rewards": rewards[0]},
+            {"text": "answer q=0.1", "rewards": rewards[1]}
+        ]})
+        .to_string()
+            + "\n"
+    };
+    let lines = row(0, json!([{"tei": 0.0, "vllm": 0.9}, {"tei": 1.0, "vllm": 0.1}]))
+        + &row(1, json!([{"vllm": 0.9}, {"vllm": 0.1}]))
+        + &row(2, json!([{"vllm": 0.9}, {"vllm": 0.1}]))
+        + &row(3, json!([{"vllm": 0.1}, {"vllm": 0.9}]));
+    let path = dir.path().join("recorded.jsonl");
+    std::fs::write(&path, lines).unwrap();
+    let (p, c) = (path.display().to_string(), cfg.display().to_string());
+    let run = move |extra: &[&str]| {
+        let mut args = vec!["eval", "bon", "--samples", &p, "--label-with", "vllm_messages", "--config", &c];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--format", "json", "--bootstrap", "0"]);
+        bestofn(&args)
+    };
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || run(&[])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    let all = &got["domains"]["all"];
+    assert_eq!(all["prompts"], json!([4, 4]));
+    let (vllm, tei) = (&all["rewards"]["vllm"], &all["rewards"]["tei"]);
+    assert_eq!((vllm["prompts"].clone(), tei["prompts"].clone()), (json!([4, 4]), json!([1, 1])));
+    for series in [vllm, tei] {
+        assert_eq!(series["bon"][0], series["mean"], "BoN@1 equals mean@1 on the reward's own prompts");
+    }
+    // Labels are the RM's clamped scores of each candidate: 0.9 and 0.1.
+    assert!((tei["mean"].as_f64().unwrap() - 0.5).abs() < 1e-12);
+    assert!((tei["bon"][1].as_f64().unwrap() - 0.1).abs() < 1e-12, "tei picks the 0.1 candidate of r0");
+    assert!((vllm["bon"][1].as_f64().unwrap() - 0.7).abs() < 1e-12, "vllm is right on r0..r2, wrong on r3");
+
+    // The labeller saw the recorded conversation, not the last user message alone.
+    let calls = rm.requests_to("/classify");
+    assert_eq!(calls.len(), 8, "one call per candidate in messages format");
+    for call in &calls {
+        let sent = call.body["messages"].as_array().unwrap();
+        assert_eq!(sent.len(), 5, "{sent:?}");
+        assert_eq!(sent[0]["content"], "You are terse.");
+        assert_eq!(sent[2]["content"], "first answer");
+    }
+
+    // --common: every series on the one prompt that carries both rewards.
+    let (ok, out, err) = tokio::task::spawn_blocking(move || run(&["--common"])).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(err.contains("--common keeps the 1 of 4"), "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    let all = &got["domains"]["all"];
+    assert_eq!(all["prompts"], json!([1, 1]));
+    assert_eq!(all["rewards"]["vllm"]["prompts"], json!([1, 1]));
+    assert!((all["rewards"]["vllm"]["bon"][1].as_f64().unwrap() - 0.9).abs() < 1e-12);
+}
+
+#[test]
+fn rescoring_checks_the_recorded_response_format() {
+    // A verifier sees response_format only when eval passes it on, as the proxy does: with it the
+    // JSON candidate wins; without it both candidates tie and BoN@2 would be 0.5.
+    let dir = tempfile::tempdir().unwrap();
+    let line = json!({"prompt_id": "j", "prompt": "give me an object", "response_format": {"type": "json_object"},
+        "candidates": [{"text": "not json", "correct": 0}, {"text": "{\"a\": 1}", "correct": 1}]});
+    let path = dir.path().join("s.jsonl");
+    std::fs::write(&path, format!("{line}\n")).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[upstream]\nbase_url = \"http://127.0.0.1:9/v1\"\n[policy]\nn = 2\n").unwrap();
+    let (p, c) = (path.display().to_string(), cfg.display().to_string());
+    let (ok, out, err) = bestofn(&[
+        "eval",
+        "bon",
+        "--samples",
+        &p,
+        "--rescore",
+        "verify",
+        "--config",
+        &c,
+        "--format",
+        "json",
+        "--bootstrap",
+        "0",
+    ]);
+    assert!(ok, "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["domains"]["all"]["rewards"]["verify"]["bon"][1], 1.0);
+}

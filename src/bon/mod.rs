@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 
 pub use classify::classify;
 pub use engine::{Engine, Outcome, Timings};
-pub use policy::{DOMAINS, DomainRule, MAX_N, Plan, Policy, ResolvedScorer, ScorerFailurePolicy, check_n};
+pub use policy::{
+    DEFAULT_DOMAIN, DOMAINS, DomainRule, MAX_N, Plan, Policy, ResolvedScorer, ScorerFailurePolicy, check_n,
+};
 pub use select::{rank, score_candidates};
 
 use crate::error::Error;
@@ -41,6 +43,9 @@ pub struct Candidate {
     pub finish_reason: Option<String>,
     /// Wall time of the upstream call that produced it.
     pub latency_ms: u64,
+    /// This candidate's completion tokens, when the upstream counted them for it alone (one
+    /// choice per call, or an exact recount).
+    pub completion_tokens: Option<u64>,
 }
 
 /// Token usage of the generation calls, counted so that it never under-reports.

@@ -20,9 +20,17 @@ pub struct Prompt {
     pub rewards: BTreeMap<String, Vec<f64>>,
 }
 
-/// One reward's curve in one domain.
+/// One reward's curve in one domain, computed on the prompts that carry that reward: its own
+/// prompt counts, mean@1 and oracle, so BoN@1 equals its mean@1 and gain and gap closed follow
+/// from the rows above them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RewardCurve {
+    /// Prompts behind each k (those with the reward and at least k candidates).
+    pub prompts: Vec<usize>,
+    /// mean@1 over the prompts with the reward.
+    pub mean: Option<f64>,
+    /// oracle@k over the same prompts.
+    pub oracle: Vec<Option<f64>>,
     /// BoN@k averaged over prompts.
     pub bon: Vec<Option<f64>>,
     /// Bootstrap 95% interval, low end.
@@ -74,8 +82,31 @@ fn bootstrap(values: &[f64], resamples: usize, rng: &mut fastrand::Rng) -> (Opti
     (Some(at(0.025)), Some(at(0.975)))
 }
 
+/// The prompts that carry every reward present anywhere in `prompts`: the like-for-like set
+/// that `eval bon --common` compares scorers on.
+pub fn common_prompts(prompts: &[Prompt]) -> Vec<Prompt> {
+    let names: std::collections::BTreeSet<&String> = prompts.iter().flat_map(|p| p.rewards.keys()).collect();
+    prompts.iter().filter(|p| names.iter().all(|n| p.rewards.contains_key(*n))).cloned().collect()
+}
+
+/// Means over `members` of the per-prompt values at slot `ki` (prompt-major, `nk` slots),
+/// skipping NaN (a prompt with fewer than k candidates): the mean, and the prompts behind it.
+fn slot_mean(values: &[f64], members: &[usize], nk: usize, ki: usize) -> (Option<f64>, usize) {
+    let (mut sum, mut count) = (0.0, 0);
+    for &i in members {
+        let v = values[i * nk + ki];
+        if !v.is_nan() {
+            sum += v;
+            count += 1;
+        }
+    }
+    ((count > 0).then(|| sum / count as f64), count)
+}
+
 /// Aggregates prompts into per-domain and overall curves: unweighted means over the prompts
-/// that have at least k candidates (and every reward's score), with seeded bootstrap intervals.
+/// that have at least k candidates, with seeded bootstrap intervals. The domain's `prompts`,
+/// `mean` and `oracle` cover all its prompts; each reward's curve covers the prompts that carry
+/// that reward (see [`RewardCurve`]).
 ///
 /// Per-prompt values live in flat arrays (prompt-major, one slot per k) so that the aggregation
 /// is plain loops: this is the hot path of a million-prompt run.
@@ -115,28 +146,30 @@ pub fn bon_report(prompts: &[Prompt], resamples: usize, seed: u64) -> BonReport 
     let mut domains = BTreeMap::new();
     let mut values = Vec::new();
     for (domain, members) in groups {
-        let mut prompts_per_k = vec![0; nk];
-        let mut oracle_mean = vec![None; nk];
-        for ki in 0..nk {
-            let (mut sum, mut count) = (0.0, 0);
-            for &i in &members {
-                let v = oracle[i * nk + ki];
-                if !v.is_nan() {
-                    sum += v;
-                    count += 1;
-                }
-            }
-            prompts_per_k[ki] = count;
-            oracle_mean[ki] = (count > 0).then(|| sum / count as f64);
-        }
+        let (oracle_mean, prompts_per_k): (Vec<Option<f64>>, Vec<usize>) =
+            (0..nk).map(|ki| slot_mean(&oracle, &members, nk, ki)).unzip();
         let mut rewards = BTreeMap::new();
         for (r, name) in names.iter().enumerate() {
-            let mut curve =
-                RewardCurve { bon: vec![], ci_low: vec![], ci_high: vec![], gain: vec![], gap_closed: vec![] };
+            // k = 1 is defined for every prompt with candidates: NaN there means no reward.
+            let carrying: Vec<usize> = members.iter().copied().filter(|&i| !bon[r][i * nk].is_nan()).collect();
+            if carrying.is_empty() {
+                continue;
+            }
+            let mut curve = RewardCurve {
+                prompts: vec![],
+                mean: mean_of(&carrying.iter().map(|&i| means[i]).collect::<Vec<_>>()),
+                oracle: vec![],
+                bon: vec![],
+                ci_low: vec![],
+                ci_high: vec![],
+                gain: vec![],
+                gap_closed: vec![],
+            };
             for ki in 0..nk {
+                let (reward_oracle, count) = slot_mean(&oracle, &carrying, nk, ki);
                 values.clear();
                 let mut base = 0.0;
-                for &i in &members {
+                for &i in &carrying {
                     let v = bon[r][i * nk + ki];
                     if !v.is_nan() {
                         values.push(v);
@@ -148,8 +181,10 @@ pub fn bon_report(prompts: &[Prompt], resamples: usize, seed: u64) -> BonReport 
                 let (low, high) = bootstrap(&values, resamples, &mut rng);
                 let gain = value.zip(base).map(|(v, b)| v - b);
                 curve.gap_closed.push(
-                    gain.zip(oracle_mean[ki].zip(base)).and_then(|(g, (o, b))| (o - b > 1e-12).then(|| g / (o - b))),
+                    gain.zip(reward_oracle.zip(base)).and_then(|(g, (o, b))| (o - b > 1e-12).then(|| g / (o - b))),
                 );
+                curve.prompts.push(count);
+                curve.oracle.push(reward_oracle);
                 curve.bon.push(value);
                 curve.ci_low.push(low);
                 curve.ci_high.push(high);
@@ -181,7 +216,7 @@ pub fn render_bon(report: &BonReport, format: super::Format) -> String {
                 for (name, r) in &d.rewards {
                     out.push_str(&format!(
                         "{domain},{name},{k},{},{},{},{},{}\n",
-                        d.prompts[ki],
+                        r.prompts[ki],
                         cell(r.bon[ki]),
                         cell(r.ci_low[ki]),
                         cell(r.ci_high[ki]),
@@ -199,6 +234,13 @@ pub fn render_bon(report: &BonReport, format: super::Format) -> String {
         rows.push([vec![domain.clone(), "mean@1".into()], report.k.iter().map(|_| cell(d.mean)).collect()].concat());
         rows.push([vec![domain.clone(), "oracle".into()], d.oracle.iter().map(|v| cell(*v)).collect()].concat());
         for (name, r) in &d.rewards {
+            if r.prompts != d.prompts {
+                // Not every prompt carries this reward: its block has its own baseline rows.
+                let row = |series: String, cells: Vec<String>| [vec![domain.clone(), series], cells].concat();
+                rows.push(row(format!("prompts {name}"), r.prompts.iter().map(|p| p.to_string()).collect()));
+                rows.push(row(format!("mean@1 {name}"), report.k.iter().map(|_| cell(r.mean)).collect()));
+                rows.push(row(format!("oracle {name}"), r.oracle.iter().map(|v| cell(*v)).collect()));
+            }
             rows.push([vec![domain.clone(), format!("bon {name}")], r.bon.iter().map(|v| cell(*v)).collect()].concat());
             rows.push(
                 [
@@ -268,5 +310,49 @@ mod tests {
         assert_eq!(r, again, "seeded bootstrap is reproducible");
         let ci = (all.rewards["rm"].ci_low[1].unwrap(), all.rewards["rm"].ci_high[1].unwrap());
         assert!(ci.0 <= all.rewards["rm"].bon[1].unwrap() && all.rewards["rm"].bon[1].unwrap() <= ci.1);
+    }
+
+    #[test]
+    fn each_reward_is_reported_on_the_prompts_that_carry_it() {
+        let p = |id: &str, labels: Vec<f64>, rewards: Vec<(&str, Vec<f64>)>| Prompt {
+            id: id.into(),
+            domain: "math".into(),
+            labels,
+            rewards: rewards.into_iter().map(|(n, r)| (n.to_string(), r)).collect(),
+        };
+        // As recorded through per-domain routing: one prompt scored by a judge, three by verify.
+        let prompts = vec![
+            p("a", vec![0.0, 0.0], vec![("judge", vec![1.0, 2.0])]),
+            p("b", vec![1.0, 0.0], vec![("verify", vec![1.0, 0.0])]),
+            p("c", vec![1.0, 1.0], vec![("verify", vec![0.0, 1.0])]),
+            p("d", vec![0.0, 1.0], vec![("verify", vec![1.0, 0.0])]),
+        ];
+        let report = bon_report(&prompts, 0, 1);
+        let all = &report.domains["all"];
+        assert_eq!(all.prompts, vec![4, 4]);
+        assert_eq!(all.mean, Some(0.5));
+        let verify = &all.rewards["verify"];
+        let judge = &all.rewards["judge"];
+        assert_eq!((verify.prompts.clone(), judge.prompts.clone()), (vec![3, 3], vec![1, 1]));
+        for curve in [verify, judge] {
+            assert_eq!(curve.bon[0], curve.mean, "BoN@1 is mean@1 on the same prompts");
+            assert_eq!(curve.gain[0], Some(0.0));
+            let closed = curve.gain[1].zip(curve.oracle[1].zip(curve.mean)).map(|(g, (o, m))| g / (o - m));
+            assert_eq!(curve.gap_closed[1], closed.filter(|c| c.is_finite()), "gap closed follows from the rows");
+        }
+        assert!((verify.mean.unwrap() - 4.0 / 6.0).abs() < 1e-12);
+        assert_eq!(verify.bon[1], Some(2.0 / 3.0), "verify picks b's and c's correct candidates, d's wrong one");
+        assert_eq!((judge.mean, judge.oracle[1]), (Some(0.0), Some(0.0)));
+
+        // --common keeps only prompts with every reward: here none, since no prompt has both.
+        assert!(common_prompts(&prompts).is_empty());
+        let mut both = prompts.clone();
+        both[1].rewards.insert("judge".into(), vec![0.0, 5.0]);
+        let common = common_prompts(&both);
+        assert_eq!(common.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), vec!["b"]);
+        let r = bon_report(&common, 0, 1);
+        let all = &r.domains["all"];
+        assert_eq!((all.rewards["judge"].prompts[0], all.rewards["verify"].prompts[0], all.prompts[0]), (1, 1, 1));
+        assert_eq!((all.rewards["judge"].bon[1], all.rewards["verify"].bon[1]), (Some(0.0), Some(1.0)));
     }
 }

@@ -270,3 +270,20 @@ mod parquet_tests {
         assert!(e.contains("test-00000.parquet") && e.contains("parquet"), "{e}");
     }
 }
+
+/// Reads a CSV (lines starting with `#` are comments) into one map per row, column to cell.
+pub fn read_csv_rows(path: &Path) -> Result<Vec<std::collections::BTreeMap<String, String>>, InputError> {
+    let file_error = |message: String| InputError::File { path: path.into(), message };
+    let mut reader = csv::ReaderBuilder::new()
+        .comment(Some(b'#'))
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| file_error(format!("cannot read CSV: {e}")))?;
+    let headers = reader.headers().map_err(|e| file_error(format!("cannot read the header: {e}")))?.clone();
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| InputError::Row { path: path.into(), line: i + 2, message: e.to_string() })?;
+        rows.push(headers.iter().map(str::to_string).zip(record.iter().map(str::to_string)).collect());
+    }
+    Ok(rows)
+}

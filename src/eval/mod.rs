@@ -3,6 +3,7 @@
 pub mod bon;
 pub mod correlate;
 pub mod input;
+pub mod label;
 #[cfg(feature = "plot")]
 pub mod plot;
 /// Plots need the `plot` feature; without it every plot call says so.
@@ -68,6 +69,16 @@ pub enum EvalError {
         /// The scorer's error.
         source: crate::Error,
     },
+    /// A recorded row could not be scored.
+    #[error("{path}:{line}: {message}")]
+    Row {
+        /// The samples file.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// What failed.
+        message: String,
+    },
     /// The scores file could not be written.
     #[error("{path}: cannot write: {source}")]
     Write {
@@ -102,24 +113,15 @@ pub async fn score_dataset(
         Some(path) => Some(std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(write_error)?),
         None => None,
     };
-    let progress =
-        if show_progress { indicatif::ProgressBar::new(todo.len() as u64) } else { indicatif::ProgressBar::hidden() };
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let progress = label::progress_bar(todo.len(), show_progress, "rows");
     let mut results = futures_util::stream::iter(todo)
         .map(|row| {
             let scorer = scorer.clone();
             async move {
                 let conversation = [Message { role: "user".into(), content: row.prompt.clone() }];
-                let out = scorer
-                    .score(ScoreInput {
-                        conversation: &conversation,
-                        candidates: &row.completions,
-                        response_format: None,
-                    })
-                    .await;
+                let input =
+                    ScoreInput { conversation: &conversation, candidates: &row.completions, response_format: None };
+                let out = crate::bon::score_candidates(&*scorer, input).await;
                 (row, out)
             }
         })

@@ -4,100 +4,36 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde_json::Value;
-
 use super::bon::Prompt;
 use super::input::{InputError, read_jsonl};
+use crate::samples::SampleRecord;
 
-/// A samples row before labels are known.
+/// One line of a samples file, with where it came from.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SampleRow {
-    /// The prompt's id.
-    pub prompt_id: String,
-    /// The domain (`general` when absent).
-    pub domain: String,
-    /// The prompt text, if recorded.
-    pub prompt: Option<String>,
-    /// Candidate texts (empty strings when not recorded).
-    pub texts: Vec<String>,
-    /// Correctness labels, when every candidate has one.
-    pub labels: Option<Vec<f64>>,
-    /// Rewards present for every candidate, by name.
-    pub rewards: BTreeMap<String, Vec<f64>>,
+pub struct RecordedRow {
+    /// The record as written by the recorder (or by hand).
+    pub record: SampleRecord,
     /// 1-based line in the file.
     pub line: usize,
 }
 
-fn parse_row(v: &Value, line: usize) -> Result<SampleRow, String> {
-    let prompt_id = match v.get("prompt_id") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => return Err("'prompt_id' must be a string or a number".into()),
-    };
-    let domain = match v.get("domain") {
-        None | Some(Value::Null) => "general".to_string(),
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err("'domain' must be a string".into()),
-    };
-    let candidates = v.get("candidates").and_then(Value::as_array).ok_or("'candidates' must be an array")?;
-    if candidates.is_empty() {
-        return Err("'candidates' is empty".into());
-    }
-    let mut texts = Vec::with_capacity(candidates.len());
-    let mut labels = Vec::with_capacity(candidates.len());
-    let mut reward_lists: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for (i, c) in candidates.iter().enumerate() {
-        texts.push(c.get("text").and_then(Value::as_str).unwrap_or_default().to_string());
-        match c.get("correct") {
-            None | Some(Value::Null) => {}
-            Some(x) => {
-                let label = x
-                    .as_f64()
-                    .filter(|l| (0.0..=1.0).contains(l))
-                    .ok_or(format!("candidates[{i}].correct must be a number in [0, 1]"))?;
-                labels.push(label);
-            }
-        }
-        if let Some(rewards) = c.get("rewards") {
-            let rewards = rewards.as_object().ok_or(format!("candidates[{i}].rewards must be an object"))?;
-            for (name, r) in rewards {
-                let r = r
-                    .as_f64()
-                    .filter(|r| r.is_finite())
-                    .ok_or(format!("candidates[{i}].rewards.{name} is not a finite number"))?;
-                reward_lists.entry(name.clone()).or_default().push(r);
-            }
-        }
-    }
-    let n = candidates.len();
-    // A reward counts for this prompt only when every candidate has it.
-    reward_lists.retain(|_, v| v.len() == n);
-    Ok(SampleRow {
-        prompt_id,
-        domain,
-        prompt: v.get("prompt").and_then(Value::as_str).map(str::to_string),
-        texts,
-        labels: (labels.len() == n).then_some(labels),
-        rewards: reward_lists,
-        line,
-    })
-}
-
-/// Reads a samples JSONL file.
-pub fn read_samples(path: &Path) -> Result<Vec<SampleRow>, InputError> {
-    read_jsonl(path, |line, number| {
-        let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
-        parse_row(&v, number)
-    })
+/// Reads a samples JSONL file (the recorder's format, [`SampleRecord`]).
+pub fn read_samples(path: &Path) -> Result<Vec<RecordedRow>, InputError> {
+    read_jsonl(path, |line, number| Ok(RecordedRow { record: SampleRecord::parse(line)?, line: number }))
 }
 
 /// The labelled rows as prompts for [`super::bon::bon_report`]; the count of unlabelled rows.
-pub fn labelled_prompts(rows: Vec<SampleRow>) -> (Vec<Prompt>, usize) {
+pub fn labelled_prompts(rows: &[RecordedRow]) -> (Vec<Prompt>, usize) {
     let mut unlabelled = 0;
     let prompts = rows
-        .into_iter()
-        .filter_map(|r| match r.labels {
-            Some(labels) => Some(Prompt { id: r.prompt_id, domain: r.domain, labels, rewards: r.rewards }),
+        .iter()
+        .filter_map(|r| match r.record.labels() {
+            Some(labels) => Some(Prompt {
+                id: r.record.prompt_id.clone(),
+                domain: r.record.domain().to_string(),
+                labels,
+                rewards: r.record.rewards(),
+            }),
             None => {
                 unlabelled += 1;
                 None

@@ -21,7 +21,7 @@ pub use verify::{VerifyScorer, checks_for, conforms, parse_constraints, passes};
 use crate::error::Error;
 
 /// One chat message reduced to its text, as scorers see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Message {
     /// `system`, `user`, `assistant`, `tool`, ...
     pub role: String,

@@ -34,7 +34,7 @@ use crate::error::Error;
 use crate::metrics::{Metrics, status_class};
 use crate::openai::stream::{self, StreamMeta};
 use crate::openai::{ProxyRequest, SteeringHeaders, build_response, parse_chat_request, parse_completion_request};
-use crate::record::sample_line;
+use crate::record::sample_record;
 
 /// Response body type of every route.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -299,7 +299,8 @@ fn observe_outcome(
         "best-of-n"
     );
     if let Some(recorder) = &state.recorder {
-        recorder.record(|| sample_line(id, plan, &request.conversation, outcome));
+        recorder
+            .record(|| sample_record(id, plan, &request.conversation, request.body.get("response_format"), outcome));
     }
 }
 

@@ -317,9 +317,17 @@ impl Upstream {
             if samples.envelope.is_empty() {
                 samples.envelope = envelope;
             }
+            let alone = call.choices.len() == 1;
             for (choice, text) in call.choices.into_iter().zip(texts) {
                 let finish_reason = choice.get("finish_reason").and_then(Value::as_str).map(str::to_string);
-                samples.candidates.push(Candidate { choice, text, finish_reason, latency_ms: call.latency_ms });
+                let completion_tokens = if alone { reported } else { None };
+                samples.candidates.push(Candidate {
+                    choice,
+                    text,
+                    finish_reason,
+                    latency_ms: call.latency_ms,
+                    completion_tokens,
+                });
             }
         }
         if any_recount {

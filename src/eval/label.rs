@@ -1,0 +1,127 @@
+//! Labelling and rescoring recorded samples: gold answers, a labelling scorer, or more scorers
+//! whose rewards are added for comparison. Rows are scored as the proxy scored them (the
+//! recorded conversation and `response_format`), concurrently and bounded, through the same
+//! checked scoring call the proxy uses.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::EvalError;
+use super::input::{InputError, read_jsonl};
+use super::samples::RecordedRow;
+use crate::bon::score_candidates;
+use crate::score::{ScoreInput, Scorer, final_answer, normalize_answer};
+
+/// Reads gold answers (JSONL `{"prompt", "gold"}`), normalised as the consensus scorer
+/// normalises final answers.
+pub fn read_gold(path: &Path) -> Result<HashMap<String, String>, InputError> {
+    Ok(read_jsonl(path, |line, _| {
+        let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+        let prompt = v.get("prompt").and_then(Value::as_str).ok_or("'prompt' must be a string")?;
+        let answer = v.get("gold").and_then(Value::as_str).ok_or("'gold' must be a string")?;
+        Ok((prompt.to_string(), normalize_answer(answer)))
+    })?
+    .into_iter()
+    .collect())
+}
+
+/// Labels the unlabelled rows whose prompt has a gold answer: a candidate is correct when its
+/// normalised final answer equals the gold one. Returns the rows labelled.
+pub fn apply_gold(rows: &mut [RecordedRow], gold: &HashMap<String, String>) -> usize {
+    let mut labelled = 0;
+    for row in rows.iter_mut().filter(|r| r.record.labels().is_none()) {
+        let Some(answer) = row.record.prompt.as_ref().and_then(|p| gold.get(p)) else {
+            continue;
+        };
+        let labels: Vec<f64> = row
+            .record
+            .candidates
+            .iter()
+            .map(|c| f64::from(u8::from(final_answer(&c.text).as_deref() == Some(answer.as_str()))))
+            .collect();
+        row.record.set_labels(&labels);
+        labelled += 1;
+    }
+    labelled
+}
+
+/// What a scoring pass over recorded rows writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScorePass<'a> {
+    /// Correctness labels of the rows that have none (scores clamped to [0, 1]).
+    Labels,
+    /// Rewards under this name, on every row.
+    Rewards(&'a str),
+}
+
+/// A progress bar on stderr, or a hidden one.
+pub(crate) fn progress_bar(len: usize, show: bool, unit: &str) -> indicatif::ProgressBar {
+    let bar = if show { indicatif::ProgressBar::new(len as u64) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} {unit}  {{per_sec}}  eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Scores rows with `scorer`, `concurrency` rows at a time, and writes labels or rewards into
+/// them. Errors name the samples file and line.
+pub async fn score_rows(
+    rows: &mut [RecordedRow],
+    scorer: Arc<dyn Scorer>,
+    pass: ScorePass<'_>,
+    concurrency: usize,
+    source: &Path,
+    show_progress: bool,
+) -> Result<(), EvalError> {
+    let todo: Vec<usize> = (0..rows.len())
+        .filter(|&i| match pass {
+            ScorePass::Labels => rows[i].record.labels().is_none(),
+            ScorePass::Rewards(_) => true,
+        })
+        .collect();
+    let progress = progress_bar(todo.len(), show_progress, "rows");
+    let jobs: Vec<_> = todo
+        .iter()
+        .map(|&i| {
+            let record = &rows[i].record;
+            (i, record.conversation(), record.texts(), record.response_format.clone())
+        })
+        .collect();
+    let mut results = futures_util::stream::iter(jobs)
+        .map(|(i, conversation, texts, response_format)| {
+            let scorer = scorer.clone();
+            async move {
+                let input = ScoreInput {
+                    conversation: &conversation,
+                    candidates: &texts,
+                    response_format: response_format.as_ref(),
+                };
+                (i, score_candidates(&*scorer, input).await)
+            }
+        })
+        .buffer_unordered(concurrency.max(1));
+    while let Some((i, result)) = results.next().await {
+        let row = &mut rows[i];
+        let scores = result
+            .map_err(|e| EvalError::Row {
+                path: source.display().to_string(),
+                line: row.line,
+                message: format!("scoring with {} failed: {e}", scorer.name()),
+            })?
+            .scores;
+        match pass {
+            ScorePass::Labels => row.record.set_labels(&scores),
+            ScorePass::Rewards(name) => row.record.set_rewards(name, &scores),
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    Ok(())
+}
