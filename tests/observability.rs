@@ -239,3 +239,40 @@ async fn the_recorder_writes_the_samples_format_and_rotates() {
         assert_eq!(candidates[chosen]["rewards"]["vllm"].as_f64().unwrap(), best);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streaming_answer_counts_as_in_flight_until_its_body_ends() {
+    let inner = upstream_handler(NSupport::Full, UsageStyle::Honest);
+    let upstream =
+        FakeServer::start(move |r: &Recorded| Reply::Delayed(Duration::from_millis(800), Box::new(inner(r)))).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let cfg =
+        config(&upstream, &rm, "n", 2).replace("[upstream]", "[server]\nheartbeat_interval_ms = 40\n\n[upstream]");
+    let proxy = Bestofn::start(&cfg);
+    let mut body = chat_body("slow");
+    body["stream"] = json!(true);
+    body["bestofn"] = json!({"domain": "math"});
+    let response = client().post(proxy.url("/v1/chat/completions")).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200, "the stream has started: headers and the role delta are out");
+    let mut stream = response.bytes_stream();
+    use futures_util::StreamExt;
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("assistant"));
+    let text = scrape(&proxy).await;
+    assert_eq!(sample(&text, "bestofn_in_flight_requests"), 1.0, "counted while it streams");
+    assert!(!text.contains(r#"bestofn_requests_total{domain="math""#), "not yet finished: {text}");
+    while stream.next().await.is_some() {}
+    let mut text = scrape(&proxy).await;
+    for _ in 0..50 {
+        if sample(&text, "bestofn_in_flight_requests") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        text = scrape(&proxy).await;
+    }
+    assert_eq!(sample(&text, "bestofn_in_flight_requests"), 0.0);
+    assert_eq!(sample(&text, r#"bestofn_requests_total{domain="math",status_class="2xx"}"#), 1.0);
+    assert_eq!(sample(&text, r#"bestofn_request_duration_seconds_count{domain="math"}"#), 1.0);
+    assert!(sample(&text, r#"bestofn_request_duration_seconds_sum{domain="math"}"#) >= 0.8);
+    assert_eq!(sample(&text, r#"bestofn_candidates_received_total{domain="math"}"#), 2.0);
+}

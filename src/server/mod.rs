@@ -1,6 +1,7 @@
 //! The HTTP layer: routing, body limits, the error envelope, response headers, request logs and
 //! graceful shutdown. Everything else is delegated to the engine.
 
+mod observer;
 mod state;
 
 use std::convert::Infallible;
@@ -24,14 +25,13 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::OwnedSemaphorePermit;
 
+use observer::{CallSpans, RequestObserver};
 pub use state::AppState;
 
 use crate::backend::CALL_SPANS;
 use crate::bon::{Api, Outcome, Plan};
 use crate::error::Error;
-use crate::metrics::{Metrics, status_class};
 use crate::openai::stream::{self, StreamMeta};
 use crate::openai::{ProxyRequest, SteeringHeaders, build_response, parse_chat_request, parse_completion_request};
 use crate::record::sample_record;
@@ -128,16 +128,24 @@ async fn route(
     path: &str,
 ) -> Result<Response<Body>, Error> {
     let completions = |api| async move {
-        let mut meter = Meter { started: Instant::now(), domain: None, streaming: false };
-        state.metrics.in_flight.inc();
         // Beyond the limit, refuse at once rather than queue: memory stays bounded.
-        let result = match state.in_flight.clone().try_acquire_owned() {
-            Ok(permit) => completion(state, req, id, api, permit, &mut meter).await,
-            Err(_) => Err(Error::Overloaded("too many requests in flight; retry shortly".into())),
+        let permit = state.in_flight.clone().try_acquire_owned().ok();
+        let admitted = permit.is_some();
+        let mut observer = Some(RequestObserver::start(state.metrics.clone(), permit));
+        let result = if admitted {
+            completion(state, req, id, api, &mut observer).await
+        } else {
+            Err(Error::Overloaded("too many requests in flight; retry shortly".into()))
         };
-        state.metrics.in_flight.dec();
-        meter.finish(&state.metrics, &result);
-        result
+        match (observer, result) {
+            // A streamed answer took the observer into its body.
+            (None, result) => result,
+            (Some(observer), Ok(response)) => Ok(observer.attach(response)),
+            (Some(mut observer), Err(e)) => {
+                observer.fail(&e);
+                Err(e)
+            }
+        }
     };
     match (method.clone(), path) {
         (Method::POST, "/v1/chat/completions" | "/chat/completions") => completions(Api::Chat).await,
@@ -214,33 +222,6 @@ fn sse_response(body: Body) -> Response<Body> {
     response
 }
 
-/// Chat completions and legacy completions: validation, planning, then one of pass-through,
-/// a JSON best-of-N answer, or a re-streamed best-of-N answer.
-/// What the metrics need to know of one completion request, filled in as it proceeds.
-struct Meter {
-    started: Instant,
-    domain: Option<String>,
-    /// A stream's latency and outcome are recorded by its own task.
-    streaming: bool,
-}
-
-impl Meter {
-    fn finish(&self, metrics: &Metrics, result: &Result<Response<Body>, Error>) {
-        let domain = self.domain.as_deref().unwrap_or("unknown");
-        let status = match result {
-            Ok(r) => r.status().as_u16(),
-            Err(e) => {
-                metrics.errors.with_label_values(&[domain, e.kind()]).inc();
-                e.status().as_u16()
-            }
-        };
-        metrics.requests.with_label_values(&[domain, status_class(status)]).inc();
-        if !self.streaming {
-            metrics.request_duration.with_label_values(&[domain]).observe(self.started.elapsed().as_secs_f64());
-        }
-    }
-}
-
 /// Runs `work` while collecting the spans of the backend calls it makes.
 async fn with_call_spans<T>(work: impl Future<Output = T>) -> (T, Vec<(Instant, Instant)>) {
     CALL_SPANS
@@ -252,49 +233,27 @@ async fn with_call_spans<T>(work: impl Future<Output = T>) -> (T, Vec<(Instant, 
         .await
 }
 
-/// Records what a best-of-N request cost and bought, logs it, and hands it to the recorder.
+/// Logs a finished best-of-N run and hands it to the recorder; its metrics go to the observer.
 fn observe_outcome(
     state: &AppState,
     id: &str,
     request: &ProxyRequest,
     plan: &Plan,
     outcome: &Outcome,
-    started: Instant,
-    mut spans: Vec<(Instant, Instant)>,
+    observer: &mut RequestObserver,
+    spans: CallSpans,
 ) {
-    let m = &state.metrics;
-    let domain = plan.domain.as_str();
-    let e2e = started.elapsed();
-    m.sampling_duration.with_label_values(&[domain]).observe(outcome.timings.sampling_ms / 1000.0);
-    if !outcome.scores.is_empty() {
-        m.scoring_duration.with_label_values(&[plan.scorer.name.as_str()]).observe(outcome.timings.scoring_ms / 1000.0);
-    }
-    let overhead = m.observe_overhead(e2e, &mut spans);
-    let received = outcome.samples.candidates.len() as u64;
-    m.candidates_requested.with_label_values(&[domain]).inc_by(u64::from(plan.n));
-    m.candidates_received.with_label_values(&[domain]).inc_by(received);
-    m.candidates_failed.with_label_values(&[domain]).inc_by(u64::from(plan.n).saturating_sub(received));
-    m.prompt_tokens.with_label_values(&[domain]).inc_by(outcome.samples.usage.prompt_tokens);
-    m.completion_tokens.with_label_values(&[domain]).inc_by(outcome.samples.usage.completion_tokens);
-    if let Some(chosen) = outcome.chosen_score() {
-        let mean = outcome.scores.iter().sum::<f64>() / outcome.scores.len() as f64;
-        let labels = [domain, plan.scorer.name.as_str()];
-        m.chosen_reward.with_label_values(&labels).observe(chosen);
-        m.mean_reward.with_label_values(&labels).observe(mean);
-        m.reward_lift.with_label_values(&labels).observe(chosen - mean);
-    }
-    if outcome.scorer_error.is_some() {
-        m.scorer_failures.with_label_values(&[plan.scorer.name.as_str()]).inc();
-    }
+    let overhead = observer.answered(spans);
+    observer.outcome(plan, outcome);
     tracing::info!(
         request_id = %id,
         domain = %plan.domain,
         n = plan.n,
-        received,
+        received = outcome.samples.candidates.len(),
         chosen = outcome.chosen(),
         scores = ?outcome.scores,
         scorer = %plan.scorer.name,
-        latency_ms = e2e.as_millis() as u64,
+        latency_ms = observer.started().elapsed().as_millis() as u64,
         overhead_us = (overhead * 1e6) as u64,
         "best-of-n"
     );
@@ -304,15 +263,17 @@ fn observe_outcome(
     }
 }
 
+/// Chat completions and legacy completions: validation, planning, then one of pass-through,
+/// a JSON best-of-N answer, or a re-streamed best-of-N answer. A streamed answer takes the
+/// observer out of `slot` into its body.
 async fn completion(
     state: &Arc<AppState>,
     req: Request<Incoming>,
     id: &str,
     api: Api,
-    permit: OwnedSemaphorePermit,
-    meter: &mut Meter,
+    slot: &mut Option<RequestObserver>,
 ) -> Result<Response<Body>, Error> {
-    let started = meter.started;
+    let observer = slot.as_mut().ok_or_else(|| Error::Internal("the request has no observer".into()))?;
     let headers = req.headers().clone();
     let bytes = read_body(state, req).await?;
     let steering_headers = SteeringHeaders {
@@ -325,22 +286,19 @@ async fn completion(
         Api::Completions => parse_completion_request(&bytes, steering_headers)?,
     };
     let plan = state.engine.plan(&request.steering, request.client_n, &request.conversation).await?;
-    meter.domain = Some(plan.domain.clone());
+    observer.set_domain(&plan.domain);
 
     if plan.n == 1 && !plan.return_candidates {
-        let m = &state.metrics;
-        m.candidates_requested.with_label_values(&[plan.domain.as_str()]).inc();
         let mut response = if request.stream {
             tracing::info!(request_id = %id, domain = %plan.domain, n = 1, stream = true, "pass-through");
-            pass_through_stream(state, api, &plan, &request, permit).await?
+            pass_through_stream(state, api, &plan, &request, slot).await?
         } else {
-            let (answer, mut spans) = with_call_spans(state.engine.forward(api, &plan, &request.body)).await;
+            let (answer, spans) = with_call_spans(state.engine.forward(api, &plan, &request.body)).await;
             let answer = answer?;
             let tokens = |key: &str| answer.pointer(&format!("/usage/{key}")).and_then(Value::as_u64).unwrap_or(0);
-            m.prompt_tokens.with_label_values(&[plan.domain.as_str()]).inc_by(tokens("prompt_tokens"));
-            m.completion_tokens.with_label_values(&[plan.domain.as_str()]).inc_by(tokens("completion_tokens"));
+            observer.pass_through(true, tokens("prompt_tokens"), tokens("completion_tokens"));
             let response = json_response(StatusCode::OK, &answer);
-            let overhead = m.observe_overhead(started.elapsed(), &mut spans);
+            let overhead = observer.answered(spans);
             tracing::info!(
                 request_id = %id,
                 domain = %plan.domain,
@@ -351,20 +309,19 @@ async fn completion(
             );
             response
         };
-        m.candidates_received.with_label_values(&[plan.domain.as_str()]).inc();
         response.headers_mut().insert("x-bestofn-n", HeaderValue::from_static("1"));
         return Ok(response);
     }
 
     if request.stream {
-        meter.streaming = true;
-        return Ok(best_of_n_stream(state.clone(), request, plan, id.to_string(), permit));
+        let observer = slot.take().ok_or_else(|| Error::Internal("the request has no observer".into()))?;
+        return Ok(best_of_n_stream(state.clone(), request, plan, id.to_string(), observer));
     }
 
     let (result, spans) =
         with_call_spans(state.engine.run(api, &request.body, &request.conversation, request.seed, &plan)).await;
     let outcome = result?;
-    observe_outcome(state, id, &request, &plan, &outcome, started, spans);
+    observe_outcome(state, id, &request, &plan, &outcome, observer, spans);
     let mut response = json_response(StatusCode::OK, &build_response(api, &plan, &outcome));
     let h = response.headers_mut();
     h.insert("x-bestofn-n", HeaderValue::from(outcome.samples.candidates.len() as u64));
@@ -382,16 +339,21 @@ async fn pass_through_stream(
     api: Api,
     plan: &Plan,
     request: &ProxyRequest,
-    permit: OwnedSemaphorePermit,
+    slot: &mut Option<RequestObserver>,
 ) -> Result<Response<Body>, Error> {
-    let upstream = state.engine.forward_stream(api, plan, &request.body).await?;
-    // The permit lives in the stream's state: the request is in flight until the stream ends.
-    let frames = futures_util::stream::unfold(Some((upstream, permit)), |source| async move {
-        let (mut source, permit) = source?;
+    let (upstream, spans) = with_call_spans(state.engine.forward_stream(api, plan, &request.body)).await;
+    let upstream = upstream?;
+    let mut observer = slot.take().ok_or_else(|| Error::Internal("the request has no observer".into()))?;
+    observer.pass_through(true, 0, 0);
+    observer.answered(spans);
+    // The observer lives in the stream's state: the request is in flight until the stream ends.
+    let frames = futures_util::stream::unfold(Some((upstream, observer)), |source| async move {
+        let (mut source, mut observer) = source?;
         match source.next().await {
-            Some(Ok(bytes)) => Some((Ok::<_, Infallible>(Frame::data(bytes)), Some((source, permit)))),
+            Some(Ok(bytes)) => Some((Ok::<_, Infallible>(Frame::data(bytes)), Some((source, observer)))),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "upstream stream failed mid-way");
+                observer.fail(&e);
                 Some((Ok(Frame::data(stream::error_events(&e).concat().into())), None))
             }
             None => None,
@@ -410,7 +372,7 @@ fn best_of_n_stream(
     request: ProxyRequest,
     plan: Plan,
     id: String,
-    permit: OwnedSemaphorePermit,
+    observer: RequestObserver,
 ) -> Response<Body> {
     let meta = StreamMeta {
         api: request.api,
@@ -426,27 +388,25 @@ fn best_of_n_stream(
     let heartbeat = state.heartbeat;
     let request_id = id.clone();
     let work = Box::pin(async move {
-        let started = Instant::now();
         let (result, spans) =
             with_call_spans(state.engine.run(request.api, &request.body, &request.conversation, request.seed, &plan))
                 .await;
-        let events = match result {
+        match result {
             Ok(outcome) => {
-                observe_outcome(&state, &id, &request, &plan, &outcome, started, spans);
-                meta.answer(&plan, &outcome)
+                let report: Report = Box::new(move |observer: &mut RequestObserver| {
+                    observe_outcome(&state, &id, &request, &plan, &outcome, observer, spans);
+                    meta.answer(&plan, &outcome)
+                });
+                report
             }
             Err(e) => {
                 tracing::warn!(request_id = %id, status = e.status().as_u16(), error = %e, "best-of-n stream failed");
-                state.metrics.errors.with_label_values(&[plan.domain.as_str(), e.kind()]).inc();
-                stream::error_events(&e)
+                Box::new(move |observer: &mut RequestObserver| {
+                    observer.fail(&e);
+                    stream::error_events(&e)
+                })
             }
-        };
-        state
-            .metrics
-            .request_duration
-            .with_label_values(&[plan.domain.as_str()])
-            .observe(started.elapsed().as_secs_f64());
-        events
+        }
     });
     let body = BestOfNBody {
         pending: opening.into(),
@@ -454,7 +414,7 @@ fn best_of_n_stream(
         // Not `interval()` and a first tick: that tick waits for the timer wheel's next turn,
         // which added about a millisecond to every streamed best-of-N answer.
         heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
-        _permit: permit,
+        observer,
         request_id,
     };
     let frames = futures_util::stream::unfold(body, |mut body| async move {
@@ -464,13 +424,17 @@ fn best_of_n_stream(
     sse_response(StreamBody::new(frames).boxed_unsync())
 }
 
+/// What a streamed best-of-N run hands its body when it is done: it reports to the observer and
+/// returns the answer's events.
+type Report = Box<dyn FnOnce(&mut RequestObserver) -> Vec<Bytes> + Send>;
+
 /// The state of a streamed best-of-N answer: events ready to send, the work still running, and
-/// the heartbeat clock. The permit keeps the request counted as in flight until the body ends.
+/// the heartbeat clock. The observer keeps the request in flight until the body ends.
 struct BestOfNBody {
     pending: std::collections::VecDeque<Bytes>,
-    work: Option<std::pin::Pin<Box<dyn Future<Output = Vec<Bytes>> + Send>>>,
+    work: Option<std::pin::Pin<Box<dyn Future<Output = Report> + Send>>>,
     heartbeat: tokio::time::Interval,
-    _permit: OwnedSemaphorePermit,
+    observer: RequestObserver,
     request_id: String,
 }
 
@@ -484,8 +448,9 @@ impl BestOfNBody {
             }
             let work = self.work.as_mut()?;
             tokio::select! {
-                events = work => {
+                report = work => {
                     self.work = None;
+                    let events = report(&mut self.observer);
                     self.pending.extend(events);
                 }
                 _ = self.heartbeat.tick() => return Some(Bytes::from_static(stream::HEARTBEAT)),
