@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::error::Error;
+use crate::error::{Error, Party};
 use crate::openai::normalize_error_body;
 
 /// Installs ring as the process's TLS crypto provider. reqwest is built without a bundled
@@ -205,6 +205,8 @@ pub struct Backend {
     pub client: reqwest::Client,
     /// What the backend is, for errors and logs: `upstream`, `scorer rm`.
     pub name: String,
+    /// Which kind of backend it is, for the error metric.
+    pub party: Party,
     /// The endpoints: base URLs for the upstream, full URLs for a scorer.
     pub pool: EndpointPool,
     /// Sent as `Authorization: Bearer ...` when set.
@@ -226,18 +228,13 @@ pub struct JsonReply {
 
 pub use crate::bon::ByteStream;
 
-enum Attempt {
-    Retryable { error: Error, retry_after: Option<Duration> },
-    Final(Error),
-}
-
 enum Method<'a> {
     Get,
     Post(&'a Bytes),
 }
 
 fn to_json_bytes(body: &(impl serde::Serialize + ?Sized)) -> Result<Bytes, Error> {
-    serde_json::to_vec(body).map(Bytes::from).map_err(|e| Error::Internal(e.to_string()))
+    serde_json::to_vec(body).map(Bytes::from).map_err(|e| Error::Internal(format!("cannot serialise a request: {e}")))
 }
 
 impl Backend {
@@ -265,11 +262,9 @@ impl Backend {
         let (response, started, endpoint) = self.send(path, Method::Post(&bytes), false).await?;
         record_span(started);
         let name = self.endpoint_name(endpoint);
+        let party = self.party;
         Ok(Box::pin(response.bytes_stream().map(move |chunk| {
-            chunk.map_err(|e| Error::BadGateway {
-                backend: name.clone(),
-                message: format!("stream broke off: {}", error_chain(&e)),
-            })
+            chunk.map_err(|e| Error::bad_gateway(party, name.clone(), "stream broke off").caused_by(e))
         })))
     }
 
@@ -283,14 +278,18 @@ impl Backend {
         let body = response.bytes().await.map_err(|e| {
             let name = self.endpoint_name(endpoint);
             if e.is_timeout() {
-                timed_out(&name, self.timeout)
+                self.timed_out(&name)
             } else {
-                Error::BadGateway { backend: name, message: format!("response body broke off: {}", error_chain(&e)) }
+                Error::bad_gateway(self.party, name, "response body broke off").caused_by(e)
             }
         })?;
-        let body = serde_json::from_slice(&body).map_err(|e| Error::BadGateway {
-            backend: self.endpoint_name(endpoint),
-            message: format!("answered HTTP {status} with a body that is not JSON: {e}"),
+        let body = serde_json::from_slice(&body).map_err(|e| {
+            Error::bad_gateway(
+                self.party,
+                self.endpoint_name(endpoint),
+                format!("answered HTTP {status} with a body that is not JSON"),
+            )
+            .caused_by(e)
         })?;
         record_span(started);
         Ok(JsonReply { body, latency: started.elapsed() })
@@ -312,7 +311,7 @@ impl Backend {
             let url = self
                 .pool
                 .url(endpoint.index, path)
-                .map_err(|message| Error::BadGateway { backend: self.endpoint_name(base), message })?;
+                .map_err(|message| Error::bad_gateway(self.party, self.endpoint_name(base), message))?;
             let mut request = match method {
                 Method::Get => self.client.get(url),
                 Method::Post(bytes) => {
@@ -331,13 +330,13 @@ impl Backend {
             } else {
                 match tokio::time::timeout(self.timeout, self.attempt(request, base)).await {
                     Ok(outcome) => outcome,
-                    Err(_) => Err(Attempt::Final(timed_out(&self.endpoint_name(base), self.timeout))),
+                    Err(_) => Err(self.timed_out(&self.endpoint_name(base))),
                 }
             };
+            // A 4xx is the request's fault, not the endpoint's.
             let healthy = match &outcome {
                 Ok(_) => true,
-                Err(Attempt::Final(e)) => e.status().is_client_error(),
-                Err(Attempt::Retryable { .. }) => false,
+                Err(e) => e.status().is_client_error(),
             };
             self.pool.record(endpoint.index, healthy);
             if outcome.is_err() {
@@ -346,10 +345,9 @@ impl Backend {
             drop(endpoint);
             match outcome {
                 Ok(response) => return Ok((response, started, base)),
-                Err(Attempt::Final(e)) => return Err(e),
-                Err(Attempt::Retryable { error, .. }) if attempt >= self.retry.max_retries => return Err(error),
-                Err(Attempt::Retryable { error, retry_after }) => {
-                    let backoff = self.retry.backoff(attempt, retry_after);
+                Err(error) if !error.is_retryable() || attempt >= self.retry.max_retries => return Err(error),
+                Err(error) => {
+                    let backoff = self.retry.backoff(attempt, error.retry_after());
                     tracing::debug!(backend = %self.endpoint_name(base), attempt, error = %error, ?backoff, "retrying");
                     tokio::time::sleep(backoff).await;
                     attempt += 1;
@@ -359,17 +357,12 @@ impl Backend {
     }
 
     /// One attempt at endpoint `base`; errors name the endpoint (built only when one happens).
-    async fn attempt(&self, request: reqwest::RequestBuilder, base: &str) -> Result<reqwest::Response, Attempt> {
-        let bad_gateway = |message: String| Error::BadGateway { backend: self.endpoint_name(base), message };
+    async fn attempt(&self, request: reqwest::RequestBuilder, base: &str) -> Result<reqwest::Response, Error> {
+        let bad_gateway = |message: String| Error::bad_gateway(self.party, self.endpoint_name(base), message);
         let response = match request.send().await {
             Ok(r) => r,
-            Err(e) if e.is_timeout() => return Err(Attempt::Final(timed_out(&self.endpoint_name(base), self.timeout))),
-            Err(e) => {
-                return Err(Attempt::Retryable {
-                    error: bad_gateway(format!("cannot reach it: {}", error_chain(&e))),
-                    retry_after: None,
-                });
-            }
+            Err(e) if e.is_timeout() => return Err(self.timed_out(&self.endpoint_name(base))),
+            Err(e) => return Err(bad_gateway("cannot reach it".into()).caused_by(e).retryable_after(None)),
         };
         let status = response.status();
         if status.is_success() {
@@ -384,41 +377,25 @@ impl Backend {
         let body = response.bytes().await.unwrap_or_default();
         let normalized = normalize_error_body(&body);
         if status.as_u16() == 429 || status.is_server_error() {
-            return Err(Attempt::Retryable {
-                error: bad_gateway(format!("HTTP {}: {}", status.as_u16(), normalized.message)),
-                retry_after,
-            });
+            return Err(
+                bad_gateway(format!("HTTP {}: {}", status.as_u16(), normalized.message)).retryable_after(retry_after)
+            );
         }
         if status.is_client_error() {
-            return Err(Attempt::Final(Error::UpstreamRejected {
+            return Err(Error::UpstreamRejected {
                 backend: self.endpoint_name(base),
                 status: status.as_u16(),
                 message: normalized.message,
                 error_type: normalized.error_type,
                 param: normalized.param,
-            }));
+            });
         }
-        Err(Attempt::Final(bad_gateway(format!("unexpected HTTP {status}: {}", normalized.message))))
+        Err(bad_gateway(format!("unexpected HTTP {status}: {}", normalized.message)))
     }
-}
 
-fn timed_out(name: &str, timeout: Duration) -> Error {
-    Error::GatewayTimeout {
-        backend: name.to_string(),
-        message: format!("no complete answer within {} ms", timeout.as_millis()),
+    fn timed_out(&self, name: &str) -> Error {
+        Error::timeout(self.party, name, format!("no complete answer within {} ms", self.timeout.as_millis()))
     }
-}
-
-/// `reqwest` hides the useful part of a connection error in its source chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

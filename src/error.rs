@@ -1,7 +1,36 @@
 //! The one error type of the request path. Every variant knows its HTTP status and its OpenAI
 //! error `type`, so the server renders all failures through a single function.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use http::StatusCode;
+
+/// The underlying error of a backend failure (an I/O error, a TLS error, a JSON error), kept as
+/// the error's `source` so that logs and envelopes can show the whole chain.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Which kind of backend failed: the `kind` label of the error metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    /// The LLM that samples candidates.
+    Upstream,
+    /// A scorer's backend (an RM server, a judge LLM).
+    Scorer,
+    /// The judge-LLM domain classifier.
+    Classifier,
+}
+
+impl Party {
+    /// The metric label of a failure of this party.
+    pub fn label(self) -> &'static str {
+        match self {
+            Party::Upstream => "upstream",
+            Party::Scorer => "scorer",
+            Party::Classifier => "classifier",
+        }
+    }
+}
 
 /// A failure while answering a request, with enough detail to render an OpenAI error envelope.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -51,14 +80,25 @@ pub enum Error {
     BadGateway {
         /// Which backend failed, e.g. `upstream http://127.0.0.1:8000/v1` or `scorer rm`.
         backend: String,
+        /// What kind of backend it is.
+        party: Party,
         /// What went wrong.
         message: String,
+        /// Whether another attempt may succeed (connection errors, 429, 5xx).
+        retryable: bool,
+        /// The backend's Retry-After, when it sent one.
+        retry_after: Option<Duration>,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<Cause>,
     },
     /// A backend did not answer in time.
     #[error("{backend} timed out: {message}")]
     GatewayTimeout {
         /// Which backend timed out.
         backend: String,
+        /// What kind of backend it is.
+        party: Party,
         /// What timed out, and after how long.
         message: String,
     },
@@ -71,6 +111,68 @@ impl Error {
     /// A 400 naming the request field at fault.
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
         Error::InvalidRequest { message: message.into(), param: Some(param.into()) }
+    }
+
+    /// A backend failure that another attempt will not fix.
+    pub fn bad_gateway(party: Party, backend: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::BadGateway {
+            backend: backend.into(),
+            party,
+            message: message.into(),
+            retryable: false,
+            retry_after: None,
+            source: None,
+        }
+    }
+
+    /// A backend that did not answer in time.
+    pub fn timeout(party: Party, backend: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::GatewayTimeout { backend: backend.into(), party, message: message.into() }
+    }
+
+    /// This error with `cause` as its source.
+    pub fn caused_by(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        if let Error::BadGateway { source, .. } = &mut self {
+            *source = Some(Arc::new(cause));
+        }
+        self
+    }
+
+    /// This failure marked worth another attempt, after at least `after` when the backend said so.
+    pub fn retryable_after(mut self, after: Option<Duration>) -> Self {
+        if let Error::BadGateway { retryable, retry_after, .. } = &mut self {
+            *retryable = true;
+            *retry_after = after;
+        }
+        self
+    }
+
+    /// Whether another attempt at the same call may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::BadGateway { retryable: true, .. })
+    }
+
+    /// How long the backend asked to wait before another attempt.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::BadGateway { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The message with every underlying cause appended: what logs and the error envelope show.
+    pub fn message_with_causes(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            source = s.source();
+        }
+        out
     }
 
     /// The HTTP status this error is answered with.
@@ -139,7 +241,7 @@ impl Error {
     pub fn into_gateway_failure(self) -> Error {
         match self {
             Error::UpstreamRejected { backend, status, message, .. } => {
-                Error::BadGateway { backend, message: format!("HTTP {status}: {message}") }
+                Error::bad_gateway(Party::Scorer, backend, format!("HTTP {status}: {message}"))
             }
             other => other,
         }
@@ -153,8 +255,7 @@ impl Error {
             Error::Unauthorized(_) => "unauthorized",
             Error::Overloaded(_) => "overloaded",
             Error::UpstreamRejected { .. } => "upstream_rejected",
-            Error::BadGateway { backend, .. } if backend.starts_with("scorer") => "scorer",
-            Error::BadGateway { .. } => "upstream",
+            Error::BadGateway { party, .. } => party.label(),
             Error::GatewayTimeout { .. } => "timeout",
             Error::Internal(_) => "internal",
         }
@@ -164,11 +265,34 @@ impl Error {
     pub fn envelope(&self) -> serde_json::Value {
         serde_json::json!({
             "error": {
-                "message": self.to_string(),
+                "message": self.message_with_causes(),
                 "type": self.error_type(),
                 "param": self.param(),
                 "code": self.code(),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_failures_keep_their_cause_retryability_and_label() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let e = Error::bad_gateway(Party::Scorer, "scorer rm http://x", "cannot reach it")
+            .caused_by(io)
+            .retryable_after(Some(Duration::from_secs(2)));
+        assert!(e.is_retryable());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+        assert_eq!(e.kind(), "scorer", "the label is a field, not a parsed name");
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("connection refused"));
+        assert_eq!(e.envelope()["error"]["message"], "scorer rm http://x failed: cannot reach it: connection refused");
+        let upstream = Error::bad_gateway(Party::Upstream, "scorer-like name", "HTTP 500");
+        assert_eq!(upstream.kind(), "upstream");
+        assert!(!upstream.is_retryable());
+        assert_eq!(Error::timeout(Party::Classifier, "classifier", "slow").kind(), "timeout");
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::backend::{Backend, EjectionPolicy, EndpointPool, RetryPolicy, Secret};
 use crate::config::{ScoreCacheConfig, ScorerConfig, TransportConfig};
+use crate::error::Party;
 use crate::metrics::Metrics;
 use crate::remote::{JudgeScorer, RewardHttpScorer};
 use crate::score::{CachedScorer, ConsensusScorer, EnsembleScorer, Scorer, VerifyScorer};
@@ -43,11 +44,13 @@ pub fn http_client() -> Result<reqwest::Client, StartupError> {
 /// A backend over `urls` with the transport settings of its config section.
 pub fn backend(
     client: &reqwest::Client,
+    party: Party,
     name: String,
     urls: &[String],
     t: &TransportConfig,
 ) -> Result<Backend, StartupError> {
     Ok(Backend {
+        party,
         client: client.clone(),
         api_key: secret_from_env(t.api_key_env.as_deref(), &name)?,
         pool: EndpointPool::new(
@@ -116,11 +119,11 @@ fn build_with(
             input_format: c.input_format,
             label_index: c.label_index,
             label: c.label.clone(),
-            backend: backend(client, format!("scorer {name}"), &c.urls, &c.transport)?,
+            backend: backend(client, Party::Scorer, format!("scorer {name}"), &c.urls, &c.transport)?,
         }),
         ScorerConfig::Judge(c) => Arc::new(JudgeScorer {
             name: name.to_string(),
-            backend: backend(client, format!("scorer {name}"), &c.base_urls, &c.transport)?,
+            backend: backend(client, Party::Scorer, format!("scorer {name}"), &c.base_urls, &c.transport)?,
             model: c.model.clone(),
             mode: c.mode,
             concurrency: c.concurrency,

@@ -11,7 +11,7 @@ use super::{
     Api, ByteStream, DomainClassifier, Plan, Policy, RuleClassifier, Sampler, Samples, ScorerFailurePolicy, Steering,
     rank, score_candidates,
 };
-use crate::error::Error;
+use crate::error::{Error, Party};
 use crate::score::{Message, ScoreInput, ScoreOutput, Scorer, ScorerUsage, last_user_message};
 
 /// Where a request's time went.
@@ -130,13 +130,10 @@ impl Engine {
             );
             return Err(if samples.deadline_hit {
                 let limit = plan.deadline.map_or(0, |d| d.as_millis());
-                Error::GatewayTimeout {
-                    backend: "upstream".into(),
-                    message: format!("{message} before the {limit} ms deadline"),
-                }
+                Error::timeout(Party::Upstream, "upstream", format!("{message} before the {limit} ms deadline"))
             } else {
                 let cause = samples.failures.first().map(String::as_str).unwrap_or("no error reported");
-                Error::BadGateway { backend: "upstream".into(), message: format!("{message}; first failure: {cause}") }
+                Error::bad_gateway(Party::Upstream, "upstream", format!("{message}; first failure: {cause}"))
             });
         }
 

@@ -7,7 +7,7 @@
 //! candidates arrive in a random order, so offline that is a uniformly random member of the tie
 //! group, which is what the estimators average over.
 
-use crate::error::Error;
+use crate::error::{Error, Party};
 use crate::score::{ScoreInput, ScoreOutput, Scorer};
 
 /// Scores `input` with `scorer` and checks the contract every caller relies on: exactly one
@@ -15,7 +15,7 @@ use crate::score::{ScoreInput, ScoreOutput, Scorer};
 pub async fn score_candidates(scorer: &dyn Scorer, input: ScoreInput<'_>) -> Result<ScoreOutput, Error> {
     let expected = input.candidates.len();
     let out = scorer.score(input).await?;
-    let broken = |message: String| Error::BadGateway { backend: format!("scorer {}", scorer.name()), message };
+    let broken = |message: String| Error::bad_gateway(Party::Scorer, format!("scorer {}", scorer.name()), message);
     if out.scores.len() != expected {
         return Err(broken(format!("{} scores for {expected} candidates", out.scores.len())));
     }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::ChatCall;
 use crate::backend::Backend;
-use crate::error::Error;
+use crate::error::{Error, Party};
 use crate::score::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage, last_user_message};
 
 /// RewardBench 2's `ratings_prompt` (allenai/reward-bench `scripts/run_generative_v2.py`).
@@ -99,10 +99,11 @@ impl JudgeScorer {
     async fn rank(&self, prompt: &str, candidates: &[String]) -> Result<ScoreOutput, Error> {
         const LETTERS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
         if candidates.len() > LETTERS.len() {
-            return Err(Error::BadGateway {
-                backend: format!("scorer {}", self.name),
-                message: format!("ranking mode labels at most 26 candidates, got {}", candidates.len()),
-            });
+            return Err(Error::bad_gateway(
+                Party::Scorer,
+                format!("scorer {}", self.name),
+                format!("ranking mode labels at most 26 candidates, got {}", candidates.len()),
+            ));
         }
         let mut order: Vec<usize> = (0..candidates.len()).collect();
         fastrand::Rng::with_seed(self.seed).shuffle(&mut order);

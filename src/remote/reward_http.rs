@@ -133,7 +133,7 @@ impl RewardHttpScorer {
     }
 
     fn garbage(&self, what: impl std::fmt::Display) -> Error {
-        Error::BadGateway { backend: self.backend.name.clone(), message: format!("unusable answer: {what}") }
+        Error::bad_gateway(self.backend.party, self.backend.name.clone(), format!("unusable answer: {what}"))
     }
 
     /// Extracts exactly `n` finite scores, in input order, and the prompt tokens if reported.
@@ -240,6 +240,7 @@ mod tests {
             label_index: 0,
             label: None,
             backend: Backend {
+                party: crate::error::Party::Scorer,
                 client: reqwest::Client::new(),
                 name: "scorer rm".into(),
                 pool: EndpointPool::new(

@@ -8,6 +8,7 @@ use tokio::sync::Semaphore;
 use crate::backend::Secret;
 use crate::bon::Engine;
 use crate::config::{ClassifierConfig, Config, TransportConfig};
+use crate::error::Party;
 use crate::metrics::Metrics;
 use crate::record::Recorder;
 use crate::remote::JudgeClassifier;
@@ -66,7 +67,7 @@ impl AppState {
     pub fn from_config(config: &Config) -> Result<AppState, StartupError> {
         let client = http_client()?;
         let up = &config.upstream;
-        let upstream_backend = backend(&client, "upstream".into(), &up.base_urls, &up.transport)?;
+        let upstream_backend = backend(&client, Party::Upstream, "upstream".into(), &up.base_urls, &up.transport)?;
         let upstream = Arc::new(Upstream::new(upstream_backend, up.sampling, up.hedge));
 
         let metrics = Arc::new(Metrics::new().map_err(|e| StartupError(format!("cannot register metrics: {e}")))?);
@@ -92,7 +93,8 @@ impl AppState {
                 eject_after_failures: 3,
                 eject_cooldown_ms: 10_000,
             };
-            let judge = backend(&client, "classifier".into(), std::slice::from_ref(base_url), &transport)?;
+            let judge =
+                backend(&client, Party::Classifier, "classifier".into(), std::slice::from_ref(base_url), &transport)?;
             engine = engine.with_classifier(Arc::new(JudgeClassifier { backend: judge, model: model.clone() }));
         }
         // Series that exist from the start, so dashboards show zeros rather than "no data".

@@ -171,7 +171,7 @@ impl Upstream {
     }
 
     fn garbage(&self, what: impl std::fmt::Display) -> Error {
-        Error::BadGateway { backend: self.backend.name.clone(), message: format!("unusable answer: {what}") }
+        Error::bad_gateway(self.backend.party, self.backend.name.clone(), format!("unusable answer: {what}"))
     }
 
     async fn call(&self, api: Api, body: Bytes) -> Result<ChatCall, Error> {
@@ -335,9 +335,12 @@ impl Upstream {
             samples.usage.upstream_reported_completion_tokens = Some(reported_total);
         }
         if samples.candidates.is_empty() {
-            return Err(first_error.unwrap_or_else(|| Error::GatewayTimeout {
-                backend: self.backend.name.clone(),
-                message: "no candidate arrived before the request deadline".into(),
+            return Err(first_error.unwrap_or_else(|| {
+                Error::timeout(
+                    self.backend.party,
+                    &self.backend.name,
+                    "no candidate arrived before the request deadline",
+                )
             }));
         }
         Ok(samples)
