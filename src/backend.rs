@@ -198,6 +198,26 @@ impl EndpointPool {
     }
 }
 
+/// Transport settings of one backend: credentials, time limit, retries, ejection.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TransportConfig {
+    /// Environment variable holding the API key (sent as a Bearer token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Limit for one call.
+    pub timeout_ms: u64,
+    /// Retries on connection errors, 429 and 5xx.
+    pub max_retries: u32,
+    /// First retry backoff (doubled per attempt, with jitter).
+    pub retry_backoff_ms: u64,
+    /// Largest retry backoff, Retry-After included.
+    pub retry_backoff_max_ms: u64,
+    /// Consecutive failures that take an endpoint out of rotation.
+    pub eject_after_failures: u32,
+    /// How long an ejected endpoint stays out before it is probed again.
+    pub eject_cooldown_ms: u64,
+}
+
 /// How a backend is called: its kind for errors, endpoints, credentials, time limit, retries.
 #[derive(Debug)]
 pub struct Backend {

@@ -9,12 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use std::time::Duration;
 
-use crate::backend::Secret;
-use crate::bon::{DOMAINS, DomainRule, MAX_N, Policy, ScorerFailurePolicy};
+use crate::backend::{Secret, TransportConfig};
+use crate::bon::{DOMAINS, DomainRule, MAX_N, Policy, ScorerFailurePolicy, check_n};
 use crate::record::RecorderConfig;
-use crate::remote::{InputFormat, JudgeMode, RewardApi};
+use crate::remote::{InputFormat, JudgeConfig, JudgeMode, RewardApi, RewardHttpConfig};
 use crate::score::{ChatTemplate, Combine};
-use crate::upstream::SamplingMode;
+use crate::upstream::{SamplingMode, UsageCounts};
 
 /// A configuration that could not be loaded, naming the file and the problem.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,12 @@ struct RawRecorder {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 enum RawClassifier {
     Rules,
-    Judge { base_url: Option<String>, model: Option<String>, api_key_env: Option<String>, timeout_ms: Option<u64> },
+    Judge {
+        base_url: Option<String>,
+        model: Option<String>,
+        #[serde(flatten)]
+        transport: RawTransport,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,8 +107,10 @@ struct RawServer {
     drain_timeout_ms: Option<u64>,
 }
 
-/// Transport keys shared by the upstream and every HTTP scorer, gathered for validation.
-#[derive(Debug, Default)]
+/// The transport keys, declared once: every section that calls a backend (upstream, HTTP
+/// scorers, the judge classifier) takes them at its own level (`[upstream] timeout_ms = ...`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawTransport {
     api_key_env: Option<String>,
     timeout_ms: Option<u64>,
@@ -122,13 +129,9 @@ struct RawUpstream {
     sampling: Option<SamplingMode>,
     hedge: Option<u32>,
     models: Option<Vec<String>>,
-    api_key_env: Option<String>,
-    timeout_ms: Option<u64>,
-    max_retries: Option<u32>,
-    retry_backoff_ms: Option<u64>,
-    retry_backoff_max_ms: Option<u64>,
-    eject_after_failures: Option<u32>,
-    eject_cooldown_ms: Option<u64>,
+    usage_counts: Option<UsageCounts>,
+    #[serde(flatten)]
+    transport: RawTransport,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,13 +146,8 @@ enum RawScorer {
         input_format: Option<InputFormat>,
         label_index: Option<usize>,
         label: Option<String>,
-        api_key_env: Option<String>,
-        timeout_ms: Option<u64>,
-        max_retries: Option<u32>,
-        retry_backoff_ms: Option<u64>,
-        retry_backoff_max_ms: Option<u64>,
-        eject_after_failures: Option<u32>,
-        eject_cooldown_ms: Option<u64>,
+        #[serde(flatten)]
+        transport: RawTransport,
     },
     Judge {
         base_url: Option<String>,
@@ -160,13 +158,8 @@ enum RawScorer {
         seed: Option<u64>,
         max_tokens: Option<u32>,
         logprobs: Option<bool>,
-        api_key_env: Option<String>,
-        timeout_ms: Option<u64>,
-        max_retries: Option<u32>,
-        retry_backoff_ms: Option<u64>,
-        retry_backoff_max_ms: Option<u64>,
-        eject_after_failures: Option<u32>,
-        eject_cooldown_ms: Option<u64>,
+        #[serde(flatten)]
+        transport: RawTransport,
     },
     Consensus {},
     Verify {
@@ -235,11 +228,9 @@ pub enum ClassifierConfig {
         /// The `model` sent.
         #[serde(skip_serializing_if = "Option::is_none")]
         model: Option<String>,
-        /// Environment variable holding the judge's API key.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        api_key_env: Option<String>,
-        /// Limit for one classification call.
-        timeout_ms: u64,
+        /// Credentials, time limit, retries, ejection.
+        #[serde(flatten)]
+        transport: TransportConfig,
     },
 }
 
@@ -272,26 +263,6 @@ pub struct ServerConfig {
     pub drain_timeout_ms: u64,
 }
 
-/// Transport settings of one backend: credentials, time limit, retries, ejection.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TransportConfig {
-    /// Environment variable holding the API key (sent as a Bearer token).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub api_key_env: Option<String>,
-    /// Limit for one call.
-    pub timeout_ms: u64,
-    /// Retries on connection errors, 429 and 5xx.
-    pub max_retries: u32,
-    /// First retry backoff (doubled per attempt, with jitter).
-    pub retry_backoff_ms: u64,
-    /// Largest retry backoff, Retry-After included.
-    pub retry_backoff_max_ms: u64,
-    /// Consecutive failures that take an endpoint out of rotation.
-    pub eject_after_failures: u32,
-    /// How long an ejected endpoint stays out before it is probed again.
-    pub eject_cooldown_ms: u64,
-}
-
 /// `[upstream]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpstreamConfig {
@@ -304,6 +275,8 @@ pub struct UpstreamConfig {
     /// Served at `GET /v1/models` instead of asking the upstream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
+    /// How completion tokens of calls with several choices are counted.
+    pub usage_counts: UsageCounts,
     /// Credentials, time limit, retries, ejection.
     #[serde(flatten)]
     pub transport: TransportConfig,
@@ -329,29 +302,6 @@ pub enum ScorerConfig {
     Ensemble(EnsembleConfig),
 }
 
-/// `[scorers.NAME]` with `kind = "judge"`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct JudgeConfig {
-    /// Base URLs of the judge (ending in `/v1`).
-    pub base_urls: Vec<String>,
-    /// The `model` sent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// Rating (1-10 per candidate) or ranking (one pick).
-    pub mode: JudgeMode,
-    /// Rating calls in flight at once.
-    pub concurrency: usize,
-    /// Seed of the ranking shuffle.
-    pub seed: u64,
-    /// `max_tokens` of a judge call.
-    pub max_tokens: u32,
-    /// Score the expected rating from `top_logprobs`.
-    pub logprobs: bool,
-    /// Credentials, time limit, retries, ejection.
-    #[serde(flatten)]
-    pub transport: TransportConfig,
-}
-
 /// `[scorers.NAME]` with `kind = "ensemble"`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EnsembleConfig {
@@ -372,30 +322,6 @@ pub struct ScoreCacheConfig {
     pub ttl_ms: u64,
 }
 
-/// `[scorers.NAME]` with `kind = "reward_http"`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RewardHttpConfig {
-    /// The server's API.
-    pub api: RewardApi,
-    /// Interchangeable endpoint URLs.
-    pub urls: Vec<String>,
-    /// The `model` field sent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// Template for APIs that take text.
-    pub chat_template: ChatTemplate,
-    /// vLLM: `text` (one batched call) or `messages` (one call per candidate).
-    pub input_format: InputFormat,
-    /// Output column holding the reward (vLLM, SGLang).
-    pub label_index: usize,
-    /// TEI label holding the reward, for multi-label heads.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    /// Credentials, time limit, retries, ejection.
-    #[serde(flatten)]
-    pub transport: TransportConfig,
-}
-
 /// `[policy]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PolicyConfig {
@@ -412,14 +338,69 @@ pub struct PolicyConfig {
     pub on_scorer_failure: ScorerFailurePolicy,
 }
 
+/// Every default of the configuration, named once: the validator, the README's table and
+/// `config/bestofn.toml` agree with these (a test checks the two documents).
+pub mod defaults {
+    /// `server.listen`.
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    /// `server.heartbeat_interval_ms`.
+    pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+    /// `server.max_concurrent_requests`.
+    pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
+    /// `server.max_body_bytes`.
+    pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+    /// `server.header_read_timeout_ms`.
+    pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+    /// `server.body_read_timeout_ms`.
+    pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;
+    /// `server.drain_timeout_ms`.
+    pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
+    /// `upstream.timeout_ms`.
+    pub const UPSTREAM_TIMEOUT_MS: u64 = 60_000;
+    /// `scorers.NAME.timeout_ms`.
+    pub const SCORER_TIMEOUT_MS: u64 = 30_000;
+    /// `classifier.timeout_ms`.
+    pub const CLASSIFIER_TIMEOUT_MS: u64 = 5_000;
+    /// `max_retries` of the upstream and scorers.
+    pub const MAX_RETRIES: u32 = 2;
+    /// `classifier.max_retries`: a classification that fails falls back to the rules at once.
+    pub const CLASSIFIER_MAX_RETRIES: u32 = 0;
+    /// `retry_backoff_ms`.
+    pub const RETRY_BACKOFF_MS: u64 = 100;
+    /// `retry_backoff_max_ms`.
+    pub const RETRY_BACKOFF_MAX_MS: u64 = 2_000;
+    /// `eject_after_failures`.
+    pub const EJECT_AFTER_FAILURES: u32 = 3;
+    /// `eject_cooldown_ms`.
+    pub const EJECT_COOLDOWN_MS: u64 = 10_000;
+    /// `upstream.hedge`.
+    pub const HEDGE: u32 = 0;
+    /// `scorers.NAME.concurrency` (judge).
+    pub const JUDGE_CONCURRENCY: u64 = 8;
+    /// `scorers.NAME.max_tokens` (judge).
+    pub const JUDGE_MAX_TOKENS: u64 = 1024;
+    /// `scorers.NAME.label_index`.
+    pub const LABEL_INDEX: usize = 0;
+    /// `policy.scorer`: majority voting needs no server.
+    pub const POLICY_SCORER: &str = "consensus";
+    /// `policy.min_candidates`.
+    pub const MIN_CANDIDATES: u32 = 1;
+    /// `recorder.sample_rate`.
+    pub const RECORDER_SAMPLE_RATE: f64 = 1.0;
+    /// `recorder.max_bytes`.
+    pub const RECORDER_MAX_BYTES: u64 = 100 * 1024 * 1024;
+    /// `recorder.max_files`.
+    pub const RECORDER_MAX_FILES: u32 = 5;
+    /// `recorder.queue_capacity`.
+    pub const RECORDER_QUEUE_CAPACITY: u64 = 1024;
+    /// `score_cache.max_entries`.
+    pub const SCORE_CACHE_MAX_ENTRIES: u64 = 100_000;
+    /// `score_cache.ttl_ms`.
+    pub const SCORE_CACHE_TTL_MS: u64 = 600_000;
+}
+
 /// Default listen address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 5_000;
-const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 60_000;
-const DEFAULT_SCORER_TIMEOUT_MS: u64 = 30_000;
-const DEFAULT_MAX_RETRIES: u32 = 2;
-const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
-const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+pub const DEFAULT_LISTEN: &str = defaults::LISTEN;
 
 impl Config {
     /// Reads and validates a config file.
@@ -433,7 +414,10 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+            message: match unknown_key_at(text, &e) {
+                Some(located) => located,
+                None => e.to_string().trim_end().to_string(),
+            },
         })?;
         Validator { path }.config(raw)
     }
@@ -488,25 +472,38 @@ impl Validator<'_> {
         Ok(urls)
     }
 
-    fn transport(&self, prefix: &str, raw: RawTransport, default_timeout: u64) -> Result<TransportConfig, ConfigError> {
+    /// Validated transport keys of section `prefix`, with that section's defaults.
+    fn transport(
+        &self,
+        prefix: &str,
+        raw: RawTransport,
+        timeout_ms: u64,
+        max_retries: u32,
+    ) -> Result<TransportConfig, ConfigError> {
         let key = |k: &str| format!("{prefix}.{k}");
-        let retry_backoff_ms = self.positive(&key("retry_backoff_ms"), raw.retry_backoff_ms, 100)?;
-        let retry_backoff_max_ms = self.positive(&key("retry_backoff_max_ms"), raw.retry_backoff_max_ms, 2_000)?;
+        let retry_backoff_ms =
+            self.positive(&key("retry_backoff_ms"), raw.retry_backoff_ms, defaults::RETRY_BACKOFF_MS)?;
+        let retry_backoff_max_ms =
+            self.positive(&key("retry_backoff_max_ms"), raw.retry_backoff_max_ms, defaults::RETRY_BACKOFF_MAX_MS)?;
         if retry_backoff_max_ms < retry_backoff_ms {
             return Err(self.invalid(&key("retry_backoff_max_ms"), "must be at least retry_backoff_ms"));
         }
         Ok(TransportConfig {
             api_key_env: raw.api_key_env,
-            timeout_ms: self.positive(&key("timeout_ms"), raw.timeout_ms, default_timeout)?,
-            max_retries: raw.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            timeout_ms: self.positive(&key("timeout_ms"), raw.timeout_ms, timeout_ms)?,
+            max_retries: raw.max_retries.unwrap_or(max_retries),
             retry_backoff_ms,
             retry_backoff_max_ms,
             eject_after_failures: self.positive(
                 &key("eject_after_failures"),
                 raw.eject_after_failures.map(u64::from),
-                3,
+                u64::from(defaults::EJECT_AFTER_FAILURES),
             )? as u32,
-            eject_cooldown_ms: self.positive(&key("eject_cooldown_ms"), raw.eject_cooldown_ms, 10_000)?,
+            eject_cooldown_ms: self.positive(
+                &key("eject_cooldown_ms"),
+                raw.eject_cooldown_ms,
+                defaults::EJECT_COOLDOWN_MS,
+            )?,
         })
     }
 
@@ -516,7 +513,7 @@ impl Validator<'_> {
         let upstream = UpstreamConfig {
             base_urls: self.urls("upstream.base_url", up.base_url, up.base_urls)?,
             sampling: up.sampling.unwrap_or(SamplingMode::Auto),
-            hedge: match up.hedge.unwrap_or(0) {
+            hedge: match up.hedge.unwrap_or(defaults::HEDGE) {
                 h if h <= MAX_N => h,
                 h => return Err(self.invalid("upstream.hedge", format!("must be at most {MAX_N}, got {h}"))),
             },
@@ -526,18 +523,12 @@ impl Validator<'_> {
                 }
                 other => other,
             },
+            usage_counts: up.usage_counts.unwrap_or(UsageCounts::Auto),
             transport: self.transport(
                 "upstream",
-                RawTransport {
-                    api_key_env: up.api_key_env,
-                    timeout_ms: up.timeout_ms,
-                    max_retries: up.max_retries,
-                    retry_backoff_ms: up.retry_backoff_ms,
-                    retry_backoff_max_ms: up.retry_backoff_max_ms,
-                    eject_after_failures: up.eject_after_failures,
-                    eject_cooldown_ms: up.eject_cooldown_ms,
-                },
-                DEFAULT_UPSTREAM_TIMEOUT_MS,
+                up.transport,
+                defaults::UPSTREAM_TIMEOUT_MS,
+                defaults::MAX_RETRIES,
             )?,
         };
 
@@ -554,13 +545,7 @@ impl Validator<'_> {
                     input_format,
                     label_index,
                     label,
-                    api_key_env,
-                    timeout_ms,
-                    max_retries,
-                    retry_backoff_ms,
-                    retry_backoff_max_ms,
-                    eject_after_failures,
-                    eject_cooldown_ms,
+                    transport,
                 } => {
                     let input_format = input_format.unwrap_or(InputFormat::Text);
                     if input_format == InputFormat::Messages
@@ -577,20 +562,13 @@ impl Validator<'_> {
                         model,
                         chat_template: chat_template.unwrap_or(ChatTemplate::Chatml),
                         input_format,
-                        label_index: label_index.unwrap_or(0),
+                        label_index: label_index.unwrap_or(defaults::LABEL_INDEX),
                         label,
                         transport: self.transport(
                             &prefix,
-                            RawTransport {
-                                api_key_env,
-                                timeout_ms,
-                                max_retries,
-                                retry_backoff_ms,
-                                retry_backoff_max_ms,
-                                eject_after_failures,
-                                eject_cooldown_ms,
-                            },
-                            DEFAULT_SCORER_TIMEOUT_MS,
+                            transport,
+                            defaults::SCORER_TIMEOUT_MS,
+                            defaults::MAX_RETRIES,
                         )?,
                     })
                 }
@@ -603,13 +581,7 @@ impl Validator<'_> {
                     seed,
                     max_tokens,
                     logprobs,
-                    api_key_env,
-                    timeout_ms,
-                    max_retries,
-                    retry_backoff_ms,
-                    retry_backoff_max_ms,
-                    eject_after_failures,
-                    eject_cooldown_ms,
+                    transport,
                 } => {
                     let base_urls = match (base_url, base_urls) {
                         (None, None) => upstream.base_urls.clone(),
@@ -622,24 +594,20 @@ impl Validator<'_> {
                         concurrency: self.positive(
                             &format!("{prefix}.concurrency"),
                             concurrency.map(|c| c as u64),
-                            8,
+                            defaults::JUDGE_CONCURRENCY,
                         )? as usize,
                         seed: seed.unwrap_or(0),
-                        max_tokens: self.positive(&format!("{prefix}.max_tokens"), max_tokens.map(u64::from), 1024)?
-                            as u32,
+                        max_tokens: self.positive(
+                            &format!("{prefix}.max_tokens"),
+                            max_tokens.map(u64::from),
+                            defaults::JUDGE_MAX_TOKENS,
+                        )? as u32,
                         logprobs: logprobs.unwrap_or(false),
                         transport: self.transport(
                             &prefix,
-                            RawTransport {
-                                api_key_env,
-                                timeout_ms,
-                                max_retries,
-                                retry_backoff_ms,
-                                retry_backoff_max_ms,
-                                eject_after_failures,
-                                eject_cooldown_ms,
-                            },
-                            DEFAULT_SCORER_TIMEOUT_MS,
+                            transport,
+                            defaults::SCORER_TIMEOUT_MS,
+                            defaults::MAX_RETRIES,
                         )?,
                     })
                 }
@@ -692,13 +660,7 @@ impl Validator<'_> {
             }
         }
 
-        let check_n = |key: &str, n: u32| {
-            if (1..=MAX_N).contains(&n) {
-                Ok(n)
-            } else {
-                Err(self.invalid(key, format!("must be between 1 and {MAX_N}, got {n}")))
-            }
-        };
+        let check_n = |key: &str, n: u32| check_n(n).map_err(|m| self.invalid(key, m));
         let check_scorer = |key: &str, s: &str| {
             if scorers.contains_key(s) {
                 Ok(())
@@ -710,9 +672,9 @@ impl Validator<'_> {
         let p = raw.policy;
         check_n("policy.n", p.n)?;
         // Without an RM, consensus (majority voting) is the default.
-        let policy_scorer = p.scorer.unwrap_or_else(|| "consensus".to_string());
+        let policy_scorer = p.scorer.unwrap_or_else(|| defaults::POLICY_SCORER.to_string());
         check_scorer("policy.scorer", &policy_scorer)?;
-        let min_candidates = p.min_candidates.unwrap_or(1);
+        let min_candidates = p.min_candidates.unwrap_or(defaults::MIN_CANDIDATES);
         if min_candidates == 0 {
             return Err(self.invalid("policy.min_candidates", "must be at least 1"));
         }
@@ -767,7 +729,7 @@ impl Validator<'_> {
         let recorder = match raw.recorder {
             None => None,
             Some(r) => {
-                let sample_rate = r.sample_rate.unwrap_or(1.0);
+                let sample_rate = r.sample_rate.unwrap_or(defaults::RECORDER_SAMPLE_RATE);
                 if !(0.0..=1.0).contains(&sample_rate) {
                     return Err(
                         self.invalid("recorder.sample_rate", format!("must be between 0 and 1, got {sample_rate}"))
@@ -776,19 +738,19 @@ impl Validator<'_> {
                 Some(RecorderConfig {
                     path: r.path,
                     sample_rate,
-                    max_bytes: self.positive("recorder.max_bytes", r.max_bytes, 100 * 1024 * 1024)?,
-                    max_files: r.max_files.unwrap_or(5),
+                    max_bytes: self.positive("recorder.max_bytes", r.max_bytes, defaults::RECORDER_MAX_BYTES)?,
+                    max_files: r.max_files.unwrap_or(defaults::RECORDER_MAX_FILES),
                     queue_capacity: self.positive(
                         "recorder.queue_capacity",
                         r.queue_capacity.map(|c| c as u64),
-                        1024,
+                        defaults::RECORDER_QUEUE_CAPACITY,
                     )? as usize,
                 })
             }
         };
         let classifier = match raw.classifier {
             None | Some(RawClassifier::Rules) => ClassifierConfig::Rules,
-            Some(RawClassifier::Judge { base_url, model, api_key_env, timeout_ms }) => {
+            Some(RawClassifier::Judge { base_url, model, transport }) => {
                 let base_url = match base_url {
                     Some(u) => {
                         check_url(&u).map_err(|m| self.invalid("classifier.base_url", m))?;
@@ -799,23 +761,31 @@ impl Validator<'_> {
                 ClassifierConfig::Judge {
                     base_url,
                     model,
-                    api_key_env,
-                    timeout_ms: self.positive("classifier.timeout_ms", timeout_ms, 5_000)?,
+                    transport: self.transport(
+                        "classifier",
+                        transport,
+                        defaults::CLASSIFIER_TIMEOUT_MS,
+                        defaults::CLASSIFIER_MAX_RETRIES,
+                    )?,
                 }
             }
         };
         let score_cache = match raw.score_cache {
             None => None,
             Some(c) => Some(ScoreCacheConfig {
-                max_entries: self.positive("score_cache.max_entries", c.max_entries, 100_000)?,
-                ttl_ms: self.positive("score_cache.ttl_ms", c.ttl_ms, 600_000)?,
+                max_entries: self.positive(
+                    "score_cache.max_entries",
+                    c.max_entries,
+                    defaults::SCORE_CACHE_MAX_ENTRIES,
+                )?,
+                ttl_ms: self.positive("score_cache.ttl_ms", c.ttl_ms, defaults::SCORE_CACHE_TTL_MS)?,
             }),
         };
         Ok(Config { server, upstream, scorers, policy, domains, recorder, score_cache, classifier })
     }
 
     fn server(&self, raw: RawServer) -> Result<ServerConfig, ConfigError> {
-        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen_text = raw.listen.as_deref().unwrap_or(defaults::LISTEN);
         let listen = listen_text
             .parse::<SocketAddr>()
             .map_err(|e| self.invalid("server.listen", format!("'{listen_text}' is not HOST:PORT ({e})")))?;
@@ -823,11 +793,11 @@ impl Validator<'_> {
         if api_keys.iter().any(|k| k.expose().trim().is_empty()) {
             return Err(self.invalid("server.api_keys", "keys must not be empty"));
         }
-        let max_concurrent_requests = raw.max_concurrent_requests.unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS);
+        let max_concurrent_requests = raw.max_concurrent_requests.unwrap_or(defaults::MAX_CONCURRENT_REQUESTS);
         if max_concurrent_requests == 0 {
             return Err(self.invalid("server.max_concurrent_requests", "must be greater than 0"));
         }
-        let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let max_body_bytes = raw.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES);
         if max_body_bytes == 0 {
             return Err(self.invalid("server.max_body_bytes", "must be greater than 0"));
         }
@@ -836,7 +806,7 @@ impl Validator<'_> {
             heartbeat_interval_ms: self.positive(
                 "server.heartbeat_interval_ms",
                 raw.heartbeat_interval_ms,
-                DEFAULT_HEARTBEAT_INTERVAL_MS,
+                defaults::HEARTBEAT_INTERVAL_MS,
             )?,
             api_keys_configured: api_keys.len(),
             api_keys,
@@ -847,12 +817,40 @@ impl Validator<'_> {
             header_read_timeout_ms: self.positive(
                 "server.header_read_timeout_ms",
                 raw.header_read_timeout_ms,
-                10_000,
+                defaults::HEADER_READ_TIMEOUT_MS,
             )?,
-            body_read_timeout_ms: self.positive("server.body_read_timeout_ms", raw.body_read_timeout_ms, 30_000)?,
-            drain_timeout_ms: self.positive("server.drain_timeout_ms", raw.drain_timeout_ms, 30_000)?,
+            body_read_timeout_ms: self.positive(
+                "server.body_read_timeout_ms",
+                raw.body_read_timeout_ms,
+                defaults::BODY_READ_TIMEOUT_MS,
+            )?,
+            drain_timeout_ms: self.positive(
+                "server.drain_timeout_ms",
+                raw.drain_timeout_ms,
+                defaults::DRAIN_TIMEOUT_MS,
+            )?,
         })
     }
+}
+
+/// The line and dotted key of an unknown key. Sections that take the shared transport keys are
+/// read through serde's `flatten`, whose "unknown field" error points at the table's header
+/// rather than at the key; this finds the key's own line in that table.
+fn unknown_key_at(text: &str, e: &toml::de::Error) -> Option<String> {
+    let message = e.message();
+    let key = message.strip_prefix("unknown field `")?.split('`').next()?;
+    let span = e.span()?;
+    let header = text.get(span.clone())?.trim();
+    let table = header.strip_prefix('[')?.trim_end_matches(']').trim();
+    let first_line = text[..span.start].matches('\n').count() + 1;
+    let (offset, _) =
+        text.lines()
+            .enumerate()
+            .skip(first_line)
+            .take_while(|(_, l)| !l.trim_start().starts_with('['))
+            .find(|(_, l)| l.trim_start().strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')))?;
+    let expected = message.split_once(", expected").map(|(_, rest)| format!(" (expected{rest})")).unwrap_or_default();
+    Some(format!("line {}: unknown key `{table}.{key}`{expected}", offset + 1))
 }
 
 fn check_url(url: &str) -> Result<(), String> {
@@ -916,6 +914,21 @@ n = 8
         assert!(e.contains("label_idx"), "{e}");
         let e = error_of(&GOOD.replace("[upstream]", "[upstreams]"));
         assert!(e.contains("upstreams"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_in_sections_with_transport_keys_name_their_line_and_dotted_key() {
+        let text = GOOD.replace("[scorers.rm]", "bogus_retries = 1\n\n[scorers.rm]");
+        let e = error_of(&text);
+        let line = text.lines().position(|l| l.starts_with("bogus_retries")).unwrap() + 1;
+        assert!(e.contains(&format!("test.toml: line {line}: unknown key `upstream.bogus_retries`")), "{e}");
+        let e = error_of(&GOOD.replace("api = \"vllm_classify\"", "api = \"vllm_classify\"\nlabel_idx = 1"));
+        assert!(e.contains("unknown key `scorers.rm.label_idx`") && e.contains("line 8"), "{e}");
+        // The shared keys are accepted in every such section, and a type error still names the file.
+        let c = load(&GOOD.replace("[policy]", "max_retries = 5\neject_cooldown_ms = 7\n[policy]")).unwrap();
+        let ScorerConfig::RewardHttp(rm) = &c.scorers["rm"] else { panic!("rm is reward_http") };
+        assert_eq!((rm.transport.max_retries, rm.transport.eject_cooldown_ms), (5, 7));
+        assert!(error_of(&GOOD.replace("[policy]", "timeout_ms = \"x\"\n[policy]")).contains("test.toml"));
     }
 
     #[test]

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backend::TransportConfig;
 use crate::backend::{Backend, EjectionPolicy, EndpointPool, RetryPolicy, Secret};
-use crate::config::{ScoreCacheConfig, ScorerConfig, TransportConfig};
+use crate::config::{ScoreCacheConfig, ScorerConfig};
 use crate::error::Party;
 use crate::metrics::Metrics;
 use crate::remote::{JudgeScorer, RewardHttpScorer};
@@ -113,23 +114,13 @@ fn build_with(
     Ok(match config {
         ScorerConfig::RewardHttp(c) => Arc::new(RewardHttpScorer {
             name: name.to_string(),
-            api: c.api,
-            model: c.model.clone(),
-            template: c.chat_template,
-            input_format: c.input_format,
-            label_index: c.label_index,
-            label: c.label.clone(),
             backend: backend(client, Party::Scorer, format!("scorer {name}"), &c.urls, &c.transport)?,
+            config: c.clone(),
         }),
         ScorerConfig::Judge(c) => Arc::new(JudgeScorer {
             name: name.to_string(),
             backend: backend(client, Party::Scorer, format!("scorer {name}"), &c.base_urls, &c.transport)?,
-            model: c.model.clone(),
-            mode: c.mode,
-            concurrency: c.concurrency,
-            seed: c.seed,
-            max_tokens: c.max_tokens,
-            logprobs: c.logprobs,
+            config: c.clone(),
         }),
         ScorerConfig::Consensus => Arc::new(ConsensusScorer { name: name.to_string() }),
         ScorerConfig::Verify { pattern } => Arc::new(VerifyScorer {

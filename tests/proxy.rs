@@ -471,3 +471,84 @@ async fn models_health_and_request_logs() {
     assert_eq!(models["data"][0]["id"], "best-model");
     assert_eq!(models["object"], "list");
 }
+
+/// An upstream answering `n` choices of long texts with an honest count of few, long tokens
+/// (10 characters a token), shaped like llama.cpp (`timings`) when `llama` is set, with a
+/// llama.cpp `POST /tokenize` at its root that counts words.
+async fn counting_upstream(llama: bool) -> FakeServer {
+    FakeServer::start(move |req: &Recorded| {
+        if req.path == "/tokenize" {
+            let words = req.body["content"].as_str().unwrap_or("").split_whitespace().count();
+            return Reply::Json(200, json!({"tokens": (0..words).collect::<Vec<_>>()}));
+        }
+        let n = req.body.get("n").and_then(Value::as_u64).unwrap_or(1);
+        let texts: Vec<String> = (0..n).map(|i| format!("{} {i}", "abcdefghi ".repeat(20 + i as usize))).collect();
+        let choices: Vec<Value> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| json!({"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}))
+            .collect();
+        let honest: usize = texts.iter().map(|t| t.len().div_ceil(10)).sum();
+        let mut reply = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m", "choices": choices,
+            "usage": {"prompt_tokens": 5, "completion_tokens": honest, "total_tokens": 5 + honest}});
+        if llama {
+            reply["timings"] = json!({"predicted_n": honest});
+        }
+        Reply::Json(200, reply)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_is_the_upstreams_unless_it_is_known_to_under_count() {
+    let rm = FakeServer::start(rm_handler()).await;
+    let words = |n: usize| -> u64 { (0..n).map(|i| 20 + i as u64 + 1).sum() };
+    let honest = |n: usize| -> u64 { (0..n).map(|i| (10 * (20 + i) + 2).div_ceil(10) as u64).sum() };
+
+    // An honest upstream whose tokens pack 10 characters: its figure stands, not an estimate.
+    let upstream = counting_upstream(false).await;
+    let proxy = Bestofn::start(&config(&upstream, &rm, "n", 3));
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
+    assert_eq!(status, 200, "{resp}");
+    let generation = &resp["bestofn"]["usage"]["generation"];
+    assert_eq!(resp["usage"]["completion_tokens"], honest(3), "{resp}");
+    assert_eq!(generation["completion_tokens_estimated"], false);
+    assert!(generation.get("upstream_reported_completion_tokens").is_none(), "{generation}");
+    assert!(upstream.requests_to("/tokenize").is_empty());
+    drop(proxy);
+
+    // The same upstream forced to recount: its own tokenizer decides.
+    let cfg =
+        config(&upstream, &rm, "n", 3).replace("sampling = \"n\"", "sampling = \"n\"\nusage_counts = \"recount\"");
+    let proxy = Bestofn::start(&cfg);
+    let (_, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
+    assert_eq!(resp["usage"]["completion_tokens"], words(3), "{resp}");
+    assert_eq!(upstream.requests_to("/tokenize").len(), 3, "one /tokenize call per candidate, at the root");
+    drop(proxy);
+
+    // llama.cpp (recognised by `timings`) is recounted exactly with /tokenize, per candidate.
+    let llama = counting_upstream(true).await;
+    let proxy = Bestofn::start(&config(&llama, &rm, "n", 3));
+    let mut body = chat_body("q");
+    body["bestofn"] = json!({"return_candidates": true});
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
+    assert_eq!(status, 200, "{resp}");
+    let generation = &resp["bestofn"]["usage"]["generation"];
+    assert_eq!(resp["usage"]["completion_tokens"], words(3), "{resp}");
+    assert_eq!(generation["completion_tokens_recounted"], true);
+    assert_eq!(generation["completion_tokens_estimated"], false);
+    assert_eq!(generation["upstream_reported_completion_tokens"], honest(3));
+    let tokenized: Vec<String> =
+        llama.requests_to("/tokenize").iter().map(|r| r.body["content"].as_str().unwrap().to_string()).collect();
+    for c in resp["bestofn"]["candidates"].as_array().unwrap() {
+        assert!(tokenized.contains(&c["text"].as_str().unwrap().to_string()), "every candidate is tokenized");
+    }
+    drop(proxy);
+
+    // ... unless the config says to trust it.
+    let cfg = config(&llama, &rm, "n", 3).replace("sampling = \"n\"", "sampling = \"n\"\nusage_counts = \"trust\"");
+    let proxy = Bestofn::start(&cfg);
+    let (_, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
+    assert_eq!(resp["usage"]["completion_tokens"], honest(3), "{resp}");
+    assert!(resp["bestofn"]["usage"]["generation"].get("completion_tokens_recounted").is_none());
+}

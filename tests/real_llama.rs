@@ -113,19 +113,34 @@ async fn best_of_n_in_front_of_a_real_llama_server() {
 
     // n mode: one call with n = 4 (llama-server serves up to --parallel 4).
     let proxy = Bestofn::start(&bestofn_config(&llama.url, "n", 4, "consensus"));
-    let (status, headers, resp) = post(&proxy.url("/v1/chat/completions"), question(), &[]).await;
+    let mut listed = question();
+    listed["bestofn"] = json!({"return_candidates": true});
+    let (status, headers, resp) = post(&proxy.url("/v1/chat/completions"), listed, &[]).await;
     assert_eq!(status, 200, "{resp}");
     let b = &resp["bestofn"];
     assert_eq!((b["sampling"].as_str(), b["n_received"].as_u64()), (Some("n"), Some(4)), "{resp}");
     assert_eq!(headers["x-bestofn-n"], "4");
     assert_eq!(resp["usage"]["prompt_tokens"], prompt_tokens, "one call pays the prompt once");
-    // llama-server counts one choice's tokens for n > 1: bestofn flags and recounts rather than under-report.
+    // llama-server counts one choice's tokens for n > 1: bestofn recounts every candidate exactly
+    // with the server's own /tokenize, so usage is the sum of those counts.
     let generation = &b["usage"]["generation"];
-    assert_eq!(generation["completion_tokens_estimated"], true, "{resp}");
-    assert!(
-        resp["usage"]["completion_tokens"].as_u64().unwrap()
-            >= generation["upstream_reported_completion_tokens"].as_u64().unwrap()
-    );
+    assert_eq!(generation["completion_tokens_recounted"], true, "{resp}");
+    assert_eq!(generation["completion_tokens_estimated"], false, "{resp}");
+    let mut tokenized = 0;
+    for c in b["candidates"].as_array().unwrap() {
+        let reply: Value = client()
+            .post(format!("{}/tokenize", llama.url))
+            .json(&json!({"content": c["text"], "add_special": false}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tokenized += reply["tokens"].as_array().unwrap().len() as u64;
+    }
+    assert_eq!(resp["usage"]["completion_tokens"].as_u64().unwrap(), tokenized, "{resp}");
+    assert!(tokenized >= generation["upstream_reported_completion_tokens"].as_u64().unwrap());
     assert!(!resp["choices"][0]["message"]["content"].as_str().unwrap().is_empty());
     drop(proxy);
 

@@ -57,10 +57,13 @@ pub struct GenerationUsage {
     pub prompt_tokens: u64,
     /// Completion tokens, summed over every candidate.
     pub completion_tokens: u64,
-    /// What the upstream itself reported, when that differs from `completion_tokens` because
-    /// its figure could not be right (llama.cpp reports one choice's tokens for `n>1`).
+    /// What the upstream itself reported, when `completion_tokens` is not its figure: a recount
+    /// (llama.cpp reports one choice's tokens for `n>1`) or an estimate (no usage reported).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_reported_completion_tokens: Option<u64>,
+    /// True when part of `completion_tokens` was recounted exactly with the upstream's tokenizer.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub completion_tokens_recounted: bool,
     /// True when part of `completion_tokens` is an estimate from the text (about 4 bytes a token).
     pub completion_tokens_estimated: bool,
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ChatCall;
-use crate::backend::Backend;
+use crate::backend::{Backend, TransportConfig};
 use crate::error::{Error, Party};
 use crate::score::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage, last_user_message};
 
@@ -32,25 +32,38 @@ pub enum JudgeMode {
     Ranking,
 }
 
-/// An LLM judge.
-#[derive(Debug)]
-pub struct JudgeScorer {
-    /// The scorer's configured name.
-    pub name: String,
-    /// Endpoints are base URLs ending in `/v1`.
-    pub backend: Backend,
-    /// The `model` field sent.
+/// `[scorers.NAME]` with `kind = "judge"`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JudgeConfig {
+    /// Base URLs of the judge (ending in `/v1`).
+    pub base_urls: Vec<String>,
+    /// The `model` sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// Rating or ranking.
+    /// Rating (1-10 per candidate) or ranking (one pick).
     pub mode: JudgeMode,
     /// Rating calls in flight at once.
     pub concurrency: usize,
     /// Seed of the ranking shuffle.
     pub seed: u64,
-    /// `max_tokens` of judge calls.
+    /// `max_tokens` of a judge call.
     pub max_tokens: u32,
-    /// Ask for `top_logprobs` and score the expected rating over the digit probabilities.
+    /// Score the expected rating from `top_logprobs`.
     pub logprobs: bool,
+    /// Credentials, time limit, retries, ejection.
+    #[serde(flatten)]
+    pub transport: TransportConfig,
+}
+
+/// An LLM judge.
+#[derive(Debug)]
+pub struct JudgeScorer {
+    /// The scorer's configured name.
+    pub name: String,
+    /// Its validated settings.
+    pub config: JudgeConfig,
+    /// Endpoints are base URLs ending in `/v1`.
+    pub backend: Backend,
 }
 
 /// The trailing rating 1..10 of a judgement, or -1 when there is none (the reference's rule).
@@ -84,14 +97,23 @@ pub fn expected_rating(logprobs: &Value) -> Option<f64> {
 
 impl JudgeScorer {
     fn call<'a>(&'a self, messages: &'a [(&'a str, &'a str)], logprobs: bool) -> ChatCall<'a> {
-        ChatCall { model: self.model.as_deref(), messages, max_tokens: self.max_tokens, temperature: 0.0, logprobs }
+        ChatCall {
+            model: self.config.model.as_deref(),
+            messages,
+            max_tokens: self.config.max_tokens,
+            temperature: 0.0,
+            logprobs,
+        }
     }
 
     async fn rate(&self, prompt: &str, candidate: &str) -> Result<(f64, Option<u64>), Error> {
         let content = RATINGS_PROMPT.replace("{prompt}", prompt).replace("{completion}", candidate);
         let messages = [("user", content.as_str())];
-        let reply =
-            self.call(&messages, self.logprobs).send(&self.backend).await.map_err(Error::into_gateway_failure)?;
+        let reply = self
+            .call(&messages, self.config.logprobs)
+            .send(&self.backend)
+            .await
+            .map_err(Error::into_gateway_failure)?;
         let expected = reply.logprobs.as_ref().and_then(expected_rating);
         Ok((expected.unwrap_or_else(|| parse_rating(&reply.text)), reply.total_tokens))
     }
@@ -106,7 +128,7 @@ impl JudgeScorer {
             ));
         }
         let mut order: Vec<usize> = (0..candidates.len()).collect();
-        fastrand::Rng::with_seed(self.seed).shuffle(&mut order);
+        fastrand::Rng::with_seed(self.config.seed).shuffle(&mut order);
         let mut user = format!("[User Question]\n{prompt}\n\n");
         for (slot, &i) in order.iter().enumerate() {
             let l = LETTERS[slot] as char;
@@ -134,18 +156,18 @@ impl Scorer for JudgeScorer {
     }
 
     fn pointwise(&self) -> bool {
-        self.mode == JudgeMode::Rating
+        self.config.mode == JudgeMode::Rating
     }
 
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
         Box::pin(async move {
             let prompt = last_user_message(input.conversation);
-            if self.mode == JudgeMode::Ranking {
+            if self.config.mode == JudgeMode::Ranking {
                 return self.rank(prompt, input.candidates).await;
             }
             let calls: Vec<_> = input.candidates.iter().map(|c| self.rate(prompt, c.as_str())).collect();
             let results: Vec<Result<(f64, Option<u64>), Error>> =
-                futures_util::stream::iter(calls).buffered(self.concurrency.max(1)).collect().await;
+                futures_util::stream::iter(calls).buffered(self.config.concurrency.max(1)).collect().await;
             let mut scores = Vec::with_capacity(results.len());
             let mut tokens = Some(0u64);
             for r in results {

@@ -6,9 +6,9 @@ mod judge;
 mod judge_classifier;
 mod reward_http;
 
-pub use judge::{JudgeMode, JudgeScorer, RATINGS_PROMPT, expected_rating, parse_rating};
+pub use judge::{JudgeConfig, JudgeMode, JudgeScorer, RATINGS_PROMPT, expected_rating, parse_rating};
 pub use judge_classifier::JudgeClassifier;
-pub use reward_http::{InputFormat, RewardApi, RewardHttpScorer};
+pub use reward_http::{InputFormat, RewardApi, RewardHttpConfig, RewardHttpScorer};
 
 use serde_json::{Value, json};
 

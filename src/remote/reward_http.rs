@@ -5,7 +5,7 @@ use futures_util::future::try_join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, TransportConfig};
 use crate::error::Error;
 use crate::score::{BoxFuture, ChatTemplate, Message, ScoreInput, ScoreOutput, Scorer, ScorerUsage, with_candidate};
 
@@ -34,23 +34,37 @@ pub enum InputFormat {
     Messages,
 }
 
+/// `[scorers.NAME]` with `kind = "reward_http"`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RewardHttpConfig {
+    /// The server's API.
+    pub api: RewardApi,
+    /// Interchangeable endpoint URLs.
+    pub urls: Vec<String>,
+    /// The `model` field sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Template for APIs that take text.
+    pub chat_template: ChatTemplate,
+    /// vLLM: `text` (one batched call) or `messages` (one call per candidate).
+    pub input_format: InputFormat,
+    /// Output column holding the reward (vLLM, SGLang).
+    pub label_index: usize,
+    /// TEI label holding the reward, for multi-label heads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Credentials, time limit, retries, ejection.
+    #[serde(flatten)]
+    pub transport: TransportConfig,
+}
+
 /// A reward model behind an HTTP API.
 #[derive(Debug)]
 pub struct RewardHttpScorer {
     /// The scorer's configured name.
     pub name: String,
-    /// Which wire format the server speaks.
-    pub api: RewardApi,
-    /// The `model` field sent, where the API takes one.
-    pub model: Option<String>,
-    /// How conversations are rendered to text.
-    pub template: ChatTemplate,
-    /// vLLM only: text batches or chat messages.
-    pub input_format: InputFormat,
-    /// Which output column is the reward (vLLM, SGLang).
-    pub label_index: usize,
-    /// TEI: which label's score is the reward; needed only for multi-label heads.
-    pub label: Option<String>,
+    /// Its validated settings.
+    pub config: RewardHttpConfig,
     /// Transport, timeout and retries; its endpoints are full URLs such as
     /// `http://127.0.0.1:8001/classify`.
     pub backend: Backend,
@@ -79,8 +93,8 @@ impl RewardHttpScorer {
         let conversations: Vec<Vec<Message>> =
             input.candidates.iter().map(|c| with_candidate(input.conversation, c)).collect();
 
-        let is_vllm = matches!(self.api, RewardApi::VllmClassify | RewardApi::VllmPooling);
-        if is_vllm && self.input_format == InputFormat::Messages {
+        let is_vllm = matches!(self.config.api, RewardApi::VllmClassify | RewardApi::VllmPooling);
+        if is_vllm && self.config.input_format == InputFormat::Messages {
             let calls = conversations.iter().map(|turns| async move {
                 let mut body = self.vllm_body();
                 body["messages"] = serde_json::to_value(turns).map_err(|e| Error::Internal(e.to_string()))?;
@@ -97,8 +111,9 @@ impl RewardHttpScorer {
         }
 
         // Rendered texts are moved into the body, not copied: they hold every candidate.
-        let texts: Vec<Value> = conversations.iter().map(|t| Value::String(self.template.render(t))).collect();
-        let body = match self.api {
+        let texts: Vec<Value> =
+            conversations.iter().map(|t| Value::String(self.config.chat_template.render(t))).collect();
+        let body = match self.config.api {
             RewardApi::VllmClassify | RewardApi::VllmPooling => {
                 let mut body = self.vllm_body();
                 body["input"] = Value::Array(texts);
@@ -113,7 +128,7 @@ impl RewardHttpScorer {
             RewardApi::SglangClassify => {
                 let mut body = json!({});
                 body["text"] = Value::Array(texts);
-                if let Some(model) = &self.model {
+                if let Some(model) = &self.config.model {
                     body["model"] = json!(model);
                 }
                 body
@@ -126,7 +141,7 @@ impl RewardHttpScorer {
 
     fn vllm_body(&self) -> Value {
         let mut body = json!({"use_activation": false});
-        if let Some(model) = &self.model {
+        if let Some(model) = &self.config.model {
             body["model"] = json!(model);
         }
         body
@@ -138,13 +153,13 @@ impl RewardHttpScorer {
 
     /// Extracts exactly `n` finite scores, in input order, and the prompt tokens if reported.
     fn parse(&self, body: &Value, n: usize) -> Result<(Vec<f64>, Option<u64>), Error> {
-        let (scores, tokens) = match self.api {
+        let (scores, tokens) = match self.config.api {
             RewardApi::VllmClassify | RewardApi::VllmPooling => {
                 let data = body.get("data").and_then(Value::as_array).ok_or_else(|| self.garbage("no 'data' array"))?;
                 let mut indexed = Vec::with_capacity(data.len());
                 for (pos, item) in data.iter().enumerate() {
                     let index = item.get("index").and_then(Value::as_u64).map_or(pos, |i| i as usize);
-                    let row = if self.api == RewardApi::VllmClassify {
+                    let row = if self.config.api == RewardApi::VllmClassify {
                         item.get("probs")
                     } else {
                         // Token-level tasks return one row per token; the last row scores the whole reply.
@@ -153,9 +168,10 @@ impl RewardHttpScorer {
                             other => other,
                         }
                     };
-                    let score = row.and_then(|r| r.get(self.label_index)).and_then(Value::as_f64).ok_or_else(|| {
-                        self.garbage(format!("data[{pos}] has no number at column {}", self.label_index))
-                    })?;
+                    let score =
+                        row.and_then(|r| r.get(self.config.label_index)).and_then(Value::as_f64).ok_or_else(|| {
+                            self.garbage(format!("data[{pos}] has no number at column {}", self.config.label_index))
+                        })?;
                     indexed.push((index, score));
                 }
                 indexed.sort_by_key(|(i, _)| *i);
@@ -181,10 +197,10 @@ impl RewardHttpScorer {
                 for (i, item) in outer.iter().enumerate() {
                     let score = item
                         .get("embedding")
-                        .and_then(|e| e.get(self.label_index))
+                        .and_then(|e| e.get(self.config.label_index))
                         .and_then(Value::as_f64)
                         .ok_or_else(|| {
-                            self.garbage(format!("[{i}].embedding has no number at {}", self.label_index))
+                            self.garbage(format!("[{i}].embedding has no number at {}", self.config.label_index))
                         })?;
                     scores.push(score);
                     let t = item.pointer("/meta_info/prompt_tokens").and_then(Value::as_u64);
@@ -204,7 +220,7 @@ impl RewardHttpScorer {
 
     fn tei_score(&self, i: usize, labels: &Value) -> Result<f64, Error> {
         let labels = labels.as_array().ok_or_else(|| self.garbage(format!("[{i}] is not a list of labels")))?;
-        let pick = match &self.label {
+        let pick = match &self.config.label {
             Some(wanted) => labels.iter().find(|l| l.get("label").and_then(Value::as_str) == Some(wanted.as_str())),
             None if labels.len() == 1 => labels.first(),
             None => {
@@ -233,12 +249,24 @@ mod tests {
         crate::backend::install_crypto_provider();
         RewardHttpScorer {
             name: "rm".into(),
-            api,
-            model: None,
-            template: ChatTemplate::Chatml,
-            input_format: InputFormat::Text,
-            label_index: 0,
-            label: None,
+            config: RewardHttpConfig {
+                api,
+                urls: vec!["http://127.0.0.1:9".into()],
+                model: None,
+                chat_template: ChatTemplate::Chatml,
+                input_format: InputFormat::Text,
+                label_index: 0,
+                label: None,
+                transport: TransportConfig {
+                    api_key_env: None,
+                    timeout_ms: 1000,
+                    max_retries: 0,
+                    retry_backoff_ms: 1,
+                    retry_backoff_max_ms: 1,
+                    eject_after_failures: 1,
+                    eject_cooldown_ms: 1000,
+                },
+            },
             backend: Backend {
                 party: crate::error::Party::Scorer,
                 client: reqwest::Client::new(),
@@ -272,7 +300,7 @@ mod tests {
         let multi = json!([[{"label": "good", "score": 0.9}, {"label": "bad", "score": 0.1}]]);
         assert!(scorer(RewardApi::TeiPredict).parse(&multi, 1).is_err(), "multi-label needs 'label'");
         let mut labelled = scorer(RewardApi::TeiPredict);
-        labelled.label = Some("bad".into());
+        labelled.config.label = Some("bad".into());
         assert_eq!(labelled.parse(&multi, 1).unwrap().0, vec![0.1]);
     }
 

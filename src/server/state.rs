@@ -7,7 +7,7 @@ use tokio::sync::Semaphore;
 
 use crate::backend::Secret;
 use crate::bon::Engine;
-use crate::config::{ClassifierConfig, Config, TransportConfig};
+use crate::config::{ClassifierConfig, Config};
 use crate::error::Party;
 use crate::metrics::Metrics;
 use crate::record::Recorder;
@@ -68,7 +68,13 @@ impl AppState {
         let client = http_client()?;
         let up = &config.upstream;
         let upstream_backend = backend(&client, Party::Upstream, "upstream".into(), &up.base_urls, &up.transport)?;
-        let upstream = Arc::new(Upstream::new(upstream_backend, up.sampling, up.hedge));
+        // llama.cpp serves /tokenize at the server root, beside /v1.
+        let roots: Vec<String> =
+            up.base_urls.iter().map(|u| u.trim_end_matches('/').trim_end_matches("/v1").to_string()).collect();
+        let tokenizer = backend(&client, Party::Upstream, "upstream tokenizer".into(), &roots, &up.transport)?;
+        let upstream = Arc::new(
+            Upstream::new(upstream_backend, up.sampling, up.hedge).with_usage_counts(up.usage_counts, Some(tokenizer)),
+        );
 
         let metrics = Arc::new(Metrics::new().map_err(|e| StartupError(format!("cannot register metrics: {e}")))?);
         let cache = config.score_cache.as_ref().map(|c| CacheSetup { config: c, metrics: &metrics });
@@ -83,18 +89,9 @@ impl AppState {
                 .extend(value.split(',').map(str::trim).filter(|k| !k.is_empty()).map(|k| Secret::new(k.to_string())));
         }
         let mut engine = Engine::new(upstream.clone(), scorers, config.policy());
-        if let ClassifierConfig::Judge { base_url, model, api_key_env, timeout_ms } = &config.classifier {
-            let transport = TransportConfig {
-                api_key_env: api_key_env.clone(),
-                timeout_ms: *timeout_ms,
-                max_retries: 0,
-                retry_backoff_ms: 1,
-                retry_backoff_max_ms: 1,
-                eject_after_failures: 3,
-                eject_cooldown_ms: 10_000,
-            };
+        if let ClassifierConfig::Judge { base_url, model, transport } = &config.classifier {
             let judge =
-                backend(&client, Party::Classifier, "classifier".into(), std::slice::from_ref(base_url), &transport)?;
+                backend(&client, Party::Classifier, "classifier".into(), std::slice::from_ref(base_url), transport)?;
             engine = engine.with_classifier(Arc::new(JudgeClassifier { backend: judge, model: model.clone() }));
         }
         // Series that exist from the start, so dashboards show zeros rather than "no data".

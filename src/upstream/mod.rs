@@ -30,9 +30,25 @@ pub enum SamplingMode {
     Auto,
 }
 
+/// How the completion tokens of a call with several choices are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageCounts {
+    /// Trust the upstream's figure, except from upstreams known to count one choice only for
+    /// `n > 1` (llama.cpp, recognised by the `timings` object of its replies): recount those.
+    Auto,
+    /// Always use the upstream's figure.
+    Trust,
+    /// Always recount calls with several choices with the upstream's tokenizer.
+    Recount,
+}
+
 /// An OpenAI-compatible server (or a pool of interchangeable ones).
 pub struct Upstream {
     backend: Backend,
+    /// The same servers at their root, where llama.cpp serves `POST /tokenize`.
+    tokenizer: Option<Backend>,
+    usage_counts: UsageCounts,
     mode: SamplingMode,
     hedge: u32,
     /// What `auto` has learned of the upstream's `n`: 0 not yet known, 1 no `n` support,
@@ -157,7 +173,38 @@ impl Upstream {
     /// An upstream behind `backend`, whose endpoints are base URLs ending in `/v1`. `hedge`
     /// extra single-sample calls are made in parallel sampling; the first N answers are used.
     pub fn new(backend: Backend, mode: SamplingMode, hedge: u32) -> Self {
-        Upstream { backend, mode, hedge, n_cap: AtomicU32::new(0) }
+        Upstream { backend, tokenizer: None, usage_counts: UsageCounts::Auto, mode, hedge, n_cap: AtomicU32::new(0) }
+    }
+
+    /// Counts usage by `counts`, recounting through `tokenizer` (the upstream's servers at their
+    /// root URL) where the upstream's own figure cannot be right.
+    pub fn with_usage_counts(mut self, counts: UsageCounts, tokenizer: Option<Backend>) -> Self {
+        self.usage_counts = counts;
+        self.tokenizer = tokenizer;
+        self
+    }
+
+    /// Exact token counts of `texts` from llama.cpp's `POST /tokenize`, or None when the
+    /// endpoint is missing or fails.
+    async fn tokenize(&self, texts: &[String]) -> Option<Vec<u64>> {
+        let tokenizer = self.tokenizer.as_ref()?;
+        let calls = texts.iter().map(|text| async move {
+            let body = serde_json::json!({"content": text, "add_special": false});
+            let reply = tokenizer.post_json("/tokenize", &body).await.ok()?;
+            reply.body.get("tokens").and_then(Value::as_array).map(|t| t.len() as u64)
+        });
+        futures_util::future::join_all(calls).await.into_iter().collect()
+    }
+
+    /// Whether a call's completion-token figure must be recounted.
+    fn needs_recount(&self, envelope: &Map<String, Value>, choices: usize) -> bool {
+        choices > 1
+            && match self.usage_counts {
+                UsageCounts::Trust => false,
+                UsageCounts::Recount => true,
+                // llama.cpp's replies carry a `timings` object; it reports one choice's tokens.
+                UsageCounts::Auto => envelope.get("timings").is_some_and(Value::is_object),
+            }
     }
 
     /// The upstream's `GET /models` answer.
@@ -242,28 +289,28 @@ impl Upstream {
         let Run { api, body: base, seed, deadline } = run;
         let cap = self.learned_n_cap();
         if n == 1 || cap == 1 || (cap > 1 && cap < n) {
-            return self.collect(api, self.batch(run, n, cap.max(1), 0).await, "parallel");
+            return self.collect(api, self.batch(run, n, cap.max(1), 0).await, "parallel").await;
         }
         let first_call = tokio::select! {
             result = async { self.call(api, CallBodies::new(base)?.body(n, seed)).await } => result,
             () = deadline_reached(deadline) => {
-                return self.collect(api, Batch { results: Vec::new(), deadline_hit: true }, "n");
+                return self.collect(api, Batch { results: Vec::new(), deadline_hit: true }, "n").await;
             }
         };
         match first_call {
             Ok(call) => {
                 let got = call.choices.len() as u32;
                 if got >= n {
-                    return self.collect(api, Batch { results: vec![Ok(call)], deadline_hit: false }, "n");
+                    return self.collect(api, Batch { results: vec![Ok(call)], deadline_hit: false }, "n").await;
                 }
                 self.n_cap.store(got, Ordering::Relaxed);
                 tracing::info!(upstream = %self.backend.name, asked = n, got, "upstream returned fewer choices than n; topping up with parallel calls");
                 let mut rest = self.batch(run, n - got, got, got).await;
                 rest.results.insert(0, Ok(call));
-                self.collect(api, rest, "n+parallel")
+                self.collect(api, rest, "n+parallel").await
             }
             Err(Error::UpstreamRejected { status: 400 | 422, .. }) => {
-                let fallback = self.collect(api, self.batch(run, n, 1, 0).await, "parallel")?;
+                let fallback = self.collect(api, self.batch(run, n, 1, 0).await, "parallel").await?;
                 // The same body with n=1 went through, so it was n>1 that was rejected.
                 self.n_cap.store(1, Ordering::Relaxed);
                 tracing::info!(upstream = %self.backend.name, "upstream rejected n>1; using parallel calls from now on");
@@ -273,8 +320,10 @@ impl Upstream {
         }
     }
 
-    /// Turns call results into candidates with honest usage; fails only if none arrived.
-    fn collect(&self, api: Api, batch: Batch, strategy: &'static str) -> Result<Samples, Error> {
+    /// Turns call results into candidates with the usage the upstream reported, recounted
+    /// exactly where its figure cannot be right (see [`UsageCounts`]) and estimated from the
+    /// text, flagged, only where no exact count can be had. Fails only if no candidate arrived.
+    async fn collect(&self, api: Api, batch: Batch, strategy: &'static str) -> Result<Samples, Error> {
         let mut samples = Samples { strategy, deadline_hit: batch.deadline_hit, ..Default::default() };
         let mut first_error = None;
         let mut reported_total = 0u64;
@@ -292,21 +341,37 @@ impl Upstream {
             let prompt = usage.and_then(|u| u.get("prompt_tokens")).and_then(Value::as_u64);
             let reported = usage.and_then(|u| u.get("completion_tokens")).and_then(Value::as_u64);
             let texts: Vec<String> = call.choices.iter().map(|c| choice_text(api, c)).collect();
-            let estimated_sum: u64 = texts.iter().map(|t| estimate_tokens(t)).sum();
-            let non_empty = texts.iter().filter(|t| !t.is_empty()).count() as u64;
+            let estimate = || texts.iter().map(|t| estimate_tokens(t)).sum::<u64>();
+            let mut per_candidate: Vec<Option<u64>> = vec![None; texts.len()];
             let completion = match reported {
-                // Each non-empty choice has at least one token; and a figure well under the text's
-                // size with several choices is one choice's count (llama.cpp with n>1).
-                Some(r) if non_empty > 1 && (r < non_empty || r * 10 < estimated_sum * 6) => {
-                    any_recount = true;
-                    estimated_sum.max(r)
-                }
-                Some(r) => r,
                 None => {
                     any_recount = true;
-                    estimated_sum
+                    estimate()
+                }
+                Some(r) if self.needs_recount(&call.body, texts.len()) => {
+                    any_recount = true;
+                    match self.tokenize(&texts).await {
+                        Some(counts) => {
+                            samples.usage.completion_tokens_recounted = true;
+                            per_candidate = counts.iter().copied().map(Some).collect();
+                            counts.iter().sum()
+                        }
+                        None => {
+                            samples.usage.completion_tokens_estimated = true;
+                            estimate().max(r)
+                        }
+                    }
+                }
+                Some(r) => {
+                    if texts.len() == 1 {
+                        per_candidate[0] = Some(r);
+                    }
+                    r
                 }
             };
+            if reported.is_none() {
+                samples.usage.completion_tokens_estimated = true;
+            }
             reported_total += reported.unwrap_or(0);
             samples.usage.calls += 1;
             samples.usage.prompt_tokens += prompt.unwrap_or(0);
@@ -317,10 +382,8 @@ impl Upstream {
             if samples.envelope.is_empty() {
                 samples.envelope = envelope;
             }
-            let alone = call.choices.len() == 1;
-            for (choice, text) in call.choices.into_iter().zip(texts) {
+            for ((choice, text), completion_tokens) in call.choices.into_iter().zip(texts).zip(per_candidate) {
                 let finish_reason = choice.get("finish_reason").and_then(Value::as_str).map(str::to_string);
-                let completion_tokens = if alone { reported } else { None };
                 samples.candidates.push(Candidate {
                     choice,
                     text,
@@ -331,7 +394,6 @@ impl Upstream {
             }
         }
         if any_recount {
-            samples.usage.completion_tokens_estimated = true;
             samples.usage.upstream_reported_completion_tokens = Some(reported_total);
         }
         if samples.candidates.is_empty() {
@@ -359,8 +421,8 @@ impl Sampler for Upstream {
         Box::pin(async move {
             let run = Run { api, body, seed, deadline };
             let mut samples = match self.mode {
-                SamplingMode::N => self.collect(api, self.batch(run, n, n, 0).await, "n")?,
-                SamplingMode::Parallel => self.collect(api, self.batch(run, n, 1, 0).await, "parallel")?,
+                SamplingMode::N => self.collect(api, self.batch(run, n, n, 0).await, "n").await?,
+                SamplingMode::Parallel => self.collect(api, self.batch(run, n, 1, 0).await, "parallel").await?,
                 SamplingMode::Auto => self.sample_auto(run, n).await?,
             };
             // Hedged calls that finished together may bring more than asked; their tokens were

@@ -161,11 +161,12 @@ pub enum NSupport {
 }
 
 /// How the fake upstream reports completion tokens.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UsageStyle {
     /// The sum over choices (vLLM).
     Honest,
-    /// One choice's tokens only, whatever n is (llama.cpp with n > 1).
+    /// One choice's tokens only, whatever n is (llama.cpp with n > 1), in a reply shaped like
+    /// llama.cpp's (with its `timings` object); no `/tokenize` endpoint.
     OneChoice,
 }
 
@@ -234,18 +235,19 @@ pub fn upstream_handler(n_support: NSupport, usage: UsageStyle) -> impl Fn(&Reco
             UsageStyle::Honest => texts.iter().map(|t| fake_tokens(t)).sum(),
             UsageStyle::OneChoice => fake_tokens(&texts[0]),
         };
-        Reply::Json(
-            200,
-            json!({
-                "id": format!("chatcmpl-{seed}"),
-                "object": if legacy { "text_completion" } else { "chat.completion" },
-                "created": 1700000000,
-                "model": req.body.get("model").cloned().unwrap_or(json!("fake-model")),
-                "system_fingerprint": "fp_fake",
-                "choices": choices,
-                "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion, "total_tokens": PROMPT_TOKENS + completion}
-            }),
-        )
+        let mut reply = json!({
+            "id": format!("chatcmpl-{seed}"),
+            "object": if legacy { "text_completion" } else { "chat.completion" },
+            "created": 1700000000,
+            "model": req.body.get("model").cloned().unwrap_or(json!("fake-model")),
+            "system_fingerprint": "fp_fake",
+            "choices": choices,
+            "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion, "total_tokens": PROMPT_TOKENS + completion}
+        });
+        if usage == UsageStyle::OneChoice {
+            reply["timings"] = json!({"prompt_n": PROMPT_TOKENS, "predicted_n": completion, "predicted_ms": 1.0});
+        }
+        Reply::Json(200, reply)
     }
 }
 
