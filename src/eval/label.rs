@@ -14,7 +14,8 @@ use super::EvalError;
 use super::input::{InputError, read_jsonl};
 use super::samples::RecordedRow;
 use crate::bon::score_candidates;
-use crate::score::{ScoreInput, Scorer, final_answer, normalize_answer};
+use crate::error::Error;
+use crate::score::{Message, ScoreInput, ScoreOutput, Scorer, final_answer, normalize_answer};
 
 /// Reads gold answers (JSONL `{"prompt", "gold"}`), normalised as the consensus scorer
 /// normalises final answers.
@@ -70,6 +71,50 @@ pub(crate) fn progress_bar(len: usize, show: bool, unit: &str) -> indicatif::Pro
     bar
 }
 
+/// One scoring job of an evaluation: what the scorer is asked, as the proxy would ask it.
+pub(crate) struct ScoreJob<T> {
+    /// What the result belongs to.
+    pub item: T,
+    /// The conversation the candidates answer.
+    pub conversation: Vec<Message>,
+    /// The candidates.
+    pub candidates: Vec<String>,
+    /// The request's `response_format`, when recorded.
+    pub response_format: Option<Value>,
+}
+
+/// The one evaluation loop: scores every job through the checked scoring call, `concurrency`
+/// at a time, with a progress bar, handing each result to `done` as it finishes.
+pub(crate) async fn score_jobs<T, E>(
+    jobs: Vec<ScoreJob<T>>,
+    scorer: &Arc<dyn Scorer>,
+    concurrency: usize,
+    show_progress: bool,
+    mut done: impl FnMut(T, Result<ScoreOutput, Error>) -> Result<(), E>,
+) -> Result<(), E> {
+    let progress = progress_bar(jobs.len(), show_progress, "rows");
+    let mut results = futures_util::stream::iter(jobs)
+        .map(|job| {
+            let scorer = scorer.clone();
+            async move {
+                let input = ScoreInput {
+                    conversation: &job.conversation,
+                    candidates: &job.candidates,
+                    response_format: job.response_format.as_ref(),
+                };
+                let out = score_candidates(&*scorer, input).await;
+                (job.item, out)
+            }
+        })
+        .buffer_unordered(concurrency.max(1));
+    while let Some((item, result)) = results.next().await {
+        done(item, result)?;
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    Ok(())
+}
+
 /// Scores rows with `scorer`, `concurrency` rows at a time, and writes labels or rewards into
 /// them. Errors name the samples file and line.
 pub async fn score_rows(
@@ -80,34 +125,22 @@ pub async fn score_rows(
     source: &Path,
     show_progress: bool,
 ) -> Result<(), EvalError> {
-    let todo: Vec<usize> = (0..rows.len())
+    let jobs: Vec<ScoreJob<usize>> = (0..rows.len())
         .filter(|&i| match pass {
             ScorePass::Labels => rows[i].record.labels().is_none(),
             ScorePass::Rewards(_) => true,
         })
-        .collect();
-    let progress = progress_bar(todo.len(), show_progress, "rows");
-    let jobs: Vec<_> = todo
-        .iter()
-        .map(|&i| {
+        .map(|i| {
             let record = &rows[i].record;
-            (i, record.conversation(), record.texts(), record.response_format.clone())
-        })
-        .collect();
-    let mut results = futures_util::stream::iter(jobs)
-        .map(|(i, conversation, texts, response_format)| {
-            let scorer = scorer.clone();
-            async move {
-                let input = ScoreInput {
-                    conversation: &conversation,
-                    candidates: &texts,
-                    response_format: response_format.as_ref(),
-                };
-                (i, score_candidates(&*scorer, input).await)
+            ScoreJob {
+                item: i,
+                conversation: record.conversation(),
+                candidates: record.texts(),
+                response_format: record.response_format.clone(),
             }
         })
-        .buffer_unordered(concurrency.max(1));
-    while let Some((i, result)) = results.next().await {
+        .collect();
+    score_jobs(jobs, &scorer, concurrency, show_progress, |i, result| {
         let row = &mut rows[i];
         let scores = result
             .map_err(|e| EvalError::Row {
@@ -120,8 +153,7 @@ pub async fn score_rows(
             ScorePass::Labels => row.record.set_labels(&scores),
             ScorePass::Rewards(name) => row.record.set_rewards(name, &scores),
         }
-        progress.inc(1);
-    }
-    progress.finish_and_clear();
-    Ok(())
+        Ok(())
+    })
+    .await
 }

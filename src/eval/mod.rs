@@ -48,12 +48,10 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-
 use input::{BenchmarkRow, InputError, read_scores};
 use rewardbench::{Report, ScoredRow};
 
-use crate::score::{Message, ScoreInput, Scorer};
+use crate::score::{Message, Scorer};
 
 /// A failure of an evaluation run.
 #[derive(Debug, thiserror::Error)]
@@ -113,20 +111,16 @@ pub async fn score_dataset(
         Some(path) => Some(std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(write_error)?),
         None => None,
     };
-    let progress = label::progress_bar(todo.len(), show_progress, "rows");
-    let mut results = futures_util::stream::iter(todo)
-        .map(|row| {
-            let scorer = scorer.clone();
-            async move {
-                let conversation = [Message { role: "user".into(), content: row.prompt.clone() }];
-                let input =
-                    ScoreInput { conversation: &conversation, candidates: &row.completions, response_format: None };
-                let out = crate::bon::score_candidates(&*scorer, input).await;
-                (row, out)
-            }
+    let jobs: Vec<label::ScoreJob<BenchmarkRow>> = todo
+        .into_iter()
+        .map(|row| label::ScoreJob {
+            conversation: vec![Message { role: "user".into(), content: row.prompt.clone() }],
+            candidates: row.completions.clone(),
+            response_format: None,
+            item: row,
         })
-        .buffer_unordered(concurrency.max(1));
-    while let Some((row, result)) = results.next().await {
+        .collect();
+    label::score_jobs(jobs, &scorer, concurrency, show_progress, |row, result| {
         let scores = result.map_err(|source| EvalError::Scorer { id: row.id.clone(), source })?.scores;
         let scored = ScoredRow { id: row.id, subset: row.subset, num_correct: row.num_correct, scores };
         if let Some(file) = out.as_mut() {
@@ -134,9 +128,9 @@ pub async fn score_dataset(
             writeln!(file, "{line}").and_then(|()| file.flush()).map_err(write_error)?;
         }
         done.push(scored);
-        progress.inc(1);
-    }
-    progress.finish_and_clear();
+        Ok::<(), EvalError>(())
+    })
+    .await?;
     Ok(done)
 }
 
