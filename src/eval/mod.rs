@@ -65,7 +65,7 @@ pub enum EvalError {
         /// The row's id.
         id: String,
         /// The scorer's error.
-        source: crate::Error,
+        source: Box<crate::Error>,
     },
     /// A recorded row could not be scored.
     #[error("{path}:{line}: {message}")]
@@ -121,7 +121,8 @@ pub async fn score_dataset(
         })
         .collect();
     label::score_jobs(jobs, &scorer, concurrency, show_progress, |row, result| {
-        let scores = result.map_err(|source| EvalError::Scorer { id: row.id.clone(), source })?.scores;
+        let scores =
+            result.map_err(|source| EvalError::Scorer { id: row.id.clone(), source: Box::new(source) })?.scores;
         let scored = ScoredRow { id: row.id, subset: row.subset, num_correct: row.num_correct, scores };
         if let Some(file) = out.as_mut() {
             let line = serde_json::to_string(&scored).unwrap_or_default();
