@@ -222,6 +222,33 @@ fn read_parquet(path: &Path) -> Result<Vec<BenchmarkRow>, InputError> {
     })
 }
 
+/// Reads a CSV whose lines starting with `#` are comments: the header and every record with
+/// its 1-based line number.
+pub fn read_csv(path: &Path) -> Result<(csv::StringRecord, Vec<(usize, csv::StringRecord)>), InputError> {
+    let file_error = |message: String| InputError::File { path: path.into(), message };
+    let mut reader = csv::ReaderBuilder::new()
+        .comment(Some(b'#'))
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| file_error(format!("cannot read CSV: {e}")))?;
+    let headers = reader.headers().map_err(|e| file_error(format!("cannot read the header: {e}")))?.clone();
+    let mut records = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| InputError::Row { path: path.into(), line: i + 2, message: e.to_string() })?;
+        records.push((i + 2, record));
+    }
+    Ok((headers, records))
+}
+
+/// Reads a CSV into one map per row, column to cell.
+pub fn read_csv_rows(path: &Path) -> Result<Vec<std::collections::BTreeMap<String, String>>, InputError> {
+    let (headers, records) = read_csv(path)?;
+    Ok(records
+        .into_iter()
+        .map(|(_, record)| headers.iter().map(str::to_string).zip(record.iter().map(str::to_string)).collect())
+        .collect())
+}
+
 #[cfg(all(test, feature = "parquet"))]
 mod parquet_tests {
     use std::sync::Arc;
@@ -269,21 +296,4 @@ mod parquet_tests {
         let e = read_dataset(&path).unwrap_err().to_string();
         assert!(e.contains("test-00000.parquet") && e.contains("parquet"), "{e}");
     }
-}
-
-/// Reads a CSV (lines starting with `#` are comments) into one map per row, column to cell.
-pub fn read_csv_rows(path: &Path) -> Result<Vec<std::collections::BTreeMap<String, String>>, InputError> {
-    let file_error = |message: String| InputError::File { path: path.into(), message };
-    let mut reader = csv::ReaderBuilder::new()
-        .comment(Some(b'#'))
-        .flexible(true)
-        .from_path(path)
-        .map_err(|e| file_error(format!("cannot read CSV: {e}")))?;
-    let headers = reader.headers().map_err(|e| file_error(format!("cannot read the header: {e}")))?.clone();
-    let mut rows = Vec::new();
-    for (i, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| InputError::Row { path: path.into(), line: i + 2, message: e.to_string() })?;
-        rows.push(headers.iter().map(str::to_string).zip(record.iter().map(str::to_string)).collect());
-    }
-    Ok(rows)
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::bon::Prompt;
-use super::input::{InputError, read_jsonl};
+use super::input::{InputError, read_csv, read_jsonl};
 use crate::samples::SampleRecord;
 
 /// One line of a samples file, with where it came from.
@@ -80,12 +80,7 @@ pub fn read_columns(
     filters: &[RowFilter],
 ) -> Result<BTreeMap<String, Vec<Option<f64>>>, InputError> {
     let file_error = |message: String| InputError::File { path: path.into(), message };
-    let mut reader = csv::ReaderBuilder::new()
-        .comment(Some(b'#'))
-        .flexible(true)
-        .from_path(path)
-        .map_err(|e| file_error(format!("cannot read CSV: {e}")))?;
-    let headers = reader.headers().map_err(|e| file_error(format!("cannot read the header: {e}")))?.clone();
+    let (headers, records) = read_csv(path)?;
     let position = |name: &str| {
         headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
             file_error(format!("no column '{name}' (columns: {})", headers.iter().collect::<Vec<_>>().join(", ")))
@@ -97,8 +92,7 @@ pub fn read_columns(
     }
     let filter_at = filters.iter().map(|f| Ok((f, position(&f.column)?))).collect::<Result<Vec<_>, InputError>>()?;
     let mut columns: BTreeMap<String, Vec<Option<f64>>> = wanted.iter().map(|w| (w.clone(), Vec::new())).collect();
-    for (i, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| InputError::Row { path: path.into(), line: i + 2, message: e.to_string() })?;
+    for (_, record) in records {
         if !filter_at.iter().all(|(f, at)| f.keeps(record.get(*at).unwrap_or_default())) {
             continue;
         }
