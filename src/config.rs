@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use crate::backend::{Secret, TransportConfig};
-use crate::bon::{DOMAINS, DomainRule, MAX_N, Policy, ScorerFailurePolicy, check_n};
+use crate::bon::adaptive::AdaptiveSettings;
+use crate::bon::{AdaptivePolicy, DOMAINS, DomainRule, MAX_N, Policy, ScorerFailurePolicy, check_n};
 use crate::record::RecorderConfig;
 use crate::remote::{InputFormat, JudgeConfig, JudgeMode, RewardApi, RewardHttpConfig};
 use crate::score::{ChatTemplate, Combine};
@@ -170,6 +171,20 @@ enum RawScorer {
         combine: Option<Combine>,
         weights: Option<Vec<f64>>,
     },
+    WeightedVote {
+        member: String,
+        temperature: Option<f64>,
+    },
+}
+
+/// The adaptive-sampling keys, declared once for `[policy]` and every `[domains.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdaptive {
+    adaptive: Option<bool>,
+    first_wave: Option<u32>,
+    accept_score: Option<f64>,
+    confidence: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +195,8 @@ struct RawPolicy {
     deadline_ms: Option<u64>,
     min_candidates: Option<u32>,
     on_scorer_failure: Option<ScorerFailurePolicy>,
+    #[serde(flatten)]
+    adaptive: RawAdaptive,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +207,8 @@ struct RawDomain {
     temperature: Option<f64>,
     max_tokens: Option<u64>,
     deadline_ms: Option<u64>,
+    #[serde(flatten)]
+    adaptive: RawAdaptive,
 }
 
 /// The validated configuration, with every default filled in.
@@ -300,6 +319,13 @@ pub enum ScorerConfig {
     },
     /// Several scorers combined.
     Ensemble(EnsembleConfig),
+    /// Weighted majority vote over final answers, weighed by a member scorer.
+    WeightedVote {
+        /// The member whose rewards weigh the votes.
+        member: String,
+        /// Softmax temperature of the member's rewards.
+        temperature: f64,
+    },
 }
 
 /// `[scorers.NAME]` with `kind = "ensemble"`.
@@ -336,6 +362,16 @@ pub struct PolicyConfig {
     pub min_candidates: u32,
     /// What to answer when the scorer fails.
     pub on_scorer_failure: ScorerFailurePolicy,
+    /// Sample in waves and stop early when more candidates will not change the pick.
+    pub adaptive: bool,
+    /// Candidates of the first adaptive wave.
+    pub first_wave: u32,
+    /// Adaptive: stop once a candidate scores at least this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_score: Option<f64>,
+    /// Adaptive: stop once the leading answer would still lead at n with this probability.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
 }
 
 /// Every default of the configuration, named once: the validator, the README's table and
@@ -385,6 +421,12 @@ pub mod defaults {
     pub const POLICY_SCORER: &str = "consensus";
     /// `policy.min_candidates`.
     pub const MIN_CANDIDATES: u32 = 1;
+    /// `policy.adaptive`: fixed N unless asked.
+    pub const ADAPTIVE: bool = false;
+    /// `policy.first_wave` (at most n).
+    pub const FIRST_WAVE: u32 = 2;
+    /// `scorers.NAME.temperature` (weighted_vote).
+    pub const VOTE_TEMPERATURE: f64 = 1.0;
     /// `recorder.sample_rate`.
     pub const RECORDER_SAMPLE_RATE: f64 = 1.0;
     /// `recorder.max_bytes`.
@@ -431,6 +473,12 @@ impl Config {
             deadline: self.policy.deadline_ms.map(Duration::from_millis),
             min_candidates: self.policy.min_candidates,
             on_scorer_failure: self.policy.on_scorer_failure,
+            adaptive: AdaptivePolicy {
+                enabled: self.policy.adaptive,
+                first_wave: self.policy.first_wave,
+                accept_score: self.policy.accept_score,
+                confidence: self.policy.confidence,
+            },
         }
     }
 
@@ -619,6 +667,16 @@ impl Validator<'_> {
                     }
                     ScorerConfig::Verify { pattern }
                 }
+                RawScorer::WeightedVote { member, temperature } => {
+                    let temperature = temperature.unwrap_or(defaults::VOTE_TEMPERATURE);
+                    if !(temperature > 0.0 && temperature.is_finite()) {
+                        return Err(self.invalid(
+                            &format!("{prefix}.temperature"),
+                            format!("must be greater than 0, got {temperature}"),
+                        ));
+                    }
+                    ScorerConfig::WeightedVote { member, temperature }
+                }
                 RawScorer::Ensemble { members, combine, weights } => {
                     if members.is_empty() {
                         return Err(self.invalid(&format!("{prefix}.members"), "must name at least one scorer"));
@@ -640,6 +698,22 @@ impl Validator<'_> {
         scorers.entry("consensus".to_string()).or_insert(ScorerConfig::Consensus);
         scorers.entry("verify".to_string()).or_insert(ScorerConfig::Verify { pattern: None });
         for (name, scorer) in &scorers {
+            if let ScorerConfig::WeightedVote { member, .. } = scorer {
+                match scorers.get(member) {
+                    None => {
+                        return Err(
+                            self.invalid(&format!("scorers.{name}.member"), format!("no scorer named '{member}'"))
+                        );
+                    }
+                    Some(ScorerConfig::WeightedVote { .. }) => {
+                        return Err(self.invalid(
+                            &format!("scorers.{name}.member"),
+                            format!("'{member}' is a weighted_vote; the member must not be"),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
             if let ScorerConfig::Ensemble(e) = scorer {
                 for m in &e.members {
                     match scorers.get(m) {
@@ -648,10 +722,10 @@ impl Validator<'_> {
                                 self.invalid(&format!("scorers.{name}.members"), format!("no scorer named '{m}'"))
                             );
                         }
-                        Some(ScorerConfig::Ensemble(_)) => {
+                        Some(ScorerConfig::Ensemble(_) | ScorerConfig::WeightedVote { .. }) => {
                             return Err(self.invalid(
                                 &format!("scorers.{name}.members"),
-                                format!("'{m}' is an ensemble; members must not be"),
+                                format!("'{m}' combines other scorers; members must not"),
                             ));
                         }
                         Some(_) => {}
@@ -681,12 +755,17 @@ impl Validator<'_> {
         if p.deadline_ms == Some(0) {
             return Err(self.invalid("policy.deadline_ms", "must be greater than 0"));
         }
+        let adaptive = self.adaptive("policy", &p.adaptive, p.n)?;
         let policy = PolicyConfig {
             n: p.n,
             scorer: policy_scorer,
             deadline_ms: p.deadline_ms,
             min_candidates,
             on_scorer_failure: p.on_scorer_failure.unwrap_or(ScorerFailurePolicy::Fail),
+            adaptive: adaptive.enabled,
+            first_wave: adaptive.first_wave,
+            accept_score: adaptive.accept_score,
+            confidence: adaptive.confidence,
         };
 
         let mut domains = BTreeMap::new();
@@ -710,6 +789,12 @@ impl Validator<'_> {
                     self.invalid(&format!("domains.{name}.temperature"), format!("must be between 0 and 2, got {t}"))
                 );
             }
+            let domain_n = rule.n.unwrap_or(policy.n);
+            let first_wave = rule
+                .adaptive
+                .first_wave
+                .or_else(|| (rule.adaptive.adaptive == Some(true)).then_some(policy.first_wave.min(domain_n)));
+            self.adaptive(&format!("domains.{name}"), &RawAdaptive { first_wave, ..rule.adaptive }, domain_n)?;
             if rule.max_tokens == Some(0) || rule.deadline_ms == Some(0) {
                 return Err(
                     self.invalid(&format!("domains.{name}"), "max_tokens and deadline_ms must be greater than 0")
@@ -723,6 +808,10 @@ impl Validator<'_> {
                     temperature: rule.temperature,
                     max_tokens: rule.max_tokens,
                     deadline_ms: rule.deadline_ms,
+                    adaptive: rule.adaptive.adaptive,
+                    first_wave: rule.adaptive.first_wave,
+                    accept_score: rule.adaptive.accept_score,
+                    confidence: rule.adaptive.confidence,
                 },
             );
         }
@@ -782,6 +871,22 @@ impl Validator<'_> {
             }),
         };
         Ok(Config { server, upstream, scorers, policy, domains, recorder, score_cache, classifier })
+    }
+
+    /// Checks the adaptive keys of `section` (whose N is `n`) and fills in their defaults.
+    fn adaptive(&self, section: &str, raw: &RawAdaptive, n: u32) -> Result<AdaptivePolicy, ConfigError> {
+        let settings = AdaptiveSettings {
+            first_wave: raw.first_wave.unwrap_or(defaults::FIRST_WAVE.min(n)),
+            accept_score: raw.accept_score,
+            confidence: raw.confidence,
+        };
+        settings.check(n).map_err(|(key, message)| self.invalid(&format!("{section}.{key}"), message))?;
+        Ok(AdaptivePolicy {
+            enabled: raw.adaptive.unwrap_or(defaults::ADAPTIVE),
+            first_wave: settings.first_wave,
+            accept_score: settings.accept_score,
+            confidence: settings.confidence,
+        })
     }
 
     fn server(&self, raw: RawServer) -> Result<ServerConfig, ConfigError> {

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub cache_misses: IntCounterVec,
     /// `bestofn_scorer_failures_total{scorer}`.
     pub scorer_failures: IntCounterVec,
+    /// `bestofn_candidates_saved_total{domain}`: N minus the candidates adaptive sampling asked for.
+    pub candidates_saved: IntCounterVec,
+    /// `bestofn_adaptive_stops_total{domain,reason}`: why adaptive sampling stopped.
+    pub adaptive_stops: IntCounterVec,
     /// `bestofn_in_flight_requests`.
     pub in_flight: IntGauge,
     /// `bestofn_recorder_dropped_total`: records dropped because the recorder fell behind.
@@ -165,6 +169,18 @@ impl Metrics {
                 "Chosen reward minus mean candidate reward",
                 &["domain", "scorer"],
                 REWARD_BUCKETS,
+            )?,
+            candidates_saved: counter(
+                &r,
+                "bestofn_candidates_saved_total",
+                "Candidates adaptive sampling did not request (n minus n_sampled)",
+                &["domain"],
+            )?,
+            adaptive_stops: counter(
+                &r,
+                "bestofn_adaptive_stops_total",
+                "Adaptive sampling runs by stop reason",
+                &["domain", "reason"],
             )?,
             cache_hits: counter(&r, "bestofn_score_cache_hits_total", "Score cache hits", &["scorer"])?,
             cache_misses: counter(&r, "bestofn_score_cache_misses_total", "Score cache misses", &["scorer"])?,

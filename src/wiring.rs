@@ -11,7 +11,7 @@ use crate::config::{ScoreCacheConfig, ScorerConfig};
 use crate::error::Party;
 use crate::metrics::Metrics;
 use crate::remote::{JudgeScorer, RewardHttpScorer};
-use crate::score::{CachedScorer, ConsensusScorer, EnsembleScorer, Scorer, VerifyScorer};
+use crate::score::{CachedScorer, ConsensusScorer, EnsembleScorer, Scorer, VerifyScorer, WeightedVoteScorer};
 
 /// A startup failure: a missing environment variable or an HTTP client that cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +132,14 @@ fn build_with(
                 None => None,
             },
         }),
+        ScorerConfig::WeightedVote { member, temperature } => Arc::new(WeightedVoteScorer {
+            name: name.to_string(),
+            member: built
+                .get(member)
+                .cloned()
+                .ok_or_else(|| StartupError(format!("scorer {name}: member '{member}' is not built")))?,
+            temperature: *temperature,
+        }),
         ScorerConfig::Ensemble(e) => Arc::new(EnsembleScorer {
             name: name.to_string(),
             members: e
@@ -151,14 +159,15 @@ fn build_with(
 }
 
 /// Every configured scorer, by name: plain scorers first (pointwise ones behind the score cache
-/// when one is configured), then ensembles over them.
+/// when one is configured), then ensembles and weighted votes over them.
 pub fn build_scorers(
     client: &reqwest::Client,
     configs: &BTreeMap<String, ScorerConfig>,
     cache: Option<CacheSetup<'_>>,
 ) -> Result<BTreeMap<String, Arc<dyn Scorer>>, StartupError> {
     let mut built: BTreeMap<String, Arc<dyn Scorer>> = BTreeMap::new();
-    for (name, c) in configs.iter().filter(|(_, c)| !matches!(c, ScorerConfig::Ensemble(_))) {
+    let combines = |c: &ScorerConfig| matches!(c, ScorerConfig::Ensemble(_) | ScorerConfig::WeightedVote { .. });
+    for (name, c) in configs.iter().filter(|(_, c)| !combines(c)) {
         let mut scorer = build_with(client, name, c, &built)?;
         if let Some(cache) = &cache
             && scorer.pointwise()
@@ -173,9 +182,12 @@ pub fn build_scorers(
         }
         built.insert(name.clone(), scorer);
     }
-    for (name, c) in configs.iter().filter(|(_, c)| matches!(c, ScorerConfig::Ensemble(_))) {
-        let scorer = build_with(client, name, c, &built)?;
-        built.insert(name.clone(), scorer);
+    // Ensembles next (their members are plain), then weighted votes (their member may be an ensemble).
+    for pass in [true, false] {
+        for (name, c) in configs.iter().filter(|(_, c)| matches!(c, ScorerConfig::Ensemble(_)) == pass && combines(c)) {
+            let scorer = build_with(client, name, c, &built)?;
+            built.insert(name.clone(), scorer);
+        }
     }
     Ok(built)
 }

@@ -73,6 +73,11 @@ weights = [2.0]
 kind = "verify"
 pattern = "x"
 
+[scorers.VOTE]
+kind = "weighted_vote"
+member = "NAME"
+temperature = 2.0
+
 [score_cache]
 max_entries = 1
 ttl_ms = 1
@@ -83,6 +88,10 @@ scorer = "NAME"
 deadline_ms = 1
 min_candidates = 2
 on_scorer_failure = "first"
+adaptive = true
+first_wave = 1
+accept_score = 1.0
+confidence = 0.9
 
 [domains.math]
 n = 2
@@ -90,6 +99,10 @@ scorer = "NAME"
 temperature = 0.5
 max_tokens = 1
 deadline_ms = 1
+adaptive = true
+first_wave = 1
+accept_score = 1.0
+confidence = 0.9
 
 [classifier]
 kind = "judge"
@@ -121,6 +134,9 @@ api = "vllm_classify"
 url = "http://127.0.0.1:8001/classify"
 [scorers.JUDGE]
 kind = "judge"
+[scorers.VOTE]
+kind = "weighted_vote"
+member = "NAME"
 [policy]
 n = 2
 [domains.math]

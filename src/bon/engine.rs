@@ -12,7 +12,11 @@ use super::{
     rank, score_candidates,
 };
 use crate::error::{Error, Party};
-use crate::score::{Message, ScoreInput, ScoreOutput, Scorer, ScorerUsage, last_user_message};
+use futures_util::StreamExt;
+
+use super::Arrival;
+use super::adaptive::{AdaptiveRun, AdaptiveSettings, StopReason};
+use crate::score::{Message, ScoreInput, ScoreOutput, Scorer, ScorerUsage, final_answer, last_user_message};
 
 /// Where a request's time went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -40,6 +44,19 @@ pub struct Outcome {
     pub scorer_error: Option<String>,
     /// Where the time went.
     pub timings: Timings,
+    /// What adaptive sampling did, when it was on.
+    pub adaptive: Option<AdaptiveReport>,
+}
+
+/// What adaptive sampling did for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AdaptiveReport {
+    /// Candidates requested from the upstream (cancelled ones included).
+    pub n_sampled: u32,
+    /// Why sampling stopped.
+    pub stop_reason: StopReason,
+    /// Waves started.
+    pub waves: u32,
 }
 
 impl Outcome {
@@ -120,7 +137,18 @@ impl Engine {
     ) -> Result<Outcome, Error> {
         let started = Instant::now();
         let deadline = plan.deadline.map(|d| started + d);
-        let samples = self.sampler.sample(api, &plan.upstream_body(body), plan.n, seed, deadline).await?;
+        let upstream_body = plan.upstream_body(body);
+        let response_format = body.get("response_format");
+        let (mut samples, adaptive, early_scores) = match plan.adaptive {
+            None => (self.sampler.sample(api, &upstream_body, plan.n, 0, seed, deadline).await?, None, None),
+            Some(settings) => {
+                let context =
+                    Context { api, body: &upstream_body, conversation, response_format, seed, deadline, plan };
+                let (samples, report, early) = self.sample_adaptive(context, settings).await?;
+                (samples, Some(report), early)
+            }
+        };
+        samples.settle_usage();
         let sampling_ms = ms_since(started);
         let received = samples.candidates.len() as u32;
         if received < self.policy.min_candidates {
@@ -139,8 +167,10 @@ impl Engine {
 
         let scoring_started = Instant::now();
         let mut scorer_error = None;
-        let (scores, scorer_usage) = if samples.candidates.len() > 1 {
-            match self.score(plan, conversation, &samples, body.get("response_format")).await {
+        let (scores, scorer_usage) = if let Some(early) = early_scores.filter(|_| samples.candidates.len() > 1) {
+            (early.scores, early.usage)
+        } else if samples.candidates.len() > 1 {
+            match self.score(plan, conversation, &samples, response_format).await {
                 Ok(out) => (out.scores, out.usage),
                 Err(e) if self.policy.on_scorer_failure == ScorerFailurePolicy::Fail => return Err(e),
                 Err(e) => {
@@ -170,6 +200,156 @@ impl Engine {
             scorer_usage,
             scorer_error,
             timings: Timings { sampling_ms, scoring_ms, total_ms: ms_since(started) },
+            adaptive,
         })
+    }
+
+    /// Scores candidates `from..` of `samples` for the stopping rules; a scorer failure here only
+    /// disables the score rule (the final scoring applies the failure policy).
+    /// With a pointwise scorer the scores are kept in `early` (candidate order), so the final
+    /// selection need not score them again.
+    async fn score_for_stop(
+        &self,
+        cx: &Context<'_>,
+        samples: &Samples,
+        from: usize,
+        run: &mut AdaptiveRun,
+        early: &mut Option<ScoreOutput>,
+    ) {
+        let texts: Vec<String> = samples.candidates[from..].iter().map(|c| c.text.clone()).collect();
+        if texts.is_empty() {
+            return;
+        }
+        let input =
+            ScoreInput { conversation: cx.conversation, candidates: &texts, response_format: cx.response_format };
+        match score_candidates(&*cx.plan.scorer.scorer, input).await {
+            Ok(out) => {
+                out.scores.iter().for_each(|s| run.scored(*s));
+                if let Some(kept) = early.as_mut()
+                    && kept.scores.len() == from
+                {
+                    kept.scores.extend(out.scores);
+                    kept.usage.calls += out.usage.calls;
+                    kept.usage.prompt_tokens =
+                        kept.usage.prompt_tokens.zip(out.usage.prompt_tokens).map(|(a, b)| a + b);
+                }
+            }
+            Err(e) => {
+                *early = None;
+                tracing::debug!(error = %e, "scoring for the stopping rule failed");
+            }
+        }
+    }
+
+    /// Samples in waves until a stopping rule fires (see [`super::adaptive`]). In parallel mode
+    /// the rules look at every arrival and the calls still running are dropped when one fires;
+    /// otherwise they look at each finished wave.
+    async fn sample_adaptive(
+        &self,
+        cx: Context<'_>,
+        settings: AdaptiveSettings,
+    ) -> Result<(Samples, AdaptiveReport, Option<ScoreOutput>), Error> {
+        let mut run = AdaptiveRun::new(settings, cx.plan.n);
+        let scorer = &cx.plan.scorer.scorer;
+        // Pointwise scorers score each arrival, except those that prefer one call per batch.
+        let per_arrival = scorer.pointwise() && !scorer.batched();
+        let mut all = Samples::default();
+        let mut first_error: Option<Error> = None;
+        let mut scored = 0;
+        let mut reason = StopReason::MaxN;
+        let mut early = scorer
+            .pointwise()
+            .then(|| ScoreOutput { scores: Vec::new(), usage: ScorerUsage { calls: 0, prompt_tokens: Some(0) } });
+        'waves: while let Some((size, offset)) = run.start_wave() {
+            if self.sampler.streams_each() {
+                let mut arrivals = self.sampler.sample_each(cx.api, cx.body, size, offset, cx.seed, cx.deadline);
+                while let Some(arrival) = arrivals.next().await {
+                    match arrival {
+                        Arrival::Deadline => {
+                            all.deadline_hit = true;
+                            reason = StopReason::Deadline;
+                            break 'waves;
+                        }
+                        Arrival::Call(Err(e)) => {
+                            all.failures.push(e.to_string());
+                            first_error.get_or_insert(e);
+                        }
+                        Arrival::Call(Ok(more)) => {
+                            let from = all.candidates.len();
+                            all.extend(more);
+                            note_answers(&mut run, &all, from);
+                            if run.needs_scores() && per_arrival {
+                                self.score_for_stop(&cx, &all, from, &mut run, &mut early).await;
+                                scored = all.candidates.len();
+                            }
+                            if let Some(r) = run.check() {
+                                // Dropping `arrivals` cancels the calls still running.
+                                reason = r;
+                                break 'waves;
+                            }
+                        }
+                    }
+                }
+            } else {
+                match self.sampler.sample(cx.api, cx.body, size, offset, cx.seed, cx.deadline).await {
+                    Ok(more) => {
+                        let from = all.candidates.len();
+                        all.extend(more);
+                        note_answers(&mut run, &all, from);
+                    }
+                    Err(e) => {
+                        all.failures.push(e.to_string());
+                        first_error.get_or_insert(e);
+                    }
+                }
+                if all.deadline_hit {
+                    reason = StopReason::Deadline;
+                    break;
+                }
+            }
+            if run.needs_scores() && scored < all.candidates.len() {
+                // Whole waves: a pointwise scorer scores what is new, others the whole set.
+                let from = if scorer.pointwise() { scored } else { 0 };
+                self.score_for_stop(&cx, &all, from, &mut run, &mut early).await;
+                scored = all.candidates.len();
+            }
+            if let Some(r) = run.check() {
+                reason = r;
+                break;
+            }
+            if cx.deadline.is_some_and(|d| Instant::now() >= d) {
+                all.deadline_hit = true;
+                reason = StopReason::Deadline;
+                break;
+            }
+        }
+        if all.candidates.is_empty() {
+            return Err(first_error.unwrap_or_else(|| {
+                Error::timeout(Party::Upstream, "upstream", "no candidate arrived before the request deadline")
+            }));
+        }
+        if all.strategy.is_empty() {
+            all.strategy = "parallel";
+        }
+        let early = early.filter(|e| run.needs_scores() && e.scores.len() == all.candidates.len());
+        Ok((all, AdaptiveReport { n_sampled: run.requested(), stop_reason: reason, waves: run.waves() }, early))
+    }
+}
+
+/// What one adaptive run shares across its waves.
+struct Context<'a> {
+    api: Api,
+    body: &'a Map<String, Value>,
+    conversation: &'a [Message],
+    response_format: Option<&'a Value>,
+    seed: Option<i64>,
+    deadline: Option<Instant>,
+    plan: &'a Plan,
+}
+
+/// Tells the run the final answers of the candidates that arrived from `from` on.
+fn note_answers(run: &mut AdaptiveRun, samples: &Samples, from: usize) {
+    for c in &samples.candidates[from..] {
+        run.arrived(if run.needs_answers() { final_answer(&c.text) } else { None });
     }
 }

@@ -1,6 +1,7 @@
 //! Best-of-N domain logic: which N and scorer a request gets, the candidates it is answered
 //! from, and which candidate wins. Nothing here knows HTTP.
 
+pub mod adaptive;
 mod classify;
 mod engine;
 mod policy;
@@ -12,7 +13,8 @@ use serde_json::{Map, Value};
 pub use classify::classify;
 pub use engine::{Engine, Outcome, Timings};
 pub use policy::{
-    DEFAULT_DOMAIN, DOMAINS, DomainRule, MAX_N, Plan, Policy, ResolvedScorer, ScorerFailurePolicy, check_n,
+    AdaptivePolicy, DEFAULT_DOMAIN, DOMAINS, DomainRule, MAX_N, Plan, Policy, ResolvedScorer, ScorerFailurePolicy,
+    check_n,
 };
 pub use select::{rank, score_candidates};
 
@@ -30,6 +32,8 @@ pub struct Steering {
     pub domain: Option<String>,
     /// List every candidate with its score in the response.
     pub return_candidates: bool,
+    /// Turn adaptive sampling on or off for this request.
+    pub adaptive: Option<bool>,
 }
 
 /// One sampled completion.
@@ -86,6 +90,40 @@ pub struct Samples {
     pub deadline_hit: bool,
 }
 
+impl Samples {
+    /// Drops `upstream_reported_completion_tokens` when the count is the upstream's own figure
+    /// (it is kept only beside a recount or an estimate).
+    pub fn settle_usage(&mut self) {
+        if !self.usage.completion_tokens_recounted && !self.usage.completion_tokens_estimated {
+            self.usage.upstream_reported_completion_tokens = None;
+        }
+    }
+
+    /// Adds a later wave's candidates, usage and failures to these.
+    pub fn extend(&mut self, more: Samples) {
+        if self.envelope.is_empty() {
+            self.envelope = more.envelope;
+        }
+        if self.strategy.is_empty() {
+            self.strategy = more.strategy;
+        }
+        self.candidates.extend(more.candidates);
+        let (u, m) = (&mut self.usage, more.usage);
+        u.calls += m.calls;
+        u.prompt_tokens += m.prompt_tokens;
+        u.completion_tokens += m.completion_tokens;
+        u.upstream_reported_completion_tokens =
+            match (u.upstream_reported_completion_tokens, m.upstream_reported_completion_tokens) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+            };
+        u.completion_tokens_recounted |= m.completion_tokens_recounted;
+        u.completion_tokens_estimated |= m.completion_tokens_estimated;
+        self.failures.extend(more.failures);
+        self.deadline_hit |= more.deadline_hit;
+    }
+}
+
 /// Which OpenAI API a request speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,19 +147,52 @@ impl Api {
 /// Bytes of a streamed answer as they arrive from the upstream; an error ends the stream.
 pub type ByteStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, Error>> + Send>>;
 
+/// What a streamed wave yields: one call's candidates (or its failure), or the deadline.
+#[derive(Debug)]
+pub enum Arrival {
+    /// One upstream call finished.
+    Call(Result<Samples, Error>),
+    /// The request deadline passed with calls still running (they are dropped).
+    Deadline,
+}
+
+/// Candidates of a wave as they arrive.
+pub type ArrivalStream<'a> = std::pin::Pin<Box<dyn futures_util::Stream<Item = Arrival> + Send + 'a>>;
+
 /// Produces candidates from an LLM.
 pub trait Sampler: Send + Sync {
-    /// Samples `n` candidates for `body` (an OpenAI request without the `bestofn` field).
-    /// Fewer than `n` may come back when some calls fail or the deadline cuts them off; none at
-    /// all is an error.
+    /// Samples `n` candidates for `body` (an OpenAI request without the `bestofn` field), the
+    /// first of them candidate number `first` of the request (for per-candidate seeds). Fewer
+    /// than `n` may come back when some calls fail or the deadline cuts them off; none at all is
+    /// an error.
     fn sample<'a>(
         &'a self,
         api: Api,
         body: &'a Map<String, Value>,
         n: u32,
+        first: u32,
         seed: Option<i64>,
         deadline: Option<std::time::Instant>,
     ) -> BoxFuture<'a, Result<Samples, Error>>;
+    /// Whether candidates arrive one call at a time ([`Sampler::sample_each`]) rather than in
+    /// one answer per wave.
+    fn streams_each(&self) -> bool {
+        false
+    }
+    /// Starts `count` single-candidate calls and yields each as it finishes; dropping the
+    /// stream cancels the calls still running. Used only when [`Sampler::streams_each`].
+    fn sample_each<'a>(
+        &'a self,
+        api: Api,
+        body: &'a Map<String, Value>,
+        count: u32,
+        first: u32,
+        seed: Option<i64>,
+        deadline: Option<std::time::Instant>,
+    ) -> ArrivalStream<'a> {
+        let _ = (api, body, count, first, seed, deadline);
+        Box::pin(futures_util::stream::empty())
+    }
     /// Forwards `body` as it is and returns the upstream's answer unchanged (N = 1).
     fn forward<'a>(&'a self, api: Api, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Value, Error>>;
     /// Forwards a streaming request as it is and returns the upstream's bytes as they arrive.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::Steering;
+use super::adaptive::AdaptiveSettings;
 use crate::error::Error;
 use crate::score::Scorer;
 
@@ -71,6 +72,37 @@ pub struct DomainRule {
     /// Sampling deadline for this domain, instead of the policy's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// Adaptive sampling on or off in this domain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<bool>,
+    /// First adaptive wave in this domain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_wave: Option<u32>,
+    /// Adaptive score threshold in this domain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_score: Option<f64>,
+    /// Adaptive agreement confidence in this domain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+}
+
+/// The policy's adaptive-sampling defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AdaptivePolicy {
+    /// On unless a domain or request turns it off.
+    pub enabled: bool,
+    /// First wave.
+    pub first_wave: u32,
+    /// Score threshold.
+    pub accept_score: Option<f64>,
+    /// Agreement confidence.
+    pub confidence: Option<f64>,
+}
+
+impl Default for AdaptivePolicy {
+    fn default() -> Self {
+        AdaptivePolicy { enabled: false, first_wave: 2, accept_score: None, confidence: None }
+    }
 }
 
 /// What a request gets when its scorer fails.
@@ -100,6 +132,8 @@ pub struct Policy {
     pub min_candidates: u32,
     /// What to answer when the scorer fails.
     pub on_scorer_failure: ScorerFailurePolicy,
+    /// Adaptive sampling defaults.
+    pub adaptive: AdaptivePolicy,
 }
 
 /// What one request will do.
@@ -121,6 +155,8 @@ pub struct Plan {
     pub max_tokens: Option<u64>,
     /// Sampling deadline.
     pub deadline: Option<std::time::Duration>,
+    /// Adaptive sampling, when on for this request.
+    pub adaptive: Option<AdaptiveSettings>,
 }
 
 impl Plan {
@@ -192,7 +228,14 @@ impl Policy {
                 resolve(name).ok_or_else(|| Error::Internal(format!("the policy's scorer '{name}' is not built")))?
             }
         };
+        let on = steering.adaptive.or(rule.and_then(|r| r.adaptive)).unwrap_or(self.adaptive.enabled);
+        let adaptive = on.then(|| AdaptiveSettings {
+            first_wave: rule.and_then(|r| r.first_wave).unwrap_or(self.adaptive.first_wave).clamp(1, n),
+            accept_score: rule.and_then(|r| r.accept_score).or(self.adaptive.accept_score),
+            confidence: rule.and_then(|r| r.confidence).or(self.adaptive.confidence),
+        });
         Ok(Plan {
+            adaptive,
             n,
             k: client_n,
             scorer,
@@ -222,6 +265,7 @@ mod tests {
             deadline: None,
             min_candidates: 1,
             on_scorer_failure: ScorerFailurePolicy::Fail,
+            adaptive: AdaptivePolicy::default(),
         }
     }
 

@@ -43,6 +43,8 @@ pub struct SteeringHeaders<'a> {
     pub scorer: Option<&'a str>,
     /// `x-bestofn-domain`.
     pub domain: Option<&'a str>,
+    /// `x-bestofn-adaptive`.
+    pub adaptive: Option<&'a str>,
 }
 
 /// Parses and validates a chat completion body. Errors name the field at fault.
@@ -237,10 +239,15 @@ fn parse_steering_field(field: Option<Value>) -> Result<Steering, Error> {
                 steering.return_candidates =
                     value.as_bool().ok_or_else(|| Error::invalid(&param, format!("'{param}' must be a boolean")))?;
             }
+            "adaptive" => {
+                steering.adaptive = Some(
+                    value.as_bool().ok_or_else(|| Error::invalid(&param, format!("'{param}' must be a boolean")))?,
+                );
+            }
             _ => {
                 return Err(Error::invalid(
                     &param,
-                    format!("unknown field '{param}'; expected one of n, scorer, domain, return_candidates"),
+                    format!("unknown field '{param}'; expected one of n, scorer, domain, return_candidates, adaptive"),
                 ));
             }
         }
@@ -263,6 +270,20 @@ fn merge_header_steering(steering: &mut Steering, headers: SteeringHeaders<'_>) 
     }
     if steering.domain.is_none() {
         steering.domain = headers.domain.map(|s| s.trim().to_string());
+    }
+    if steering.adaptive.is_none()
+        && let Some(raw) = headers.adaptive
+    {
+        steering.adaptive = Some(match raw.trim() {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(Error::invalid(
+                    "x-bestofn-adaptive",
+                    format!("header 'x-bestofn-adaptive' must be true or false, got '{raw}'"),
+                ));
+            }
+        });
     }
     Ok(())
 }
@@ -318,7 +339,7 @@ mod tests {
 
     #[test]
     fn body_steering_wins_over_headers() {
-        let headers = SteeringHeaders { n: Some("7"), scorer: Some("h"), domain: Some("math") };
+        let headers = SteeringHeaders { n: Some("7"), scorer: Some("h"), domain: Some("math"), adaptive: None };
         let r =
             parse_chat_request(br#"{"messages":[{"role":"user","content":"x"}],"bestofn":{"n":3}}"#, headers).unwrap();
         assert_eq!(r.steering.n, Some(3));
@@ -374,7 +395,7 @@ mod fuzz {
             let messages: Vec<Value> = messages.into_iter().map(|(role, content)| serde_json::json!({"role": role, "content": content})).collect();
             let body = serde_json::json!({"messages": messages, "n": n, "prompt": "p", "best_of": n, "bestofn": {"n": steering_n}});
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
-            let headers = SteeringHeaders { n: Some(&header_n), scorer: None, domain: None };
+            let headers = SteeringHeaders { n: Some(&header_n), scorer: None, domain: None, adaptive: None };
             if let Ok(r) = parse_chat_request(&bytes, headers) {
                 prop_assert!(!r.conversation.is_empty());
                 prop_assert!(r.client_n >= 1);

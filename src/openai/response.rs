@@ -22,6 +22,14 @@ pub fn bestofn_object(plan: &Plan, outcome: &Outcome) -> Value {
         },
     });
     obj["n_scored"] = json!(outcome.scores.len());
+    match &outcome.adaptive {
+        Some(adaptive) => {
+            obj["n_sampled"] = json!(adaptive.n_sampled);
+            obj["stop_reason"] = json!(adaptive.stop_reason);
+            obj["waves"] = json!(adaptive.waves);
+        }
+        None => obj["n_sampled"] = json!(plan.n),
+    }
     if let Some(e) = &outcome.scorer_error {
         obj["scorer_failed"] = json!(e);
     }
@@ -43,6 +51,7 @@ pub fn bestofn_object(plan: &Plan, outcome: &Outcome) -> Value {
                     "score": outcome.scores.get(i),
                     "finish_reason": c.finish_reason,
                     "latency_ms": c.latency_ms,
+                    "completion_tokens": c.completion_tokens,
                 })
             })
             .collect();

@@ -79,6 +79,11 @@ impl Scorer for RewardHttpScorer {
         true
     }
 
+    fn batched(&self) -> bool {
+        // vLLM in messages format takes one conversation a call anyway.
+        self.config.input_format == InputFormat::Text
+    }
+
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
         Box::pin(self.score_all(input))
     }

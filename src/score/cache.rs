@@ -61,6 +61,10 @@ impl Scorer for CachedScorer {
         true
     }
 
+    fn batched(&self) -> bool {
+        self.inner.batched()
+    }
+
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
         Box::pin(async move {
             let conversation = conversation_hash(&input, 0);

@@ -6,6 +6,7 @@ mod consensus;
 mod ensemble;
 mod template;
 mod verify;
+mod weighted_vote;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +18,7 @@ pub use consensus::{ConsensusScorer, consensus_scores, final_answer, normalize_a
 pub use ensemble::{Combine, EnsembleScorer};
 pub use template::ChatTemplate;
 pub use verify::{VerifyScorer, checks_for, conforms, parse_constraints, passes};
+pub use weighted_vote::{WeightedVoteScorer, softmax, weighted_votes};
 
 use crate::error::Error;
 
@@ -71,6 +73,11 @@ pub trait Scorer: Send + Sync {
     /// True when a candidate's score depends only on the conversation and that candidate (not on
     /// the other candidates), so it may be cached and duplicates scored once.
     fn pointwise(&self) -> bool {
+        false
+    }
+    /// True when scoring many candidates in one call is much cheaper than one at a time (an RM
+    /// server's batched request), so adaptive sampling scores whole waves rather than arrivals.
+    fn batched(&self) -> bool {
         false
     }
 }

@@ -280,6 +280,7 @@ async fn completion(
         n: header_str(&headers, "x-bestofn-n"),
         scorer: header_str(&headers, "x-bestofn-scorer"),
         domain: header_str(&headers, "x-bestofn-domain"),
+        adaptive: header_str(&headers, "x-bestofn-adaptive"),
     };
     let request = match api {
         Api::Chat => parse_chat_request(&bytes, steering_headers)?,

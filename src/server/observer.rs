@@ -28,12 +28,15 @@ pub type CallSpans = Vec<(Instant, Instant)>;
 /// What one best-of-N run produced, for the metrics.
 struct RunFacts {
     requested: u64,
+    failed: u64,
     received: u64,
     sampling_seconds: f64,
     scoring: Option<(String, f64)>,
     /// (scorer, chosen reward, mean reward).
     rewards: Option<(String, f64, f64)>,
     scorer_failed: Option<String>,
+    /// (candidates saved, stop reason) of an adaptive run.
+    adaptive: Option<(u64, &'static str)>,
 }
 
 /// Collects one request's metrics and records them once, on drop.
@@ -115,9 +118,17 @@ impl RequestObserver {
         self.prompt_tokens = usage.prompt_tokens;
         self.completion_tokens = usage.completion_tokens;
         let scorer = plan.scorer.name.clone();
+        let received = outcome.samples.candidates.len() as u64;
+        // An adaptive run asked for n_sampled; of those, the ones cancelled when it stopped are
+        // not failures: only failed calls are.
+        let (requested, failed) = match &outcome.adaptive {
+            Some(a) => (u64::from(a.n_sampled), outcome.samples.failures.len() as u64),
+            None => (u64::from(plan.n), u64::from(plan.n).saturating_sub(received)),
+        };
         self.run = Some(RunFacts {
-            requested: u64::from(plan.n),
-            received: outcome.samples.candidates.len() as u64,
+            requested,
+            failed,
+            received,
             sampling_seconds: outcome.timings.sampling_ms / 1000.0,
             scoring: (!outcome.scores.is_empty()).then(|| (scorer.clone(), outcome.timings.scoring_ms / 1000.0)),
             rewards: outcome.chosen_score().map(|chosen| {
@@ -125,6 +136,7 @@ impl RequestObserver {
                 (scorer.clone(), chosen, mean)
             }),
             scorer_failed: outcome.scorer_error.as_ref().map(|_| scorer),
+            adaptive: outcome.adaptive.map(|a| (u64::from(plan.n.saturating_sub(a.n_sampled)), a.stop_reason.label())),
         });
     }
 
@@ -151,7 +163,11 @@ impl RequestObserver {
             }
             m.candidates_requested.with_label_values(&[domain]).inc_by(run.requested);
             m.candidates_received.with_label_values(&[domain]).inc_by(run.received);
-            m.candidates_failed.with_label_values(&[domain]).inc_by(run.requested.saturating_sub(run.received));
+            m.candidates_failed.with_label_values(&[domain]).inc_by(run.failed);
+            if let Some((saved, reason)) = run.adaptive {
+                m.candidates_saved.with_label_values(&[domain]).inc_by(saved);
+                m.adaptive_stops.with_label_values(&[domain, reason]).inc();
+            }
             if let Some((scorer, chosen, mean)) = &run.rewards {
                 let labels = [domain, scorer.as_str()];
                 m.chosen_reward.with_label_values(&labels).observe(*chosen);

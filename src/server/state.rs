@@ -95,6 +95,12 @@ impl AppState {
             engine = engine.with_classifier(Arc::new(JudgeClassifier { backend: judge, model: model.clone() }));
         }
         // Series that exist from the start, so dashboards show zeros rather than "no data".
+        for domain in crate::bon::DOMAINS {
+            metrics.candidates_saved.with_label_values(&[domain]);
+            for reason in ["accept_score", "agreement", "max_n", "deadline"] {
+                metrics.adaptive_stops.with_label_values(&[domain, reason]);
+            }
+        }
         for name in config.scorers.keys() {
             metrics.cache_hits.with_label_values(&[name.as_str()]);
             metrics.cache_misses.with_label_values(&[name.as_str()]);

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::backend::Backend;
 use crate::backend::ByteStream;
-use crate::bon::{Api, Candidate, Sampler, Samples};
+use crate::bon::{Api, Arrival, ArrivalStream, Candidate, Sampler, Samples};
 use crate::error::Error;
 use crate::openai::choice_text;
 use crate::score::BoxFuture;
@@ -320,81 +320,76 @@ impl Upstream {
         }
     }
 
+    /// Adds one call's candidates and usage to `samples`: the upstream's own figure, recounted
+    /// exactly where it cannot be right (see [`UsageCounts`]), estimated from the text, flagged,
+    /// only where no count can be had.
+    async fn absorb(&self, api: Api, samples: &mut Samples, call: ChatCall) {
+        let usage = call.body.get("usage");
+        let prompt = usage.and_then(|u| u.get("prompt_tokens")).and_then(Value::as_u64);
+        let reported = usage.and_then(|u| u.get("completion_tokens")).and_then(Value::as_u64);
+        let texts: Vec<String> = call.choices.iter().map(|c| choice_text(api, c)).collect();
+        let estimate = || texts.iter().map(|t| estimate_tokens(t)).sum::<u64>();
+        let mut per_candidate: Vec<Option<u64>> = vec![None; texts.len()];
+        let completion = match reported {
+            None => {
+                samples.usage.completion_tokens_estimated = true;
+                estimate()
+            }
+            Some(r) if self.needs_recount(&call.body, texts.len()) => match self.tokenize(&texts).await {
+                Some(counts) => {
+                    samples.usage.completion_tokens_recounted = true;
+                    per_candidate = counts.iter().copied().map(Some).collect();
+                    counts.iter().sum()
+                }
+                None => {
+                    samples.usage.completion_tokens_estimated = true;
+                    estimate().max(r)
+                }
+            },
+            Some(r) => {
+                if texts.len() == 1 {
+                    per_candidate[0] = Some(r);
+                }
+                r
+            }
+        };
+        let usage = &mut samples.usage;
+        usage.upstream_reported_completion_tokens =
+            Some(usage.upstream_reported_completion_tokens.unwrap_or(0) + reported.unwrap_or(0));
+        usage.calls += 1;
+        usage.prompt_tokens += prompt.unwrap_or(0);
+        usage.completion_tokens += completion;
+        let mut envelope = call.body;
+        envelope.remove("usage");
+        if samples.envelope.is_empty() {
+            samples.envelope = envelope;
+        }
+        for ((choice, text), completion_tokens) in call.choices.into_iter().zip(texts).zip(per_candidate) {
+            let finish_reason = choice.get("finish_reason").and_then(Value::as_str).map(str::to_string);
+            samples.candidates.push(Candidate {
+                choice,
+                text,
+                finish_reason,
+                latency_ms: call.latency_ms,
+                completion_tokens,
+            });
+        }
+    }
+
     /// Turns call results into candidates with the usage the upstream reported, recounted
     /// exactly where its figure cannot be right (see [`UsageCounts`]) and estimated from the
     /// text, flagged, only where no exact count can be had. Fails only if no candidate arrived.
     async fn collect(&self, api: Api, batch: Batch, strategy: &'static str) -> Result<Samples, Error> {
         let mut samples = Samples { strategy, deadline_hit: batch.deadline_hit, ..Default::default() };
         let mut first_error = None;
-        let mut reported_total = 0u64;
-        let mut any_recount = false;
         for result in batch.results {
-            let call = match result {
-                Ok(call) => call,
+            match result {
+                Ok(call) => self.absorb(api, &mut samples, call).await,
                 Err(e) => {
                     samples.failures.push(e.to_string());
                     first_error.get_or_insert(e);
-                    continue;
                 }
-            };
-            let usage = call.body.get("usage");
-            let prompt = usage.and_then(|u| u.get("prompt_tokens")).and_then(Value::as_u64);
-            let reported = usage.and_then(|u| u.get("completion_tokens")).and_then(Value::as_u64);
-            let texts: Vec<String> = call.choices.iter().map(|c| choice_text(api, c)).collect();
-            let estimate = || texts.iter().map(|t| estimate_tokens(t)).sum::<u64>();
-            let mut per_candidate: Vec<Option<u64>> = vec![None; texts.len()];
-            let completion = match reported {
-                None => {
-                    any_recount = true;
-                    estimate()
-                }
-                Some(r) if self.needs_recount(&call.body, texts.len()) => {
-                    any_recount = true;
-                    match self.tokenize(&texts).await {
-                        Some(counts) => {
-                            samples.usage.completion_tokens_recounted = true;
-                            per_candidate = counts.iter().copied().map(Some).collect();
-                            counts.iter().sum()
-                        }
-                        None => {
-                            samples.usage.completion_tokens_estimated = true;
-                            estimate().max(r)
-                        }
-                    }
-                }
-                Some(r) => {
-                    if texts.len() == 1 {
-                        per_candidate[0] = Some(r);
-                    }
-                    r
-                }
-            };
-            if reported.is_none() {
-                samples.usage.completion_tokens_estimated = true;
             }
-            reported_total += reported.unwrap_or(0);
-            samples.usage.calls += 1;
-            samples.usage.prompt_tokens += prompt.unwrap_or(0);
-            samples.usage.completion_tokens += completion;
-
-            let mut envelope = call.body;
-            envelope.remove("usage");
-            if samples.envelope.is_empty() {
-                samples.envelope = envelope;
-            }
-            for ((choice, text), completion_tokens) in call.choices.into_iter().zip(texts).zip(per_candidate) {
-                let finish_reason = choice.get("finish_reason").and_then(Value::as_str).map(str::to_string);
-                samples.candidates.push(Candidate {
-                    choice,
-                    text,
-                    finish_reason,
-                    latency_ms: call.latency_ms,
-                    completion_tokens,
-                });
-            }
-        }
-        if any_recount {
-            samples.usage.upstream_reported_completion_tokens = Some(reported_total);
         }
         if samples.candidates.is_empty() {
             return Err(first_error.unwrap_or_else(|| {
@@ -415,10 +410,13 @@ impl Sampler for Upstream {
         api: Api,
         body: &'a Map<String, Value>,
         n: u32,
+        first: u32,
         seed: Option<i64>,
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<Samples, Error>> {
         Box::pin(async move {
+            // Candidate i of the run gets seed + i, whichever wave it is in.
+            let seed = seed.map(|s| s.wrapping_add(i64::from(first)));
             let run = Run { api, body, seed, deadline };
             let mut samples = match self.mode {
                 SamplingMode::N => self.collect(api, self.batch(run, n, n, 0).await, "n").await?,
@@ -430,6 +428,50 @@ impl Sampler for Upstream {
             samples.candidates.truncate(n as usize);
             Ok(samples)
         })
+    }
+
+    fn streams_each(&self) -> bool {
+        self.mode == SamplingMode::Parallel
+    }
+
+    fn sample_each<'a>(
+        &'a self,
+        api: Api,
+        body: &'a Map<String, Value>,
+        count: u32,
+        first: u32,
+        seed: Option<i64>,
+        deadline: Option<Instant>,
+    ) -> ArrivalStream<'a> {
+        let shared = match CallBodies::new(body) {
+            Ok(shared) => shared,
+            Err(e) => return Box::pin(futures_util::stream::iter([Arrival::Call(Err(e))])),
+        };
+        let calls: FuturesUnordered<_> = (0..count)
+            .map(|i| {
+                let body = shared.body(1, seed.map(|s| s.wrapping_add(i64::from(first + i))));
+                async move { self.call(api, body).await }
+            })
+            .collect();
+        let cutoff = Box::pin(deadline_reached(deadline));
+        // Dropping the stream drops the calls still running, which closes their connections.
+        Box::pin(futures_util::stream::unfold(Some((calls, cutoff)), move |state| async move {
+            let (mut calls, mut cutoff) = state?;
+            tokio::select! {
+                next = calls.next() => {
+                    let arrival = match next? {
+                        Ok(call) => {
+                            let mut samples = Samples { strategy: "parallel", ..Default::default() };
+                            self.absorb(api, &mut samples, call).await;
+                            Arrival::Call(Ok(samples))
+                        }
+                        Err(e) => Arrival::Call(Err(e)),
+                    };
+                    Some((arrival, Some((calls, cutoff))))
+                }
+                () = &mut cutoff => (!calls.is_empty()).then_some((Arrival::Deadline, None)),
+            }
+        }))
     }
 
     fn forward<'a>(&'a self, api: Api, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Value, Error>> {
