@@ -58,23 +58,24 @@ enum EvalCommand {
     Rewardbench(RewardbenchArgs),
     /// Best-of-N gain curves per domain from recorded samples.
     Bon(BonArgs),
+    /// The configured policy (fixed or adaptive) replayed over recorded candidates.
+    Replay(ReplayArgs),
     /// Correlations between benchmark and downstream columns across reward models.
     Correlate(CorrelateArgs),
     /// Recompute the overall of a RewardBench leaderboard CSV and list the rows that disagree.
     Leaderboard(LeaderboardArgs),
 }
 
+/// Recorded samples and how the unlabelled ones get labels, shared by the commands that read
+/// recorded traffic.
 #[derive(clap::Args)]
-struct BonArgs {
+struct SamplesArgs {
     /// Samples JSONL (the format the recorder writes).
     #[arg(long)]
     samples: PathBuf,
     /// Fill missing correctness labels with this scorer from --config (scores clamped to [0, 1]).
     #[arg(long, requires = "config")]
     label_with: Option<String>,
-    /// Config file holding the --label-with scorer.
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// Gold answers (JSONL {"prompt", "gold"}): unlabelled rows whose prompt has one are labelled
     /// by comparing each candidate's normalised final answer with it. Applied before --label-with.
     #[arg(long)]
@@ -86,6 +87,32 @@ struct BonArgs {
     /// Rows scored at once by --label-with and --rescore.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    samples: SamplesArgs,
+    /// The config whose policy (per domain: N, scorer, adaptive settings) is replayed.
+    #[arg(long)]
+    config: PathBuf,
+    /// Only this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Arrival orders per prompt (every permutation when there are no more than this).
+    #[arg(long, default_value_t = 20)]
+    orders: usize,
+    #[command(flatten)]
+    stats: StatsArgs,
+}
+
+#[derive(clap::Args)]
+struct BonArgs {
+    #[command(flatten)]
+    samples: SamplesArgs,
+    /// Config file holding the --label-with and --rescore scorers.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Report every series on the prompts that carry every reward (a like-for-like comparison);
     /// by default each reward's series covers the prompts that carry that reward.
     #[arg(long)]
@@ -227,6 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval { what: EvalCommand::Rewardbench(args) } => eval_rewardbench(args),
         Command::Eval { what: EvalCommand::Bon(args) } => eval_bon(args),
+        Command::Eval { what: EvalCommand::Replay(args) } => eval_replay(args),
         Command::Eval { what: EvalCommand::Correlate(args) } => eval_correlate(args),
         Command::Eval { what: EvalCommand::Leaderboard(args) } => eval_leaderboard(args),
         Command::Serve { config, listen } => {
@@ -350,22 +378,59 @@ fn plot_or_explain(draw: impl FnOnce() -> Result<(), String>) -> anyhow::Result<
     draw().map_err(|e| anyhow::anyhow!(e))
 }
 
-fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
-    use bestofn::eval::bon::{bon_report, common_prompts, render_bon};
+/// The recorded rows, labelled by --gold and --label-with and rescored by --rescore.
+fn labelled_rows(
+    args: &SamplesArgs,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<bestofn::eval::samples::RecordedRow>> {
     use bestofn::eval::label::{ScorePass, apply_gold, read_gold, score_rows};
-    use bestofn::eval::samples::{labelled_prompts, read_samples};
 
-    let mut rows = read_samples(&args.samples)?;
+    let mut rows = bestofn::eval::samples::read_samples(&args.samples)?;
     if let Some(gold_path) = &args.gold {
         apply_gold(&mut rows, &read_gold(gold_path)?);
     }
     let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let passes = args.label_with.iter().map(|n| (n, ScorePass::Labels));
     for (name, pass) in passes.chain(args.rescore.iter().map(|n| (n, ScorePass::Rewards(n.as_str())))) {
-        let config_path = args.config.as_ref().context("--label-with and --rescore need --config")?;
+        let config_path = config.context("--label-with and --rescore need --config")?;
         let (scorer, runtime) = load_scorer(config_path, name)?;
         runtime.block_on(score_rows(&mut rows, scorer, pass, args.concurrency, &args.samples, show))?;
     }
+    Ok(rows)
+}
+
+fn eval_replay(args: ReplayArgs) -> anyhow::Result<()> {
+    use bestofn::eval::replay::{ReplayMode, ReplayOptions, render_replay, replay};
+
+    let rows = labelled_rows(&args.samples, Some(&args.config))?;
+    let config = Config::from_file(&args.config)?;
+    let scorers = bestofn::wiring::build_scorers(&bestofn::wiring::http_client()?, &config.scorers, None)?;
+    let mode = ReplayMode { per_arrival: config.upstream.sampling == bestofn::upstream::SamplingMode::Parallel };
+    let options = ReplayOptions {
+        mode,
+        domain: args.domain.clone(),
+        orders: args.orders,
+        seed: args.stats.seed,
+        resamples: args.stats.bootstrap,
+    };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let report = runtime.block_on(replay(&rows, &config.policy(), &scorers, &options))?;
+    if report.domains.is_empty() {
+        anyhow::bail!(
+            "{}: no labelled prompts to replay (label them with --gold or --label-with)",
+            args.samples.samples.display()
+        );
+    }
+    print!("{}", render_replay(&report, args.stats.format));
+    Ok(())
+}
+
+fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
+    use bestofn::eval::bon::{bon_report, common_prompts, render_bon};
+    use bestofn::eval::samples::labelled_prompts;
+
+    let rows = labelled_rows(&args.samples, args.config.as_deref())?;
     let (mut prompts, unlabelled) = labelled_prompts(&rows);
     if unlabelled > 0 {
         eprintln!(
@@ -378,7 +443,7 @@ fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
         eprintln!("note: --common keeps the {} of {before} labelled prompts that carry every reward", prompts.len());
     }
     if prompts.is_empty() {
-        anyhow::bail!("{}: no labelled prompts", args.samples.display());
+        anyhow::bail!("{}: no labelled prompts", args.samples.samples.display());
     }
     let report = bon_report(&prompts, args.stats.bootstrap, args.stats.seed);
     print!("{}", render_bon(&report, args.stats.format));

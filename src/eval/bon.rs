@@ -70,7 +70,7 @@ fn mean_of(values: &[f64]) -> Option<f64> {
 }
 
 /// Percentile bootstrap 95% interval of the mean, `resamples` times with a seeded generator.
-fn bootstrap(values: &[f64], resamples: usize, rng: &mut fastrand::Rng) -> (Option<f64>, Option<f64>) {
+pub(crate) fn bootstrap(values: &[f64], resamples: usize, rng: &mut fastrand::Rng) -> (Option<f64>, Option<f64>) {
     if values.is_empty() || resamples == 0 {
         return (None, None);
     }

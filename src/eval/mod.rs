@@ -41,6 +41,7 @@ pub mod plot {
         Err(NEEDS_FEATURE.into())
     }
 }
+pub mod replay;
 pub mod rewardbench;
 pub mod samples;
 
@@ -146,6 +147,46 @@ pub enum Format {
     Csv,
     /// A Markdown table.
     Md,
+}
+
+/// Renders rows under a header as an aligned text table, CSV or a Markdown table.
+pub(crate) fn render_rows(header: &[&str], rows: &[Vec<String>], format: Format) -> String {
+    match format {
+        Format::Csv => {
+            let quote = |c: &str| if c.contains(',') { format!("\"{c}\"") } else { c.to_string() };
+            let mut out = header.join(",") + "\n";
+            for r in rows {
+                out.push_str(&(r.iter().map(|c| quote(c)).collect::<Vec<_>>().join(",") + "\n"));
+            }
+            out
+        }
+        Format::Md => {
+            let mut out = format!("| {} |\n|{}|\n", header.join(" | "), vec!["---"; header.len()].join("|"));
+            for r in rows {
+                out.push_str(&format!("| {} |\n", r.join(" | ")));
+            }
+            out
+        }
+        Format::Table | Format::Json => {
+            let widths: Vec<usize> = (0..header.len())
+                .map(|c| rows.iter().map(|r| r[c].len()).chain([header[c].len()]).max().unwrap_or(0))
+                .collect();
+            let line = |r: Vec<&str>| {
+                r.iter()
+                    .zip(&widths)
+                    .map(|(v, w)| format!("{v:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
+            };
+            let mut out = line(header.to_vec()) + "\n";
+            for r in rows {
+                out.push_str(&(line(r.iter().map(String::as_str).collect()) + "\n"));
+            }
+            out
+        }
+    }
 }
 
 fn random_baseline(benchmark: &str, subset: &str) -> Option<f64> {
