@@ -166,6 +166,33 @@ async fn best_of_n_in_front_of_a_real_llama_server() {
     assert_eq!(scores[chosen], scores.iter().cloned().fold(f64::MIN, f64::max));
     drop(proxy);
 
+    // Adaptive verify: on a prompt whose stated check every short answer passes, the first
+    // arrival stops the run; usage is what the arrived candidates generated.
+    let cfg =
+        bestofn_config(&llama.url, "parallel", 8, "verify") + "adaptive = true\nfirst_wave = 2\naccept_score = 1.0\n";
+    let proxy = Bestofn::start(&cfg);
+    let mut body = question();
+    body["messages"][0]["content"] = json!("Name a fruit. Answer in under 40 words.");
+    body["bestofn"] = json!({"return_candidates": true});
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
+    assert_eq!(status, 200, "{resp}");
+    let b = &resp["bestofn"];
+    assert_eq!(
+        (b["stop_reason"].as_str(), b["n_sampled"].as_u64(), b["waves"].as_u64()),
+        (Some("accept_score"), Some(2), Some(1)),
+        "{b}"
+    );
+    let arrived = b["candidates"].as_array().unwrap();
+    assert!(!arrived.is_empty() && arrived.len() <= 2, "{b}");
+    let generated: u64 = arrived.iter().map(|c| c["completion_tokens"].as_u64().unwrap()).sum();
+    assert_eq!(resp["usage"]["completion_tokens"].as_u64().unwrap(), generated, "{resp}");
+    assert_eq!(
+        b["usage"]["generation"]["calls"].as_u64().unwrap(),
+        arrived.len() as u64,
+        "cancelled calls bill nothing"
+    );
+    drop(proxy);
+
     // The OpenAI SDK, streaming included, through bestofn in front of the real server.
     let proxy = Bestofn::start(&bestofn_config(&llama.url, "auto", 4, "consensus"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/real_client.py");
