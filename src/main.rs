@@ -445,7 +445,12 @@ fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
     if prompts.is_empty() {
         anyhow::bail!("{}: no labelled prompts", args.samples.samples.display());
     }
-    let report = bon_report(&prompts, args.stats.bootstrap, args.stats.seed);
+    let mut report = bon_report(&prompts, args.stats.bootstrap, args.stats.seed);
+    report.recorded_pick = bestofn::eval::bon::recorded_picks(
+        &bestofn::eval::samples::recorded_pick_labels(&rows),
+        args.stats.bootstrap,
+        args.stats.seed,
+    );
     print!("{}", render_bon(&report, args.stats.format));
     if let Some(path) = &args.plot {
         plot_or_explain(|| bestofn::eval::plot::plot_bon(&report, path))?;

@@ -63,6 +63,43 @@ pub struct BonReport {
     pub k: Vec<usize>,
     /// `all` and each domain.
     pub domains: BTreeMap<String, DomainCurves>,
+    /// Per domain (and `all`): the mean label of the candidate the proxy actually answered with,
+    /// over the labelled prompts whose record says which (`chosen`): online accuracy.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub recorded_pick: BTreeMap<String, RecordedPick>,
+}
+
+/// Online accuracy of recorded traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RecordedPick {
+    /// Prompts with a recorded pick.
+    pub prompts: usize,
+    /// Mean label of the picked candidates.
+    pub accuracy: f64,
+    /// Bootstrap 95% interval, low end.
+    pub ci_low: Option<f64>,
+    /// Bootstrap 95% interval, high end.
+    pub ci_high: Option<f64>,
+}
+
+/// The online accuracy per domain (and `all`) of `(domain, label of the recorded pick)` pairs,
+/// with seeded bootstrap intervals.
+pub fn recorded_picks(picks: &[(String, f64)], resamples: usize, seed: u64) -> BTreeMap<String, RecordedPick> {
+    let mut groups: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (domain, label) in picks {
+        for key in ["all", domain.as_str()] {
+            groups.entry(key.to_string()).or_default().push(*label);
+        }
+    }
+    let mut rng = fastrand::Rng::with_seed(seed);
+    groups
+        .into_iter()
+        .map(|(d, labels)| {
+            let (ci_low, ci_high) = bootstrap(&labels, resamples, &mut rng);
+            let accuracy = labels.iter().sum::<f64>() / labels.len() as f64;
+            (d, RecordedPick { prompts: labels.len(), accuracy, ci_low, ci_high })
+        })
+        .collect()
 }
 
 fn mean_of(values: &[f64]) -> Option<f64> {
@@ -195,7 +232,7 @@ pub fn bon_report(prompts: &[Prompt], resamples: usize, seed: u64) -> BonReport 
         let mean = mean_of(&members.iter().map(|&i| means[i]).collect::<Vec<_>>());
         domains.insert(domain.to_string(), DomainCurves { prompts: prompts_per_k, mean, oracle: oracle_mean, rewards });
     }
-    BonReport { k: ks, domains }
+    BonReport { k: ks, domains, recorded_pick: BTreeMap::new() }
 }
 
 fn cell(v: Option<f64>) -> String {
@@ -228,11 +265,18 @@ pub fn render_bon(report: &BonReport, format: super::Format) -> String {
         return out;
     }
     let ks: Vec<String> = report.k.iter().map(|k| format!("@{k}")).collect();
+    let picked = |domain: &str| report.recorded_pick.get(domain);
     let mut rows: Vec<Vec<String>> = Vec::new();
     for (domain, d) in &report.domains {
         rows.push([vec![domain.clone(), "prompts".into()], d.prompts.iter().map(|p| p.to_string()).collect()].concat());
         rows.push([vec![domain.clone(), "mean@1".into()], report.k.iter().map(|_| cell(d.mean)).collect()].concat());
         rows.push([vec![domain.clone(), "oracle".into()], d.oracle.iter().map(|v| cell(*v)).collect()].concat());
+        if let Some(p) = picked(domain) {
+            let label = format!("recorded pick ({} prompts)", p.prompts);
+            rows.push(
+                [vec![domain.clone(), label], report.k.iter().map(|_| cell(Some(p.accuracy))).collect()].concat(),
+            );
+        }
         for (name, r) in &d.rewards {
             if r.prompts != d.prompts {
                 // Not every prompt carries this reward: its block has its own baseline rows.

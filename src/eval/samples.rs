@@ -43,6 +43,18 @@ pub fn labelled_prompts(rows: &[RecordedRow]) -> (Vec<Prompt>, usize) {
     (prompts, unlabelled)
 }
 
+/// `(domain, label of the recorded pick)` of the labelled rows that record which candidate the
+/// proxy answered with.
+pub fn recorded_pick_labels(rows: &[RecordedRow]) -> Vec<(String, f64)> {
+    rows.iter()
+        .filter_map(|r| {
+            let labels = r.record.labels()?;
+            let label = *labels.get(r.record.chosen?)?;
+            Some((r.record.domain().to_string(), label))
+        })
+        .collect()
+}
+
 /// Keeps CSV rows whose `column` matches: `a..b` is an inclusive numeric range, anything else
 /// a `|`-separated list of exact values.
 #[derive(Debug, Clone, PartialEq)]
