@@ -48,7 +48,7 @@ enum Command {
     /// Offline evaluation of scorers and selection.
     Eval {
         #[command(subcommand)]
-        what: EvalCommand,
+        what: Box<EvalCommand>,
     },
 }
 
@@ -60,6 +60,8 @@ enum EvalCommand {
     Bon(BonArgs),
     /// The configured policy (fixed or adaptive) replayed over recorded candidates.
     Replay(ReplayArgs),
+    /// The compute-optimal policy per domain from labelled samples, written as config.
+    Tune(Box<TuneArgs>),
     /// Correlations between benchmark and downstream columns across reward models.
     Correlate(CorrelateArgs),
     /// Recompute the overall of a RewardBench leaderboard CSV and list the rows that disagree.
@@ -104,6 +106,45 @@ struct ReplayArgs {
     orders: usize,
     #[command(flatten)]
     stats: StatsArgs,
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("objective").required(true).args(["cost_per_sample", "target_share"])))]
+struct TuneArgs {
+    #[command(flatten)]
+    samples: SamplesArgs,
+    /// Scorer definitions (for --label-with and --rescore, and to check the recommended names).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Maximise accuracy - C x candidates sampled (C >= 0, in accuracy per candidate).
+    #[arg(long)]
+    cost_per_sample: Option<f64>,
+    /// The cheapest choice reaching S x the best accuracy in its domain (0 < S <= 1).
+    #[arg(long)]
+    target_share: Option<f64>,
+    /// Only these scorers (comma-separated; default: every scorer with rewards).
+    #[arg(long, value_delimiter = ',')]
+    scorers: Vec<String>,
+    /// Largest N tried (at most the fewest candidates recorded for a prompt).
+    #[arg(long)]
+    max_n: Option<usize>,
+    /// Also try adaptive settings (first_wave, accept_score, confidence), replayed.
+    #[arg(long)]
+    adaptive: bool,
+    /// Tune on this random share of each domain's prompts (seeded) and measure on the rest.
+    #[arg(long)]
+    split: Option<f64>,
+    /// Fewest labelled prompts a domain needs; fewer keep the global policy.
+    #[arg(long, default_value_t = 10)]
+    min_prompts: usize,
+    /// Arrival orders per prompt for adaptive choices.
+    #[arg(long, default_value_t = 20)]
+    orders: usize,
+    #[command(flatten)]
+    stats: StatsArgs,
+    /// Write the recommended [domains.NAME] tables here (TOML).
+    #[arg(long)]
+    write_config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -252,11 +293,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", config.to_toml());
             Ok(())
         }
-        Command::Eval { what: EvalCommand::Rewardbench(args) } => eval_rewardbench(args),
-        Command::Eval { what: EvalCommand::Bon(args) } => eval_bon(args),
-        Command::Eval { what: EvalCommand::Replay(args) } => eval_replay(args),
-        Command::Eval { what: EvalCommand::Correlate(args) } => eval_correlate(args),
-        Command::Eval { what: EvalCommand::Leaderboard(args) } => eval_leaderboard(args),
+        Command::Eval { what } => match *what {
+            EvalCommand::Rewardbench(args) => eval_rewardbench(args),
+            EvalCommand::Bon(args) => eval_bon(args),
+            EvalCommand::Replay(args) => eval_replay(args),
+            EvalCommand::Tune(args) => eval_tune(*args),
+            EvalCommand::Correlate(args) => eval_correlate(args),
+            EvalCommand::Leaderboard(args) => eval_leaderboard(args),
+        },
         Command::Serve { config, listen } => {
             let mut config = Config::from_file(&config)?;
             if let Some(listen) = listen {
@@ -423,6 +467,58 @@ fn eval_replay(args: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     print!("{}", render_replay(&report, args.stats.format));
+    Ok(())
+}
+
+fn eval_tune(args: TuneArgs) -> anyhow::Result<()> {
+    use bestofn::eval::tune::{Objective, TuneOptions, config_fragment, render_tune, tune};
+
+    let objective = match (args.cost_per_sample, args.target_share) {
+        (Some(c), _) if !(c >= 0.0 && c.is_finite()) => anyhow::bail!("--cost-per-sample must be at least 0, got {c}"),
+        (Some(c), _) => Objective::CostPerSample(c),
+        (None, Some(s)) if !(s > 0.0 && s <= 1.0) => anyhow::bail!("--target-share must be in (0, 1], got {s}"),
+        (None, Some(s)) => Objective::TargetShare(s),
+        (None, None) => anyhow::bail!("give --cost-per-sample C or --target-share S"),
+    };
+    if let Some(f) = args.split
+        && !(f > 0.0 && f < 1.0)
+    {
+        anyhow::bail!("--split must be between 0 and 1 (exclusive), got {f}");
+    }
+    let rows = labelled_rows(&args.samples, args.config.as_deref())?;
+    let options = TuneOptions {
+        objective,
+        scorers: (!args.scorers.is_empty()).then(|| args.scorers.clone()),
+        max_n: args.max_n,
+        adaptive: args.adaptive,
+        split: args.split,
+        seed: args.stats.seed,
+        min_prompts: args.min_prompts,
+        resamples: args.stats.bootstrap,
+        orders: args.orders,
+    };
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    let report = runtime
+        .block_on(tune(&rows, &options))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.samples.samples.display()))?;
+    let fragment = config_fragment(&report);
+    if let Some(config_path) = &args.config {
+        let config = Config::from_file(config_path)?;
+        for (domain, d) in &report.domains {
+            if let Some(scorer) = d.scorer.as_ref().filter(|s| !config.scorers.contains_key(*s)) {
+                anyhow::bail!("{}: no scorer named '{scorer}', recommended for domain {domain}", config_path.display());
+            }
+        }
+        // The fragment merged into the user's config must be a valid config.
+        let merged = std::fs::read_to_string(config_path)? + "\n" + &fragment;
+        Config::from_toml(&merged, config_path)
+            .context("the recommended [domains.*] tables do not merge into --config")?;
+    }
+    print!("{}", render_tune(&report, args.stats.format));
+    if let Some(path) = &args.write_config {
+        std::fs::write(path, &fragment).with_context(|| format!("{}: cannot write", path.display()))?;
+    }
     Ok(())
 }
 

@@ -44,6 +44,7 @@ pub mod plot {
 pub mod replay;
 pub mod rewardbench;
 pub mod samples;
+pub mod tune;
 
 use std::io::Write;
 use std::path::Path;

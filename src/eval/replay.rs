@@ -97,19 +97,33 @@ fn token_costs(row: &RecordedRow) -> Vec<f64> {
         .collect()
 }
 
-/// Scores candidates: recorded rewards of a pointwise scorer when every candidate has them,
-/// else the scorer itself on the given subset.
+/// Where a replay's scores come from.
+pub enum ScoreSource<'a> {
+    /// Recorded rewards, one per candidate, read as a pointwise scorer's.
+    Recorded(Vec<f64>),
+    /// The scorer itself, called on the candidates that arrived.
+    Scorer(&'a Arc<dyn Scorer>),
+}
+
+/// Scores candidates from a [`ScoreSource`].
 struct Scores<'a> {
-    scorer: &'a Arc<dyn Scorer>,
-    recorded: Option<Vec<f64>>,
+    source: ScoreSource<'a>,
     row: &'a RecordedRow,
 }
 
 impl Scores<'_> {
-    async fn of(&self, subset: &[usize]) -> Result<Vec<f64>, Error> {
-        if let Some(all) = &self.recorded {
-            return Ok(subset.iter().map(|&i| all[i]).collect());
+    fn pointwise(&self) -> bool {
+        match &self.source {
+            ScoreSource::Recorded(_) => true,
+            ScoreSource::Scorer(s) => s.pointwise(),
         }
+    }
+
+    async fn of(&self, subset: &[usize]) -> Result<Vec<f64>, Error> {
+        let scorer = match &self.source {
+            ScoreSource::Recorded(all) => return Ok(subset.iter().map(|&i| all[i]).collect()),
+            ScoreSource::Scorer(scorer) => scorer,
+        };
         let texts: Vec<String> = subset.iter().map(|&i| self.row.record.candidates[i].text.clone()).collect();
         let conversation = self.row.record.conversation();
         let input = crate::score::ScoreInput {
@@ -117,7 +131,7 @@ impl Scores<'_> {
             candidates: &texts,
             response_format: self.row.record.response_format.as_ref(),
         };
-        Ok(score_candidates(&**self.scorer, input).await?.scores)
+        Ok(score_candidates(&***scorer, input).await?.scores)
     }
 }
 
@@ -134,7 +148,7 @@ async fn replay_order(
     let n = n.min(order.len() as u32);
     let settings = settings.unwrap_or(AdaptiveSettings { first_wave: n, accept_score: None, confidence: None });
     let mut run = AdaptiveRun::new(AdaptiveSettings { first_wave: settings.first_wave.min(n), ..settings }, n);
-    let pointwise = scores.recorded.is_some() || scores.scorer.pointwise();
+    let pointwise = scores.pointwise();
     let mut arrived: Vec<usize> = Vec::new();
     'waves: while let Some((size, offset)) = run.start_wave() {
         let wave = &order[offset as usize..(offset + size) as usize];
@@ -201,12 +215,11 @@ pub async fn replay_prompt(
     settings: Option<AdaptiveSettings>,
     n: u32,
     mode: ReplayMode,
-    scorer: &Arc<dyn Scorer>,
+    source: ScoreSource<'_>,
     orders: &[Vec<usize>],
 ) -> Result<PromptResult, Error> {
     let row = prompt.row;
-    let recorded = scorer.pointwise().then(|| row.record.rewards().remove(scorer.name())).flatten();
-    let scores = Scores { scorer, recorded, row };
+    let scores = Scores { source, row };
     let costs = token_costs(row);
     let mut total = PromptResult::default();
     for order in orders {
@@ -220,7 +233,7 @@ pub async fn replay_prompt(
     Ok(PromptResult { accuracy: total.accuracy / m, candidates: total.candidates / m, tokens: total.tokens / m })
 }
 
-fn stats(results: &[PromptResult], resamples: usize, rng: &mut fastrand::Rng) -> PolicyStats {
+pub(crate) fn stats(results: &[PromptResult], resamples: usize, rng: &mut fastrand::Rng) -> PolicyStats {
     let n = results.len().max(1) as f64;
     let accuracies: Vec<f64> = results.iter().map(|r| r.accuracy).collect();
     let (ci_low, ci_high) = super::bon::bootstrap(&accuracies, resamples, rng);
@@ -273,8 +286,13 @@ pub async fn replay(
         replayed_orders = replayed_orders.max(order_list.len());
         let prompt = ReplayPrompt { row, labels };
         let scorer = &plan.scorer.scorer;
-        let adaptive = replay_prompt(&prompt, plan.adaptive, plan.n, mode, scorer, &order_list).await?;
-        let fixed = replay_prompt(&prompt, None, plan.n, mode, scorer, &order_list).await?;
+        // A pointwise scorer's recorded rewards are what it would say again.
+        let source = || match scorer.pointwise().then(|| row.record.rewards().remove(&plan.scorer.name)).flatten() {
+            Some(recorded) => ScoreSource::Recorded(recorded),
+            None => ScoreSource::Scorer(scorer),
+        };
+        let adaptive = replay_prompt(&prompt, plan.adaptive, plan.n, mode, source(), &order_list).await?;
+        let fixed = replay_prompt(&prompt, None, plan.n, mode, source(), &order_list).await?;
         let entry = per_domain.entry(domain).or_insert_with(|| {
             let empty = PolicyStats {
                 accuracy: 0.0,
