@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::replay::{PromptResult, ReplayMode, ReplayPrompt, ScoreSource, arrival_orders, replay_prompt};
 use super::samples::RecordedRow;
 use crate::bon::adaptive::AdaptiveSettings;
-use crate::bon::select::{LogFactorials, expected_at_k, k_grid};
+use crate::bon::select::{RatioCache, fill_curve, k_grid};
 use crate::error::Error;
 
 /// What the tuning maximises.
@@ -142,11 +142,19 @@ pub struct TuneReport {
 }
 
 /// A labelled prompt of the tuning: labels, rewards per scorer, per-candidate token costs.
-struct TunePrompt<'a> {
-    row: &'a RecordedRow,
-    labels: Vec<f64>,
-    rewards: BTreeMap<String, Vec<f64>>,
-    costs: Vec<f64>,
+pub struct TunePrompt<'a> {
+    /// The prompt's id.
+    pub id: String,
+    /// Its domain.
+    pub domain: String,
+    /// The recorded row (needed to replay adaptive choices).
+    pub row: Option<&'a RecordedRow>,
+    /// Correctness labels.
+    pub labels: Vec<f64>,
+    /// Rewards per scorer.
+    pub rewards: BTreeMap<String, Vec<f64>>,
+    /// Completion tokens per candidate.
+    pub costs: Vec<f64>,
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> f64 {
@@ -154,17 +162,24 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
     if n == 0 { 0.0 } else { sum / n as f64 }
 }
 
-/// Fixed N = k with `scorer`: the exact BoN@k of each prompt.
-fn fixed_choice(prompts: &[&TunePrompt<'_>], scorer: &str, k: usize, table: &LogFactorials) -> Choice {
-    let per_prompt: Vec<PromptResult> = prompts
-        .iter()
-        .map(|p| PromptResult {
-            accuracy: expected_at_k(&p.rewards[scorer], &p.labels, k, table),
-            candidates: k as f64,
-            tokens: k as f64 * mean(p.costs.iter().copied()),
-        })
-        .collect();
-    choice(scorer, k as u32, None, per_prompt)
+/// Fixed N = k with `scorer` for every k of `ks`: the exact BoN@k of each prompt (one sort per
+/// prompt for all k, as `eval bon` computes it).
+fn fixed_choices(prompts: &[&TunePrompt<'_>], scorer: &str, ks: &[usize], cache: &mut RatioCache) -> Vec<Choice> {
+    let mut per_k: Vec<Vec<PromptResult>> = ks.iter().map(|_| Vec::with_capacity(prompts.len())).collect();
+    let (mut order, mut curve) = (Vec::new(), vec![0.0; ks.len()]);
+    for p in prompts {
+        let rows = cache.rows(p.labels.len(), ks);
+        fill_curve(&p.rewards[scorer], &p.labels, ks, rows, &mut order, &mut curve);
+        let token_mean = mean(p.costs.iter().copied());
+        for (ki, &k) in ks.iter().enumerate() {
+            per_k[ki].push(PromptResult { accuracy: curve[ki], candidates: k as f64, tokens: k as f64 * token_mean });
+        }
+    }
+    ks.iter().zip(per_k).map(|(&k, per_prompt)| choice(scorer, k as u32, None, per_prompt)).collect()
+}
+
+fn fixed_choice(prompts: &[&TunePrompt<'_>], scorer: &str, k: usize, cache: &mut RatioCache) -> Choice {
+    fixed_choices(prompts, scorer, &[k], cache).remove(0)
 }
 
 fn choice(scorer: &str, n: u32, adaptive: Option<AdaptiveSettings>, per_prompt: Vec<PromptResult>) -> Choice {
@@ -190,7 +205,8 @@ async fn adaptive_choice(
     let mut per_prompt = Vec::with_capacity(prompts.len());
     for p in prompts {
         let order_list = arrival_orders(p.labels.len(), orders, rng);
-        let prompt = ReplayPrompt { row: p.row, labels: p.labels.clone() };
+        let Some(row) = p.row else { return Err(Error::Internal("adaptive replay needs the recorded rows".into())) };
+        let prompt = ReplayPrompt { row, labels: p.labels.clone() };
         let source = ScoreSource::Recorded(p.rewards[scorer].clone());
         // Recorded candidates arrive one by one, as in parallel sampling.
         let mode = ReplayMode { per_arrival: true };
@@ -242,17 +258,35 @@ fn adaptive_candidates(prompts: &[&TunePrompt<'_>], scorer: &str, n: u32) -> Vec
 
 /// Tunes every domain of the labelled rows.
 pub async fn tune(rows: &[RecordedRow], options: &TuneOptions) -> Result<TuneReport, TuneError> {
+    let prompts = rows
+        .iter()
+        .filter_map(|row| {
+            let labels = row.record.labels()?;
+            let costs = row
+                .record
+                .candidates
+                .iter()
+                .map(|c| c.completion_tokens.map_or_else(|| (c.text.len() as f64 / 4.0).ceil(), |t| t as f64))
+                .collect();
+            Some(TunePrompt {
+                id: row.record.prompt_id.clone(),
+                domain: row.record.domain().to_string(),
+                row: Some(row),
+                labels,
+                rewards: row.record.rewards(),
+                costs,
+            })
+        })
+        .collect();
+    tune_prompts(prompts, options).await
+}
+
+/// Tunes labelled prompts given directly (the benchmark's entry point; adaptive choices need
+/// the recorded rows).
+pub async fn tune_prompts(prompts: Vec<TunePrompt<'_>>, options: &TuneOptions) -> Result<TuneReport, TuneError> {
     let mut by_domain: BTreeMap<String, Vec<TunePrompt<'_>>> = BTreeMap::new();
-    for row in rows {
-        let Some(labels) = row.record.labels() else { continue };
-        let costs = row
-            .record
-            .candidates
-            .iter()
-            .map(|c| c.completion_tokens.map_or_else(|| (c.text.len() as f64 / 4.0).ceil(), |t| t as f64))
-            .collect();
-        let prompt = TunePrompt { row, labels, rewards: row.record.rewards(), costs };
-        by_domain.entry(row.record.domain().to_string()).or_default().push(prompt);
+    for prompt in prompts {
+        by_domain.entry(prompt.domain.clone()).or_default().push(prompt);
     }
     if by_domain.is_empty() {
         return Err(TuneError::NoLabels);
@@ -297,12 +331,10 @@ pub async fn tune(rows: &[RecordedRow], options: &TuneOptions) -> Result<TuneRep
         }
         let fewest = tuning.iter().chain(&held_out).map(|p| p.labels.len()).min().unwrap_or(1);
         let max_n = options.max_n.map_or(fewest, |m| m.min(fewest)).max(1);
-        let table = LogFactorials::new(max_n);
+        let mut cache = RatioCache::default();
         let mut choices = Vec::new();
         for scorer in &scorers {
-            for k in k_grid(max_n).into_iter().filter(|k| k.is_power_of_two() || *k == max_n) {
-                choices.push(fixed_choice(&tuning, scorer, k, &table));
-            }
+            choices.extend(fixed_choices(&tuning, scorer, &k_grid(max_n), &mut cache));
             if options.adaptive {
                 for settings in adaptive_candidates(&tuning, scorer, max_n as u32) {
                     choices.push(
@@ -317,20 +349,20 @@ pub async fn tune(rows: &[RecordedRow], options: &TuneOptions) -> Result<TuneRep
         let (ci_low, ci_high) = super::bon::bootstrap(&accuracies, options.resamples, &mut rng);
         let baseline = |prompts: &[&TunePrompt<'_>]| Baseline {
             n1: mean(prompts.iter().map(|p| mean(p.labels.iter().copied()))),
-            max_n: fixed_choice(prompts, &best.scorer, max_n, &table).accuracy,
+            max_n: fixed_choice(prompts, &best.scorer, max_n, &mut RatioCache::default()).accuracy,
         };
         let held = if held_out.is_empty() {
             None
         } else {
             let measured = match best.adaptive {
-                None => fixed_choice(&held_out, &best.scorer, best.n as usize, &table),
+                None => fixed_choice(&held_out, &best.scorer, best.n as usize, &mut cache),
                 Some(settings) => {
                     adaptive_choice(&held_out, &best.scorer, best.n, settings, options.orders, &mut rng).await?
                 }
             };
             Some(HeldOut {
                 prompts: held_out.len(),
-                prompt_ids: held_out.iter().map(|p| p.row.record.prompt_id.clone()).collect(),
+                prompt_ids: held_out.iter().map(|p| p.id.clone()).collect(),
                 accuracy: measured.accuracy,
                 mean_candidates: measured.mean_candidates,
                 mean_completion_tokens: measured.mean_completion_tokens,
