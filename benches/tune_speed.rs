@@ -46,6 +46,7 @@ fn main() {
         min_prompts: 10,
         resamples: 200,
         orders: 20,
+        rewardbench: BTreeMap::new(),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().build() {
         Ok(r) => r,

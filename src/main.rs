@@ -145,6 +145,15 @@ struct TuneArgs {
     /// Write the recommended [domains.NAME] tables here (TOML).
     #[arg(long)]
     write_config: Option<PathBuf>,
+    /// Accuracy against candidates per domain, the chosen policy marked: FILE.svg or FILE.png
+    /// (needs the `plot` feature).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// A scorer's RewardBench 2 report (the JSON of `eval rewardbench`), as NAME=FILE
+    /// (repeatable): its subset accuracy is shown beside the matching domain, and picks the
+    /// scorer of domains without labelled prompts (a prior).
+    #[arg(long, value_name = "NAME=FILE")]
+    rewardbench: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -485,8 +494,22 @@ fn eval_tune(args: TuneArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("--split must be between 0 and 1 (exclusive), got {f}");
     }
+    let mut rewardbench = std::collections::BTreeMap::new();
+    for spec in &args.rewardbench {
+        let (name, file) =
+            spec.split_once('=').with_context(|| format!("--rewardbench takes NAME=FILE, got '{spec}'"))?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("{file}: cannot read"))?;
+        let report: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{file}: not the JSON of eval rewardbench"))?;
+        let subsets: std::collections::BTreeMap<String, f64> = report
+            .get("subsets")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .with_context(|| format!("{file}: no 'subsets' object of numbers (the JSON of eval rewardbench)"))?;
+        rewardbench.insert(name.to_string(), subsets);
+    }
     let rows = labelled_rows(&args.samples, args.config.as_deref())?;
     let options = TuneOptions {
+        rewardbench,
         objective,
         scorers: (!args.scorers.is_empty()).then(|| args.scorers.clone()),
         max_n: args.max_n,
@@ -518,6 +541,9 @@ fn eval_tune(args: TuneArgs) -> anyhow::Result<()> {
     print!("{}", render_tune(&report, args.stats.format));
     if let Some(path) = &args.write_config {
         std::fs::write(path, &fragment).with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        plot_or_explain(|| bestofn::eval::plot::plot_tune(&report, path))?;
     }
     Ok(())
 }

@@ -313,3 +313,66 @@ async fn the_written_config_passes_check_config_and_the_proxy_applies_it() {
     ]);
     assert!(!ok && err.contains("no scorer named 'rm'"), "{err}");
 }
+
+#[test]
+fn rewardbench_accuracy_is_shown_and_is_the_prior_where_nothing_was_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = write_samples(dir.path(), &synthetic());
+    let rb = |name: &str, subsets: Value| {
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, json!({"benchmark": "rewardbench2", "overall": 0.6, "subsets": subsets}).to_string())
+            .unwrap();
+        format!("{name}={}", path.display())
+    };
+    let (rm, noise) = (rb("rm", json!({"Math": 0.7, "Focus": 0.6})), rb("noise", json!({"Math": 0.5, "Focus": 0.8})));
+    let fragment = dir.path().join("tuned.toml");
+    let plot = dir.path().join("tune.svg");
+    let (ok, out, err) = bestofn(&[
+        "eval",
+        "tune",
+        "--samples",
+        &samples,
+        "--cost-per-sample",
+        "0.005",
+        "--format",
+        "json",
+        "--rewardbench",
+        &rm,
+        "--rewardbench",
+        &noise,
+        "--write-config",
+        fragment.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    if cfg!(feature = "plot") {
+        assert!(ok, "{err}");
+        let svg = std::fs::read_to_string(&plot).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("chosen") && svg.contains("fixed N, rm"), "the tune plot");
+    } else {
+        assert!(!ok && err.contains("--features plot"), "{err}");
+        return;
+    }
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let math = &report["domains"]["math"];
+    assert_eq!(math["rewardbench"], json!({"noise": 0.5, "rm": 0.7}));
+    assert!(math.get("prior").is_none(), "math was measured");
+    let focus = &report["domains"]["focus"];
+    assert_eq!((focus["scorer"].as_str(), focus["prior"].as_bool()), (Some("noise"), Some(true)), "{focus}");
+    assert!(focus["n"].is_null() && focus["expected_accuracy"].is_null());
+    let text = std::fs::read_to_string(&fragment).unwrap();
+    assert!(text.contains("[domains.focus]\nscorer = \"noise\"") && text.contains("not measured"), "{text}");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{}").unwrap();
+    let (ok, _, err) = bestofn(&[
+        "eval",
+        "tune",
+        "--samples",
+        &samples,
+        "--cost-per-sample",
+        "0.005",
+        "--rewardbench",
+        &format!("x={}", bad.display()),
+    ]);
+    assert!(!ok && err.contains("bad.json") && err.contains("subsets"), "{err}");
+}

@@ -32,6 +32,11 @@ pub mod plot {
     }
 
     /// Unavailable without the `plot` feature.
+    pub fn plot_tune(_report: &super::tune::TuneReport, _path: &Path) -> Result<(), String> {
+        Err(NEEDS_FEATURE.into())
+    }
+
+    /// Unavailable without the `plot` feature.
     pub fn plot_scatter(
         _points: &[(f64, f64)],
         _names: (&str, &str),

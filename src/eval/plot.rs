@@ -11,6 +11,7 @@ use plotters::style::{FontStyle, register_font};
 
 use super::bon::BonReport;
 use super::correlate::Cell;
+use super::tune::TuneReport;
 
 static FONT: Once = Once::new();
 
@@ -229,4 +230,86 @@ pub fn plot_scatter(points: &[(f64, f64)], names: (&str, &str), title: &str, pat
         return Err("a scatter needs at least two points with both values".into());
     }
     on_backend!(path, (640, 480), |root| scatter(&root, points, names, title))
+}
+
+fn tune_panels<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &TuneReport) -> Result<(), String> {
+    root.fill(&WHITE).map_err(err)?;
+    let domains: Vec<_> = report.domains.iter().filter(|(_, d)| !d.choices.is_empty()).collect();
+    let cols = domains.len().clamp(1, 3);
+    let rows = domains.len().div_ceil(cols).max(1);
+    let areas = root.split_evenly((rows, cols));
+    for ((name, d), area) in domains.into_iter().zip(areas) {
+        let max_x = d.choices.iter().map(|c| c.mean_candidates).fold(1.0, f64::max);
+        let mut chart = ChartBuilder::on(&area)
+            .caption(format!("{name} ({} prompts)", d.prompts), ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(32)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0f64..max_x * 1.05, 0f64..1.02f64)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("mean candidates sampled")
+            .y_desc("expected accuracy")
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(err)?;
+        let mut scorers: Vec<&str> = d.choices.iter().map(|c| c.scorer.as_str()).collect();
+        scorers.sort_unstable();
+        scorers.dedup();
+        for (i, scorer) in scorers.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let mut fixed: Vec<(f64, f64)> = d
+                .choices
+                .iter()
+                .filter(|c| c.scorer == *scorer && c.adaptive.is_none())
+                .map(|c| (c.mean_candidates, c.accuracy))
+                .collect();
+            fixed.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart.draw_series(fixed.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
+            chart
+                .draw_series(LineSeries::new(fixed, color.stroke_width(2)))
+                .map_err(err)?
+                .label(format!("fixed N, {scorer}"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+            let adaptive: Vec<(f64, f64)> = d
+                .choices
+                .iter()
+                .filter(|c| c.scorer == *scorer && c.adaptive.is_some())
+                .map(|c| (c.mean_candidates, c.accuracy))
+                .collect();
+            if !adaptive.is_empty() {
+                chart
+                    .draw_series(adaptive.iter().map(|&p| TriangleMarker::new(p, 5, color.filled())))
+                    .map_err(err)?
+                    .label(format!("adaptive, {scorer}"))
+                    .legend(move |(x, y)| TriangleMarker::new((x + 9, y), 5, color.filled()));
+            }
+        }
+        if let (Some(x), Some(y)) = (d.mean_candidates, d.expected_accuracy) {
+            chart
+                .draw_series(std::iter::once(Circle::new((x, y), 8, BLACK.stroke_width(2))))
+                .map_err(err)?
+                .label("chosen")
+                .legend(|(x, y)| Circle::new((x + 9, y), 5, BLACK.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Accuracy against mean candidates per domain: one line of fixed-N points per scorer, adaptive
+/// settings as triangles, the chosen policy circled.
+pub fn plot_tune(report: &TuneReport, path: &Path) -> Result<(), String> {
+    let panels = report.domains.values().filter(|d| !d.choices.is_empty()).count().max(1);
+    let cols = panels.clamp(1, 3) as u32;
+    let rows = panels.div_ceil(3).max(1) as u32;
+    on_backend!(path, (460 * cols, 360 * rows), |root| tune_panels(&root, report))
 }

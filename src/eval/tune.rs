@@ -52,6 +52,20 @@ pub struct TuneOptions {
     pub resamples: usize,
     /// Arrival orders per prompt for adaptive choices.
     pub orders: usize,
+    /// RewardBench 2 subset accuracies per scorer (from `eval rewardbench` reports).
+    pub rewardbench: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+/// The RewardBench 2 subset that speaks for a request domain.
+pub fn rewardbench_subset(domain: &str) -> Option<&'static str> {
+    match domain {
+        "factuality" => Some("Factuality"),
+        "precise_if" => Some("Precise IF"),
+        "math" => Some("Math"),
+        "safety" => Some("Safety"),
+        "focus" => Some("Focus"),
+        _ => None,
+    }
 }
 
 /// One policy a domain could get, and what it buys and costs on the tuning prompts.
@@ -70,7 +84,7 @@ pub struct Choice {
     /// Mean completion tokens.
     pub mean_completion_tokens: f64,
     #[serde(skip)]
-    per_prompt: Vec<PromptResult>,
+    pub(crate) per_prompt: Vec<PromptResult>,
 }
 
 /// Baselines of a domain.
@@ -127,6 +141,13 @@ pub struct DomainTuning {
     /// Why the domain keeps the global policy, when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Each scorer's RewardBench 2 accuracy on the domain's subset, when given.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rewardbench: BTreeMap<String, f64>,
+    /// True when the scorer was picked from RewardBench 2 alone (no labelled prompts): a prior,
+    /// not a measurement.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub prior: bool,
     /// Every choice evaluated (for the plot), best first by the objective.
     #[serde(skip)]
     pub choices: Vec<Choice>,
@@ -384,9 +405,35 @@ pub async fn tune_prompts(prompts: Vec<TunePrompt<'_>>, options: &TuneOptions) -
                 prompts: tuning.len(),
                 held_out: held,
                 note: None,
+                rewardbench: BTreeMap::new(),
+                prior: false,
                 choices,
             },
         );
+    }
+    // RewardBench 2 beside the measurements, and as a prior where nothing was measured.
+    if !options.rewardbench.is_empty() {
+        for domain in crate::bon::DOMAINS {
+            let Some(subset) = rewardbench_subset(domain) else { continue };
+            let scores: BTreeMap<String, f64> = options
+                .rewardbench
+                .iter()
+                .filter_map(|(scorer, subsets)| subsets.get(subset).map(|a| (scorer.clone(), *a)))
+                .collect();
+            if scores.is_empty() {
+                continue;
+            }
+            let best =
+                scores.iter().max_by(|a, b| a.1.total_cmp(b.1).then_with(|| b.0.cmp(a.0))).map(|(s, _)| s.clone());
+            let entry = domains.entry(domain.to_string()).or_insert_with(|| {
+                let mut d =
+                    DomainTuning::kept(0, format!("no labelled prompts: scorer from RewardBench 2 {subset} (a prior)"));
+                d.scorer = best;
+                d.prior = true;
+                d
+            });
+            entry.rewardbench = scores;
+        }
     }
     Ok(TuneReport { objective: options.objective, domains })
 }
@@ -406,6 +453,8 @@ impl DomainTuning {
             prompts,
             held_out: None,
             note: Some(note),
+            rewardbench: BTreeMap::new(),
+            prior: false,
             choices: Vec::new(),
         }
     }
@@ -439,6 +488,13 @@ pub fn config_fragment(report: &TuneReport) -> String {
         }
     );
     for (domain, d) in &report.domains {
+        if let (true, Some(scorer)) = (d.prior, &d.scorer) {
+            out.push_str(&format!(
+                "\n# {domain}: {} (not measured)\n[domains.{domain}]\nscorer = \"{scorer}\"\n",
+                d.note.as_deref().unwrap_or("prior")
+            ));
+            continue;
+        }
         let (Some(scorer), Some(n), Some(acc)) = (&d.scorer, d.n, d.expected_accuracy) else {
             out.push_str(&format!("\n# {domain}: {}\n", d.note.as_deref().unwrap_or("not tuned")));
             continue;
