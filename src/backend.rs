@@ -100,6 +100,8 @@ struct Endpoint {
 #[derive(Debug)]
 pub struct EndpointPool {
     endpoints: Vec<Endpoint>,
+    /// Counts ejections for `bestofn_endpoint_ejections_total`, when metrics are kept.
+    ejections: Option<prometheus::IntCounter>,
     ejection: EjectionPolicy,
     epoch: Instant,
     rotation: AtomicUsize,
@@ -130,7 +132,13 @@ impl EndpointPool {
                 ejected_until_ms: AtomicU64::new(0),
             })
             .collect();
-        EndpointPool { endpoints, ejection, epoch: Instant::now(), rotation: AtomicUsize::new(0) }
+        EndpointPool { endpoints, ejections: None, ejection, epoch: Instant::now(), rotation: AtomicUsize::new(0) }
+    }
+
+    /// Counts every ejection in `counter`.
+    pub fn counting_ejections(mut self, counter: Option<prometheus::IntCounter>) -> Self {
+        self.ejections = counter;
+        self
     }
 
     /// The URL of `path` under endpoint `index`, parsed once.
@@ -182,6 +190,9 @@ impl EndpointPool {
         if failures >= self.ejection.after_failures {
             let until = self.now_ms() + self.ejection.cooldown.as_millis() as u64;
             if endpoint.ejected_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms() {
+                if let Some(counter) = &self.ejections {
+                    counter.inc();
+                }
                 tracing::warn!(endpoint = %endpoint.url, failures, cooldown_ms = self.ejection.cooldown.as_millis() as u64, "endpoint ejected");
             }
         }

@@ -56,6 +56,10 @@ pub struct Metrics {
     pub candidates_saved: IntCounterVec,
     /// `bestofn_adaptive_stops_total{domain,reason}`: why adaptive sampling stopped.
     pub adaptive_stops: IntCounterVec,
+    /// `bestofn_endpoint_ejections_total{backend}`: endpoints taken out of rotation.
+    pub endpoint_ejections: IntCounterVec,
+    /// `bestofn_max_concurrent_requests`: the configured limit, for saturation alerts.
+    pub max_concurrent: IntGauge,
     /// `bestofn_in_flight_requests`.
     pub in_flight: IntGauge,
     /// `bestofn_recorder_dropped_total`: records dropped because the recorder fell behind.
@@ -94,6 +98,9 @@ impl Metrics {
         r.register(Box::new(overhead.clone()))?;
         let in_flight = IntGauge::new("bestofn_in_flight_requests", "Completion requests being served")?;
         r.register(Box::new(in_flight.clone()))?;
+        let max_concurrent =
+            IntGauge::new("bestofn_max_concurrent_requests", "Configured limit of completion requests served at once")?;
+        r.register(Box::new(max_concurrent.clone()))?;
         let recorder_dropped = prometheus::IntCounter::new(
             "bestofn_recorder_dropped_total",
             "Recorder records dropped because its queue was full",
@@ -182,6 +189,13 @@ impl Metrics {
                 "Adaptive sampling runs by stop reason",
                 &["domain", "reason"],
             )?,
+            endpoint_ejections: counter(
+                &r,
+                "bestofn_endpoint_ejections_total",
+                "Backend endpoints taken out of rotation after consecutive failures",
+                &["backend"],
+            )?,
+            max_concurrent,
             cache_hits: counter(&r, "bestofn_score_cache_hits_total", "Score cache hits", &["scorer"])?,
             cache_misses: counter(&r, "bestofn_score_cache_misses_total", "Score cache misses", &["scorer"])?,
             scorer_failures: counter(&r, "bestofn_scorer_failures_total", "Scorer calls that failed", &["scorer"])?,

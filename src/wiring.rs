@@ -49,7 +49,9 @@ pub fn backend(
     name: String,
     urls: &[String],
     t: &TransportConfig,
+    metrics: Option<&Metrics>,
 ) -> Result<Backend, StartupError> {
+    let ejections = metrics.map(|m| m.endpoint_ejections.with_label_values(&[name.as_str()]));
     Ok(Backend {
         party,
         client: client.clone(),
@@ -60,7 +62,8 @@ pub fn backend(
                 after_failures: t.eject_after_failures,
                 cooldown: Duration::from_millis(t.eject_cooldown_ms),
             },
-        ),
+        )
+        .counting_ejections(ejections),
         name,
         timeout: Duration::from_millis(t.timeout_ms),
         retry: RetryPolicy {
@@ -87,22 +90,13 @@ pub fn load_scorer(path: &std::path::Path, name: &str) -> Result<Arc<dyn Scorer>
     scorers.remove(name).ok_or_else(|| StartupError(format!("{}: scorer '{name}' was not built", path.display())))
 }
 
-/// The score cache and the counters it reports to, when configured.
-pub struct CacheSetup<'a> {
-    /// Size and lifetime.
-    pub config: &'a ScoreCacheConfig,
-    /// Where hits and misses are counted.
+/// What a running server adds to its scorers: metrics (ejections, cache hits) and the score
+/// cache, when configured. Offline evaluation builds scorers without it.
+pub struct ServerSetup<'a> {
+    /// Where ejections and cache hits are counted.
     pub metrics: &'a Metrics,
-}
-
-/// One non-ensemble scorer from its config section (ensembles need their members: see
-/// [`build_scorers`]).
-pub fn build_scorer(
-    client: &reqwest::Client,
-    name: &str,
-    config: &ScorerConfig,
-) -> Result<Arc<dyn Scorer>, StartupError> {
-    build_with(client, name, config, &BTreeMap::new())
+    /// The score cache, when configured.
+    pub cache: Option<&'a ScoreCacheConfig>,
 }
 
 fn build_with(
@@ -110,16 +104,17 @@ fn build_with(
     name: &str,
     config: &ScorerConfig,
     built: &BTreeMap<String, Arc<dyn Scorer>>,
+    metrics: Option<&Metrics>,
 ) -> Result<Arc<dyn Scorer>, StartupError> {
     Ok(match config {
         ScorerConfig::RewardHttp(c) => Arc::new(RewardHttpScorer {
             name: name.to_string(),
-            backend: backend(client, Party::Scorer, format!("scorer {name}"), &c.urls, &c.transport)?,
+            backend: backend(client, Party::Scorer, format!("scorer {name}"), &c.urls, &c.transport, metrics)?,
             config: c.clone(),
         }),
         ScorerConfig::Judge(c) => Arc::new(JudgeScorer {
             name: name.to_string(),
-            backend: backend(client, Party::Scorer, format!("scorer {name}"), &c.base_urls, &c.transport)?,
+            backend: backend(client, Party::Scorer, format!("scorer {name}"), &c.base_urls, &c.transport, metrics)?,
             config: c.clone(),
         }),
         ScorerConfig::Consensus => Arc::new(ConsensusScorer { name: name.to_string() }),
@@ -163,21 +158,22 @@ fn build_with(
 pub fn build_scorers(
     client: &reqwest::Client,
     configs: &BTreeMap<String, ScorerConfig>,
-    cache: Option<CacheSetup<'_>>,
+    setup: Option<ServerSetup<'_>>,
 ) -> Result<BTreeMap<String, Arc<dyn Scorer>>, StartupError> {
     let mut built: BTreeMap<String, Arc<dyn Scorer>> = BTreeMap::new();
     let combines = |c: &ScorerConfig| matches!(c, ScorerConfig::Ensemble(_) | ScorerConfig::WeightedVote { .. });
     for (name, c) in configs.iter().filter(|(_, c)| !combines(c)) {
-        let mut scorer = build_with(client, name, c, &built)?;
-        if let Some(cache) = &cache
+        let metrics = setup.as_ref().map(|s| s.metrics);
+        let mut scorer = build_with(client, name, c, &built, metrics)?;
+        if let Some(ServerSetup { metrics, cache: Some(cache) }) = &setup
             && scorer.pointwise()
         {
             scorer = Arc::new(CachedScorer::new(
                 scorer,
-                cache.config.max_entries,
-                Duration::from_millis(cache.config.ttl_ms),
-                cache.metrics.cache_hits.with_label_values(&[name.as_str()]),
-                cache.metrics.cache_misses.with_label_values(&[name.as_str()]),
+                cache.max_entries,
+                Duration::from_millis(cache.ttl_ms),
+                metrics.cache_hits.with_label_values(&[name.as_str()]),
+                metrics.cache_misses.with_label_values(&[name.as_str()]),
             ));
         }
         built.insert(name.clone(), scorer);
@@ -185,7 +181,7 @@ pub fn build_scorers(
     // Ensembles next (their members are plain), then weighted votes (their member may be an ensemble).
     for pass in [true, false] {
         for (name, c) in configs.iter().filter(|(_, c)| matches!(c, ScorerConfig::Ensemble(_)) == pass && combines(c)) {
-            let scorer = build_with(client, name, c, &built)?;
+            let scorer = build_with(client, name, c, &built, None)?;
             built.insert(name.clone(), scorer);
         }
     }

@@ -14,7 +14,7 @@ use crate::record::Recorder;
 use crate::remote::JudgeClassifier;
 use crate::upstream::Upstream;
 pub use crate::wiring::StartupError;
-use crate::wiring::{CacheSetup, backend, build_scorers, http_client};
+use crate::wiring::{ServerSetup, backend, build_scorers, http_client};
 
 /// Shared state of the server.
 pub struct AppState {
@@ -66,19 +66,21 @@ impl AppState {
     /// Builds the upstream client, the scorers and the engine.
     pub fn from_config(config: &Config) -> Result<AppState, StartupError> {
         let client = http_client()?;
+        let metrics = Arc::new(Metrics::new().map_err(|e| StartupError(format!("cannot register metrics: {e}")))?);
+
         let up = &config.upstream;
-        let upstream_backend = backend(&client, Party::Upstream, "upstream".into(), &up.base_urls, &up.transport)?;
+        let upstream_backend =
+            backend(&client, Party::Upstream, "upstream".into(), &up.base_urls, &up.transport, Some(&metrics))?;
         // llama.cpp serves /tokenize at the server root, beside /v1.
         let roots: Vec<String> =
             up.base_urls.iter().map(|u| u.trim_end_matches('/').trim_end_matches("/v1").to_string()).collect();
-        let tokenizer = backend(&client, Party::Upstream, "upstream tokenizer".into(), &roots, &up.transport)?;
+        let tokenizer = backend(&client, Party::Upstream, "upstream tokenizer".into(), &roots, &up.transport, None)?;
         let upstream = Arc::new(
             Upstream::new(upstream_backend, up.sampling, up.hedge).with_usage_counts(up.usage_counts, Some(tokenizer)),
         );
 
-        let metrics = Arc::new(Metrics::new().map_err(|e| StartupError(format!("cannot register metrics: {e}")))?);
-        let cache = config.score_cache.as_ref().map(|c| CacheSetup { config: c, metrics: &metrics });
-        let scorers = build_scorers(&client, &config.scorers, cache)?;
+        let setup = ServerSetup { metrics: &metrics, cache: config.score_cache.as_ref() };
+        let scorers = build_scorers(&client, &config.scorers, Some(setup))?;
 
         let server = &config.server;
         let mut api_keys = server.api_keys.clone();
@@ -90,8 +92,14 @@ impl AppState {
         }
         let mut engine = Engine::new(upstream.clone(), scorers, config.policy());
         if let ClassifierConfig::Judge { base_url, model, transport } = &config.classifier {
-            let judge =
-                backend(&client, Party::Classifier, "classifier".into(), std::slice::from_ref(base_url), transport)?;
+            let judge = backend(
+                &client,
+                Party::Classifier,
+                "classifier".into(),
+                std::slice::from_ref(base_url),
+                transport,
+                Some(&metrics),
+            )?;
             engine = engine.with_classifier(Arc::new(JudgeClassifier { backend: judge, model: model.clone() }));
         }
         // Series that exist from the start, so dashboards show zeros rather than "no data".
@@ -101,7 +109,10 @@ impl AppState {
                 metrics.adaptive_stops.with_label_values(&[domain, reason]);
             }
         }
+        metrics.max_concurrent.set(server.max_concurrent_requests as i64);
+        metrics.endpoint_ejections.with_label_values(&["upstream"]);
         for name in config.scorers.keys() {
+            metrics.endpoint_ejections.with_label_values(&[format!("scorer {name}").as_str()]);
             metrics.cache_hits.with_label_values(&[name.as_str()]);
             metrics.cache_misses.with_label_values(&[name.as_str()]);
             metrics.scorer_failures.with_label_values(&[name.as_str()]);
