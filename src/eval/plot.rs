@@ -56,6 +56,22 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
+/// The series legend, lower right, on a translucent white box.
+type Linear = plotters::coord::types::RangedCoordf64;
+
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<Linear, Linear>>,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(err)
+}
+
 fn bon_panels<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &BonReport) -> Result<(), String> {
     root.fill(&WHITE).map_err(err)?;
     let domains: Vec<_> = report.domains.iter().collect();
@@ -110,14 +126,7 @@ fn bon_panels<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &BonRep
                 .label(format!("BoN@k {reward}"))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(err)?;
+        legend(&mut chart)?;
     }
     Ok(())
 }
@@ -293,14 +302,7 @@ fn tune_panels<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &TuneR
                 .label("chosen")
                 .legend(|(x, y)| Circle::new((x + 9, y), 5, BLACK.stroke_width(2)));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(err)?;
+        legend(&mut chart)?;
     }
     Ok(())
 }
