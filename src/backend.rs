@@ -94,6 +94,55 @@ struct Endpoint {
     consecutive_failures: AtomicU32,
     /// Milliseconds since the pool's epoch until which the endpoint is out; 0 when in.
     ejected_until_ms: AtomicU64,
+    /// `max_in_flight` slots; tokio's semaphore queues waiters first come, first served.
+    slots: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+    /// The endpoint's series of the pool metrics, when kept.
+    gauges: Option<EndpointGauges>,
+}
+
+/// The metrics of one endpoint: calls running, calls queued, time queued.
+#[derive(Debug, Clone)]
+struct EndpointGauges {
+    running: prometheus::IntGauge,
+    queued: prometheus::IntGauge,
+    queue_seconds: prometheus::Histogram,
+}
+
+/// The families an endpoint pool reports to, labelled by endpoint URL.
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    /// `bestofn_upstream_in_flight{endpoint}`.
+    pub in_flight: prometheus::IntGaugeVec,
+    /// `bestofn_upstream_queue_depth{endpoint}`.
+    pub queue_depth: prometheus::IntGaugeVec,
+    /// `bestofn_upstream_queue_seconds{endpoint}`.
+    pub queue_seconds: prometheus::HistogramVec,
+}
+
+/// A call's hold on its endpoint: the slot (when the endpoint is bounded) and the running
+/// gauge, both released when the call's response has been read or its stream ends.
+pub(crate) struct Slot {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    running: Option<prometheus::IntGauge>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(g) = &self.running {
+            g.dec();
+        }
+    }
+}
+
+/// Counts a call as queued while it waits for a slot, also when the wait is abandoned.
+struct Queued<'a>(Option<&'a prometheus::IntGauge>);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(g) = self.0 {
+            g.dec();
+        }
+    }
 }
 
 /// Interchangeable endpoints of one backend.
@@ -130,9 +179,53 @@ impl EndpointPool {
                 in_flight: AtomicUsize::new(0),
                 consecutive_failures: AtomicU32::new(0),
                 ejected_until_ms: AtomicU64::new(0),
+                slots: None,
+                gauges: None,
             })
             .collect();
         EndpointPool { endpoints, ejections: None, ejection, epoch: Instant::now(), rotation: AtomicUsize::new(0) }
+    }
+
+    /// Bounds each endpoint to `max_in_flight` concurrent calls (None: unbounded); calls beyond
+    /// it wait in a first-come, first-served queue. Reports to `metrics` when given.
+    pub fn limited(mut self, max_in_flight: Option<usize>, metrics: Option<&PoolMetrics>) -> Self {
+        for e in &mut self.endpoints {
+            e.slots = max_in_flight.map(|m| std::sync::Arc::new(tokio::sync::Semaphore::new(m)));
+            e.gauges = metrics.map(|m| EndpointGauges {
+                running: m.in_flight.with_label_values(&[e.url.as_str()]),
+                queued: m.queue_depth.with_label_values(&[e.url.as_str()]),
+                queue_seconds: m.queue_seconds.with_label_values(&[e.url.as_str()]),
+            });
+        }
+        self
+    }
+
+    /// Waits for a slot of endpoint `index` (at once when it is unbounded).
+    async fn admit(&self, index: usize) -> Slot {
+        let endpoint = &self.endpoints[index];
+        let gauges = endpoint.gauges.as_ref();
+        let permit = match &endpoint.slots {
+            None => None,
+            Some(slots) => {
+                let waited = Instant::now();
+                if let Some(g) = gauges {
+                    g.queued.inc();
+                }
+                let queued = Queued(gauges.map(|g| &g.queued));
+                // The semaphore is never closed.
+                let permit = slots.clone().acquire_owned().await.ok();
+                drop(queued);
+                if let Some(g) = gauges {
+                    g.queue_seconds.observe(waited.elapsed().as_secs_f64());
+                }
+                permit
+            }
+        };
+        let running = gauges.map(|g| g.running.clone());
+        if let Some(g) = &running {
+            g.inc();
+        }
+        Slot { _permit: permit, running }
     }
 
     /// Counts every ejection in `counter`.
@@ -227,6 +320,10 @@ pub struct TransportConfig {
     pub eject_after_failures: u32,
     /// How long an ejected endpoint stays out before it is probed again.
     pub eject_cooldown_ms: u64,
+    /// Concurrent calls per endpoint; more wait in a first-come, first-served queue. None:
+    /// unbounded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
 }
 
 /// How a backend is called: its kind for errors, endpoints, credentials, time limit, retries.
@@ -290,11 +387,13 @@ impl Backend {
     pub async fn post_stream(&self, path: &str, body: &(impl serde::Serialize + ?Sized)) -> Result<ByteStream, Error> {
         use futures_util::StreamExt;
         let bytes = to_json_bytes(body)?;
-        let (response, started, endpoint) = self.send(path, Method::Post(&bytes), false).await?;
+        let (response, started, endpoint, slot) = self.send(path, Method::Post(&bytes), false).await?;
         record_span(started);
         let name = self.endpoint_name(endpoint);
         let party = self.party;
+        // The slot is held until the stream ends or is dropped.
         Ok(Box::pin(response.bytes_stream().map(move |chunk| {
+            let _held = &slot;
             chunk.map_err(|e| Error::bad_gateway(party, name.clone(), "stream broke off").caused_by(e))
         })))
     }
@@ -304,7 +403,7 @@ impl Backend {
     }
 
     async fn call_json(&self, path: &str, method: Method<'_>) -> Result<JsonReply, Error> {
-        let (response, started, endpoint) = self.send(path, method, true).await?;
+        let (response, started, endpoint, _slot) = self.send(path, method, true).await?;
         let status = response.status();
         let body = response.bytes().await.map_err(|e| {
             let name = self.endpoint_name(endpoint);
@@ -334,11 +433,15 @@ impl Backend {
         path: &str,
         method: Method<'_>,
         whole_body: bool,
-    ) -> Result<(reqwest::Response, Instant, &str), Error> {
+    ) -> Result<(reqwest::Response, Instant, &str, Slot), Error> {
         let mut attempt = 0;
         loop {
             let endpoint = self.pool.pick();
             let base = self.pool.endpoints[endpoint.index].url.as_str();
+            // Queue wait counts as the call's time, not the proxy's own (the overhead metric);
+            // a request deadline that passes while queued drops this future and its place.
+            let started = Instant::now();
+            let slot = self.pool.admit(endpoint.index).await;
             let url = self
                 .pool
                 .url(endpoint.index, path)
@@ -355,7 +458,6 @@ impl Backend {
             if let Some(key) = &self.api_key {
                 request = request.bearer_auth(key.expose());
             }
-            let started = Instant::now();
             let outcome = if whole_body {
                 self.attempt(request, base).await
             } else {
@@ -375,9 +477,10 @@ impl Backend {
             }
             drop(endpoint);
             match outcome {
-                Ok(response) => return Ok((response, started, base)),
+                Ok(response) => return Ok((response, started, base, slot)),
                 Err(error) if !error.is_retryable() || attempt >= self.retry.max_retries => return Err(error),
                 Err(error) => {
+                    drop(slot);
                     let backoff = self.retry.backoff(attempt, error.retry_after());
                     tracing::debug!(backend = %self.endpoint_name(base), attempt, error = %error, ?backoff, "retrying");
                     tokio::time::sleep(backoff).await;

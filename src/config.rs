@@ -120,6 +120,7 @@ struct RawTransport {
     retry_backoff_max_ms: Option<u64>,
     eject_after_failures: Option<u32>,
     eject_cooldown_ms: Option<u64>,
+    max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -552,6 +553,10 @@ impl Validator<'_> {
                 raw.eject_cooldown_ms,
                 defaults::EJECT_COOLDOWN_MS,
             )?,
+            max_in_flight: match raw.max_in_flight {
+                Some(0) => return Err(self.invalid(&key("max_in_flight"), "must be greater than 0")),
+                other => other,
+            },
         })
     }
 

@@ -11,6 +11,8 @@ const LATENCY_BUCKETS: &[f64] =
 /// Buckets for the proxy's own overhead: 50 µs to 1 s.
 const OVERHEAD_BUCKETS: &[f64] =
     &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+/// Buckets for time queued for an upstream slot: 1 ms to 1 minute.
+const QUEUE_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 /// Buckets for rewards and reward lift: RM logits mostly fall in ±10.
 const REWARD_BUCKETS: &[f64] = &[-10.0, -5.0, -2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0];
 
@@ -58,6 +60,8 @@ pub struct Metrics {
     pub adaptive_stops: IntCounterVec,
     /// `bestofn_endpoint_ejections_total{backend}`: endpoints taken out of rotation.
     pub endpoint_ejections: IntCounterVec,
+    /// Per backend endpoint: calls running, queued, and time queued (`max_in_flight`).
+    pub pool: crate::backend::PoolMetrics,
     /// `bestofn_max_concurrent_requests`: the configured limit, for saturation alerts.
     pub max_concurrent: IntGauge,
     /// `bestofn_in_flight_requests`.
@@ -70,6 +74,17 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Resu
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(c.clone()))?;
     Ok(c)
+}
+
+fn gauge(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<prometheus::IntGaugeVec, prometheus::Error> {
+    let g = prometheus::IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
 fn histogram(
@@ -196,6 +211,27 @@ impl Metrics {
                 &["backend"],
             )?,
             max_concurrent,
+            pool: crate::backend::PoolMetrics {
+                in_flight: gauge(
+                    &r,
+                    "bestofn_upstream_in_flight",
+                    "Backend calls running per endpoint",
+                    &["endpoint"],
+                )?,
+                queue_depth: gauge(
+                    &r,
+                    "bestofn_upstream_queue_depth",
+                    "Backend calls waiting for a max_in_flight slot per endpoint",
+                    &["endpoint"],
+                )?,
+                queue_seconds: histogram(
+                    &r,
+                    "bestofn_upstream_queue_seconds",
+                    "Time backend calls waited for a max_in_flight slot",
+                    &["endpoint"],
+                    QUEUE_BUCKETS,
+                )?,
+            },
             cache_hits: counter(&r, "bestofn_score_cache_hits_total", "Score cache hits", &["scorer"])?,
             cache_misses: counter(&r, "bestofn_score_cache_misses_total", "Score cache misses", &["scorer"])?,
             scorer_failures: counter(&r, "bestofn_scorer_failures_total", "Scorer calls that failed", &["scorer"])?,

@@ -63,7 +63,8 @@ pub fn backend(
                 cooldown: Duration::from_millis(t.eject_cooldown_ms),
             },
         )
-        .counting_ejections(ejections),
+        .counting_ejections(ejections)
+        .limited(t.max_in_flight, metrics.map(|m| &m.pool)),
         name,
         timeout: Duration::from_millis(t.timeout_ms),
         retry: RetryPolicy {

@@ -35,6 +35,7 @@ retry_backoff_ms = 1
 retry_backoff_max_ms = 1
 eject_after_failures = 1
 eject_cooldown_ms = 1
+max_in_flight = 4
 
 [scorers.NAME]
 kind = "reward_http"
@@ -52,6 +53,7 @@ retry_backoff_ms = 1
 retry_backoff_max_ms = 1
 eject_after_failures = 1
 eject_cooldown_ms = 1
+max_in_flight = 4
 
 [scorers.JUDGE]
 kind = "judge"
@@ -115,6 +117,7 @@ retry_backoff_ms = 1
 retry_backoff_max_ms = 1
 eject_after_failures = 1
 eject_cooldown_ms = 1
+max_in_flight = 4
 
 [recorder]
 path = "x.jsonl"

@@ -270,6 +270,7 @@ mod tests {
                     retry_backoff_max_ms: 1,
                     eject_after_failures: 1,
                     eject_cooldown_ms: 1000,
+                    max_in_flight: None,
                 },
             },
             backend: Backend {

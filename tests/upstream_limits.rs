@@ -1,0 +1,126 @@
+//! Bounded upstream concurrency (`max_in_flight`): a stub upstream that counts its concurrent
+//! calls never sees more than the cap, calls are admitted first come first served, and queue
+//! wait counts against the request deadline.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+/// A raw HTTP upstream that answers each chat call after `delay`, counting calls in progress
+/// (the most at once in `peak`) and recording the seeds in arrival order.
+async fn counting_upstream(delay: Duration) -> (String, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<i64>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seeds = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (peak_out, seeds_out) = (peak.clone(), seeds.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let (now, peak, seeds) = (now.clone(), peak.clone(), seeds.clone());
+            tokio::spawn(async move {
+                while let Some(body) = read_http_request(&mut stream).await {
+                    let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(running, Ordering::SeqCst);
+                    seeds.lock().unwrap().push(body["seed"].as_i64().unwrap_or(-1));
+                    tokio::time::sleep(delay).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    let answer = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "The answer is 4"}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
+                    .to_string();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        answer.len()
+                    );
+                    if stream.write_all(format!("{head}{answer}").as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (url, peak_out, seeds_out)
+}
+
+fn limited_config(url: &str, cap: usize, extra: &str) -> String {
+    format!(
+        "[upstream]\nbase_url = \"{url}/v1\"\nsampling = \"parallel\"\nmax_in_flight = {cap}\ntimeout_ms = 30000\nmax_retries = 0\n\n[policy]\nn = 8\nscorer = \"consensus\"\n{extra}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_upstream_calls_never_exceed_the_cap() {
+    let (url, peak, seeds) = counting_upstream(Duration::from_millis(60)).await;
+    let proxy = Bestofn::start(&limited_config(&url, 3, ""));
+    let target = proxy.url("/v1/chat/completions");
+    let requests = (0..4).map(|i| {
+        let mut body = chat_body("What is 2 + 2?");
+        body["seed"] = json!(i * 100);
+        post(&target, body, &[])
+    });
+    for (status, _, resp) in futures_util::future::join_all(requests).await {
+        assert_eq!(status, 200, "{resp}");
+        assert_eq!(resp["bestofn"]["n_received"], 8);
+    }
+    assert_eq!(seeds.lock().unwrap().len(), 32);
+    assert_eq!(peak.load(Ordering::SeqCst), 3, "the stub saw at most (and, with 32 calls, exactly) 3 at once");
+    let text = client().get(proxy.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let endpoint = format!("{url}/v1");
+    let queued: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("bestofn_upstream_queue_seconds_count{{endpoint=\"{endpoint}\"}} ")))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(queued, 32.0, "{text}");
+    assert!(text.contains(&format!("bestofn_upstream_in_flight{{endpoint=\"{endpoint}\"}} 0")));
+    assert!(text.contains(&format!("bestofn_upstream_queue_depth{{endpoint=\"{endpoint}\"}} 0")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_are_admitted_first_come_first_served() {
+    let (url, _, seeds) = counting_upstream(Duration::from_millis(20)).await;
+    let proxy = Bestofn::start(&limited_config(&url, 1, ""));
+    let target = proxy.url("/v1/chat/completions");
+    let send = |seed: i64| {
+        let mut body = chat_body("What is 2 + 2?");
+        body["seed"] = json!(seed);
+        post(&target, body, &[])
+    };
+    let first = send(1000);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        send(2000).await
+    };
+    let (a, b) = tokio::join!(first, second);
+    assert_eq!((a.0, b.0), (200, 200));
+    let order = seeds.lock().unwrap().clone();
+    assert_eq!(order.len(), 16);
+    assert!(order[..8].iter().all(|s| (1000..1008).contains(s)), "the first request's calls go first: {order:?}");
+    assert!(order[8..].iter().all(|s| (2000..2008).contains(s)), "{order:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_wait_counts_against_the_deadline() {
+    let (url, _, _) = counting_upstream(Duration::from_millis(300)).await;
+    let proxy = Bestofn::start(&limited_config(&url, 1, "deadline_ms = 700"));
+    let started = std::time::Instant::now();
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{resp}");
+    // Eight calls of 300 ms one at a time would take 2.4 s; the deadline cuts the queue at 0.7 s.
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    let received = resp["bestofn"]["n_received"].as_u64().unwrap();
+    assert!((1..8).contains(&received), "{resp}");
+    assert_eq!(resp["bestofn"]["deadline_hit"], true);
+    let _: Value = resp;
+}
