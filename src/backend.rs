@@ -120,10 +120,13 @@ pub struct PoolMetrics {
 }
 
 /// A call's hold on its endpoint: the slot (when the endpoint is bounded) and the running
-/// gauge, both released when the call's response has been read or its stream ends.
+/// gauge, both released when the call's response has been read or its stream ends; the time
+/// held feeds the pool's service-time estimate.
 pub(crate) struct Slot {
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     running: Option<prometheus::IntGauge>,
+    service_us: std::sync::Arc<AtomicU64>,
+    since: Instant,
 }
 
 impl Drop for Slot {
@@ -131,17 +134,25 @@ impl Drop for Slot {
         if let Some(g) = &self.running {
             g.dec();
         }
+        if self._permit.is_some() {
+            let held = self.since.elapsed().as_micros() as u64;
+            let previous = self.service_us.load(Ordering::Relaxed);
+            // An EWMA with weight 1/8: recent enough to follow the load, smooth enough not to jump.
+            let next = if previous == 0 { held } else { previous - previous / 8 + held / 8 };
+            self.service_us.store(next.max(1), Ordering::Relaxed);
+        }
     }
 }
 
 /// Counts a call as queued while it waits for a slot, also when the wait is abandoned.
-struct Queued<'a>(Option<&'a prometheus::IntGauge>);
+struct Queued<'a>(Option<&'a prometheus::IntGauge>, &'a AtomicUsize);
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
         if let Some(g) = self.0 {
             g.dec();
         }
+        self.1.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -154,6 +165,12 @@ pub struct EndpointPool {
     ejection: EjectionPolicy,
     epoch: Instant,
     rotation: AtomicUsize,
+    /// Calls waiting for a slot, over all endpoints.
+    waiting: AtomicUsize,
+    /// `max_in_flight` of each endpoint, when bounded.
+    limit: Option<usize>,
+    /// Exponentially weighted mean time a call holds its slot, in microseconds (0: none yet).
+    service_us: std::sync::Arc<AtomicU64>,
 }
 
 /// Holds an endpoint's in-flight count up while a call runs.
@@ -183,12 +200,22 @@ impl EndpointPool {
                 gauges: None,
             })
             .collect();
-        EndpointPool { endpoints, ejections: None, ejection, epoch: Instant::now(), rotation: AtomicUsize::new(0) }
+        EndpointPool {
+            endpoints,
+            ejections: None,
+            ejection,
+            epoch: Instant::now(),
+            rotation: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            limit: None,
+            service_us: std::sync::Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Bounds each endpoint to `max_in_flight` concurrent calls (None: unbounded); calls beyond
     /// it wait in a first-come, first-served queue. Reports to `metrics` when given.
     pub fn limited(mut self, max_in_flight: Option<usize>, metrics: Option<&PoolMetrics>) -> Self {
+        self.limit = max_in_flight;
         for e in &mut self.endpoints {
             e.slots = max_in_flight.map(|m| std::sync::Arc::new(tokio::sync::Semaphore::new(m)));
             e.gauges = metrics.map(|m| EndpointGauges {
@@ -198,6 +225,18 @@ impl EndpointPool {
             });
         }
         self
+    }
+
+    /// The wait a call queued now would expect: calls waiting x mean service time / slots.
+    /// None when the pool is unbounded or nothing has been served yet.
+    pub fn expected_wait(&self) -> Option<Duration> {
+        let slots = self.limit? as u64 * self.endpoints.len() as u64;
+        let service = self.service_us.load(Ordering::Relaxed);
+        if service == 0 {
+            return None;
+        }
+        let waiting = self.waiting.load(Ordering::Relaxed) as u64;
+        Some(Duration::from_micros(waiting * service / slots.max(1)))
     }
 
     /// Waits for a slot of endpoint `index` (at once when it is unbounded).
@@ -211,7 +250,8 @@ impl EndpointPool {
                 if let Some(g) = gauges {
                     g.queued.inc();
                 }
-                let queued = Queued(gauges.map(|g| &g.queued));
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let queued = Queued(gauges.map(|g| &g.queued), &self.waiting);
                 // The semaphore is never closed.
                 let permit = slots.clone().acquire_owned().await.ok();
                 drop(queued);
@@ -225,7 +265,7 @@ impl EndpointPool {
         if let Some(g) = &running {
             g.inc();
         }
-        Slot { _permit: permit, running }
+        Slot { _permit: permit, running, service_us: self.service_us.clone(), since: Instant::now() }
     }
 
     /// Counts every ejection in `counter`.

@@ -188,6 +188,14 @@ struct RawAdaptive {
     confidence: Option<f64>,
 }
 
+/// The load-aware N keys, declared once for `[policy]` and every `[domains.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoad {
+    degrade_at_queue_ms: Option<u64>,
+    min_n: Option<u32>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
@@ -198,6 +206,8 @@ struct RawPolicy {
     on_scorer_failure: Option<ScorerFailurePolicy>,
     #[serde(flatten)]
     adaptive: RawAdaptive,
+    #[serde(flatten)]
+    load: RawLoad,
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,6 +220,8 @@ struct RawDomain {
     deadline_ms: Option<u64>,
     #[serde(flatten)]
     adaptive: RawAdaptive,
+    #[serde(flatten)]
+    load: RawLoad,
 }
 
 /// The validated configuration, with every default filled in.
@@ -373,6 +385,11 @@ pub struct PolicyConfig {
     /// Adaptive: stop once the leading answer would still lead at n with this probability.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confidence: Option<f64>,
+    /// Load-aware N: halve N while the expected upstream queue wait exceeds this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degrade_at_queue_ms: Option<u64>,
+    /// Load-aware N: the fewest candidates N is halved to.
+    pub min_n: u32,
 }
 
 /// Every default of the configuration, named once: the validator, the README's table and
@@ -422,6 +439,8 @@ pub mod defaults {
     pub const POLICY_SCORER: &str = "consensus";
     /// `policy.min_candidates`.
     pub const MIN_CANDIDATES: u32 = 1;
+    /// `policy.min_n`: load-aware N may go down to a single candidate.
+    pub const MIN_N: u32 = 1;
     /// `policy.adaptive`: fixed N unless asked.
     pub const ADAPTIVE: bool = false;
     /// `policy.first_wave` (at most n).
@@ -480,6 +499,8 @@ impl Config {
                 accept_score: self.policy.accept_score,
                 confidence: self.policy.confidence,
             },
+            degrade_at_queue: self.policy.degrade_at_queue_ms.map(Duration::from_millis),
+            min_n: self.policy.min_n,
         }
     }
 
@@ -761,6 +782,8 @@ impl Validator<'_> {
             return Err(self.invalid("policy.deadline_ms", "must be greater than 0"));
         }
         let adaptive = self.adaptive("policy", &p.adaptive, p.n)?;
+        let min_n = p.load.min_n.unwrap_or(defaults::MIN_N);
+        self.load("policy", &p.load, p.n)?;
         let policy = PolicyConfig {
             n: p.n,
             scorer: policy_scorer,
@@ -771,6 +794,8 @@ impl Validator<'_> {
             first_wave: adaptive.first_wave,
             accept_score: adaptive.accept_score,
             confidence: adaptive.confidence,
+            degrade_at_queue_ms: p.load.degrade_at_queue_ms,
+            min_n,
         };
 
         let mut domains = BTreeMap::new();
@@ -800,6 +825,7 @@ impl Validator<'_> {
                 .first_wave
                 .or_else(|| (rule.adaptive.adaptive == Some(true)).then_some(policy.first_wave.min(domain_n)));
             self.adaptive(&format!("domains.{name}"), &RawAdaptive { first_wave, ..rule.adaptive }, domain_n)?;
+            self.load(&format!("domains.{name}"), &rule.load, domain_n)?;
             if rule.max_tokens == Some(0) || rule.deadline_ms == Some(0) {
                 return Err(
                     self.invalid(&format!("domains.{name}"), "max_tokens and deadline_ms must be greater than 0")
@@ -817,6 +843,8 @@ impl Validator<'_> {
                     first_wave: rule.adaptive.first_wave,
                     accept_score: rule.adaptive.accept_score,
                     confidence: rule.adaptive.confidence,
+                    degrade_at_queue_ms: rule.load.degrade_at_queue_ms,
+                    min_n: rule.load.min_n,
                 },
             );
         }
@@ -876,6 +904,19 @@ impl Validator<'_> {
             }),
         };
         Ok(Config { server, upstream, scorers, policy, domains, recorder, score_cache, classifier })
+    }
+
+    /// Checks the load-aware N keys of `section` (whose N is `n`).
+    fn load(&self, section: &str, raw: &RawLoad, n: u32) -> Result<(), ConfigError> {
+        if raw.degrade_at_queue_ms == Some(0) {
+            return Err(self.invalid(&format!("{section}.degrade_at_queue_ms"), "must be greater than 0"));
+        }
+        if let Some(m) = raw.min_n
+            && !(1..=n).contains(&m)
+        {
+            return Err(self.invalid(&format!("{section}.min_n"), format!("must be between 1 and n ({n}), got {m}")));
+        }
+        Ok(())
     }
 
     /// Checks the adaptive keys of `section` (whose N is `n`) and fills in their defaults.

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub scorer_failures: IntCounterVec,
     /// `bestofn_candidates_saved_total{domain}`: N minus the candidates adaptive sampling asked for.
     pub candidates_saved: IntCounterVec,
+    /// `bestofn_degraded_requests_total{domain}`: requests given fewer candidates under load.
+    pub degraded: IntCounterVec,
     /// `bestofn_adaptive_stops_total{domain,reason}`: why adaptive sampling stopped.
     pub adaptive_stops: IntCounterVec,
     /// `bestofn_endpoint_ejections_total{backend}`: endpoints taken out of rotation.
@@ -196,6 +198,12 @@ impl Metrics {
                 &r,
                 "bestofn_candidates_saved_total",
                 "Candidates adaptive sampling did not request (n minus n_sampled)",
+                &["domain"],
+            )?,
+            degraded: counter(
+                &r,
+                "bestofn_degraded_requests_total",
+                "Best-of-N requests given fewer candidates because the upstream queue was long",
                 &["domain"],
             )?,
             adaptive_stops: counter(

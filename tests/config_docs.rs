@@ -94,6 +94,8 @@ adaptive = true
 first_wave = 1
 accept_score = 1.0
 confidence = 0.9
+degrade_at_queue_ms = 100
+min_n = 2
 
 [domains.math]
 n = 2
@@ -105,6 +107,8 @@ adaptive = true
 first_wave = 1
 accept_score = 1.0
 confidence = 0.9
+degrade_at_queue_ms = 100
+min_n = 2
 
 [classifier]
 kind = "judge"

@@ -124,3 +124,70 @@ async fn queue_wait_counts_against_the_deadline() {
     assert_eq!(resp["bestofn"]["deadline_hit"], true);
     let _: Value = resp;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn load_aware_n_halves_under_a_long_queue_and_recovers_step_by_step() {
+    let (url, _, _) = counting_upstream(Duration::from_millis(50)).await;
+    let proxy = Bestofn::start(&limited_config(&url, 1, "degrade_at_queue_ms = 120\nmin_n = 2"));
+    let target = proxy.url("/v1/chat/completions");
+    // Warm-up: the pool learns how long a call takes; the queue is empty, so N stays 8.
+    let (_, _, warm) = post(&target, chat_body("q"), &[]).await;
+    assert_eq!(warm["bestofn"]["n_sampled"], 8, "{warm}");
+    assert!(warm["bestofn"].get("degraded").is_none());
+    // A burst: later requests find the first one's calls queued.
+    let burst = (0..3).map(|i| {
+        let target = target.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(30 * i)).await;
+            post(&target, chat_body("q"), &[]).await
+        }
+    });
+    let answers = futures_util::future::join_all(burst).await;
+    let degraded: Vec<&Value> =
+        answers.iter().map(|(_, _, r)| &r["bestofn"]).filter(|b| b["degraded"] == true).collect();
+    assert!(!degraded.is_empty(), "{answers:?}");
+    for b in &degraded {
+        assert_eq!(b["n_requested"], 8);
+        let n = b["n_sampled"].as_u64().unwrap();
+        assert!((2..8).contains(&n), "halved, not below min_n: {b}");
+    }
+    // Drained: N comes back one halving per request (the hysteresis), not all at once.
+    let mut ns = Vec::new();
+    for _ in 0..4 {
+        let (_, _, r) = post(&target, chat_body("q"), &[]).await;
+        ns.push(r["bestofn"]["n_sampled"].as_u64().unwrap());
+    }
+    assert!(ns.windows(2).all(|w| w[0] <= w[1]), "recovers monotonically: {ns:?}");
+    assert_eq!(*ns.last().unwrap(), 8, "{ns:?}");
+    assert!(ns[0] < 8, "one request after the burst is still degraded: {ns:?}");
+    let text = client().get(proxy.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let counted: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"bestofn_degraded_requests_total{domain="general"} "#))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(counted as usize, degraded.len() + ns.iter().filter(|n| **n < 8).count(), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_the_queue_cannot_serve_by_its_deadline_gets_429_with_retry_after() {
+    let (url, _, _) = counting_upstream(Duration::from_millis(150)).await;
+    let proxy = Bestofn::start(&limited_config(&url, 1, "deadline_ms = 400"));
+    let target = proxy.url("/v1/chat/completions");
+    let (status, _, _) = post(&target, chat_body("warm up"), &[]).await;
+    assert_eq!(status, 200);
+    let first = tokio::spawn({
+        let target = target.clone();
+        async move { post(&target, chat_body("first"), &[]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let (status, headers, resp) = post(&target, chat_body("second"), &[]).await;
+    assert_eq!(status, 429, "{resp}");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(resp["error"]["type"], "rate_limit_error");
+    assert!(resp["error"]["message"].as_str().unwrap().contains("queue"), "{resp}");
+    assert_eq!(first.await.unwrap().0, 200);
+    let text = client().get(proxy.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#"kind="overloaded"} 1"#), "the metric says why: {text}");
+}

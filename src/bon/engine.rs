@@ -77,7 +77,12 @@ pub struct Engine {
     scorers: BTreeMap<String, Arc<dyn Scorer>>,
     policy: Policy,
     classifier: Arc<dyn DomainClassifier>,
+    /// Load-aware N: how many times N is currently halved.
+    degrade_level: std::sync::atomic::AtomicU32,
 }
+
+/// Halvings of N at most (N = 64 goes down to 1 in six).
+const MAX_DEGRADE_LEVEL: u32 = 6;
 
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
@@ -103,7 +108,13 @@ impl Engine {
 
     /// An engine over a sampler, the named scorers and a validated policy.
     pub fn new(sampler: Arc<dyn Sampler>, scorers: BTreeMap<String, Arc<dyn Scorer>>, policy: Policy) -> Self {
-        Engine { sampler, scorers, policy, classifier: Arc::new(RuleClassifier) }
+        Engine {
+            sampler,
+            scorers,
+            policy,
+            classifier: Arc::new(RuleClassifier),
+            degrade_level: std::sync::atomic::AtomicU32::new(0),
+        }
     }
 
     /// Resolves domain, N and scorer for a request; the classifier runs only when the request
@@ -113,7 +124,47 @@ impl Engine {
             Some(_) => None,
             None => Some(self.classifier.classify(last_user_message(conversation)).await),
         };
-        self.policy.plan(steering, client_n, classified.as_deref(), &self.scorers)
+        let mut plan = self.policy.plan(steering, client_n, classified.as_deref(), &self.scorers)?;
+        self.apply_load(&mut plan)?;
+        Ok(plan)
+    }
+
+    /// Load-aware N. With `degrade_at_queue` set, each planned request looks at the upstream's
+    /// expected queue wait: above the threshold N is halved once more (down to `min_n`); below
+    /// half of it, once less. The gap between the two is the hysteresis that keeps N from
+    /// flapping. A best-of-N request whose expected wait exceeds its deadline is refused with a
+    /// 429 before it samples anything.
+    fn apply_load(&self, plan: &mut Plan) -> Result<(), Error> {
+        use std::sync::atomic::Ordering;
+        if plan.n <= 1 {
+            return Ok(());
+        }
+        let Some(wait) = self.sampler.expected_queue_wait() else { return Ok(()) };
+        if let Some(deadline) = plan.deadline
+            && wait > deadline
+        {
+            return Err(Error::Overloaded(format!(
+                "the upstream queue is about {} ms long, beyond the {} ms deadline; retry shortly",
+                wait.as_millis(),
+                deadline.as_millis()
+            )));
+        }
+        let Some(threshold) = plan.degrade_at_queue else { return Ok(()) };
+        let level = if wait > threshold {
+            self.degrade_level
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| Some((l + 1).min(MAX_DEGRADE_LEVEL)))
+                .map_or(MAX_DEGRADE_LEVEL, |l| (l + 1).min(MAX_DEGRADE_LEVEL))
+        } else if wait < threshold / 2 {
+            self.degrade_level
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| Some(l.saturating_sub(1)))
+                .map_or(0, |l| l.saturating_sub(1))
+        } else {
+            self.degrade_level.load(Ordering::Relaxed)
+        };
+        if level > 0 {
+            plan.degrade_to((plan.n >> level).max(plan.min_n));
+        }
+        Ok(())
     }
 
     /// Forwards a request as it is, with the domain's defaults filled in (N = 1).

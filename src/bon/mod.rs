@@ -174,6 +174,10 @@ pub trait Sampler: Send + Sync {
         seed: Option<i64>,
         deadline: Option<std::time::Instant>,
     ) -> BoxFuture<'a, Result<Samples, Error>>;
+    /// How long a call queued now would wait for the upstream (`max_in_flight`), when known.
+    fn expected_queue_wait(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Whether candidates arrive one call at a time ([`Sampler::sample_each`]) rather than in
     /// one answer per wave.
     fn streams_each(&self) -> bool {

@@ -84,6 +84,12 @@ pub struct DomainRule {
     /// Adaptive agreement confidence in this domain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confidence: Option<f64>,
+    /// Load-aware N threshold in this domain, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degrade_at_queue_ms: Option<u64>,
+    /// Load-aware N floor in this domain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_n: Option<u32>,
 }
 
 /// The policy's adaptive-sampling defaults.
@@ -134,6 +140,10 @@ pub struct Policy {
     pub on_scorer_failure: ScorerFailurePolicy,
     /// Adaptive sampling defaults.
     pub adaptive: AdaptivePolicy,
+    /// Load-aware N: halve N while the expected upstream queue wait exceeds this.
+    pub degrade_at_queue: Option<std::time::Duration>,
+    /// Load-aware N floor.
+    pub min_n: u32,
 }
 
 /// What one request will do.
@@ -157,6 +167,29 @@ pub struct Plan {
     pub deadline: Option<std::time::Duration>,
     /// Adaptive sampling, when on for this request.
     pub adaptive: Option<AdaptiveSettings>,
+    /// N before load-aware degradation (the policy's, or the request's).
+    pub n_requested: u32,
+    /// N was lowered because the upstream queue is long.
+    pub degraded: bool,
+    /// Load-aware N threshold, when configured.
+    pub degrade_at_queue: Option<std::time::Duration>,
+    /// Load-aware N floor.
+    pub min_n: u32,
+}
+
+impl Plan {
+    /// Lowers N to `granted` under load (never below the client's `k` choices), keeping the
+    /// adaptive first wave within it.
+    pub fn degrade_to(&mut self, granted: u32) {
+        let granted = granted.max(self.k).max(1);
+        if granted < self.n {
+            self.n = granted;
+            self.degraded = true;
+            if let Some(a) = self.adaptive.as_mut() {
+                a.first_wave = a.first_wave.min(granted);
+            }
+        }
+    }
 }
 
 impl Plan {
@@ -236,6 +269,13 @@ impl Policy {
         });
         Ok(Plan {
             adaptive,
+            n_requested: n,
+            degraded: false,
+            degrade_at_queue: rule
+                .and_then(|r| r.degrade_at_queue_ms)
+                .map(std::time::Duration::from_millis)
+                .or(self.degrade_at_queue),
+            min_n: rule.and_then(|r| r.min_n).unwrap_or(self.min_n),
             n,
             k: client_n,
             scorer,
@@ -266,6 +306,8 @@ mod tests {
             min_candidates: 1,
             on_scorer_failure: ScorerFailurePolicy::Fail,
             adaptive: AdaptivePolicy::default(),
+            degrade_at_queue: None,
+            min_n: 1,
         }
     }
 

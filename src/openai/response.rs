@@ -30,6 +30,10 @@ pub fn bestofn_object(plan: &Plan, outcome: &Outcome) -> Value {
         }
         None => obj["n_sampled"] = json!(plan.n),
     }
+    if plan.degraded {
+        obj["n_requested"] = json!(plan.n_requested);
+        obj["degraded"] = json!(true);
+    }
     if let Some(e) = &outcome.scorer_error {
         obj["scorer_failed"] = json!(e);
     }

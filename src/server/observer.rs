@@ -37,6 +37,8 @@ struct RunFacts {
     scorer_failed: Option<String>,
     /// (candidates saved, stop reason) of an adaptive run.
     adaptive: Option<(u64, &'static str)>,
+    /// N was lowered under load.
+    degraded: bool,
 }
 
 /// Collects one request's metrics and records them once, on drop.
@@ -137,6 +139,7 @@ impl RequestObserver {
             }),
             scorer_failed: outcome.scorer_error.as_ref().map(|_| scorer),
             adaptive: outcome.adaptive.map(|a| (u64::from(plan.n.saturating_sub(a.n_sampled)), a.stop_reason.label())),
+            degraded: plan.degraded,
         });
     }
 
@@ -164,6 +167,9 @@ impl RequestObserver {
             m.candidates_requested.with_label_values(&[domain]).inc_by(run.requested);
             m.candidates_received.with_label_values(&[domain]).inc_by(run.received);
             m.candidates_failed.with_label_values(&[domain]).inc_by(run.failed);
+            if run.degraded {
+                m.degraded.with_label_values(&[domain]).inc();
+            }
             if let Some((saved, reason)) = run.adaptive {
                 m.candidates_saved.with_label_values(&[domain]).inc_by(saved);
                 m.adaptive_stops.with_label_values(&[domain, reason]).inc();

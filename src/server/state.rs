@@ -105,6 +105,7 @@ impl AppState {
         // Series that exist from the start, so dashboards show zeros rather than "no data".
         for domain in crate::bon::DOMAINS {
             metrics.candidates_saved.with_label_values(&[domain]);
+            metrics.degraded.with_label_values(&[domain]);
             for reason in ["accept_score", "agreement", "max_n", "deadline"] {
                 metrics.adaptive_stops.with_label_values(&[domain, reason]);
             }

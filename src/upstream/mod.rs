@@ -434,6 +434,10 @@ impl Sampler for Upstream {
         self.mode == SamplingMode::Parallel
     }
 
+    fn expected_queue_wait(&self) -> Option<std::time::Duration> {
+        self.backend.pool.expected_wait()
+    }
+
     fn sample_each<'a>(
         &'a self,
         api: Api,
