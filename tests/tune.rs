@@ -228,6 +228,12 @@ fn the_split_never_tunes_on_a_held_out_prompt() {
             "{domain}"
         );
         assert!(d["held_out"]["accuracy"].as_f64().is_some() && d["held_out"]["baseline"]["n1"].as_f64().is_some());
+        if d["n"] == 16 && d["adaptive"].is_null() {
+            assert_eq!(
+                d["held_out"]["accuracy"], d["held_out"]["baseline"]["max_n"],
+                "fixed N = 16 measured as N = 16: {d}"
+            );
+        }
     }
     // Too few prompts keep the global policy and say why.
     let (_, out, _) = bestofn(&[

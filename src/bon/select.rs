@@ -161,12 +161,19 @@ fn expected_with(keys: &[f64], values: &[f64], order: &[usize], ratio: impl Fn(u
 #[derive(Debug, Default)]
 pub struct RatioCache {
     table: Option<LogFactorials>,
+    /// The grid the cached rows are for.
+    ks: Vec<usize>,
     rows: std::collections::HashMap<usize, Vec<Vec<f64>>>,
 }
 
 impl RatioCache {
-    /// The ratio rows for `n` candidates over the grid `ks` (computed on first use).
+    /// The ratio rows for `n` candidates over the grid `ks` (computed on first use; a call with
+    /// another grid starts the cache afresh).
     pub fn rows(&mut self, n: usize, ks: &[usize]) -> &Vec<Vec<f64>> {
+        if self.ks != ks {
+            self.ks = ks.to_vec();
+            self.rows.clear();
+        }
         let table = self.table.get_or_insert_with(|| LogFactorials::new(n));
         table.ensure(n);
         let table = &*table;
@@ -264,6 +271,16 @@ mod tests {
         assert!((expected_at_k(&[1.0; 4], &[1.0, 0.0, 0.0, 0.5], 3, &t) - 0.375).abs() < 1e-12);
         assert_eq!(k_grid(16), vec![1, 2, 4, 8, 16]);
         assert_eq!(k_grid(12), vec![1, 2, 4, 8, 12]);
+    }
+
+    #[test]
+    fn the_ratio_cache_follows_the_grid() {
+        let mut cache = RatioCache::default();
+        let full = cache.rows(4, &[1, 2, 4]).clone();
+        let (mut order, mut out) = (Vec::new(), vec![0.0; 1]);
+        fill_curve(&[1.0, 2.0, 3.0, 4.0], &[0.0, 0.0, 0.0, 1.0], &[4], cache.rows(4, &[4]), &mut order, &mut out);
+        assert_eq!(out[0], 1.0, "k = 4 always picks the best, whatever grid was cached before");
+        assert_eq!(cache.rows(4, &[1, 2, 4]), &full);
     }
 
     #[test]
