@@ -282,3 +282,28 @@ async fn weighted_vote_prefers_the_answer_with_more_total_reward() {
     let (_, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
     assert!(resp["choices"][0]["message"]["content"].as_str().unwrap().contains("is 5"), "{resp}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_answer_is_sampled_adaptively_with_heartbeats() {
+    let inner = |s: i64| if s == 500 { "a plum".to_string() } else { "A Plum".to_string() };
+    let upstream = FakeServer::start(move |req: &Recorded| {
+        let seed = req.body.get("seed").and_then(Value::as_i64).unwrap_or(0);
+        Reply::Delayed(Duration::from_millis(120), Box::new(Reply::Json(200, chat_answer(&[inner(seed)], 2))))
+    })
+    .await;
+    let cfg = adaptive_config(&upstream.url(), "parallel", 8, "verify", "first_wave = 2\naccept_score = 1.0")
+        .replace("[upstream]", "[server]\nheartbeat_interval_ms = 40\n\n[upstream]");
+    let proxy = Bestofn::start(&cfg);
+    let mut body = lowercase_question(500);
+    body["stream"] = json!(true);
+    let (status, _, text) = post_raw(&proxy.url("/v1/chat/completions"), body).await;
+    assert_eq!(status, 200);
+    let items = parse_sse(&text);
+    assert!(items.iter().any(|i| *i == SseItem::Comment("keep-alive".into())), "heartbeats while the wave runs");
+    let chunks = data_events(&items);
+    let content: String =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect::<Vec<_>>().concat();
+    assert_eq!(content, "a plum");
+    let b = chunks.iter().find_map(|c| c.get("bestofn")).expect("the bestofn object in the final chunk");
+    assert_eq!((b["stop_reason"].as_str(), b["n_sampled"].as_u64()), (Some("accept_score"), Some(2)), "{b}");
+}
