@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::backend::{Secret, TransportConfig};
 use crate::bon::adaptive::AdaptiveSettings;
+use crate::bon::select::Selection;
 use crate::bon::{AdaptivePolicy, DOMAINS, DomainRule, MAX_N, Policy, ScorerFailurePolicy, check_n};
 use crate::record::RecorderConfig;
 use crate::remote::{InputFormat, JudgeConfig, JudgeMode, RewardApi, RewardHttpConfig};
@@ -188,6 +189,22 @@ struct RawAdaptive {
     confidence: Option<f64>,
 }
 
+/// How the winner is picked: `best` (argmax) or `soft` (a softmax draw).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawSelectionKind {
+    Best,
+    Soft,
+}
+
+/// The selection keys, declared once for `[policy]` and every `[domains.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelection {
+    selection: Option<RawSelectionKind>,
+    soft_temperature: Option<f64>,
+}
+
 /// The load-aware N keys, declared once for `[policy]` and every `[domains.NAME]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,6 +225,8 @@ struct RawPolicy {
     adaptive: RawAdaptive,
     #[serde(flatten)]
     load: RawLoad,
+    #[serde(flatten)]
+    select: RawSelection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +241,8 @@ struct RawDomain {
     adaptive: RawAdaptive,
     #[serde(flatten)]
     load: RawLoad,
+    #[serde(flatten)]
+    select: RawSelection,
 }
 
 /// The validated configuration, with every default filled in.
@@ -390,6 +411,9 @@ pub struct PolicyConfig {
     pub degrade_at_queue_ms: Option<u64>,
     /// Load-aware N: the fewest candidates N is halved to.
     pub min_n: u32,
+    /// How the winner is picked.
+    #[serde(flatten)]
+    pub selection: Selection,
 }
 
 /// Every default of the configuration, named once: the validator, the README's table and
@@ -441,6 +465,8 @@ pub mod defaults {
     pub const MIN_CANDIDATES: u32 = 1;
     /// `policy.min_n`: load-aware N may go down to a single candidate.
     pub const MIN_N: u32 = 1;
+    /// `policy.soft_temperature`.
+    pub const SOFT_TEMPERATURE: f64 = 1.0;
     /// `policy.adaptive`: fixed N unless asked.
     pub const ADAPTIVE: bool = false;
     /// `policy.first_wave` (at most n).
@@ -501,6 +527,7 @@ impl Config {
             },
             degrade_at_queue: self.policy.degrade_at_queue_ms.map(Duration::from_millis),
             min_n: self.policy.min_n,
+            selection: self.policy.selection,
         }
     }
 
@@ -784,6 +811,7 @@ impl Validator<'_> {
         let adaptive = self.adaptive("policy", &p.adaptive, p.n)?;
         let min_n = p.load.min_n.unwrap_or(defaults::MIN_N);
         self.load("policy", &p.load, p.n)?;
+        let selection = self.selection("policy", &p.select, Selection::Best)?;
         let policy = PolicyConfig {
             n: p.n,
             scorer: policy_scorer,
@@ -796,6 +824,7 @@ impl Validator<'_> {
             confidence: adaptive.confidence,
             degrade_at_queue_ms: p.load.degrade_at_queue_ms,
             min_n,
+            selection,
         };
 
         let mut domains = BTreeMap::new();
@@ -826,6 +855,9 @@ impl Validator<'_> {
                 .or_else(|| (rule.adaptive.adaptive == Some(true)).then_some(policy.first_wave.min(domain_n)));
             self.adaptive(&format!("domains.{name}"), &RawAdaptive { first_wave, ..rule.adaptive }, domain_n)?;
             self.load(&format!("domains.{name}"), &rule.load, domain_n)?;
+            let selection = (rule.select.selection.is_some() || rule.select.soft_temperature.is_some())
+                .then(|| self.selection(&format!("domains.{name}"), &rule.select, policy.selection))
+                .transpose()?;
             if rule.max_tokens == Some(0) || rule.deadline_ms == Some(0) {
                 return Err(
                     self.invalid(&format!("domains.{name}"), "max_tokens and deadline_ms must be greater than 0")
@@ -845,6 +877,7 @@ impl Validator<'_> {
                     confidence: rule.adaptive.confidence,
                     degrade_at_queue_ms: rule.load.degrade_at_queue_ms,
                     min_n: rule.load.min_n,
+                    selection,
                 },
             );
         }
@@ -904,6 +937,29 @@ impl Validator<'_> {
             }),
         };
         Ok(Config { server, upstream, scorers, policy, domains, recorder, score_cache, classifier })
+    }
+
+    /// The selection of `section`, falling back to `inherited` for what it leaves out.
+    fn selection(&self, section: &str, raw: &RawSelection, inherited: Selection) -> Result<Selection, ConfigError> {
+        let inherited_temperature = match inherited {
+            Selection::Soft { temperature } => temperature,
+            Selection::Best => defaults::SOFT_TEMPERATURE,
+        };
+        let temperature = raw.soft_temperature.unwrap_or(inherited_temperature);
+        if !(temperature > 0.0 && temperature.is_finite()) {
+            return Err(self.invalid(
+                &format!("{section}.soft_temperature"),
+                format!("must be greater than 0, got {temperature}"),
+            ));
+        }
+        Ok(match raw.selection {
+            Some(RawSelectionKind::Best) => Selection::Best,
+            Some(RawSelectionKind::Soft) => Selection::Soft { temperature },
+            None => match inherited {
+                Selection::Best => Selection::Best,
+                Selection::Soft { .. } => Selection::Soft { temperature },
+            },
+        })
     }
 
     /// Checks the load-aware N keys of `section` (whose N is `n`).

@@ -96,6 +96,8 @@ accept_score = 1.0
 confidence = 0.9
 degrade_at_queue_ms = 100
 min_n = 2
+selection = "soft"
+soft_temperature = 2.0
 
 [domains.math]
 n = 2
@@ -109,6 +111,8 @@ accept_score = 1.0
 confidence = 0.9
 degrade_at_queue_ms = 100
 min_n = 2
+selection = "soft"
+soft_temperature = 2.0
 
 [classifier]
 kind = "judge"

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::{
     Api, ByteStream, DomainClassifier, Plan, Policy, RuleClassifier, Sampler, Samples, ScorerFailurePolicy, Steering,
-    rank, score_candidates,
+    score_candidates, select::select,
 };
 use crate::error::{Error, Party};
 use futures_util::StreamExt;
@@ -235,7 +235,9 @@ impl Engine {
         };
         let scoring_ms = ms_since(scoring_started);
         let ranking = if !scores.is_empty() {
-            rank(&scores)
+            // A seeded request draws the same soft pick again.
+            let mut rng = seed.map_or_else(fastrand::Rng::new, |s| fastrand::Rng::with_seed(s as u64));
+            select(&scores, plan.selection, &mut rng)
         } else {
             let mut order: Vec<usize> = (0..samples.candidates.len()).collect();
             if scorer_error.is_some() && self.policy.on_scorer_failure == ScorerFailurePolicy::Random {

@@ -34,6 +34,18 @@ pub struct Steering {
     pub return_candidates: bool,
     /// Turn adaptive sampling on or off for this request.
     pub adaptive: Option<bool>,
+    /// How this request's winner is picked.
+    pub selection: Option<SteeringSelection>,
+}
+
+/// The selection a request may ask for (`bestofn.selection`); the temperature comes from the
+/// policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteeringSelection {
+    /// The highest score.
+    Best,
+    /// A softmax draw.
+    Soft,
 }
 
 /// One sampled completion.

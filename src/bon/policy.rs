@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::Steering;
 use super::adaptive::AdaptiveSettings;
+use super::select::Selection;
+use super::{Steering, SteeringSelection};
 use crate::error::Error;
 use crate::score::Scorer;
 
@@ -90,6 +91,9 @@ pub struct DomainRule {
     /// Load-aware N floor in this domain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_n: Option<u32>,
+    /// How this domain's winner is picked.
+    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    pub selection: Option<Selection>,
 }
 
 /// The policy's adaptive-sampling defaults.
@@ -144,6 +148,8 @@ pub struct Policy {
     pub degrade_at_queue: Option<std::time::Duration>,
     /// Load-aware N floor.
     pub min_n: u32,
+    /// How the winner is picked.
+    pub selection: Selection,
 }
 
 /// What one request will do.
@@ -175,6 +181,8 @@ pub struct Plan {
     pub degrade_at_queue: Option<std::time::Duration>,
     /// Load-aware N floor.
     pub min_n: u32,
+    /// How the winner is picked.
+    pub selection: Selection,
 }
 
 impl Plan {
@@ -276,6 +284,18 @@ impl Policy {
                 .map(std::time::Duration::from_millis)
                 .or(self.degrade_at_queue),
             min_n: rule.and_then(|r| r.min_n).unwrap_or(self.min_n),
+            selection: {
+                let configured = rule.and_then(|r| r.selection).unwrap_or(self.selection);
+                let temperature = match configured {
+                    Selection::Soft { temperature } => temperature,
+                    Selection::Best => 1.0,
+                };
+                match steering.selection {
+                    Some(SteeringSelection::Best) => Selection::Best,
+                    Some(SteeringSelection::Soft) => Selection::Soft { temperature },
+                    None => configured,
+                }
+            },
             n,
             k: client_n,
             scorer,
@@ -308,6 +328,7 @@ mod tests {
             adaptive: AdaptivePolicy::default(),
             degrade_at_queue: None,
             min_n: 1,
+            selection: Selection::Best,
         }
     }
 

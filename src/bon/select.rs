@@ -36,6 +36,103 @@ pub fn rank(scores: &[f64]) -> Vec<usize> {
     order
 }
 
+/// How the winner is picked from scored candidates.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "selection")]
+pub enum Selection {
+    /// The highest score (ties to the lower index).
+    Best,
+    /// Soft best-of-N: a draw with probability proportional to exp(z / temperature), z the
+    /// score standardised within the request (so the temperature means the same for any RM
+    /// scale). Resists reward over-optimisation when the scorer is weak.
+    Soft {
+        /// Softmax temperature (> 0); towards 0 it is `Best`.
+        #[serde(rename = "soft_temperature")]
+        temperature: f64,
+    },
+}
+
+/// The pick probabilities of soft selection: softmax of the standardised scores over
+/// `temperature` (uniform when the scores do not vary).
+pub fn soft_probabilities(scores: &[f64], temperature: f64) -> Vec<f64> {
+    let n = scores.len().max(1) as f64;
+    let mean = scores.iter().sum::<f64>() / n;
+    let sd = (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let z: Vec<f64> = scores.iter().map(|s| if sd > 0.0 { (s - mean) / sd } else { 0.0 }).collect();
+    let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exps: Vec<f64> = z.iter().map(|v| ((v - max) / temperature).exp()).collect();
+    let total: f64 = exps.iter().sum();
+    exps.iter().map(|e| e / total).collect()
+}
+
+/// Candidate indices ordered for the answer: under `Best` the ranking; under `Soft` the drawn
+/// winner first (from `rng`), then the rest by score.
+pub fn select(scores: &[f64], selection: Selection, rng: &mut fastrand::Rng) -> Vec<usize> {
+    let mut order = rank(scores);
+    if let Selection::Soft { temperature } = selection
+        && !scores.is_empty()
+    {
+        let p = soft_probabilities(scores, temperature);
+        let draw = rng.f64();
+        let mut acc = 0.0;
+        let winner = (0..p.len()).find(|&i| {
+            acc += p[i];
+            draw < acc
+        });
+        let winner = winner.unwrap_or(order[0]);
+        order.retain(|&i| i != winner);
+        order.insert(0, winner);
+    }
+    order
+}
+
+/// Expected label of the soft pick among a uniformly random k-subset: exact over every
+/// k-subset when there are at most `max_subsets` of them, else averaged over `max_subsets`
+/// seeded random subsets. Returns the value and its standard error (0 when exact).
+pub fn soft_expected_at_k(
+    keys: &[f64],
+    labels: &[f64],
+    k: usize,
+    temperature: f64,
+    max_subsets: usize,
+    rng: &mut fastrand::Rng,
+) -> (f64, f64) {
+    let n = keys.len();
+    if k == 0 || k > n {
+        return (f64::NAN, 0.0);
+    }
+    let value = |subset: &[usize]| {
+        let sub: Vec<f64> = subset.iter().map(|&i| keys[i]).collect();
+        soft_probabilities(&sub, temperature).iter().zip(subset).map(|(p, &i)| p * labels[i]).sum::<f64>()
+    };
+    let lf = LogFactorials::new(n);
+    let subsets = (lf.0[n] - lf.0[k] - lf.0[n - k]).exp().round();
+    if subsets <= max_subsets as f64 {
+        let (mut total, mut count) = (0.0, 0.0);
+        let mut subset: Vec<usize> = (0..k).collect();
+        loop {
+            total += value(&subset);
+            count += 1.0;
+            let Some(i) = (0..k).rev().find(|&i| subset[i] < n - k + i) else { break };
+            subset[i] += 1;
+            for j in i + 1..k {
+                subset[j] = subset[j - 1] + 1;
+            }
+        }
+        return (total / count, 0.0);
+    }
+    let mut values = Vec::with_capacity(max_subsets);
+    let mut all: Vec<usize> = (0..n).collect();
+    for _ in 0..max_subsets.max(2) {
+        rng.shuffle(&mut all);
+        values.push(value(&all[..k]));
+    }
+    let m = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / m;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (m - 1.0);
+    (mean, (var / m).sqrt())
+}
+
 /// 1, 2, 4, ... up to `max_n`, and `max_n` itself when it is not a power of two: the N grid of
 /// best-of-N curves.
 pub fn k_grid(max_n: usize) -> Vec<usize> {
@@ -78,7 +175,7 @@ pub fn ln_gamma(x: f64) -> f64 {
 
 /// `ln(n!)` for n in 0..=max, so binomial ratios never overflow or underflow.
 #[derive(Debug, Clone)]
-pub struct LogFactorials(Vec<f64>);
+pub struct LogFactorials(pub(crate) Vec<f64>);
 
 impl LogFactorials {
     /// The table up to `max`.
@@ -271,6 +368,59 @@ mod tests {
         assert!((expected_at_k(&[1.0; 4], &[1.0, 0.0, 0.0, 0.5], 3, &t) - 0.375).abs() < 1e-12);
         assert_eq!(k_grid(16), vec![1, 2, 4, 8, 16]);
         assert_eq!(k_grid(12), vec![1, 2, 4, 8, 12]);
+    }
+
+    #[test]
+    fn soft_selection_draws_by_the_softmax_and_turns_into_argmax_when_cold() {
+        let scores = [0.0, 1.0, 3.0, 2.0];
+        let p = soft_probabilities(&scores, 1.0);
+        let mut counts = [0usize; 4];
+        let trials = 20_000;
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..trials {
+            counts[select(&scores, Selection::Soft { temperature: 1.0 }, &mut rng)[0]] += 1;
+        }
+        for i in 0..4 {
+            let expected = p[i] * trials as f64;
+            let bound = 4.0 * (trials as f64 * p[i] * (1.0 - p[i])).sqrt();
+            assert!((counts[i] as f64 - expected).abs() <= bound, "{i}: {} vs {expected:.0}", counts[i]);
+        }
+        let cold = soft_probabilities(&scores, 1e-6);
+        assert!((cold[2] - 1.0).abs() < 1e-12, "T -> 0 is argmax: {cold:?}");
+        assert_eq!(select(&scores, Selection::Soft { temperature: 1e-6 }, &mut rng), rank(&scores));
+        assert_eq!(soft_probabilities(&[5.0, 5.0], 1.0), vec![0.5, 0.5]);
+        // A seeded draw is reproducible.
+        let a = select(&scores, Selection::Soft { temperature: 1.0 }, &mut fastrand::Rng::with_seed(3));
+        let b = select(&scores, Selection::Soft { temperature: 1.0 }, &mut fastrand::Rng::with_seed(3));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn the_exact_soft_estimator_equals_brute_force() {
+        let keys = [0.1, 0.9, 0.4, 0.7, 0.2];
+        let labels = [0.0, 1.0, 0.0, 1.0, 1.0];
+        let mut rng = fastrand::Rng::with_seed(1);
+        for k in 1..=5 {
+            // Brute force: every k-subset by bitmask, softmax of the standardised subset scores.
+            let (mut total, mut count) = (0.0, 0.0);
+            for mask in 0u32..32 {
+                if mask.count_ones() as usize != k {
+                    continue;
+                }
+                let members: Vec<usize> = (0..5).filter(|i| mask & (1 << i) != 0).collect();
+                let sub: Vec<f64> = members.iter().map(|&i| keys[i]).collect();
+                let p = soft_probabilities(&sub, 0.5);
+                total += members.iter().zip(&p).map(|(&i, p)| p * labels[i]).sum::<f64>();
+                count += 1.0;
+            }
+            let (exact, se) = soft_expected_at_k(&keys, &labels, k, 0.5, 1000, &mut rng);
+            assert!((exact - total / count).abs() < 1e-12 && se == 0.0, "k = {k}");
+            // The sampled estimate is within a few standard errors.
+            let (estimate, se) = soft_expected_at_k(&keys, &labels, k, 0.5, 1, &mut rng);
+            if k > 1 && k < 5 {
+                assert!(se >= 0.0 && (estimate - total / count).abs() <= 1.0, "k = {k}");
+            }
+        }
     }
 
     #[test]

@@ -239,6 +239,18 @@ fn parse_steering_field(field: Option<Value>) -> Result<Steering, Error> {
                 steering.return_candidates =
                     value.as_bool().ok_or_else(|| Error::invalid(&param, format!("'{param}' must be a boolean")))?;
             }
+            "selection" => {
+                steering.selection = Some(match value.as_str() {
+                    Some("best") => crate::bon::SteeringSelection::Best,
+                    Some("soft") => crate::bon::SteeringSelection::Soft,
+                    _ => {
+                        return Err(Error::invalid(
+                            &param,
+                            format!("'{param}' must be \"best\" or \"soft\", got {value}"),
+                        ));
+                    }
+                });
+            }
             "adaptive" => {
                 steering.adaptive = Some(
                     value.as_bool().ok_or_else(|| Error::invalid(&param, format!("'{param}' must be a boolean")))?,
@@ -247,7 +259,9 @@ fn parse_steering_field(field: Option<Value>) -> Result<Steering, Error> {
             _ => {
                 return Err(Error::invalid(
                     &param,
-                    format!("unknown field '{param}'; expected one of n, scorer, domain, return_candidates, adaptive"),
+                    format!(
+                        "unknown field '{param}'; expected one of n, scorer, domain, return_candidates, adaptive, selection"
+                    ),
                 ));
             }
         }

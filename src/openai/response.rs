@@ -30,6 +30,12 @@ pub fn bestofn_object(plan: &Plan, outcome: &Outcome) -> Value {
         }
         None => obj["n_sampled"] = json!(plan.n),
     }
+    if let crate::bon::select::Selection::Soft { temperature } = plan.selection
+        && !outcome.scores.is_empty()
+    {
+        obj["selection"] = json!("soft");
+        obj["soft_temperature"] = json!(temperature);
+    }
     if plan.degraded {
         obj["n_requested"] = json!(plan.n_requested);
         obj["degraded"] = json!(true);
