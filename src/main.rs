@@ -163,6 +163,12 @@ struct BonArgs {
     /// Config file holding the --label-with and --rescore scorers.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// How the reward curves pick: `best` (argmax) or `soft` (expected softmax pick).
+    #[arg(long, value_enum, default_value = "best")]
+    selection: SelectionArg,
+    /// Soft selection's temperature (> 0).
+    #[arg(long, default_value_t = 1.0)]
+    soft_temperature: f64,
     /// Report every series on the prompts that carry every reward (a like-for-like comparison);
     /// by default each reward's series covers the prompts that carry that reward.
     #[arg(long)]
@@ -216,6 +222,12 @@ struct CorrelateArgs {
     /// Where the scatter goes (.svg or .png).
     #[arg(long)]
     scatter_plot: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SelectionArg {
+    Best,
+    Soft,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -568,7 +580,7 @@ fn eval_tune(args: TuneArgs) -> anyhow::Result<()> {
 }
 
 fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
-    use bestofn::eval::bon::{bon_report, common_prompts, render_bon};
+    use bestofn::eval::bon::{common_prompts, render_bon};
     use bestofn::eval::samples::labelled_prompts;
 
     let rows = labelled_rows(&args.samples, args.config.as_deref())?;
@@ -586,7 +598,14 @@ fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
     if prompts.is_empty() {
         anyhow::bail!("{}: no labelled prompts", args.samples.samples.display());
     }
-    let mut report = bon_report(&prompts, args.stats.bootstrap, args.stats.seed);
+    if !(args.soft_temperature > 0.0 && args.soft_temperature.is_finite()) {
+        anyhow::bail!("--soft-temperature must be greater than 0, got {}", args.soft_temperature);
+    }
+    let selection = match args.selection {
+        SelectionArg::Best => bestofn::bon::select::Selection::Best,
+        SelectionArg::Soft => bestofn::bon::select::Selection::Soft { temperature: args.soft_temperature },
+    };
+    let mut report = bestofn::eval::bon::bon_report_with(&prompts, args.stats.bootstrap, args.stats.seed, selection);
     report.recorded_pick = bestofn::eval::bon::recorded_picks(
         &bestofn::eval::samples::recorded_pick_labels(&rows),
         args.stats.bootstrap,

@@ -438,3 +438,46 @@ fn rescoring_checks_the_recorded_response_format() {
     let got: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(got["domains"]["all"]["rewards"]["verify"]["bon"][1], 1.0);
 }
+
+#[test]
+fn soft_selection_curves_run_from_argmax_to_the_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("samples.jsonl");
+    // Distinct rewards: a cold softmax is the argmax.
+    let rows: Vec<Value> = samples()
+        .into_iter()
+        .map(|mut r| {
+            for (i, c) in r["candidates"].as_array_mut().unwrap().iter_mut().enumerate() {
+                let rm = c["rewards"]["rm"].as_f64().unwrap() + i as f64 * 1e-6;
+                c["rewards"] = json!({"rm": rm});
+            }
+            r
+        })
+        .collect();
+    std::fs::write(&path, rows.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
+    let p = path.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["eval", "bon", "--samples", p, "--format", "json", "--bootstrap", "0"];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = bestofn(&args);
+        assert!(ok, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let best = run(&[]);
+    let cold = run(&["--selection", "soft", "--soft-temperature", "0.000001"]);
+    let hot = run(&["--selection", "soft", "--soft-temperature", "1000"]);
+    assert_eq!(cold["selection"], "soft T=0.000001");
+    for k in 0..4 {
+        let b = best["domains"]["all"]["rewards"]["rm"]["bon"][k].as_f64().unwrap();
+        let c = cold["domains"]["all"]["rewards"]["rm"]["bon"][k].as_f64().unwrap();
+        let h = hot["domains"]["all"]["rewards"]["rm"]["bon"][k].as_f64().unwrap();
+        assert!((b - c).abs() < 1e-9, "k index {k}: T -> 0 is argmax ({b} vs {c})");
+        if k < 2 {
+            // Every prompt has at least 2 candidates: the same prompts as mean@1.
+            assert!((h - hot["domains"]["all"]["mean"].as_f64().unwrap()).abs() < 0.01, "T large: a uniform pick");
+        }
+    }
+    assert!(cold.get("max_standard_error").is_none(), "8 candidates: every subset enumerated");
+    let (ok, _, err) = bestofn(&["eval", "bon", "--samples", p, "--selection", "soft", "--soft-temperature", "0"]);
+    assert!(!ok && err.contains("--soft-temperature"), "{err}");
+}

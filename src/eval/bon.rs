@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::bon::select::{RatioCache, fill_curve, k_grid};
+use crate::bon::select::{RatioCache, Selection, fill_curve, k_grid, soft_expected_at_k};
 
 /// One prompt's candidates: a label in [0, 1] and the rewards of one or more scorers.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +67,19 @@ pub struct BonReport {
     /// over the labelled prompts whose record says which (`chosen`): online accuracy.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub recorded_pick: BTreeMap<String, RecordedPick>,
+    /// The selection rule behind the reward curves, when not argmax (e.g. `soft T=0.5`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection: Option<String>,
+    /// The largest standard error of a sampled (not enumerated) soft BoN@k value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_standard_error: Option<f64>,
+}
+
+fn selection_label(selection: Selection) -> Option<String> {
+    match selection {
+        Selection::Best => None,
+        Selection::Soft { temperature } => Some(format!("soft T={temperature}")),
+    }
 }
 
 /// Online accuracy of recorded traffic.
@@ -148,6 +161,16 @@ fn slot_mean(values: &[f64], members: &[usize], nk: usize, ki: usize) -> (Option
 /// Per-prompt values live in flat arrays (prompt-major, one slot per k) so that the aggregation
 /// is plain loops: this is the hot path of a million-prompt run.
 pub fn bon_report(prompts: &[Prompt], resamples: usize, seed: u64) -> BonReport {
+    bon_report_with(prompts, resamples, seed, Selection::Best)
+}
+
+/// Subsets enumerated per prompt and k before soft BoN@k is sampled instead.
+const SOFT_EXACT_SUBSETS: usize = 5_000;
+
+/// [`bon_report`] under a selection rule: `Best` exactly as there; `Soft` the expected label of
+/// the soft pick, exact over every k-subset where there are at most 5,000 of them, else a mean
+/// over 5,000 seeded subsets (the largest standard error is reported).
+pub fn bon_report_with(prompts: &[Prompt], resamples: usize, seed: u64, selection: Selection) -> BonReport {
     let max_n = prompts.iter().map(|p| p.labels.len()).max().unwrap_or(0);
     let ks = k_grid(max_n);
     let nk = ks.len();
@@ -163,13 +186,24 @@ pub fn bon_report(prompts: &[Prompt], resamples: usize, seed: u64) -> BonReport 
     let mut means = Vec::with_capacity(prompts.len());
     let mut cache = RatioCache::default();
     let mut order = Vec::new();
+    let mut soft_rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+    let mut soft_error: f64 = 0.0;
     for (i, p) in prompts.iter().enumerate() {
         let rows = cache.rows(p.labels.len(), &ks);
         let slots = i * nk..(i + 1) * nk;
         fill_curve(&p.labels, &p.labels, &ks, rows, &mut order, &mut oracle[slots.clone()]);
         for (r, name) in names.iter().enumerate() {
-            if let Some(keys) = p.rewards.get(name) {
-                fill_curve(keys, &p.labels, &ks, rows, &mut order, &mut bon[r][slots.clone()]);
+            let Some(keys) = p.rewards.get(name) else { continue };
+            match selection {
+                Selection::Best => fill_curve(keys, &p.labels, &ks, rows, &mut order, &mut bon[r][slots.clone()]),
+                Selection::Soft { temperature } => {
+                    for (ki, &k) in ks.iter().enumerate() {
+                        let (value, error) =
+                            soft_expected_at_k(keys, &p.labels, k, temperature, SOFT_EXACT_SUBSETS, &mut soft_rng);
+                        bon[r][i * nk + ki] = value;
+                        soft_error = soft_error.max(error);
+                    }
+                }
             }
         }
         means.push(p.labels.iter().sum::<f64>() / p.labels.len().max(1) as f64);
@@ -232,7 +266,13 @@ pub fn bon_report(prompts: &[Prompt], resamples: usize, seed: u64) -> BonReport 
         let mean = mean_of(&members.iter().map(|&i| means[i]).collect::<Vec<_>>());
         domains.insert(domain.to_string(), DomainCurves { prompts: prompts_per_k, mean, oracle: oracle_mean, rewards });
     }
-    BonReport { k: ks, domains, recorded_pick: BTreeMap::new() }
+    BonReport {
+        k: ks,
+        domains,
+        recorded_pick: BTreeMap::new(),
+        selection: selection_label(selection),
+        max_standard_error: (soft_error > 0.0).then_some(soft_error),
+    }
 }
 
 fn cell(v: Option<f64>) -> String {
