@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use crate::backend::{Secret, TransportConfig};
 use crate::bon::adaptive::AdaptiveSettings;
-use crate::bon::select::Selection;
-use crate::bon::{AdaptivePolicy, DOMAINS, DomainRule, MAX_N, Policy, ScorerFailurePolicy, check_n};
+use crate::bon::{
+    AdaptivePolicy, DOMAINS, DomainRule, MAX_N, Policy, ScorerFailurePolicy, SelectionSettings, SteeringSelection,
+    check_n,
+};
 use crate::record::RecorderConfig;
 use crate::remote::{InputFormat, JudgeConfig, JudgeMode, RewardApi, RewardHttpConfig};
 use crate::score::{ChatTemplate, Combine};
@@ -63,6 +65,18 @@ struct RawConfig {
     recorder: Option<RawRecorder>,
     score_cache: Option<RawScoreCache>,
     classifier: Option<RawClassifier>,
+    fuser: Option<RawFuser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFuser {
+    base_url: Option<String>,
+    model: Option<String>,
+    max_tokens: Option<u32>,
+    temperature: Option<f64>,
+    #[serde(flatten)]
+    transport: RawTransport,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,20 +203,14 @@ struct RawAdaptive {
     confidence: Option<f64>,
 }
 
-/// How the winner is picked: `best` (argmax) or `soft` (a softmax draw).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum RawSelectionKind {
-    Best,
-    Soft,
-}
-
 /// The selection keys, declared once for `[policy]` and every `[domains.NAME]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSelection {
-    selection: Option<RawSelectionKind>,
+    selection: Option<SteeringSelection>,
     soft_temperature: Option<f64>,
+    fuse_top: Option<u32>,
+    fuse_show_scores: Option<bool>,
 }
 
 /// The load-aware N keys, declared once for `[policy]` and every `[domains.NAME]`.
@@ -266,6 +274,26 @@ pub struct Config {
     pub score_cache: Option<ScoreCacheConfig>,
     /// How requests without an explicit domain are classified.
     pub classifier: ClassifierConfig,
+    /// The fuser of `selection = "fuse"`, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuser: Option<FuserConfig>,
+}
+
+/// `[fuser]`: the chat model that writes one answer from the best candidates.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FuserConfig {
+    /// Base URL (default: the first upstream base URL).
+    pub base_url: String,
+    /// The `model` sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// `max_tokens` of the fused answer.
+    pub max_tokens: u32,
+    /// Sampling temperature.
+    pub temperature: f64,
+    /// Credentials, time limit, retries, ejection.
+    #[serde(flatten)]
+    pub transport: TransportConfig,
 }
 
 /// `[classifier]`.
@@ -413,7 +441,7 @@ pub struct PolicyConfig {
     pub min_n: u32,
     /// How the winner is picked.
     #[serde(flatten)]
-    pub selection: Selection,
+    pub selection: SelectionSettings,
 }
 
 /// Every default of the configuration, named once: the validator, the README's table and
@@ -465,8 +493,15 @@ pub mod defaults {
     pub const MIN_CANDIDATES: u32 = 1;
     /// `policy.min_n`: load-aware N may go down to a single candidate.
     pub const MIN_N: u32 = 1;
-    /// `policy.soft_temperature`.
-    pub const SOFT_TEMPERATURE: f64 = 1.0;
+
+    /// `fuser.max_tokens`.
+    pub const FUSER_MAX_TOKENS: u64 = 1024;
+    /// `fuser.temperature`: close to deterministic, it edits rather than invents.
+    pub const FUSER_TEMPERATURE: f64 = 0.2;
+    /// `fuser.timeout_ms`: past it the best candidate is the answer.
+    pub const FUSER_TIMEOUT_MS: u64 = 30_000;
+    /// `fuser.max_retries`.
+    pub const FUSER_MAX_RETRIES: u32 = 0;
     /// `policy.adaptive`: fixed N unless asked.
     pub const ADAPTIVE: bool = false;
     /// `policy.first_wave` (at most n).
@@ -811,7 +846,7 @@ impl Validator<'_> {
         let adaptive = self.adaptive("policy", &p.adaptive, p.n)?;
         let min_n = p.load.min_n.unwrap_or(defaults::MIN_N);
         self.load("policy", &p.load, p.n)?;
-        let selection = self.selection("policy", &p.select, Selection::Best)?;
+        let selection = self.selection("policy", &p.select, SelectionSettings::default())?;
         let policy = PolicyConfig {
             n: p.n,
             scorer: policy_scorer,
@@ -855,9 +890,13 @@ impl Validator<'_> {
                 .or_else(|| (rule.adaptive.adaptive == Some(true)).then_some(policy.first_wave.min(domain_n)));
             self.adaptive(&format!("domains.{name}"), &RawAdaptive { first_wave, ..rule.adaptive }, domain_n)?;
             self.load(&format!("domains.{name}"), &rule.load, domain_n)?;
-            let selection = (rule.select.selection.is_some() || rule.select.soft_temperature.is_some())
-                .then(|| self.selection(&format!("domains.{name}"), &rule.select, policy.selection))
-                .transpose()?;
+            let s = &rule.select;
+            let selection = (s.selection.is_some()
+                || s.soft_temperature.is_some()
+                || s.fuse_top.is_some()
+                || s.fuse_show_scores.is_some())
+            .then(|| self.selection(&format!("domains.{name}"), s, policy.selection))
+            .transpose()?;
             if rule.max_tokens == Some(0) || rule.deadline_ms == Some(0) {
                 return Err(
                     self.invalid(&format!("domains.{name}"), "max_tokens and deadline_ms must be greater than 0")
@@ -936,30 +975,77 @@ impl Validator<'_> {
                 ttl_ms: self.positive("score_cache.ttl_ms", c.ttl_ms, defaults::SCORE_CACHE_TTL_MS)?,
             }),
         };
-        Ok(Config { server, upstream, scorers, policy, domains, recorder, score_cache, classifier })
+        let fuser = match raw.fuser {
+            None => None,
+            Some(f) => {
+                let base_url = match f.base_url {
+                    Some(u) => {
+                        check_url(&u).map_err(|m| self.invalid("fuser.base_url", m))?;
+                        u
+                    }
+                    None => upstream.base_urls[0].clone(),
+                };
+                let temperature = f.temperature.unwrap_or(defaults::FUSER_TEMPERATURE);
+                if !(0.0..=2.0).contains(&temperature) {
+                    return Err(
+                        self.invalid("fuser.temperature", format!("must be between 0 and 2, got {temperature}"))
+                    );
+                }
+                Some(FuserConfig {
+                    base_url,
+                    model: f.model,
+                    max_tokens: self.positive(
+                        "fuser.max_tokens",
+                        f.max_tokens.map(u64::from),
+                        defaults::FUSER_MAX_TOKENS,
+                    )? as u32,
+                    temperature,
+                    transport: self.transport(
+                        "fuser",
+                        f.transport,
+                        defaults::FUSER_TIMEOUT_MS,
+                        defaults::FUSER_MAX_RETRIES,
+                    )?,
+                })
+            }
+        };
+        if fuser.is_none() {
+            let fusing = std::iter::once(("policy".to_string(), policy.selection.selection))
+                .chain(domains.iter().filter_map(|(n, r)| r.selection.map(|s| (format!("domains.{n}"), s.selection))));
+            for (section, selection) in fusing {
+                if selection == SteeringSelection::Fuse {
+                    return Err(self.invalid(&format!("{section}.selection"), "\"fuse\" needs a [fuser] section"));
+                }
+            }
+        }
+        Ok(Config { server, upstream, scorers, policy, domains, recorder, score_cache, classifier, fuser })
     }
 
-    /// The selection of `section`, falling back to `inherited` for what it leaves out.
-    fn selection(&self, section: &str, raw: &RawSelection, inherited: Selection) -> Result<Selection, ConfigError> {
-        let inherited_temperature = match inherited {
-            Selection::Soft { temperature } => temperature,
-            Selection::Best => defaults::SOFT_TEMPERATURE,
+    /// The selection settings of `section`, falling back to `inherited` for what it leaves out.
+    fn selection(
+        &self,
+        section: &str,
+        raw: &RawSelection,
+        inherited: SelectionSettings,
+    ) -> Result<SelectionSettings, ConfigError> {
+        let settings = SelectionSettings {
+            selection: raw.selection.unwrap_or(inherited.selection),
+            soft_temperature: raw.soft_temperature.unwrap_or(inherited.soft_temperature),
+            fuse_top: raw.fuse_top.unwrap_or(inherited.fuse_top),
+            fuse_show_scores: raw.fuse_show_scores.unwrap_or(inherited.fuse_show_scores),
         };
-        let temperature = raw.soft_temperature.unwrap_or(inherited_temperature);
-        if !(temperature > 0.0 && temperature.is_finite()) {
-            return Err(self.invalid(
-                &format!("{section}.soft_temperature"),
-                format!("must be greater than 0, got {temperature}"),
-            ));
+        if !(settings.soft_temperature > 0.0 && settings.soft_temperature.is_finite()) {
+            let t = settings.soft_temperature;
+            return Err(
+                self.invalid(&format!("{section}.soft_temperature"), format!("must be greater than 0, got {t}"))
+            );
         }
-        Ok(match raw.selection {
-            Some(RawSelectionKind::Best) => Selection::Best,
-            Some(RawSelectionKind::Soft) => Selection::Soft { temperature },
-            None => match inherited {
-                Selection::Best => Selection::Best,
-                Selection::Soft { .. } => Selection::Soft { temperature },
-            },
-        })
+        if settings.fuse_top < 2 {
+            return Err(
+                self.invalid(&format!("{section}.fuse_top"), format!("must be at least 2, got {}", settings.fuse_top))
+            );
+        }
+        Ok(settings)
     }
 
     /// Checks the load-aware N keys of `section` (whose N is `n`).

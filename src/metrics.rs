@@ -58,6 +58,9 @@ pub struct Metrics {
     pub candidates_saved: IntCounterVec,
     /// `bestofn_degraded_requests_total{domain}`: requests given fewer candidates under load.
     pub degraded: IntCounterVec,
+    /// `bestofn_fuse_total{domain,outcome}`: fused answers that scored better or worse than the
+    /// best candidate, could not be scored, or failed.
+    pub fuse: IntCounterVec,
     /// `bestofn_adaptive_stops_total{domain,reason}`: why adaptive sampling stopped.
     pub adaptive_stops: IntCounterVec,
     /// `bestofn_endpoint_ejections_total{backend}`: endpoints taken out of rotation.
@@ -205,6 +208,12 @@ impl Metrics {
                 "bestofn_degraded_requests_total",
                 "Best-of-N requests given fewer candidates because the upstream queue was long",
                 &["domain"],
+            )?,
+            fuse: counter(
+                &r,
+                "bestofn_fuse_total",
+                "Mixture-of-N fusions by outcome against the best candidate",
+                &["domain", "outcome"],
             )?,
             adaptive_stops: counter(
                 &r,

@@ -98,6 +98,8 @@ degrade_at_queue_ms = 100
 min_n = 2
 selection = "soft"
 soft_temperature = 2.0
+fuse_top = 3
+fuse_show_scores = true
 
 [domains.math]
 n = 2
@@ -113,12 +115,28 @@ degrade_at_queue_ms = 100
 min_n = 2
 selection = "soft"
 soft_temperature = 2.0
+fuse_top = 3
+fuse_show_scores = true
 
 [classifier]
 kind = "judge"
 base_url = "http://127.0.0.1:8003/v1"
 model = "m"
 api_key_env = "C"
+timeout_ms = 1
+max_retries = 1
+retry_backoff_ms = 1
+retry_backoff_max_ms = 1
+eject_after_failures = 1
+eject_cooldown_ms = 1
+max_in_flight = 4
+
+[fuser]
+base_url = "http://127.0.0.1:8004/v1"
+model = "m"
+max_tokens = 1
+temperature = 0.5
+api_key_env = "F"
 timeout_ms = 1
 max_retries = 1
 retry_backoff_ms = 1
@@ -154,12 +172,14 @@ n = 2
 [score_cache]
 [classifier]
 kind = "judge"
+[fuser]
 [recorder]
 path = "x.jsonl"
 "#;
 
 /// Keys whose value the code derives from other keys, or that are output only.
-const NOT_A_DEFAULT: [&str; 6] = [
+const NOT_A_DEFAULT: [&str; 7] = [
+    "fuser.base_url",             // the fuser defaults to the upstream's first server
     "upstream.base_urls",         // from base_url
     "scorers.NAME.urls",          // from url
     "scorers.NAME.base_urls",     // a judge defaults to the upstream's servers

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use serde_json::json;
 
@@ -82,4 +84,96 @@ async fn bad_selection_values_are_named() {
         let (ok, _, err) = bestofn(&["check-config", path.to_str().unwrap()]);
         assert!(!ok && err.contains("bad.toml") && err.contains(needle), "{extra}: {err}");
     }
+}
+
+fn fuse_config(upstream: &FakeServer, rm: &FakeServer, fuser: &FakeServer, extra: &str) -> String {
+    config(upstream, rm, "n", 4)
+        .replace("scorer = \"vllm\"", "scorer = \"vllm\"\nselection = \"fuse\"\nfuse_top = 2\nfuse_show_scores = true")
+        + &format!("\n[fuser]\nbase_url = \"{}/v1\"\nmodel = \"fuser-model\"\ntimeout_ms = 300\n{extra}\n", fuser.url())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fuse_sends_the_top_candidates_in_score_order_and_answers_with_the_fusion() {
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let fuser = FakeServer::start(|_: &Recorded| {
+        Reply::Json(200, json!({"id": "f", "object": "chat.completion", "created": 1, "model": "fuser-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Fused answer q=5"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35}}))
+    })
+    .await;
+    let proxy = Bestofn::start(&fuse_config(&upstream, &rm, &fuser, ""));
+    let mut body = chat_body("q");
+    body["seed"] = json!(8);
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body.clone(), &[]).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["choices"][0]["message"]["content"], "Fused answer q=5");
+    let b = &resp["bestofn"];
+    assert_eq!((b["fused"].as_bool(), b["selection"].as_str()), (Some(true), Some("fuse")), "{b}");
+    let scores: Vec<f64> = b["scores"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).collect();
+    let mut by_score: Vec<usize> = (0..scores.len()).collect();
+    by_score.sort_by(|&a, &c| scores[c].total_cmp(&scores[a]));
+    assert_eq!(b["fused_from"], json!(by_score[..2]), "the top two, best first");
+    assert_eq!(b["fused_score"], 5.0, "scored by the request's pointwise scorer");
+    // The fuser saw the conversation and the top two candidates, best first, with scores.
+    let calls = fuser.requests_to("/v1/chat/completions");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].body["model"], "fuser-model");
+    let last = calls[0].body["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_string();
+    let texts: Vec<String> = by_score[..2].iter().map(|&i| candidate_text(8 + i as i64)).collect();
+    let (first, second) = (last.find(&texts[0]).unwrap(), last.find(&texts[1]).unwrap());
+    assert!(first < second && last.contains("score"), "{last}");
+    // Usage adds the fuser's tokens to the candidates'.
+    let generation = &b["usage"]["generation"];
+    assert_eq!(resp["usage"]["prompt_tokens"], generation["prompt_tokens"].as_u64().unwrap() + 30);
+    assert_eq!(resp["usage"]["completion_tokens"], generation["completion_tokens"].as_u64().unwrap() + 5);
+    assert_eq!(b["usage"]["fuser"], json!({"prompt_tokens": 30, "completion_tokens": 5}));
+    // Streamed, the fused text is the answer too.
+    body["stream"] = json!(true);
+    let (_, _, text) = post_raw(&proxy.url("/v1/chat/completions"), body).await;
+    let content: String = data_events(&parse_sse(&text))
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(content, "Fused answer q=5");
+    let metrics = client().get(proxy.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"bestofn_fuse_total{domain="general",outcome="better"} 2"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_or_hanging_fuser_falls_back_to_the_best_candidate_within_its_timeout() {
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let failing = FakeServer::start(|_: &Recorded| Reply::Json(500, json!({"error": {"message": "fuser down"}}))).await;
+    let hanging =
+        FakeServer::start(|_: &Recorded| Reply::Delayed(Duration::from_secs(5), Box::new(Reply::Json(200, json!({})))))
+            .await;
+    for (fuser, needle) in [(&failing, "fuser down"), (&hanging, "timed out")] {
+        let proxy = Bestofn::start(&fuse_config(&upstream, &rm, fuser, ""));
+        let started = std::time::Instant::now();
+        let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
+        assert_eq!(status, 200, "{resp}");
+        assert!(started.elapsed() < Duration::from_secs(3), "within the fuser's timeout, not its 5 s");
+        let b = &resp["bestofn"];
+        assert!(b["fuse_failed"].as_str().unwrap().contains(needle), "{b}");
+        assert!(b.get("fused").is_none());
+        let chosen = b["chosen"].as_u64().unwrap();
+        assert!(
+            resp["choices"][0]["message"]["content"].as_str().unwrap().contains("seed"),
+            "the best candidate: {chosen}"
+        );
+    }
+    // fuse without a [fuser] is a config error naming the key.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        config(&upstream, &rm, "n", 2).replace("scorer = \"vllm\"", "scorer = \"vllm\"\nselection = \"fuse\""),
+    )
+    .unwrap();
+    let (ok, _, err) = bestofn(&["check-config", path.to_str().unwrap()]);
+    assert!(!ok && err.contains("policy.selection") && err.contains("[fuser]"), "{err}");
+    std::fs::write(&path, fuse_config(&upstream, &rm, &failing, "").replace("fuse_top = 2", "fuse_top = 1")).unwrap();
+    let (ok, _, err) = bestofn(&["check-config", path.to_str().unwrap()]);
+    assert!(!ok && err.contains("policy.fuse_top"), "{err}");
 }

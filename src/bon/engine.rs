@@ -14,8 +14,9 @@ use super::{
 use crate::error::{Error, Party};
 use futures_util::StreamExt;
 
-use super::Arrival;
 use super::adaptive::{AdaptiveRun, AdaptiveSettings, StopReason};
+use super::select::Selection;
+use super::{Arrival, Fused, Fuser};
 use crate::score::{Message, ScoreInput, ScoreOutput, Scorer, ScorerUsage, final_answer, last_user_message};
 
 /// Where a request's time went.
@@ -46,6 +47,10 @@ pub struct Outcome {
     pub timings: Timings,
     /// What adaptive sampling did, when it was on.
     pub adaptive: Option<AdaptiveReport>,
+    /// The fused answer, when selection is `fuse` and the fuser answered.
+    pub fused: Option<Fused>,
+    /// Why fusing failed, when it was asked for: the best candidate is the answer then.
+    pub fuse_failed: Option<String>,
 }
 
 /// What adaptive sampling did for one request.
@@ -77,6 +82,7 @@ pub struct Engine {
     scorers: BTreeMap<String, Arc<dyn Scorer>>,
     policy: Policy,
     classifier: Arc<dyn DomainClassifier>,
+    fuser: Option<Arc<dyn Fuser>>,
     /// Load-aware N: how many times N is currently halved.
     degrade_level: std::sync::atomic::AtomicU32,
 }
@@ -89,6 +95,12 @@ fn ms_since(t: Instant) -> f64 {
 }
 
 impl Engine {
+    /// Adds the fuser that `selection = "fuse"` sends the top candidates to.
+    pub fn with_fuser(mut self, fuser: Arc<dyn Fuser>) -> Self {
+        self.fuser = Some(fuser);
+        self
+    }
+
     /// Replaces the rule-based domain classifier (with a judge LLM, say).
     pub fn with_classifier(mut self, classifier: Arc<dyn DomainClassifier>) -> Self {
         self.classifier = classifier;
@@ -113,6 +125,7 @@ impl Engine {
             scorers,
             policy,
             classifier: Arc::new(RuleClassifier),
+            fuser: None,
             degrade_level: std::sync::atomic::AtomicU32::new(0),
         }
     }
@@ -246,7 +259,15 @@ impl Engine {
             }
             order
         };
+        let (fused, fuse_failed) = match plan.selection {
+            Selection::Fuse { top, show_scores } if samples.candidates.len() > 1 => {
+                self.fuse(plan, conversation, response_format, &samples, &scores, &ranking, top, show_scores).await
+            }
+            _ => (None, None),
+        };
         Ok(Outcome {
+            fused,
+            fuse_failed,
             samples,
             scores,
             ranking,
@@ -255,6 +276,47 @@ impl Engine {
             timings: Timings { sampling_ms, scoring_ms, total_ms: ms_since(started) },
             adaptive,
         })
+    }
+
+    /// Mixture-of-N: the top candidates (with their scores when shown) go to the fuser; its
+    /// answer is scored like a candidate when the scorer is pointwise. A fuser failure is
+    /// reported, never fatal: the best candidate stays the answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn fuse(
+        &self,
+        plan: &Plan,
+        conversation: &[Message],
+        response_format: Option<&Value>,
+        samples: &Samples,
+        scores: &[f64],
+        ranking: &[usize],
+        top: u32,
+        show_scores: bool,
+    ) -> (Option<Fused>, Option<String>) {
+        let Some(fuser) = &self.fuser else { return (None, Some("no [fuser] is configured".into())) };
+        let from: Vec<usize> = ranking.iter().take(top as usize).copied().collect();
+        let shown: Vec<(String, Option<f64>)> = from
+            .iter()
+            .map(|&i| (samples.candidates[i].text.clone(), show_scores.then(|| scores.get(i).copied()).flatten()))
+            .collect();
+        match fuser.fuse(conversation, &shown).await {
+            Ok(mut fused) => {
+                fused.from = from;
+                if plan.scorer.scorer.pointwise() {
+                    let texts = [fused.text.clone()];
+                    let input = ScoreInput { conversation, candidates: &texts, response_format };
+                    fused.score = score_candidates(&*plan.scorer.scorer, input)
+                        .await
+                        .ok()
+                        .and_then(|o| o.scores.first().copied());
+                }
+                (Some(fused), None)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "fuser failed; answering with the best candidate");
+                (None, Some(e.to_string()))
+            }
+        }
     }
 
     /// Scores candidates `from..` of `samples` for the stopping rules; a scorer failure here only

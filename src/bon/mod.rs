@@ -14,7 +14,7 @@ pub use classify::classify;
 pub use engine::{Engine, Outcome, Timings};
 pub use policy::{
     AdaptivePolicy, DEFAULT_DOMAIN, DOMAINS, DomainRule, MAX_N, Plan, Policy, ResolvedScorer, ScorerFailurePolicy,
-    check_n,
+    SelectionSettings, check_n,
 };
 pub use select::{rank, score_candidates};
 
@@ -38,14 +38,17 @@ pub struct Steering {
     pub selection: Option<SteeringSelection>,
 }
 
-/// The selection a request may ask for (`bestofn.selection`); the temperature comes from the
-/// policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A selection rule by name (`best`, `soft`, `fuse`): what a request may ask for
+/// (`bestofn.selection`) and what config sets; parameters come from the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SteeringSelection {
     /// The highest score.
     Best,
     /// A softmax draw.
     Soft,
+    /// A fuser writes the answer from the top candidates.
+    Fuse,
 }
 
 /// One sampled completion.
@@ -214,6 +217,31 @@ pub trait Sampler: Send + Sync {
     /// Forwards a streaming request as it is and returns the upstream's bytes as they arrive.
     fn forward_stream<'a>(&'a self, api: Api, body: &'a Map<String, Value>)
     -> BoxFuture<'a, Result<ByteStream, Error>>;
+}
+
+/// What a fuser wrote.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Fused {
+    /// The fused answer.
+    pub text: String,
+    /// Candidate indices it was written from, best first.
+    pub from: Vec<usize>,
+    /// The fuser call's prompt tokens.
+    pub prompt_tokens: u64,
+    /// The fuser call's completion tokens.
+    pub completion_tokens: u64,
+    /// The fused answer's score by the request's scorer, when that scorer is pointwise.
+    pub score: Option<f64>,
+}
+
+/// Writes one answer from several candidates (mixture-of-N).
+pub trait Fuser: Send + Sync {
+    /// Fuses `candidates` (text and, when shown, score; best first) answering `conversation`.
+    fn fuse<'a>(
+        &'a self,
+        conversation: &'a [crate::score::Message],
+        candidates: &'a [(String, Option<f64>)],
+    ) -> BoxFuture<'a, Result<Fused, Error>>;
 }
 
 /// Decides a request's domain from its last user message.

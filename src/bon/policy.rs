@@ -93,7 +93,43 @@ pub struct DomainRule {
     pub min_n: Option<u32>,
     /// How this domain's winner is picked.
     #[serde(skip_serializing_if = "Option::is_none", flatten)]
-    pub selection: Option<Selection>,
+    pub selection: Option<SelectionSettings>,
+}
+
+/// A policy's or a domain's selection settings: the rule and each rule's parameters, so a
+/// request that picks another rule gets that rule's configured parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SelectionSettings {
+    /// The rule.
+    pub selection: SteeringSelection,
+    /// Soft selection's temperature.
+    pub soft_temperature: f64,
+    /// Candidates given to the fuser.
+    pub fuse_top: u32,
+    /// Show the fuser the candidates' scores.
+    pub fuse_show_scores: bool,
+}
+
+impl Default for SelectionSettings {
+    fn default() -> Self {
+        SelectionSettings {
+            selection: SteeringSelection::Best,
+            soft_temperature: 1.0,
+            fuse_top: 4,
+            fuse_show_scores: false,
+        }
+    }
+}
+
+impl SelectionSettings {
+    /// The selection of a request that asks for `kind` (or for nothing).
+    pub fn resolve(&self, kind: Option<SteeringSelection>) -> Selection {
+        match kind.unwrap_or(self.selection) {
+            SteeringSelection::Best => Selection::Best,
+            SteeringSelection::Soft => Selection::Soft { temperature: self.soft_temperature },
+            SteeringSelection::Fuse => Selection::Fuse { top: self.fuse_top, show_scores: self.fuse_show_scores },
+        }
+    }
 }
 
 /// The policy's adaptive-sampling defaults.
@@ -149,7 +185,7 @@ pub struct Policy {
     /// Load-aware N floor.
     pub min_n: u32,
     /// How the winner is picked.
-    pub selection: Selection,
+    pub selection: SelectionSettings,
 }
 
 /// What one request will do.
@@ -284,18 +320,7 @@ impl Policy {
                 .map(std::time::Duration::from_millis)
                 .or(self.degrade_at_queue),
             min_n: rule.and_then(|r| r.min_n).unwrap_or(self.min_n),
-            selection: {
-                let configured = rule.and_then(|r| r.selection).unwrap_or(self.selection);
-                let temperature = match configured {
-                    Selection::Soft { temperature } => temperature,
-                    Selection::Best => 1.0,
-                };
-                match steering.selection {
-                    Some(SteeringSelection::Best) => Selection::Best,
-                    Some(SteeringSelection::Soft) => Selection::Soft { temperature },
-                    None => configured,
-                }
-            },
+            selection: rule.and_then(|r| r.selection).unwrap_or(self.selection).resolve(steering.selection),
             n,
             k: client_n,
             scorer,
@@ -328,7 +353,7 @@ mod tests {
             adaptive: AdaptivePolicy::default(),
             degrade_at_queue: None,
             min_n: 1,
-            selection: Selection::Best,
+            selection: SelectionSettings::default(),
         }
     }
 

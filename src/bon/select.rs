@@ -50,6 +50,15 @@ pub enum Selection {
         #[serde(rename = "soft_temperature")]
         temperature: f64,
     },
+    /// Mixture-of-N: the `top` best candidates go to a fuser model that writes one answer.
+    Fuse {
+        /// Candidates given to the fuser, best first (at least 2).
+        #[serde(rename = "fuse_top")]
+        top: u32,
+        /// Show the fuser each candidate's score.
+        #[serde(rename = "fuse_show_scores")]
+        show_scores: bool,
+    },
 }
 
 /// The pick probabilities of soft selection: softmax of the standardised scores over

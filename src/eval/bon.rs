@@ -77,7 +77,8 @@ pub struct BonReport {
 
 fn selection_label(selection: Selection) -> Option<String> {
     match selection {
-        Selection::Best => None,
+        // Fusion writes new text: offline it has no label; the candidates' argmax stands in.
+        Selection::Best | Selection::Fuse { .. } => None,
         Selection::Soft { temperature } => Some(format!("soft T={temperature}")),
     }
 }
@@ -195,7 +196,9 @@ pub fn bon_report_with(prompts: &[Prompt], resamples: usize, seed: u64, selectio
         for (r, name) in names.iter().enumerate() {
             let Some(keys) = p.rewards.get(name) else { continue };
             match selection {
-                Selection::Best => fill_curve(keys, &p.labels, &ks, rows, &mut order, &mut bon[r][slots.clone()]),
+                Selection::Best | Selection::Fuse { .. } => {
+                    fill_curve(keys, &p.labels, &ks, rows, &mut order, &mut bon[r][slots.clone()])
+                }
                 Selection::Soft { temperature } => {
                     for (ki, &k) in ks.iter().enumerate() {
                         let (value, error) =

@@ -243,10 +243,11 @@ fn parse_steering_field(field: Option<Value>) -> Result<Steering, Error> {
                 steering.selection = Some(match value.as_str() {
                     Some("best") => crate::bon::SteeringSelection::Best,
                     Some("soft") => crate::bon::SteeringSelection::Soft,
+                    Some("fuse") => crate::bon::SteeringSelection::Fuse,
                     _ => {
                         return Err(Error::invalid(
                             &param,
-                            format!("'{param}' must be \"best\" or \"soft\", got {value}"),
+                            format!("'{param}' must be \"best\", \"soft\" or \"fuse\", got {value}"),
                         ));
                     }
                 });

@@ -30,6 +30,16 @@ pub fn bestofn_object(plan: &Plan, outcome: &Outcome) -> Value {
         }
         None => obj["n_sampled"] = json!(plan.n),
     }
+    if let Some(f) = &outcome.fused {
+        obj["selection"] = json!("fuse");
+        obj["fused"] = json!(true);
+        obj["fused_from"] = json!(f.from);
+        obj["fused_score"] = json!(f.score);
+        obj["usage"]["fuser"] = json!({"prompt_tokens": f.prompt_tokens, "completion_tokens": f.completion_tokens});
+    }
+    if let Some(e) = &outcome.fuse_failed {
+        obj["fuse_failed"] = json!(e);
+    }
     if let crate::bon::select::Selection::Soft { temperature } = plan.selection
         && !outcome.scores.is_empty()
     {
@@ -88,6 +98,23 @@ pub fn build_response(api: Api, plan: &Plan, outcome: &Outcome) -> Value {
         .map(|(position, &candidate)| {
             let mut choice = samples.candidates[candidate].choice.clone();
             choice.insert("index".into(), json!(position));
+            if position == 0
+                && let Some(f) = &outcome.fused
+            {
+                match api {
+                    Api::Chat => {
+                        if let Some(Value::Object(message)) = choice.get_mut("message") {
+                            message.insert("content".into(), json!(f.text));
+                            message.remove("tool_calls");
+                        }
+                    }
+                    Api::Completions => {
+                        choice.insert("text".into(), json!(f.text));
+                    }
+                }
+                choice.insert("finish_reason".into(), json!("stop"));
+                choice.remove("logprobs");
+            }
             Value::Object(choice)
         })
         .collect();
@@ -100,9 +127,13 @@ pub fn build_response(api: Api, plan: &Plan, outcome: &Outcome) -> Value {
 /// The OpenAI `usage` object of a best-of-N answer: every call's prompt, every candidate's tokens.
 pub fn usage_object(outcome: &Outcome) -> Value {
     let usage = &outcome.samples.usage;
+    let (fuser_prompt, fuser_completion) =
+        outcome.fused.as_ref().map_or((0, 0), |f| (f.prompt_tokens, f.completion_tokens));
+    let prompt = usage.prompt_tokens + fuser_prompt;
+    let completion = usage.completion_tokens + fuser_completion;
     json!({
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
     })
 }

@@ -107,10 +107,13 @@ impl StreamMeta {
         let chosen: Vec<usize> = outcome.ranking.iter().take(plan.k as usize).copied().collect();
         for (position, &candidate) in chosen.iter().enumerate() {
             let c = &outcome.samples.candidates[candidate];
-            for piece in pieces(&c.text) {
+            let fused = outcome.fused.as_ref().filter(|_| position == 0);
+            let text = fused.map_or(c.text.as_str(), |f| f.text.as_str());
+            for piece in pieces(text) {
                 events.push(event(&self.chunk(json!([self.choice_delta(position, json!({"content": piece}), None)]))));
             }
             if self.api == Api::Chat
+                && fused.is_none()
                 && let Some(Value::Array(calls)) = c.choice.get("message").and_then(|m| m.get("tool_calls"))
             {
                 let indexed: Vec<Value> = calls
@@ -128,7 +131,7 @@ impl StreamMeta {
                     None
                 )]))));
             }
-            let finish = c.finish_reason.as_deref().unwrap_or("stop");
+            let finish = if fused.is_some() { "stop" } else { c.finish_reason.as_deref().unwrap_or("stop") };
             let mut chunk = self.chunk(json!([self.choice_delta(position, json!({}), Some(finish))]));
             if position + 1 == chosen.len() {
                 chunk["bestofn"] = bestofn_object(plan, outcome);

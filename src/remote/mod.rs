@@ -2,10 +2,12 @@
 //! LLM judge, and the judge-LLM domain classifier. They implement the pure traits of `score`
 //! and `bon` over [`crate::backend::Backend`], so the domain logic never sees HTTP.
 
+mod fuser;
 mod judge;
 mod judge_classifier;
 mod reward_http;
 
+pub use fuser::{ChatFuser, FUSE_INSTRUCTIONS, candidates_turn};
 pub use judge::{JudgeConfig, JudgeMode, JudgeScorer, RATINGS_PROMPT, expected_rating, parse_rating};
 pub use judge_classifier::JudgeClassifier;
 pub use reward_http::{InputFormat, RewardApi, RewardHttpConfig, RewardHttpScorer};

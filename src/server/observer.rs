@@ -39,6 +39,8 @@ struct RunFacts {
     adaptive: Option<(u64, &'static str)>,
     /// N was lowered under load.
     degraded: bool,
+    /// better, worse, unscored or failed, when fusing was asked for.
+    fuse: Option<&'static str>,
 }
 
 /// Collects one request's metrics and records them once, on drop.
@@ -140,6 +142,15 @@ impl RequestObserver {
             scorer_failed: outcome.scorer_error.as_ref().map(|_| scorer),
             adaptive: outcome.adaptive.map(|a| (u64::from(plan.n.saturating_sub(a.n_sampled)), a.stop_reason.label())),
             degraded: plan.degraded,
+            fuse: match (&outcome.fused, &outcome.fuse_failed) {
+                (Some(f), _) => Some(match (f.score, outcome.chosen_score()) {
+                    (Some(fused), Some(best)) if fused > best => "better",
+                    (Some(_), Some(_)) => "worse",
+                    _ => "unscored",
+                }),
+                (None, Some(_)) => Some("failed"),
+                (None, None) => None,
+            },
         });
     }
 
@@ -167,6 +178,9 @@ impl RequestObserver {
             m.candidates_requested.with_label_values(&[domain]).inc_by(run.requested);
             m.candidates_received.with_label_values(&[domain]).inc_by(run.received);
             m.candidates_failed.with_label_values(&[domain]).inc_by(run.failed);
+            if let Some(outcome) = run.fuse {
+                m.fuse.with_label_values(&[domain, outcome]).inc();
+            }
             if run.degraded {
                 m.degraded.with_label_values(&[domain]).inc();
             }
