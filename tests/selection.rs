@@ -177,3 +177,76 @@ async fn a_failing_or_hanging_fuser_falls_back_to_the_best_candidate_within_its_
     let (ok, _, err) = bestofn(&["check-config", path.to_str().unwrap()]);
     assert!(!ok && err.contains("policy.fuse_top"), "{err}");
 }
+
+/// A judge that compares the `q=` of the two answers, or (biased) always prefers A.
+async fn pairwise_judge(biased: bool) -> FakeServer {
+    FakeServer::start(move |req: &Recorded| {
+        let user = req.body["messages"][1]["content"].as_str().unwrap_or("").to_string();
+        let part = |who: &str| {
+            let start = user.find(&format!("[The Start of Assistant {who}'s Answer]")).unwrap_or(0);
+            let end = user.find(&format!("[The End of Assistant {who}'s Answer]")).unwrap_or(user.len());
+            read_quality(&user[start..end])
+        };
+        let verdict = if biased || part("A") > part("B") { "[[A]]" } else { "[[B]]" };
+        Reply::Json(200, json!({"id": "j", "object": "chat.completion", "created": 1, "model": "judge",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("Reasons. {verdict}")}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 50, "completion_tokens": 3, "total_tokens": 53}}))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pairwise_tournament_asks_each_pair_both_ways_and_crowns_the_best() {
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let judge = pairwise_judge(false).await;
+    let cfg = config(&upstream, &rm, "n", 4)
+        + &format!(
+            "\n[scorers.pair]\nkind = \"judge\"\nbase_url = \"{}/v1\"\nmode = \"pairwise\"\nconcurrency = 3\n",
+            judge.url()
+        );
+    let proxy = Bestofn::start(&cfg);
+    // Round-robin for 4 (6 pairs, 12 calls); a knockout for 8 (4 + 2 + 1 matches, 14 calls).
+    for (n, calls) in [(4, 12), (8, 14)] {
+        judge.clear();
+        let mut body = chat_body("q");
+        body["seed"] = json!(20);
+        body["bestofn"] = json!({"scorer": "pair", "n": n});
+        let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
+        assert_eq!(status, 200, "{resp}");
+        assert_eq!(judge.requests_to("/v1/chat/completions").len(), calls, "n = {n}");
+        let b = &resp["bestofn"];
+        assert_eq!(b["usage"]["scorer"]["calls"], calls);
+        let best = (0..n).max_by(|&a, &c| quality(20 + a).total_cmp(&quality(20 + c))).unwrap();
+        assert_eq!(b["chosen"], best, "n = {n}: {b}");
+        assert_eq!(b["scores"][best as usize], 1.0, "the champion won every match it played");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pair_that_disagrees_with_itself_is_a_tie() {
+    use bestofn::remote::{Verdict, both_orders};
+    assert_eq!(both_orders(Verdict::First, Verdict::Second), Verdict::First);
+    assert_eq!(both_orders(Verdict::First, Verdict::First), Verdict::Tie, "A both times: position bias");
+    assert_eq!(both_orders(Verdict::Second, Verdict::Second), Verdict::Tie);
+    assert_eq!(both_orders(Verdict::Tie, Verdict::First), Verdict::Tie);
+    // A judge that always says A: every match is a tie, decided by wins so far, then the seeded
+    // coin; the same seed gives the same result.
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let judge = pairwise_judge(true).await;
+    let cfg = config(&upstream, &rm, "n", 2)
+        + &format!(
+            "\n[scorers.pair]\nkind = \"judge\"\nbase_url = \"{}/v1\"\nmode = \"pairwise\"\nseed = 5\n",
+            judge.url()
+        );
+    let proxy = Bestofn::start(&cfg);
+    let mut body = chat_body("q");
+    body["bestofn"] = json!({"scorer": "pair"});
+    let (_, _, first) = post(&proxy.url("/v1/chat/completions"), body.clone(), &[]).await;
+    let (_, _, second) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
+    let scores = first["bestofn"]["scores"].clone();
+    assert!(scores == json!([1.0, 0.0]) || scores == json!([0.0, 1.0]), "{scores}");
+    assert_eq!(second["bestofn"]["scores"], scores, "seeded");
+    assert_eq!(judge.requests_to("/v1/chat/completions").len(), 4, "one match, both orders, twice");
+}

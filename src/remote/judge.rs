@@ -30,6 +30,68 @@ pub enum JudgeMode {
     Rating,
     /// One call for all candidates; the pick scores 1, the rest 0.
     Ranking,
+    /// A tournament of pairwise comparisons, each asked twice with the order swapped:
+    /// round-robin for up to 4 candidates, a knockout beyond. Scores: wins, normalised.
+    Pairwise,
+}
+
+/// The pairwise judging instructions (MT-Bench's pairwise judge prompt, with a tie option).
+pub const PAIRWISE_SYSTEM: &str = "Please act as an impartial judge and evaluate the responses provided by two AI \
+assistants to the user question displayed below. Choose the assistant that follows the user's instructions and answers \
+the user's question better. Avoid any position biases and ensure that the order in which the responses were presented \
+does not influence your decision. Do not allow the length of the responses to influence your evaluation. Be as \
+objective as possible. After providing your explanation, output your final verdict by strictly following this format: \
+\"[[A]]\" if assistant A is better, \"[[B]]\" if assistant B is better, and \"[[C]]\" for a tie.";
+
+/// One comparison's result, from the first candidate's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The first candidate is better.
+    First,
+    /// The second candidate is better.
+    Second,
+    /// A tie, or the two orders disagree.
+    Tie,
+}
+
+/// The verdict of a pair asked in both orders: `ab` with the first candidate shown as A, `ba`
+/// with it shown as B. A pair that disagrees with itself is a tie.
+pub fn both_orders(ab: Verdict, ba: Verdict) -> Verdict {
+    match (ab, ba) {
+        (Verdict::First, Verdict::Second) => Verdict::First,
+        (Verdict::Second, Verdict::First) => Verdict::Second,
+        _ => Verdict::Tie,
+    }
+}
+
+/// Records a match: the winner by verdict; a tie to the candidate with more wins so far, then
+/// to a seeded coin. Returns the winner.
+fn decide(a: usize, b: usize, v: Verdict, wins: &mut [f64], rng: &mut fastrand::Rng) -> usize {
+    let winner = match v {
+        Verdict::First => a,
+        Verdict::Second => b,
+        Verdict::Tie if wins[a] > wins[b] => a,
+        Verdict::Tie if wins[b] > wins[a] => b,
+        Verdict::Tie => {
+            if rng.bool() {
+                a
+            } else {
+                b
+            }
+        }
+    };
+    wins[winner] += 1.0;
+    winner
+}
+
+/// The matches of a tournament over `n` candidates: every pair for n <= 4, else the first
+/// round of a knockout (later rounds depend on the winners).
+pub fn first_round(n: usize) -> Vec<(usize, usize)> {
+    if n <= 4 {
+        (0..n).flat_map(|a| (a + 1..n).map(move |b| (a, b))).collect()
+    } else {
+        (0..n / 2).map(|i| (2 * i, 2 * i + 1)).collect()
+    }
 }
 
 /// `[scorers.NAME]` with `kind = "judge"`.
@@ -150,6 +212,89 @@ impl JudgeScorer {
     }
 }
 
+impl JudgeScorer {
+    /// One order of one comparison: `a` shown as assistant A.
+    async fn compare_once(&self, prompt: &str, a: &str, b: &str) -> Result<(Verdict, Option<u64>), Error> {
+        let user = format!(
+            "[User Question]\n{prompt}\n\n[The Start of Assistant A's Answer]\n{a}\n[The End of Assistant A's Answer]\n\n\
+             [The Start of Assistant B's Answer]\n{b}\n[The End of Assistant B's Answer]"
+        );
+        let messages = [("system", PAIRWISE_SYSTEM), ("user", user.as_str())];
+        let reply = self.call(&messages, false).send(&self.backend).await.map_err(Error::into_gateway_failure)?;
+        let verdict = match (reply.text.rfind("[[A]]"), reply.text.rfind("[[B]]")) {
+            (Some(x), Some(y)) if x > y => Verdict::First,
+            (Some(_), Some(_)) => Verdict::Second,
+            (Some(_), None) => Verdict::First,
+            (None, Some(_)) => Verdict::Second,
+            (None, None) => Verdict::Tie,
+        };
+        Ok((verdict, reply.prompt_tokens))
+    }
+
+    /// Both orders of every match in `matches`, `concurrency` calls at a time.
+    async fn play(
+        &self,
+        prompt: &str,
+        candidates: &[String],
+        matches: &[(usize, usize)],
+        usage: &mut ScorerUsage,
+    ) -> Result<Vec<Verdict>, Error> {
+        let mut calls = Vec::with_capacity(matches.len() * 2);
+        for &(a, b) in matches {
+            calls.push(self.compare_once(prompt, &candidates[a], &candidates[b]));
+            calls.push(self.compare_once(prompt, &candidates[b], &candidates[a]));
+        }
+        let results: Vec<Result<(Verdict, Option<u64>), Error>> =
+            futures_util::stream::iter(calls).buffered(self.config.concurrency.max(1)).collect().await;
+        let mut verdicts = Vec::with_capacity(matches.len());
+        for pair in results.chunks(2) {
+            let (ab, t1) = pair[0].as_ref().map_err(Clone::clone)?;
+            let (ba, t2) = pair[1].as_ref().map_err(Clone::clone)?;
+            usage.calls += 2;
+            usage.prompt_tokens = usage.prompt_tokens.zip(*t1).zip(*t2).map(|((u, a), b)| u + a + b);
+            // Raw verdicts: in the swapped call the first candidate was shown as B.
+            verdicts.push(both_orders(*ab, *ba));
+        }
+        Ok(verdicts)
+    }
+
+    /// The tournament: round-robin for up to 4 candidates, else a knockout. A tie (or a pair
+    /// that disagrees with itself) goes to the candidate with more wins so far, then to a seeded
+    /// coin. Scores are wins over the most wins possible.
+    async fn tournament(&self, prompt: &str, candidates: &[String]) -> Result<ScoreOutput, Error> {
+        let n = candidates.len();
+        let mut wins = vec![0.0f64; n];
+        let mut usage = ScorerUsage { calls: 0, prompt_tokens: Some(0) };
+        if n < 2 {
+            return Ok(ScoreOutput { scores: wins, usage });
+        }
+        let mut rng = fastrand::Rng::with_seed(self.config.seed);
+        let rounds;
+        if n <= 4 {
+            let matches = first_round(n);
+            let verdicts = self.play(prompt, candidates, &matches, &mut usage).await?;
+            for (&(a, b), v) in matches.iter().zip(verdicts) {
+                decide(a, b, v, &mut wins, &mut rng);
+            }
+            rounds = (n - 1) as f64;
+        } else {
+            let mut alive: Vec<usize> = (0..n).collect();
+            let mut played = 0.0;
+            while alive.len() > 1 {
+                let matches: Vec<(usize, usize)> =
+                    alive.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0], c[1])).collect();
+                let bye = (alive.len() % 2 == 1).then(|| alive[alive.len() - 1]);
+                let verdicts = self.play(prompt, candidates, &matches, &mut usage).await?;
+                alive = matches.iter().zip(verdicts).map(|(&(a, b), v)| decide(a, b, v, &mut wins, &mut rng)).collect();
+                alive.extend(bye);
+                played += 1.0;
+            }
+            rounds = played;
+        }
+        Ok(ScoreOutput { scores: wins.iter().map(|w| w / rounds.max(1.0)).collect(), usage })
+    }
+}
+
 impl Scorer for JudgeScorer {
     fn name(&self) -> &str {
         &self.name
@@ -164,6 +309,9 @@ impl Scorer for JudgeScorer {
             let prompt = last_user_message(input.conversation);
             if self.config.mode == JudgeMode::Ranking {
                 return self.rank(prompt, input.candidates).await;
+            }
+            if self.config.mode == JudgeMode::Pairwise {
+                return self.tournament(prompt, input.candidates).await;
             }
             let calls: Vec<_> = input.candidates.iter().map(|c| self.rate(prompt, c.as_str())).collect();
             let results: Vec<Result<(f64, Option<u64>), Error>> =

@@ -8,7 +8,10 @@ mod judge_classifier;
 mod reward_http;
 
 pub use fuser::{ChatFuser, FUSE_INSTRUCTIONS, candidates_turn};
-pub use judge::{JudgeConfig, JudgeMode, JudgeScorer, RATINGS_PROMPT, expected_rating, parse_rating};
+pub use judge::{
+    JudgeConfig, JudgeMode, JudgeScorer, PAIRWISE_SYSTEM, RATINGS_PROMPT, Verdict, both_orders, expected_rating,
+    first_round, parse_rating,
+};
 pub use judge_classifier::JudgeClassifier;
 pub use reward_http::{InputFormat, RewardApi, RewardHttpConfig, RewardHttpScorer};
 
