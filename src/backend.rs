@@ -366,6 +366,18 @@ pub struct TransportConfig {
     pub max_in_flight: Option<usize>,
 }
 
+/// HTTP/2 to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Http2Mode {
+    /// HTTP/2 where TLS negotiates it (ALPN), HTTP/1.1 otherwise.
+    Auto,
+    /// HTTP/2 always, also in plain text (prior knowledge, e.g. an h2c gRPC-style server).
+    Always,
+    /// HTTP/1.1 only.
+    Never,
+}
+
 /// How a backend is called: its kind for errors, endpoints, credentials, time limit, retries.
 #[derive(Debug)]
 pub struct Backend {

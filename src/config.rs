@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use std::time::Duration;
 
-use crate::backend::{Secret, TransportConfig};
+use crate::backend::{Http2Mode, Secret, TransportConfig};
 use crate::bon::adaptive::AdaptiveSettings;
 use crate::bon::{
     AdaptivePolicy, DOMAINS, DomainRule, MAX_N, Policy, ScorerFailurePolicy, SelectionSettings, SteeringSelection,
@@ -147,6 +147,7 @@ struct RawUpstream {
     hedge: Option<u32>,
     models: Option<Vec<String>>,
     usage_counts: Option<UsageCounts>,
+    http2: Option<Http2Mode>,
     #[serde(flatten)]
     transport: RawTransport,
 }
@@ -358,6 +359,8 @@ pub struct UpstreamConfig {
     pub models: Option<Vec<String>>,
     /// How completion tokens of calls with several choices are counted.
     pub usage_counts: UsageCounts,
+    /// HTTP/2 to the upstream.
+    pub http2: Http2Mode,
     /// Credentials, time limit, retries, ejection.
     #[serde(flatten)]
     pub transport: TransportConfig,
@@ -660,6 +663,7 @@ impl Validator<'_> {
                 other => other,
             },
             usage_counts: up.usage_counts.unwrap_or(UsageCounts::Auto),
+            http2: up.http2.unwrap_or(Http2Mode::Auto),
             transport: self.transport(
                 "upstream",
                 up.transport,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::TransportConfig;
-use crate::backend::{Backend, EjectionPolicy, EndpointPool, RetryPolicy, Secret};
+use crate::backend::{Backend, EjectionPolicy, EndpointPool, Http2Mode, RetryPolicy, Secret};
 use crate::config::{ScoreCacheConfig, ScorerConfig};
 use crate::error::Party;
 use crate::metrics::Metrics;
@@ -30,8 +30,18 @@ pub fn secret_from_env(var: Option<&str>, owner: &str) -> Result<Option<Secret>,
 
 /// The one pooled, keep-alive HTTP client of a process.
 pub fn http_client() -> Result<reqwest::Client, StartupError> {
+    http_client_with(Http2Mode::Auto)
+}
+
+/// A pooled, keep-alive HTTP client speaking HTTP/2 as `mode` says.
+pub fn http_client_with(mode: Http2Mode) -> Result<reqwest::Client, StartupError> {
     crate::backend::install_crypto_provider();
-    reqwest::Client::builder()
+    let builder = match mode {
+        Http2Mode::Auto => reqwest::Client::builder(),
+        Http2Mode::Always => reqwest::Client::builder().http2_prior_knowledge(),
+        Http2Mode::Never => reqwest::Client::builder().http1_only(),
+    };
+    builder
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(512)
         .tcp_nodelay(true)

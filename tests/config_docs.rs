@@ -28,6 +28,7 @@ sampling = "n"
 hedge = 1
 models = ["m"]
 usage_counts = "trust"
+http2 = "never"
 api_key_env = "U"
 timeout_ms = 1
 max_retries = 1
@@ -270,7 +271,10 @@ fn toml_doc_lines(text: &str) -> Vec<(String, Option<toml::Value>, bool)> {
         }
         let Some((key, value)) = body.split_once('=') else { continue };
         let key = key.trim();
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_lowercase() || c == '_') || section.is_empty() {
+        if key.is_empty()
+            || !key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            || section.is_empty()
+        {
             continue;
         }
         out.push((format!("{section}.{key}"), parse_value(value), commented));

@@ -552,3 +552,25 @@ async fn usage_is_the_upstreams_unless_it_is_known_to_under_count() {
     assert_eq!(resp["usage"]["completion_tokens"], honest(3), "{resp}");
     assert!(resp["bestofn"]["usage"]["generation"].get("completion_tokens_recounted").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_to_an_h2_upstream_when_configured() {
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    for (mode, version) in
+        [("always", http::Version::HTTP_2), ("never", http::Version::HTTP_11), ("auto", http::Version::HTTP_11)]
+    {
+        upstream.clear();
+        let cfg = config(&upstream, &rm, "n", 2)
+            .replace("sampling = \"n\"", &format!("sampling = \"n\"\nhttp2 = \"{mode}\""));
+        let proxy = Bestofn::start(&cfg);
+        let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
+        assert_eq!(status, 200, "{mode}: {resp}");
+        let calls = upstream.requests_to("/v1/chat/completions");
+        assert!(
+            !calls.is_empty() && calls.iter().all(|c| c.version == version),
+            "{mode}: {:?}",
+            calls.iter().map(|c| c.version).collect::<Vec<_>>()
+        );
+    }
+}

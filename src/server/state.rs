@@ -69,8 +69,19 @@ impl AppState {
         let metrics = Arc::new(Metrics::new().map_err(|e| StartupError(format!("cannot register metrics: {e}")))?);
 
         let up = &config.upstream;
-        let upstream_backend =
-            backend(&client, Party::Upstream, "upstream".into(), &up.base_urls, &up.transport, Some(&metrics))?;
+        // The upstream gets its own client when its HTTP/2 mode is not the default.
+        let upstream_client = match up.http2 {
+            crate::backend::Http2Mode::Auto => client.clone(),
+            mode => crate::wiring::http_client_with(mode)?,
+        };
+        let upstream_backend = backend(
+            &upstream_client,
+            Party::Upstream,
+            "upstream".into(),
+            &up.base_urls,
+            &up.transport,
+            Some(&metrics),
+        )?;
         // llama.cpp serves /tokenize at the server root, beside /v1.
         let roots: Vec<String> =
             up.base_urls.iter().map(|u| u.trim_end_matches('/').trim_end_matches("/v1").to_string()).collect();

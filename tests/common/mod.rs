@@ -28,6 +28,7 @@ pub struct Recorded {
     pub headers: HeaderMap,
     pub body: Value,
     pub at: std::time::Instant,
+    pub version: http::Version,
 }
 
 /// What a fake server answers.
@@ -95,13 +96,14 @@ impl FakeServer {
                         let handler = handler.clone();
                         let recorded = recorded.clone();
                         async move {
+                            let version = req.version();
                             let method = req.method().to_string();
                             let path = req.uri().path().to_string();
                             let headers = req.headers().clone();
                             let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                             let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                             let at = std::time::Instant::now();
-                            let rec = Recorded { method, path, headers, body, at };
+                            let rec = Recorded { method, path, headers, body, at, version };
                             recorded.lock().unwrap().push(rec.clone());
                             Ok::<_, Infallible>(answer(handler(&rec)).await)
                         }
