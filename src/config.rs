@@ -172,6 +172,7 @@ enum RawScorer {
         base_urls: Option<Vec<String>>,
         model: Option<String>,
         mode: Option<JudgeMode>,
+        #[serde(alias = "max_concurrency")]
         concurrency: Option<usize>,
         seed: Option<u64>,
         max_tokens: Option<u32>,

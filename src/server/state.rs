@@ -133,6 +133,9 @@ impl AppState {
         for domain in crate::bon::DOMAINS {
             metrics.candidates_saved.with_label_values(&[domain]);
             metrics.degraded.with_label_values(&[domain]);
+            for outcome in ["better", "worse", "unscored", "failed"] {
+                metrics.fuse.with_label_values(&[domain, outcome]);
+            }
             for reason in ["accept_score", "agreement", "max_n", "deadline"] {
                 metrics.adaptive_stops.with_label_values(&[domain, reason]);
             }
