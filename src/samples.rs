@@ -71,6 +71,13 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
     }
 }
 
+impl CandidateRecord {
+    /// Completion tokens: the recorded count, else about four bytes a token (an estimate).
+    pub fn token_cost(&self) -> f64 {
+        self.completion_tokens.map_or_else(|| (self.text.len() as f64 / 4.0).ceil(), |t| t as f64)
+    }
+}
+
 impl SampleRecord {
     /// Parses and checks one line; the error names the field at fault.
     pub fn parse(line: &str) -> Result<SampleRecord, String> {

@@ -64,14 +64,7 @@ pub enum Selection {
 /// The pick probabilities of soft selection: softmax of the standardised scores over
 /// `temperature` (uniform when the scores do not vary).
 pub fn soft_probabilities(scores: &[f64], temperature: f64) -> Vec<f64> {
-    let n = scores.len().max(1) as f64;
-    let mean = scores.iter().sum::<f64>() / n;
-    let sd = (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n).sqrt();
-    let z: Vec<f64> = scores.iter().map(|s| if sd > 0.0 { (s - mean) / sd } else { 0.0 }).collect();
-    let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let exps: Vec<f64> = z.iter().map(|v| ((v - max) / temperature).exp()).collect();
-    let total: f64 = exps.iter().sum();
-    exps.iter().map(|e| e / total).collect()
+    crate::score::softmax(&crate::score::z_scores(scores), temperature)
 }
 
 /// Candidate indices ordered for the answer: under `Best` the ranking; under `Soft` the drawn

@@ -90,11 +90,7 @@ pub struct ReplayReport {
 
 /// Token cost of each candidate: the recorded per-candidate count, else about 4 bytes a token.
 fn token_costs(row: &RecordedRow) -> Vec<f64> {
-    row.record
-        .candidates
-        .iter()
-        .map(|c| c.completion_tokens.map_or_else(|| (c.text.len() as f64 / 4.0).ceil(), |t| t as f64))
-        .collect()
+    row.record.candidates.iter().map(|c| c.token_cost()).collect()
 }
 
 /// Where a replay's scores come from.

@@ -283,12 +283,7 @@ pub async fn tune(rows: &[RecordedRow], options: &TuneOptions) -> Result<TuneRep
         .iter()
         .filter_map(|row| {
             let labels = row.record.labels()?;
-            let costs = row
-                .record
-                .candidates
-                .iter()
-                .map(|c| c.completion_tokens.map_or_else(|| (c.text.len() as f64 / 4.0).ceil(), |t| t as f64))
-                .collect();
+            let costs = row.record.candidates.iter().map(|c| c.token_cost()).collect();
             Some(TunePrompt {
                 id: row.record.prompt_id.clone(),
                 domain: row.record.domain().to_string(),

@@ -33,7 +33,7 @@ pub struct EnsembleScorer {
 }
 
 /// Per-request z-scores; all zeros when the scores do not vary.
-fn z_scores(scores: &[f64]) -> Vec<f64> {
+pub fn z_scores(scores: &[f64]) -> Vec<f64> {
     let n = scores.len() as f64;
     let mean = scores.iter().sum::<f64>() / n;
     let sd = (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n).sqrt();

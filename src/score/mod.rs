@@ -15,7 +15,7 @@ use serde::Serialize;
 
 pub use cache::CachedScorer;
 pub use consensus::{ConsensusScorer, consensus_scores, final_answer, normalize_answer};
-pub use ensemble::{Combine, EnsembleScorer};
+pub use ensemble::{Combine, EnsembleScorer, z_scores};
 pub use template::ChatTemplate;
 pub use verify::{VerifyScorer, checks_for, conforms, parse_constraints, passes};
 pub use weighted_vote::{WeightedVoteScorer, softmax, weighted_votes};
