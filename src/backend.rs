@@ -406,7 +406,7 @@ pub struct JsonReply {
     pub latency: Duration,
 }
 
-pub use crate::bon::ByteStream;
+use crate::bon::ByteStream;
 
 enum Method<'a> {
     Get,

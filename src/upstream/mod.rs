@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::backend::Backend;
-use crate::backend::ByteStream;
-use crate::bon::{Api, Arrival, ArrivalStream, Candidate, Sampler, Samples};
+
+use crate::bon::{Api, Arrival, ArrivalStream, ByteStream, Candidate, Sampler, Samples};
 use crate::error::Error;
 use crate::openai::choice_text;
 use crate::score::BoxFuture;
