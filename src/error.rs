@@ -138,6 +138,14 @@ impl Error {
         self
     }
 
+    /// This error with a boxed `cause` as its source.
+    pub fn caused_by_boxed(mut self, cause: Box<dyn std::error::Error + Send + Sync + 'static>) -> Self {
+        if let Error::BadGateway { source, .. } = &mut self {
+            *source = Some(Arc::from(cause));
+        }
+        self
+    }
+
     /// This failure marked worth another attempt, after at least `after` when the backend said so.
     pub fn retryable_after(mut self, after: Option<Duration>) -> Self {
         if let Error::BadGateway { retryable, retry_after, .. } = &mut self {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::TransportConfig;
-use crate::backend::{Backend, EjectionPolicy, EndpointPool, Http2Mode, RetryPolicy, Secret};
+use crate::backend::{Backend, EjectionPolicy, EndpointPool, Http2Mode, HttpClient, RetryPolicy, Secret};
 use crate::config::{ScoreCacheConfig, ScorerConfig};
 use crate::error::Party;
 use crate::metrics::Metrics;
@@ -29,32 +29,18 @@ pub fn secret_from_env(var: Option<&str>, owner: &str) -> Result<Option<Secret>,
 }
 
 /// The one pooled, keep-alive HTTP client of a process.
-pub fn http_client() -> Result<reqwest::Client, StartupError> {
+pub fn http_client() -> Result<HttpClient, StartupError> {
     http_client_with(Http2Mode::Auto)
 }
 
 /// A pooled, keep-alive HTTP client speaking HTTP/2 as `mode` says.
-pub fn http_client_with(mode: Http2Mode) -> Result<reqwest::Client, StartupError> {
-    crate::backend::install_crypto_provider();
-    let builder = match mode {
-        Http2Mode::Auto => reqwest::Client::builder(),
-        Http2Mode::Always => reqwest::Client::builder().http2_prior_knowledge(),
-        Http2Mode::Never => reqwest::Client::builder().http1_only(),
-    };
-    builder
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(512)
-        .tcp_nodelay(true)
-        // Backends are called at configured URLs; a redirect is a misconfiguration to surface,
-        // not to follow (a POST must not silently become a GET elsewhere).
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| StartupError(format!("cannot build the HTTP client: {e}")))
+pub fn http_client_with(mode: Http2Mode) -> Result<HttpClient, StartupError> {
+    HttpClient::new(mode).map_err(|e| StartupError(format!("cannot build the HTTP client: {e}")))
 }
 
 /// A backend over `urls` with the transport settings of its config section.
 pub fn backend(
-    client: &reqwest::Client,
+    client: &HttpClient,
     party: Party,
     name: String,
     urls: &[String],
@@ -111,7 +97,7 @@ pub struct ServerSetup<'a> {
 }
 
 fn build_with(
-    client: &reqwest::Client,
+    client: &HttpClient,
     name: &str,
     config: &ScorerConfig,
     built: &BTreeMap<String, Arc<dyn Scorer>>,
@@ -167,7 +153,7 @@ fn build_with(
 /// Every configured scorer, by name: plain scorers first (pointwise ones behind the score cache
 /// when one is configured), then ensembles and weighted votes over them.
 pub fn build_scorers(
-    client: &reqwest::Client,
+    client: &HttpClient,
     configs: &BTreeMap<String, ScorerConfig>,
     setup: Option<ServerSetup<'_>>,
 ) -> Result<BTreeMap<String, Arc<dyn Scorer>>, StartupError> {

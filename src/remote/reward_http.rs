@@ -275,7 +275,7 @@ mod tests {
             },
             backend: Backend {
                 party: crate::error::Party::Scorer,
-                client: reqwest::Client::new(),
+                client: crate::backend::HttpClient::new(crate::backend::Http2Mode::Auto).unwrap(),
                 name: "scorer rm".into(),
                 pool: EndpointPool::new(
                     &["http://127.0.0.1:9".to_string()],

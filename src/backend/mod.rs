@@ -11,6 +11,10 @@ use serde_json::Value;
 use crate::error::{Error, Party};
 use crate::openai::normalize_error_body;
 
+mod client;
+
+pub use client::{HttpClient, WireClock};
+
 /// Installs ring as the process's TLS crypto provider. reqwest is built without a bundled
 /// provider (see Cargo.toml) to keep clean builds lean; this must run before a client is built.
 pub fn install_crypto_provider() {
@@ -25,7 +29,11 @@ tokio::task_local! {
 }
 
 fn record_span(started: Instant) {
-    let _ = CALL_SPANS.try_with(|spans| spans.borrow_mut().push((started, Instant::now())));
+    record_interval(started, Instant::now());
+}
+
+fn record_interval(from: Instant, to: Instant) {
+    let _ = CALL_SPANS.try_with(|spans| spans.borrow_mut().push((from, to)));
 }
 
 /// A credential that never shows in `Debug` output, logs or errors.
@@ -86,10 +94,10 @@ pub struct EjectionPolicy {
 #[derive(Debug)]
 struct Endpoint {
     url: String,
-    /// Parsed URLs of the paths called under this endpoint: a backend calls only a handful of
+    /// Parsed URIs of the paths called under this endpoint: a backend calls only a handful of
     /// paths, so bestofn parses each once instead of on every call (URL parsing was 6.2% of the
-    /// proxy's CPU at N=16 parallel sampling; 5.2% remains, reqwest's own Url/Uri conversions).
-    parsed: std::sync::RwLock<Vec<(String, reqwest::Url)>>,
+    /// proxy's CPU at N=16 parallel sampling).
+    parsed: std::sync::RwLock<Vec<(String, http::Uri)>>,
     in_flight: AtomicUsize,
     consecutive_failures: AtomicU32,
     /// Milliseconds since the pool's epoch until which the endpoint is out; 0 when in.
@@ -274,8 +282,8 @@ impl EndpointPool {
         self
     }
 
-    /// The URL of `path` under endpoint `index`, parsed once.
-    fn url(&self, index: usize, path: &str) -> Result<reqwest::Url, String> {
+    /// The URI of `path` under endpoint `index`, parsed once.
+    fn url(&self, index: usize, path: &str) -> Result<http::Uri, String> {
         let endpoint = &self.endpoints[index];
         if let Ok(cache) = endpoint.parsed.read()
             && let Some((_, url)) = cache.iter().find(|(p, _)| p == path)
@@ -283,7 +291,7 @@ impl EndpointPool {
             return Ok(url.clone());
         }
         let text = format!("{}{path}", endpoint.url);
-        let url = reqwest::Url::parse(&text).map_err(|e| format!("invalid URL {text}: {e}"))?;
+        let url = text.parse::<http::Uri>().map_err(|e| format!("invalid URL {text}: {e}"))?;
         if let Ok(mut cache) = endpoint.parsed.write()
             && !cache.iter().any(|(p, _)| p == path)
         {
@@ -381,8 +389,8 @@ pub enum Http2Mode {
 /// How a backend is called: its kind for errors, endpoints, credentials, time limit, retries.
 #[derive(Debug)]
 pub struct Backend {
-    /// A connection-pooling, keep-alive client shared by all calls.
-    pub client: reqwest::Client,
+    /// The connection-pooling, keep-alive clients shared by all calls.
+    pub client: HttpClient,
     /// What the backend is, for errors and logs: `upstream`, `scorer rm`.
     pub name: String,
     /// Which kind of backend it is, for the error metric.
@@ -408,6 +416,26 @@ pub struct JsonReply {
 
 use crate::bon::ByteStream;
 
+/// An attempt that got a 2xx head: the answer, when the attempt started (after any queueing),
+/// the deadline for its body, the endpoint that answered and its slot.
+struct Sent<'a> {
+    reply: client::Reply,
+    started: Instant,
+    deadline: tokio::time::Instant,
+    endpoint: &'a str,
+    slot: Slot,
+}
+
+impl Sent<'_> {
+    /// The span to count as the upstream's while only the head is in: from the request's first
+    /// byte on the wire (or the attempt's start) on.
+    fn call_span(&self) -> (Instant, Instant) {
+        let clock = client::wire_clock(&self.reply).and_then(|c| c.span());
+        clock.filter(|(from, _)| *from >= self.started).unwrap_or((self.started, Instant::now()))
+    }
+}
+
+#[derive(Clone, Copy)]
 enum Method<'a> {
     Get,
     Post(&'a Bytes),
@@ -439,14 +467,16 @@ impl Backend {
     pub async fn post_stream(&self, path: &str, body: &(impl serde::Serialize + ?Sized)) -> Result<ByteStream, Error> {
         use futures_util::StreamExt;
         let bytes = to_json_bytes(body)?;
-        let (response, started, endpoint, slot) = self.send(path, Method::Post(&bytes), false).await?;
-        record_span(started);
-        let name = self.endpoint_name(endpoint);
+        let sent = self.send(path, Method::Post(&bytes)).await?;
+        record_interval(sent.call_span().0, Instant::now());
+        let name = self.endpoint_name(sent.endpoint);
         let party = self.party;
+        let slot = sent.slot;
         // The slot is held until the stream ends or is dropped.
-        Ok(Box::pin(response.bytes_stream().map(move |chunk| {
+        let stream = http_body_util::BodyDataStream::new(sent.reply.into_body());
+        Ok(Box::pin(stream.map(move |chunk| {
             let _held = &slot;
-            chunk.map_err(|e| Error::bad_gateway(party, name.clone(), "stream broke off").caused_by(e))
+            chunk.map_err(|e| Error::bad_gateway(party, name.clone(), "stream broke off").caused_by_boxed(e))
         })))
     }
 
@@ -455,68 +485,63 @@ impl Backend {
     }
 
     async fn call_json(&self, path: &str, method: Method<'_>) -> Result<JsonReply, Error> {
-        let (response, started, endpoint, _slot) = self.send(path, method, true).await?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| {
-            let name = self.endpoint_name(endpoint);
-            if e.is_timeout() {
-                self.timed_out(&name)
-            } else {
-                Error::bad_gateway(self.party, name, "response body broke off").caused_by(e)
+        use http_body_util::BodyExt;
+        let sent = self.send(path, method).await?;
+        let status = sent.reply.status();
+        let clock = client::wire_clock(&sent.reply).cloned();
+        // The attempt's time limit covers the body too.
+        let body = match tokio::time::timeout_at(sent.deadline, sent.reply.into_body().collect()).await {
+            Ok(Ok(body)) => body.to_bytes(),
+            Ok(Err(e)) => {
+                return Err(Error::bad_gateway(
+                    self.party,
+                    self.endpoint_name(sent.endpoint),
+                    "response body broke off",
+                )
+                .caused_by_boxed(e));
             }
-        })?;
+            Err(_) => return Err(self.timed_out(&self.endpoint_name(sent.endpoint))),
+        };
+        let (from, to) = clock
+            .and_then(|c| c.span())
+            .filter(|(from, _)| *from >= sent.started)
+            .unwrap_or((sent.started, Instant::now()));
+        record_interval(from, to);
         let body = serde_json::from_slice(&body).map_err(|e| {
             Error::bad_gateway(
                 self.party,
-                self.endpoint_name(endpoint),
+                self.endpoint_name(sent.endpoint),
                 format!("answered HTTP {status} with a body that is not JSON"),
             )
             .caused_by(e)
         })?;
-        record_span(started);
-        Ok(JsonReply { body, latency: started.elapsed() })
+        Ok(JsonReply { body, latency: sent.started.elapsed() })
     }
 
-    /// Sends until a 2xx arrives or the retries run out. With `whole_body`, the timeout covers
-    /// the body too; otherwise only the headers. Returns the response, when the successful
-    /// attempt started, and the endpoint that answered.
-    async fn send(
-        &self,
-        path: &str,
-        method: Method<'_>,
-        whole_body: bool,
-    ) -> Result<(reqwest::Response, Instant, &str, Slot), Error> {
+    /// Sends until a 2xx arrives or the retries run out; each attempt has `timeout` for its
+    /// head, and the returned deadline bounds reading the body. Time spent queued for a slot is
+    /// recorded as a span of its own (waiting on the upstream, not proxy overhead).
+    async fn send(&self, path: &str, method: Method<'_>) -> Result<Sent<'_>, Error> {
         let mut attempt = 0;
         loop {
             let endpoint = self.pool.pick();
             let base = self.pool.endpoints[endpoint.index].url.as_str();
-            // Queue wait counts as the call's time, not the proxy's own (the overhead metric);
-            // a request deadline that passes while queued drops this future and its place.
-            let started = Instant::now();
+            let queued = Instant::now();
             let slot = self.pool.admit(endpoint.index).await;
-            let url = self
+            let started = Instant::now();
+            if slot._permit.is_some() {
+                record_interval(queued, started);
+            }
+            let uri = self
                 .pool
                 .url(endpoint.index, path)
                 .map_err(|message| Error::bad_gateway(self.party, self.endpoint_name(base), message))?;
-            let mut request = match method {
-                Method::Get => self.client.get(url),
-                Method::Post(bytes) => {
-                    self.client.post(url).header("content-type", "application/json").body(bytes.clone())
-                }
-            };
-            if whole_body {
-                request = request.timeout(self.timeout);
-            }
-            if let Some(key) = &self.api_key {
-                request = request.bearer_auth(key.expose());
-            }
-            let outcome = if whole_body {
-                self.attempt(request, base).await
-            } else {
-                match tokio::time::timeout(self.timeout, self.attempt(request, base)).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(self.timed_out(&self.endpoint_name(base))),
-                }
+            let direct = self.client.is_direct(&uri);
+            let request = self.request(uri, method).map_err(|message| Error::Internal(message.to_string()))?;
+            let deadline = tokio::time::Instant::from_std(started) + self.timeout;
+            let outcome = match tokio::time::timeout_at(deadline, self.attempt(request, direct, base)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(self.timed_out(&self.endpoint_name(base))),
             };
             // A 4xx is the request's fault, not the endpoint's.
             let healthy = match &outcome {
@@ -529,7 +554,7 @@ impl Backend {
             }
             drop(endpoint);
             match outcome {
-                Ok(response) => return Ok((response, started, base, slot)),
+                Ok(reply) => return Ok(Sent { reply, started, deadline, endpoint: base, slot }),
                 Err(error) if !error.is_retryable() || attempt >= self.retry.max_retries => return Err(error),
                 Err(error) => {
                     drop(slot);
@@ -542,13 +567,29 @@ impl Backend {
         }
     }
 
+    /// The request of one attempt: method, URI, JSON content type, credentials.
+    fn request(&self, uri: http::Uri, method: Method<'_>) -> Result<http::Request<Bytes>, http::Error> {
+        let builder = http::Request::builder().uri(uri);
+        let builder = match &self.api_key {
+            Some(key) => builder.header(http::header::AUTHORIZATION, format!("Bearer {}", key.expose())),
+            None => builder,
+        };
+        match method {
+            Method::Get => builder.method(http::Method::GET).body(Bytes::new()),
+            Method::Post(bytes) => builder
+                .method(http::Method::POST)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(bytes.clone()),
+        }
+    }
+
     /// One attempt at endpoint `base`; errors name the endpoint (built only when one happens).
-    async fn attempt(&self, request: reqwest::RequestBuilder, base: &str) -> Result<reqwest::Response, Error> {
+    async fn attempt(&self, request: http::Request<Bytes>, direct: bool, base: &str) -> Result<client::Reply, Error> {
+        use http_body_util::BodyExt;
         let bad_gateway = |message: String| Error::bad_gateway(self.party, self.endpoint_name(base), message);
-        let response = match request.send().await {
+        let response = match self.client.send(request, direct).await {
             Ok(r) => r,
-            Err(e) if e.is_timeout() => return Err(self.timed_out(&self.endpoint_name(base))),
-            Err(e) => return Err(bad_gateway("cannot reach it".into()).caused_by(e).retryable_after(None)),
+            Err(e) => return Err(bad_gateway("cannot reach it".into()).caused_by_boxed(e).retryable_after(None)),
         };
         let status = response.status();
         if status.is_success() {
@@ -560,7 +601,7 @@ impl Backend {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response.bytes().await.unwrap_or_default();
+        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let normalized = normalize_error_body(&body);
         if status.as_u16() == 429 || status.is_server_error() {
             return Err(
@@ -600,8 +641,8 @@ mod tests {
             EjectionPolicy { after_failures: 2, cooldown: Duration::from_secs(60) },
         );
         for _ in 0..2 {
-            assert_eq!(p.url(0, "/chat/completions").unwrap().as_str(), "http://10.0.0.1:8000/v1/chat/completions");
-            assert_eq!(p.url(0, "/models").unwrap().as_str(), "http://10.0.0.1:8000/v1/models");
+            assert_eq!(p.url(0, "/chat/completions").unwrap().to_string(), "http://10.0.0.1:8000/v1/chat/completions");
+            assert_eq!(p.url(0, "/models").unwrap().to_string(), "http://10.0.0.1:8000/v1/models");
         }
         assert_eq!(p.endpoints[0].parsed.read().unwrap().len(), 2, "one cache entry per path");
         assert!(p.url(1, "/models").unwrap_err().contains("http://[bad/models"));
