@@ -44,7 +44,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -76,6 +76,14 @@ struct Settings {
     concurrent: usize,
     hold_ms: f64,
     hold_seconds: f64,
+    brief_ms: f64,
+    max_in_flight: usize,
+    limited_slots: usize,
+    limited_ms: u64,
+    overload_rate: f64,
+    overload_seconds: f64,
+    overload_n: u32,
+    overload_deadline_ms: u64,
     sections: String,
     filter: Option<String>,
     log: String,
@@ -97,7 +105,15 @@ impl Settings {
             concurrent: env_or("BESTOFN_LOAD_CONCURRENT", 1000),
             hold_ms: env_or("BESTOFN_LOAD_HOLD_MS", 2000.0),
             hold_seconds: env_or("BESTOFN_LOAD_HOLD_SECONDS", 8.0),
-            sections: env_or("BESTOFN_LOAD_SECTIONS", "1234".to_string()),
+            brief_ms: env_or("BESTOFN_LOAD_BRIEF_MS", 50.0),
+            max_in_flight: env_or("BESTOFN_LOAD_MAX_IN_FLIGHT", 256),
+            limited_slots: env_or("BESTOFN_LOAD_LIMITED_SLOTS", 10),
+            limited_ms: env_or("BESTOFN_LOAD_LIMITED_MS", 100),
+            overload_rate: env_or("BESTOFN_LOAD_OVERLOAD_RATE", 2000.0),
+            overload_seconds: env_or("BESTOFN_LOAD_OVERLOAD_SECONDS", 5.0),
+            overload_n: env_or("BESTOFN_LOAD_OVERLOAD_N", 8),
+            overload_deadline_ms: env_or("BESTOFN_LOAD_OVERLOAD_DEADLINE_MS", 1000),
+            sections: env_or("BESTOFN_LOAD_SECTIONS", "1234567".to_string()),
             filter: std::env::var("BESTOFN_LOAD_FILTER").ok().filter(|f| !f.is_empty()),
             log: env_or("BESTOFN_LOAD_LOG", "info".to_string()),
             threads: env_or("BESTOFN_LOAD_THREADS", 1),
@@ -218,11 +234,44 @@ fn answers() -> &'static Answers {
 }
 
 /// The upstream's delays: `/lognormal/v1` for tail latency, `/held/v1` (same shape, a longer
-/// median) to hold many requests open at a rate the machine can serve.
+/// median) to hold many requests open at a rate the machine can serve, `/brief/v1` (a short
+/// median) to keep many calls in flight with a bounded proxy, `/limited/v1` a server of fixed
+/// capacity (`limited_slots` calls at a time, each taking `limited_ms`; the rest wait in its
+/// queue, as vLLM's scheduler would hold them).
 #[derive(Clone, Copy)]
 struct Delays {
     lognormal: LogNormal,
     held: LogNormal,
+    brief: LogNormal,
+    limited_slots: usize,
+    limited_ms: u64,
+}
+
+/// Upstream calls the stub is serving now and the most it served at once since the last reset:
+/// the stub's own count, to check bestofn's `max_in_flight` from the other side.
+static STUB_CALLS: AtomicUsize = AtomicUsize::new(0);
+static STUB_CALLS_MAX: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one upstream call while it is served.
+struct StubCall;
+
+impl StubCall {
+    fn start() -> StubCall {
+        let now = STUB_CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+        STUB_CALLS_MAX.fetch_max(now, Ordering::Relaxed);
+        StubCall
+    }
+}
+
+impl Drop for StubCall {
+    fn drop(&mut self) {
+        STUB_CALLS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn limited_server(slots: usize) -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| tokio::sync::Semaphore::new(slots))
 }
 
 async fn stub_answer(path: &str, body: &[u8], delays: Delays) -> hyper::Response<Full<Bytes>> {
@@ -230,10 +279,16 @@ async fn stub_answer(path: &str, body: &[u8], delays: Delays) -> hyper::Response
         let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         (Bytes::from(serde_json::to_vec(&rm_json(&value)).unwrap()), "application/json")
     } else {
+        let _counted = StubCall::start();
         if path.starts_with("/lognormal/") {
             tokio::time::sleep(delays.lognormal.sample()).await;
         } else if path.starts_with("/held/") {
             tokio::time::sleep(delays.held.sample()).await;
+        } else if path.starts_with("/brief/") {
+            tokio::time::sleep(delays.brief.sample()).await;
+        } else if path.starts_with("/limited/") {
+            let _slot = limited_server(delays.limited_slots).acquire().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(delays.limited_ms)).await;
         }
         let request: StubRequest =
             serde_json::from_slice(body).unwrap_or(StubRequest { n: None, stream: None, stream_options: None });
@@ -301,14 +356,27 @@ impl Drop for Proxy {
 
 impl Proxy {
     fn start(stub: SocketAddr, route: &str, sampling: &str, hedge: u32, log_filter: &str) -> Proxy {
+        Proxy::start_with(&format!("http://{stub}/{route}/v1"), stub, sampling, hedge, log_filter, "", "")
+    }
+
+    /// A bestofn in front of `upstream` (a base URL), with extra `[upstream]` and `[policy]` lines.
+    fn start_with(
+        upstream: &str,
+        stub: SocketAddr,
+        sampling: &str,
+        hedge: u32,
+        log_filter: &str,
+        upstream_extra: &str,
+        policy_extra: &str,
+    ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("bestofn.toml");
         std::fs::write(
             &config,
             format!(
-                "[server]\nmax_concurrent_requests = 8192\n\n[upstream]\nbase_url = \"http://{stub}/{route}/v1\"\nsampling = \"{sampling}\"\nhedge = {hedge}\ntimeout_ms = 30000\n\n\
+                "[server]\nmax_concurrent_requests = 8192\n\n[upstream]\nbase_url = \"{upstream}\"\nsampling = \"{sampling}\"\nhedge = {hedge}\ntimeout_ms = 30000\n{upstream_extra}\n\n\
                  [scorers.rm]\nkind = \"reward_http\"\napi = \"vllm_classify\"\nurl = \"http://{stub}/classify\"\nmodel = \"rm\"\n\n\
-                 [policy]\nn = 1\nscorer = \"rm\"\n"
+                 [policy]\nn = 1\nscorer = \"rm\"\n{policy_extra}\n"
             ),
         )
         .unwrap();
@@ -472,25 +540,26 @@ async fn send_client_side(client: &HttpClient, target: &Target, bon: &ClientSide
     (scored["data"].as_array()?.len() == bon.n as usize).then(|| started.elapsed())
 }
 
-/// Latency to the last body byte, or None for a failed request (transport error, non-2xx
-/// status, or a stream that did not end with `[DONE]`).
-async fn send(client: &HttpClient, target: &Target) -> Option<Duration> {
+/// Latency to the last body byte, or the HTTP status of a failed request (0: a transport error
+/// or a stream that did not end with `[DONE]`).
+async fn send(client: &HttpClient, target: &Target) -> Result<Duration, u16> {
     if let Some(bon) = &target.client_side {
-        return send_client_side(client, target, bon).await;
+        return send_client_side(client, target, bon).await.ok_or(0);
     }
     let started = Instant::now();
     let request = hyper::Request::post(target.uri.clone())
         .header("content-type", "application/json")
         .body(Full::new(target.body.clone()))
         .unwrap();
-    let response = client.request(request).await.ok()?;
+    let response = client.request(request).await.map_err(|_| 0u16)?;
+    let status = response.status().as_u16();
     let ok = response.status().is_success();
     let streamed =
         response.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let mut body = response.into_body();
     let mut tail = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.ok()?;
+        let frame = frame.map_err(|_| 0u16)?;
         if let Some(data) = frame.data_ref()
             && streamed
         {
@@ -501,24 +570,33 @@ async fn send(client: &HttpClient, target: &Target) -> Option<Duration> {
     }
     let total = started.elapsed();
     let complete = !streamed || tail.windows(6).any(|w| w == b"[DONE]");
-    (ok && complete).then_some(total)
+    match (ok, complete) {
+        (true, true) => Ok(total),
+        (true, false) => Err(0),
+        (false, _) => Err(status),
+    }
 }
 
 #[derive(Default)]
 struct Recorded {
     latencies: Vec<Duration>,
     errors: usize,
+    /// Failed requests by HTTP status (0: transport error or a broken stream).
+    failures: std::collections::BTreeMap<u16, usize>,
     elapsed: Duration,
     /// Open loop: the largest delay between a scheduled send and the actual one.
     max_lag: Duration,
 }
 
 impl Recorded {
-    fn merge(&mut self, results: Vec<Option<Duration>>) {
+    fn merge(&mut self, results: Vec<Result<Duration, u16>>) {
         for r in results {
             match r {
-                Some(latency) => self.latencies.push(latency),
-                None => self.errors += 1,
+                Ok(latency) => self.latencies.push(latency),
+                Err(status) => {
+                    self.errors += 1;
+                    *self.failures.entry(status).or_default() += 1;
+                }
             }
         }
     }
@@ -994,6 +1072,283 @@ async fn section_memory(s: &Settings, client: &HttpClient, p: &Proxies) -> Vec<(
     out
 }
 
+// ----------------------------------------------------------------------------------------------
+// nginx, the anchor for a pass-through proxy
+
+/// An nginx process (Debian's package) with a config written for it; stopped on drop.
+struct Nginx {
+    addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Nginx {
+    /// nginx with `server` as its one server block (listening on the port it is given), or None
+    /// when nginx is not installed.
+    fn start(workers: &str, server: impl Fn(u16) -> String) -> Option<Nginx> {
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())?;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let port = free_port();
+        let config = format!(
+            "worker_processes {workers};\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 8192; }}\n\
+             http {{\n access_log off;\n keepalive_requests 1000000;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{}\n}}\n",
+            server(port)
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new(binary)
+            .args(["-p"])
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                eprintln!(
+                    "nginx did not start: {}",
+                    std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+                );
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Nginx { addr, child, _dir: dir })
+    }
+
+    /// nginx answering every request with the stub's one-choice chat completion.
+    fn origin() -> Option<Nginx> {
+        let answer = String::from_utf8(answers().json_by_n[1].to_vec()).unwrap();
+        assert!(!answer.contains('\'') && !answer.contains('$'), "the answer must fit in an nginx string");
+        Nginx::start("1", |port| {
+            format!(
+                " server {{\n  listen 127.0.0.1:{port};\n  location / {{\n   default_type application/json;\n   return 200 '{answer}';\n  }}\n }}"
+            )
+        })
+    }
+
+    /// nginx as a reverse proxy to `origin`, with keep-alive connections to it.
+    fn reverse_proxy(origin: SocketAddr) -> Option<Nginx> {
+        Nginx::start("auto", |port| {
+            format!(
+                " upstream origin {{\n  server {origin};\n  keepalive 256;\n }}\n server {{\n  listen 127.0.0.1:{port};\n  location / {{\n   proxy_pass http://origin;\n   proxy_http_version 1.1;\n   proxy_set_header Connection \"\";\n  }}\n }}"
+            )
+        })
+    }
+}
+
+/// Returns (bestofn N=1 overhead over direct / nginx's at p50, the same at p99, saturation
+/// throughput of bestofn / nginx's), or None when nginx is not installed.
+async fn section_nginx(s: &Settings, client: &HttpClient, stub: SocketAddr) -> Option<(f64, f64, f64)> {
+    println!(
+        "\n## 5. A pass-through proxy at light load and at saturation: nginx serving a fixed chat completion, \
+         nginx as a reverse proxy to it (proxy_pass, keep-alive upstream), bestofn N=1 pass-through to it"
+    );
+    let Some(origin) = Nginx::origin() else {
+        println!("(nginx is not installed: apt-get install nginx-light; section skipped)");
+        return None;
+    };
+    let nginx = Nginx::reverse_proxy(origin.addr)?;
+    let bestofn = Proxy::start_with(&format!("http://{}/v1", origin.addr), stub, "n", 0, &s.log, "", "");
+    let url = |addr: SocketAddr| format!("http://{addr}/v1/chat/completions");
+    let scenarios = [
+        scenario("direct (nginx origin)", &url(origin.addr), None, false, None),
+        scenario("nginx reverse proxy", &url(nginx.addr), None, false, None),
+        scenario("bestofn N=1 pass-through", &bestofn.url(), Some(1), false, Some(&bestofn)),
+    ];
+    println!(
+        "light load: open loop {} req/s for {} s, {} interleaved rounds, median round",
+        s.rate, s.open_seconds, s.rounds
+    );
+    println!(
+        "{:<30} {:>7} {:>7} {:>7} {:>6} {:>12} {:>12} {:>9} {:>9} {:>8}",
+        "scenario", "p50 ms", "p90 ms", "p99 ms", "errors", "Δp50 direct", "Δp99 direct", "log p50", "log p99", "CPU"
+    );
+    println!(
+        "{:<30} {:>7} {:>7} {:>7} {:>6} {:>12} {:>12} {:>9} {:>9} {:>8}",
+        "", "", "", "", "", "ms", "ms", "µs", "µs", "µs/req"
+    );
+    let mut rounds: Vec<Vec<Measured>> = scenarios.iter().map(|_| Vec::new()).collect();
+    for _ in 0..s.rounds.max(1) {
+        for (sc, runs) in scenarios.iter().zip(rounds.iter_mut()) {
+            runs.push(measure(client, &sc.target, Load::Open(s.rate, s.open_seconds), sc.proxy).await);
+        }
+    }
+    let median = |runs: &[Measured], q: f64| {
+        let mut v: Vec<f64> = runs.iter().map(|m| m.load.ms(q)).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let direct = (median(&rounds[0], 0.5), median(&rounds[0], 0.99));
+    let mut overheads = Vec::new();
+    for (sc, runs) in scenarios.iter().zip(&rounds) {
+        let (p50, p90, p99) = (median(runs, 0.5), median(runs, 0.9), median(runs, 0.99));
+        let errors: usize = runs.iter().map(|m| m.load.errors).sum();
+        let mut logged: Vec<u64> =
+            runs.iter().flat_map(|m| m.proxy.iter().flat_map(|c| c.overheads_us.clone())).collect();
+        logged.sort_unstable();
+        let cpu = runs[runs.len() / 2].proxy.as_ref().map_or("-".into(), |c| format!("{:.0}", c.cpu_us_per_request));
+        println!(
+            "{:<30} {:>7.2} {:>7.2} {:>7.2} {:>6} {:>+12.2} {:>+12.2} {:>9} {:>9} {:>8}",
+            sc.label,
+            p50,
+            p90,
+            p99,
+            errors,
+            p50 - direct.0,
+            p99 - direct.1,
+            exact_us(&logged, 0.5),
+            exact_us(&logged, 0.99),
+            cpu
+        );
+        overheads.push((p50 - direct.0, p99 - direct.1));
+        let lag = runs.iter().map(|m| m.load.max_lag).max().unwrap_or_default();
+        if lag > Duration::from_millis(5) {
+            println!(
+                "    (the generator fell behind its schedule by up to {:.1} ms in some round)",
+                lag.as_secs_f64() * 1000.0
+            );
+        }
+    }
+    println!("saturation: closed loop, {} clients, {} s each", s.clients, s.closed_seconds);
+    println!("{:<30} {:>8} {:>8} {:>8} {:>6}", "scenario", "req/s", "p50 ms", "p99 ms", "errors");
+    let mut rates = Vec::new();
+    for sc in &scenarios {
+        let m = measure(client, &sc.target, Load::Closed(s.clients, s.closed_seconds), sc.proxy).await;
+        println!(
+            "{:<30} {:>8.0} {:>8.2} {:>8.2} {:>6}",
+            sc.label,
+            m.load.rate(),
+            m.load.ms(0.5),
+            m.load.ms(0.99),
+            m.load.errors
+        );
+        rates.push(m.load.rate());
+    }
+    Some((overheads[2].0 / overheads[1].0, overheads[2].1 / overheads[1].1, rates[2] / rates[1]))
+}
+
+/// Returns (label, peak RSS in MiB, the most upstream calls the stub served at once).
+async fn section_bounded(s: &Settings, client: &HttpClient, stub: SocketAddr) -> Vec<(String, f64, usize)> {
+    println!(
+        "\n## 6. Bounded upstream concurrency: {} concurrent N=16 parallel requests (closed loop, {} s), upstream taking {} ms (median, lognormal)",
+        s.concurrent, s.hold_seconds, s.brief_ms
+    );
+    println!(
+        "{:<44} {:>8} {:>8} {:>8} {:>6} {:>10} {:>9} {:>10}",
+        "scenario", "req/s", "p50 ms", "p99 ms", "errors", "proxy CPU", "RSS MiB", "upstream"
+    );
+    println!("{:<44} {:>8} {:>8} {:>8} {:>6} {:>10} {:>9} {:>10}", "", "", "", "", "", "µs/req", "max", "calls max");
+    let upstream = format!("http://{stub}/brief/v1");
+    let cap = format!("max_in_flight = {}", s.max_in_flight);
+    let mut out = Vec::new();
+    for (label, extra) in [
+        ("bestofn N=16 parallel, unbounded".to_string(), ""),
+        (format!("bestofn N=16 parallel, max_in_flight = {}", s.max_in_flight), cap.as_str()),
+    ] {
+        if !s.wants(&label) {
+            continue;
+        }
+        let proxy = Proxy::start_with(&upstream, stub, "parallel", 0, &s.log, extra, "");
+        let sc = scenario(&label, &proxy.url(), Some(16), false, Some(&proxy));
+        STUB_CALLS_MAX.store(0, Ordering::Relaxed);
+        let m = measure(client, &sc.target, Load::Closed(s.concurrent, s.hold_seconds), sc.proxy).await;
+        let most = STUB_CALLS_MAX.load(Ordering::Relaxed);
+        let c = m.proxy.unwrap_or_default();
+        println!(
+            "{:<44} {:>8.0} {:>8.1} {:>8.1} {:>6} {:>10.0} {:>9.1} {:>10}",
+            label,
+            m.load.rate(),
+            m.load.ms(0.5),
+            m.load.ms(0.99),
+            m.load.errors,
+            c.cpu_us_per_request,
+            c.rss_max_mib,
+            most
+        );
+        out.push((label, c.rss_max_mib, most));
+    }
+    out
+}
+
+/// Returns (label, share answered 200, p99 ms of those).
+async fn section_overload(s: &Settings, client: &HttpClient, stub: SocketAddr) -> Vec<(String, f64, f64)> {
+    let capacity = s.limited_slots as f64 * 1000.0 / s.limited_ms as f64;
+    println!(
+        "\n## 7. Overload: an upstream serving {capacity:.0} calls/s ({} at a time, {} ms each), {} req/s of N={} parallel arriving for {} s (open loop); \
+         bestofn with max_in_flight = {} and a {} ms deadline, without and with load-aware N (degrade_at_queue_ms = 100, min_n = 1)",
+        s.limited_slots,
+        s.limited_ms,
+        s.overload_rate,
+        s.overload_n,
+        s.overload_seconds,
+        s.limited_slots,
+        s.overload_deadline_ms
+    );
+    println!(
+        "{:<34} {:>9} {:>9} {:>8} {:>8} {:>8} {:>30} {:>9}",
+        "scenario", "answered", "200 share", "p50 ms", "p99 ms", "200/s", "failures by status", "degraded"
+    );
+    let upstream = format!("http://{stub}/limited/v1");
+    let cap = format!("max_in_flight = {}", s.limited_slots);
+    let deadline = format!("deadline_ms = {}", s.overload_deadline_ms);
+    let degrading = format!("{deadline}\ndegrade_at_queue_ms = 100\nmin_n = 1");
+    let mut out = Vec::new();
+    for (label, policy) in [("without load-aware N", deadline.as_str()), ("with load-aware N", degrading.as_str())] {
+        let proxy = Proxy::start_with(&upstream, stub, "parallel", 0, &s.log, &cap, policy);
+        let sc = scenario(label, &proxy.url(), Some(s.overload_n), false, Some(&proxy));
+        let before = scrape(client, &proxy).await;
+        let m = measure(client, &sc.target, Load::Open(s.overload_rate, s.overload_seconds), sc.proxy).await;
+        let after = scrape(client, &proxy).await;
+        let degraded = sum_metric(&after, "bestofn_degraded_requests_total")
+            - sum_metric(&before, "bestofn_degraded_requests_total");
+        let l = &m.load;
+        let total = l.latencies.len() + l.errors;
+        let share = l.latencies.len() as f64 / total.max(1) as f64;
+        let failures: Vec<String> = l.failures.iter().map(|(status, count)| format!("{status}: {count}")).collect();
+        println!(
+            "{:<34} {:>9} {:>8.1}% {:>8.1} {:>8.1} {:>8.1} {:>30} {:>9.0}",
+            label,
+            l.latencies.len(),
+            share * 100.0,
+            l.ms(0.5),
+            l.ms(0.99),
+            l.latencies.len() as f64 / s.overload_seconds,
+            failures.join(", "),
+            degraded
+        );
+        out.push((label.to_string(), share, l.ms(0.99)));
+    }
+    out
+}
+
+/// The sum of every series of a counter family in a /metrics text.
+fn sum_metric(metrics: &str, family: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(family) && (l[family.len()..].starts_with('{') || l[family.len()..].starts_with(' ')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "NOT met" }
 }
@@ -1005,6 +1360,9 @@ fn main() {
         let delays = Delays {
             lognormal: LogNormal { median_ms: s.median_ms, sigma: s.sigma },
             held: LogNormal { median_ms: s.hold_ms, sigma: s.sigma },
+            brief: LogNormal { median_ms: s.brief_ms, sigma: s.sigma },
+            limited_slots: s.limited_slots,
+            limited_ms: s.limited_ms,
         };
         let stub = start_stub(delays).await;
         let proxies = Proxies {
@@ -1080,6 +1438,29 @@ fn main() {
                     s.concurrent,
                     verdict(rss < 100.0)
                 ));
+            }
+        }
+        if s.sections.contains('5')
+            && let Some((p50, p99, saturation)) = section_nginx(&s, &client, stub).await
+        {
+            summary.push(format!(
+                "N=1 overhead over direct at light load: {p50:.2}x nginx-as-proxy's at p50, {p99:.2}x at p99 (target ≤ 1.2x): {}",
+                verdict(p50 <= 1.2 && p99 <= 1.2)
+            ));
+            summary.push(format!(
+                "N=1 saturation throughput {:.0}% of nginx-as-proxy's (target ≥ 60%): {}",
+                saturation * 100.0,
+                verdict(saturation >= 0.6)
+            ));
+        }
+        if s.sections.contains('6') {
+            for (label, rss, most) in section_bounded(&s, &client, stub).await {
+                summary.push(format!("{label}: peak RSS {rss:.1} MiB, at most {most} upstream calls at once (stub's count)"));
+            }
+        }
+        if s.sections.contains('7') {
+            for (label, share, p99) in section_overload(&s, &client, stub).await {
+                summary.push(format!("overload {label}: {:.1}% answered 200, their p99 {p99:.0} ms", share * 100.0));
             }
         }
         println!("\n## Targets");

@@ -574,3 +574,27 @@ async fn http2_to_an_h2_upstream_when_configured() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_through_answer_is_the_upstreams_bytes_verbatim() {
+    // Key order, spacing and escapes that a parse and re-serialisation would change.
+    let verbatim = "{ \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 2},\n  \"id\": \"x\\u00e9\", \
+                    \"choices\": [{\"index\": 0, \"message\": {\"role\": \"assistant\", \"content\": \"1.50\"}, \"finish_reason\": \"stop\"}] }";
+    let upstream = FakeServer::start(move |_| Reply::Raw(200, verbatim.to_string())).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let proxy = Bestofn::start(&config(&upstream, &rm, "n", 1));
+    let (status, content_type, text) = post_raw(&proxy.url("/v1/chat/completions"), chat_body("q")).await;
+    assert_eq!((status, content_type.as_str()), (200, "application/json"));
+    assert_eq!(text, verbatim);
+    let metrics = client().get(proxy.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("bestofn_completion_tokens_total") && l.ends_with(" 2")),
+        "usage is still read for the token metrics:\n{metrics}"
+    );
+
+    let array = FakeServer::start(|_| Reply::Raw(200, "[{\"usage\": null}]".into())).await;
+    let proxy = Bestofn::start(&config(&array, &rm, "n", 1));
+    let (status, _, text) = post_raw(&proxy.url("/v1/chat/completions"), chat_body("q")).await;
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("not a JSON object"), "{text}");
+}

@@ -435,6 +435,14 @@ impl Sent<'_> {
     }
 }
 
+/// A successful call's body, unparsed.
+struct RawReply<'a> {
+    body: Bytes,
+    status: http::StatusCode,
+    latency: Duration,
+    endpoint: &'a str,
+}
+
 #[derive(Clone, Copy)]
 enum Method<'a> {
     Get,
@@ -485,6 +493,25 @@ impl Backend {
     }
 
     async fn call_json(&self, path: &str, method: Method<'_>) -> Result<JsonReply, Error> {
+        let raw = self.call_bytes(path, method).await?;
+        let body = serde_json::from_slice(&raw.body).map_err(|e| {
+            Error::bad_gateway(
+                self.party,
+                self.endpoint_name(raw.endpoint),
+                format!("answered HTTP {} with a body that is not JSON", raw.status),
+            )
+            .caused_by(e)
+        })?;
+        Ok(JsonReply { body, latency: raw.latency })
+    }
+
+    /// POSTs `body` as JSON to `path` under an endpoint, retrying what is retryable, and returns
+    /// the answer's bytes unparsed.
+    pub async fn post_bytes(&self, path: &str, body: Bytes) -> Result<Bytes, Error> {
+        Ok(self.call_bytes(path, Method::Post(&body)).await?.body)
+    }
+
+    async fn call_bytes(&self, path: &str, method: Method<'_>) -> Result<RawReply<'_>, Error> {
         use http_body_util::BodyExt;
         let sent = self.send(path, method).await?;
         let status = sent.reply.status();
@@ -507,15 +534,7 @@ impl Backend {
             .filter(|(from, _)| *from >= sent.started)
             .unwrap_or((sent.started, Instant::now()));
         record_interval(from, to);
-        let body = serde_json::from_slice(&body).map_err(|e| {
-            Error::bad_gateway(
-                self.party,
-                self.endpoint_name(sent.endpoint),
-                format!("answered HTTP {status} with a body that is not JSON"),
-            )
-            .caused_by(e)
-        })?;
-        Ok(JsonReply { body, latency: sent.started.elapsed() })
+        Ok(RawReply { body, status, latency: sent.started.elapsed(), endpoint: sent.endpoint })
     }
 
     /// Sends until a 2xx arrives or the retries run out; each attempt has `timeout` for its

@@ -8,8 +8,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{
-    Api, ByteStream, DomainClassifier, Plan, Policy, RuleClassifier, Sampler, Samples, ScorerFailurePolicy, Steering,
-    score_candidates, select::select,
+    Api, ByteStream, DomainClassifier, Forwarded, Plan, Policy, RuleClassifier, Sampler, Samples, ScorerFailurePolicy,
+    Steering, score_candidates, select::select,
 };
 use crate::error::{Error, Party};
 use futures_util::StreamExt;
@@ -181,7 +181,7 @@ impl Engine {
     }
 
     /// Forwards a request as it is, with the domain's defaults filled in (N = 1).
-    pub async fn forward(&self, api: Api, plan: &Plan, body: &Map<String, Value>) -> Result<Value, Error> {
+    pub async fn forward(&self, api: Api, plan: &Plan, body: &Map<String, Value>) -> Result<Forwarded, Error> {
         self.sampler.forward(api, &plan.upstream_body(body)).await
     }
 

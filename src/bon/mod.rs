@@ -7,7 +7,7 @@ mod engine;
 mod policy;
 pub mod select;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use classify::classify;
@@ -213,10 +213,50 @@ pub trait Sampler: Send + Sync {
         Box::pin(futures_util::stream::empty())
     }
     /// Forwards `body` as it is and returns the upstream's answer unchanged (N = 1).
-    fn forward<'a>(&'a self, api: Api, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Value, Error>>;
+    fn forward<'a>(&'a self, api: Api, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Forwarded, Error>>;
     /// Forwards a streaming request as it is and returns the upstream's bytes as they arrive.
     fn forward_stream<'a>(&'a self, api: Api, body: &'a Map<String, Value>)
     -> BoxFuture<'a, Result<ByteStream, Error>>;
+}
+
+/// The upstream's answer to a forwarded request: its JSON bytes as they came (re-serialising a
+/// pass-through answer cost more than reading it), and the token counts of its `usage`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Forwarded {
+    /// The answer's body, checked to be one JSON object.
+    pub body: bytes::Bytes,
+    /// `usage.prompt_tokens`, 0 when absent.
+    pub prompt_tokens: u64,
+    /// `usage.completion_tokens`, 0 when absent.
+    pub completion_tokens: u64,
+}
+
+impl Forwarded {
+    /// Checks that `body` is one JSON object and reads its token counts, without building the
+    /// whole document; the error says what is wrong.
+    pub fn from_json(body: bytes::Bytes) -> Result<Forwarded, String> {
+        #[derive(Deserialize)]
+        struct Answer {
+            usage: Option<Usage>,
+        }
+        #[derive(Deserialize)]
+        struct Usage {
+            prompt_tokens: Option<u64>,
+            completion_tokens: Option<u64>,
+        }
+        // serde would also read a struct from an array.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err("the answer is not a JSON object".into());
+        }
+        let answer: Answer =
+            serde_json::from_slice(&body).map_err(|e| format!("the answer is not a JSON object: {e}"))?;
+        let usage = answer.usage.as_ref();
+        Ok(Forwarded {
+            prompt_tokens: usage.and_then(|u| u.prompt_tokens).unwrap_or(0),
+            completion_tokens: usage.and_then(|u| u.completion_tokens).unwrap_or(0),
+            body,
+        })
+    }
 }
 
 /// What a fuser wrote.

@@ -186,7 +186,11 @@ pub fn error_response(e: &Error) -> Response<Body> {
 
 fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut response = Response::new(Full::new(Bytes::from(bytes)).boxed_unsync());
+    json_bytes_response(status, Bytes::from(bytes))
+}
+
+fn json_bytes_response(status: StatusCode, bytes: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(bytes).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
@@ -296,9 +300,8 @@ async fn completion(
         } else {
             let (answer, spans) = with_call_spans(state.engine.forward(api, &plan, &request.body)).await;
             let answer = answer?;
-            let tokens = |key: &str| answer.pointer(&format!("/usage/{key}")).and_then(Value::as_u64).unwrap_or(0);
-            observer.pass_through(true, tokens("prompt_tokens"), tokens("completion_tokens"));
-            let response = json_response(StatusCode::OK, &answer);
+            observer.pass_through(true, answer.prompt_tokens, answer.completion_tokens);
+            let response = json_bytes_response(StatusCode::OK, answer.body);
             let overhead = observer.answered(spans);
             tracing::info!(
                 request_id = %id,

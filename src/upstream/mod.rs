@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::backend::Backend;
 
-use crate::bon::{Api, Arrival, ArrivalStream, ByteStream, Candidate, Sampler, Samples};
+use crate::bon::{Api, Arrival, ArrivalStream, ByteStream, Candidate, Forwarded, Sampler, Samples};
 use crate::error::Error;
 use crate::openai::choice_text;
 use crate::score::BoxFuture;
@@ -478,8 +478,12 @@ impl Sampler for Upstream {
         }))
     }
 
-    fn forward<'a>(&'a self, api: Api, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Value, Error>> {
-        Box::pin(async move { Ok(self.backend.post_json(api.path(), body).await?.body) })
+    fn forward<'a>(&'a self, api: Api, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Forwarded, Error>> {
+        Box::pin(async move {
+            let bytes = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
+            let answer = self.backend.post_bytes(api.path(), Bytes::from(bytes)).await?;
+            Forwarded::from_json(answer).map_err(|what| self.garbage(what))
+        })
     }
 
     fn forward_stream<'a>(
