@@ -191,3 +191,37 @@ async fn a_request_the_queue_cannot_serve_by_its_deadline_gets_429_with_retry_af
     let text = client().get(proxy.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(text.contains(r#"kind="overloaded"} 1"#), "the metric says why: {text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_degraded_to_one_sample_keeps_its_deadline_and_report() {
+    let (url, _, _) = counting_upstream(Duration::from_millis(60)).await;
+    let proxy = Bestofn::start(&limited_config(&url, 1, "degrade_at_queue_ms = 50\nmin_n = 1\ndeadline_ms = 5000"));
+    let target = proxy.url("/v1/chat/completions");
+    let (status, _, _) = post(&target, chat_body("warm up"), &[]).await;
+    assert_eq!(status, 200);
+    // Queue up calls, then send requests while they wait: each halving takes N further down.
+    let queued = tokio::spawn({
+        let target = target.clone();
+        async move { post(&target, chat_body("fills the queue"), &[]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let burst = (0..4).map(|i| {
+        let target = target.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(5 * i)).await;
+            post(&target, chat_body("q"), &[]).await
+        }
+    });
+    let mut reports = Vec::new();
+    for (status, _, r) in futures_util::future::join_all(burst).await {
+        assert_eq!(status, 200, "{r}");
+        reports.push(r["bestofn"].clone());
+    }
+    reports.sort_by_key(|b| b["n_sampled"].as_u64());
+    let reports = vec![reports[0].clone()];
+    let one = reports.last().unwrap();
+    assert_eq!(one["n_sampled"], 1, "{reports:?}");
+    assert_eq!(one["degraded"], true, "a best-of-N request at N = 1 still says so: {one}");
+    assert_eq!(one["n_requested"], 8);
+    let _ = queued.await;
+}

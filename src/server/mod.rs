@@ -293,7 +293,9 @@ async fn completion(
     let plan = state.engine.plan(&request.steering, request.client_n, &request.conversation).await?;
     observer.set_domain(&plan.domain);
 
-    if plan.n == 1 && !plan.return_candidates {
+    // A request degraded to one sample under load is still a best-of-N request: it keeps its
+    // deadline and its `bestofn` report (`degraded`, `n_requested`).
+    if plan.n == 1 && !plan.return_candidates && !plan.degraded {
         let mut response = if request.stream {
             tracing::info!(request_id = %id, domain = %plan.domain, n = 1, stream = true, "pass-through");
             pass_through_stream(state, api, &plan, &request, slot).await?
