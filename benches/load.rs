@@ -16,7 +16,17 @@
 //!      sample's p99, without and with hedging;
 //!   4. memory with 1,000 concurrent requests in flight: an upstream taking ~2 s holds them open
 //!      at ~500 req/s, a rate the machine serves, so the figure is memory per request in flight
-//!      rather than queues of a saturated CPU.
+//!      rather than queues of a saturated CPU;
+//!   5. a pass-through proxy against nginx (Debian's package, skipped when it is not installed):
+//!      nginx serving a fixed chat completion is the origin; direct, nginx as a reverse proxy
+//!      (`proxy_pass`, keep-alive upstream) and bestofn N = 1 in front of it, at a light fixed
+//!      rate and at saturation; both proxies log one line per request to a file;
+//!   6. bounded upstream concurrency: 1,000 concurrent N = 16 parallel requests against an
+//!      upstream taking ~50 ms, unbounded and with `max_in_flight`, with the stub's own count of
+//!      concurrent calls;
+//!   7. overload: an upstream of fixed capacity (100 calls/s) and 2,000 req/s of N = 8 arriving,
+//!      with `max_in_flight` and a deadline, without and with load-aware N: the share answered
+//!      200, their latency, and the failures by status.
 //!
 //! For each scenario: throughput, p50/p90/p99, CPU time of the bestofn process per request (from
 //! /proc/PID/stat), and its peak RSS while the scenario ran (VmRSS polled every 10 ms).
@@ -27,7 +37,11 @@
 //! section 2, BESTOFN_LOAD_TAIL_RATE [100] and BESTOFN_LOAD_TAIL_SECONDS [10] for section 3,
 //! BESTOFN_LOAD_MEDIAN_MS [200] and BESTOFN_LOAD_SIGMA [0.5] for the lognormal upstream,
 //! BESTOFN_LOAD_CONCURRENT [1000], BESTOFN_LOAD_HOLD_MS [2000] (the upstream's median delay
-//! there) and BESTOFN_LOAD_HOLD_SECONDS [8] for section 4, BESTOFN_LOAD_SECTIONS [1234] to pick sections,
+//! there) and BESTOFN_LOAD_HOLD_SECONDS [8] for sections 4 and 6, BESTOFN_LOAD_BRIEF_MS [50] and
+//! BESTOFN_LOAD_MAX_IN_FLIGHT [256] for section 6, BESTOFN_LOAD_LIMITED_SLOTS [10],
+//! BESTOFN_LOAD_LIMITED_MS [100], BESTOFN_LOAD_OVERLOAD_RATE [2000], BESTOFN_LOAD_OVERLOAD_SECONDS [5],
+//! BESTOFN_LOAD_OVERLOAD_N [8] and BESTOFN_LOAD_OVERLOAD_DEADLINE_MS [1000] for section 7,
+//! BESTOFN_LOAD_SECTIONS [1234567] to pick sections,
 //! BESTOFN_LOAD_FILTER to run only scenarios whose label contains the text, BESTOFN_LOAD_LOG
 //! [info] as bestofn's RUST_LOG (info is what a deployment logs: one line per request),
 //! BESTOFN_LOAD_BIN to run another bestofn binary than this build's, BESTOFN_LOAD_THREADS [1]
@@ -845,12 +859,12 @@ async fn section_throughput(
         s.clients, s.closed_seconds
     );
     println!(
-        "{:<38} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10} {:>8}",
-        "scenario", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "proxy CPU", "bench CPU", "RSS MiB"
+        "{:<38} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10} {:>10} {:>8}",
+        "scenario", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "proxy CPU", "per call", "bench CPU", "RSS MiB"
     );
     println!(
-        "{:<38} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10} {:>8}",
-        "", "", "", "", "", "", "µs/req", "µs/req", "max"
+        "{:<38} {:>8} {:>8} {:>8} {:>8} {:>6} {:>10} {:>10} {:>10} {:>8}",
+        "", "", "", "", "", "", "µs/req", "µs", "µs/req", "max"
     );
     let mut rates = Vec::new();
     for sc in throughput_scenarios(direct, rm, p) {
@@ -859,11 +873,16 @@ async fn section_throughput(
         }
         let m = measure(client, &sc.target, Load::Closed(s.clients, s.closed_seconds), sc.proxy).await;
         let l = &m.load;
-        let (cpu, rss) = m.proxy.as_ref().map_or(("-".into(), "-".into()), |c| {
-            (format!("{:.0}", c.cpu_us_per_request), format!("{:.1}", c.rss_max_mib))
+        let (cpu, per_call, rss) = m.proxy.as_ref().map_or(("-".into(), "-".into(), "-".into()), |c| {
+            let calls = backend_calls(&sc.label) as f64;
+            (
+                format!("{:.0}", c.cpu_us_per_request),
+                format!("{:.0}", c.cpu_us_per_request / calls),
+                format!("{:.1}", c.rss_max_mib),
+            )
         });
         println!(
-            "{:<38} {:>8.0} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>10} {:>10.0} {:>8}",
+            "{:<38} {:>8.0} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>10} {:>10} {:>10.0} {:>8}",
             sc.label,
             l.rate(),
             l.ms(0.5),
@@ -871,12 +890,24 @@ async fn section_throughput(
             l.ms(0.99),
             l.errors,
             cpu,
+            per_call,
             m.bench_cpu_us_per_request,
             rss
         );
         rates.push((sc.label, l.rate()));
     }
     rates
+}
+
+/// Backend calls bestofn makes per request of a scenario: N upstream calls in parallel mode or
+/// one in n mode, plus one RM call when N > 1.
+fn backend_calls(label: &str) -> u32 {
+    let n: u32 = label.split("N=").nth(1).and_then(|r| r.split(' ').next()?.parse().ok()).unwrap_or(1);
+    match n {
+        1 => 1,
+        n if label.contains("parallel") => n + 1,
+        _ => 2,
+    }
 }
 
 /// The scenario without bestofn that a bestofn scenario is compared with: a direct call for
@@ -1096,15 +1127,18 @@ fn free_port() -> u16 {
 impl Nginx {
     /// nginx with `server` as its one server block (listening on the port it is given), or None
     /// when nginx is not installed.
-    fn start(workers: &str, server: impl Fn(u16) -> String) -> Option<Nginx> {
+    fn start(workers: &str, log_requests: bool, server: impl Fn(u16) -> String) -> Option<Nginx> {
         let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())?;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
+        // The proxy logs a line per request, as bestofn does at `info`; the origin stands for
+        // the upstream server and logs nothing.
+        let access_log = if log_requests { format!("{d}/access.log") } else { "off".into() };
         let port = free_port();
         let config = format!(
             "worker_processes {workers};\nuser root;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 8192; }}\n\
-             http {{\n access_log off;\n keepalive_requests 1000000;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             http {{\n access_log {access_log};\n keepalive_requests 1000000;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{}\n}}\n",
             server(port)
         );
@@ -1138,7 +1172,7 @@ impl Nginx {
     fn origin() -> Option<Nginx> {
         let answer = String::from_utf8(answers().json_by_n[1].to_vec()).unwrap();
         assert!(!answer.contains('\'') && !answer.contains('$'), "the answer must fit in an nginx string");
-        Nginx::start("1", |port| {
+        Nginx::start("1", false, |port| {
             format!(
                 " server {{\n  listen 127.0.0.1:{port};\n  location / {{\n   default_type application/json;\n   return 200 '{answer}';\n  }}\n }}"
             )
@@ -1147,7 +1181,7 @@ impl Nginx {
 
     /// nginx as a reverse proxy to `origin`, with keep-alive connections to it.
     fn reverse_proxy(origin: SocketAddr) -> Option<Nginx> {
-        Nginx::start("auto", |port| {
+        Nginx::start("auto", true, |port| {
             format!(
                 " upstream origin {{\n  server {origin};\n  keepalive 256;\n }}\n server {{\n  listen 127.0.0.1:{port};\n  location / {{\n   proxy_pass http://origin;\n   proxy_http_version 1.1;\n   proxy_set_header Connection \"\";\n  }}\n }}"
             )
