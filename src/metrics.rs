@@ -29,7 +29,9 @@ pub struct Metrics {
     pub sampling_duration: HistogramVec,
     /// `bestofn_scoring_duration_seconds{scorer}`.
     pub scoring_duration: HistogramVec,
-    /// `bestofn_overhead_seconds`: end to end minus the union of upstream and scorer call spans.
+    /// `bestofn_overhead_seconds`: end to end minus the union of upstream and scorer call spans
+    /// (first request byte written to last answer byte read, see `backend::WireClock`) and
+    /// queue waits.
     /// Recorded through [`Metrics::observe_overhead`].
     pub overhead: Histogram,
     /// `bestofn_candidates_requested_total{domain}`.
@@ -111,7 +113,7 @@ impl Metrics {
         let overhead = Histogram::with_opts(
             HistogramOpts::new(
                 "bestofn_overhead_seconds",
-                "Time spent in bestofn itself: end to end minus upstream and scorer calls",
+                "Time spent in bestofn itself: end to end minus upstream and scorer calls, each from its request's first byte on the wire to its answer's last byte",
             )
             .buckets(OVERHEAD_BUCKETS.to_vec()),
         )?;

@@ -225,3 +225,27 @@ async fn a_request_degraded_to_one_sample_keeps_its_deadline_and_report() {
     assert_eq!(one["n_requested"], 8);
     let _ = queued.await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_wait_plus_one_call_passes_the_deadline_is_refused_up_front() {
+    // Calls take 300 ms, one at a time, deadline 500 ms: behind one queued call a request would
+    // wait 300 ms, then need 300 ms more for its own call, past the deadline.
+    let (url, _, _) = counting_upstream(Duration::from_millis(300)).await;
+    let proxy = Bestofn::start(&limited_config(&url, 1, "deadline_ms = 500"));
+    let target = proxy.url("/v1/chat/completions");
+    let two = |text: &str| {
+        let mut body = chat_body(text);
+        body["bestofn"] = json!({"n": 2});
+        body
+    };
+    let (status, _, warm) = post(&target, two("warm up"), &[]).await;
+    assert_eq!(status, 200, "{warm}");
+    let first = tokio::spawn({
+        let (target, body) = (target.clone(), two("first"));
+        async move { post(&target, body, &[]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let (status, _, resp) = post(&target, two("second"), &[]).await;
+    assert_eq!(status, 429, "a wait of 300 ms is within the deadline, the call after it is not: {resp}");
+    assert_eq!(first.await.unwrap().0, 200);
+}

@@ -247,6 +247,12 @@ impl EndpointPool {
         Some(Duration::from_micros(waiting * service / slots.max(1)))
     }
 
+    /// The recent mean time a call holds its slot; None before the first bounded call ends.
+    pub fn mean_service(&self) -> Option<Duration> {
+        let service = self.service_us.load(Ordering::Relaxed);
+        (service > 0).then(|| Duration::from_micros(service))
+    }
+
     /// Waits for a slot of endpoint `index` (at once when it is unbounded).
     async fn admit(&self, index: usize) -> Slot {
         let endpoint = &self.endpoints[index];

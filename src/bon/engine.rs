@@ -153,12 +153,15 @@ impl Engine {
             return Ok(());
         }
         let Some(wait) = self.sampler.expected_queue_wait() else { return Ok(()) };
+        // Admitted, a request still needs one call's time after its wait: refusing it now is a
+        // fast 429 where admitting it would be a 504 at the deadline.
+        let done = wait + self.sampler.expected_call_time().unwrap_or_default();
         if let Some(deadline) = plan.deadline
-            && wait > deadline
+            && done > deadline
         {
             return Err(Error::Overloaded(format!(
-                "the upstream queue is about {} ms long, beyond the {} ms deadline; retry shortly",
-                wait.as_millis(),
+                "the upstream queue and a call take about {} ms, beyond the {} ms deadline; retry shortly",
+                done.as_millis(),
                 deadline.as_millis()
             )));
         }

@@ -193,6 +193,10 @@ pub trait Sampler: Send + Sync {
     fn expected_queue_wait(&self) -> Option<std::time::Duration> {
         None
     }
+    /// How long an upstream call takes once admitted (a recent mean), when known.
+    fn expected_call_time(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Whether candidates arrive one call at a time ([`Sampler::sample_each`]) rather than in
     /// one answer per wave.
     fn streams_each(&self) -> bool {

@@ -438,6 +438,10 @@ impl Sampler for Upstream {
         self.backend.pool.expected_wait()
     }
 
+    fn expected_call_time(&self) -> Option<std::time::Duration> {
+        self.backend.pool.mean_service()
+    }
+
     fn sample_each<'a>(
         &'a self,
         api: Api,
