@@ -42,7 +42,8 @@
 //! BESTOFN_LOAD_LIMITED_MS [100], BESTOFN_LOAD_OVERLOAD_RATE [2000], BESTOFN_LOAD_OVERLOAD_SECONDS [5],
 //! BESTOFN_LOAD_OVERLOAD_N [8] and BESTOFN_LOAD_OVERLOAD_DEADLINE_MS [1000] for section 7,
 //! BESTOFN_LOAD_SECTIONS [1234567] to pick sections,
-//! BESTOFN_LOAD_FILTER to run only scenarios whose label contains the text, BESTOFN_LOAD_LOG
+//! BESTOFN_LOAD_FILTER to run only scenarios whose label contains the text (or one of several
+//! separated by `|`), BESTOFN_LOAD_LOG
 //! [info] as bestofn's RUST_LOG (info is what a deployment logs: one line per request),
 //! BESTOFN_LOAD_BIN to run another bestofn binary than this build's, BESTOFN_LOAD_THREADS [1]
 //! Tokio workers for the stubs and the generator. One is the default: with two, this process and
@@ -135,7 +136,7 @@ impl Settings {
     }
 
     fn wants(&self, label: &str) -> bool {
-        self.filter.as_ref().is_none_or(|f| label.contains(f.as_str()))
+        self.filter.as_ref().is_none_or(|f| f.split('|').any(|f| label.contains(f)))
     }
 }
 
@@ -396,7 +397,10 @@ impl Proxy {
         .unwrap();
         let log = dir.path().join("bestofn.log");
         // BESTOFN_LOAD_BIN runs another build (a previous release, a different allocator).
-        let binary = std::env::var("BESTOFN_LOAD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bestofn").to_string());
+        let binary = std::env::var("BESTOFN_LOAD_BIN")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_bestofn").to_string());
         let child = Command::new(binary)
             .args(["serve", "--config"])
             .arg(&config)
