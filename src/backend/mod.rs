@@ -129,7 +129,7 @@ pub struct PoolMetrics {
 
 /// A call's hold on its endpoint: the slot (when the endpoint is bounded) and the running
 /// gauge, both released when the call's response has been read or its stream ends; the time
-/// held feeds the pool's service-time estimate.
+/// held by calls answered in full (not streamed) feeds the pool's service-time estimate.
 pub(crate) struct Slot {
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     running: Option<prometheus::IntGauge>,
@@ -137,17 +137,25 @@ pub(crate) struct Slot {
     since: Instant,
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some(g) = &self.running {
-            g.dec();
-        }
+impl Slot {
+    /// The call answered in full: its time feeds the pool's service-time estimate. Calls dropped
+    /// half-way (a deadline, a client gone) do not, or a wave of cancellations would make the
+    /// upstream look fast just when its queue is longest, and admit more than it can serve.
+    fn served(&self) {
         if self._permit.is_some() {
             let held = self.since.elapsed().as_micros() as u64;
             let previous = self.service_us.load(Ordering::Relaxed);
             // An EWMA with weight 1/8: recent enough to follow the load, smooth enough not to jump.
             let next = if previous == 0 { held } else { previous - previous / 8 + held / 8 };
             self.service_us.store(next.max(1), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(g) = &self.running {
+            g.dec();
         }
     }
 }
@@ -540,6 +548,7 @@ impl Backend {
             .filter(|(from, _)| *from >= sent.started)
             .unwrap_or((sent.started, Instant::now()));
         record_interval(from, to);
+        sent.slot.served();
         Ok(RawReply { body, status, latency: sent.started.elapsed(), endpoint: sent.endpoint })
     }
 
@@ -671,6 +680,23 @@ mod tests {
         }
         assert_eq!(p.endpoints[0].parsed.read().unwrap().len(), 2, "one cache entry per path");
         assert!(p.url(1, "/models").unwrap_err().contains("http://[bad/models"));
+    }
+
+    #[tokio::test]
+    async fn only_calls_answered_in_full_feed_the_service_time_estimate() {
+        let p = pool(1).limited(Some(1), None);
+        assert_eq!(p.mean_service(), None, "nothing served yet");
+        let slot = p.admit(0).await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        slot.served();
+        drop(slot);
+        let served = p.mean_service().unwrap();
+        assert!(served >= Duration::from_millis(40), "{served:?}");
+        for _ in 0..20 {
+            // Dropped at once: a call cancelled by a deadline or a client gone.
+            drop(p.admit(0).await);
+        }
+        assert_eq!(p.mean_service(), Some(served), "cancelled calls leave the estimate alone");
     }
 
     #[test]
