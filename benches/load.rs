@@ -925,6 +925,33 @@ fn baseline_of(label: &str) -> String {
     format!("client-side {core} (no proxy)")
 }
 
+/// Every scenario at the fixed rate, in `s.rounds` interleaved rounds: the machine is a VM whose
+/// pauses of 5-15 ms land on a few requests of a run and move its p99 by a millisecond or more,
+/// so each scenario's median round is reported.
+async fn interleaved_rounds(s: &Settings, client: &HttpClient, scenarios: &[Scenario<'_>]) -> Vec<Vec<Measured>> {
+    let mut rounds: Vec<Vec<Measured>> = scenarios.iter().map(|_| Vec::new()).collect();
+    for _ in 0..s.rounds.max(1) {
+        for (sc, runs) in scenarios.iter().zip(rounds.iter_mut()) {
+            runs.push(measure(client, &sc.target, Load::Open(s.rate, s.open_seconds), sc.proxy).await);
+        }
+    }
+    rounds
+}
+
+/// The `q` quantile in ms of the median round.
+fn median(runs: &[Measured], q: f64) -> f64 {
+    let mut v: Vec<f64> = runs.iter().map(|m| m.load.ms(q)).collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The overheads bestofn logged over all rounds, sorted, in µs.
+fn logged_overheads(runs: &[Measured]) -> Vec<u64> {
+    let mut logged: Vec<u64> = runs.iter().flat_map(|m| m.proxy.iter().flat_map(|c| c.overheads_us.clone())).collect();
+    logged.sort_unstable();
+    logged
+}
+
 /// Returns (label, bestofn p99 minus its baseline's p99 in ms, exact overhead p99 from the logs).
 async fn section_fixed_rate(
     s: &Settings,
@@ -956,24 +983,11 @@ async fn section_fixed_rate(
         "{:<38} {:>7} {:>7} {:>7} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8}",
         "", "", "", "", "", "vs base", "vs base", "µs", "µs", "p99 ms", "mean ms", "µs/req"
     );
-    // The machine is a VM whose pauses of 5-15 ms land on a few requests of a run and move its
-    // p99 by a millisecond or more: every scenario runs in several interleaved rounds and the
-    // median round's percentiles are reported.
     let scenarios: Vec<Scenario> = throughput_scenarios(direct, rm, p)
         .into_iter()
         .filter(|sc| !sc.label.contains("N=4") && (sc.proxy.is_none() || s.wants(&sc.label)))
         .collect();
-    let mut rounds: Vec<Vec<Measured>> = scenarios.iter().map(|_| Vec::new()).collect();
-    for _ in 0..s.rounds.max(1) {
-        for (sc, runs) in scenarios.iter().zip(rounds.iter_mut()) {
-            runs.push(measure(client, &sc.target, Load::Open(s.rate, s.open_seconds), sc.proxy).await);
-        }
-    }
-    let median = |runs: &[Measured], q: f64| {
-        let mut v: Vec<f64> = runs.iter().map(|m| m.load.ms(q)).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let rounds = interleaved_rounds(s, client, &scenarios).await;
     let mut out = Vec::new();
     let mut baselines: Vec<(String, (f64, f64))> = Vec::new();
     for (sc, runs) in scenarios.iter().zip(&rounds) {
@@ -991,9 +1005,7 @@ async fn section_fixed_rate(
             (format!("{:+.2}", p50 - base.0), format!("{:+.2}", p99 - base.1))
         };
         // The logged overheads of all rounds together; the metric and CPU of the median round.
-        let mut logged: Vec<u64> =
-            runs.iter().flat_map(|m| m.proxy.iter().flat_map(|c| c.overheads_us.clone())).collect();
-        logged.sort_unstable();
+        let logged = logged_overheads(runs);
         let middle = &runs[runs.len() / 2];
         let (log50, log99, metric99, metric_mean, cpu) = match &middle.proxy {
             Some(c) => (
@@ -1224,25 +1236,13 @@ async fn section_nginx(s: &Settings, client: &HttpClient, stub: SocketAddr) -> O
         "{:<30} {:>7} {:>7} {:>7} {:>6} {:>12} {:>12} {:>9} {:>9} {:>8}",
         "", "", "", "", "", "ms", "ms", "µs", "µs", "µs/req"
     );
-    let mut rounds: Vec<Vec<Measured>> = scenarios.iter().map(|_| Vec::new()).collect();
-    for _ in 0..s.rounds.max(1) {
-        for (sc, runs) in scenarios.iter().zip(rounds.iter_mut()) {
-            runs.push(measure(client, &sc.target, Load::Open(s.rate, s.open_seconds), sc.proxy).await);
-        }
-    }
-    let median = |runs: &[Measured], q: f64| {
-        let mut v: Vec<f64> = runs.iter().map(|m| m.load.ms(q)).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let rounds = interleaved_rounds(s, client, &scenarios).await;
     let direct = (median(&rounds[0], 0.5), median(&rounds[0], 0.99));
     let mut overheads = Vec::new();
     for (sc, runs) in scenarios.iter().zip(&rounds) {
         let (p50, p90, p99) = (median(runs, 0.5), median(runs, 0.9), median(runs, 0.99));
         let errors: usize = runs.iter().map(|m| m.load.errors).sum();
-        let mut logged: Vec<u64> =
-            runs.iter().flat_map(|m| m.proxy.iter().flat_map(|c| c.overheads_us.clone())).collect();
-        logged.sort_unstable();
+        let logged = logged_overheads(runs);
         let cpu = runs[runs.len() / 2].proxy.as_ref().map_or("-".into(), |c| format!("{:.0}", c.cpu_us_per_request));
         println!(
             "{:<30} {:>7.2} {:>7.2} {:>7.2} {:>6} {:>+12.2} {:>+12.2} {:>9} {:>9} {:>8}",
