@@ -598,3 +598,24 @@ async fn a_pass_through_answer_is_the_upstreams_bytes_verbatim() {
     assert_eq!(status, 502, "{text}");
     assert!(text.contains("not a JSON object"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_covered_by_http_proxy_is_reached_through_that_proxy() {
+    // The forward proxy answers as the upstream would; the upstream's own name never resolves.
+    let forward_proxy = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let config = config(&forward_proxy, &rm, "n", 3).replace(
+        &format!("base_url = \"{}/v1\"", forward_proxy.url()),
+        "base_url = \"http://llm.internal.test:8000/v1\"",
+    );
+    let proxy_url = forward_proxy.url();
+    let proxy =
+        Bestofn::start_with_env(&config, &[("HTTP_PROXY", proxy_url.as_str()), ("NO_PROXY", "127.0.0.1,localhost")]);
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
+    assert_eq!(status, 200, "{resp}");
+    let calls = forward_proxy.requests_to("/v1/chat/completions");
+    assert_eq!(calls.len(), 1, "the upstream call went to the proxy");
+    assert_eq!(calls[0].headers["host"], "llm.internal.test:8000", "addressed to the upstream");
+    assert_eq!(rm.requests_to("/classify").len(), 1, "NO_PROXY: the RM on loopback is called directly");
+    assert!(forward_proxy.requests_to("/classify").is_empty());
+}
