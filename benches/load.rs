@@ -434,12 +434,18 @@ impl Proxy {
         std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
     }
 
-    /// The `overhead_us` fields of the log lines written since byte `from`.
-    fn overheads_since(&self, from: u64) -> Vec<u64> {
+    /// The log written since byte `from`.
+    fn log_since(&self, from: u64) -> String {
         let mut file = std::fs::File::open(&self.log).unwrap();
         file.seek(SeekFrom::Start(from)).unwrap();
         let mut text = String::new();
         file.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    /// The `overhead_us` fields of the log lines written since byte `from`.
+    fn overheads_since(&self, from: u64) -> Vec<u64> {
+        let text = self.log_since(from);
         text.lines().filter_map(|l| l.split("overhead_us=").nth(1)?.split_whitespace().next()?.parse().ok()).collect()
     }
 }
@@ -765,6 +771,13 @@ async fn measure(client: &HttpClient, target: &Target, load: Load, proxy: Option
                 - metric_value(&before_metrics, "bestofn_overhead_seconds_sum ");
             let count = metric_value(&after_metrics, "bestofn_overhead_seconds_count ")
                 - metric_value(&before_metrics, "bestofn_overhead_seconds_count ");
+            // A failed request is explained by bestofn's own warnings, when it logged any.
+            if recorded.errors > 0 {
+                let log = p.log_since(log_from);
+                for line in log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).take(3) {
+                    println!("    (bestofn logged: {line})");
+                }
+            }
             let mut overheads_us = p.overheads_since(log_from);
             overheads_us.sort_unstable();
             Some(ProxyCost {
