@@ -107,14 +107,18 @@ async fn calls_still_running_when_the_rule_fires_are_dropped() {
     let addr = listener.local_addr().unwrap();
     let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let (hanging_tx, mut hanging_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // Seed 200 answers once the other three requests are in, so that all three are on the wire
+    // (a call dropped while still connecting never reaches the server).
+    let arrived = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     tokio::spawn(async move {
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
-            let (closed_tx, hanging_tx) = (closed_tx.clone(), hanging_tx.clone());
+            let (closed_tx, hanging_tx, arrived) = (closed_tx.clone(), hanging_tx.clone(), arrived.clone());
             tokio::spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let Some(body) = read_http_request(&mut stream).await else { return };
                 if body["seed"] == 200 {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), arrived.acquire_many(3)).await;
                     let answer = chat_answer(&["a pear".to_string()], 3).to_string();
                     let head = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -124,6 +128,7 @@ async fn calls_still_running_when_the_rule_fires_are_dropped() {
                     return;
                 }
                 let _ = hanging_tx.send(());
+                arrived.add_permits(1);
                 let mut buf = [0u8; 64];
                 while let Ok(n) = stream.read(&mut buf).await {
                     if n == 0 {

@@ -449,6 +449,15 @@ impl Sent<'_> {
     }
 }
 
+/// A successful call: the body unparsed and how long the successful attempt took.
+#[derive(Debug)]
+pub struct BytesReply {
+    /// The response body.
+    pub body: Bytes,
+    /// Wall time of the attempt that succeeded.
+    pub latency: Duration,
+}
+
 /// A successful call's body, unparsed.
 struct RawReply<'a> {
     body: Bytes,
@@ -521,8 +530,9 @@ impl Backend {
 
     /// POSTs `body` as JSON to `path` under an endpoint, retrying what is retryable, and returns
     /// the answer's bytes unparsed.
-    pub async fn post_bytes(&self, path: &str, body: Bytes) -> Result<Bytes, Error> {
-        Ok(self.call_bytes(path, Method::Post(&body)).await?.body)
+    pub async fn post_bytes(&self, path: &str, body: Bytes) -> Result<BytesReply, Error> {
+        let raw = self.call_bytes(path, Method::Post(&body)).await?;
+        Ok(BytesReply { body: raw.body, latency: raw.latency })
     }
 
     async fn call_bytes(&self, path: &str, method: Method<'_>) -> Result<RawReply<'_>, Error> {

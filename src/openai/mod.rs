@@ -23,15 +23,6 @@ pub fn content_text(content: Option<&Value>) -> String {
     }
 }
 
-/// The text of one upstream choice, as scorers see it: the message content of a chat choice,
-/// the `text` of a legacy completion choice.
-pub fn choice_text(api: crate::bon::Api, choice: &serde_json::Map<String, Value>) -> String {
-    match api {
-        crate::bon::Api::Chat => content_text(choice.get("message").and_then(|m| m.get("content"))),
-        crate::bon::Api::Completions => choice.get("text").and_then(Value::as_str).unwrap_or_default().to_string(),
-    }
-}
-
 /// An error body from any backend, reduced to OpenAI's fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendError {

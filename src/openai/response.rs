@@ -96,7 +96,7 @@ pub fn build_response(api: Api, plan: &Plan, outcome: &Outcome) -> Value {
         .take(plan.k as usize)
         .enumerate()
         .map(|(position, &candidate)| {
-            let mut choice = samples.candidates[candidate].choice.clone();
+            let mut choice = samples.candidates[candidate].choice.to_map();
             choice.insert("index".into(), json!(position));
             if position == 0
                 && let Some(f) = &outcome.fused

@@ -114,14 +114,17 @@ impl StreamMeta {
             }
             if self.api == Api::Chat
                 && fused.is_none()
-                && let Some(Value::Array(calls)) = c.choice.get("message").and_then(|m| m.get("tool_calls"))
+                && let Some(Value::Array(calls)) =
+                    c.choice.to_map().remove("message").and_then(|mut m| m.get_mut("tool_calls").map(Value::take))
             {
+                // `value["index"] = ..` would panic on a call that is not an object.
                 let indexed: Vec<Value> = calls
-                    .iter()
+                    .into_iter()
                     .enumerate()
-                    .map(|(i, call)| {
-                        let mut call = call.clone();
-                        call["index"] = json!(i);
+                    .map(|(i, mut call)| {
+                        if let Value::Object(fields) = &mut call {
+                            fields.insert("index".into(), json!(i));
+                        }
                         call
                     })
                     .collect();

@@ -9,13 +9,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::backend::Backend;
 
-use crate::bon::{Api, Arrival, ArrivalStream, ByteStream, Candidate, Forwarded, Sampler, Samples};
+use crate::bon::{Api, Arrival, ArrivalStream, ByteStream, Candidate, Forwarded, RawChoice, Sampler, Samples};
 use crate::error::Error;
-use crate::openai::choice_text;
 use crate::score::BoxFuture;
 
 /// How N candidates are requested from the upstream.
@@ -59,7 +59,7 @@ pub struct Upstream {
 /// One successful upstream call.
 struct ChatCall {
     body: Map<String, Value>,
-    choices: Vec<Map<String, Value>>,
+    choices: Vec<ParsedChoice>,
     latency_ms: u64,
 }
 
@@ -84,31 +84,173 @@ fn estimate_tokens(text: &str) -> u64 {
     if text.is_empty() { 0 } else { (text.len() as u64).div_ceil(4).max(1) }
 }
 
-type JsonObject = Map<String, Value>;
+/// One upstream answer, parsed only as far as sampling needs: the envelope (every field but
+/// `choices`) as JSON, each choice as its text plus the few fields read from it. Choices stay
+/// text until an answer returns them (see [`RawChoice`]).
+struct Reply {
+    envelope: Map<String, Value>,
+    choices: Vec<ParsedChoice>,
+}
+
+/// A choice's text and what sampling reads of it.
+struct ParsedChoice {
+    raw: RawChoice,
+    text: String,
+    finish_reason: Option<String>,
+}
+
+/// The envelope of an answer, with `choices` left unparsed.
+struct Envelope {
+    fields: Map<String, Value>,
+    choices: Option<Box<RawValue>>,
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Envelope, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Envelope;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+                let mut envelope = Envelope { fields: Map::new(), choices: None };
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "choices" {
+                        envelope.choices = Some(map.next_value()?);
+                    } else {
+                        let value = map.next_value()?;
+                        envelope.fields.insert(key, value);
+                    }
+                }
+                Ok(envelope)
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+/// The fields of a choice that sampling reads; the rest is skipped (it stays in the text).
+#[derive(Default)]
+struct ChoiceFields {
+    index: Option<Value>,
+    /// The `message`, when it is an object: its `content`.
+    message: Option<MessageContent>,
+    text: Option<Value>,
+    finish_reason: Option<Value>,
+}
+
+/// The `content` of a message object.
+#[derive(Default)]
+struct MessageContent(Option<Value>);
+
+/// Visits the fields of a JSON object only (serde would also read a struct from an array).
+struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+/// A struct filled from an object's fields one key at a time.
+trait FromFields: Default {
+    fn field<'de, A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error>;
+}
+
+impl<'de, T: FromFields> serde::de::Visitor<'de> for ObjectVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+        let mut out = T::default();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            out.field(&key, &mut map)?;
+        }
+        Ok(out)
+    }
+}
+
+impl FromFields for ChoiceFields {
+    fn field<'de, A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "index" => self.index = Some(map.next_value()?),
+            "text" => self.text = Some(map.next_value()?),
+            "finish_reason" => self.finish_reason = Some(map.next_value()?),
+            // Anything but an object leaves `message` unset, which is refused below.
+            "message" => self.message = map.next_value::<MaybeMessage>()?.0,
+            _ => {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromFields for MessageContent {
+    fn field<'de, A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        if key == "content" {
+            self.0 = Some(map.next_value()?);
+        } else {
+            map.next_value::<serde::de::IgnoredAny>()?;
+        }
+        Ok(())
+    }
+}
+
+/// A `message` value: its content when it is an object, nothing when it is anything else.
+struct MaybeMessage(Option<MessageContent>);
+
+impl<'de> Deserialize<'de> for MaybeMessage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<MaybeMessage, D::Error> {
+        // Read as raw text first, so that a non-object is told apart from a broken object.
+        let raw = <&RawValue>::deserialize(deserializer)?;
+        if !raw.get().starts_with('{') {
+            return Ok(MaybeMessage(None));
+        }
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        serde::Deserializer::deserialize_map(&mut de, ObjectVisitor::<MessageContent>(std::marker::PhantomData))
+            .map(|m| MaybeMessage(Some(m)))
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 /// Splits an upstream answer into its envelope and its choices sorted by index, or says what is
 /// wrong with it.
-fn parse_reply(api: Api, reply: Value) -> Result<(JsonObject, Vec<JsonObject>), String> {
-    let Value::Object(mut body) = reply else {
-        return Err("the body is not a JSON object".into());
-    };
-    let Some(Value::Array(list)) = body.remove("choices") else {
-        return Err("no 'choices' array".into());
-    };
-    let mut choices = list
-        .into_iter()
-        .map(|c| match c {
-            Value::Object(c) if api == Api::Chat && c.get("message").is_some_and(Value::is_object) => Ok(c),
-            Value::Object(c) if api == Api::Completions && c.get("text").is_some_and(Value::is_string) => Ok(c),
-            _ if api == Api::Chat => Err("a choice without a 'message' object".to_string()),
-            _ => Err("a choice without a 'text' string".to_string()),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if choices.is_empty() {
+fn parse_reply(api: Api, body: &[u8]) -> Result<Reply, String> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+            "the body is not a JSON object".into()
+        } else {
+            "the body is not JSON".into()
+        });
+    }
+    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let list: Vec<Box<RawValue>> = envelope
+        .choices
+        .and_then(|c| serde_json::from_str(c.get()).ok())
+        .ok_or_else(|| "no 'choices' array".to_string())?;
+    if list.is_empty() {
         return Err("empty 'choices'".into());
     }
-    choices.sort_by_key(|c| c.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX));
-    Ok((body, choices))
+    let mut choices = Vec::with_capacity(list.len());
+    for raw in list {
+        let refused = || {
+            if api == Api::Chat { "a choice without a 'message' object" } else { "a choice without a 'text' string" }
+        };
+        if !raw.get().starts_with('{') {
+            return Err(refused().into());
+        }
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        let fields =
+            serde::Deserializer::deserialize_map(&mut de, ObjectVisitor::<ChoiceFields>(std::marker::PhantomData))
+                .map_err(|e| format!("a choice that cannot be read: {e}"))?;
+        let text = match (api, &fields.message, &fields.text) {
+            (Api::Chat, Some(MessageContent(content)), _) => crate::openai::content_text(content.as_ref()),
+            (Api::Completions, _, Some(Value::String(text))) => text.clone(),
+            _ => return Err(refused().into()),
+        };
+        let index = fields.index.as_ref().and_then(Value::as_u64).unwrap_or(u64::MAX);
+        let finish_reason = fields.finish_reason.as_ref().and_then(Value::as_str).map(str::to_string);
+        choices.push((index, ParsedChoice { raw: RawChoice::new(raw), text, finish_reason }));
+    }
+    choices.sort_by_key(|(index, _)| *index);
+    Ok(Reply { envelope: envelope.fields, choices: choices.into_iter().map(|(_, c)| c).collect() })
 }
 
 /// The bodies of the calls of one sampling run. They differ only in `n`, `seed` and `stream`,
@@ -186,7 +328,7 @@ impl Upstream {
 
     /// Exact token counts of `texts` from llama.cpp's `POST /tokenize`, or None when the
     /// endpoint is missing or fails.
-    async fn tokenize(&self, texts: &[String]) -> Option<Vec<u64>> {
+    async fn tokenize(&self, texts: &[&str]) -> Option<Vec<u64>> {
         let tokenizer = self.tokenizer.as_ref()?;
         let calls = texts.iter().map(|text| async move {
             let body = serde_json::json!({"content": text, "add_special": false});
@@ -222,9 +364,9 @@ impl Upstream {
     }
 
     async fn call(&self, api: Api, body: Bytes) -> Result<ChatCall, Error> {
-        let reply = self.backend.post_json_bytes(api.path(), body).await?;
-        let (body, choices) = parse_reply(api, reply.body).map_err(|what| self.garbage(what))?;
-        Ok(ChatCall { body, choices, latency_ms: reply.latency.as_millis() as u64 })
+        let reply = self.backend.post_bytes(api.path(), body).await?;
+        let Reply { envelope, choices } = parse_reply(api, &reply.body).map_err(|what| self.garbage(what))?;
+        Ok(ChatCall { body: envelope, choices, latency_ms: reply.latency.as_millis() as u64 })
     }
 
     /// `total` candidates in concurrent calls of at most `per_call` choices; call starting at
@@ -289,28 +431,28 @@ impl Upstream {
         let Run { api, body: base, seed, deadline } = run;
         let cap = self.learned_n_cap();
         if n == 1 || cap == 1 || (cap > 1 && cap < n) {
-            return self.collect(api, self.batch(run, n, cap.max(1), 0).await, "parallel").await;
+            return self.collect(self.batch(run, n, cap.max(1), 0).await, "parallel").await;
         }
         let first_call = tokio::select! {
             result = async { self.call(api, CallBodies::new(base)?.body(n, seed)).await } => result,
             () = deadline_reached(deadline) => {
-                return self.collect(api, Batch { results: Vec::new(), deadline_hit: true }, "n").await;
+                return self.collect(Batch { results: Vec::new(), deadline_hit: true }, "n").await;
             }
         };
         match first_call {
             Ok(call) => {
                 let got = call.choices.len() as u32;
                 if got >= n {
-                    return self.collect(api, Batch { results: vec![Ok(call)], deadline_hit: false }, "n").await;
+                    return self.collect(Batch { results: vec![Ok(call)], deadline_hit: false }, "n").await;
                 }
                 self.n_cap.store(got, Ordering::Relaxed);
                 tracing::info!(upstream = %self.backend.name, asked = n, got, "upstream returned fewer choices than n; topping up with parallel calls");
                 let mut rest = self.batch(run, n - got, got, got).await;
                 rest.results.insert(0, Ok(call));
-                self.collect(api, rest, "n+parallel").await
+                self.collect(rest, "n+parallel").await
             }
             Err(Error::UpstreamRejected { status: 400 | 422, .. }) => {
-                let fallback = self.collect(api, self.batch(run, n, 1, 0).await, "parallel").await?;
+                let fallback = self.collect(self.batch(run, n, 1, 0).await, "parallel").await?;
                 // The same body with n=1 went through, so it was n>1 that was rejected.
                 self.n_cap.store(1, Ordering::Relaxed);
                 tracing::info!(upstream = %self.backend.name, "upstream rejected n>1; using parallel calls from now on");
@@ -323,11 +465,11 @@ impl Upstream {
     /// Adds one call's candidates and usage to `samples`: the upstream's own figure, recounted
     /// exactly where it cannot be right (see [`UsageCounts`]), estimated from the text, flagged,
     /// only where no count can be had.
-    async fn absorb(&self, api: Api, samples: &mut Samples, call: ChatCall) {
+    async fn absorb(&self, samples: &mut Samples, call: ChatCall) {
         let usage = call.body.get("usage");
         let prompt = usage.and_then(|u| u.get("prompt_tokens")).and_then(Value::as_u64);
         let reported = usage.and_then(|u| u.get("completion_tokens")).and_then(Value::as_u64);
-        let texts: Vec<String> = call.choices.iter().map(|c| choice_text(api, c)).collect();
+        let texts: Vec<&str> = call.choices.iter().map(|c| c.text.as_str()).collect();
         let estimate = || texts.iter().map(|t| estimate_tokens(t)).sum::<u64>();
         let mut per_candidate: Vec<Option<u64>> = vec![None; texts.len()];
         let completion = match reported {
@@ -364,12 +506,11 @@ impl Upstream {
         if samples.envelope.is_empty() {
             samples.envelope = envelope;
         }
-        for ((choice, text), completion_tokens) in call.choices.into_iter().zip(texts).zip(per_candidate) {
-            let finish_reason = choice.get("finish_reason").and_then(Value::as_str).map(str::to_string);
+        for (choice, completion_tokens) in call.choices.into_iter().zip(per_candidate) {
             samples.candidates.push(Candidate {
-                choice,
-                text,
-                finish_reason,
+                choice: choice.raw,
+                text: choice.text,
+                finish_reason: choice.finish_reason,
                 latency_ms: call.latency_ms,
                 completion_tokens,
             });
@@ -379,12 +520,12 @@ impl Upstream {
     /// Turns call results into candidates with the usage the upstream reported, recounted
     /// exactly where its figure cannot be right (see [`UsageCounts`]) and estimated from the
     /// text, flagged, only where no exact count can be had. Fails only if no candidate arrived.
-    async fn collect(&self, api: Api, batch: Batch, strategy: &'static str) -> Result<Samples, Error> {
+    async fn collect(&self, batch: Batch, strategy: &'static str) -> Result<Samples, Error> {
         let mut samples = Samples { strategy, deadline_hit: batch.deadline_hit, ..Default::default() };
         let mut first_error = None;
         for result in batch.results {
             match result {
-                Ok(call) => self.absorb(api, &mut samples, call).await,
+                Ok(call) => self.absorb(&mut samples, call).await,
                 Err(e) => {
                     samples.failures.push(e.to_string());
                     first_error.get_or_insert(e);
@@ -419,8 +560,8 @@ impl Sampler for Upstream {
             let seed = seed.map(|s| s.wrapping_add(i64::from(first)));
             let run = Run { api, body, seed, deadline };
             let mut samples = match self.mode {
-                SamplingMode::N => self.collect(api, self.batch(run, n, n, 0).await, "n").await?,
-                SamplingMode::Parallel => self.collect(api, self.batch(run, n, 1, 0).await, "parallel").await?,
+                SamplingMode::N => self.collect(self.batch(run, n, n, 0).await, "n").await?,
+                SamplingMode::Parallel => self.collect(self.batch(run, n, 1, 0).await, "parallel").await?,
                 SamplingMode::Auto => self.sample_auto(run, n).await?,
             };
             // Hedged calls that finished together may bring more than asked; their tokens were
@@ -470,7 +611,7 @@ impl Sampler for Upstream {
                     let arrival = match next? {
                         Ok(call) => {
                             let mut samples = Samples { strategy: "parallel", ..Default::default() };
-                            self.absorb(api, &mut samples, call).await;
+                            self.absorb(&mut samples, call).await;
                             Arrival::Call(Ok(samples))
                         }
                         Err(e) => Arrival::Call(Err(e)),
@@ -486,7 +627,7 @@ impl Sampler for Upstream {
         Box::pin(async move {
             let bytes = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
             let answer = self.backend.post_bytes(api.path(), Bytes::from(bytes)).await?;
-            Forwarded::from_json(answer).map_err(|what| self.garbage(what))
+            Forwarded::from_json(answer.body).map_err(|what| self.garbage(what))
         })
     }
 
@@ -535,10 +676,12 @@ mod tests {
         #[test]
         fn any_upstream_answer_parses_or_is_refused_without_panic(reply in json_value()) {
             for api in [Api::Chat, Api::Completions] {
-                if let Ok((_, choices)) = parse_reply(api, reply.clone()) {
-                    prop_assert!(!choices.is_empty());
-                    for c in &choices {
-                        let _ = choice_text(api, c);
+                let bytes = serde_json::to_vec(&reply).unwrap();
+                if let Ok(parsed) = parse_reply(api, &bytes) {
+                    prop_assert!(!parsed.choices.is_empty());
+                    for c in &parsed.choices {
+                        let key = if api == Api::Chat { "message" } else { "text" };
+                        prop_assert!(c.raw.to_map().contains_key(key));
                     }
                 }
             }
