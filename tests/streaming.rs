@@ -324,3 +324,36 @@ async fn a_non_streaming_client_that_goes_away_closes_the_upstream_connections()
         .await
         .expect("upstream connections left open after the client went away");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn odd_tool_calls_from_the_upstream_are_streamed_without_a_crash() {
+    // One well-formed call and one that is not an object: the first gets its index, the second
+    // passes as it came, and the proxy stays up.
+    let upstream = FakeServer::start(|_| {
+        let choice = |i: u64| {
+            json!({"index": i, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": "calling",
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}, "odd"]}})
+        };
+        Reply::Json(200, json!({"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [choice(0), choice(1)], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}))
+    })
+    .await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let proxy = Bestofn::start(&streaming_config(&upstream, &rm, "n", 2));
+    let mut body = chat_body("q");
+    body["stream"] = json!(true);
+    let (status, _, text) = post_raw(&proxy.url("/v1/chat/completions"), body).await;
+    assert_eq!(status, 200, "{text}");
+    let chunks = data_events(&parse_sse(&text));
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .flat_map(|t| t.as_array().unwrap())
+        .collect();
+    assert_eq!(calls.len(), 2, "{text}");
+    assert_eq!(calls[0]["index"], 0);
+    assert_eq!(calls[0]["function"]["name"], "f");
+    assert_eq!(calls[1], &json!("odd"));
+    let (status, _, _) = post(&proxy.url("/v1/chat/completions"), chat_body("still up"), &[]).await;
+    assert_eq!(status, 200);
+}
