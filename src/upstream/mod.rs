@@ -688,3 +688,32 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod reply_tests {
+    use super::*;
+
+    #[test]
+    fn pretty_printed_answers_parse_as_compact_ones_do() {
+        let body = b"{\n  \"id\": \"x\",\n  \"choices\": [\n    {\n      \"index\": 1,\n      \"message\": { \"role\": \"assistant\", \"content\": \"b\" },\n      \"finish_reason\": \"length\"\n    } ,\n    { \"index\": 0, \"message\": {\"content\": [{\"type\": \"text\", \"text\": \"a\"}]}, \"logprobs\": null }\n  ],\n  \"usage\": {\"prompt_tokens\": 2}\n}\n";
+        let reply = parse_reply(Api::Chat, body).unwrap();
+        let texts: Vec<&str> = reply.choices.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(texts, ["a", "b"], "sorted by index, content parts joined");
+        assert_eq!(reply.choices[1].finish_reason.as_deref(), Some("length"));
+        assert!(reply.choices[0].raw.to_map().contains_key("logprobs"), "unknown fields kept");
+        assert_eq!(reply.envelope["usage"]["prompt_tokens"], 2);
+        assert!(!reply.envelope.contains_key("choices"));
+        for (body, error) in [
+            (&b"[1]"[..], "not a JSON object"),
+            (b"nope", "not JSON"),
+            (b"{\"choices\": {}}", "no 'choices' array"),
+            (b"{\"choices\": [[{\"message\": {}}]]}", "'message' object"),
+            (b"{\"choices\": [{\"message\": \"hi\"}]}", "'message' object"),
+        ] {
+            let got = parse_reply(Api::Chat, body).err().unwrap_or_default();
+            assert!(got.contains(error), "{got}");
+        }
+        let got = parse_reply(Api::Completions, b"{\"choices\": [{\"text\": 3}]}").err().unwrap_or_default();
+        assert!(got.contains("'text' string"), "{got}");
+    }
+}
