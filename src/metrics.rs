@@ -60,6 +60,11 @@ pub struct Metrics {
     pub candidates_saved: IntCounterVec,
     /// `bestofn_degraded_requests_total{domain}`: requests given fewer candidates under load.
     pub degraded: IntCounterVec,
+    /// `bestofn_n_requested_total{domain}`: the N best-of-N requests asked for (policy, domain or
+    /// request), summed; over the request count, the mean N requested.
+    pub n_requested: IntCounterVec,
+    /// `bestofn_n_granted_total{domain}`: the N they were given after load-aware N, summed.
+    pub n_granted: IntCounterVec,
     /// `bestofn_fuse_total{domain,outcome}`: fused answers that scored better or worse than the
     /// best candidate, could not be scored, or failed.
     pub fuse: IntCounterVec,
@@ -203,6 +208,18 @@ impl Metrics {
                 &r,
                 "bestofn_candidates_saved_total",
                 "Candidates adaptive sampling did not request (n minus n_sampled)",
+                &["domain"],
+            )?,
+            n_requested: counter(
+                &r,
+                "bestofn_n_requested_total",
+                "N asked for by best-of-N requests, summed (before load-aware N)",
+                &["domain"],
+            )?,
+            n_granted: counter(
+                &r,
+                "bestofn_n_granted_total",
+                "N given to best-of-N requests, summed (after load-aware N)",
                 &["domain"],
             )?,
             degraded: counter(

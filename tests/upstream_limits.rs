@@ -168,6 +168,15 @@ async fn load_aware_n_halves_under_a_long_queue_and_recovers_step_by_step() {
         .parse()
         .unwrap();
     assert_eq!(counted as usize, degraded.len() + ns.iter().filter(|n| **n < 8).count(), "{text}");
+    // N asked for and N given, summed, for the dashboard's granted-vs-requested panel.
+    let series = |name: &str| -> u64 {
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name}{{domain=\"general\"}} "))).unwrap().parse().unwrap()
+    };
+    let granted: u64 = 8
+        + answers.iter().map(|(_, _, r)| r["bestofn"]["n_sampled"].as_u64().unwrap()).sum::<u64>()
+        + ns.iter().sum::<u64>();
+    assert_eq!(series("bestofn_n_requested_total"), 8 * 8, "{text}");
+    assert_eq!(series("bestofn_n_granted_total"), granted, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -39,6 +39,9 @@ struct RunFacts {
     adaptive: Option<(u64, &'static str)>,
     /// N was lowered under load.
     degraded: bool,
+    /// N asked for and N given (they differ when load-aware N lowered it).
+    n_requested: u64,
+    n_granted: u64,
     /// better, worse, unscored or failed, when fusing was asked for.
     fuse: Option<&'static str>,
 }
@@ -142,6 +145,8 @@ impl RequestObserver {
             scorer_failed: outcome.scorer_error.as_ref().map(|_| scorer),
             adaptive: outcome.adaptive.map(|a| (u64::from(plan.n.saturating_sub(a.n_sampled)), a.stop_reason.label())),
             degraded: plan.degraded,
+            n_requested: u64::from(plan.n_requested),
+            n_granted: u64::from(plan.n),
             fuse: match (&outcome.fused, &outcome.fuse_failed) {
                 (Some(f), _) => Some(match (f.score, outcome.chosen_score()) {
                     (Some(fused), Some(best)) if fused > best => "better",
@@ -184,6 +189,8 @@ impl RequestObserver {
             if run.degraded {
                 m.degraded.with_label_values(&[domain]).inc();
             }
+            m.n_requested.with_label_values(&[domain]).inc_by(run.n_requested);
+            m.n_granted.with_label_values(&[domain]).inc_by(run.n_granted);
             if let Some((saved, reason)) = run.adaptive {
                 m.candidates_saved.with_label_values(&[domain]).inc_by(saved);
                 m.adaptive_stops.with_label_values(&[domain, reason]).inc();
