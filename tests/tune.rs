@@ -85,26 +85,22 @@ fn write_samples(dir: &std::path::Path, rows: &[Value]) -> String {
     path.display().to_string()
 }
 
+/// `bestofn eval tune --samples SAMPLES --format json ARGS`, which must succeed, as JSON.
+fn tune_json(samples: &str, args: &[&str]) -> Value {
+    let mut all = vec!["eval", "tune", "--samples", samples, "--format", "json"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = bestofn(&all);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
 #[test]
 fn the_chosen_n_equals_a_brute_force_search_of_the_objective() {
     let dir = tempfile::tempdir().unwrap();
     let rows = synthetic();
     let samples = write_samples(dir.path(), &rows);
     for c in [0.0, 0.005, 0.02, 0.2] {
-        let (ok, out, err) = bestofn(&[
-            "eval",
-            "tune",
-            "--samples",
-            &samples,
-            "--cost-per-sample",
-            &c.to_string(),
-            "--format",
-            "json",
-            "--bootstrap",
-            "50",
-        ]);
-        assert!(ok, "{err}");
-        let report: Value = serde_json::from_str(&out).unwrap();
+        let report = tune_json(&samples, &["--cost-per-sample", &c.to_string(), "--bootstrap", "50"]);
         for domain in ["math", "code", "safety"] {
             let d = &report["domains"][domain];
             let (scorer, k) = brute_pick(&rows, domain, c);
@@ -116,9 +112,7 @@ fn the_chosen_n_equals_a_brute_force_search_of_the_objective() {
         }
     }
     // The shapes: at a small cost math stops before 16 (it saturates), code wants all 16, safety 1.
-    let (_, out, _) =
-        bestofn(&["eval", "tune", "--samples", &samples, "--cost-per-sample", "0.005", "--format", "json"]);
-    let report: Value = serde_json::from_str(&out).unwrap();
+    let report = tune_json(&samples, &["--cost-per-sample", "0.005"]);
     assert!(report["domains"]["math"]["n"].as_u64().unwrap() < 16, "math saturates before 16");
     assert_eq!(report["domains"]["code"]["n"], 16);
     assert_eq!(report["domains"]["safety"]["n"], 1);
@@ -135,20 +129,7 @@ fn target_share_takes_the_cheapest_choice_at_the_boundary() {
     let samples = write_samples(dir.path(), &synthetic());
     // code: BoN@k = k/16 with rm, best 1.0 at 16. A share of exactly 0.5 is reached by k = 8.
     for (share, n) in [("1", 16), ("0.5", 8), ("0.5001", 16), ("0.25", 4), ("0.0625", 1)] {
-        let (ok, out, err) = bestofn(&[
-            "eval",
-            "tune",
-            "--samples",
-            &samples,
-            "--target-share",
-            share,
-            "--format",
-            "json",
-            "--scorers",
-            "rm",
-        ]);
-        assert!(ok, "{err}");
-        let report: Value = serde_json::from_str(&out).unwrap();
+        let report = tune_json(&samples, &["--target-share", share, "--scorers", "rm"]);
         assert_eq!(report["domains"]["code"]["n"], n, "share {share}");
     }
     for (args, needle) in [
@@ -174,24 +155,8 @@ fn the_split_never_tunes_on_a_held_out_prompt() {
     let dir = tempfile::tempdir().unwrap();
     let rows = synthetic();
     let samples = write_samples(dir.path(), &rows);
-    let (ok, out, err) = bestofn(&[
-        "eval",
-        "tune",
-        "--samples",
-        &samples,
-        "--cost-per-sample",
-        "0.005",
-        "--split",
-        "0.5",
-        "--seed",
-        "9",
-        "--format",
-        "json",
-        "--min-prompts",
-        "3",
-    ]);
-    assert!(ok, "{err}");
-    let split: Value = serde_json::from_str(&out).unwrap();
+    let split =
+        tune_json(&samples, &["--cost-per-sample", "0.005", "--split", "0.5", "--seed", "9", "--min-prompts", "3"]);
     for domain in ["math", "code", "safety"] {
         let d = &split["domains"][domain];
         let held: Vec<String> =
@@ -207,20 +172,7 @@ fn the_split_never_tunes_on_a_held_out_prompt() {
             .collect();
         let sub = dir.path().join(format!("{domain}.jsonl"));
         std::fs::write(&sub, tuning.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
-        let (ok, out, err) = bestofn(&[
-            "eval",
-            "tune",
-            "--samples",
-            sub.to_str().unwrap(),
-            "--cost-per-sample",
-            "0.005",
-            "--format",
-            "json",
-            "--min-prompts",
-            "3",
-        ]);
-        assert!(ok, "{err}");
-        let alone: Value = serde_json::from_str(&out).unwrap();
+        let alone = tune_json(sub.to_str().unwrap(), &["--cost-per-sample", "0.005", "--min-prompts", "3"]);
         let a = &alone["domains"][domain];
         assert_eq!(
             (a["scorer"].clone(), a["n"].clone(), a["expected_accuracy"].clone()),
@@ -236,19 +188,7 @@ fn the_split_never_tunes_on_a_held_out_prompt() {
         }
     }
     // Too few prompts keep the global policy and say why.
-    let (_, out, _) = bestofn(&[
-        "eval",
-        "tune",
-        "--samples",
-        &samples,
-        "--cost-per-sample",
-        "0.005",
-        "--split",
-        "0.5",
-        "--format",
-        "json",
-    ]);
-    let report: Value = serde_json::from_str(&out).unwrap();
+    let report = tune_json(&samples, &["--cost-per-sample", "0.005", "--split", "0.5"]);
     assert!(report["domains"]["math"]["note"].as_str().unwrap().contains("keeps the global policy"), "{report}");
     assert!(report["domains"]["math"]["n"].is_null());
 }
