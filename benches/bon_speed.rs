@@ -3,30 +3,22 @@
 //!
 //! Run: `cargo bench --bench bon_speed` (BESTOFN_BENCH_PROMPTS overrides the prompt count).
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use bestofn::eval::bon::{Prompt, bon_report};
 
+mod common;
+
 fn main() {
-    let prompts: usize = std::env::var("BESTOFN_BENCH_PROMPTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let prompts = common::bench_prompts();
     let n = 16;
-    let mut rng = fastrand::Rng::with_seed(42);
-    let domains = ["math", "code", "precise_if", "factuality"];
     let built = Instant::now();
-    let data: Vec<Prompt> = (0..prompts)
-        .map(|i| {
-            let labels: Vec<f64> = (0..n).map(|_| f64::from(u8::from(rng.f64() < 0.3))).collect();
-            // Rewards correlated with the label, quantised so that ties occur.
-            let reward = |rng: &mut fastrand::Rng, noise: f64| -> Vec<f64> {
-                labels.iter().map(|l| ((l + noise * rng.f64()) * 8.0).round() / 8.0).collect()
-            };
-            let mut rewards = BTreeMap::new();
-            rewards.insert("rm_a".to_string(), reward(&mut rng, 1.5));
-            rewards.insert("rm_b".to_string(), reward(&mut rng, 3.0));
-            Prompt { id: i.to_string(), domain: domains[i % domains.len()].to_string(), labels, rewards }
-        })
-        .collect();
+    let data: Vec<Prompt> = common::synthetic(prompts, n, &[("rm_a", 1.5), ("rm_b", 3.0)], |p, _| Prompt {
+        id: p.id,
+        domain: p.domain,
+        labels: p.labels,
+        rewards: p.rewards,
+    });
     println!("built {prompts} prompts x {n} candidates x 2 rewards in {:.2} s", built.elapsed().as_secs_f64());
 
     let started = Instant::now();

@@ -9,32 +9,21 @@ use std::time::Instant;
 
 use bestofn::eval::tune::{Objective, TuneOptions, TunePrompt, tune_prompts};
 
+mod common;
+
 fn main() {
-    let prompts: usize = std::env::var("BESTOFN_BENCH_PROMPTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let prompts = common::bench_prompts();
     let n = 16;
-    let mut rng = fastrand::Rng::with_seed(42);
-    let domains = ["math", "code", "precise_if", "factuality"];
     let built = Instant::now();
-    let data: Vec<TunePrompt<'static>> = (0..prompts)
-        .map(|i| {
-            let labels: Vec<f64> = (0..n).map(|_| f64::from(u8::from(rng.f64() < 0.3))).collect();
-            let reward = |rng: &mut fastrand::Rng, noise: f64| -> Vec<f64> {
-                labels.iter().map(|l| ((l + noise * rng.f64()) * 8.0).round() / 8.0).collect()
-            };
-            let mut rewards = BTreeMap::new();
-            rewards.insert("rm_a".to_string(), reward(&mut rng, 1.5));
-            rewards.insert("rm_b".to_string(), reward(&mut rng, 3.0));
-            rewards.insert("verify".to_string(), reward(&mut rng, 0.5));
-            TunePrompt {
-                id: i.to_string(),
-                domain: domains[i % domains.len()].to_string(),
-                row: None,
-                labels,
-                rewards,
-                costs: (0..n).map(|_| 20.0 + 40.0 * rng.f64()).collect(),
-            }
-        })
-        .collect();
+    let scorers = [("rm_a", 1.5), ("rm_b", 3.0), ("verify", 0.5)];
+    let data: Vec<TunePrompt<'static>> = common::synthetic(prompts, n, &scorers, |p, rng| TunePrompt {
+        id: p.id,
+        domain: p.domain,
+        row: None,
+        labels: p.labels,
+        rewards: p.rewards,
+        costs: (0..n).map(|_| 20.0 + 40.0 * rng.f64()).collect(),
+    });
     println!("built {prompts} prompts x {n} candidates x 3 scorers in {:.2} s", built.elapsed().as_secs_f64());
     let options = TuneOptions {
         objective: Objective::CostPerSample(0.005),
