@@ -100,33 +100,20 @@ struct ParsedChoice {
 }
 
 /// The envelope of an answer, with `choices` left unparsed.
+#[derive(Default)]
 struct Envelope {
     fields: Map<String, Value>,
     choices: Option<Box<RawValue>>,
 }
 
-impl<'de> Deserialize<'de> for Envelope {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Envelope, D::Error> {
-        struct Fields;
-        impl<'de> serde::de::Visitor<'de> for Fields {
-            type Value = Envelope;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
-                let mut envelope = Envelope { fields: Map::new(), choices: None };
-                while let Some(key) = map.next_key::<String>()? {
-                    if key == "choices" {
-                        envelope.choices = Some(map.next_value()?);
-                    } else {
-                        let value = map.next_value()?;
-                        envelope.fields.insert(key, value);
-                    }
-                }
-                Ok(envelope)
-            }
+impl FromFields for Envelope {
+    fn field<'de, A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        if key == "choices" {
+            self.choices = Some(map.next_value()?);
+        } else {
+            self.fields.insert(key.to_string(), map.next_value()?);
         }
-        deserializer.deserialize_map(Fields)
+        Ok(())
     }
 }
 
@@ -193,6 +180,14 @@ impl FromFields for MessageContent {
     }
 }
 
+/// Reads one JSON object (and nothing else) into `T`.
+fn read_object<T: FromFields>(json: &[u8]) -> serde_json::Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let out = serde::Deserializer::deserialize_map(&mut de, ObjectVisitor::<T>(std::marker::PhantomData))?;
+    de.end()?;
+    Ok(out)
+}
+
 /// A `message` value: its content when it is an object, nothing when it is anything else.
 struct MaybeMessage(Option<MessageContent>);
 
@@ -203,10 +198,7 @@ impl<'de> Deserialize<'de> for MaybeMessage {
         if !raw.get().starts_with('{') {
             return Ok(MaybeMessage(None));
         }
-        let mut de = serde_json::Deserializer::from_str(raw.get());
-        serde::Deserializer::deserialize_map(&mut de, ObjectVisitor::<MessageContent>(std::marker::PhantomData))
-            .map(|m| MaybeMessage(Some(m)))
-            .map_err(serde::de::Error::custom)
+        read_object(raw.get().as_bytes()).map(|m| MaybeMessage(Some(m))).map_err(serde::de::Error::custom)
     }
 }
 
@@ -220,7 +212,7 @@ fn parse_reply(api: Api, body: &[u8]) -> Result<Reply, String> {
             "the body is not JSON".into()
         });
     }
-    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let envelope: Envelope = read_object(body).map_err(|e| format!("the body is not JSON: {e}"))?;
     let list: Vec<Box<RawValue>> = envelope
         .choices
         .and_then(|c| serde_json::from_str(c.get()).ok())
@@ -236,10 +228,8 @@ fn parse_reply(api: Api, body: &[u8]) -> Result<Reply, String> {
         if !raw.get().starts_with('{') {
             return Err(refused().into());
         }
-        let mut de = serde_json::Deserializer::from_str(raw.get());
-        let fields =
-            serde::Deserializer::deserialize_map(&mut de, ObjectVisitor::<ChoiceFields>(std::marker::PhantomData))
-                .map_err(|e| format!("a choice that cannot be read: {e}"))?;
+        let fields: ChoiceFields =
+            read_object(raw.get().as_bytes()).map_err(|e| format!("a choice that cannot be read: {e}"))?;
         let text = match (api, &fields.message, &fields.text) {
             (Api::Chat, Some(MessageContent(content)), _) => crate::openai::content_text(content.as_ref()),
             (Api::Completions, _, Some(Value::String(text))) => text.clone(),
