@@ -444,9 +444,15 @@ impl Sent<'_> {
     /// The span to count as the upstream's while only the head is in: from the request's first
     /// byte on the wire (or the attempt's start) on.
     fn call_span(&self) -> (Instant, Instant) {
-        let clock = client::wire_clock(&self.reply).and_then(|c| c.span());
-        clock.filter(|(from, _)| *from >= self.started).unwrap_or((self.started, Instant::now()))
+        call_span(client::wire_clock(&self.reply).map(|c| &**c), self.started)
     }
+}
+
+/// A call's span: on the wire when its connection's clock saw this attempt's request, else from
+/// the attempt's start until now.
+fn call_span(clock: Option<&WireClock>, started: Instant) -> (Instant, Instant) {
+    let wire = clock.and_then(WireClock::span);
+    wire.filter(|(from, _)| *from >= started).unwrap_or((started, Instant::now()))
 }
 
 /// A successful call: the body unparsed and how long the successful attempt took.
@@ -553,10 +559,7 @@ impl Backend {
             }
             Err(_) => return Err(self.timed_out(&self.endpoint_name(sent.endpoint))),
         };
-        let (from, to) = clock
-            .and_then(|c| c.span())
-            .filter(|(from, _)| *from >= sent.started)
-            .unwrap_or((sent.started, Instant::now()));
+        let (from, to) = call_span(clock.as_deref(), sent.started);
         record_interval(from, to);
         sent.slot.served();
         Ok(RawReply { body, status, latency: sent.started.elapsed(), endpoint: sent.endpoint })
