@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use bestofn::config::Config;
-use bestofn::server::{AppState, serve};
+use bestofn::server::{AppState, serve_on_threads};
 
 // Under load glibc's malloc took about a third of the proxy's CPU (perf on N=16 parallel
 // sampling: _int_malloc, _int_free, malloc_consolidate and arena lock wake-ups): many small,
@@ -328,11 +328,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.server.listen = listen;
             }
             init_logging();
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(serve_forever(config))
+            serve_forever(config)
         }
     }
 }
@@ -343,15 +339,15 @@ fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
 }
 
-async fn serve_forever(config: Config) -> anyhow::Result<()> {
+fn serve_forever(config: Config) -> anyhow::Result<()> {
     let state = Arc::new(AppState::from_config(&config)?);
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
+    let listener = std::net::TcpListener::bind(config.server.listen)
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
+    let threads = bestofn::backend::serving_threads();
+    tracing::info!("serving on {threads} thread(s) (TOKIO_WORKER_THREADS sets how many)");
     tracing::info!("bestofn listening on http://{addr}");
-    serve(listener, state, shutdown_signal()).await;
-    Ok(())
+    serve_on_threads(listener, state, threads, shutdown_signal()).context("the server stopped with an error")
 }
 
 async fn shutdown_signal() {

@@ -377,6 +377,56 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert_eq!(code, 200, "the in-flight request was finished: {resp}");
 }
 
+/// Names of the threads of process `pid` that serve requests.
+fn serving_threads_of(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| name.starts_with("bestofn-serve-"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_serving_threads_set_by_tokio_worker_threads_all_drain_on_sigterm() {
+    let ok = upstream_handler(NSupport::Full, UsageStyle::Honest);
+    let upstream =
+        FakeServer::start(move |r: &Recorded| Reply::Delayed(Duration::from_millis(700), Box::new(ok(r)))).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let mut proxy = Bestofn::start_with_env(&config(&upstream, &rm, "n", 2), &[("TOKIO_WORKER_THREADS", "3")]);
+    // The socket listens (and queues connections) before the threads are up.
+    let expected = ["bestofn-serve-0", "bestofn-serve-1", "bestofn-serve-2"];
+    for _ in 0..200 {
+        if serving_threads_of(proxy.pid()) == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(serving_threads_of(proxy.pid()), expected);
+    // Six requests on six connections, spread over the threads by whichever accepts first.
+    let in_flight: Vec<_> = (0..6)
+        .map(|i| {
+            let url = proxy.url("/v1/chat/completions");
+            tokio::spawn(async move { post(&url, chat_body(&format!("q{i}")), &[]).await })
+        })
+        .collect();
+    for _ in 0..300 {
+        if upstream.requests().len() >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(upstream.requests().len(), 6, "all six reached the upstream before the signal");
+    let status = tokio::task::spawn_blocking(move || proxy.terminate_and_wait()).await.unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    for request in in_flight {
+        let (code, _, resp) = request.await.unwrap();
+        assert_eq!(code, 200, "every thread finished its in-flight request: {resp}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn client_keys_upstream_secrets_and_a_fixed_upstream() {
     let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;

@@ -42,13 +42,46 @@ pub type Reply = http::Response<ReplyBody>;
 /// Why a call got no answer.
 pub type SendError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A process's clients for backend calls; cheap to clone (both clients are handles to shared
+/// A process's clients for backend calls; cheap to clone (every client is a handle to shared
 /// connection pools).
+///
+/// Each serving thread has its own pools (see [`set_serving_thread`]). A pooled connection's
+/// I/O runs as a task on the thread that opened it; a call from another thread would hand every
+/// request and answer across threads, waking a sleeping core each time, which on the 2-core VM
+/// of BENCHMARKS.md cost more than the call's own CPU.
 #[derive(Clone)]
 pub struct HttpClient {
-    direct: HyperClient<WireConnector, Full<Bytes>>,
-    general: reqwest::Client,
+    direct: Arc<[HyperClient<WireConnector, Full<Bytes>>]>,
+    general: Arc<[reqwest::Client]>,
     proxies: Arc<Matcher>,
+}
+
+/// How many threads serve requests: `TOKIO_WORKER_THREADS` when set to a positive number (the
+/// variable Tokio's own runtimes read), else the CPUs this process may use.
+pub fn serving_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::env::var("TOKIO_WORKER_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    })
+}
+
+thread_local! {
+    static SERVING_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as serving thread `index` (0-based, below [`serving_threads`]): its
+/// backend calls use that thread's connection pools. Threads never marked share pool 0.
+pub fn set_serving_thread(index: usize) {
+    SERVING_THREAD.with(|t| t.set(index));
+}
+
+/// The current thread's entry of a per-thread list.
+fn this_thread<T>(per_thread: &[T]) -> &T {
+    &per_thread[SERVING_THREAD.with(std::cell::Cell::get) % per_thread.len()]
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -66,20 +99,37 @@ const POOL_IDLE_PER_HOST: usize = 512;
 impl HttpClient {
     /// Pooled keep-alive clients speaking HTTP/2 as `mode` says; proxies from the environment.
     pub fn new(mode: Http2Mode) -> Result<HttpClient, reqwest::Error> {
+        Self::with_threads(mode, serving_threads())
+    }
+
+    /// As [`HttpClient::new`], with pools for `threads` serving threads.
+    fn with_threads(mode: Http2Mode, threads: usize) -> Result<HttpClient, reqwest::Error> {
         super::install_crypto_provider();
+        let threads = threads.max(1);
+        let general = (0..threads).map(|_| Self::general(mode)).collect::<Result<Vec<_>, _>>()?;
+        let direct = (0..threads).map(|_| Self::direct(mode)).collect::<Vec<_>>();
+        Ok(HttpClient { direct: direct.into(), general: general.into(), proxies: Arc::new(Matcher::from_env()) })
+    }
+
+    /// The reqwest client of HTTPS and proxied endpoints.
+    fn general(mode: Http2Mode) -> Result<reqwest::Client, reqwest::Error> {
         let builder = match mode {
             Http2Mode::Auto => reqwest::Client::builder(),
             Http2Mode::Always => reqwest::Client::builder().http2_prior_knowledge(),
             Http2Mode::Never => reqwest::Client::builder().http1_only(),
         };
-        let general = builder
+        builder
             .pool_idle_timeout(POOL_IDLE)
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
             .tcp_nodelay(true)
             // Backends are called at configured URLs; a redirect is a misconfiguration to
             // surface, not to follow (a POST must not silently become a GET elsewhere).
             .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .build()
+    }
+
+    /// hyper's pooled client of plain-HTTP endpoints.
+    fn direct(mode: Http2Mode) -> HyperClient<WireConnector, Full<Bytes>> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let mut direct = HyperClient::builder(TokioExecutor::new());
@@ -91,11 +141,7 @@ impl HttpClient {
             // Plain-text HTTP/2 needs prior knowledge; without TLS there is no ALPN to agree on
             // it, so `auto` means HTTP/1.1 here, as it does in reqwest.
             .http2_only(mode == Http2Mode::Always);
-        Ok(HttpClient {
-            direct: direct.build(WireConnector(connector)),
-            general,
-            proxies: Arc::new(Matcher::from_env()),
-        })
+        direct.build(WireConnector(connector))
     }
 
     /// Whether calls to `uri` take the direct path: plain HTTP that no proxy variable covers.
@@ -106,11 +152,11 @@ impl HttpClient {
     /// Sends `request` by the direct path when `direct`, else by reqwest.
     pub async fn send(&self, request: http::Request<Bytes>, direct: bool) -> Result<Reply, SendError> {
         if direct {
-            let response = self.direct.request(request.map(Full::new)).await?;
+            let response = this_thread(&self.direct).request(request.map(Full::new)).await?;
             Ok(response.map(Either::Left))
         } else {
             let request = reqwest::Request::try_from(request)?;
-            let response: http::Response<reqwest::Body> = self.general.execute(request).await?.into();
+            let response: http::Response<reqwest::Body> = this_thread(&self.general).execute(request).await?.into();
             Ok(response.map(Either::Right))
         }
     }
@@ -299,6 +345,50 @@ mod tests {
         }
         assert!(Arc::ptr_eq(&clocks[0].0, &clocks[1].0), "the second call reused the connection");
         assert!(clocks[1].1 > clocks[0].1, "and its span starts at its own request");
+    }
+
+    #[test]
+    fn each_serving_thread_calls_through_its_own_pool() {
+        let server = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let addr = server.block_on(slow_server(Duration::ZERO));
+        let client = HttpClient::with_threads(Http2Mode::Auto, 2).unwrap();
+        let uri: http::Uri = format!("http://{addr}/v1/chat/completions").parse().unwrap();
+        // Two calls from serving thread `index`, which keeps running (and so keeps its pooled
+        // connection usable) until `hold` resolves; the calls' connections go to `calls`.
+        let serve_calls = |index: usize, hold: tokio::sync::oneshot::Receiver<()>| {
+            let (calls_tx, calls) = tokio::sync::oneshot::channel();
+            let (client, uri) = (client.clone(), uri.clone());
+            let thread = std::thread::spawn(move || {
+                set_serving_thread(index);
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async move {
+                    let mut clocks = Vec::new();
+                    for _ in 0..2 {
+                        let reply = client.send(post(&uri), true).await.unwrap();
+                        clocks.push(wire_clock(&reply).cloned().unwrap());
+                        let _ = reply.into_body().collect().await.unwrap();
+                    }
+                    let _ = calls_tx.send(clocks);
+                    let _ = hold.await;
+                });
+            });
+            (thread, calls)
+        };
+        let (release_first, hold_first) = tokio::sync::oneshot::channel();
+        let (first_thread, first_calls) = serve_calls(0, hold_first);
+        let first = first_calls.blocking_recv().unwrap();
+        let (release_second, hold_second) = tokio::sync::oneshot::channel();
+        let (second_thread, second_calls) = serve_calls(1, hold_second);
+        let second = second_calls.blocking_recv().unwrap();
+        let _ = (release_first.send(()), release_second.send(()));
+        first_thread.join().unwrap();
+        second_thread.join().unwrap();
+        assert!(Arc::ptr_eq(&first[0], &first[1]), "a thread reuses its own kept-alive connection");
+        assert!(Arc::ptr_eq(&second[0], &second[1]));
+        assert!(
+            !Arc::ptr_eq(&first[0], &second[0]),
+            "the second thread opens its own connection instead of borrowing the first thread's idle one"
+        );
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use crate::openai::normalize_error_body;
 
 mod client;
 
-pub use client::{HttpClient, WireClock};
+pub use client::{HttpClient, WireClock, serving_threads, set_serving_thread};
 
 /// Installs ring as the process's TLS crypto provider. reqwest is built without a bundled
 /// provider (see Cargo.toml) to keep clean builds lean; this must run before a client is built.
