@@ -19,8 +19,9 @@
 //!      rather than queues of a saturated CPU;
 //!   5. a pass-through proxy against nginx (Debian's package, skipped when it is not installed):
 //!      nginx serving a fixed chat completion is the origin; direct, nginx as a reverse proxy
-//!      (`proxy_pass`, keep-alive upstream) and bestofn N = 1 in front of it, at a light fixed
-//!      rate and at saturation; both proxies log one line per request to a file;
+//!      (`proxy_pass`, keep-alive upstream), a bare hyper proxy on bestofn's stack and threading
+//!      (the floor of that stack; no log) and bestofn N = 1 in front of it, at a light fixed
+//!      rate and at saturation; nginx and bestofn log one line per request to a file;
 //!   6. bounded upstream concurrency: 1,000 concurrent N = 16 parallel requests against an
 //!      upstream taking ~50 ms, unbounded and with `max_in_flight`, with the stub's own count of
 //!      concurrent calls;
@@ -1218,6 +1219,95 @@ impl Nginx {
     }
 }
 
+/// The floor of a proxy built on bestofn's stack: hyper's server and pooled client, one
+/// single-threaded runtime per CPU accepting from one socket (bestofn's shape), forwarding the
+/// request body and the answer as bytes, with no parsing, no metrics and no log. Section 5's
+/// anchor between nginx and bestofn: what the stack costs against what bestofn's own code does.
+/// Runs in a child process of this benchmark (`BESTOFN_LOAD_BARE_PROXY="LISTEN UPSTREAM"`), not on
+/// the generator's runtime.
+fn run_bare_proxy(spec: &str) {
+    let mut parts = spec.split_whitespace();
+    let (Some(listen), Some(upstream)) = (parts.next(), parts.next()) else {
+        panic!("BESTOFN_LOAD_BARE_PROXY wants \"LISTEN_ADDR UPSTREAM_ADDR\", got {spec:?}")
+    };
+    let listener = std::net::TcpListener::bind(listen).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let upstream: Arc<str> = format!("http://{upstream}").into();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let listener = listener.try_clone().unwrap();
+            let upstream = upstream.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let _ = stream.set_nodelay(true);
+                        let (client, upstream) = (client.clone(), upstream.clone());
+                        tokio::spawn(async move {
+                            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                                let (client, upstream) = (client.clone(), upstream.clone());
+                                async move {
+                                    let (head, body) = req.into_parts();
+                                    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+                                    let uri = format!("{upstream}{}", head.uri.path());
+                                    let call = hyper::Request::post(uri)
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(body))
+                                        .unwrap();
+                                    let answer = client.request(call).await.map_err(std::io::Error::other)?;
+                                    let (head, body) = answer.into_parts();
+                                    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+                                    Ok::<_, std::io::Error>(hyper::Response::from_parts(head, Full::new(body)))
+                                }
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                })
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.join();
+    }
+}
+
+/// [`run_bare_proxy`] in a child process of this benchmark, in front of `upstream`.
+struct BareProxy {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl BareProxy {
+    fn start(upstream: SocketAddr) -> BareProxy {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .env("BESTOFN_LOAD_BARE_PROXY", format!("{addr} {upstream}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "the bare hyper proxy did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        BareProxy { addr, child }
+    }
+}
+
+impl Drop for BareProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Returns (bestofn N=1 overhead over direct / nginx's at p50, the same at p99, saturation
 /// throughput of bestofn / nginx's), or None when nginx is not installed.
 async fn section_nginx(s: &Settings, client: &HttpClient, stub: SocketAddr) -> Option<(f64, f64, f64)> {
@@ -1230,11 +1320,13 @@ async fn section_nginx(s: &Settings, client: &HttpClient, stub: SocketAddr) -> O
         return None;
     };
     let nginx = Nginx::reverse_proxy(origin.addr)?;
+    let bare = BareProxy::start(origin.addr);
     let bestofn = Proxy::start_with(&format!("http://{}/v1", origin.addr), stub, "n", 0, &s.log, "", "");
     let url = |addr: SocketAddr| format!("http://{addr}/v1/chat/completions");
     let scenarios = [
         scenario("direct (nginx origin)", &url(origin.addr), None, false, None),
         scenario("nginx reverse proxy", &url(nginx.addr), None, false, None),
+        scenario("bare hyper proxy (no log)", &url(bare.addr), None, false, None),
         scenario("bestofn N=1 pass-through", &bestofn.url(), Some(1), false, Some(&bestofn)),
     ];
     println!(
@@ -1294,7 +1386,7 @@ async fn section_nginx(s: &Settings, client: &HttpClient, stub: SocketAddr) -> O
         );
         rates.push(m.load.rate());
     }
-    Some((overheads[2].0 / overheads[1].0, overheads[2].1 / overheads[1].1, rates[2] / rates[1]))
+    Some((overheads[3].0 / overheads[1].0, overheads[3].1 / overheads[1].1, rates[3] / rates[1]))
 }
 
 /// Returns (label, peak RSS in MiB, the most upstream calls the stub served at once).
@@ -1405,6 +1497,9 @@ fn verdict(met: bool) -> &'static str {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var("BESTOFN_LOAD_BARE_PROXY") {
+        return run_bare_proxy(&spec);
+    }
     let s = Settings::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(s.threads).enable_all().build().unwrap();
     runtime.block_on(async move {
