@@ -356,12 +356,17 @@ async fn limits_on_bodies_concurrency_and_slow_clients() {
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+/// An upstream answering after 700 ms (long enough to send a signal mid-request) and an RM.
+async fn slow_upstream_and_rm() -> (FakeServer, FakeServer) {
     let ok = upstream_handler(NSupport::Full, UsageStyle::Honest);
     let upstream =
         FakeServer::start(move |r: &Recorded| Reply::Delayed(Duration::from_millis(700), Box::new(ok(r)))).await;
-    let rm = FakeServer::start(rm_handler()).await;
+    (upstream, FakeServer::start(rm_handler()).await)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let (upstream, rm) = slow_upstream_and_rm().await;
     let mut proxy = Bestofn::start(&config(&upstream, &rm, "n", 2));
     let url = proxy.url("/v1/chat/completions");
     let in_flight = tokio::spawn(async move { post(&url, chat_body("q"), &[]).await });
@@ -391,10 +396,7 @@ fn serving_threads_of(pid: u32) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_serving_threads_set_by_tokio_worker_threads_all_drain_on_sigterm() {
-    let ok = upstream_handler(NSupport::Full, UsageStyle::Honest);
-    let upstream =
-        FakeServer::start(move |r: &Recorded| Reply::Delayed(Duration::from_millis(700), Box::new(ok(r)))).await;
-    let rm = FakeServer::start(rm_handler()).await;
+    let (upstream, rm) = slow_upstream_and_rm().await;
     let mut proxy = Bestofn::start_with_env(&config(&upstream, &rm, "n", 2), &[("TOKIO_WORKER_THREADS", "3")]);
     // The socket listens (and queues connections) before the threads are up.
     let expected = ["bestofn-serve-0", "bestofn-serve-1", "bestofn-serve-2"];
