@@ -121,6 +121,7 @@ struct RawServer {
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
+    threading: Option<Threading>,
 }
 
 /// The transport keys, declared once: every section that calls a backend (upstream, HTTP
@@ -344,6 +345,22 @@ pub struct ServerConfig {
     pub body_read_timeout_ms: u64,
     /// Time in-flight requests get to finish after SIGTERM or SIGINT.
     pub drain_timeout_ms: u64,
+    /// How the serving threads share work.
+    pub threading: Threading,
+}
+
+/// `server.threading`: how requests are spread over the serving threads (one per CPU, or
+/// `TOKIO_WORKER_THREADS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Threading {
+    /// A single-threaded runtime per thread, each accepting connections and keeping its own
+    /// upstream connections: no hand-offs between threads (nginx's model). A thread the kernel
+    /// deschedules holds the requests it accepted until it runs again.
+    PerCore,
+    /// Tokio's work-stealing runtime: idle threads take tasks from busy ones, at the cost of
+    /// cross-thread wake-ups on every request (fewer requests per second per core).
+    WorkStealing,
 }
 
 /// `[upstream]`.
@@ -465,6 +482,8 @@ pub mod defaults {
     pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;
     /// `server.drain_timeout_ms`.
     pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
+    /// `server.threading`.
+    pub const THREADING: super::Threading = super::Threading::PerCore;
     /// `upstream.timeout_ms`.
     pub const UPSTREAM_TIMEOUT_MS: u64 = 60_000;
     /// `scorers.NAME.timeout_ms`.
@@ -1127,6 +1146,7 @@ impl Validator<'_> {
                 raw.drain_timeout_ms,
                 defaults::DRAIN_TIMEOUT_MS,
             )?,
+            threading: raw.threading.unwrap_or(defaults::THREADING),
         })
     }
 }

@@ -345,9 +345,13 @@ fn serve_forever(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
     let threads = bestofn::backend::serving_threads();
-    tracing::info!("serving on {threads} thread(s) (TOKIO_WORKER_THREADS sets how many)");
+    tracing::info!(
+        "serving on {threads} thread(s), {:?} (TOKIO_WORKER_THREADS sets how many, server.threading how)",
+        config.server.threading
+    );
     tracing::info!("bestofn listening on http://{addr}");
-    serve_on_threads(listener, state, threads, shutdown_signal()).context("the server stopped with an error")
+    serve_on_threads(listener, state, threads, config.server.threading, shutdown_signal())
+        .context("the server stopped with an error")
 }
 
 async fn shutdown_signal() {

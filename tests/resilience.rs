@@ -382,32 +382,38 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert_eq!(code, 200, "the in-flight request was finished: {resp}");
 }
 
-/// Names of the threads of process `pid` that serve requests.
-fn serving_threads_of(pid: u32) -> Vec<String> {
+/// Names of the threads of process `pid` that start with `prefix`, sorted.
+fn threads_named(pid: u32, prefix: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
         .map(|name| name.trim().to_string())
-        .filter(|name| name.starts_with("bestofn-serve-"))
+        .filter(|name| name.starts_with(prefix))
         .collect();
     names.sort();
     names
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_serving_threads_set_by_tokio_worker_threads_all_drain_on_sigterm() {
+/// Starts bestofn with three serving threads shared as `threading` says, waits until threads
+/// named `prefix`N are up, puts six slow requests in flight on six connections, sends SIGTERM,
+/// and checks that every request was finished and the exit status is 0.
+async fn three_threads_drain_on_sigterm(threading: &str, prefix: &str) {
     let (upstream, rm) = slow_upstream_and_rm().await;
-    let mut proxy = Bestofn::start_with_env(&config(&upstream, &rm, "n", 2), &[("TOKIO_WORKER_THREADS", "3")]);
+    let cfg = config(&upstream, &rm, "n", 2)
+        .replace("[upstream]", &format!("[server]\nthreading = \"{threading}\"\n\n[upstream]"));
+    let mut proxy = Bestofn::start_with_env(&cfg, &[("TOKIO_WORKER_THREADS", "3")]);
     // The socket listens (and queues connections) before the threads are up.
-    let expected = ["bestofn-serve-0", "bestofn-serve-1", "bestofn-serve-2"];
+    let expected: Vec<String> = (0..3).map(|i| format!("{prefix}{i}")).collect();
+    let named = |pid| threads_named(pid, prefix);
     for _ in 0..200 {
-        if serving_threads_of(proxy.pid()) == expected {
+        if named(proxy.pid()).len() >= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(serving_threads_of(proxy.pid()), expected);
-    // Six requests on six connections, spread over the threads by whichever accepts first.
+    assert_eq!(named(proxy.pid())[..3], expected[..], "{threading}");
+    let other = if prefix == "bestofn-serve-" { "bestofn-steal-" } else { "bestofn-serve-" };
+    assert!(threads_named(proxy.pid(), other).is_empty(), "{threading} runs no {other} threads");
     let in_flight: Vec<_> = (0..6)
         .map(|i| {
             let url = proxy.url("/v1/chat/completions");
@@ -422,11 +428,21 @@ async fn the_serving_threads_set_by_tokio_worker_threads_all_drain_on_sigterm() 
     }
     assert_eq!(upstream.requests().len(), 6, "all six reached the upstream before the signal");
     let status = tokio::task::spawn_blocking(move || proxy.terminate_and_wait()).await.unwrap();
-    assert!(status.success(), "exit status {status:?}");
+    assert!(status.success(), "{threading}: exit status {status:?}");
     for request in in_flight {
         let (code, _, resp) = request.await.unwrap();
-        assert_eq!(code, 200, "every thread finished its in-flight request: {resp}");
+        assert_eq!(code, 200, "{threading}: every in-flight request was finished: {resp}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_core_threads_set_by_tokio_worker_threads_all_drain_on_sigterm() {
+    three_threads_drain_on_sigterm("per_core", "bestofn-serve-").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn work_stealing_threads_drain_on_sigterm_too() {
+    three_threads_drain_on_sigterm("work_stealing", "bestofn-steal-").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

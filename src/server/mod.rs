@@ -31,6 +31,7 @@ pub use state::AppState;
 
 use crate::backend::CALL_SPANS;
 use crate::bon::{Api, Outcome, Plan};
+use crate::config::Threading;
 use crate::error::Error;
 use crate::openai::stream::{self, StreamMeta};
 use crate::openai::{ProxyRequest, SteeringHeaders, build_response, parse_chat_request, parse_completion_request};
@@ -81,23 +82,43 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     }
 }
 
-/// Serves `state` on `listener` with `threads` serving threads until `shutdown` resolves (it is
-/// awaited on the calling thread), then drains each thread's connections; returns when every
-/// serving thread has finished.
+/// Serves `state` on `listener` with `threads` serving threads, shared as `threading` says, until
+/// `shutdown` resolves (it is awaited on the calling thread), then drains every connection;
+/// returns when every serving thread has finished.
 ///
-/// Each thread runs its own single-threaded runtime and accepts from the same listening socket,
-/// so a connection, its requests and their backend calls (through that thread's pools, see
-/// [`crate::backend::set_serving_thread`]) stay on one thread, as nginx's workers do. Tokio's
-/// work-stealing runtime moved tasks between threads and woke a sleeping core for most hand-offs:
-/// on the 2-core VM of BENCHMARKS.md a bare hyper proxy served 27,500 req/s that way and 43,900
-/// this way, with a lower latency at light load.
+/// [`Threading::PerCore`]: each thread runs its own single-threaded runtime and accepts from the
+/// same listening socket, so a connection, its requests and their backend calls (through that
+/// thread's pools, see [`crate::backend::set_serving_thread`]) stay on one thread, as nginx's
+/// workers do. Tokio's work-stealing runtime ([`Threading::WorkStealing`]) moves tasks between
+/// threads and wakes a sleeping core for most hand-offs: on the 2-core VM of BENCHMARKS.md a
+/// bare hyper proxy served 27,500 req/s that way and 43,900 per core, with a lower latency at
+/// light load; work stealing keeps requests moving when one thread is descheduled.
 pub fn serve_on_threads(
     listener: std::net::TcpListener,
     state: Arc<AppState>,
     threads: usize,
+    threading: Threading,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
+    if threading == Threading::WorkStealing {
+        let started = Arc::new(AtomicU64::new(0));
+        let named = AtomicU64::new(0);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name_fn(move || format!("bestofn-steal-{}", named.fetch_add(1, Ordering::Relaxed)))
+            // Each thread still calls through pools of its own: a task that stays where it was
+            // spawned finds its connections' I/O on its own thread.
+            .on_thread_start(move || {
+                crate::backend::set_serving_thread(started.fetch_add(1, Ordering::Relaxed) as usize)
+            })
+            .enable_all()
+            .build()?;
+        return runtime.block_on(async move {
+            serve(TcpListener::from_std(listener)?, state, shutdown).await;
+            Ok(())
+        });
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (exited_tx, mut exited_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut workers = Vec::new();
