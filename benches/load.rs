@@ -389,9 +389,8 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("bestofn.toml");
         // BESTOFN_LOAD_THREADING sets `server.threading` (the default when unset).
-        let threading = std::env::var("BESTOFN_LOAD_THREADING")
-            .map(|t| format!("threading = \"{t}\"\n"))
-            .unwrap_or_default();
+        let threading =
+            std::env::var("BESTOFN_LOAD_THREADING").map(|t| format!("threading = \"{t}\"\n")).unwrap_or_default();
         std::fs::write(
             &config,
             format!(
