@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -102,16 +102,13 @@ pub fn serve_on_threads(
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     if threading == Threading::WorkStealing {
-        let started = Arc::new(AtomicU64::new(0));
-        let named = AtomicU64::new(0);
+        let (named, started) = (AtomicUsize::new(0), AtomicUsize::new(0));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name_fn(move || format!("bestofn-steal-{}", named.fetch_add(1, Ordering::Relaxed)))
             // Each thread still calls through pools of its own: a task that stays where it was
             // spawned finds its connections' I/O on its own thread.
-            .on_thread_start(move || {
-                crate::backend::set_serving_thread(started.fetch_add(1, Ordering::Relaxed) as usize)
-            })
+            .on_thread_start(move || crate::backend::set_serving_thread(started.fetch_add(1, Ordering::Relaxed)))
             .enable_all()
             .build()?;
         return runtime.block_on(async move {
