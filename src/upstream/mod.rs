@@ -188,6 +188,11 @@ fn read_object<T: FromFields>(json: &[u8]) -> serde_json::Result<T> {
     Ok(out)
 }
 
+/// `raw` read into `T` when it is a JSON object; None when it is any other value.
+fn object_in<T: FromFields>(raw: &RawValue) -> Option<serde_json::Result<T>> {
+    raw.get().starts_with('{').then(|| read_object(raw.get().as_bytes()))
+}
+
 /// A `message` value: its content when it is an object, nothing when it is anything else.
 struct MaybeMessage(Option<MessageContent>);
 
@@ -195,10 +200,7 @@ impl<'de> Deserialize<'de> for MaybeMessage {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<MaybeMessage, D::Error> {
         // Read as raw text first, so that a non-object is told apart from a broken object.
         let raw = <&RawValue>::deserialize(deserializer)?;
-        if !raw.get().starts_with('{') {
-            return Ok(MaybeMessage(None));
-        }
-        read_object(raw.get().as_bytes()).map(|m| MaybeMessage(Some(m))).map_err(serde::de::Error::custom)
+        object_in(raw).transpose().map(MaybeMessage).map_err(serde::de::Error::custom)
     }
 }
 
@@ -225,11 +227,9 @@ fn parse_reply(api: Api, body: &[u8]) -> Result<Reply, String> {
         let refused = || {
             if api == Api::Chat { "a choice without a 'message' object" } else { "a choice without a 'text' string" }
         };
-        if !raw.get().starts_with('{') {
-            return Err(refused().into());
-        }
-        let fields: ChoiceFields =
-            read_object(raw.get().as_bytes()).map_err(|e| format!("a choice that cannot be read: {e}"))?;
+        let fields: ChoiceFields = object_in(&raw)
+            .ok_or_else(|| refused().to_string())?
+            .map_err(|e| format!("a choice that cannot be read: {e}"))?;
         let text = match (api, &fields.message, &fields.text) {
             (Api::Chat, Some(MessageContent(content)), _) => crate::openai::content_text(content.as_ref()),
             (Api::Completions, _, Some(Value::String(text))) => text.clone(),
