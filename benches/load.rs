@@ -1154,6 +1154,18 @@ impl Drop for Nginx {
     }
 }
 
+/// Whether a server accepts connections on `addr` within `limit` (polled every 20 ms).
+fn accepts_within(addr: SocketAddr, limit: Duration) -> bool {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        if started.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -1188,16 +1200,12 @@ impl Nginx {
             .spawn()
             .ok()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let started = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            if started.elapsed() > Duration::from_secs(10) {
-                eprintln!(
-                    "nginx did not start: {}",
-                    std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
-                );
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !accepts_within(addr, Duration::from_secs(10)) {
+            eprintln!(
+                "nginx did not start: {}",
+                std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+            );
+            return None;
         }
         Some(Nginx { addr, child, _dir: dir })
     }
@@ -1296,11 +1304,7 @@ impl BareProxy {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let started = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "the bare hyper proxy did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(accepts_within(addr, Duration::from_secs(10)), "the bare hyper proxy did not start");
         BareProxy { addr, child }
     }
 }
