@@ -13,6 +13,11 @@
 //!   where the answer must stay on the user's topic.
 //! - `general`: everything else (greetings, chit-chat, opinions).
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use aho_corasick::AhoCorasick;
+
 /// Keywords that signal a harmful request.
 const SAFETY: &[&str] = &[
     "bomb",
@@ -310,7 +315,90 @@ fn words(text: &str) -> Vec<&str> {
     text.split(|c: char| !(c.is_alphanumeric() || c == '+' || c == '#')).filter(|w| !w.is_empty()).collect()
 }
 
-fn has_arithmetic(text: &str) -> bool {
+// What a whole word signals (bits of `WORD_SIGNALS`).
+const SAFETY_WORD: u16 = 1 << 0;
+/// A safety word of at least five bytes also matches its inflections ("poisoning").
+const SAFETY_STEM: u16 = 1 << 1;
+const CODE_WORD: u16 = 1 << 2;
+const STRONG_MATH_WORD: u16 = 1 << 3;
+const MATH_WORD: u16 = 1 << 4;
+const FACT_WORD: u16 = 1 << 5;
+const FOCUS_WORD: u16 = 1 << 6;
+const ABOUT_ASSISTANT: u16 = 1 << 7;
+
+// What a phrase found anywhere in the text signals (bits of `PHRASES`).
+const SAFETY_PHRASE: u16 = 1 << 0;
+const CODE_MARK: u16 = 1 << 1;
+const STRONG_CONSTRAINT: u16 = 1 << 2;
+const COUNTED_UNIT: u16 = 1 << 3;
+const WEAK_CONSTRAINT: u16 = 1 << 4;
+const QUANTITY_QUESTION: u16 = 1 << 5;
+const ARITHMETIC_MARK: u16 = 1 << 6;
+
+/// Every word of the lists with the signals it carries: one hash lookup per word of the message
+/// instead of a scan of every list.
+static WORD_SIGNALS: LazyLock<HashMap<&'static str, u16, foldhash::fast::FixedState>> = LazyLock::new(|| {
+    let mut map = HashMap::with_hasher(foldhash::fast::FixedState::default());
+    let mut add = |list: &[&'static str], signal: u16| {
+        for word in list {
+            *map.entry(*word).or_insert(0) |= signal;
+        }
+    };
+    for word in SAFETY.iter().filter(|k| !k.contains(' ')) {
+        add(&[word], if word.len() >= 5 { SAFETY_WORD | SAFETY_STEM } else { SAFETY_WORD });
+    }
+    add(CODE_WORDS, CODE_WORD);
+    add(STRONG_MATH_WORDS, STRONG_MATH_WORD);
+    add(MATH_WORDS, MATH_WORD);
+    add(FACT_WORDS, FACT_WORD);
+    add(FOCUS_WORDS, FOCUS_WORD);
+    add(&["you", "your", "yours", "yourself"], ABOUT_ASSISTANT);
+    map
+});
+
+/// Every phrase the rules look for anywhere in the text, found in one pass over it (the rules
+/// used to scan the text once per phrase, about sixty times).
+/// `None` only if the automaton could not be built, which a unit test rules out for this list.
+static PHRASES: LazyLock<Option<(AhoCorasick, Vec<u16>)>> = LazyLock::new(|| {
+    let mut phrases: Vec<(&str, u16)> = Vec::new();
+    phrases.extend(SAFETY.iter().filter(|k| k.contains(' ')).map(|k| (*k, SAFETY_PHRASE)));
+    phrases.extend(["```", "def ", "();"].map(|k| (k, CODE_MARK)));
+    phrases.extend(STRONG_CONSTRAINTS.iter().map(|k| (*k, STRONG_CONSTRAINT)));
+    phrases.extend(
+        ["words", "sentences", "paragraphs", "bullet", "sections", "lines", "letters"].map(|k| (k, COUNTED_UNIT)),
+    );
+    phrases.extend(WEAK_CONSTRAINTS.iter().map(|k| (*k, WEAK_CONSTRAINT)));
+    phrases.extend(["how many", "how much", "how long will"].map(|k| (k, QUANTITY_QUESTION)));
+    phrases.extend(["\\frac", "\\sqrt", "x^", "÷", "×"].map(|k| (k, ARITHMETIC_MARK)));
+    let automaton = AhoCorasick::new(phrases.iter().map(|(k, _)| k)).ok()?;
+    Some((automaton, phrases.iter().map(|(_, signal)| *signal).collect()))
+});
+
+fn phrase_signals(text: &str) -> u16 {
+    let Some((automaton, signals)) = &*PHRASES else { return 0 };
+    automaton
+        .find_overlapping_iter(text)
+        .fold(0, |found, m| found | signals.get(m.pattern().as_usize()).copied().unwrap_or(0))
+}
+
+fn word_signals(ws: &[&str]) -> u16 {
+    let mut found = 0;
+    for w in ws {
+        found |= WORD_SIGNALS.get(w).copied().unwrap_or(0);
+        // An inflection of a safety stem: some prefix of five bytes or more is a stem.
+        if w.len() > 5 && found & SAFETY_WORD == 0 {
+            let stem = (5..w.len())
+                .filter(|&end| w.is_char_boundary(end))
+                .any(|end| WORD_SIGNALS.get(&w[..end]).is_some_and(|signal| signal & SAFETY_STEM != 0));
+            if stem {
+                found |= SAFETY_WORD;
+            }
+        }
+    }
+    found
+}
+
+fn has_arithmetic(text: &str, phrases: u16) -> bool {
     let bytes = text.as_bytes();
     // A digit, optional spaces, an operator, optional spaces, a digit or variable.
     for (i, &b) in bytes.iter().enumerate() {
@@ -336,11 +424,7 @@ fn has_arithmetic(text: &str) -> bool {
             }
         }
     }
-    text.contains("\\frac")
-        || text.contains("\\sqrt")
-        || text.contains("x^")
-        || text.contains('÷')
-        || text.contains('×')
+    phrases & ARITHMETIC_MARK != 0
 }
 
 fn count_numbers(ws: &[&str]) -> usize {
@@ -351,32 +435,27 @@ fn count_numbers(ws: &[&str]) -> usize {
 pub fn classify(last_user_message: &str) -> &'static str {
     let text = last_user_message.to_lowercase();
     let ws = words(&text);
-    let has_word = |list: &[&str]| ws.iter().any(|w| list.contains(w));
+    // Phrases match anywhere; single words match whole words or, for safety, their inflections
+    // ("poisoning"), so that "something" does not contain "meth".
+    let phrases = phrase_signals(&text);
+    let signals = word_signals(&ws);
+    let has = |signal: u16| signals & signal != 0;
+    let found = |signal: u16| phrases & signal != 0;
 
-    // Phrases match anywhere; single words match whole words or their inflections ("poisoning"),
-    // so that "something" does not contain "meth".
-    let harmful = SAFETY.iter().any(|k| {
-        if k.contains(' ') { text.contains(k) } else { ws.iter().any(|w| w == k || (k.len() >= 5 && w.starts_with(k))) }
-    });
-    if harmful {
+    if found(SAFETY_PHRASE) || has(SAFETY_WORD) {
         return "safety";
     }
-    if text.contains("```") || text.contains("def ") || text.contains("();") || has_word(CODE_WORDS) {
+    if found(CODE_MARK) || has(CODE_WORD) {
         return "code";
     }
-    let counted_unit =
-        ["words", "sentences", "paragraphs", "bullet", "sections", "lines", "letters"].iter().any(|u| text.contains(u));
-    if STRONG_CONSTRAINTS.iter().any(|k| text.contains(k))
-        || (counted_unit && WEAK_CONSTRAINTS.iter().any(|k| text.contains(k)))
-    {
+    if found(STRONG_CONSTRAINT) || (found(COUNTED_UNIT) && found(WEAK_CONSTRAINT)) {
         return "precise_if";
     }
     let numbers = count_numbers(&ws);
-    let quantity_question = text.contains("how many") || text.contains("how much") || text.contains("how long will");
-    if has_arithmetic(&text)
-        || has_word(STRONG_MATH_WORDS)
-        || (has_word(MATH_WORDS) && numbers >= 1)
-        || (quantity_question && numbers >= 2)
+    if has_arithmetic(&text, phrases)
+        || has(STRONG_MATH_WORD)
+        || (has(MATH_WORD) && numbers >= 1)
+        || (found(QUANTITY_QUESTION) && numbers >= 2)
     {
         return "math";
     }
@@ -384,13 +463,12 @@ pub fn classify(last_user_message: &str) -> &'static str {
     let question = text.trim_end().ends_with('?');
     let wh_start =
         ["who", "when", "where", "which", "what", "how", "is", "was", "did", "are", "were", "does"].contains(&first);
-    if has_word(FOCUS_WORDS) && !["who", "when", "where", "which"].contains(&first) {
+    if has(FOCUS_WORD) && !["who", "when", "where", "which"].contains(&first) {
         return "focus";
     }
     // A question to the assistant about itself is conversation, not a knowledge question.
-    let about_assistant = has_word(&["you", "your", "yours", "yourself"]);
     if (question || wh_start)
-        && (has_word(FACT_WORDS) || (wh_start && ws.len() >= 4 && first != "how" && !about_assistant))
+        && (has(FACT_WORD) || (wh_start && ws.len() >= 4 && first != "how" && !has(ABOUT_ASSISTANT)))
     {
         return "factuality";
     }
@@ -400,6 +478,11 @@ pub fn classify(last_user_message: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_phrase_automaton_builds() {
+        assert!(PHRASES.is_some());
+    }
 
     #[test]
     fn obvious_cases() {
