@@ -449,7 +449,7 @@ async fn models_health_and_request_logs() {
         post(&proxy.url("/v1/chat/completions"), chat_body(secret), &[("x-request-id", "req-42")]).await;
     assert_eq!(status, 200);
     assert_eq!(headers["x-request-id"], "req-42");
-    // The log line is written before the response; poll briefly for the reader thread.
+    // The serving thread writes its log lines once it idles, after the response; poll briefly.
     let mut line = None;
     for _ in 0..100 {
         line = proxy.logs().into_iter().find(|l| l.contains("req-42"));

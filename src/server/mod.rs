@@ -1,6 +1,7 @@
 //! The HTTP layer: routing, body limits, the error envelope, response headers, request logs and
 //! graceful shutdown. Everything else is delegated to the engine.
 
+mod log_buffer;
 mod observer;
 mod state;
 
@@ -26,6 +27,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+pub use log_buffer::{LogWriter, log_writer};
 use observer::{CallSpans, RequestObserver};
 pub use state::AppState;
 
@@ -46,6 +48,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Slow-loris protection: a client that dribbles its headers is disconnected.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(state.header_read_timeout);
+    let timer_floor = tokio::spawn(keep_a_timer_armed());
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -79,6 +82,25 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     tracing::info!("shutting down: draining in-flight requests");
     if tokio::time::timeout(state.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+    timer_floor.abort();
+}
+
+/// How far ahead the runtime's next timer wake-up is kept at most (see [`keep_a_timer_armed`]).
+const TIMER_FLOOR: Duration = Duration::from_millis(500);
+
+/// Keeps a timer at most [`TIMER_FLOOR`] ahead on this runtime, for as long as it serves.
+///
+/// Tokio wakes its driver through an eventfd (a `write`, then one more `epoll_wait`) whenever a
+/// timer is armed that expires before the driver's next planned wake-up, and with no timer
+/// pending any timer is "earlier". Every request arms some (hyper's header-read timeout for the
+/// connection's next request, the body read and upstream timeouts), all seconds away: with this
+/// timer pending they are later than the planned wake-up, and arming them costs no system call.
+/// Measured with strace on an N = 1 pass-through: one `write` and one `epoll_wait` fewer per
+/// request. Costs two wake-ups a second per runtime.
+async fn keep_a_timer_armed() {
+    loop {
+        tokio::time::sleep(TIMER_FLOOR).await;
     }
 }
 
@@ -127,7 +149,11 @@ pub fn serve_on_threads(
         let worker = std::thread::Builder::new().name(format!("bestofn-serve-{index}")).spawn(
             move || -> std::io::Result<()> {
                 crate::backend::set_serving_thread(index);
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                log_buffer::buffer_thread_log();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .on_thread_park(log_buffer::flush_thread_log)
+                    .enable_all()
+                    .build()?;
                 let served = runtime.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
                     serve(listener, state, async move {
@@ -136,6 +162,7 @@ pub fn serve_on_threads(
                     .await;
                     Ok(())
                 });
+                log_buffer::flush_thread_log();
                 let _ = exited.send(());
                 served
             },
