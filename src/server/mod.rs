@@ -179,7 +179,8 @@ async fn keep_a_timer_armed() {
 /// returns when every serving thread has finished.
 ///
 /// [`Threading::PerCore`]: each thread runs its own single-threaded runtime and accepts from the
-/// same listening socket, so a connection, its requests and their backend calls (through that
+/// same listening socket, dealing new connections to the threads in turn (see `Handoff`), so a
+/// connection, its requests and their backend calls (through that
 /// thread's pools, see [`crate::backend::set_serving_thread`]) stay on one thread, as nginx's
 /// workers do. Tokio's work-stealing runtime ([`Threading::WorkStealing`]) moves tasks between
 /// threads and wakes a sleeping core for most hand-offs: on the 2-core VM of BENCHMARKS.md a
