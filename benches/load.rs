@@ -1242,7 +1242,8 @@ impl Nginx {
 }
 
 /// The floor of a proxy built on bestofn's stack: hyper's server and pooled client, one
-/// single-threaded runtime per CPU accepting from one socket (bestofn's shape), forwarding the
+/// single-threaded runtime per CPU accepting from one socket and dealing new connections to the
+/// threads in turn (bestofn's shape), forwarding the
 /// request body and the answer as bytes, with no parsing, no metrics and no log. Section 5's
 /// anchor between nginx and bestofn: what the stack costs against what bestofn's own code does.
 /// Runs in a child process of this benchmark (`BESTOFN_LOAD_BARE_PROXY="LISTEN UPSTREAM"`), not on
@@ -1256,17 +1257,34 @@ fn run_bare_proxy(spec: &str) {
     listener.set_nonblocking(true).unwrap();
     let upstream: Arc<str> = format!("http://{upstream}").into();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers: Vec<_> = (0..threads)
-        .map(|_| {
+    let (inboxes, receivers): (Vec<_>, Vec<_>) =
+        (0..threads).map(|_| tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>()).unzip();
+    let inboxes = Arc::new(inboxes);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = receivers
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut inbox)| {
             let listener = listener.try_clone().unwrap();
             let upstream = upstream.clone();
+            let (inboxes, next) = (inboxes.clone(), next.clone());
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
                     loop {
-                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let stream = tokio::select! {
+                            Ok((stream, _)) = listener.accept() => {
+                                let target = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % inboxes.len();
+                                if target != index {
+                                    let _ = inboxes[target].send(stream.into_std().unwrap());
+                                    continue;
+                                }
+                                stream
+                            }
+                            Some(stream) = inbox.recv() => tokio::net::TcpStream::from_std(stream).unwrap(),
+                        };
                         let _ = stream.set_nodelay(true);
                         let (client, upstream) = (client.clone(), upstream.clone());
                         tokio::spawn(async move {
