@@ -92,6 +92,8 @@ fn keep_or_pass_on(
     }
 }
 
+/// [`serve`], taking part in a [`Handoff`] when `share` is given: connections it accepts are
+/// dealt to the serving threads in turn, and those dealt to it arrive in its inbox.
 async fn serve_share(
     listener: TcpListener,
     state: Arc<AppState>,
