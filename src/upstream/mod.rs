@@ -106,7 +106,7 @@ impl RawEnvelope {
 
     /// A field that is a JSON object, read; None when it is absent or anything else.
     fn object(&self, key: &str) -> Option<Map<String, Value>> {
-        self.get(key).filter(|raw| raw.get().starts_with('{')).and_then(|raw| serde_json::from_str(raw.get()).ok())
+        self.get(key).filter(|raw| is_object(raw)).and_then(|raw| serde_json::from_str(raw.get()).ok())
     }
 
     /// Every field but `usage`, read.
@@ -216,9 +216,14 @@ fn read_object<T: FromFields>(json: &[u8]) -> serde_json::Result<T> {
     Ok(out)
 }
 
+/// Whether `raw` is a JSON object (its text starts at the value, without whitespace).
+fn is_object(raw: &RawValue) -> bool {
+    raw.get().starts_with('{')
+}
+
 /// `raw` read into `T` when it is a JSON object; None when it is any other value.
 fn object_in<T: FromFields>(raw: &RawValue) -> Option<serde_json::Result<T>> {
-    raw.get().starts_with('{').then(|| read_object(raw.get().as_bytes()))
+    is_object(raw).then(|| read_object(raw.get().as_bytes()))
 }
 
 /// A `message` value: its content when it is an object, nothing when it is anything else.
@@ -367,7 +372,7 @@ impl Upstream {
                 UsageCounts::Trust => false,
                 UsageCounts::Recount => true,
                 // llama.cpp's replies carry a `timings` object; it reports one choice's tokens.
-                UsageCounts::Auto => envelope.get("timings").is_some_and(|t| t.get().starts_with('{')),
+                UsageCounts::Auto => envelope.get("timings").is_some_and(is_object),
             }
     }
 
