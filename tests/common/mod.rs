@@ -47,6 +47,7 @@ pub type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
 pub struct FakeServer {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -84,11 +85,14 @@ impl FakeServer {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let recorded = requests.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let handler = handler.clone();
                 let recorded = recorded.clone();
                 tokio::spawn(async move {
@@ -113,7 +117,12 @@ impl FakeServer {
                 });
             }
         });
-        FakeServer { addr, requests, task }
+        FakeServer { addr, requests, connections, task }
+    }
+
+    /// How many connections it has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
@@ -536,6 +545,13 @@ pub async fn post_raw(url: &str, body: Value) -> (u16, String, String) {
 
 /// Reads one HTTP/1.1 request (headers and a content-length body) from a raw socket.
 pub async fn read_http_request(stream: &mut tokio::net::TcpStream) -> Option<Value> {
+    let (_, body) = read_http_message(stream).await?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// Reads one HTTP/1.1 message with a content-length body (or none) from a raw socket: its head
+/// (start line and headers) and its body; None if the peer closes first.
+pub async fn read_http_message(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -546,8 +562,9 @@ pub async fn read_http_request(stream: &mut tokio::net::TcpStream) -> Option<Val
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             let length: usize = head
+                .to_lowercase()
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
                 .unwrap_or(0);
@@ -558,7 +575,7 @@ pub async fn read_http_request(stream: &mut tokio::net::TcpStream) -> Option<Val
                 }
                 buf.extend_from_slice(&chunk[..n]);
             }
-            return serde_json::from_slice(&buf[end + 4..end + 4 + length]).ok();
+            return Some((head, buf[end + 4..end + 4 + length].to_vec()));
         }
     }
 }
