@@ -196,10 +196,11 @@ pub fn serve_on_threads(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
+    let threads = threads.max(1);
     if threading == Threading::WorkStealing {
         let (named, started) = (AtomicUsize::new(0), AtomicUsize::new(0));
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads.max(1))
+            .worker_threads(threads)
             .thread_name_fn(move || format!("bestofn-steal-{}", named.fetch_add(1, Ordering::Relaxed)))
             // Each thread still calls through pools of its own: a task that stays where it was
             // spawned finds its connections' I/O on its own thread.
@@ -214,11 +215,10 @@ pub fn serve_on_threads(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (exited_tx, mut exited_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut workers = Vec::new();
-    let (inboxes, mut receivers): (Vec<_>, Vec<_>) =
-        (0..threads.max(1)).map(|_| tokio::sync::mpsc::unbounded_channel()).unzip();
+    let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..threads).map(|_| tokio::sync::mpsc::unbounded_channel()).unzip();
     let handoff = Arc::new(Handoff { inboxes, next: AtomicUsize::new(0) });
-    for index in 0..threads.max(1) {
-        let share = Share { index, handoff: handoff.clone(), inbox: receivers.remove(0) };
+    for (index, inbox) in receivers.into_iter().enumerate() {
+        let share = Share { index, handoff: handoff.clone(), inbox };
         let listener = listener.try_clone()?;
         let state = state.clone();
         let mut stop = stop_rx.clone();
