@@ -1256,7 +1256,8 @@ fn run_bare_proxy(spec: &str) {
     let listener = std::net::TcpListener::bind(listen).unwrap();
     listener.set_nonblocking(true).unwrap();
     let upstream: Arc<str> = format!("http://{upstream}").into();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // As many threads as bestofn serves on (`TOKIO_WORKER_THREADS`, else the CPUs).
+    let threads = bestofn::backend::serving_threads();
     let (inboxes, receivers): (Vec<_>, Vec<_>) =
         (0..threads).map(|_| tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>()).unzip();
     let inboxes = Arc::new(inboxes);
