@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
@@ -271,7 +271,7 @@ pub fn serve_on_threads(
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn request_id(headers: &HeaderMap) -> String {
-    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+    if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok())
         && !id.is_empty()
         && id.len() <= 128
     {
@@ -285,7 +285,7 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) 
     let id = request_id(req.headers());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let authorization = header_str(req.headers(), "authorization");
+    let authorization = header_str(req.headers(), &AUTHORIZATION);
     let is_ops = matches!(path.as_str(), "/healthz" | "/health" | "/metrics");
     let result = if (!is_ops || state.auth_ops_endpoints) && !state.authorized(authorization) {
         Err(Error::Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'".into()))
@@ -302,7 +302,7 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) 
         error_response(&e)
     });
     if let Ok(v) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", v);
+        response.headers_mut().insert(X_REQUEST_ID, v);
     }
     response
 }
@@ -383,9 +383,9 @@ fn json_bytes_response(status: StatusCode, bytes: Bytes) -> Response<Body> {
     response
 }
 
-async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, Error> {
+async fn read_body(state: &AppState, body: Incoming) -> Result<Bytes, Error> {
     let limit = state.max_body_bytes;
-    let read = Limited::new(req.into_body(), limit).collect();
+    let read = Limited::new(body, limit).collect();
     match tokio::time::timeout(state.body_read_timeout, read).await {
         Err(_) => Err(Error::RequestTimeout(format!(
             "the request body did not arrive within {} ms",
@@ -397,7 +397,14 @@ async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, Er
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+// Header names as constants: looking a header up by `&str` parses the name on every call.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_BESTOFN_N: HeaderName = HeaderName::from_static("x-bestofn-n");
+const X_BESTOFN_SCORER: HeaderName = HeaderName::from_static("x-bestofn-scorer");
+const X_BESTOFN_DOMAIN: HeaderName = HeaderName::from_static("x-bestofn-domain");
+const X_BESTOFN_ADAPTIVE: HeaderName = HeaderName::from_static("x-bestofn-adaptive");
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -465,13 +472,14 @@ async fn completion(
     slot: &mut Option<RequestObserver>,
 ) -> Result<Response<Body>, Error> {
     let observer = slot.as_mut().ok_or_else(|| Error::Internal("the request has no observer".into()))?;
-    let headers = req.headers().clone();
-    let bytes = read_body(state, req).await?;
+    let (head, body) = req.into_parts();
+    let bytes = read_body(state, body).await?;
+    let headers = &head.headers;
     let steering_headers = SteeringHeaders {
-        n: header_str(&headers, "x-bestofn-n"),
-        scorer: header_str(&headers, "x-bestofn-scorer"),
-        domain: header_str(&headers, "x-bestofn-domain"),
-        adaptive: header_str(&headers, "x-bestofn-adaptive"),
+        n: header_str(headers, &X_BESTOFN_N),
+        scorer: header_str(headers, &X_BESTOFN_SCORER),
+        domain: header_str(headers, &X_BESTOFN_DOMAIN),
+        adaptive: header_str(headers, &X_BESTOFN_ADAPTIVE),
     };
     let request = match api {
         Api::Chat => parse_chat_request(&bytes, steering_headers)?,
@@ -502,7 +510,7 @@ async fn completion(
             );
             response
         };
-        response.headers_mut().insert("x-bestofn-n", HeaderValue::from_static("1"));
+        response.headers_mut().insert(X_BESTOFN_N, HeaderValue::from_static("1"));
         return Ok(response);
     }
 
@@ -517,7 +525,7 @@ async fn completion(
     observe_outcome(state, id, &request, &plan, &outcome, observer, spans);
     let mut response = json_response(StatusCode::OK, &build_response(api, &plan, &outcome));
     let h = response.headers_mut();
-    h.insert("x-bestofn-n", HeaderValue::from(outcome.samples.candidates.len() as u64));
+    h.insert(X_BESTOFN_N, HeaderValue::from(outcome.samples.candidates.len() as u64));
     h.insert("x-bestofn-chosen", HeaderValue::from(outcome.chosen() as u64));
     if let Some(reward) = outcome.chosen_score().and_then(|r| HeaderValue::from_str(&r.to_string()).ok()) {
         h.insert("x-bestofn-reward", reward);
