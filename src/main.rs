@@ -336,7 +336,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(bestofn::server::log_writer).with_ansi(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(bestofn::server::log_writer)
+        .with_timer(bestofn::server::LogClock)
+        .with_ansi(false)
+        .init();
 }
 
 fn serve_forever(config: Config) -> anyhow::Result<()> {

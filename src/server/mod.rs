@@ -2,6 +2,7 @@
 //! graceful shutdown. Everything else is delegated to the engine.
 
 mod log_buffer;
+mod log_clock;
 mod observer;
 mod state;
 
@@ -28,6 +29,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 pub use log_buffer::{LogWriter, log_writer};
+pub use log_clock::LogClock;
 use observer::{CallSpans, RequestObserver};
 pub use state::AppState;
 
