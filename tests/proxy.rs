@@ -600,6 +600,33 @@ async fn a_pass_through_answer_is_the_upstreams_bytes_verbatim() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_pass_through_request_reaches_the_upstream_as_the_clients_bytes() {
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let proxy = Bestofn::start(&config(&upstream, &rm, "n", 1));
+    let url = proxy.url("/v1/chat/completions");
+    // Key order, spacing, escapes and number spellings that a parse and re-serialisation change.
+    let sent = "{ \"temperature\": 1e-1, \"model\": \"m\",\n \"messages\": [{\"role\": \"user\", \"content\": \"caf\\u00e9 2+2?\"}], \
+                \"max_tokens\": 16.0, \"x_vendor\": 123456789012345678901234567890, \"stream\": STREAM }";
+    for stream in ["false", "true"] {
+        let body = sent.replace("STREAM", stream);
+        let response =
+            client().post(&url).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+        assert_eq!(response.status(), 200, "stream {stream}");
+        let _ = response.bytes().await.unwrap();
+        let received = upstream.requests_to("/v1/chat/completions").pop().unwrap();
+        assert_eq!(std::str::from_utf8(&received.raw).unwrap(), body, "stream {stream}");
+    }
+    // A body with the `bestofn` field is forwarded without it, so not as the client's bytes.
+    let steered = "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"bestofn\": {\"n\": 1}}";
+    let response = client().post(&url).header("content-type", "application/json").body(steered).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let received = upstream.requests_to("/v1/chat/completions").pop().unwrap();
+    assert!(received.body.get("bestofn").is_none(), "{}", received.body);
+    assert_eq!(received.body["messages"][0]["content"], "q");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_covered_by_http_proxy_is_reached_through_that_proxy() {
     // The forward proxy answers as the upstream would; the upstream's own name never resolves.
     let forward_proxy = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;

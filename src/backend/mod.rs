@@ -499,12 +499,11 @@ impl Backend {
         self.call_json(path, Method::Get).await
     }
 
-    /// POSTs `body` and returns the answer's bytes as they arrive. The timeout bounds the wait
+    /// POSTs `body` (JSON text) and returns the answer's bytes as they arrive. The timeout bounds the wait
     /// for the response headers only: a stream may legitimately run longer than one call.
-    pub async fn post_stream(&self, path: &str, body: &(impl serde::Serialize + ?Sized)) -> Result<ByteStream, Error> {
+    pub async fn post_stream(&self, path: &str, body: Bytes) -> Result<ByteStream, Error> {
         use futures_util::StreamExt;
-        let bytes = to_json_bytes(body)?;
-        let sent = self.send(path, Method::Post(&bytes)).await?;
+        let sent = self.send(path, Method::Post(&body)).await?;
         record_interval(sent.call_span().0, Instant::now());
         let name = self.endpoint_name(sent.endpoint);
         let party = self.party;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -183,14 +184,29 @@ impl Engine {
         Ok(())
     }
 
-    /// Forwards a request as it is, with the domain's defaults filled in (N = 1).
-    pub async fn forward(&self, api: Api, plan: &Plan, body: &Map<String, Value>) -> Result<Forwarded, Error> {
-        self.sampler.forward(api, &plan.upstream_body(body)).await
+    /// Forwards a request as it is, with the domain's defaults filled in (N = 1). `verbatim` is
+    /// the client's own bytes when `body` holds all of them: sent unchanged when no default is
+    /// added, so the upstream gets the client's key order, spacing and number spellings.
+    pub async fn forward(
+        &self,
+        api: Api,
+        plan: &Plan,
+        body: &Map<String, Value>,
+        verbatim: Option<&Bytes>,
+    ) -> Result<Forwarded, Error> {
+        self.sampler.forward(api, upstream_bytes(plan, body, verbatim)?).await
     }
 
-    /// Forwards a streaming request (N = 1): bytes reach the caller as they arrive.
-    pub async fn forward_stream(&self, api: Api, plan: &Plan, body: &Map<String, Value>) -> Result<ByteStream, Error> {
-        self.sampler.forward_stream(api, &plan.upstream_body(body)).await
+    /// Forwards a streaming request (N = 1): bytes reach the caller as they arrive. `verbatim`
+    /// as for [`Engine::forward`].
+    pub async fn forward_stream(
+        &self,
+        api: Api,
+        plan: &Plan,
+        body: &Map<String, Value>,
+        verbatim: Option<&Bytes>,
+    ) -> Result<ByteStream, Error> {
+        self.sampler.forward_stream(api, upstream_bytes(plan, body, verbatim)?).await
     }
 
     /// Samples `plan.n` candidates, scores them with `plan.scorer`, and ranks them.
@@ -469,5 +485,16 @@ struct Context<'a> {
 fn note_answers(run: &mut AdaptiveRun, samples: &Samples, from: usize) {
     for c in &samples.candidates[from..] {
         run.arrived(if run.needs_answers() { final_answer(&c.text) } else { None });
+    }
+}
+
+/// The JSON text a forwarded request is sent as: the client's bytes when they say all of it,
+/// else `body` with the plan's defaults, serialised.
+fn upstream_bytes(plan: &Plan, body: &Map<String, Value>, verbatim: Option<&Bytes>) -> Result<Bytes, Error> {
+    match (plan.upstream_body(body), verbatim) {
+        (std::borrow::Cow::Borrowed(_), Some(raw)) => Ok(raw.clone()),
+        (body, _) => serde_json::to_vec(&*body)
+            .map(Bytes::from)
+            .map_err(|e| Error::Internal(format!("cannot serialise a request: {e}"))),
     }
 }

@@ -240,11 +240,11 @@ pub trait Sampler: Send + Sync {
         let _ = (api, body, count, first, seed, deadline);
         Box::pin(futures_util::stream::empty())
     }
-    /// Forwards `body` as it is and returns the upstream's answer unchanged (N = 1).
-    fn forward<'a>(&'a self, api: Api, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Forwarded, Error>>;
+    /// Forwards `body` (a JSON request) as it is and returns the upstream's answer unchanged
+    /// (N = 1).
+    fn forward(&self, api: Api, body: bytes::Bytes) -> BoxFuture<'_, Result<Forwarded, Error>>;
     /// Forwards a streaming request as it is and returns the upstream's bytes as they arrive.
-    fn forward_stream<'a>(&'a self, api: Api, body: &'a Map<String, Value>)
-    -> BoxFuture<'a, Result<ByteStream, Error>>;
+    fn forward_stream(&self, api: Api, body: bytes::Bytes) -> BoxFuture<'_, Result<ByteStream, Error>>;
 }
 
 /// The upstream's answer to a forwarded request: its JSON bytes as they came (re-serialising a

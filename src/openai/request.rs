@@ -18,6 +18,9 @@ pub struct ProxyRequest {
     /// The body as received, minus the `bestofn` field: what the upstream is sent, adjusted
     /// only in `n`, `seed` and `stream`.
     pub body: Map<String, Value>,
+    /// Whether `body` holds every field the client sent (none was taken out), so that the
+    /// client's own bytes can stand for it when it is forwarded as it is.
+    pub verbatim: bool,
     /// The conversation as plain text, for scorers (a legacy prompt is one user turn).
     pub conversation: Vec<Message>,
     /// `stream: true` was asked for.
@@ -74,6 +77,7 @@ pub fn parse_completion_request(bytes: &[u8], headers: SteeringHeaders<'_>) -> R
         }
         Some(_) => return Err(Error::invalid("prompt", "'prompt' must be a string")),
     };
+    let had_best_of = body.contains_key("best_of");
     let best_of = match body.remove("best_of") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
@@ -85,6 +89,7 @@ pub fn parse_completion_request(bytes: &[u8], headers: SteeringHeaders<'_>) -> R
     };
     let conversation = vec![Message { role: "user".into(), content: prompt }];
     let mut request = finish(Api::Completions, body, conversation, steering_field, headers)?;
+    request.verbatim &= !had_best_of;
     if let Some(best_of) = best_of {
         if best_of < request.client_n {
             return Err(Error::invalid(
@@ -114,6 +119,7 @@ fn finish(
     steering_field: Option<Value>,
     headers: SteeringHeaders<'_>,
 ) -> Result<ProxyRequest, Error> {
+    let had_steering_field = steering_field.is_some();
     if let Some(model) = body.get("model")
         && !model.is_string()
     {
@@ -155,7 +161,8 @@ fn finish(
     merge_header_steering(&mut steering, headers)?;
 
     let model = body.get("model").and_then(Value::as_str).map(str::to_string);
-    Ok(ProxyRequest { api, model, body, conversation, stream, include_usage, client_n, seed, steering })
+    let verbatim = !had_steering_field;
+    Ok(ProxyRequest { api, model, body, verbatim, conversation, stream, include_usage, client_n, seed, steering })
 }
 
 fn optional_bool(body: &Map<String, Value>, key: &str) -> Result<Option<bool>, Error> {
@@ -350,6 +357,20 @@ mod tests {
         assert_eq!(r.steering.n, Some(3));
         assert_eq!(r.steering.scorer.as_deref(), Some("rm"));
         assert!(r.steering.return_candidates);
+    }
+
+    #[test]
+    fn a_body_is_verbatim_only_when_no_field_was_taken_out() {
+        let chat = |body: &str| parse_chat_request(body.as_bytes(), SteeringHeaders::default()).unwrap().verbatim;
+        let legacy =
+            |body: &str| parse_completion_request(body.as_bytes(), SteeringHeaders::default()).unwrap().verbatim;
+        assert!(chat(r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#));
+        assert!(!chat(r#"{"messages":[{"role":"user","content":"x"}],"bestofn":{"n":3}}"#));
+        assert!(!chat(r#"{"messages":[{"role":"user","content":"x"}],"bestofn":null}"#));
+        assert!(legacy(r#"{"prompt":"x","max_tokens":4}"#));
+        assert!(!legacy(r#"{"prompt":"x","best_of":2}"#));
+        assert!(!legacy(r#"{"prompt":"x","best_of":null}"#));
+        assert!(!legacy(r#"{"prompt":"x","bestofn":{"n":2}}"#));
     }
 
     #[test]

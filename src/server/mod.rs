@@ -493,11 +493,13 @@ async fn completion(
     // A request degraded to one sample under load is still a best-of-N request: it keeps its
     // deadline and its `bestofn` report (`degraded`, `n_requested`).
     if plan.n == 1 && !plan.return_candidates && !plan.degraded {
+        let verbatim = request.verbatim.then_some(bytes);
         let mut response = if request.stream {
             tracing::info!(request_id = %id, domain = %plan.domain, n = 1, stream = true, "pass-through");
-            pass_through_stream(state, api, &plan, &request, slot).await?
+            pass_through_stream(state, api, &plan, &request, verbatim.as_ref(), slot).await?
         } else {
-            let (answer, spans) = with_call_spans(state.engine.forward(api, &plan, &request.body)).await;
+            let (answer, spans) =
+                with_call_spans(state.engine.forward(api, &plan, &request.body, verbatim.as_ref())).await;
             let answer = answer?;
             observer.pass_through(true, answer.prompt_tokens, answer.completion_tokens);
             let response = json_bytes_response(StatusCode::OK, answer.body);
@@ -542,9 +544,10 @@ async fn pass_through_stream(
     api: Api,
     plan: &Plan,
     request: &ProxyRequest,
+    verbatim: Option<&Bytes>,
     slot: &mut Option<RequestObserver>,
 ) -> Result<Response<Body>, Error> {
-    let (upstream, spans) = with_call_spans(state.engine.forward_stream(api, plan, &request.body)).await;
+    let (upstream, spans) = with_call_spans(state.engine.forward_stream(api, plan, &request.body, verbatim)).await;
     let upstream = upstream?;
     let mut observer = slot.take().ok_or_else(|| Error::Internal("the request has no observer".into()))?;
     observer.pass_through(true, 0, 0);

@@ -648,19 +648,14 @@ impl Sampler for Upstream {
         }))
     }
 
-    fn forward<'a>(&'a self, api: Api, body: &'a Map<String, Value>) -> BoxFuture<'a, Result<Forwarded, Error>> {
+    fn forward(&self, api: Api, body: Bytes) -> BoxFuture<'_, Result<Forwarded, Error>> {
         Box::pin(async move {
-            let bytes = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
-            let answer = self.backend.post_bytes(api.path(), Bytes::from(bytes)).await?;
+            let answer = self.backend.post_bytes(api.path(), body).await?;
             Forwarded::from_json(answer.body).map_err(|what| self.garbage(what))
         })
     }
 
-    fn forward_stream<'a>(
-        &'a self,
-        api: Api,
-        body: &'a Map<String, Value>,
-    ) -> BoxFuture<'a, Result<ByteStream, Error>> {
+    fn forward_stream(&self, api: Api, body: Bytes) -> BoxFuture<'_, Result<ByteStream, Error>> {
         Box::pin(async move { self.backend.post_stream(api.path(), body).await })
     }
 }

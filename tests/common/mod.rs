@@ -27,6 +27,8 @@ pub struct Recorded {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Value,
+    /// The body's bytes as they arrived.
+    pub raw: bytes::Bytes,
     pub at: std::time::Instant,
     pub version: http::Version,
 }
@@ -107,7 +109,7 @@ impl FakeServer {
                             let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                             let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                             let at = std::time::Instant::now();
-                            let rec = Recorded { method, path, headers, body, at, version };
+                            let rec = Recorded { method, path, headers, body, raw: bytes, at, version };
                             recorded.lock().unwrap().push(rec.clone());
                             Ok::<_, Infallible>(answer(handler(&rec)).await)
                         }
