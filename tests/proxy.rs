@@ -627,6 +627,38 @@ async fn a_pass_through_request_reaches_the_upstream_as_the_clients_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn best_of_n_calls_keep_the_clients_spelling_of_every_field() {
+    let body = "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"temperature\": 1e-1, \
+                \"x_vendor\": 123456789012345678901234567890, \"stream\": STREAM}";
+    for sampling in ["n", "parallel"] {
+        let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+        let rm = FakeServer::start(rm_handler()).await;
+        let proxy = Bestofn::start(&config(&upstream, &rm, sampling, 3));
+        for stream in ["false", "true"] {
+            let response = client()
+                .post(proxy.url("/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(body.replace("STREAM", stream))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{sampling}, stream {stream}");
+            let _ = response.bytes().await.unwrap();
+        }
+        let calls = upstream.requests_to("/v1/chat/completions");
+        assert!(calls.len() >= 2, "{sampling}: {} calls", calls.len());
+        for call in calls {
+            let raw = std::str::from_utf8(&call.raw).unwrap();
+            assert!(
+                raw.contains("\"temperature\":1e-1,\"x_vendor\":123456789012345678901234567890,"),
+                "{sampling}: {raw}"
+            );
+            assert!(raw.ends_with("\"stream\":false}"), "{sampling}: every call is sampled whole: {raw}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_covered_by_http_proxy_is_reached_through_that_proxy() {
     // The forward proxy answers as the upstream would; the upstream's own name never resolves.
     let forward_proxy = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::{
     Api, ByteStream, DomainClassifier, Forwarded, Plan, Policy, RuleClassifier, Sampler, Samples, ScorerFailurePolicy,
-    Steering, score_candidates, select::select,
+    Steering, UpstreamBody, score_candidates, select::select,
 };
 use crate::error::{Error, Party};
 use futures_util::StreamExt;
@@ -209,24 +209,27 @@ impl Engine {
         self.sampler.forward_stream(api, upstream_bytes(plan, body, verbatim)?).await
     }
 
-    /// Samples `plan.n` candidates, scores them with `plan.scorer`, and ranks them.
+    /// Samples `plan.n` candidates, scores them with `plan.scorer`, and ranks them. `verbatim`
+    /// as for [`Engine::forward`]: the calls keep the client's spelling of every field.
     pub async fn run(
         &self,
         api: Api,
         body: &Map<String, Value>,
+        verbatim: Option<&Bytes>,
         conversation: &[Message],
         seed: Option<i64>,
         plan: &Plan,
     ) -> Result<Outcome, Error> {
         let started = Instant::now();
         let deadline = plan.deadline.map(|d| started + d);
-        let upstream_body = plan.upstream_body(body);
+        let fields = plan.upstream_body(body);
+        let text = verbatim.filter(|_| matches!(fields, std::borrow::Cow::Borrowed(_)));
+        let upstream_body = UpstreamBody { fields: &fields, text };
         let response_format = body.get("response_format");
         let (mut samples, adaptive, early_scores) = match plan.adaptive {
-            None => (self.sampler.sample(api, &upstream_body, plan.n, 0, seed, deadline).await?, None, None),
+            None => (self.sampler.sample(api, upstream_body, plan.n, 0, seed, deadline).await?, None, None),
             Some(settings) => {
-                let context =
-                    Context { api, body: &upstream_body, conversation, response_format, seed, deadline, plan };
+                let context = Context { api, body: upstream_body, conversation, response_format, seed, deadline, plan };
                 let (samples, report, early) = self.sample_adaptive(context, settings).await?;
                 (samples, Some(report), early)
             }
@@ -473,7 +476,7 @@ impl Engine {
 /// What one adaptive run shares across its waves.
 struct Context<'a> {
     api: Api,
-    body: &'a Map<String, Value>,
+    body: UpstreamBody<'a>,
     conversation: &'a [Message],
     response_format: Option<&'a Value>,
     seed: Option<i64>,

@@ -198,6 +198,25 @@ pub enum Arrival {
 /// Candidates of a wave as they arrive.
 pub type ArrivalStream<'a> = std::pin::Pin<Box<dyn futures_util::Stream<Item = Arrival> + Send + 'a>>;
 
+/// A request body as the upstream is to get it: its fields, and the client's JSON text when
+/// that text says exactly these fields, so that calls can keep the client's spelling of every
+/// value (numbers above all: a parsed and re-serialised `1e-1` becomes `0.1`, and an integer
+/// beyond 64 bits a rounded float).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamBody<'a> {
+    /// The body's fields.
+    pub fields: &'a Map<String, Value>,
+    /// The client's JSON text of exactly `fields`, when there is one.
+    pub text: Option<&'a bytes::Bytes>,
+}
+
+impl<'a> UpstreamBody<'a> {
+    /// `fields` with no text to keep.
+    pub fn fields(fields: &'a Map<String, Value>) -> UpstreamBody<'a> {
+        UpstreamBody { fields, text: None }
+    }
+}
+
 /// Produces candidates from an LLM.
 pub trait Sampler: Send + Sync {
     /// Samples `n` candidates for `body` (an OpenAI request without the `bestofn` field), the
@@ -207,7 +226,7 @@ pub trait Sampler: Send + Sync {
     fn sample<'a>(
         &'a self,
         api: Api,
-        body: &'a Map<String, Value>,
+        body: UpstreamBody<'a>,
         n: u32,
         first: u32,
         seed: Option<i64>,
@@ -231,7 +250,7 @@ pub trait Sampler: Send + Sync {
     fn sample_each<'a>(
         &'a self,
         api: Api,
-        body: &'a Map<String, Value>,
+        body: UpstreamBody<'a>,
         count: u32,
         first: u32,
         seed: Option<i64>,

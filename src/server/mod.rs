@@ -489,11 +489,12 @@ async fn completion(
     };
     let plan = state.engine.plan(&request.steering, request.client_n, &request.conversation).await?;
     observer.set_domain(&plan.domain);
+    // The client's bytes, when they say exactly the body the upstream is to get.
+    let verbatim = request.verbatim.then_some(bytes);
 
     // A request degraded to one sample under load is still a best-of-N request: it keeps its
     // deadline and its `bestofn` report (`degraded`, `n_requested`).
     if plan.n == 1 && !plan.return_candidates && !plan.degraded {
-        let verbatim = request.verbatim.then_some(bytes);
         let mut response = if request.stream {
             tracing::info!(request_id = %id, domain = %plan.domain, n = 1, stream = true, "pass-through");
             pass_through_stream(state, api, &plan, &request, verbatim.as_ref(), slot).await?
@@ -520,11 +521,18 @@ async fn completion(
 
     if request.stream {
         let observer = slot.take().ok_or_else(|| Error::Internal("the request has no observer".into()))?;
-        return Ok(best_of_n_stream(state.clone(), request, plan, id.to_string(), observer));
+        return Ok(best_of_n_stream(state.clone(), request, verbatim, plan, id.to_string(), observer));
     }
 
-    let (result, spans) =
-        with_call_spans(state.engine.run(api, &request.body, &request.conversation, request.seed, &plan)).await;
+    let (result, spans) = with_call_spans(state.engine.run(
+        api,
+        &request.body,
+        verbatim.as_ref(),
+        &request.conversation,
+        request.seed,
+        &plan,
+    ))
+    .await;
     let outcome = result?;
     observe_outcome(state, id, &request, &plan, &outcome, observer, spans);
     let mut response = json_response(StatusCode::OK, &build_response(api, &plan, &outcome));
@@ -576,6 +584,7 @@ async fn pass_through_stream(
 fn best_of_n_stream(
     state: Arc<AppState>,
     request: ProxyRequest,
+    verbatim: Option<Bytes>,
     plan: Plan,
     id: String,
     observer: RequestObserver,
@@ -594,9 +603,9 @@ fn best_of_n_stream(
     let heartbeat = state.heartbeat;
     let request_id = id.clone();
     let work = Box::pin(async move {
-        let (result, spans) =
-            with_call_spans(state.engine.run(request.api, &request.body, &request.conversation, request.seed, &plan))
-                .await;
+        let run =
+            state.engine.run(request.api, &request.body, verbatim.as_ref(), &request.conversation, request.seed, &plan);
+        let (result, spans) = with_call_spans(run).await;
         match result {
             Ok(outcome) => {
                 let report: Report = Box::new(move |observer: &mut RequestObserver| {

@@ -14,7 +14,9 @@ use serde_json::{Map, Value};
 
 use crate::backend::Backend;
 
-use crate::bon::{Api, Arrival, ArrivalStream, ByteStream, Candidate, Forwarded, RawChoice, Sampler, Samples};
+use crate::bon::{
+    Api, Arrival, ArrivalStream, ByteStream, Candidate, Forwarded, RawChoice, Sampler, Samples, UpstreamBody,
+};
 use crate::error::Error;
 use crate::score::BoxFuture;
 
@@ -67,7 +69,7 @@ struct ChatCall {
 #[derive(Clone, Copy)]
 struct Run<'a> {
     api: Api,
-    body: &'a Map<String, Value>,
+    body: UpstreamBody<'a>,
     seed: Option<i64>,
     deadline: Option<Instant>,
 }
@@ -117,6 +119,13 @@ impl RawEnvelope {
             // Each text was read as valid JSON already, so reading it again cannot fail.
             .filter_map(|(key, raw)| serde_json::from_str(raw.get()).ok().map(|value| (key, value)))
             .collect()
+    }
+}
+
+impl FromFields for RawEnvelope {
+    fn field<'de, A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        self.0.push((key.to_string(), map.next_value()?));
+        Ok(())
     }
 }
 
@@ -303,8 +312,25 @@ impl Serialize for SharedFields<'_> {
 }
 
 impl CallBodies {
-    fn new(base: &Map<String, Value>) -> Result<CallBodies, Error> {
-        let mut open = serde_json::to_vec(&SharedFields(base)).map_err(|e| Error::Internal(e.to_string()))?;
+    /// The shared part of `base`'s calls: from the client's text when there is one, each field
+    /// spelled as the client spelled it; else serialised from the fields.
+    fn new(base: UpstreamBody<'_>) -> Result<CallBodies, Error> {
+        let mut open = match base.text.map(|text| read_object::<RawEnvelope>(text)) {
+            Some(Ok(fields)) => {
+                let mut open = b"{".to_vec();
+                for (key, value) in fields.0.iter().filter(|(k, _)| !PER_CALL_FIELDS.contains(&k.as_str())) {
+                    if open.len() > 1 {
+                        open.push(b',');
+                    }
+                    serde_json::to_writer(&mut open, key).map_err(|e| Error::Internal(e.to_string()))?;
+                    open.push(b':');
+                    open.extend_from_slice(value.get().as_bytes());
+                }
+                open.push(b'}');
+                open
+            }
+            _ => serde_json::to_vec(&SharedFields(base.fields)).map_err(|e| Error::Internal(e.to_string()))?,
+        };
         open.pop(); // the closing brace
         let has_fields = open.len() > 1;
         Ok(CallBodies { open, has_fields })
@@ -574,7 +600,7 @@ impl Sampler for Upstream {
     fn sample<'a>(
         &'a self,
         api: Api,
-        body: &'a Map<String, Value>,
+        body: UpstreamBody<'a>,
         n: u32,
         first: u32,
         seed: Option<i64>,
@@ -611,7 +637,7 @@ impl Sampler for Upstream {
     fn sample_each<'a>(
         &'a self,
         api: Api,
-        body: &'a Map<String, Value>,
+        body: UpstreamBody<'a>,
         count: u32,
         first: u32,
         seed: Option<i64>,
@@ -677,7 +703,7 @@ mod tests {
             "stream": true, "stream_options": {"include_usage": true}, "seed": 7, "temperature": 0.5
         }))
         .unwrap();
-        let bodies = CallBodies::new(&base).unwrap();
+        let bodies = CallBodies::new(UpstreamBody::fields(&base)).unwrap();
         let parsed = |b: Bytes| serde_json::from_slice::<Value>(&b).unwrap();
         assert_eq!(
             parsed(bodies.body(3, Some(12))),
@@ -688,8 +714,27 @@ mod tests {
             parsed(bodies.body(1, None)),
             json!({"model": "m", "messages": [{"role": "user", "content": "q \"quoted\""}], "temperature": 0.5, "stream": false})
         );
-        let empty = CallBodies::new(&Map::new()).unwrap();
+        let empty = CallBodies::new(UpstreamBody::fields(&Map::new())).unwrap();
         assert_eq!(parsed(empty.body(2, Some(-1))), json!({"n": 2, "seed": -1, "stream": false}));
+    }
+
+    #[test]
+    fn call_bodies_keep_the_clients_spelling_when_given_its_text() {
+        let text = Bytes::from_static(
+            b"{ \"temperature\": 1e-1, \"n\": 4, \"x\": 123456789012345678901234567890,\n \"stream\": true, \"n\": 5, \"k\\u00e9y\": [1.50] }",
+        );
+        let fields: Map<String, Value> = serde_json::from_slice(&text).unwrap();
+        let kept = CallBodies::new(UpstreamBody { fields: &fields, text: Some(&text) }).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&kept.body(3, Some(7))).unwrap(),
+            "{\"temperature\":1e-1,\"x\":123456789012345678901234567890,\"k\u{e9}y\":[1.50],\"n\":3,\"seed\":7,\"stream\":false}"
+        );
+        let respelled = CallBodies::new(UpstreamBody::fields(&fields)).unwrap();
+        let body = String::from_utf8(respelled.body(3, Some(7)).to_vec()).unwrap();
+        assert!(body.contains("\"temperature\":0.1") && !body.contains("123456789012345678901234567890"), "{body}");
+        let empty = Bytes::from_static(b" {} ");
+        let bodies = CallBodies::new(UpstreamBody { fields: &Map::new(), text: Some(&empty) }).unwrap();
+        assert_eq!(&bodies.body(1, None)[..], b"{\"stream\":false}");
     }
 
     proptest! {
