@@ -194,7 +194,8 @@ impl Engine {
         body: &Map<String, Value>,
         verbatim: Option<&Bytes>,
     ) -> Result<Forwarded, Error> {
-        self.sampler.forward(api, upstream_bytes(plan, body, verbatim)?).await
+        let (fields, text) = upstream_fields(plan, body, verbatim);
+        self.sampler.forward(api, UpstreamBody { fields: &fields, text }.to_json()?).await
     }
 
     /// Forwards a streaming request (N = 1): bytes reach the caller as they arrive. `verbatim`
@@ -206,7 +207,8 @@ impl Engine {
         body: &Map<String, Value>,
         verbatim: Option<&Bytes>,
     ) -> Result<ByteStream, Error> {
-        self.sampler.forward_stream(api, upstream_bytes(plan, body, verbatim)?).await
+        let (fields, text) = upstream_fields(plan, body, verbatim);
+        self.sampler.forward_stream(api, UpstreamBody { fields: &fields, text }.to_json()?).await
     }
 
     /// Samples `plan.n` candidates, scores them with `plan.scorer`, and ranks them. `verbatim`
@@ -222,8 +224,7 @@ impl Engine {
     ) -> Result<Outcome, Error> {
         let started = Instant::now();
         let deadline = plan.deadline.map(|d| started + d);
-        let fields = plan.upstream_body(body);
-        let text = verbatim.filter(|_| matches!(fields, std::borrow::Cow::Borrowed(_)));
+        let (fields, text) = upstream_fields(plan, body, verbatim);
         let upstream_body = UpstreamBody { fields: &fields, text };
         let response_format = body.get("response_format");
         let (mut samples, adaptive, early_scores) = match plan.adaptive {
@@ -491,13 +492,14 @@ fn note_answers(run: &mut AdaptiveRun, samples: &Samples, from: usize) {
     }
 }
 
-/// The JSON text a forwarded request is sent as: the client's bytes when they say all of it,
-/// else `body` with the plan's defaults, serialised.
-fn upstream_bytes(plan: &Plan, body: &Map<String, Value>, verbatim: Option<&Bytes>) -> Result<Bytes, Error> {
-    match (plan.upstream_body(body), verbatim) {
-        (std::borrow::Cow::Borrowed(_), Some(raw)) => Ok(raw.clone()),
-        (body, _) => serde_json::to_vec(&*body)
-            .map(Bytes::from)
-            .map_err(|e| Error::Internal(format!("cannot serialise a request: {e}"))),
-    }
+/// The fields the upstream gets under `plan` (the domain's defaults filled in), and the client's
+/// text `verbatim` when it still says exactly them (no default was added).
+fn upstream_fields<'a>(
+    plan: &Plan,
+    body: &'a Map<String, Value>,
+    verbatim: Option<&'a Bytes>,
+) -> (std::borrow::Cow<'a, Map<String, Value>>, Option<&'a Bytes>) {
+    let fields = plan.upstream_body(body);
+    let text = verbatim.filter(|_| matches!(fields, std::borrow::Cow::Borrowed(_)));
+    (fields, text)
 }

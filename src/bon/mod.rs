@@ -215,6 +215,16 @@ impl<'a> UpstreamBody<'a> {
     pub fn fields(fields: &'a Map<String, Value>) -> UpstreamBody<'a> {
         UpstreamBody { fields, text: None }
     }
+
+    /// The body as JSON text: the client's when there is one, else the fields serialised.
+    pub fn to_json(&self) -> Result<bytes::Bytes, Error> {
+        match self.text {
+            Some(text) => Ok(text.clone()),
+            None => serde_json::to_vec(self.fields)
+                .map(bytes::Bytes::from)
+                .map_err(|e| Error::Internal(format!("cannot serialise a request: {e}"))),
+        }
+    }
 }
 
 /// Produces candidates from an LLM.
