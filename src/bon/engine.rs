@@ -194,8 +194,7 @@ impl Engine {
         body: &Map<String, Value>,
         verbatim: Option<&Bytes>,
     ) -> Result<Forwarded, Error> {
-        let (fields, text) = upstream_fields(plan, body, verbatim);
-        self.sampler.forward(api, UpstreamBody { fields: &fields, text }.to_json()?).await
+        self.sampler.forward(api, upstream_json(plan, body, verbatim)?).await
     }
 
     /// Forwards a streaming request (N = 1): bytes reach the caller as they arrive. `verbatim`
@@ -207,8 +206,7 @@ impl Engine {
         body: &Map<String, Value>,
         verbatim: Option<&Bytes>,
     ) -> Result<ByteStream, Error> {
-        let (fields, text) = upstream_fields(plan, body, verbatim);
-        self.sampler.forward_stream(api, UpstreamBody { fields: &fields, text }.to_json()?).await
+        self.sampler.forward_stream(api, upstream_json(plan, body, verbatim)?).await
     }
 
     /// Samples `plan.n` candidates, scores them with `plan.scorer`, and ranks them. `verbatim`
@@ -502,4 +500,10 @@ fn upstream_fields<'a>(
     let fields = plan.upstream_body(body);
     let text = verbatim.filter(|_| matches!(fields, std::borrow::Cow::Borrowed(_)));
     (fields, text)
+}
+
+/// The JSON text a forwarded request is sent as (see [`upstream_fields`]).
+fn upstream_json(plan: &Plan, body: &Map<String, Value>, verbatim: Option<&Bytes>) -> Result<Bytes, Error> {
+    let (fields, text) = upstream_fields(plan, body, verbatim);
+    UpstreamBody { fields: &fields, text }.to_json()
 }

@@ -77,8 +77,9 @@ pub fn parse_completion_request(bytes: &[u8], headers: SteeringHeaders<'_>) -> R
         }
         Some(_) => return Err(Error::invalid("prompt", "'prompt' must be a string")),
     };
-    let had_best_of = body.contains_key("best_of");
-    let best_of = match body.remove("best_of") {
+    let best_of_field = body.remove("best_of");
+    let had_best_of = best_of_field.is_some();
+    let best_of = match best_of_field {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
             Some(b) if b >= 1 => Some(b as u32),

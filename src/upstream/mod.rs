@@ -147,10 +147,10 @@ impl FromFields for Envelope {
     fn field<'de, A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
         if key == "choices" {
             self.choices = Some(map.next_value()?);
+            Ok(())
         } else {
-            self.fields.0.push((key.to_string(), map.next_value()?));
+            self.fields.field(key, map)
         }
-        Ok(())
     }
 }
 
