@@ -32,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::Http2Mode;
+use crate::stage_timing::{self, Stage};
 
 /// An answer's body, from either client.
 pub type ReplyBody = Either<Incoming, reqwest::Body>;
@@ -245,6 +246,7 @@ impl AsyncRead for Clocked {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            stage_timing::mark(Stage::UpstreamBytesIn);
             self.clock.received_ns.store(self.clock.stamp(), Ordering::Relaxed);
             self.clock.between_requests.store(true, Ordering::Relaxed);
         }
@@ -262,7 +264,9 @@ impl Clocked {
 
 impl AsyncWrite for Clocked {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        stage_timing::mark(Stage::UpstreamWrite);
         let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        stage_timing::mark(Stage::UpstreamWritten);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.wrote();
         }
@@ -274,7 +278,9 @@ impl AsyncWrite for Clocked {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        stage_timing::mark(Stage::UpstreamWrite);
         let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        stage_timing::mark(Stage::UpstreamWritten);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.wrote();
         }

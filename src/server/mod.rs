@@ -40,6 +40,7 @@ use crate::error::Error;
 use crate::openai::stream::{self, StreamMeta};
 use crate::openai::{ProxyRequest, SteeringHeaders, build_response, parse_chat_request, parse_completion_request};
 use crate::record::sample_record;
+use crate::stage_timing::{self, Stage};
 
 /// Response body type of every route.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -140,6 +141,8 @@ async fn serve_share(
         // Streams are written in many small frames; Nagle's algorithm against the client's
         // delayed ACK would hold each back by tens of milliseconds.
         let _ = stream.set_nodelay(true);
+        #[cfg(feature = "stage-timing")]
+        let stream = crate::stage_timing::TimedStream(stream);
         let state = state.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
@@ -284,6 +287,7 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    stage_timing::mark(Stage::Handler);
     let id = request_id(req.headers());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -476,6 +480,7 @@ async fn completion(
     let observer = slot.as_mut().ok_or_else(|| Error::Internal("the request has no observer".into()))?;
     let (head, body) = req.into_parts();
     let bytes = read_body(state, body).await?;
+    stage_timing::mark(Stage::BodyRead);
     let headers = &head.headers;
     let steering_headers = SteeringHeaders {
         n: header_str(headers, &X_BESTOFN_N),
@@ -487,7 +492,9 @@ async fn completion(
         Api::Chat => parse_chat_request(&bytes, steering_headers)?,
         Api::Completions => parse_completion_request(&bytes, steering_headers)?,
     };
+    stage_timing::mark(Stage::Parsed);
     let plan = state.engine.plan(&request.steering, request.client_n, &request.conversation).await?;
+    stage_timing::mark(Stage::Planned);
     observer.set_domain(&plan.domain);
     // The client's bytes, when they say exactly the body the upstream is to get.
     let verbatim = request.verbatim.then_some(bytes);
@@ -502,6 +509,7 @@ async fn completion(
             let (answer, spans) =
                 with_call_spans(state.engine.forward(api, &plan, &request.body, verbatim.as_ref())).await;
             let answer = answer?;
+            stage_timing::mark(Stage::Forwarded);
             observer.pass_through(true, answer.prompt_tokens, answer.completion_tokens);
             let response = json_bytes_response(StatusCode::OK, answer.body);
             let overhead = observer.answered(spans);
@@ -516,6 +524,7 @@ async fn completion(
             response
         };
         response.headers_mut().insert(X_BESTOFN_N, HeaderValue::from_static("1"));
+        stage_timing::mark(Stage::Answered);
         return Ok(response);
     }
 
@@ -542,6 +551,7 @@ async fn completion(
     if let Some(reward) = outcome.chosen_score().and_then(|r| HeaderValue::from_str(&r.to_string()).ok()) {
         h.insert("x-bestofn-reward", reward);
     }
+    stage_timing::mark(Stage::Answered);
     Ok(response)
 }
 
