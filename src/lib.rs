@@ -22,6 +22,7 @@ pub mod stage_timing;
 #[cfg(test)]
 mod test_support;
 pub mod upstream;
+pub mod watched;
 pub mod wiring;
 
 pub use error::Error;

@@ -134,18 +134,15 @@ pub fn medians_text(timelines: &[[Option<u64>; STAGES.len()]]) -> String {
 }
 
 #[cfg(feature = "stage-timing")]
-pub use timeline::TimedStream;
+pub use timeline::{TimedStream, Timeline, timed};
 
 #[cfg(feature = "stage-timing")]
 mod timeline {
     use std::cell::RefCell;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
     use std::time::Instant;
 
-    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
     use super::{STAGES, Stage, medians_text, report_every};
+    use crate::watched::{Watch, Watched};
 
     /// This thread's request in progress (its start and stamps, ns) and the finished ones.
     #[derive(Default)]
@@ -202,59 +199,30 @@ mod timeline {
 
     /// A client connection that starts a timeline when a request's bytes arrive and ends it
     /// when the answer's first bytes are written.
-    pub struct TimedStream(pub tokio::net::TcpStream);
+    pub type TimedStream = Watched<Timeline>;
 
-    impl AsyncRead for TimedStream {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            let before = buf.filled().len();
-            let polled = Pin::new(&mut self.0).poll_read(cx, buf);
-            if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-                bytes_in();
+    /// The watcher of a client connection: this thread's timeline.
+    pub struct Timeline;
+
+    /// `stream`, stamping this thread's timeline.
+    pub fn timed(stream: tokio::net::TcpStream) -> TimedStream {
+        Watched { stream, watch: Timeline }
+    }
+
+    impl Watch for Timeline {
+        fn read(&self) {
+            bytes_in();
+        }
+
+        fn writing(&self) {
+            mark(Stage::ResponseWrite);
+        }
+
+        fn written(&self, wrote: bool) {
+            if wrote {
+                mark(Stage::ResponseWritten);
+                finish();
             }
-            polled
-        }
-    }
-
-    impl AsyncWrite for TimedStream {
-        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-            mark(Stage::ResponseWrite);
-            let polled = Pin::new(&mut self.0).poll_write(cx, buf);
-            written(&polled);
-            polled
-        }
-
-        fn poll_write_vectored(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            bufs: &[std::io::IoSlice<'_>],
-        ) -> Poll<std::io::Result<usize>> {
-            mark(Stage::ResponseWrite);
-            let polled = Pin::new(&mut self.0).poll_write_vectored(cx, bufs);
-            written(&polled);
-            polled
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            self.0.is_write_vectored()
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Pin::new(&mut self.0).poll_flush(cx)
-        }
-
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Pin::new(&mut self.0).poll_shutdown(cx)
-        }
-    }
-
-    fn written(polled: &Poll<std::io::Result<usize>>) {
-        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
-            mark(Stage::ResponseWritten);
-            finish();
         }
     }
 

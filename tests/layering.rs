@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// Bottom to top: a module may import only those before it.
-const LAYERS: [&str; 16] = [
+const LAYERS: [&str; 17] = [
     "error",
+    "watched",
     "stage_timing",
     "score",
     "bon",

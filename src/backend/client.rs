@@ -28,11 +28,11 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::Http2Mode;
 use crate::stage_timing::{self, Stage};
+use crate::watched::{Watch, Watched};
 
 /// An answer's body, from either client.
 pub type ReplyBody = Either<Incoming, reqwest::Body>;
@@ -224,79 +224,46 @@ impl tower_service::Service<http::Uri> for WireConnector {
         let connecting = self.0.call(uri);
         Box::pin(async move {
             let stream = connecting.await?.into_inner();
-            Ok(TokioIo::new(Clocked { stream, clock: Arc::new(WireClock::new()) }))
+            Ok(TokioIo::new(Clocked::clocked(stream, Arc::new(WireClock::new()))))
         })
     }
 }
 
 /// A TCP stream that stamps its [`WireClock`] as bytes go out and come in.
-struct Clocked {
-    stream: TcpStream,
-    clock: Arc<WireClock>,
+type Clocked = Watched<ClockWatch>;
+
+/// The watcher of a backend connection: its wire clock (and the stage timeline).
+struct ClockWatch(Arc<WireClock>);
+
+impl Clocked {
+    /// `stream`, stamping `clock`.
+    fn clocked(stream: TcpStream, clock: Arc<WireClock>) -> Clocked {
+        Watched { stream, watch: ClockWatch(clock) }
+    }
 }
 
 impl Connection for Clocked {
     fn connected(&self) -> Connected {
-        self.stream.connected().extra(self.clock.clone())
+        self.stream.connected().extra(self.watch.0.clone())
     }
 }
 
-impl AsyncRead for Clocked {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            stage_timing::mark(Stage::UpstreamBytesIn);
-            self.clock.received_ns.store(self.clock.stamp(), Ordering::Relaxed);
-            self.clock.between_requests.store(true, Ordering::Relaxed);
-        }
-        polled
+impl Watch for ClockWatch {
+    fn read(&self) {
+        stage_timing::mark(Stage::UpstreamBytesIn);
+        self.0.received_ns.store(self.0.stamp(), Ordering::Relaxed);
+        self.0.between_requests.store(true, Ordering::Relaxed);
     }
-}
 
-impl Clocked {
-    fn wrote(&self) {
-        if self.clock.between_requests.swap(false, Ordering::Relaxed) {
-            self.clock.sent_ns.store(self.clock.stamp(), Ordering::Relaxed);
-        }
-    }
-}
-
-impl AsyncWrite for Clocked {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn writing(&self) {
         stage_timing::mark(Stage::UpstreamWrite);
-        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+    }
+
+    fn written(&self, wrote: bool) {
         stage_timing::mark(Stage::UpstreamWritten);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.wrote();
+        if wrote && self.0.between_requests.swap(false, Ordering::Relaxed) {
+            self.0.sent_ns.store(self.0.stamp(), Ordering::Relaxed);
         }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        stage_timing::mark(Stage::UpstreamWrite);
-        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        stage_timing::mark(Stage::UpstreamWritten);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.wrote();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

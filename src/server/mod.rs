@@ -142,7 +142,7 @@ async fn serve_share(
         // delayed ACK would hold each back by tens of milliseconds.
         let _ = stream.set_nodelay(true);
         #[cfg(feature = "stage-timing")]
-        let stream = crate::stage_timing::TimedStream(stream);
+        let stream = crate::stage_timing::timed(stream);
         let state = state.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
