@@ -4,7 +4,8 @@
 //! Built with the cargo feature `stage-timing`, every serving thread stamps each [`Stage`] of the
 //! request it is serving, from the moment the request's first bytes were read from the client's
 //! socket, and every [`report_every`] requests logs the median time at which each stage was
-//! reached. Without the feature every function here is empty and compiles to nothing.
+//! reached. Without the feature [`mark`] is empty and compiles to nothing, and no stream is
+//! wrapped.
 //!
 //! One timeline per thread: the medians mean what they say when a thread serves one request at
 //! a time (light load, where the question of where the time goes is asked); with requests
