@@ -8,16 +8,14 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// What a [`Watched`] stream reports; every method defaults to nothing.
+/// What a [`Watched`] stream reports.
 pub trait Watch {
     /// Bytes were read.
-    fn read(&self) {}
+    fn read(&self);
     /// A write starts.
-    fn writing(&self) {}
+    fn writing(&self);
     /// A write returned; `wrote` when it wrote bytes.
-    fn written(&self, wrote: bool) {
-        let _ = wrote;
-    }
+    fn written(&self, wrote: bool);
 }
 
 /// `stream`, reporting its reads and writes to `watch`.
