@@ -1,58 +1,97 @@
 //! The HTTP client of backend calls.
 //!
 //! Plain-HTTP endpoints that no proxy variable covers (vLLM, SGLang or llama.cpp in the same
-//! cluster or on the same host: the case where the client's own CPU is most of what bestofn
-//! spends per upstream call) go through hyper's pooled client directly. Everything else (HTTPS
-//! with rustls for hosted APIs, endpoints behind `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`) goes
-//! through reqwest, which carries the TLS, certificate and proxy handling. Profiling the parallel
-//! sampling mode showed reqwest's own layers around hyper (URL/URI conversion, the redirect
-//! layer, per-request boxing) at about 8% of the proxy's CPU; the direct path has none of them.
+//! cluster or on the same host: the case where the client's own CPU and hand-offs are most of
+//! what bestofn adds to an upstream call) go through bestofn's own HTTP/1.1 client
+//! ([`super::wire`]), or through hyper's pooled client when `upstream.http2 = "always"` asks
+//! for HTTP/2 without TLS. Everything else (HTTPS with rustls for hosted APIs, endpoints behind
+//! `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`) goes through reqwest, which carries the TLS,
+//! certificate and proxy handling. Profiling the parallel sampling mode showed reqwest's own
+//! layers around hyper (URL/URI conversion, the redirect layer, per-request boxing) at about 8%
+//! of the proxy's CPU; the direct path has none of them.
 //!
-//! Direct connections carry a [`WireClock`]: when bestofn wrote the first byte of the current
-//! request and when the last byte of the answer arrived. The span between them is what the
-//! upstream server (and the network) spent; the proxy's overhead metric subtracts that, not the
-//! whole call, so the client's own work (pool checkout, serialisation, task wake-ups) shows as
-//! overhead rather than hiding inside the call.
+//! Connections of the HTTP/1.1 client carry a [`WireClock`]: when bestofn wrote the first byte
+//! of the current request and when the last byte of the answer arrived. The span between them
+//! is what the upstream server (and the network) spent; the proxy's overhead metric subtracts
+//! that, not the whole call, so the client's own work (pool checkout, serialisation, task
+//! wake-ups) shows as overhead rather than hiding inside the call.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::Http2Mode;
-use crate::stage_timing::{self, Stage};
-use crate::watched::{Watch, Watched};
+use super::wire::{POOL_IDLE, POOL_IDLE_PER_HOST, WireBody, WireClock, WirePool};
 
-/// An answer's body, from either client.
-pub type ReplyBody = Either<Incoming, reqwest::Body>;
+/// An answer's body, from whichever client carried the call.
+pub enum ReplyBody {
+    /// bestofn's HTTP/1.1 client.
+    Wire(WireBody),
+    /// hyper's client (HTTP/2 without TLS).
+    H2c(Incoming),
+    /// reqwest (TLS, proxies).
+    General(reqwest::Body),
+}
 
-/// An answer's head and body, from either client.
+impl Body for ReplyBody {
+    type Data = Bytes;
+    type Error = SendError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, SendError>>> {
+        match self.get_mut() {
+            ReplyBody::Wire(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ReplyBody::H2c(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ReplyBody::General(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReplyBody::Wire(body) => body.is_end_stream(),
+            ReplyBody::H2c(body) => body.is_end_stream(),
+            ReplyBody::General(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReplyBody::Wire(body) => body.size_hint(),
+            ReplyBody::H2c(body) => body.size_hint(),
+            ReplyBody::General(body) => body.size_hint(),
+        }
+    }
+}
+
+/// An answer's head and body, from any client.
 pub type Reply = http::Response<ReplyBody>;
 
 /// Why a call got no answer.
 pub type SendError = Box<dyn std::error::Error + Send + Sync>;
 
+/// hyper's pooled client, speaking HTTP/2 without TLS.
+type H2cClient = HyperClient<HttpConnector, Full<Bytes>>;
+
 /// A process's clients for backend calls; cheap to clone (every client is a handle to shared
 /// connection pools).
 ///
-/// Each serving thread has its own pools (see [`set_serving_thread`]). A pooled connection's
-/// I/O runs as a task on the thread that opened it; a call from another thread would hand every
-/// request and answer across threads, waking a sleeping core each time, which on the 2-core VM
-/// of BENCHMARKS.md cost more than the call's own CPU.
+/// Each serving thread has its own pools (see [`set_serving_thread`]). A connection is
+/// registered with the reactor of the runtime that opened it, and its I/O is driven there; a
+/// call from another thread would hand every request and answer across threads, waking a
+/// sleeping core each time, which on the 2-core VM of BENCHMARKS.md cost more than the call's
+/// own CPU.
 #[derive(Clone)]
 pub struct HttpClient {
-    direct: Arc<[HyperClient<WireConnector, Full<Bytes>>]>,
+    wire: Arc<[Arc<WirePool>]>,
+    /// hyper's pooled clients, when plain-HTTP endpoints are spoken to in HTTP/2.
+    h2c: Option<Arc<[H2cClient]>>,
     general: Arc<[reqwest::Client]>,
     proxies: Arc<Matcher>,
 }
@@ -91,12 +130,6 @@ impl std::fmt::Debug for HttpClient {
     }
 }
 
-/// Idle keep-alive connections live this long, as reqwest's default.
-const POOL_IDLE: Duration = Duration::from_secs(90);
-/// Idle keep-alive connections kept per endpoint: enough for the burst of one parallel
-/// best-of-N wave from many requests at once.
-const POOL_IDLE_PER_HOST: usize = 512;
-
 impl HttpClient {
     /// Pooled keep-alive clients speaking HTTP/2 as `mode` says; proxies from the environment.
     pub fn new(mode: Http2Mode) -> Result<HttpClient, reqwest::Error> {
@@ -108,8 +141,11 @@ impl HttpClient {
         super::install_crypto_provider();
         let threads = threads.max(1);
         let general = (0..threads).map(|_| Self::general(mode)).collect::<Result<Vec<_>, _>>()?;
-        let direct = (0..threads).map(|_| Self::direct(mode)).collect::<Vec<_>>();
-        Ok(HttpClient { direct: direct.into(), general: general.into(), proxies: Arc::new(Matcher::from_env()) })
+        let wire = (0..threads).map(|_| Arc::new(WirePool::default())).collect::<Vec<_>>();
+        // Plain-text HTTP/2 needs prior knowledge; without TLS there is no ALPN to agree on it,
+        // so `auto` means HTTP/1.1 here, as it does in reqwest.
+        let h2c = (mode == Http2Mode::Always).then(|| (0..threads).map(|_| Self::h2c()).collect::<Vec<_>>().into());
+        Ok(HttpClient { wire: wire.into(), h2c, general: general.into(), proxies: Arc::new(Matcher::from_env()) })
     }
 
     /// The reqwest client of HTTPS and proxied endpoints.
@@ -129,20 +165,13 @@ impl HttpClient {
             .build()
     }
 
-    /// hyper's pooled client of plain-HTTP endpoints.
-    fn direct(mode: Http2Mode) -> HyperClient<WireConnector, Full<Bytes>> {
+    /// hyper's pooled HTTP/2 client of plain-HTTP endpoints.
+    fn h2c() -> H2cClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let mut direct = HyperClient::builder(TokioExecutor::new());
-        direct
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            // Plain-text HTTP/2 needs prior knowledge; without TLS there is no ALPN to agree on
-            // it, so `auto` means HTTP/1.1 here, as it does in reqwest.
-            .http2_only(mode == Http2Mode::Always);
-        direct.build(WireConnector(connector))
+        let mut client = HyperClient::builder(TokioExecutor::new());
+        client.pool_idle_timeout(POOL_IDLE).pool_timer(TokioTimer::new()).timer(TokioTimer::new()).http2_only(true);
+        client.build(connector)
     }
 
     /// Whether calls to `uri` take the direct path: plain HTTP that no proxy variable covers.
@@ -152,125 +181,30 @@ impl HttpClient {
 
     /// Sends `request` by the direct path when `direct`, else by reqwest.
     pub async fn send(&self, request: http::Request<Bytes>, direct: bool) -> Result<Reply, SendError> {
-        if direct {
-            let response = this_thread(&self.direct).request(request.map(Full::new)).await?;
-            Ok(response.map(Either::Left))
-        } else {
+        if !direct {
             let request = reqwest::Request::try_from(request)?;
             let response: http::Response<reqwest::Body> = this_thread(&self.general).execute(request).await?.into();
-            Ok(response.map(Either::Right))
+            return Ok(response.map(ReplyBody::General));
         }
-    }
-}
-
-/// What one connection saw on the wire, for the call it is serving now.
-#[derive(Debug)]
-pub struct WireClock {
-    epoch: Instant,
-    /// Nanoseconds after `epoch` at which the current request's first byte was written.
-    sent_ns: AtomicU64,
-    /// Nanoseconds after `epoch` at which the latest bytes of the answer were read.
-    received_ns: AtomicU64,
-    /// Whether the next write starts a new request (set once the answer starts arriving).
-    between_requests: AtomicBool,
-}
-
-impl WireClock {
-    fn new() -> WireClock {
-        WireClock {
-            epoch: Instant::now(),
-            sent_ns: AtomicU64::new(0),
-            received_ns: AtomicU64::new(0),
-            between_requests: AtomicBool::new(true),
+        match &self.h2c {
+            Some(h2c) => Ok(this_thread(h2c).request(request.map(Full::new)).await?.map(ReplyBody::H2c)),
+            None => Ok(this_thread(&self.wire).send(request).await?.map(ReplyBody::Wire)),
         }
-    }
-
-    fn stamp(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-
-    /// From the first byte of the request written to the last byte of the answer read so far,
-    /// or None when the connection has not both written and read since.
-    pub fn span(&self) -> Option<(Instant, Instant)> {
-        let sent = self.sent_ns.load(Ordering::Relaxed);
-        let received = self.received_ns.load(Ordering::Relaxed);
-        (received >= sent && sent > 0)
-            .then(|| (self.epoch + Duration::from_nanos(sent), self.epoch + Duration::from_nanos(received)))
     }
 }
 
 /// The wire clock of the connection that carried an answer, from its extensions.
 pub fn wire_clock(reply: &Reply) -> Option<&Arc<WireClock>> {
-    // HTTP/2 multiplexes calls on one connection, so its stamps mix calls: not a per-call span.
-    (reply.version() == http::Version::HTTP_11).then(|| reply.extensions().get::<Arc<WireClock>>()).flatten()
-}
-
-/// hyper's TCP connector, with a [`WireClock`] on every connection.
-#[derive(Clone)]
-struct WireConnector(HttpConnector);
-
-type ConnectFuture = Pin<Box<dyn Future<Output = Result<TokioIo<Clocked>, SendError>> + Send>>;
-
-impl tower_service::Service<http::Uri> for WireConnector {
-    type Response = TokioIo<Clocked>;
-    type Error = SendError;
-    type Future = ConnectFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        self.0.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: http::Uri) -> ConnectFuture {
-        let connecting = self.0.call(uri);
-        Box::pin(async move {
-            let stream = connecting.await?.into_inner();
-            Ok(TokioIo::new(Clocked::clocked(stream, Arc::new(WireClock::new()))))
-        })
-    }
-}
-
-/// A TCP stream that stamps its [`WireClock`] as bytes go out and come in.
-type Clocked = Watched<ClockWatch>;
-
-/// The watcher of a backend connection: its wire clock (and the stage timeline).
-struct ClockWatch(Arc<WireClock>);
-
-impl Clocked {
-    /// `stream`, stamping `clock`.
-    fn clocked(stream: TcpStream, clock: Arc<WireClock>) -> Clocked {
-        Watched { stream, watch: ClockWatch(clock) }
-    }
-}
-
-impl Connection for Clocked {
-    fn connected(&self) -> Connected {
-        self.stream.connected().extra(self.watch.0.clone())
-    }
-}
-
-impl Watch for ClockWatch {
-    fn read(&self) {
-        stage_timing::mark(Stage::UpstreamBytesIn);
-        self.0.received_ns.store(self.0.stamp(), Ordering::Relaxed);
-        self.0.between_requests.store(true, Ordering::Relaxed);
-    }
-
-    fn writing(&self) {
-        stage_timing::mark(Stage::UpstreamWrite);
-    }
-
-    fn written(&self, wrote: bool) {
-        stage_timing::mark(Stage::UpstreamWritten);
-        if wrote && self.0.between_requests.swap(false, Ordering::Relaxed) {
-            self.0.sent_ns.store(self.0.stamp(), Ordering::Relaxed);
-        }
-    }
+    // Only bestofn's HTTP/1.1 client puts one there: a connection carries one call at a time.
+    reply.extensions().get::<Arc<WireClock>>()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+    use std::time::{Duration, Instant};
 
     /// A loopback HTTP/1.1 server answering every request after `delay`, keeping connections
     /// alive; returns its address.

@@ -12,8 +12,10 @@ use crate::error::{Error, Party};
 use crate::openai::normalize_error_body;
 
 mod client;
+mod wire;
 
-pub use client::{HttpClient, WireClock, serving_threads, set_serving_thread};
+pub use client::{HttpClient, serving_threads, set_serving_thread};
+pub use wire::WireClock;
 
 /// Installs ring as the process's TLS crypto provider. reqwest is built without a bundled
 /// provider (see Cargo.toml) to keep clean builds lean; this must run before a client is built.

@@ -1,0 +1,774 @@
+//! bestofn's own HTTP/1.1 client for plain-HTTP backends.
+//!
+//! Why not hyper's pooled client, which this replaced for them: it runs every connection as a
+//! task of its own and hands each request to that task and each answer back through channels.
+//! On the light-load path of BENCHMARKS.md (issue #17, sixth sitting) those two hand-offs were
+//! about 40 µs of a pass-through's 190 µs, and nginx's worker has neither: it writes the request
+//! and reads the answer itself. Here the task that makes the call does the same. It takes a
+//! kept-alive connection of its serving thread, writes the request in one system call, reads
+//! and parses the answer's head (with httparse, the parser hyper itself uses) and returns the
+//! answer with a body that reads from the connection as it is polled and puts the connection
+//! back in the pool once the answer has been read to its end.
+//!
+//! Scope: what backend calls need. Requests carry their whole body with its length. Answers are
+//! framed by Content-Length, by the chunked transfer coding or by the connection's close;
+//! 1xx heads are skipped; a server's `Connection: close` or an HTTP/1.0 answer ends the
+//! connection's reuse. A kept-alive connection the server closed while it sat idle is found when
+//! it is taken (its socket reads end-of-file), as hyper's pool finds it, and a request whose
+//! write failed on a reused connection goes out again on a new one. An answer abandoned half-way
+//! closes its connection. Calls whose answer never comes are bounded by the backend's timeouts,
+//! which wrap the whole call.
+
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::uri::Authority;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::stage_timing::{self, Stage};
+use crate::watched::{Watch, Watched};
+
+/// Idle keep-alive connections live this long, as reqwest's default.
+pub(super) const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Idle keep-alive connections kept per endpoint: enough for the burst of one parallel
+/// best-of-N wave from many requests at once.
+pub(super) const POOL_IDLE_PER_HOST: usize = 512;
+/// The largest answer head read; a longer one is a broken or hostile server.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most header lines an answer's head may have.
+const MAX_HEADERS: usize = 100;
+/// What one read asks the socket for when the answer's length does not say more.
+const READ_CHUNK: usize = 8 * 1024;
+/// The most one read asks for, however long the answer says it is.
+const READ_MAX: usize = 1024 * 1024;
+
+/// Why a call on the wire failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The server closed the connection early.
+    #[error("the connection closed {0}")]
+    Closed(&'static str),
+    /// The answer broke HTTP/1.1.
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    /// The URL names no host to connect to.
+    #[error("the URL has no host")]
+    NoHost,
+}
+
+/// What one connection saw on the wire, for the call it is serving now.
+#[derive(Debug)]
+pub struct WireClock {
+    epoch: Instant,
+    /// Nanoseconds after `epoch` at which the current request's first byte was written.
+    sent_ns: AtomicU64,
+    /// Nanoseconds after `epoch` at which the latest bytes of the answer were read.
+    received_ns: AtomicU64,
+    /// Whether the next write starts a new request (set once the answer starts arriving).
+    between_requests: AtomicBool,
+}
+
+impl WireClock {
+    fn new() -> WireClock {
+        WireClock {
+            epoch: Instant::now(),
+            sent_ns: AtomicU64::new(0),
+            received_ns: AtomicU64::new(0),
+            between_requests: AtomicBool::new(true),
+        }
+    }
+
+    fn stamp(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// From the first byte of the request written to the last byte of the answer read so far,
+    /// or None when the connection has not both written and read since.
+    pub fn span(&self) -> Option<(Instant, Instant)> {
+        let sent = self.sent_ns.load(Ordering::Relaxed);
+        let received = self.received_ns.load(Ordering::Relaxed);
+        (received >= sent && sent > 0)
+            .then(|| (self.epoch + Duration::from_nanos(sent), self.epoch + Duration::from_nanos(received)))
+    }
+}
+
+/// The watcher of a backend connection: its wire clock (and the stage timeline).
+struct ClockWatch(Arc<WireClock>);
+
+impl Watch for ClockWatch {
+    fn read(&self) {
+        stage_timing::mark(Stage::UpstreamBytesIn);
+        self.0.received_ns.store(self.0.stamp(), Ordering::Relaxed);
+        self.0.between_requests.store(true, Ordering::Relaxed);
+    }
+
+    fn writing(&self) {
+        stage_timing::mark(Stage::UpstreamWrite);
+    }
+
+    fn written(&self, wrote: bool) {
+        stage_timing::mark(Stage::UpstreamWritten);
+        if wrote && self.0.between_requests.swap(false, Ordering::Relaxed) {
+            self.0.sent_ns.store(self.0.stamp(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// One connection to a backend: the stream (stamping its clock) and the bytes read but not yet
+/// handed out.
+struct Conn {
+    stream: Watched<ClockWatch>,
+    buffered: BytesMut,
+}
+
+impl Conn {
+    async fn open(authority: &Authority) -> Result<Conn, WireError> {
+        // `[::1]` in a URL is the address `::1`.
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let stream = TcpStream::connect((host, authority.port_u16().unwrap_or(80))).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream: Watched { stream, watch: ClockWatch(Arc::new(WireClock::new())) },
+            buffered: BytesMut::new(),
+        })
+    }
+
+    fn clock(&self) -> &Arc<WireClock> {
+        &self.stream.watch.0
+    }
+
+    /// Whether an idle connection can carry a request: its server has not closed it and sent
+    /// nothing unasked. Costs a system call only when the socket was last seen readable.
+    fn is_reusable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Writes `head` and `body`, as one system call when the socket takes it all.
+    async fn write_request(&mut self, mut head: &[u8], mut body: &[u8]) -> std::io::Result<()> {
+        while !head.is_empty() || !body.is_empty() {
+            let wrote = if head.is_empty() {
+                self.stream.write(body).await?
+            } else {
+                self.stream.write_vectored(&[IoSlice::new(head), IoSlice::new(body)]).await?
+            };
+            if wrote == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            let from_head = wrote.min(head.len());
+            head = &head[from_head..];
+            body = &body[wrote - from_head..];
+        }
+        Ok(())
+    }
+
+    /// Reads until the answer's final head is in and parses it; 1xx heads are skipped.
+    async fn read_head(&mut self) -> Result<http::response::Parts, WireError> {
+        loop {
+            if !self.buffered.is_empty() {
+                match parse_head(&self.buffered)? {
+                    Some((parts, used)) if parts.status.is_informational() => {
+                        if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                            return Err(WireError::Malformed(
+                                "101 Switching Protocols to a request that asked for none".into(),
+                            ));
+                        }
+                        self.buffered.advance(used);
+                        continue;
+                    }
+                    Some((parts, used)) => {
+                        self.buffered.advance(used);
+                        return Ok(parts);
+                    }
+                    None if self.buffered.len() > MAX_HEAD => {
+                        return Err(WireError::Malformed(format!("a head longer than {MAX_HEAD} bytes")));
+                    }
+                    None => {}
+                }
+            }
+            self.buffered.reserve(READ_CHUNK);
+            if self.stream.read_buf(&mut self.buffered).await? == 0 {
+                return Err(WireError::Closed(if self.buffered.is_empty() {
+                    "before the answer's head"
+                } else {
+                    "in the middle of the answer's head"
+                }));
+            }
+        }
+    }
+
+    /// Reads more of the answer into the buffer, at most `want` bytes; Ready(0) at end of file.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<std::io::Result<usize>> {
+        let want = (want as usize).clamp(READ_CHUNK, READ_MAX);
+        self.buffered.reserve(want);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buffered)
+    }
+}
+
+/// The answer's head as `http` parts and the bytes it took; None while it is incomplete.
+fn parse_head(bytes: &[u8]) -> Result<Option<(http::response::Parts, usize)>, WireError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Response::new(&mut headers);
+    let used = match head.parse(bytes) {
+        Ok(httparse::Status::Complete(used)) => used,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(WireError::Malformed(e.to_string())),
+    };
+    let mut response = http::Response::builder()
+        .status(head.code.unwrap_or_default())
+        .version(if head.version == Some(0) { http::Version::HTTP_10 } else { http::Version::HTTP_11 });
+    if let Some(map) = response.headers_mut() {
+        map.reserve(head.headers.len());
+        for header in head.headers.iter() {
+            let name = http::HeaderName::from_bytes(header.name.as_bytes())
+                .map_err(|_| WireError::Malformed(format!("header name {:?}", header.name)))?;
+            let value = http::HeaderValue::from_bytes(header.value)
+                .map_err(|_| WireError::Malformed(format!("the value of header {:?}", header.name)))?;
+            map.append(name, value);
+        }
+    }
+    let (parts, ()) = response.body(()).map_err(|e| WireError::Malformed(e.to_string()))?.into_parts();
+    Ok(Some((parts, used)))
+}
+
+/// How the answer's body ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    /// After this many more bytes.
+    Length(u64),
+    /// At the chunked coding's last chunk; where in the coding the reader is.
+    Chunked(Chunk),
+    /// When the server closes the connection.
+    UntilClose,
+}
+
+/// A position in the chunked transfer coding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// In a chunk's data, this many bytes left.
+    Data(u64),
+    /// Before the CRLF that ends a chunk's data.
+    DataEnd,
+    /// In the trailer section after the last chunk.
+    Trailers,
+}
+
+/// How the body of an answer with this head is framed (RFC 9112 section 6.3).
+fn framing(parts: &http::response::Parts) -> Result<Framing, WireError> {
+    if parts.status == http::StatusCode::NO_CONTENT || parts.status == http::StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Length(0));
+    }
+    if let Some(last) = parts.headers.get_all(http::header::TRANSFER_ENCODING).iter().next_back() {
+        let chunked = last
+            .to_str()
+            .ok()
+            .and_then(|codings| codings.rsplit(',').next())
+            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::UntilClose });
+    }
+    let mut length = None;
+    for value in parts.headers.get_all(http::header::CONTENT_LENGTH) {
+        for item in value.to_str().unwrap_or("x").split(',') {
+            let parsed =
+                item.trim().parse::<u64>().map_err(|_| WireError::Malformed(format!("Content-Length {value:?}")))?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err(WireError::Malformed("Content-Length values that disagree".into()));
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// Whether the connection can carry another request after this answer.
+fn keeps_alive(parts: &http::response::Parts, framing: Framing) -> bool {
+    let closes = parts
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("close")));
+    parts.version == http::Version::HTTP_11 && !closes && framing != Framing::UntilClose
+}
+
+/// The request line and headers of `parts` to `authority`, for a body of `body_len` bytes.
+fn request_head(parts: &http::request::Parts, authority: &Authority, body_len: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut head = Vec::with_capacity(192 + parts.headers.len() * 48);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    // Without any `user:password@`, which is not part of the Host header.
+    head.extend_from_slice(authority.as_str().rsplit('@').next().unwrap_or_default().as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if body_len > 0 || parts.method == http::Method::POST {
+        let _ = write!(head, "content-length: {body_len}\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Idle kept-alive connections of one authority, oldest first.
+struct Idle {
+    authority: Authority,
+    conns: Vec<(Conn, Instant)>,
+}
+
+/// The kept-alive connections of one serving thread. A connection is registered with the
+/// reactor of the runtime that opened it, so each serving thread keeps its own (see
+/// `HttpClient`).
+#[derive(Default)]
+pub struct WirePool {
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl WirePool {
+    /// Sends `request` to its URI's authority on a kept-alive connection when one is idle, else on
+    /// a new one, and returns the answer once its head is in.
+    pub async fn send(self: &Arc<Self>, request: http::Request<Bytes>) -> Result<http::Response<WireBody>, WireError> {
+        let (parts, body) = request.into_parts();
+        let authority = parts.uri.authority().ok_or(WireError::NoHost)?.clone();
+        let head = request_head(&parts, &authority, body.len());
+        let mut idle = self.take(&authority);
+        let mut conn = loop {
+            let (mut conn, reused) = match idle.take() {
+                Some(conn) => (conn, true),
+                None => (Conn::open(&authority).await?, false),
+            };
+            match conn.write_request(&head, &body).await {
+                Ok(()) => break conn,
+                // The server closed it as it was taken: the request never went out.
+                Err(_) if reused => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let parts = conn.read_head().await?;
+        let framing = framing(&parts)?;
+        let keep_alive = keeps_alive(&parts, framing);
+        let mut response = http::Response::from_parts(
+            parts,
+            WireBody { conn: None, framing, keep_alive, pool: self.clone(), authority },
+        );
+        response.extensions_mut().insert(conn.clock().clone());
+        let body = response.body_mut();
+        body.conn = Some(conn);
+        if body.framing == Framing::Length(0) {
+            body.finish();
+        }
+        Ok(response)
+    }
+
+    /// The most recently used idle connection to `authority` that can carry a request.
+    fn take(&self, authority: &Authority) -> Option<Conn> {
+        let mut idle = self.idle.lock().ok()?;
+        let conns = &mut idle.iter_mut().find(|i| i.authority == *authority)?.conns;
+        while let Some((conn, since)) = conns.pop() {
+            if since.elapsed() < POOL_IDLE && conn.is_reusable() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for the next call to `authority`; closes those idle too long.
+    fn put(&self, authority: Authority, conn: Conn) {
+        let Ok(mut idle) = self.idle.lock() else { return };
+        let now = Instant::now();
+        for entry in idle.iter_mut() {
+            let expired = entry.conns.iter().take_while(|(_, since)| now - *since >= POOL_IDLE).count();
+            entry.conns.drain(..expired);
+        }
+        let index = match idle.iter().position(|i| i.authority == authority) {
+            Some(index) => index,
+            None => {
+                idle.push(Idle { authority, conns: Vec::new() });
+                idle.len() - 1
+            }
+        };
+        let conns = &mut idle[index].conns;
+        if conns.len() < POOL_IDLE_PER_HOST {
+            conns.push((conn, now));
+        }
+    }
+}
+
+/// An answer's body, read from its connection as it is polled; the connection goes back to its
+/// pool when the body has been read to its end, and is closed when the body is dropped before.
+pub struct WireBody {
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    pool: Arc<WirePool>,
+    authority: Authority,
+}
+
+impl WireBody {
+    /// The answer has been read to its end: its connection goes back to the pool when it can
+    /// carry another request.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+            && conn.buffered.is_empty()
+        {
+            self.pool.put(self.authority.clone(), conn);
+        }
+    }
+}
+
+/// Up to `left` bytes of what is buffered, handed out without a copy.
+fn take_data(buffered: &mut BytesMut, left: &mut u64) -> Bytes {
+    let n = (*left).min(buffered.len() as u64) as usize;
+    *left -= n as u64;
+    buffered.split_to(n).freeze()
+}
+
+impl Body for WireBody {
+    type Data = Bytes;
+    type Error = WireError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, WireError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
+            // What the buffer holds decides the step; `Some(want)` asks for more bytes first.
+            let need = match &mut this.framing {
+                Framing::Length(left) if conn.buffered.is_empty() => Some(*left),
+                Framing::Length(left) => {
+                    let data = take_data(&mut conn.buffered, left);
+                    if *left == 0 {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::UntilClose if conn.buffered.is_empty() => Some(0),
+                Framing::UntilClose => return Poll::Ready(Some(Ok(Frame::data(conn.buffered.split().freeze())))),
+                Framing::Chunked(chunk) => match chunk {
+                    Chunk::Size => match httparse::parse_chunk_size(&conn.buffered) {
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            conn.buffered.advance(used);
+                            *chunk = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+                            None
+                        }
+                        Ok(httparse::Status::Partial) if conn.buffered.len() > MAX_HEAD => {
+                            return Poll::Ready(Some(Err(WireError::Malformed("a chunk-size line too long".into()))));
+                        }
+                        Ok(httparse::Status::Partial) => Some(0),
+                        Err(_) => return Poll::Ready(Some(Err(WireError::Malformed("a bad chunk size".into())))),
+                    },
+                    Chunk::Data(left) if conn.buffered.is_empty() => Some(*left),
+                    Chunk::Data(left) => {
+                        let data = take_data(&mut conn.buffered, left);
+                        if *left == 0 {
+                            *chunk = Chunk::DataEnd;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Chunk::DataEnd if conn.buffered.len() < 2 => Some(0),
+                    Chunk::DataEnd if conn.buffered.starts_with(b"\r\n") => {
+                        conn.buffered.advance(2);
+                        *chunk = Chunk::Size;
+                        None
+                    }
+                    Chunk::DataEnd => {
+                        return Poll::Ready(Some(Err(WireError::Malformed("a chunk not ended by CRLF".into()))));
+                    }
+                    // Trailer fields are read past, not kept: no backend call uses them.
+                    Chunk::Trailers => match conn.buffered.windows(2).position(|w| w == b"\r\n") {
+                        Some(0) => {
+                            conn.buffered.advance(2);
+                            this.finish();
+                            return Poll::Ready(None);
+                        }
+                        Some(line) => {
+                            conn.buffered.advance(line + 2);
+                            None
+                        }
+                        None if conn.buffered.len() > MAX_HEAD => {
+                            return Poll::Ready(Some(Err(WireError::Malformed("a trailer section too long".into()))));
+                        }
+                        None => Some(0),
+                    },
+                },
+            };
+            let Some(want) = need else { continue };
+            let read = ready!(conn.poll_fill(cx, want));
+            match read {
+                Ok(0) if this.framing == Framing::UntilClose => {
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(WireError::Closed("before the answer's end"))));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (self.framing, &self.conn) {
+            (_, None) => SizeHint::with_exact(0),
+            (Framing::Length(left), Some(_)) => SizeHint::with_exact(left),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::net::SocketAddr;
+    use tokio::sync::{mpsc, oneshot};
+
+    /// What the scripted server writes for one request: pieces, each written once the gate
+    /// before it (if any) opens.
+    type Answer = Vec<(Option<oneshot::Receiver<()>>, &'static [u8])>;
+
+    fn answer(bytes: &'static [u8]) -> Answer {
+        vec![(None, bytes)]
+    }
+
+    /// A loopback server taking connections in turn: on the k-th it reads one request (head and
+    /// Content-Length body) per answer of `scripts[k]`, writes that answer, and closes the
+    /// connection after the last. Each request's raw bytes, tagged with its connection's index,
+    /// go to the returned receiver; so does `(k, None)` when connection k's client closes it.
+    async fn scripted(scripts: Vec<Vec<Answer>>) -> (SocketAddr, mpsc::UnboundedReceiver<(usize, Option<Vec<u8>>)>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen, requests) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for (k, script) in scripts.into_iter().enumerate() {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buffered = Vec::new();
+                    for answer in script {
+                        let Some(request) = read_request(&mut socket, &mut buffered).await else { return };
+                        seen.send((k, Some(request))).unwrap();
+                        for (gate, bytes) in answer {
+                            if let Some(gate) = gate {
+                                gate.await.unwrap();
+                            }
+                            socket.write_all(bytes).await.unwrap();
+                        }
+                    }
+                    if script_waits_for_close(&mut socket).await {
+                        let _ = seen.send((k, None));
+                    }
+                });
+            }
+        });
+        (addr, requests)
+    }
+
+    /// Reads the client's side to its end (after the script, the server closes only after a
+    /// short wait, so a client that closes first is seen).
+    async fn script_waits_for_close(socket: &mut TcpStream) -> bool {
+        let mut rest = [0u8; 64];
+        matches!(tokio::time::timeout(Duration::from_millis(100), socket.read(&mut rest)).await, Ok(Ok(0)))
+    }
+
+    async fn read_request(socket: &mut TcpStream, buffered: &mut Vec<u8>) -> Option<Vec<u8>> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut request = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(head)) = request.parse(buffered) {
+                let length = request
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |h| std::str::from_utf8(h.value).unwrap().parse::<usize>().unwrap());
+                if buffered.len() >= head + length {
+                    return Some(buffered.drain(..head + length).collect());
+                }
+            }
+            let mut more = [0u8; 4096];
+            match socket.read(&mut more).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buffered.extend_from_slice(&more[..n]),
+            }
+        }
+    }
+
+    fn post(addr: SocketAddr) -> http::Request<Bytes> {
+        http::Request::post(format!("http://{addr}/v1/chat/completions"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Bytes::from_static(b"{\"a\": 1}"))
+            .unwrap()
+    }
+
+    async fn call(pool: &Arc<WirePool>, addr: SocketAddr) -> Result<(Arc<WireClock>, Bytes), WireError> {
+        let reply = pool.send(post(addr)).await?;
+        let clock = reply.extensions().get::<Arc<WireClock>>().unwrap().clone();
+        let body = reply.into_body().collect().await?.to_bytes();
+        Ok((clock, body))
+    }
+
+    const HELLO: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+
+    #[tokio::test]
+    async fn length_and_chunked_answers_are_read_on_one_kept_alive_connection() {
+        let (addr, mut requests) = scripted(vec![vec![
+            answer(HELLO),
+            answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"),
+            answer(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"),
+            answer(HELLO),
+        ]])
+        .await;
+        let pool = Arc::new(WirePool::default());
+        let (first, body) = call(&pool, addr).await.unwrap();
+        assert_eq!(body, "hello");
+        let (second, body) = call(&pool, addr).await.unwrap();
+        assert_eq!(body, "hello world", "chunks decoded, extension and trailer read past");
+        let reply = pool.send(post(addr)).await.unwrap();
+        assert_eq!(reply.status(), 204, "the 100 Continue before it is skipped");
+        assert!(reply.body().is_end_stream());
+        let (fourth, body) = call(&pool, addr).await.unwrap();
+        assert_eq!(body, "hello", "the 204's connection went back to the pool with nothing left to read");
+        assert!(Arc::ptr_eq(&first, &second) && Arc::ptr_eq(&second, &fourth), "one connection carried every call");
+        let (k, request) = requests.recv().await.unwrap();
+        assert_eq!(k, 0);
+        assert_eq!(
+            String::from_utf8(request.unwrap()).unwrap(),
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 8\r\n\r\n{{\"a\": 1}}"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_is_handed_out_as_it_arrives() {
+        let (open_rest, rest_gate) = oneshot::channel();
+        let (addr, _requests) = scripted(vec![vec![vec![
+            (None, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\ndata: \r\n"),
+            (Some(rest_gate), b"2\r\n1\n\r\n0\r\n\r\n"),
+        ]]])
+        .await;
+        let pool = Arc::new(WirePool::default());
+        let mut body = pool.send(post(addr)).await.unwrap().into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "data: ", "the first chunk is handed out before the server sends the rest");
+        open_rest.send(()).unwrap();
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(rest, "1\n");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_while_idle_is_not_reused() {
+        let (addr, mut requests) = scripted(vec![vec![answer(HELLO)], vec![answer(HELLO)]]).await;
+        let pool = Arc::new(WirePool::default());
+        let (first, _) = call(&pool, addr).await.unwrap();
+        assert_eq!(requests.recv().await.unwrap().0, 0);
+        // The server closes its side after the script's wait; the client's reactor hears of it.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (second, body) = call(&pool, addr).await.unwrap();
+        assert_eq!(body, "hello");
+        assert!(!Arc::ptr_eq(&first, &second), "the closed connection was left, a new one opened");
+    }
+
+    #[tokio::test]
+    async fn connection_close_and_close_delimited_answers_are_not_kept() {
+        let (addr, _requests) = scripted(vec![
+            vec![answer(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")],
+            vec![answer(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\ncontent-length: 2\r\n\r\nok")],
+            vec![answer(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok")],
+            vec![answer(HELLO)],
+        ])
+        .await;
+        let pool = Arc::new(WirePool::default());
+        let mut clocks = Vec::new();
+        for expected in ["until the end", "ok", "ok", "hello"] {
+            let (clock, body) = call(&pool, addr).await.unwrap();
+            assert_eq!(body, expected);
+            assert!(clocks.iter().all(|c| !Arc::ptr_eq(c, &clock)), "each answer before came on its own connection");
+            clocks.push(clock);
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_cut_short_or_malformed_are_errors() {
+        let (addr, _requests) = scripted(vec![
+            vec![answer(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhel")],
+            vec![answer(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")],
+            vec![answer(b"HTTP/1.1 2x0 OK\r\n\r\n")],
+            vec![answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok")],
+            // The request read, no answer, the connection closed.
+            vec![vec![]],
+        ])
+        .await;
+        let pool = Arc::new(WirePool::default());
+        let cut = call(&pool, addr).await.unwrap_err();
+        assert!(matches!(cut, WireError::Closed("before the answer's end")), "{cut}");
+        let chunk = call(&pool, addr).await.unwrap_err();
+        assert!(chunk.to_string().contains("chunk size"), "{chunk}");
+        let head = call(&pool, addr).await.unwrap_err();
+        assert!(matches!(head, WireError::Malformed(_)), "{head}");
+        let lengths = call(&pool, addr).await.unwrap_err();
+        assert!(lengths.to_string().contains("disagree"), "{lengths}");
+        let none = call(&pool, addr).await.unwrap_err();
+        assert!(matches!(none, WireError::Closed("before the answer's head")), "{none}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_dropped_half_way_closes_its_connection() {
+        let (addr, mut requests) = scripted(vec![
+            vec![answer(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello"), answer(HELLO)],
+            vec![answer(HELLO)],
+        ])
+        .await;
+        let pool = Arc::new(WirePool::default());
+        let reply = pool.send(post(addr)).await.unwrap();
+        let first = reply.extensions().get::<Arc<WireClock>>().unwrap().clone();
+        let mut body = reply.into_body();
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "hello");
+        drop(body);
+        let (second, body) = call(&pool, addr).await.unwrap();
+        assert_eq!(body, "hello");
+        assert!(!Arc::ptr_eq(&first, &second), "a half-read connection is not reused");
+        let seen: Vec<_> = std::iter::from_fn(|| requests.try_recv().ok()).map(|(k, r)| (k, r.is_some())).collect();
+        assert!(seen.contains(&(0, true)) && seen.contains(&(1, true)), "{seen:?}");
+    }
+
+    #[test]
+    fn a_get_carries_no_length_and_the_host_leaves_out_credentials() {
+        let (parts, ()) = http::Request::get("http://user:pw@[::1]:8000/v1/models?x=1")
+            .header(http::header::AUTHORIZATION, "Bearer k")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let authority = parts.uri.authority().unwrap().clone();
+        assert_eq!(
+            String::from_utf8(request_head(&parts, &authority, 0)).unwrap(),
+            "GET /v1/models?x=1 HTTP/1.1\r\nhost: [::1]:8000\r\nauthorization: Bearer k\r\n\r\n"
+        );
+    }
+}
