@@ -758,6 +758,27 @@ mod tests {
         assert!(seen.contains(&(0, true)) && seen.contains(&(1, true)), "{seen:?}");
     }
 
+    #[tokio::test]
+    async fn bodies_larger_than_one_write_or_read_go_through_whole() {
+        let big_answer: &'static [u8] = {
+            let text = "y".repeat(3 << 20);
+            Box::leak(
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}", text.len())
+                    .into_bytes()
+                    .into_boxed_slice(),
+            )
+        };
+        let (addr, mut requests) = scripted(vec![vec![answer(big_answer)]]).await;
+        let pool = Arc::new(WirePool::default());
+        let prompt = Bytes::from(format!("{{\"p\": \"{}\"}}", "x".repeat(5 << 20)));
+        let request = http::Request::post(format!("http://{addr}/v1/completions")).body(prompt.clone()).unwrap();
+        let body = pool.send(request).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 3 << 20);
+        assert!(body.iter().all(|b| *b == b'y'));
+        let (_, request) = requests.recv().await.unwrap();
+        assert!(request.unwrap().ends_with(&prompt), "the whole request body arrived after its head");
+    }
+
     #[test]
     fn a_get_carries_no_length_and_the_host_leaves_out_credentials() {
         let (parts, ()) = http::Request::get("http://user:pw@[::1]:8000/v1/models?x=1")
