@@ -31,6 +31,7 @@ use http::uri::Authority;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use crate::stage_timing::{self, Stage};
 use crate::watched::{Watch, Watched};
@@ -327,10 +328,22 @@ fn request_head(parts: &http::request::Parts, authority: &Authority, body_len: u
     head
 }
 
-/// Idle kept-alive connections of one authority, oldest first.
+/// The kept-alive connections of one authority: those idle (oldest first) and the calls
+/// waiting for one while they connect.
 struct Idle {
     authority: Authority,
     conns: Vec<(Conn, Instant)>,
+    waiters: std::collections::VecDeque<oneshot::Sender<Conn>>,
+}
+
+/// Waiting calls kept before those that stopped waiting are swept out of the queue.
+const MAX_WAITERS: usize = 4096;
+
+/// Where a call gets its connection: an idle one, or whichever comes first of a new one and one
+/// that another call puts back.
+enum Checkout {
+    Idle(Conn),
+    Wait(oneshot::Receiver<Conn>),
 }
 
 /// The kept-alive connections of one serving thread. A connection is registered with the
@@ -343,15 +356,23 @@ pub struct WirePool {
 
 impl WirePool {
     /// Sends `request` to its URI's authority on a kept-alive connection when one is idle, else on
-    /// a new one, and returns the answer once its head is in.
+    /// a new one or one put back meanwhile, and returns the answer once its head is in.
     pub async fn send(self: &Arc<Self>, request: http::Request<Bytes>) -> Result<http::Response<WireBody>, WireError> {
         let (parts, body) = request.into_parts();
         let authority = parts.uri.authority().ok_or(WireError::NoHost)?.clone();
         let head = request_head(&parts, &authority, body.len());
-        let mut idle = self.take(&authority);
+        let mut checkout = Some(self.checkout(&authority));
         let mut conn = loop {
-            let (mut conn, reused) = match idle.take() {
-                Some(conn) => (conn, true),
+            let (mut conn, reused) = match checkout.take() {
+                Some(Checkout::Idle(conn)) => (conn, true),
+                // As hyper's pool does: under a burst, a connection that comes free serves the
+                // call rather than the call waiting on its own connect (which, with the
+                // server's accept queue full, waits for SYN retransmits: seconds).
+                Some(Checkout::Wait(mut handed)) => tokio::select! {
+                    biased;
+                    Ok(conn) = &mut handed => (conn, true),
+                    opened = Conn::open(&authority) => (opened?, false),
+                },
                 None => (Conn::open(&authority).await?, false),
             };
             match conn.write_request(&head, &body).await {
@@ -377,36 +398,63 @@ impl WirePool {
         Ok(response)
     }
 
-    /// The most recently used idle connection to `authority` that can carry a request.
-    fn take(&self, authority: &Authority) -> Option<Conn> {
-        let mut idle = self.idle.lock().ok()?;
-        let conns = &mut idle.iter_mut().find(|i| i.authority == *authority)?.conns;
-        while let Some((conn, since)) = conns.pop() {
+    /// The most recently used idle connection to `authority` that can carry a request, or a
+    /// place in the queue of calls waiting for one.
+    fn checkout(&self, authority: &Authority) -> Checkout {
+        let (handed, waiting) = oneshot::channel();
+        let Ok(mut idle) = self.idle.lock() else { return Checkout::Wait(waiting) };
+        let entry = Self::entry(&mut idle, authority);
+        while let Some((conn, since)) = entry.conns.pop() {
             if since.elapsed() < POOL_IDLE && conn.is_reusable() {
-                return Some(conn);
+                return Checkout::Idle(conn);
             }
         }
-        None
+        let waiters = &mut entry.waiters;
+        while waiters.front().is_some_and(oneshot::Sender::is_closed) {
+            waiters.pop_front();
+        }
+        if waiters.len() >= MAX_WAITERS {
+            waiters.retain(|w| !w.is_closed());
+        }
+        waiters.push_back(handed);
+        Checkout::Wait(waiting)
     }
 
-    /// Keeps `conn` for the next call to `authority`; closes those idle too long.
-    fn put(&self, authority: Authority, conn: Conn) {
+    /// The entry of `authority`, made when missing.
+    fn entry<'a>(idle: &'a mut Vec<Idle>, authority: &Authority) -> &'a mut Idle {
+        let index = match idle.iter().position(|i| i.authority == *authority) {
+            Some(index) => index,
+            None => {
+                idle.push(Idle {
+                    authority: authority.clone(),
+                    conns: Vec::new(),
+                    waiters: std::collections::VecDeque::new(),
+                });
+                idle.len() - 1
+            }
+        };
+        &mut idle[index]
+    }
+
+    /// Hands `conn` to the longest-waiting call to `authority`, else keeps it for the next one;
+    /// closes connections idle too long.
+    fn put(&self, authority: &Authority, mut conn: Conn) {
         let Ok(mut idle) = self.idle.lock() else { return };
         let now = Instant::now();
         for entry in idle.iter_mut() {
             let expired = entry.conns.iter().take_while(|(_, since)| now - *since >= POOL_IDLE).count();
             entry.conns.drain(..expired);
         }
-        let index = match idle.iter().position(|i| i.authority == authority) {
-            Some(index) => index,
-            None => {
-                idle.push(Idle { authority, conns: Vec::new() });
-                idle.len() - 1
+        let entry = Self::entry(&mut idle, authority);
+        while let Some(waiter) = entry.waiters.pop_front() {
+            match waiter.send(conn) {
+                Ok(()) => return,
+                // That call stopped waiting (its own connection came first): the next one.
+                Err(back) => conn = back,
             }
-        };
-        let conns = &mut idle[index].conns;
-        if conns.len() < POOL_IDLE_PER_HOST {
-            conns.push((conn, now));
+        }
+        if entry.conns.len() < POOL_IDLE_PER_HOST {
+            entry.conns.push((conn, now));
         }
     }
 }
@@ -429,7 +477,7 @@ impl WireBody {
             && self.keep_alive
             && conn.buffered.is_empty()
         {
-            self.pool.put(self.authority.clone(), conn);
+            self.pool.put(&self.authority, conn);
         }
     }
 }
@@ -777,6 +825,53 @@ mod tests {
         assert!(body.iter().all(|b| *b == b'y'));
         let (_, request) = requests.recv().await.unwrap();
         assert!(request.unwrap().ends_with(&prompt), "the whole request body arrived after its head");
+    }
+
+    #[tokio::test]
+    async fn a_call_waiting_on_its_connect_takes_a_connection_that_comes_free() {
+        // A server that takes one connection and then no more, with an accept queue of one: the
+        // connects after it that do not fit are left to SYN retransmits.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (release, gate) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buffered = Vec::new();
+            read_request(&mut socket, &mut buffered).await.unwrap();
+            gate.await.unwrap();
+            socket.write_all(HELLO).await.unwrap();
+            read_request(&mut socket, &mut buffered).await.unwrap();
+            socket.write_all(HELLO).await.unwrap();
+            (listener, socket)
+        });
+        let pool = Arc::new(WirePool::default());
+        let first = tokio::spawn({
+            let pool = pool.clone();
+            async move { call(&pool, addr).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(50), TcpStream::connect(addr)).await {
+                fillers.push(stream);
+            }
+        }
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move { call(&pool, addr).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.send(()).unwrap();
+        let (first, _) = first.await.unwrap();
+        let (second, body) = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("the waiting call was handed the first call's connection, not left to its own connect")
+            .unwrap();
+        assert_eq!(body, "hello");
+        assert!(Arc::ptr_eq(&first, &second));
+        drop((server, fillers));
     }
 
     #[test]
