@@ -15,7 +15,9 @@
 //! 1xx heads are skipped; a server's `Connection: close` or an HTTP/1.0 answer ends the
 //! connection's reuse. A kept-alive connection the server closed while it sat idle is found when
 //! it is taken (its socket reads end-of-file), as hyper's pool finds it, and a request whose
-//! write failed on a reused connection goes out again on a new one. An answer abandoned half-way
+//! write failed on a reused connection goes out again on a new one. A call that finds no idle
+//! connection takes whichever comes first of its own new connection and one another call puts
+//! back. An answer abandoned half-way
 //! closes its connection. Calls whose answer never comes are bounded by the backend's timeouts,
 //! which wrap the whole call.
 
@@ -330,7 +332,7 @@ fn request_head(parts: &http::request::Parts, authority: &Authority, body_len: u
 
 /// The kept-alive connections of one authority: those idle (oldest first) and the calls
 /// waiting for one while they connect.
-struct Idle {
+struct HostConns {
     authority: Authority,
     conns: Vec<(Conn, Instant)>,
     waiters: std::collections::VecDeque<oneshot::Sender<Conn>>,
@@ -351,7 +353,7 @@ enum Checkout {
 /// `HttpClient`).
 #[derive(Default)]
 pub struct WirePool {
-    idle: Mutex<Vec<Idle>>,
+    hosts: Mutex<Vec<HostConns>>,
 }
 
 impl WirePool {
@@ -401,14 +403,16 @@ impl WirePool {
     /// The most recently used idle connection to `authority` that can carry a request, or a
     /// place in the queue of calls waiting for one.
     fn checkout(&self, authority: &Authority) -> Checkout {
-        let (handed, waiting) = oneshot::channel();
-        let Ok(mut idle) = self.idle.lock() else { return Checkout::Wait(waiting) };
-        let entry = Self::entry(&mut idle, authority);
+        let Ok(mut hosts) = self.hosts.lock() else { return Checkout::Wait(oneshot::channel().1) };
+        let entry = Self::entry(&mut hosts, authority);
         while let Some((conn, since)) = entry.conns.pop() {
             if since.elapsed() < POOL_IDLE && conn.is_reusable() {
                 return Checkout::Idle(conn);
             }
         }
+        // Made only here: a call served by an idle connection (the steady state) allocates no
+        // channel.
+        let (handed, waiting) = oneshot::channel();
         let waiters = &mut entry.waiters;
         while waiters.front().is_some_and(oneshot::Sender::is_closed) {
             waiters.pop_front();
@@ -421,31 +425,31 @@ impl WirePool {
     }
 
     /// The entry of `authority`, made when missing.
-    fn entry<'a>(idle: &'a mut Vec<Idle>, authority: &Authority) -> &'a mut Idle {
-        let index = match idle.iter().position(|i| i.authority == *authority) {
+    fn entry<'a>(hosts: &'a mut Vec<HostConns>, authority: &Authority) -> &'a mut HostConns {
+        let index = match hosts.iter().position(|h| h.authority == *authority) {
             Some(index) => index,
             None => {
-                idle.push(Idle {
+                hosts.push(HostConns {
                     authority: authority.clone(),
                     conns: Vec::new(),
                     waiters: std::collections::VecDeque::new(),
                 });
-                idle.len() - 1
+                hosts.len() - 1
             }
         };
-        &mut idle[index]
+        &mut hosts[index]
     }
 
     /// Hands `conn` to the longest-waiting call to `authority`, else keeps it for the next one;
     /// closes connections idle too long.
     fn put(&self, authority: &Authority, mut conn: Conn) {
-        let Ok(mut idle) = self.idle.lock() else { return };
+        let Ok(mut hosts) = self.hosts.lock() else { return };
         let now = Instant::now();
-        for entry in idle.iter_mut() {
+        for entry in hosts.iter_mut() {
             let expired = entry.conns.iter().take_while(|(_, since)| now - *since >= POOL_IDLE).count();
             entry.conns.drain(..expired);
         }
-        let entry = Self::entry(&mut idle, authority);
+        let entry = Self::entry(&mut hosts, authority);
         while let Some(waiter) = entry.waiters.pop_front() {
             match waiter.send(conn) {
                 Ok(()) => return,
