@@ -449,18 +449,23 @@ fn observe_outcome(
 ) {
     let overhead = observer.answered(spans);
     observer.outcome(plan, outcome);
-    tracing::info!(
-        request_id = %id,
-        domain = %plan.domain,
-        n = plan.n,
-        received = outcome.samples.candidates.len(),
-        chosen = outcome.chosen(),
-        scores = ?outcome.scores,
-        scorer = %plan.scorer.name,
-        latency_ms = observer.started().elapsed().as_millis() as u64,
-        overhead_us = (overhead * 1e6) as u64,
-        "best-of-n"
-    );
+    let (request_id, domain, n, scorer) = (id.to_string(), plan.domain.clone(), plan.n, plan.scorer.name.clone());
+    let (received, chosen, scores) = (outcome.samples.candidates.len(), outcome.chosen(), outcome.scores.clone());
+    let latency_ms = observer.started().elapsed().as_millis() as u64;
+    log_buffer::defer_log_line(move || {
+        tracing::info!(
+            request_id = %request_id,
+            domain = %domain,
+            n,
+            received,
+            chosen,
+            scores = ?scores,
+            scorer = %scorer,
+            latency_ms,
+            overhead_us = (overhead * 1e6) as u64,
+            "best-of-n"
+        );
+    });
     if let Some(recorder) = &state.recorder {
         recorder
             .record(|| sample_record(id, plan, &request.conversation, request.body.get("response_format"), outcome));
@@ -503,7 +508,10 @@ async fn completion(
     // deadline and its `bestofn` report (`degraded`, `n_requested`).
     if plan.n == 1 && !plan.return_candidates && !plan.degraded {
         let mut response = if request.stream {
-            tracing::info!(request_id = %id, domain = %plan.domain, n = 1, stream = true, "pass-through");
+            let (request_id, domain) = (id.to_string(), plan.domain.clone());
+            log_buffer::defer_log_line(move || {
+                tracing::info!(request_id = %request_id, domain = %domain, n = 1, stream = true, "pass-through");
+            });
             pass_through_stream(state, api, &plan, &request, verbatim.as_ref(), slot).await?
         } else {
             let (answer, spans) =
@@ -513,14 +521,17 @@ async fn completion(
             observer.pass_through(true, answer.prompt_tokens, answer.completion_tokens);
             let response = json_bytes_response(StatusCode::OK, answer.body);
             let overhead = observer.answered(spans);
-            tracing::info!(
-                request_id = %id,
-                domain = %plan.domain,
-                n = 1,
-                stream = false,
-                overhead_us = (overhead * 1e6) as u64,
-                "pass-through"
-            );
+            let (request_id, domain) = (id.to_string(), plan.domain.clone());
+            log_buffer::defer_log_line(move || {
+                tracing::info!(
+                    request_id = %request_id,
+                    domain = %domain,
+                    n = 1,
+                    stream = false,
+                    overhead_us = (overhead * 1e6) as u64,
+                    "pass-through"
+                );
+            });
             response
         };
         response.headers_mut().insert(X_BESTOFN_N, HeaderValue::from_static("1"));
