@@ -32,7 +32,7 @@ pub struct Metrics {
     /// `bestofn_overhead_seconds`: end to end minus the union of upstream and scorer call spans
     /// (first request byte written to last answer byte read, see `backend::WireClock`) and
     /// queue waits.
-    /// Recorded through [`Metrics::observe_overhead`].
+    /// Computed by [`overhead_seconds`].
     pub overhead: Histogram,
     /// `bestofn_candidates_requested_total{domain}`.
     pub candidates_requested: IntCounterVec,
@@ -277,18 +277,6 @@ impl Metrics {
         })
     }
 
-    /// Records and returns the proxy's own overhead of a request that took `elapsed` end to end
-    /// and made backend calls over `spans`: the time not covered by any call, in seconds.
-    pub fn observe_overhead(
-        &self,
-        elapsed: std::time::Duration,
-        spans: &mut [(std::time::Instant, std::time::Instant)],
-    ) -> f64 {
-        let overhead = (elapsed.as_secs_f64() - union_seconds(spans)).max(0.0);
-        self.overhead.observe(overhead);
-        overhead
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -306,6 +294,12 @@ pub fn status_class(status: u16) -> &'static str {
         500..=599 => "5xx",
         _ => "other",
     }
+}
+
+/// The proxy's own overhead of a request that took `elapsed` end to end and made backend calls
+/// over `spans`: the time not covered by any call, in seconds.
+pub fn overhead_seconds(elapsed: std::time::Duration, spans: &mut [(std::time::Instant, std::time::Instant)]) -> f64 {
+    (elapsed.as_secs_f64() - union_seconds(spans)).max(0.0)
 }
 
 /// Total length of the union of time spans, in seconds: concurrent calls count once.

@@ -628,7 +628,7 @@ impl Backend {
             Method::Get => builder.method(http::Method::GET).body(Bytes::new()),
             Method::Post(bytes) => builder
                 .method(http::Method::POST)
-                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"))
                 .body(bytes.clone()),
         }
     }

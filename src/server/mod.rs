@@ -289,14 +289,17 @@ fn request_id(headers: &HeaderMap) -> String {
 async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     stage_timing::mark(Stage::Handler);
     let id = request_id(req.headers());
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let path = req.uri().path();
+    let is_ops = matches!(path, "/healthz" | "/health" | "/metrics");
+    let routed = Route::of(req.method(), path);
     let authorization = header_str(req.headers(), &AUTHORIZATION);
-    let is_ops = matches!(path.as_str(), "/healthz" | "/health" | "/metrics");
     let result = if (!is_ops || state.auth_ops_endpoints) && !state.authorized(authorization) {
         Err(Error::Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'".into()))
     } else {
-        route(&state, req, &id, &method, &path).await
+        match routed {
+            Ok(route) => serve_route(&state, req, &id, route).await,
+            Err(e) => Err(e),
+        }
     };
     let mut response = result.unwrap_or_else(|e| {
         let status = e.status();
@@ -307,64 +310,80 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) 
         }
         error_response(&e)
     });
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    // The id's own bytes become the header value, without a copy.
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(id)) {
         response.headers_mut().insert(X_REQUEST_ID, v);
     }
     response
 }
 
-async fn route(
+/// What a request asks for, from its method and path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Route {
+    Completions(Api),
+    Models,
+    Health,
+    Metrics,
+}
+
+impl Route {
+    /// The route of `method` on `path`, or the 404 or 405 to answer.
+    fn of(method: &Method, path: &str) -> Result<Route, Error> {
+        let route = match path {
+            "/v1/chat/completions" | "/chat/completions" => Route::Completions(Api::Chat),
+            "/v1/completions" | "/completions" => Route::Completions(Api::Completions),
+            "/v1/models" | "/models" => Route::Models,
+            "/healthz" | "/health" => Route::Health,
+            "/metrics" => Route::Metrics,
+            _ => return Err(Error::NotFound(format!("no route for {method} {path}"))),
+        };
+        let allowed = match route {
+            Route::Completions(_) => Method::POST,
+            Route::Models | Route::Health | Route::Metrics => Method::GET,
+        };
+        if *method != allowed {
+            return Err(Error::MethodNotAllowed(format!("{method} is not allowed on {path}")));
+        }
+        Ok(route)
+    }
+}
+
+async fn serve_route(
     state: &Arc<AppState>,
     req: Request<Incoming>,
     id: &str,
-    method: &Method,
-    path: &str,
+    route: Route,
 ) -> Result<Response<Body>, Error> {
-    let completions = |api| async move {
-        // Beyond the limit, refuse at once rather than queue: memory stays bounded.
-        let permit = state.in_flight.clone().try_acquire_owned().ok();
-        let admitted = permit.is_some();
-        let mut observer = Some(RequestObserver::start(state.metrics.clone(), permit));
-        let result = if admitted {
-            completion(state, req, id, api, &mut observer).await
-        } else {
-            Err(Error::Overloaded("too many requests in flight; retry shortly".into()))
-        };
-        match (observer, result) {
-            // A streamed answer took the observer into its body.
-            (None, result) => result,
-            (Some(observer), Ok(response)) => Ok(observer.attach(response)),
-            (Some(mut observer), Err(e)) => {
-                observer.fail(&e);
-                Err(e)
+    match route {
+        Route::Completions(api) => {
+            // Beyond the limit, refuse at once rather than queue: memory stays bounded.
+            let permit = state.in_flight.clone().try_acquire_owned().ok();
+            let admitted = permit.is_some();
+            let mut observer = Some(RequestObserver::start(state.metrics.clone(), permit));
+            let result = if admitted {
+                completion(state, req, id, api, &mut observer).await
+            } else {
+                Err(Error::Overloaded("too many requests in flight; retry shortly".into()))
+            };
+            match (observer, result) {
+                // A streamed answer took the observer into its body.
+                (None, result) => result,
+                (Some(observer), Ok(response)) => Ok(observer.attach(response)),
+                (Some(mut observer), Err(e)) => {
+                    observer.fail(&e);
+                    Err(e)
+                }
             }
         }
-    };
-    match (method.clone(), path) {
-        (Method::POST, "/v1/chat/completions" | "/chat/completions") => completions(Api::Chat).await,
-        (Method::POST, "/v1/completions" | "/completions") => completions(Api::Completions).await,
-        (Method::GET, "/v1/models" | "/models") => models(state).await,
-        (Method::GET, "/healthz" | "/health") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-        (Method::GET, "/metrics") => {
+        Route::Models => models(state).await,
+        Route::Health => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        Route::Metrics => {
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())).boxed_unsync());
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             Ok(response)
         }
-        (
-            _,
-            "/v1/chat/completions"
-            | "/chat/completions"
-            | "/v1/completions"
-            | "/completions"
-            | "/v1/models"
-            | "/models"
-            | "/healthz"
-            | "/health"
-            | "/metrics",
-        ) => Err(Error::MethodNotAllowed(format!("{method} is not allowed on {path}"))),
-        _ => Err(Error::NotFound(format!("no route for {method} {path}"))),
     }
 }
 

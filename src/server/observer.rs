@@ -55,9 +55,9 @@ pub struct RequestObserver {
     domain: Option<String>,
     status: u16,
     error_kind: Option<&'static str>,
-    spans: CallSpans,
-    /// When the answer was ready (before it was sent): the overhead is measured up to here.
-    answered: Option<Instant>,
+    /// The overhead in seconds (end to end up to the answer being ready, before it was sent,
+    /// minus the backend calls), once the answer is ready.
+    overhead: Option<f64>,
     prompt_tokens: u64,
     completion_tokens: u64,
     run: Option<RunFacts>,
@@ -76,8 +76,7 @@ impl RequestObserver {
             domain: None,
             status: 200,
             error_kind: None,
-            spans: Vec::new(),
-            answered: None,
+            overhead: None,
             prompt_tokens: 0,
             completion_tokens: 0,
             run: None,
@@ -98,19 +97,17 @@ impl RequestObserver {
     /// The request failed with `e` (before or while answering).
     pub fn fail(&mut self, e: &Error) {
         self.error_kind = Some(e.kind());
-        if self.answered.is_none() {
+        if self.overhead.is_none() {
             self.status = e.status().as_u16();
         }
     }
 
     /// The answer is ready: its backend calls ran over `spans`. Returns the overhead so far (end
     /// to end minus the calls), in seconds, for the request's log line.
-    pub fn answered(&mut self, spans: CallSpans) -> f64 {
-        let now = Instant::now();
-        self.answered = Some(now);
-        self.spans = spans;
-        let mut spans = self.spans.clone();
-        ((now - self.started).as_secs_f64() - crate::metrics::union_seconds(&mut spans)).max(0.0)
+    pub fn answered(&mut self, mut spans: CallSpans) -> f64 {
+        let overhead = crate::metrics::overhead_seconds(self.started.elapsed(), &mut spans);
+        self.overhead = Some(overhead);
+        overhead
     }
 
     /// A pass-through answer with the upstream's usage, when it reported one.
@@ -175,8 +172,8 @@ impl RequestObserver {
             m.errors.with_label_values(&[domain, kind]).inc();
         }
         m.request_duration.with_label_values(&[domain]).observe(self.started.elapsed().as_secs_f64());
-        if let Some(answered) = self.answered {
-            m.observe_overhead(answered - self.started, &mut self.spans);
+        if let Some(overhead) = self.overhead {
+            m.overhead.observe(overhead);
         }
         if let Some(arrived) = self.pass_through {
             m.candidates_requested.with_label_values(&[domain]).inc();
