@@ -185,8 +185,9 @@ impl Engine {
     }
 
     /// Forwards a request as it is, with the domain's defaults filled in (N = 1). `verbatim` is
-    /// the client's own bytes when `body` holds all of them: sent unchanged when no default is
-    /// added, so the upstream gets the client's key order, spacing and number spellings.
+    /// the client's text of `body` (its bytes, less any field the proxy took out for itself):
+    /// sent unchanged when no default is added, so the upstream gets the client's key order,
+    /// spacing and number spellings.
     pub async fn forward(
         &self,
         api: Api,

@@ -37,6 +37,17 @@ pub struct ProxyRequest {
     pub steering: Steering,
 }
 
+impl ProxyRequest {
+    /// The fields of the client's body that the proxy takes out for itself: they are not
+    /// forwarded upstream.
+    pub fn taken_fields(&self) -> &'static [&'static str] {
+        match self.api {
+            Api::Chat => &["bestofn"],
+            Api::Completions => &["bestofn", "best_of"],
+        }
+    }
+}
+
 /// Raw values of the `x-bestofn-*` request headers, before validation.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SteeringHeaders<'a> {

@@ -520,8 +520,13 @@ async fn completion(
     let plan = state.engine.plan(&request.steering, request.client_n, &request.conversation).await?;
     stage_timing::mark(Stage::Planned);
     observer.set_domain(&plan.domain);
-    // The client's bytes, when they say exactly the body the upstream is to get.
-    let verbatim = request.verbatim.then_some(bytes);
+    // The client's text of the body the upstream is to get: its bytes, or, when the proxy took
+    // fields out for itself, its bytes without them (so every other field keeps its spelling).
+    let verbatim = if request.verbatim {
+        Some(bytes)
+    } else {
+        crate::upstream::client_text_without(&bytes, request.taken_fields())
+    };
 
     // A request degraded to one sample under load is still a best-of-N request: it keeps its
     // deadline and its `bestofn` report (`degraded`, `n_requested`).

@@ -315,21 +315,9 @@ impl CallBodies {
     /// The shared part of `base`'s calls: from the client's text when there is one, each field
     /// spelled as the client spelled it; else serialised from the fields.
     fn new(base: UpstreamBody<'_>) -> Result<CallBodies, Error> {
-        let mut open = match base.text.map(|text| read_object::<RawEnvelope>(text)) {
-            Some(Ok(fields)) => {
-                let mut open = b"{".to_vec();
-                for (key, value) in fields.0.iter().filter(|(k, _)| !PER_CALL_FIELDS.contains(&k.as_str())) {
-                    if open.len() > 1 {
-                        open.push(b',');
-                    }
-                    serde_json::to_writer(&mut open, key).map_err(|e| Error::Internal(e.to_string()))?;
-                    open.push(b':');
-                    open.extend_from_slice(value.get().as_bytes());
-                }
-                open.push(b'}');
-                open
-            }
-            _ => serde_json::to_vec(&SharedFields(base.fields)).map_err(|e| Error::Internal(e.to_string()))?,
+        let mut open = match base.text.and_then(|text| object_without(text, &PER_CALL_FIELDS)) {
+            Some(open) => open,
+            None => serde_json::to_vec(&SharedFields(base.fields)).map_err(|e| Error::Internal(e.to_string()))?,
         };
         open.pop(); // the closing brace
         let has_fields = open.len() > 1;
@@ -354,6 +342,34 @@ impl CallBodies {
         out.extend_from_slice(b"\"stream\":false}");
         Bytes::from(out)
     }
+}
+
+/// `text`, one JSON object, without its members named in `left_out`; every other member keeps
+/// its place and its value's spelling (numbers, spacing, escapes). None when `text` is not one
+/// JSON object.
+fn object_without(text: &[u8], left_out: &[&str]) -> Option<Vec<u8>> {
+    let fields = read_object::<RawEnvelope>(text).ok()?;
+    let mut out = Vec::with_capacity(text.len());
+    out.push(b'{');
+    for (key, value) in fields.0.iter().filter(|(k, _)| !left_out.contains(&k.as_str())) {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        // A key is a string: writing it into a Vec cannot fail.
+        serde_json::to_writer(&mut out, key).ok()?;
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    out.push(b'}');
+    Some(out)
+}
+
+/// The client's text of the body the upstream is to get, when the proxy took the members
+/// `taken` out of the client's body `text` for itself (see
+/// [`ProxyRequest::taken_fields`](crate::openai::ProxyRequest::taken_fields)): every other
+/// field as the client spelled it. None when `text` is not one JSON object.
+pub fn client_text_without(text: &[u8], taken: &[&str]) -> Option<Bytes> {
+    object_without(text, taken).map(Bytes::from)
 }
 
 /// Resolves at `deadline`, or never.
