@@ -17,8 +17,8 @@
 //! it is taken (its socket reads end-of-file), as hyper's pool finds it, and a request whose
 //! write failed on a reused connection goes out again on a new one. A call that finds no idle
 //! connection takes whichever comes first of its own new connection and one another call puts
-//! back; a connect that loses finishes in the background and its connection is kept. An answer
-//! abandoned half-way closes its connection. Calls whose answer never comes are bounded by the backend's timeouts,
+//! back. An answer abandoned half-way
+//! closes its connection. Calls whose answer never comes are bounded by the backend's timeouts,
 //! which wrap the whole call.
 
 use std::io::IoSlice;
@@ -338,9 +338,6 @@ struct HostConns {
     waiters: std::collections::VecDeque<oneshot::Sender<Conn>>,
 }
 
-/// How long a connect no call waits on any more may take before it is given up.
-const BACKGROUND_CONNECT_LIMIT: Duration = Duration::from_secs(10);
-
 /// Waiting calls kept before those that stopped waiting are swept out of the queue.
 const MAX_WAITERS: usize = 4096;
 
@@ -373,18 +370,11 @@ impl WirePool {
                 // As hyper's pool does: under a burst, a connection that comes free serves the
                 // call rather than the call waiting on its own connect (which, with the
                 // server's accept queue full, waits for SYN retransmits: seconds).
-                Some(Checkout::Wait(mut handed)) => {
-                    let target = authority.clone();
-                    let mut opening = Box::pin(async move { Conn::open(&target).await });
-                    tokio::select! {
-                        biased;
-                        Ok(conn) = &mut handed => {
-                            self.finish_connect(opening, authority.clone());
-                            (conn, true)
-                        }
-                        opened = &mut opening => (opened?, false),
-                    }
-                }
+                Some(Checkout::Wait(mut handed)) => tokio::select! {
+                    biased;
+                    Ok(conn) = &mut handed => (conn, true),
+                    opened = Conn::open(&authority) => (opened?, false),
+                },
                 None => (Conn::open(&authority).await?, false),
             };
             match conn.write_request(&head, &body).await {
@@ -408,23 +398,6 @@ impl WirePool {
             body.finish();
         }
         Ok(response)
-    }
-
-    /// Lets a connect that lost the race to a connection put back finish in the background and
-    /// keeps its connection, as hyper's pool does: dropped half-way, it had still cost the
-    /// server a place in its accept queue under a burst, and the next call would open another.
-    /// Bounded by [`BACKGROUND_CONNECT_LIMIT`].
-    fn finish_connect(
-        self: &Arc<Self>,
-        opening: Pin<Box<dyn Future<Output = Result<Conn, WireError>> + Send>>,
-        authority: Authority,
-    ) {
-        let pool = self.clone();
-        tokio::spawn(async move {
-            if let Ok(Ok(conn)) = tokio::time::timeout(BACKGROUND_CONNECT_LIMIT, opening).await {
-                pool.put(&authority, conn);
-            }
-        });
     }
 
     /// The most recently used idle connection to `authority` that can carry a request, or a
@@ -902,23 +875,7 @@ mod tests {
             .unwrap();
         assert_eq!(body, "hello");
         assert!(Arc::ptr_eq(&first, &second));
-        // Once the server takes connections again, the second call's own connect, which lost,
-        // completes in the background and is kept beside the one both calls used.
-        let (listener, _socket) = server.await.unwrap();
-        drop(fillers);
-        let accepting = tokio::spawn(async move {
-            let mut accepted = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                accepted.push(socket);
-            }
-        });
-        let idle = || pool.hosts.lock().unwrap().iter().map(|h| h.conns.len()).sum::<usize>();
-        let started = std::time::Instant::now();
-        while idle() < 2 && started.elapsed() < Duration::from_secs(8) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(idle(), 2, "the losing connect's connection was kept");
-        accepting.abort();
+        drop((server, fillers));
     }
 
     #[test]
