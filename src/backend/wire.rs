@@ -15,7 +15,8 @@
 //! 1xx heads are skipped; a server's `Connection: close` or an HTTP/1.0 answer ends the
 //! connection's reuse. A kept-alive connection the server closed while it sat idle is found when
 //! it is taken (its socket reads end-of-file), as hyper's pool finds it, and a request whose
-//! write failed on a reused connection goes out again on a new one. A call that finds no idle
+//! write failed on a reused connection goes out again on a new one; on a new one, an answer the
+//! server sent before it stopped reading (a 413 for a body over its limit) is returned. A call that finds no idle
 //! connection takes whichever comes first of its own new connection and one another call puts
 //! back. An answer abandoned half-way
 //! closes its connection. Calls whose answer never comes are bounded by the backend's timeouts,
@@ -364,7 +365,7 @@ impl WirePool {
         let authority = parts.uri.authority().ok_or(WireError::NoHost)?.clone();
         let head = request_head(&parts, &authority, body.len());
         let mut checkout = Some(self.checkout(&authority));
-        let mut conn = loop {
+        let (parts, conn, written) = loop {
             let (mut conn, reused) = match checkout.take() {
                 Some(Checkout::Idle(conn)) => (conn, true),
                 // As hyper's pool does: under a burst, a connection that comes free serves the
@@ -378,15 +379,21 @@ impl WirePool {
                 None => (Conn::open(&authority).await?, false),
             };
             match conn.write_request(&head, &body).await {
-                Ok(()) => break conn,
+                Ok(()) => break (conn.read_head().await?, conn, true),
                 // The server closed it as it was taken: the request never went out.
                 Err(_) if reused => continue,
-                Err(e) => return Err(e.into()),
+                // A server may answer before it has read the whole request (a 413 for a body
+                // over its limit) and close: that answer, when it came whole, is the one to
+                // return, as hyper's client does, not a failed write.
+                Err(e) => match conn.read_head().await {
+                    Ok(parts) => break (parts, conn, false),
+                    Err(_) => return Err(e.into()),
+                },
             }
         };
-        let parts = conn.read_head().await?;
         let framing = framing(&parts)?;
-        let keep_alive = keeps_alive(&parts, framing);
+        // A connection whose request did not go out whole carries nothing more.
+        let keep_alive = written && keeps_alive(&parts, framing);
         let mut response = http::Response::from_parts(
             parts,
             WireBody { conn: None, framing, keep_alive, pool: self.clone(), authority },
@@ -829,6 +836,35 @@ mod tests {
         assert!(body.iter().all(|b| *b == b'y'));
         let (_, request) = requests.recv().await.unwrap();
         assert!(request.unwrap().ends_with(&prompt), "the whole request body arrived after its head");
+    }
+
+    #[tokio::test]
+    async fn an_answer_sent_before_the_request_was_read_whole_is_returned() {
+        // A server that refuses a body too large from its head alone, as servers with a body
+        // limit do, and closes without reading the rest (so the client's write fails).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut more = [0u8; 1024];
+                match socket.read(&mut more).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&more[..n]),
+                }
+            }
+            let refusal = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!";
+            socket.write_all(refusal).await.unwrap();
+        });
+        let pool = Arc::new(WirePool::default());
+        let prompt = Bytes::from(vec![b'x'; 64 << 20]);
+        let request = http::Request::post(format!("http://{addr}/v1/completions")).body(prompt).unwrap();
+        let reply = pool.send(request).await.expect("the server's early answer, not a failed write");
+        assert_eq!(reply.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(reply.into_body().collect().await.unwrap().to_bytes(), "too big!");
+        let idle: usize = pool.hosts.lock().unwrap().iter().map(|h| h.conns.len()).sum();
+        assert_eq!(idle, 0, "a connection whose request did not go out whole is not kept");
     }
 
     #[tokio::test]
