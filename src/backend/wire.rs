@@ -24,7 +24,7 @@
 
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -78,22 +78,20 @@ pub struct WireClock {
     sent_ns: AtomicU64,
     /// Nanoseconds after `epoch` at which the latest bytes of the answer were read.
     received_ns: AtomicU64,
-    /// Whether the next write starts a new request (set once the answer starts arriving).
-    between_requests: AtomicBool,
 }
 
 impl WireClock {
     fn new() -> WireClock {
-        WireClock {
-            epoch: Instant::now(),
-            sent_ns: AtomicU64::new(0),
-            received_ns: AtomicU64::new(0),
-            between_requests: AtomicBool::new(true),
-        }
+        WireClock { epoch: Instant::now(), sent_ns: AtomicU64::new(0), received_ns: AtomicU64::new(0) }
     }
 
     fn stamp(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// The current request's first bytes were written just now.
+    fn request_started(&self) {
+        self.sent_ns.store(self.stamp(), Ordering::Relaxed);
     }
 
     /// From the first byte of the request written to the last byte of the answer read so far,
@@ -113,18 +111,14 @@ impl Watch for ClockWatch {
     fn read(&self) {
         stage_timing::mark(Stage::UpstreamBytesIn);
         self.0.received_ns.store(self.0.stamp(), Ordering::Relaxed);
-        self.0.between_requests.store(true, Ordering::Relaxed);
     }
 
     fn writing(&self) {
         stage_timing::mark(Stage::UpstreamWrite);
     }
 
-    fn written(&self, wrote: bool) {
+    fn written(&self, _wrote: bool) {
         stage_timing::mark(Stage::UpstreamWritten);
-        if wrote && self.0.between_requests.swap(false, Ordering::Relaxed) {
-            self.0.sent_ns.store(self.0.stamp(), Ordering::Relaxed);
-        }
     }
 }
 
@@ -158,8 +152,10 @@ impl Conn {
         matches!(self.stream.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
-    /// Writes `head` and `body`, as one system call when the socket takes it all.
+    /// Writes `head` and `body`, as one system call when the socket takes it all; the clock's
+    /// request span starts when the first bytes are out.
     async fn write_request(&mut self, mut head: &[u8], mut body: &[u8]) -> std::io::Result<()> {
+        let mut started = false;
         while !head.is_empty() || !body.is_empty() {
             let wrote = if head.is_empty() {
                 self.stream.write(body).await?
@@ -168,6 +164,10 @@ impl Conn {
             };
             if wrote == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            if !started {
+                started = true;
+                self.clock().request_started();
             }
             let from_head = wrote.min(head.len());
             head = &head[from_head..];
