@@ -55,6 +55,9 @@ pub enum Error {
     /// The request body is larger than the limit (bytes).
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The request head is too long or has too many fields.
+    #[error("{0}")]
+    HeadTooLarge(String),
     /// The route does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -188,6 +191,7 @@ impl Error {
         match self {
             Error::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -208,6 +212,7 @@ impl Error {
             | Error::Unauthorized(_)
             | Error::RequestTimeout(_)
             | Error::PayloadTooLarge(_)
+            | Error::HeadTooLarge(_)
             | Error::NotFound(_)
             | Error::MethodNotAllowed(_) => "invalid_request_error".into(),
             Error::UpstreamRejected { error_type, .. } => {
@@ -232,6 +237,7 @@ impl Error {
         match self {
             Error::InvalidRequest { .. } => Some("invalid_value"),
             Error::PayloadTooLarge(_) => Some("payload_too_large"),
+            Error::HeadTooLarge(_) => Some("request_header_fields_too_large"),
             Error::Unauthorized(_) => Some("invalid_api_key"),
             Error::Overloaded(_) => Some("rate_limit_exceeded"),
             Error::RequestTimeout(_) => Some("request_timeout"),
@@ -258,7 +264,10 @@ impl Error {
     /// A short, bounded label for metrics: what kind of failure this was.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::InvalidRequest { .. } | Error::PayloadTooLarge(_) | Error::RequestTimeout(_) => "invalid_request",
+            Error::InvalidRequest { .. }
+            | Error::PayloadTooLarge(_)
+            | Error::HeadTooLarge(_)
+            | Error::RequestTimeout(_) => "invalid_request",
             Error::NotFound(_) | Error::MethodNotAllowed(_) => "not_found",
             Error::Unauthorized(_) => "unauthorized",
             Error::Overloaded(_) => "overloaded",

@@ -17,7 +17,7 @@
 pub enum Stage {
     /// The request's first bytes were read from the client's socket (the timeline's zero).
     BytesIn,
-    /// hyper parsed the head and called bestofn's handler.
+    /// The connection read the head and the body and called bestofn's handler.
     Handler,
     /// The body was read.
     BodyRead,
@@ -38,7 +38,7 @@ pub enum Stage {
     UpstreamAnswer,
     /// A pass-through's answer was checked and its usage read.
     Forwarded,
-    /// bestofn's response is built and handed to hyper.
+    /// bestofn's response is built and handed to the connection.
     Answered,
     /// The response's body ended and its metrics are being recorded.
     Recording,

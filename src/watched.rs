@@ -76,6 +76,38 @@ impl<W: Watch + Unpin> AsyncWrite for Watched<W> {
     }
 }
 
+/// Writes `head` then `body` to `stream`, as one system call when the socket takes it all;
+/// `first_bytes_out` runs once, after the first write that took bytes.
+pub async fn write_head_and_body<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    mut head: &[u8],
+    mut body: &[u8],
+    mut first_bytes_out: impl FnMut(),
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut started = false;
+    while !head.is_empty() || !body.is_empty() {
+        let wrote = if head.is_empty() {
+            stream.write(body).await?
+        } else if body.is_empty() {
+            stream.write(head).await?
+        } else {
+            stream.write_vectored(&[std::io::IoSlice::new(head), std::io::IoSlice::new(body)]).await?
+        };
+        if wrote == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        if !started {
+            started = true;
+            first_bytes_out();
+        }
+        let from_head = wrote.min(head.len());
+        head = &head[from_head..];
+        body = &body[wrote - from_head..];
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,6 @@
 //! closes its connection. Calls whose answer never comes are bounded by the backend's timeouts,
 //! which wrap the whole call.
 
-use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use http::uri::Authority;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -154,26 +153,9 @@ impl Conn {
 
     /// Writes `head` and `body`, as one system call when the socket takes it all; the clock's
     /// request span starts when the first bytes are out.
-    async fn write_request(&mut self, mut head: &[u8], mut body: &[u8]) -> std::io::Result<()> {
-        let mut started = false;
-        while !head.is_empty() || !body.is_empty() {
-            let wrote = if head.is_empty() {
-                self.stream.write(body).await?
-            } else {
-                self.stream.write_vectored(&[IoSlice::new(head), IoSlice::new(body)]).await?
-            };
-            if wrote == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            if !started {
-                started = true;
-                self.clock().request_started();
-            }
-            let from_head = wrote.min(head.len());
-            head = &head[from_head..];
-            body = &body[wrote - from_head..];
-        }
-        Ok(())
+    async fn write_request(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+        let clock = self.clock().clone();
+        crate::watched::write_head_and_body(&mut self.stream, head, body, || clock.request_started()).await
     }
 
     /// Reads until the answer's final head is in and parses it; 1xx heads are skipped.
@@ -606,6 +588,7 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use std::net::SocketAddr;
+    use tokio::io::AsyncWriteExt;
     use tokio::sync::{mpsc, oneshot};
 
     /// What the scripted server writes for one request: pieces, each written once the gate

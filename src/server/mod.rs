@@ -1,6 +1,7 @@
 //! The HTTP layer: routing, body limits, the error envelope, response headers, request logs and
 //! graceful shutdown. Everything else is delegated to the engine.
 
+mod h1;
 mod log_buffer;
 mod log_clock;
 mod observer;
@@ -22,9 +23,7 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -103,10 +102,9 @@ async fn serve_share(
     shutdown: impl Future<Output = ()>,
     mut share: Option<Share>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Slow-loris protection: a client that dribbles its headers is disconnected.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(state.header_read_timeout);
+    // Every connection holds a receiver: it closes when idle once this turns true, and the
+    // drain below ends when the last receiver is gone.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let timer_floor = tokio::spawn(keep_a_timer_armed());
     tokio::pin!(shutdown);
     loop {
@@ -143,24 +141,48 @@ async fn serve_share(
         let _ = stream.set_nodelay(true);
         #[cfg(feature = "stage-timing")]
         let stream = crate::stage_timing::timed(stream);
-        let state = state.clone();
-        let service = service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
-        });
+        tokio::spawn(serve_connection(stream, state.clone(), peer, stopping.clone()));
     }
     tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(state.drain_timeout, graceful.shutdown()).await.is_err() {
+    stopping_tx.send_replace(true);
+    drop(stopping);
+    if tokio::time::timeout(state.drain_timeout, stopping_tx.closed()).await.is_err() {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
     timer_floor.abort();
+}
+
+/// Serves one client connection: HTTP/1.1 with bestofn's own connection ([`h1`]), HTTP/2 (prior
+/// knowledge) with hyper's.
+async fn serve_connection<S>(
+    stream: S,
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let stream = match h1::serve_connection(stream, state.clone(), peer, stopping.clone()).await {
+        h1::Ended::Closed => return,
+        h1::Ended::Http2(stream) => stream,
+    };
+    let service = service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(state, req.map(RequestBody::Incoming), peer).await) }
+    });
+    let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = async { let _ = stopping.wait_for(|stopping| *stopping).await; } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, %peer, "HTTP/2 connection ended with an error");
+    }
 }
 
 /// How far ahead the runtime's next timer wake-up is kept at most (see [`keep_a_timer_armed`]).
@@ -286,7 +308,15 @@ fn request_id(headers: &HeaderMap) -> String {
     format!("bon-{started:x}-{:06x}", REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// A request's body as the handler gets it.
+enum RequestBody {
+    /// Still arriving, on an HTTP/2 connection that hyper serves.
+    Incoming(Incoming),
+    /// Read whole by the HTTP/1.1 connection, or why it was not.
+    Read(Result<Bytes, Error>),
+}
+
+async fn handle(state: Arc<AppState>, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
     stage_timing::mark(Stage::Handler);
     let id = request_id(req.headers());
     let path = req.uri().path();
@@ -350,7 +380,7 @@ impl Route {
 
 async fn serve_route(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     id: &str,
     route: Route,
 ) -> Result<Response<Body>, Error> {
@@ -408,7 +438,11 @@ fn json_bytes_response(status: StatusCode, bytes: Bytes) -> Response<Body> {
     response
 }
 
-async fn read_body(state: &AppState, body: Incoming) -> Result<Bytes, Error> {
+async fn read_body(state: &AppState, body: RequestBody) -> Result<Bytes, Error> {
+    let body = match body {
+        RequestBody::Read(read) => return read,
+        RequestBody::Incoming(body) => body,
+    };
     let limit = state.max_body_bytes;
     let read = Limited::new(body, limit).collect();
     match tokio::time::timeout(state.body_read_timeout, read).await {
@@ -496,7 +530,7 @@ fn observe_outcome(
 /// observer out of `slot` into its body.
 async fn completion(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     id: &str,
     api: Api,
     slot: &mut Option<RequestObserver>,

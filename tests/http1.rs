@@ -1,0 +1,328 @@
+//! The real `bestofn` binary's HTTP/1.1 connection, spoken to byte by byte over loopback:
+//! keep-alive and pipelining, chunked and `Expect: 100-continue` bodies, refusals that close
+//! the connection, HTTP/1.0, HEAD, HTTP/2 by prior knowledge and idle connections at shutdown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A raw client connection that keeps what it read past one answer for the next.
+struct Raw {
+    stream: TcpStream,
+    buffered: Vec<u8>,
+}
+
+/// One answer: its head (status line and header lines, lower-cased names) and its body.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+impl Raw {
+    async fn connect(proxy: &Bestofn) -> Raw {
+        Raw { stream: TcpStream::connect(proxy.addr).await.unwrap(), buffered: Vec::new() }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads more; false at end of file.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            .await
+            .expect("no answer within 10 s")
+            .unwrap_or(0);
+        self.buffered.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// The next answer; `head_only` for the answer to a HEAD request, which has no body.
+    async fn answer(&mut self, head_only: bool) -> Answer {
+        let end = loop {
+            if let Some(end) = self.buffered.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            assert!(self.fill().await, "closed before an answer's head: {:?}", String::from_utf8_lossy(&self.buffered));
+        };
+        let head = String::from_utf8(self.buffered[..end].to_vec()).unwrap();
+        self.buffered.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap();
+        assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
+        let status = status_line[9..12].parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.trim().to_ascii_lowercase(), v.trim().to_string())
+            })
+            .collect();
+        let mut answer = Answer { status, headers, body: Vec::new() };
+        if head_only || status == 100 {
+            return answer;
+        }
+        if answer.header("transfer-encoding") == Some("chunked") {
+            loop {
+                let line_end = loop {
+                    if let Some(at) = self.buffered.windows(2).position(|w| w == b"\r\n") {
+                        break at;
+                    }
+                    assert!(self.fill().await);
+                };
+                let size = usize::from_str_radix(std::str::from_utf8(&self.buffered[..line_end]).unwrap(), 16).unwrap();
+                self.buffered.drain(..line_end + 2);
+                while self.buffered.len() < size + 2 {
+                    assert!(self.fill().await);
+                }
+                answer.body.extend_from_slice(&self.buffered[..size]);
+                self.buffered.drain(..size + 2);
+                if size == 0 {
+                    return answer;
+                }
+            }
+        }
+        let length: usize = answer.header("content-length").expect("a length or chunked").parse().unwrap();
+        while self.buffered.len() < length {
+            assert!(self.fill().await, "closed in the middle of a body");
+        }
+        answer.body = self.buffered.drain(..length).collect();
+        answer
+    }
+
+    /// Whether the proxy closes the connection (reads nothing more, then end of file).
+    async fn closes(&mut self) -> bool {
+        self.buffered.is_empty() && !self.fill().await
+    }
+}
+
+fn post_head(path: &str, extra: &str) -> String {
+    format!("POST {path} HTTP/1.1\r\nhost: bestofn\r\ncontent-type: application/json\r\n{extra}\r\n")
+}
+
+fn chat_text(content: &str) -> String {
+    serde_json::to_string(&chat_body(content)).unwrap()
+}
+
+async fn pass_through_proxy(server_section: &str) -> (FakeServer, FakeServer, Bestofn) {
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let cfg =
+        config(&upstream, &rm, "n", 1).replace("[upstream]", &format!("[server]\n{server_section}\n\n[upstream]"));
+    let proxy = Bestofn::start(&cfg);
+    (upstream, rm, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_requests_on_one_kept_alive_connection_are_answered_in_order() {
+    let (upstream, _rm, proxy) = pass_through_proxy("").await;
+    let mut raw = Raw::connect(&proxy).await;
+    let body = chat_text("first");
+    // Three requests in one write: the second and third arrive while the first is served.
+    let mut bytes = post_head("/v1/chat/completions", &format!("content-length: {}\r\n", body.len())).into_bytes();
+    bytes.extend_from_slice(body.as_bytes());
+    bytes.extend_from_slice(
+        b"GET /healthz HTTP/1.1\r\nhost: bestofn\r\n\r\nGET /v1/models HTTP/1.1\r\nhost: bestofn\r\n\r\n",
+    );
+    raw.send(&bytes).await;
+
+    let first = raw.answer(false).await;
+    assert_eq!(first.status, 200, "{:?}", first);
+    assert_eq!(first.json()["object"], "chat.completion");
+    assert_eq!(first.header("x-bestofn-n"), Some("1"));
+    assert!(first.header("x-request-id").is_some_and(|id| id.starts_with("bon-")));
+    assert!(first.header("date").is_some_and(|d| d.ends_with(" GMT")), "{first:?}");
+    assert_eq!(first.header("connection"), None);
+    let second = raw.answer(false).await;
+    assert_eq!((second.status, second.json()), (200, json!({"status": "ok"})));
+    let third = raw.answer(false).await;
+    assert_eq!(third.status, 200);
+    assert_eq!(third.json()["data"][0]["id"], "fake-model");
+    assert_eq!(upstream.requests_to("/v1/chat/completions").len(), 1);
+
+    // The connection is still usable after the pipeline.
+    raw.send(b"GET /healthz HTTP/1.1\r\nhost: bestofn\r\n\r\n").await;
+    assert_eq!(raw.answer(false).await.status, 200);
+    assert_eq!(upstream.connections(), 1, "one upstream connection carried the call");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_body_is_read_whole_and_forwarded_as_the_client_wrote_it() {
+    let (upstream, _rm, proxy) = pass_through_proxy("").await;
+    let mut raw = Raw::connect(&proxy).await;
+    let body = chat_text("chunked");
+    let (a, b) = body.split_at(10);
+    // Chunk sizes in either case, a chunk extension, and a trailer section.
+    let request = format!(
+        "{}{:x};ext=1\r\n{a}\r\n{:X}\r\n{b}\r\n0\r\nx-trailer: yes\r\n\r\n",
+        post_head("/v1/chat/completions", "transfer-encoding: chunked\r\n"),
+        a.len(),
+        b.len()
+    );
+    raw.send(request.as_bytes()).await;
+    let answer = raw.answer(false).await;
+    assert_eq!(answer.status, 200, "{:?}", String::from_utf8_lossy(&answer.body));
+    let recorded = upstream.requests_to("/v1/chat/completions");
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].raw, body.as_bytes(), "the upstream got other bytes than the client's");
+
+    // The chunked framing was read to its end: the next request on the connection is whole.
+    raw.send(b"GET /healthz HTTP/1.1\r\nhost: bestofn\r\n\r\n").await;
+    assert_eq!(raw.answer(false).await.json(), json!({"status": "ok"}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    let (_upstream, _rm, proxy) = pass_through_proxy("").await;
+    let mut raw = Raw::connect(&proxy).await;
+    let body = chat_text("expecting");
+    raw.send(
+        post_head("/v1/chat/completions", &format!("content-length: {}\r\nexpect: 100-continue\r\n", body.len()))
+            .as_bytes(),
+    )
+    .await;
+    let interim = raw.answer(false).await;
+    assert_eq!(interim.status, 100, "{interim:?}");
+    raw.send(body.as_bytes()).await;
+    let answer = raw.answer(false).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["object"], "chat.completion");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_that_cannot_be_read_are_refused_and_their_connection_closed() {
+    let (upstream, _rm, proxy) = pass_through_proxy("max_body_bytes = 2048").await;
+
+    // A declared length over the limit: refused without reading the body.
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(post_head("/v1/chat/completions", "content-length: 5000\r\n").as_bytes()).await;
+    let answer = raw.answer(false).await;
+    assert_eq!(answer.status, 413);
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert_envelope(&answer.json(), None);
+    assert!(raw.closes().await);
+
+    // A chunked body that grows over the limit.
+    let mut raw = Raw::connect(&proxy).await;
+    let chunk = "x".repeat(1500);
+    raw.send(
+        format!(
+            "{}5dc\r\n{chunk}\r\n5dc\r\n{chunk}\r\n0\r\n\r\n",
+            post_head("/v1/chat/completions", "transfer-encoding: chunked\r\n")
+        )
+        .as_bytes(),
+    )
+    .await;
+    let answer = raw.answer(false).await;
+    assert_eq!(answer.status, 413);
+    assert!(raw.closes().await);
+
+    // Framing the proxy cannot read: a bad chunk size, a bad length, a transfer coding other
+    // than chunked.
+    for (extra, body) in [
+        ("transfer-encoding: chunked\r\n", "zz\r\n{}\r\n0\r\n\r\n"),
+        ("content-length: twelve\r\n", "{}"),
+        ("transfer-encoding: gzip\r\n", "{}"),
+    ] {
+        let mut raw = Raw::connect(&proxy).await;
+        raw.send(format!("{}{body}", post_head("/v1/chat/completions", extra)).as_bytes()).await;
+        let answer = raw.answer(false).await;
+        assert_eq!(answer.status, 400, "{extra}: {:?}", String::from_utf8_lossy(&answer.body));
+        assert_envelope(&answer.json(), None);
+        assert!(raw.closes().await, "{extra}");
+    }
+
+    // A head that is not HTTP, and one with too many fields.
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(b"NOT HTTP AT ALL\r\n\r\n").await;
+    let answer = raw.answer(false).await;
+    assert_eq!(answer.status, 400);
+    assert!(answer.json()["error"]["message"].as_str().unwrap().contains("malformed request head"));
+    assert!(raw.closes().await);
+    let mut raw = Raw::connect(&proxy).await;
+    let fields: String = (0..101).map(|i| format!("x-field-{i}: {i}\r\n")).collect();
+    raw.send(format!("GET /healthz HTTP/1.1\r\nhost: bestofn\r\n{fields}\r\n").as_bytes()).await;
+    let answer = raw.answer(false).await;
+    assert_eq!(answer.status, 431);
+    assert_envelope(&answer.json(), None);
+    assert!(raw.closes().await);
+
+    assert!(upstream.requests().is_empty(), "a refused request reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_close_http_1_0_and_a_twice_framed_request_end_the_connection() {
+    let (_upstream, _rm, proxy) = pass_through_proxy("").await;
+    for head in [
+        "GET /healthz HTTP/1.1\r\nhost: bestofn\r\nconnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.0\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nhost: bestofn\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n",
+    ] {
+        let mut raw = Raw::connect(&proxy).await;
+        raw.send(head.as_bytes()).await;
+        let answer = raw.answer(false).await;
+        assert_eq!(answer.status, 200, "{head}");
+        assert_eq!(answer.header("connection"), Some("close"), "{head}");
+        assert!(raw.closes().await, "{head}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_to_head_carries_no_body() {
+    let (_upstream, _rm, proxy) = pass_through_proxy("").await;
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(b"HEAD /healthz HTTP/1.1\r\nhost: bestofn\r\n\r\nGET /healthz HTTP/1.1\r\nhost: bestofn\r\n\r\n").await;
+    let head = raw.answer(true).await;
+    assert_eq!(head.status, 405);
+    assert!(head.header("content-length").is_some_and(|l| l != "0"), "{head:?}");
+    // Had the 405's body been sent, it would be read here as the next answer's start.
+    let next = raw.answer(false).await;
+    assert_eq!((next.status, next.json()), (200, json!({"status": "ok"})));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_clients_with_prior_knowledge_are_served() {
+    let (_upstream, _rm, proxy) = pass_through_proxy("").await;
+    bestofn::backend::install_crypto_provider();
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let health = client.get(proxy.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.version(), reqwest::Version::HTTP_2);
+    assert_eq!(health.status(), 200);
+    let answer = client.post(proxy.url("/v1/chat/completions")).json(&chat_body("over h2")).send().await.unwrap();
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.json::<Value>().await.unwrap()["object"], "chat.completion");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_kept_alive_connection_does_not_hold_up_shutdown() {
+    let (_upstream, _rm, mut proxy) = pass_through_proxy("drain_timeout_ms = 30000").await;
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(b"GET /healthz HTTP/1.1\r\nhost: bestofn\r\n\r\n").await;
+    assert_eq!(raw.answer(false).await.status, 200);
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || proxy.terminate_and_wait()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    // Well inside the 30 s drain timeout: the idle connection was closed, not waited for.
+    assert!(started.elapsed() < Duration::from_secs(10), "shutdown took {:?}", started.elapsed());
+    assert!(raw.closes().await);
+}
