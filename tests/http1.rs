@@ -326,3 +326,29 @@ async fn an_idle_kept_alive_connection_does_not_hold_up_shutdown() {
     assert!(started.elapsed() < Duration::from_secs(10), "shutdown took {:?}", started.elapsed());
     assert!(raw.closes().await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_still_sending_a_refused_body_gets_its_413_not_a_reset() {
+    let (_upstream, _rm, proxy) = pass_through_proxy("max_body_bytes = 2048").await;
+    let (mut read, mut write) = TcpStream::connect(proxy.addr).await.unwrap().into_split();
+    // More than the sockets' buffers hold: the client is still writing when the 413 comes.
+    let size = 8 * 1024 * 1024;
+    write
+        .write_all(post_head("/v1/chat/completions", &format!("content-length: {size}\r\n")).as_bytes())
+        .await
+        .unwrap();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b' '; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            write.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(write)
+    });
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), read.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    let written = writer.await.unwrap();
+    assert!(written.is_ok(), "the proxy reset the connection while the client was sending: {:?}", written.err());
+}

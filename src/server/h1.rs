@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HeaderValue, TRANSFER_ENCODING};
@@ -119,11 +119,13 @@ pub(super) async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         } else {
             Next::Close
         };
+        let mut unread = false;
         let body = match read_body(&mut io, &mut buffered, &parts, &state).await {
             BodyRead::Read(bytes) => Ok(bytes),
             BodyRead::Refused(e) => {
                 // What is left of the body was not read: the connection cannot carry another request.
                 next = Next::Close;
+                unread = true;
                 Err(e)
             }
             BodyRead::ClientGone => return Ended::Closed,
@@ -156,10 +158,11 @@ pub(super) async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
         match write_response(&mut io, &mut buffered, &mut out, response, version, head_only, next).await {
             Ok(Next::KeepAlive) => {}
-            Ok(Next::Close) | Err(_) => {
-                let _ = io.shutdown().await;
+            Ok(Next::Close) => {
+                close(&mut io, unread).await;
                 return Ended::Closed;
             }
+            Err(_) => return Ended::Closed,
         }
     }
 }
@@ -377,8 +380,24 @@ async fn fill<S: AsyncRead + Unpin>(io: &mut S, buffered: &mut BytesMut) -> std:
 /// Answers `e` and closes: for a request that cannot be read.
 async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, out: &mut Vec<u8>, e: &Error) {
     let mut ignored = BytesMut::new();
-    let _ = write_response(io, &mut ignored, out, error_response(e), Version::HTTP_11, false, Next::Close).await;
-    let _ = io.shutdown().await;
+    if write_response(io, &mut ignored, out, error_response(e), Version::HTTP_11, false, Next::Close).await.is_ok() {
+        close(io, true).await;
+    }
+}
+
+/// How long a connection closed with request bytes unread goes on reading them (see [`close`]).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Ends the connection after its last answer. When the client may still be sending (a body
+/// refused unread, a head that could not be parsed), what it sends is read and dropped for up to
+/// [`LINGER`] after the close is signalled: closing a socket with unread bytes makes the kernel
+/// reset the connection, and the client could lose the answer (nginx's `lingering_close`).
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, unread: bool) {
+    if io.shutdown().await.is_err() || !unread {
+        return;
+    }
+    let mut sink = vec![0u8; READ_CHUNK];
+    let _ = tokio::time::timeout(LINGER, async { while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {} }).await;
 }
 
 /// Writes `response` for a request of `version`; returns whether the connection carries on.
