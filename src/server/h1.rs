@@ -1,10 +1,11 @@
 //! bestofn's own HTTP/1.1 server connection: reads a request head and its whole body, runs the
 //! handler while watching for the client going away, and writes the answer.
 //!
-//! Why not hyper's server connection, which served here before: at light load (one request at a
-//! time, cold caches) it was the largest piece of the pass-through path left. A hyper-free
-//! proxy loop on the same runtime used 76-85 µs of CPU a request against 123-151 µs for a bare
-//! hyper proxy and 89-114 µs for nginx (BENCHMARKS.md, issue #17, ninth sitting). Every request
+//! Why not hyper's server connection, which served here before: hyper's server and client cost a
+//! bare proxy ~55 µs of CPU a request over a hyper-free loop on the same runtime, which used less
+//! than nginx (BENCHMARKS.md, issue #17, ninth sitting); the client was replaced before
+//! (`backend::wire`). This connection took 1-20 µs of CPU off a light-load pass-through and raised
+//! saturation throughput from 56-72% to 95-99% of nginx-as-proxy's in the same runs. Every request
 //! body bestofn takes is read whole before it is parsed, as nginx buffers a body before it
 //! proxies it, so the server reads it with the head (most bodies come in the head's read) and
 //! hands the handler bytes, with no body channel between two tasks. HTTP/2 connections (prior
