@@ -11,6 +11,7 @@ pub mod bon;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod http_framing;
 pub mod metrics;
 pub mod openai;
 pub mod record;

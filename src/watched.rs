@@ -82,10 +82,10 @@ pub async fn write_head_and_body<S: AsyncWrite + Unpin>(
     stream: &mut S,
     mut head: &[u8],
     mut body: &[u8],
-    mut first_bytes_out: impl FnMut(),
+    first_bytes_out: impl FnOnce(),
 ) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
-    let mut started = false;
+    let mut first_bytes_out = Some(first_bytes_out);
     while !head.is_empty() || !body.is_empty() {
         let wrote = if head.is_empty() {
             stream.write(body).await?
@@ -97,8 +97,7 @@ pub async fn write_head_and_body<S: AsyncWrite + Unpin>(
         if wrote == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        if !started {
-            started = true;
+        if let Some(first_bytes_out) = first_bytes_out.take() {
             first_bytes_out();
         }
         let from_head = wrote.min(head.len());

@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// Bottom to top: a module may import only those before it.
-const LAYERS: [&str; 17] = [
+const LAYERS: [&str; 18] = [
     "error",
+    "http_framing",
     "watched",
     "stage_timing",
     "score",

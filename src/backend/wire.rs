@@ -16,11 +16,10 @@
 //! connection's reuse. A kept-alive connection the server closed while it sat idle is found when
 //! it is taken (its socket reads end-of-file), as hyper's pool finds it, and a request whose
 //! write failed on a reused connection goes out again on a new one; on a new one, an answer the
-//! server sent before it stopped reading (a 413 for a body over its limit) is returned. A call that finds no idle
-//! connection takes whichever comes first of its own new connection and one another call puts
-//! back. An answer abandoned half-way
-//! closes its connection. Calls whose answer never comes are bounded by the backend's timeouts,
-//! which wrap the whole call.
+//! server sent before it stopped reading (a 413 for a body over its limit) is returned. A call
+//! that finds no idle connection takes whichever comes first of its own new connection and one
+//! another call puts back. An answer abandoned half-way closes its connection. Calls whose answer
+//! never comes are bounded by the backend's timeouts, which wrap the whole call.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +34,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use crate::http_framing::LengthError;
 use crate::stage_timing::{self, Stage};
 use crate::watched::{Watch, Watched};
 
@@ -256,37 +256,21 @@ fn framing(parts: &http::response::Parts) -> Result<Framing, WireError> {
     if parts.status == http::StatusCode::NO_CONTENT || parts.status == http::StatusCode::NOT_MODIFIED {
         return Ok(Framing::Length(0));
     }
-    if let Some(last) = parts.headers.get_all(http::header::TRANSFER_ENCODING).iter().next_back() {
-        let chunked = last
-            .to_str()
-            .ok()
-            .and_then(|codings| codings.rsplit(',').next())
-            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+    if let Some(chunked) = crate::http_framing::ends_in_chunked(&parts.headers) {
         return Ok(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::UntilClose });
     }
-    let mut length = None;
-    for value in parts.headers.get_all(http::header::CONTENT_LENGTH) {
-        for item in value.to_str().unwrap_or("x").split(',') {
-            let parsed =
-                item.trim().parse::<u64>().map_err(|_| WireError::Malformed(format!("Content-Length {value:?}")))?;
-            if length.is_some_and(|l| l != parsed) {
-                return Err(WireError::Malformed("Content-Length values that disagree".into()));
-            }
-            length = Some(parsed);
-        }
+    match crate::http_framing::content_length(&parts.headers) {
+        Ok(length) => Ok(length.map_or(Framing::UntilClose, Framing::Length)),
+        Err(LengthError::Malformed(value)) => Err(WireError::Malformed(format!("Content-Length {value}"))),
+        Err(LengthError::Disagree) => Err(WireError::Malformed("Content-Length values that disagree".into())),
     }
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
 /// Whether the connection can carry another request after this answer.
 fn keeps_alive(parts: &http::response::Parts, framing: Framing) -> bool {
-    let closes = parts
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("close")));
-    parts.version == http::Version::HTTP_11 && !closes && framing != Framing::UntilClose
+    parts.version == http::Version::HTTP_11
+        && !crate::http_framing::connection_lists(&parts.headers, "close")
+        && framing != Framing::UntilClose
 }
 
 /// The request line and headers of `parts` to `authority`, for a body of `body_len` bytes.

@@ -11,6 +11,7 @@
 //! hands the handler bytes, with no body channel between two tasks. HTTP/2 connections (prior
 //! knowledge, no TLS) are recognised by their preface and still served by hyper.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HeaderValue, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, DATE, EXPECT, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 
 use super::{AppState, Body, RequestBody, error_response, handle};
 use crate::error::Error;
+use crate::http_framing::{self, LengthError};
 use crate::watched::write_head_and_body;
 
 /// The longest request head read; a longer one is answered 431.
@@ -87,12 +89,12 @@ pub(super) async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(Some(parsed)) => break parsed,
                     Ok(None) if buffered.len() > MAX_HEAD => {
                         let e = Error::HeadTooLarge(format!("the request head is longer than {MAX_HEAD} bytes"));
-                        answer_and_close(&mut io, &mut out, &e).await;
+                        answer_and_close(&mut io, &mut buffered, &mut out, &e).await;
                         return Ended::Closed;
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        answer_and_close(&mut io, &mut out, &e).await;
+                        answer_and_close(&mut io, &mut buffered, &mut out, &e).await;
                         return Ended::Closed;
                     }
                 }
@@ -113,32 +115,28 @@ pub(super) async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         first = false;
-        let (mut parts, used) = parsed;
+        let (parts, used) = parsed;
         buffered.advance(used);
-        let mut next = if parts.version == Version::HTTP_11 && !has_token(&parts.headers, "close") {
+        let mut next = if parts.version == Version::HTTP_11 && !http_framing::connection_lists(&parts.headers, "close")
+        {
             Next::KeepAlive
         } else {
             Next::Close
         };
-        let mut unread = false;
         let body = match read_body(&mut io, &mut buffered, &parts, &state).await {
             BodyRead::Read(bytes) => Ok(bytes),
-            BodyRead::Refused(e) => {
-                // What is left of the body was not read: the connection cannot carry another request.
-                next = Next::Close;
-                unread = true;
-                Err(e)
-            }
+            BodyRead::Refused(e) => Err(e),
             BodyRead::ClientGone => return Ended::Closed,
         };
-        if body.is_ok() && parts.headers.contains_key(TRANSFER_ENCODING) && parts.headers.contains_key(CONTENT_LENGTH) {
-            // A request framed two ways may be read differently by another hop (RFC 9112 6.1).
+        // What is left of a refused body was not read: the connection cannot carry another request.
+        let unread = body.is_err();
+        // A request framed two ways may be read differently by another hop (RFC 9112 6.1).
+        let framed_twice = parts.headers.contains_key(TRANSFER_ENCODING) && parts.headers.contains_key(CONTENT_LENGTH);
+        if unread || framed_twice {
             next = Next::Close;
         }
         let head_only = parts.method == Method::HEAD;
         let version = parts.version;
-        // The handler needs none of the framing headers.
-        parts.headers.remove(EXPECT);
         let handler = handle(state.clone(), Request::from_parts(parts, RequestBody::Read(body)), peer);
         tokio::pin!(handler);
         // While the handler works, a client that closes its connection cancels it (and its
@@ -202,15 +200,6 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(http::request::Parts, usize)>, Err
     Ok(Some((parts, used)))
 }
 
-/// Whether a `Connection` header of `headers` lists `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-}
-
 /// How a request's body is framed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Framing {
@@ -222,29 +211,16 @@ enum Framing {
 /// over Content-Length, and must end in chunked.
 fn framing(headers: &HeaderMap) -> Result<Framing, Error> {
     let bad = |message: &str| Error::InvalidRequest { message: message.into(), param: None };
-    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        let chunked = last
-            .to_str()
-            .ok()
-            .and_then(|codings| codings.rsplit(',').next())
-            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
-        return if chunked {
-            Ok(Framing::Chunked)
-        } else {
-            Err(bad("a Transfer-Encoding that does not end in chunked"))
-        };
+    match http_framing::ends_in_chunked(headers) {
+        Some(true) => return Ok(Framing::Chunked),
+        Some(false) => return Err(bad("a Transfer-Encoding that does not end in chunked")),
+        None => {}
     }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for item in value.to_str().unwrap_or("x").split(',') {
-            let parsed = item.trim().parse::<u64>().map_err(|_| bad("a malformed Content-Length"))?;
-            if length.is_some_and(|l| l != parsed) {
-                return Err(bad("Content-Length values that disagree"));
-            }
-            length = Some(parsed);
-        }
+    match http_framing::content_length(headers) {
+        Ok(length) => Ok(Framing::Length(length.unwrap_or(0))),
+        Err(LengthError::Malformed(_)) => Err(bad("a malformed Content-Length")),
+        Err(LengthError::Disagree) => Err(bad("Content-Length values that disagree")),
     }
-    Ok(Framing::Length(length.unwrap_or(0)))
 }
 
 /// What reading a request's body came to.
@@ -379,9 +355,13 @@ async fn fill<S: AsyncRead + Unpin>(io: &mut S, buffered: &mut BytesMut) -> std:
 }
 
 /// Answers `e` and closes: for a request that cannot be read.
-async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, out: &mut Vec<u8>, e: &Error) {
-    let mut ignored = BytesMut::new();
-    if write_response(io, &mut ignored, out, error_response(e), Version::HTTP_11, false, Next::Close).await.is_ok() {
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    buffered: &mut BytesMut,
+    out: &mut Vec<u8>,
+    e: &Error,
+) {
+    if write_response(io, buffered, out, error_response(e), Version::HTTP_11, false, Next::Close).await.is_ok() {
         close(io, true).await;
     }
 }
@@ -436,9 +416,7 @@ async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
         _ if parts.status.is_informational() || parts.status == StatusCode::NO_CONTENT => false,
         Some(length) => {
             if !parts.headers.contains_key(CONTENT_LENGTH) {
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(itoa_u64(length, &mut [0u8; 20]));
-                out.extend_from_slice(b"\r\n");
+                let _ = write!(out, "content-length: {length}\r\n");
             }
             false
         }
@@ -459,29 +437,16 @@ async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
     out.extend_from_slice(b"\r\n");
 
     if exact.is_some() {
-        let mut whole: Option<Bytes> = None;
-        let mut more = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame;
-            if let Ok(data) = frame.into_data() {
-                match &whole {
-                    None => whole = Some(data),
-                    Some(first) => {
-                        if more.is_empty() {
-                            more.extend_from_slice(first);
-                        }
-                        more.extend_from_slice(&data);
-                    }
-                }
-            }
-        }
-        // The body's end records the request (its observer goes with it) before the write.
-        drop(body);
-        let data = if more.is_empty() { whole.unwrap_or_default() } else { more.freeze() };
+        // Collecting ends the body, and with it records the request (its observer goes with
+        // it), before the write.
+        let data = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(never) => match never {},
+        };
         let data: &[u8] = if bodiless { &[] } else { &data };
         if data.len() <= COPY_BODY_UP_TO {
             out.extend_from_slice(data);
-            write_head_and_body(io, out, &[], || ()).await?;
+            io.write_all(out).await?;
         } else {
             write_head_and_body(io, out, data, || ()).await?;
         }
@@ -510,9 +475,15 @@ async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if chunked {
             out.clear();
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            write_head_and_body(io, out, &data, || ()).await?;
-            io.write_all(b"\r\n").await?;
+            let _ = write!(out, "{:x}\r\n", data.len());
+            if data.len() <= COPY_BODY_UP_TO {
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+                io.write_all(out).await?;
+            } else {
+                write_head_and_body(io, out, &data, || ()).await?;
+                io.write_all(b"\r\n").await?;
+            }
         } else {
             io.write_all(&data).await?;
         }
@@ -531,19 +502,6 @@ fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.extend_from_slice(b"\r\n");
-}
-
-/// `n` in decimal, written into the end of `digits`.
-fn itoa_u64(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &digits[at..];
-        }
-    }
 }
 
 thread_local! {
