@@ -315,15 +315,14 @@ async fn http2_clients_with_prior_knowledge_are_served() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_kept_alive_connection_does_not_hold_up_shutdown() {
-    let (_upstream, _rm, mut proxy) = pass_through_proxy("drain_timeout_ms = 30000").await;
+    // A drain timeout far longer than `terminate_and_wait` waits: the process can only exit in
+    // time if the idle connection is closed rather than waited for.
+    let (_upstream, _rm, mut proxy) = pass_through_proxy("drain_timeout_ms = 600000").await;
     let mut raw = Raw::connect(&proxy).await;
     raw.send(b"GET /healthz HTTP/1.1\r\nhost: bestofn\r\n\r\n").await;
     assert_eq!(raw.answer(false).await.status, 200);
-    let started = std::time::Instant::now();
     let status = tokio::task::spawn_blocking(move || proxy.terminate_and_wait()).await.unwrap();
     assert!(status.success(), "{status:?}");
-    // Well inside the 30 s drain timeout: the idle connection was closed, not waited for.
-    assert!(started.elapsed() < Duration::from_secs(10), "shutdown took {:?}", started.elapsed());
     assert!(raw.closes().await);
 }
 
