@@ -21,7 +21,8 @@ find_profdata() {
     for candidate in "$sysroot"/lib/rustlib/*/bin/llvm-profdata; do
         [ -x "$candidate" ] && { echo "$candidate"; return; }
     done
-    for major in 23 22 21 20 19; do
+    # rustc's own LLVM first: a newer llvm-profdata does not read an older raw format.
+    for major in $(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p') 22 21 20 19; do
         command -v "llvm-profdata-$major" >/dev/null && { command -v "llvm-profdata-$major"; return; }
     done
     echo "pgo-build: no llvm-profdata for LLVM 19 or later: 'rustup component add llvm-tools' or 'apt-get install llvm-19'" >&2
