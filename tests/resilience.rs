@@ -512,8 +512,7 @@ async fn client_keys_upstream_secrets_and_a_fixed_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, &cfg).unwrap();
-    let out =
-        std::process::Command::new(env!("CARGO_BIN_EXE_bestofn")).arg("check-config").arg(&path).output().unwrap();
+    let out = std::process::Command::new(common::bestofn_exe()).arg("check-config").arg(&path).output().unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(!printed.contains("sk-client-a") && printed.contains("api_keys_configured = 1"), "{printed}");

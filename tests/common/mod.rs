@@ -359,7 +359,7 @@ impl Bestofn {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bestofn.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bestofn"))
+        let mut child = Command::new(bestofn_exe())
             .args(["serve", "--config"])
             .arg(&path)
             .args(["--listen", "127.0.0.1:0"])
@@ -582,9 +582,16 @@ pub async fn read_http_message(stream: &mut tokio::net::TcpStream) -> Option<(St
     }
 }
 
+/// The `bestofn` binary the tests run: this build's, or `BESTOFN_TEST_BIN` when it is set, so the
+/// suite can be run against a release binary built another way (`scripts/pgo-build.sh`'s PGO and
+/// BOLT output rewrites the linked code, and should behave exactly as the plain build does).
+pub fn bestofn_exe() -> std::path::PathBuf {
+    std::env::var_os("BESTOFN_TEST_BIN").map_or_else(|| env!("CARGO_BIN_EXE_bestofn").into(), Into::into)
+}
+
 /// Runs the real `bestofn` binary with `args`: success, stdout, stderr.
 pub fn bestofn(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bestofn")).args(args).output().unwrap();
+    let out = Command::new(bestofn_exe()).args(args).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
