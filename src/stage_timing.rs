@@ -134,6 +134,21 @@ pub fn medians_text(timelines: &[[Option<u64>; STAGES.len()]]) -> String {
     text
 }
 
+/// The same report over the slowest `share` of `timelines` (those whose last stamp is at or above
+/// that quantile of all last stamps): where a tail request's time went, next to the medians of all.
+pub fn slowest_medians_text(timelines: &[[Option<u64>; STAGES.len()]], share: f64) -> String {
+    let last = |row: &[Option<u64>; STAGES.len()]| row.iter().rev().find_map(|stamp| *stamp).unwrap_or(0);
+    let mut ends: Vec<u64> = timelines.iter().map(last).collect();
+    if ends.is_empty() {
+        return String::new();
+    }
+    ends.sort_unstable();
+    let from = ((ends.len() as f64 * (1.0 - share)) as usize).min(ends.len() - 1);
+    let threshold = ends[from];
+    let slowest: Vec<_> = timelines.iter().filter(|row| last(row) >= threshold).copied().collect();
+    medians_text(&slowest)
+}
+
 #[cfg(feature = "stage-timing")]
 pub use timeline::{TimedStream, Timeline, timed};
 
@@ -142,7 +157,7 @@ mod timeline {
     use std::cell::RefCell;
     use std::time::Instant;
 
-    use super::{STAGES, Stage, medians_text, report_every};
+    use super::{STAGES, Stage, medians_text, report_every, slowest_medians_text};
     use crate::watched::{Watch, Watched};
 
     /// This thread's request in progress (its start and stamps, ns) and the finished ones.
@@ -188,13 +203,15 @@ mod timeline {
             t.finished.push(stamps);
             (t.finished.len() >= report_every()).then(|| {
                 let text = medians_text(&t.finished);
+                let slowest = slowest_medians_text(&t.finished, 0.01);
                 let count = t.finished.len();
                 t.finished.clear();
-                (count, text)
+                (count, text, slowest)
             })
         });
-        if let Some((requests, medians)) = report {
+        if let Some((requests, medians, slowest)) = report {
             tracing::info!(requests, "stage timing (median µs after the request's first bytes): {medians}");
+            tracing::info!(requests, "stage timing of the slowest 1% (median µs): {slowest}");
         }
     }
 
@@ -270,6 +287,23 @@ mod tests {
         }
         assert_eq!(medians_text(&rows), "bytes_in=0.0 parsed=20.0 answered=80.0");
         assert_eq!(medians_text(&[]), "");
+    }
+
+    #[test]
+    fn the_tail_report_takes_only_the_slowest_timelines() {
+        // A hundred requests answered at 1..=100 µs, the slowest of them parsed late.
+        let rows: Vec<_> = (1..=100u64)
+            .map(|end| {
+                let mut row = [None; STAGES.len()];
+                row[Stage::BytesIn as usize] = Some(0);
+                row[Stage::Parsed as usize] = Some(if end > 98 { 50_000 } else { 1_000 });
+                row[Stage::Answered as usize] = Some(end * 1_000);
+                row
+            })
+            .collect();
+        assert_eq!(slowest_medians_text(&rows, 0.02), "bytes_in=0.0 parsed=50.0 answered=100.0");
+        assert_eq!(medians_text(&rows), "bytes_in=0.0 parsed=1.0 answered=51.0");
+        assert_eq!(slowest_medians_text(&[], 0.01), "");
     }
 
     #[test]
