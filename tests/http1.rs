@@ -287,6 +287,50 @@ async fn connection_close_http_1_0_and_a_twice_framed_request_end_the_connection
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_http_1_0_client_that_asks_for_keep_alive_keeps_its_connection_while_answers_have_a_length() {
+    let (upstream, _rm, proxy) = pass_through_proxy("").await;
+    let mut raw = Raw::connect(&proxy).await;
+    // As `ab -k` asks: the token in any case.
+    raw.send(b"GET /healthz HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").await;
+    let health = raw.answer(false).await;
+    assert_eq!((health.status, health.json()), (200, json!({"status": "ok"})));
+    assert_eq!(health.header("connection"), Some("keep-alive"), "{health:?}");
+    let body = chat_text("over HTTP/1.0");
+    let head = post_head("/v1/chat/completions", &format!("content-length: {}\r\n", body.len()))
+        .replace("HTTP/1.1", "HTTP/1.0")
+        .replace("host: bestofn\r\n", "host: bestofn\r\nconnection: keep-alive\r\n");
+    raw.send(format!("{head}{body}").as_bytes()).await;
+    let chat = raw.answer(false).await;
+    assert_eq!(chat.status, 200, "{chat:?}");
+    assert_eq!(chat.header("connection"), Some("keep-alive"));
+    assert!(chat.json()["choices"][0]["message"]["content"].is_string(), "{:?}", chat.json());
+    assert_eq!(upstream.requests_to("/v1/chat/completions").len(), 1);
+    // A streamed answer has no length an HTTP/1.0 client could frame: it ends at the close.
+    let streamed = serde_json::to_string(&json!({"model": "fake-model", "stream": true,
+        "messages": [{"role": "user", "content": "streamed"}]}))
+    .unwrap();
+    let head = post_head("/v1/chat/completions", &format!("content-length: {}\r\n", streamed.len()))
+        .replace("HTTP/1.1", "HTTP/1.0")
+        .replace("host: bestofn\r\n", "host: bestofn\r\nconnection: keep-alive\r\n");
+    raw.send(format!("{head}{streamed}").as_bytes()).await;
+    let end = loop {
+        if let Some(end) = raw.buffered.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        assert!(raw.fill().await, "closed before the streamed answer's head");
+    };
+    let stream_head = String::from_utf8_lossy(&raw.buffered[..end]).to_ascii_lowercase();
+    assert!(stream_head.starts_with("http/1.1 200"), "{stream_head}");
+    assert!(stream_head.contains("connection: close"), "{stream_head}");
+    assert!(!stream_head.contains("transfer-encoding"), "{stream_head}");
+    while raw.fill().await {}
+    assert!(
+        String::from_utf8_lossy(&raw.buffered).contains("data: [DONE]"),
+        "the stream ran to its end before the close"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_answer_to_head_carries_no_body() {
     let (_upstream, _rm, proxy) = pass_through_proxy("").await;
     let mut raw = Raw::connect(&proxy).await;

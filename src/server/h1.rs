@@ -117,11 +117,13 @@ pub(super) async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         first = false;
         let (parts, used) = parsed;
         buffered.advance(used);
-        let mut next = if parts.version == Version::HTTP_11 && !http_framing::connection_lists(&parts.headers, "close")
-        {
-            Next::KeepAlive
-        } else {
-            Next::Close
+        // HTTP/1.1 keeps the connection unless asked not to; HTTP/1.0 only when asked to
+        // (`Connection: keep-alive`, as `ab -k` sends; RFC 9112 9.3, as nginx does).
+        let asks = |token| http_framing::connection_lists(&parts.headers, token);
+        let mut next = match parts.version {
+            Version::HTTP_11 if !asks("close") => Next::KeepAlive,
+            Version::HTTP_10 if asks("keep-alive") && !asks("close") => Next::KeepAlive,
+            _ => Next::Close,
         };
         let body = match read_body(&mut io, &mut buffered, &parts, &state).await {
             BodyRead::Read(bytes) => Ok(bytes),
@@ -428,6 +430,9 @@ async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
     };
     if next == Next::Close {
         out.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        // An HTTP/1.0 client closes after the answer unless told the connection stays.
+        out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     if !parts.headers.contains_key(DATE) {
         out.extend_from_slice(b"date: ");
