@@ -295,11 +295,14 @@ async fn an_http_1_0_client_that_asks_for_keep_alive_keeps_its_connection_while_
     let health = raw.answer(false).await;
     assert_eq!((health.status, health.json()), (200, json!({"status": "ok"})));
     assert_eq!(health.header("connection"), Some("keep-alive"), "{health:?}");
-    let body = chat_text("over HTTP/1.0");
-    let head = post_head("/v1/chat/completions", &format!("content-length: {}\r\n", body.len()))
-        .replace("HTTP/1.1", "HTTP/1.0")
-        .replace("host: bestofn\r\n", "host: bestofn\r\nconnection: keep-alive\r\n");
-    raw.send(format!("{head}{body}").as_bytes()).await;
+    // A chat completion, as an HTTP/1.0 keep-alive client posts it.
+    let post = |body: String| {
+        let head = post_head("/v1/chat/completions", &format!("content-length: {}\r\n", body.len()))
+            .replace("HTTP/1.1", "HTTP/1.0")
+            .replace("host: bestofn\r\n", "host: bestofn\r\nconnection: keep-alive\r\n");
+        format!("{head}{body}")
+    };
+    raw.send(post(chat_text("over HTTP/1.0")).as_bytes()).await;
     let chat = raw.answer(false).await;
     assert_eq!(chat.status, 200, "{chat:?}");
     assert_eq!(chat.header("connection"), Some("keep-alive"));
@@ -309,10 +312,7 @@ async fn an_http_1_0_client_that_asks_for_keep_alive_keeps_its_connection_while_
     let streamed = serde_json::to_string(&json!({"model": "fake-model", "stream": true,
         "messages": [{"role": "user", "content": "streamed"}]}))
     .unwrap();
-    let head = post_head("/v1/chat/completions", &format!("content-length: {}\r\n", streamed.len()))
-        .replace("HTTP/1.1", "HTTP/1.0")
-        .replace("host: bestofn\r\n", "host: bestofn\r\nconnection: keep-alive\r\n");
-    raw.send(format!("{head}{streamed}").as_bytes()).await;
+    raw.send(post(streamed).as_bytes()).await;
     let end = loop {
         if let Some(end) = raw.buffered.windows(4).position(|w| w == b"\r\n\r\n") {
             break end;
