@@ -46,7 +46,8 @@
 //! BESTOFN_LOAD_SECTIONS [1234567] to pick sections,
 //! BESTOFN_LOAD_FILTER to run only scenarios whose label contains the text (or one of several
 //! separated by `|`), BESTOFN_LOAD_LOG
-//! [info] as bestofn's RUST_LOG (info is what a deployment logs: one line per request),
+//! [info] as bestofn's RUST_LOG for its dependencies (bestofn's own lines stay at info, what a
+//! deployment logs, one line per request: the harness reads their `overhead_us`),
 //! BESTOFN_LOAD_BIN to run another bestofn binary than this build's, BESTOFN_LOAD_THREADING
 //! for bestofn's `server.threading` (per_core or work_stealing; its default when unset), BESTOFN_LOAD_THREADS [1]
 //! Tokio workers for the stubs and the generator. One is the default: with two, this process and
