@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{
-    Api, ByteStream, DomainClassifier, Forwarded, Plan, Policy, RuleClassifier, Sampler, Samples, ScorerFailurePolicy,
-    Steering, UpstreamBody, score_candidates, select::select,
+    Api, ByteStream, ClientBody, DomainClassifier, Forwarded, Plan, Policy, RuleClassifier, Sampler, Samples,
+    ScorerFailurePolicy, Steering, UpstreamBody, score_candidates, select::select,
 };
 use crate::error::{Error, Party};
 use futures_util::StreamExt;
@@ -192,7 +192,7 @@ impl Engine {
         &self,
         api: Api,
         plan: &Plan,
-        body: &Map<String, Value>,
+        body: &ClientBody,
         verbatim: Option<&Bytes>,
     ) -> Result<Forwarded, Error> {
         self.sampler.forward(api, upstream_json(plan, body, verbatim)?).await
@@ -204,7 +204,7 @@ impl Engine {
         &self,
         api: Api,
         plan: &Plan,
-        body: &Map<String, Value>,
+        body: &ClientBody,
         verbatim: Option<&Bytes>,
     ) -> Result<ByteStream, Error> {
         self.sampler.forward_stream(api, upstream_json(plan, body, verbatim)?).await
@@ -215,7 +215,7 @@ impl Engine {
     pub async fn run(
         &self,
         api: Api,
-        body: &Map<String, Value>,
+        body: &ClientBody,
         verbatim: Option<&Bytes>,
         conversation: &[Message],
         seed: Option<i64>,
@@ -223,9 +223,9 @@ impl Engine {
     ) -> Result<Outcome, Error> {
         let started = Instant::now();
         let deadline = plan.deadline.map(|d| started + d);
-        let (fields, text) = upstream_fields(plan, body, verbatim);
+        let (fields, text) = upstream_fields(plan, body, verbatim)?;
         let upstream_body = UpstreamBody { fields: &fields, text };
-        let response_format = body.get("response_format");
+        let response_format = body.fields()?.get("response_format");
         let (mut samples, adaptive, early_scores) = match plan.adaptive {
             None => (self.sampler.sample(api, upstream_body, plan.n, 0, seed, deadline).await?, None, None),
             Some(settings) => {
@@ -493,18 +493,27 @@ fn note_answers(run: &mut AdaptiveRun, samples: &Samples, from: usize) {
 
 /// The fields the upstream gets under `plan` (the domain's defaults filled in), and the client's
 /// text `verbatim` when it still says exactly them (no default was added).
+/// An upstream body's fields and, when it still says exactly them, the client's text.
+type UpstreamFields<'a> = (std::borrow::Cow<'a, Map<String, Value>>, Option<&'a Bytes>);
+
 fn upstream_fields<'a>(
     plan: &Plan,
-    body: &'a Map<String, Value>,
+    body: &'a ClientBody,
     verbatim: Option<&'a Bytes>,
-) -> (std::borrow::Cow<'a, Map<String, Value>>, Option<&'a Bytes>) {
-    let fields = plan.upstream_body(body);
+) -> Result<UpstreamFields<'a>, Error> {
+    let fields = plan.upstream_body(body)?;
     let text = verbatim.filter(|_| matches!(fields, std::borrow::Cow::Borrowed(_)));
-    (fields, text)
+    Ok((fields, text))
 }
 
-/// The JSON text a forwarded request is sent as (see [`upstream_fields`]).
-fn upstream_json(plan: &Plan, body: &Map<String, Value>, verbatim: Option<&Bytes>) -> Result<Bytes, Error> {
-    let (fields, text) = upstream_fields(plan, body, verbatim);
+/// The JSON text a forwarded request is sent as (see [`upstream_fields`]): the client's text,
+/// without parsing its fields, when no default is added.
+fn upstream_json(plan: &Plan, body: &ClientBody, verbatim: Option<&Bytes>) -> Result<Bytes, Error> {
+    if let Some(text) = verbatim
+        && !plan.adds_defaults(body)
+    {
+        return Ok(text.clone());
+    }
+    let (fields, text) = upstream_fields(plan, body, verbatim)?;
     UpstreamBody { fields: &fields, text }.to_json()
 }

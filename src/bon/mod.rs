@@ -198,6 +198,81 @@ pub enum Arrival {
 /// Candidates of a wave as they arrive.
 pub type ArrivalStream<'a> = std::pin::Pin<Box<dyn futures_util::Stream<Item = Arrival> + Send + 'a>>;
 
+/// A client's request body (a JSON object) as the engine needs it: its text, with its fields
+/// parsed into a map only when something reads them. A pass-through sends the client's text
+/// as it is and never needs the map; building it (an ordered map, a key and a string for every
+/// member, at every depth) was the largest group of a pass-through's allocations (BENCHMARKS.md,
+/// issue #17, thirteenth sitting).
+#[derive(Debug)]
+pub struct ClientBody {
+    /// The client's bytes.
+    text: bytes::Bytes,
+    /// The members the proxy took out for itself: not fields of the upstream's body.
+    taken: &'static [&'static str],
+    /// Whether the client set `temperature` (as null included).
+    sets_temperature: bool,
+    /// Whether the client set `max_tokens` or `max_completion_tokens` (as null included).
+    sets_token_limit: bool,
+    /// The fields, less `taken`, once parsed (or why they could not be: a body nested deeper
+    /// than the parser's recursion limit is still forwarded as it is).
+    fields: std::sync::OnceLock<Result<Map<String, Value>, String>>,
+}
+
+impl ClientBody {
+    /// The body whose text is `text`, one JSON object already checked by the caller, which
+    /// also tells whether it sets the fields a domain's defaults fill in.
+    pub fn new(
+        text: bytes::Bytes,
+        taken: &'static [&'static str],
+        sets_temperature: bool,
+        sets_token_limit: bool,
+    ) -> ClientBody {
+        ClientBody { text, taken, sets_temperature, sets_token_limit, fields: std::sync::OnceLock::new() }
+    }
+
+    /// A body known only by its fields.
+    pub fn from_fields(fields: Map<String, Value>) -> ClientBody {
+        let sets_temperature = fields.contains_key("temperature");
+        let sets_token_limit = fields.contains_key("max_tokens") || fields.contains_key("max_completion_tokens");
+        let text = serde_json::to_vec(&fields).map(bytes::Bytes::from).unwrap_or_default();
+        ClientBody {
+            text,
+            taken: &[],
+            sets_temperature,
+            sets_token_limit,
+            fields: std::sync::OnceLock::from(Ok(fields)),
+        }
+    }
+
+    /// The client's text of the body, as it was received (the members in `taken` included).
+    pub fn text(&self) -> &bytes::Bytes {
+        &self.text
+    }
+
+    /// The body's fields, less those the proxy took out, parsed on first use.
+    pub fn fields(&self) -> Result<&Map<String, Value>, Error> {
+        let parsed = self.fields.get_or_init(|| {
+            let mut fields: Map<String, Value> =
+                serde_json::from_slice(&self.text).map_err(|e| format!("request body is not valid JSON: {e}"))?;
+            for name in self.taken {
+                fields.shift_remove(*name);
+            }
+            Ok(fields)
+        });
+        parsed.as_ref().map_err(|message| Error::InvalidRequest { message: message.clone(), param: None })
+    }
+
+    /// Whether the client set `temperature`.
+    pub fn sets_temperature(&self) -> bool {
+        self.sets_temperature
+    }
+
+    /// Whether the client set `max_tokens` or `max_completion_tokens`.
+    pub fn sets_token_limit(&self) -> bool {
+        self.sets_token_limit
+    }
+}
+
 /// A request body as the upstream is to get it: its fields, and the client's JSON text when
 /// that text says exactly these fields, so that calls can keep the client's spelling of every
 /// value (numbers above all: a parsed and re-serialised `1e-1` becomes `0.1`, and an integer

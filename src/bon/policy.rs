@@ -237,26 +237,32 @@ impl Plan {
 }
 
 impl Plan {
+    /// Whether the domain's defaults add a field to `body` (the client left one out).
+    pub fn adds_defaults(&self, body: &super::ClientBody) -> bool {
+        (self.temperature.is_some() && !body.sets_temperature())
+            || (self.max_tokens.is_some() && !body.sets_token_limit())
+    }
+
     /// The upstream body with the domain's defaults filled in where the client left them out.
     pub fn upstream_body<'a>(
         &self,
-        body: &'a serde_json::Map<String, serde_json::Value>,
-    ) -> std::borrow::Cow<'a, serde_json::Map<String, serde_json::Value>> {
-        let missing_temperature = self.temperature.is_some() && !body.contains_key("temperature");
-        let missing_limit = self.max_tokens.is_some()
-            && !body.contains_key("max_tokens")
-            && !body.contains_key("max_completion_tokens");
-        if !missing_temperature && !missing_limit {
-            return std::borrow::Cow::Borrowed(body);
+        body: &'a super::ClientBody,
+    ) -> Result<std::borrow::Cow<'a, serde_json::Map<String, serde_json::Value>>, Error> {
+        if !self.adds_defaults(body) {
+            return Ok(std::borrow::Cow::Borrowed(body.fields()?));
         }
-        let mut body = body.clone();
-        if missing_temperature && let Some(t) = self.temperature {
-            body.insert("temperature".into(), serde_json::json!(t));
+        let mut fields = body.fields()?.clone();
+        if !body.sets_temperature()
+            && let Some(t) = self.temperature
+        {
+            fields.insert("temperature".into(), serde_json::json!(t));
         }
-        if missing_limit && let Some(m) = self.max_tokens {
-            body.insert("max_tokens".into(), serde_json::json!(m));
+        if !body.sets_token_limit()
+            && let Some(m) = self.max_tokens
+        {
+            fields.insert("max_tokens".into(), serde_json::json!(m));
         }
-        std::borrow::Cow::Owned(body)
+        Ok(std::borrow::Cow::Owned(fields))
     }
 }
 
@@ -386,10 +392,12 @@ mod tests {
         let p = policy();
         let plan = p.plan(&Steering::default(), 1, Some("math"), &known()).unwrap();
         assert_eq!((plan.domain.as_str(), plan.n), ("math", 8));
-        let body: serde_json::Map<String, serde_json::Value> = serde_json::from_str(r#"{"messages":[]}"#).unwrap();
-        assert_eq!(plan.upstream_body(&body)["temperature"], 0.9);
-        let set: serde_json::Map<String, serde_json::Value> = serde_json::from_str(r#"{"temperature":0.1}"#).unwrap();
-        assert_eq!(plan.upstream_body(&set)["temperature"], 0.1, "the client's value wins");
+        let body = crate::bon::ClientBody::from_fields(serde_json::from_str(r#"{"messages":[]}"#).unwrap());
+        assert!(plan.adds_defaults(&body));
+        assert_eq!(plan.upstream_body(&body).unwrap()["temperature"], 0.9);
+        let set = crate::bon::ClientBody::from_fields(serde_json::from_str(r#"{"temperature":0.1}"#).unwrap());
+        assert!(!plan.adds_defaults(&set), "max_tokens has no default in this domain");
+        assert_eq!(plan.upstream_body(&set).unwrap()["temperature"], 0.1, "the client's value wins");
         let explicit = Steering { domain: Some("code".into()), ..Default::default() };
         assert_eq!(p.plan(&explicit, 1, Some("math"), &known()).unwrap().domain, "code", "an explicit domain wins");
     }

@@ -1,9 +1,19 @@
 //! Parsing and validation of `POST /v1/chat/completions` bodies.
+//!
+//! Only the members bestofn reads are parsed, each from its raw text; the rest of the body is
+//! checked as JSON and left as the client's text ([`ClientBody`]) until something needs it as
+//! fields. A `serde_json::Value` tree of the whole body was about thirty allocations of a
+//! pass-through's ninety (BENCHMARKS.md, issue #17, thirteenth sitting).
 
-use serde_json::{Map, Value};
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::content_text;
-use crate::bon::{Api, Steering};
+use crate::bon::{Api, ClientBody, Steering};
 use crate::error::Error;
 use crate::score::Message;
 
@@ -11,15 +21,15 @@ use crate::score::Message;
 const OPENAI_MAX_N: u64 = 128;
 
 /// A validated chat completion or legacy completion request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ProxyRequest {
     /// Which API the request speaks.
     pub api: Api,
-    /// The body as received, minus the `bestofn` field: what the upstream is sent, adjusted
+    /// The body as received: what the upstream is sent, less the `bestofn` field and adjusted
     /// only in `n`, `seed` and `stream`.
-    pub body: Map<String, Value>,
-    /// Whether `body` holds every field the client sent (none was taken out), so that the
-    /// client's own bytes can stand for it when it is forwarded as it is.
+    pub body: ClientBody,
+    /// Whether the body holds no field the proxy takes out for itself, so that the client's own
+    /// bytes can stand for it when it is forwarded as it is.
     pub verbatim: bool,
     /// The conversation as plain text, for scorers (a legacy prompt is one user turn).
     pub conversation: Vec<Message>,
@@ -41,10 +51,14 @@ impl ProxyRequest {
     /// The fields of the client's body that the proxy takes out for itself: they are not
     /// forwarded upstream.
     pub fn taken_fields(&self) -> &'static [&'static str] {
-        match self.api {
-            Api::Chat => &["bestofn"],
-            Api::Completions => &["bestofn", "best_of"],
-        }
+        taken_fields(self.api)
+    }
+}
+
+fn taken_fields(api: Api) -> &'static [&'static str] {
+    match api {
+        Api::Chat => &["bestofn"],
+        Api::Completions => &["bestofn", "best_of"],
     }
 }
 
@@ -61,25 +75,190 @@ pub struct SteeringHeaders<'a> {
     pub adaptive: Option<&'a str>,
 }
 
+/// The top-level members bestofn reads, in the order of [`Members`]' fields.
+const MEMBER_NAMES: [&str; 12] = [
+    "model",
+    "messages",
+    "prompt",
+    "stream",
+    "stream_options",
+    "n",
+    "seed",
+    "bestofn",
+    "best_of",
+    "temperature",
+    "max_tokens",
+    "max_completion_tokens",
+];
+
+/// The top-level members of a body that bestofn reads, each as its raw JSON text (a member
+/// set to null is present, as `null`).
+struct Members<'a> {
+    model: Option<&'a RawValue>,
+    messages: Option<&'a RawValue>,
+    prompt: Option<&'a RawValue>,
+    stream: Option<&'a RawValue>,
+    stream_options: Option<&'a RawValue>,
+    n: Option<&'a RawValue>,
+    seed: Option<&'a RawValue>,
+    bestofn: Option<&'a RawValue>,
+    best_of: Option<&'a RawValue>,
+    temperature: Option<&'a RawValue>,
+    max_tokens: Option<&'a RawValue>,
+    max_completion_tokens: Option<&'a RawValue>,
+}
+
+impl<'a> Members<'a> {
+    /// The members of `bytes`, which must be one JSON object.
+    fn read(bytes: &'a [u8]) -> Result<Members<'a>, Error> {
+        let [
+            model,
+            messages,
+            prompt,
+            stream,
+            stream_options,
+            n,
+            seed,
+            bestofn,
+            best_of,
+            temperature,
+            max_tokens,
+            max_completion_tokens,
+        ] = read_members(bytes, &MEMBER_NAMES).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => {
+                Error::InvalidRequest { message: "request body must be a JSON object".into(), param: None }
+            }
+            _ => Error::InvalidRequest { message: format!("request body is not valid JSON: {e}"), param: None },
+        })?;
+        Ok(Members {
+            model,
+            messages,
+            prompt,
+            stream,
+            stream_options,
+            n,
+            seed,
+            bestofn,
+            best_of,
+            temperature,
+            max_tokens,
+            max_completion_tokens,
+        })
+    }
+
+    /// The client's body, for the engine.
+    fn body(&self, api: Api, text: Bytes) -> ClientBody {
+        let sets_token_limit = self.max_tokens.is_some() || self.max_completion_tokens.is_some();
+        ClientBody::new(text, taken_fields(api), self.temperature.is_some(), sets_token_limit)
+    }
+}
+
+/// The members of the JSON object `text` named in `names`, each as its raw text (the last one
+/// when a name repeats, as a parsed map keeps it); every other member is checked as JSON and
+/// skipped. Nothing is allocated: keys are compared where they lie (or, when escaped, in the
+/// parser's scratch buffer) and values are slices of `text`.
+fn read_members<'a, const K: usize>(
+    text: &'a [u8],
+    names: &[&str; K],
+) -> Result<[Option<&'a RawValue>; K], serde_json::Error> {
+    let mut parser = serde_json::Deserializer::from_slice(text);
+    let members = MemberSeed { names }.deserialize(&mut parser)?;
+    parser.end()?;
+    Ok(members)
+}
+
+/// Reads an object's members named in `names` (see [`read_members`]).
+struct MemberSeed<'n, const K: usize> {
+    names: &'n [&'n str; K],
+}
+
+impl<'de, const K: usize> DeserializeSeed<'de> for MemberSeed<'_, K> {
+    type Value = [Option<&'de RawValue>; K];
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de, const K: usize> Visitor<'de> for MemberSeed<'_, K> {
+    type Value = [Option<&'de RawValue>; K];
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = [None; K];
+        while let Some(index) = map.next_key_seed(NameIndex { names: self.names })? {
+            match index {
+                Some(i) => found[i] = Some(map.next_value::<&'de RawValue>()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A member's name as its place in `names`, or None when it is not there.
+struct NameIndex<'n, const K: usize> {
+    names: &'n [&'n str; K],
+}
+
+impl<'de, const K: usize> DeserializeSeed<'de> for NameIndex<'_, K> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de, const K: usize> Visitor<'de> for NameIndex<'_, K> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(self.names.iter().position(|n| *n == name))
+    }
+}
+
+/// A raw member's value, parsed; None when absent or null. Scalars and short objects only: a
+/// `Value` of them costs little.
+fn value_of(raw: Option<&RawValue>) -> Option<Value> {
+    // A raw value is valid JSON; only nesting beyond the parser's limit fails here, and no
+    // member read this way is legitimately that deep.
+    raw.and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok()).filter(|v| !v.is_null())
+}
+
+/// The first byte of a raw value, which tells its type.
+fn first_byte(raw: &RawValue) -> u8 {
+    raw.get().bytes().next().unwrap_or(b'n')
+}
+
 /// Parses and validates a chat completion body. Errors name the field at fault.
-pub fn parse_chat_request(bytes: &[u8], headers: SteeringHeaders<'_>) -> Result<ProxyRequest, Error> {
-    let mut body = json_object(bytes)?;
-    let steering_field = body.remove("bestofn");
-    let conversation = parse_messages(body.get("messages"))?;
-    finish(Api::Chat, body, conversation, steering_field, headers)
+pub fn parse_chat_request(bytes: Bytes, headers: SteeringHeaders<'_>) -> Result<ProxyRequest, Error> {
+    let members = Members::read(&bytes)?;
+    let conversation = parse_messages(members.messages)?;
+    let request = finish(Api::Chat, &members, conversation, headers)?;
+    let body = members.body(Api::Chat, bytes.clone());
+    Ok(request.with_body(body))
 }
 
 /// Parses and validates a legacy `/v1/completions` body, with OpenAI's `best_of` semantics:
 /// `best_of` candidates are sampled and the best `n` returned.
-pub fn parse_completion_request(bytes: &[u8], headers: SteeringHeaders<'_>) -> Result<ProxyRequest, Error> {
-    let mut body = json_object(bytes)?;
-    let steering_field = body.remove("bestofn");
-    let prompt = match body.get("prompt") {
-        None | Some(Value::Null) => return Err(Error::invalid("prompt", "'prompt' is required")),
-        Some(Value::String(p)) => p.clone(),
-        Some(Value::Array(list)) if list.len() == 1 && list[0].is_string() => {
-            list[0].as_str().unwrap_or_default().to_string()
-        }
+pub fn parse_completion_request(bytes: Bytes, headers: SteeringHeaders<'_>) -> Result<ProxyRequest, Error> {
+    let members = Members::read(&bytes)?;
+    let prompt = match value_of(members.prompt) {
+        None => return Err(Error::invalid("prompt", "'prompt' is required")),
+        Some(Value::String(p)) => p,
+        Some(Value::Array(mut list)) if list.len() == 1 && list[0].is_string() => match list.pop() {
+            Some(Value::String(p)) => p,
+            _ => String::new(),
+        },
         Some(Value::Array(_)) => {
             return Err(Error::invalid(
                 "prompt",
@@ -88,10 +267,8 @@ pub fn parse_completion_request(bytes: &[u8], headers: SteeringHeaders<'_>) -> R
         }
         Some(_) => return Err(Error::invalid("prompt", "'prompt' must be a string")),
     };
-    let best_of_field = body.remove("best_of");
-    let had_best_of = best_of_field.is_some();
-    let best_of = match best_of_field {
-        None | Some(Value::Null) => None,
+    let best_of = match value_of(members.best_of) {
+        None => None,
         Some(v) => match v.as_u64() {
             Some(b) if b >= 1 => Some(b as u32),
             _ => {
@@ -100,8 +277,8 @@ pub fn parse_completion_request(bytes: &[u8], headers: SteeringHeaders<'_>) -> R
         },
     };
     let conversation = vec![Message { role: "user".into(), content: prompt }];
-    let mut request = finish(Api::Completions, body, conversation, steering_field, headers)?;
-    request.verbatim &= !had_best_of;
+    let mut request = finish(Api::Completions, &members, conversation, headers)?;
+    request.verbatim &= members.best_of.is_none();
     if let Some(best_of) = best_of {
         if best_of < request.client_n {
             return Err(Error::invalid(
@@ -111,35 +288,49 @@ pub fn parse_completion_request(bytes: &[u8], headers: SteeringHeaders<'_>) -> R
         }
         request.steering.n = Some(best_of);
     }
-    Ok(request)
+    let body = members.body(Api::Completions, bytes.clone());
+    Ok(request.with_body(body))
 }
 
-fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| Error::InvalidRequest { message: format!("request body is not valid JSON: {e}"), param: None })?;
-    match value {
-        Value::Object(body) => Ok(body),
-        _ => Err(Error::InvalidRequest { message: "request body must be a JSON object".into(), param: None }),
+/// A validated request waiting for its body.
+struct Validated {
+    api: Api,
+    verbatim: bool,
+    conversation: Vec<Message>,
+    stream: bool,
+    include_usage: bool,
+    client_n: u32,
+    seed: Option<i64>,
+    model: Option<String>,
+    steering: Steering,
+}
+
+impl Validated {
+    fn with_body(self, body: ClientBody) -> ProxyRequest {
+        let Validated { api, verbatim, conversation, stream, include_usage, client_n, seed, model, steering } = self;
+        ProxyRequest { api, body, verbatim, conversation, stream, include_usage, client_n, seed, model, steering }
     }
 }
 
-/// Validates the fields both APIs share and assembles the request.
+/// Validates the fields both APIs share.
 fn finish(
     api: Api,
-    body: Map<String, Value>,
+    members: &Members<'_>,
     conversation: Vec<Message>,
-    steering_field: Option<Value>,
     headers: SteeringHeaders<'_>,
-) -> Result<ProxyRequest, Error> {
-    let had_steering_field = steering_field.is_some();
-    if let Some(model) = body.get("model")
-        && !model.is_string()
-    {
-        return Err(Error::invalid("model", "'model' must be a string"));
-    }
-    let stream = optional_bool(&body, "stream")?.unwrap_or(false);
-    let include_usage = match body.get("stream_options") {
-        None | Some(Value::Null) => false,
+) -> Result<Validated, Error> {
+    let model = match value_of(members.model) {
+        None => None,
+        Some(Value::String(model)) => Some(model),
+        Some(_) => return Err(Error::invalid("model", "'model' must be a string")),
+    };
+    let stream = match value_of(members.stream) {
+        None => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => return Err(Error::invalid("stream", "'stream' must be a boolean")),
+    };
+    let include_usage = match value_of(members.stream_options) {
+        None => false,
         Some(Value::Object(o)) => match o.get("include_usage") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -152,8 +343,8 @@ fn finish(
         },
         Some(_) => return Err(Error::invalid("stream_options", "'stream_options' must be an object")),
     };
-    let client_n = match body.get("n") {
-        None | Some(Value::Null) => 1,
+    let client_n = match value_of(members.n) {
+        None => 1,
         Some(v) => match v.as_u64() {
             Some(n) if (1..=OPENAI_MAX_N).contains(&n) => n as u32,
             _ => {
@@ -164,34 +355,30 @@ fn finish(
             }
         },
     };
-    let seed = match body.get("seed") {
-        None | Some(Value::Null) => None,
+    let seed = match value_of(members.seed) {
+        None => None,
         Some(v) => Some(v.as_i64().ok_or_else(|| Error::invalid("seed", "'seed' must be an integer"))?),
     };
 
-    let mut steering = parse_steering_field(steering_field)?;
+    let mut steering = parse_steering_field(value_of(members.bestofn))?;
     merge_header_steering(&mut steering, headers)?;
 
-    let model = body.get("model").and_then(Value::as_str).map(str::to_string);
-    let verbatim = !had_steering_field;
-    Ok(ProxyRequest { api, model, body, verbatim, conversation, stream, include_usage, client_n, seed, steering })
+    let verbatim = members.bestofn.is_none();
+    Ok(Validated { api, model, verbatim, conversation, stream, include_usage, client_n, seed, steering })
 }
 
-fn optional_bool(body: &Map<String, Value>, key: &str) -> Result<Option<bool>, Error> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(Error::invalid(key, format!("'{key}' must be a boolean"))),
-    }
-}
+/// The members of a message bestofn reads.
+const MESSAGE_MEMBERS: [&str; 2] = ["role", "content"];
 
-fn parse_messages(messages: Option<&Value>) -> Result<Vec<Message>, Error> {
-    let list = match messages {
-        None | Some(Value::Null) => {
-            return Err(Error::invalid("messages", "'messages' is required"));
-        }
-        Some(Value::Array(list)) => list,
+fn parse_messages(messages: Option<&RawValue>) -> Result<Vec<Message>, Error> {
+    let list = match messages.map(first_byte) {
+        None | Some(b'n') => return Err(Error::invalid("messages", "'messages' is required")),
+        Some(b'[') => messages.map(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get())),
         Some(_) => return Err(Error::invalid("messages", "'messages' must be an array")),
+    };
+    let list = match list {
+        Some(Ok(list)) => list,
+        _ => return Err(Error::invalid("messages", "'messages' must be an array")),
     };
     if list.is_empty() {
         return Err(Error::invalid("messages", "'messages' must contain at least one message"));
@@ -199,11 +386,14 @@ fn parse_messages(messages: Option<&Value>) -> Result<Vec<Message>, Error> {
     list.iter()
         .enumerate()
         .map(|(i, m)| {
-            let Value::Object(m) = m else {
-                return Err(Error::invalid(format!("messages[{i}]"), format!("'messages[{i}]' must be an object")));
-            };
-            let role = match m.get("role") {
-                Some(Value::String(r)) if !r.is_empty() => r.clone(),
+            let not_an_object =
+                || Error::invalid(format!("messages[{i}]"), format!("'messages[{i}]' must be an object"));
+            if first_byte(m) != b'{' {
+                return Err(not_an_object());
+            }
+            let [role, content] = read_members(m.get().as_bytes(), &MESSAGE_MEMBERS).map_err(|_| not_an_object())?;
+            let role = match role.map(|r| serde_json::from_str::<String>(r.get())) {
+                Some(Ok(r)) if !r.is_empty() => r,
                 _ => {
                     return Err(Error::invalid(
                         format!("messages[{i}].role"),
@@ -211,17 +401,22 @@ fn parse_messages(messages: Option<&Value>) -> Result<Vec<Message>, Error> {
                     ));
                 }
             };
-            let content = m.get("content");
-            match content {
-                None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Array(_)) => {}
-                Some(_) => {
-                    return Err(Error::invalid(
-                        format!("messages[{i}].content"),
-                        format!("'messages[{i}].content' must be a string or an array of content parts"),
-                    ));
+            let bad_content = |why: String| Error::invalid(format!("messages[{i}].content"), why);
+            let content = match content.map(|c| (first_byte(c), c.get())) {
+                None | Some((b'n', _)) => String::new(),
+                Some((b'"', text)) => serde_json::from_str::<String>(text).map_err(|e| bad_content(e.to_string()))?,
+                Some((b'[', text)) => {
+                    let parts = serde_json::from_str::<Value>(text)
+                        .map_err(|e| bad_content(format!("'messages[{i}].content' is not valid JSON: {e}")))?;
+                    content_text(Some(&parts))
                 }
-            }
-            Ok(Message { role, content: content_text(content) })
+                Some(_) => {
+                    return Err(bad_content(format!(
+                        "'messages[{i}].content' must be a string or an array of content parts"
+                    )));
+                }
+            };
+            Ok(Message { role, content })
         })
         .collect()
 }
@@ -327,7 +522,7 @@ mod tests {
     use super::*;
 
     fn parse(body: &str) -> Result<ProxyRequest, Error> {
-        parse_chat_request(body.as_bytes(), SteeringHeaders::default())
+        parse_chat_request(Bytes::copy_from_slice(body.as_bytes()), SteeringHeaders::default())
     }
 
     fn param_of(body: &str) -> Option<String> {
@@ -362,10 +557,48 @@ mod tests {
     }
 
     #[test]
+    fn members_are_read_as_a_parsed_map_keeps_them() {
+        // A repeated member: the last one counts, as in a map; an escaped name is the same name.
+        let r = parse(r#"{"n":5,"messages":[{"role":"user","content":"a\"b"}],"\u006e":2}"#).unwrap();
+        assert_eq!(r.client_n, 2);
+        assert_eq!(r.conversation[0].content, "a\"b");
+        assert!(!r.body.sets_temperature() && !r.body.sets_token_limit());
+        // A member set to null is set: the domain's default does not replace it.
+        let r = parse(r#"{"messages":[{"role":"user","content":"x"}],"temperature":null,"max_completion_tokens":3}"#)
+            .unwrap();
+        assert!(r.body.sets_temperature() && r.body.sets_token_limit());
+        assert_eq!(
+            param_of(r#"{"messages":[{"role":"user","content":"x"}],"n":1,"n":0}"#).as_deref(),
+            Some("n"),
+            "the last n is the one checked"
+        );
+        assert_eq!(param_of(r#"{"messages":[{"role":"user","content":"x"}],"model":7}"#).as_deref(), Some("model"));
+        assert_eq!(param_of(r#"{"messages":[7]}"#).as_deref(), Some("messages[0]"));
+        let parts = parse(r#"{"messages":[{"role":"user","content":[{"type":"text","text":"p"},{"text":"q"}]}]}"#);
+        assert_eq!(parts.unwrap().conversation[0].content, "p\nq");
+    }
+
+    #[test]
+    fn the_body_is_checked_as_json_but_parsed_into_fields_only_when_read() {
+        let depth = 200;
+        let deep = format!(
+            r#"{{"messages":[{{"role":"user","content":"x"}}],"vendor":{}{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let r = parse(&deep).expect("a pass-through forwards what it need not read");
+        assert!(r.verbatim);
+        let e = r.body.fields().expect_err("a map of it is beyond the parser's recursion limit");
+        assert!(e.to_string().contains("recursion limit"), "{e}");
+        assert!(parse(r#"{"messages":[{"role":"user","content":"x"}],"vendor":[}"#).is_err());
+        assert!(parse(r#"{"messages":[{"role":"user","content":"x"}]} trailing"#).is_err());
+    }
+
+    #[test]
     fn strips_bestofn_and_keeps_everything_else() {
         let r = parse(r#"{"messages":[{"role":"user","content":"x"}],"vendor_x":{"a":1},"bestofn":{"n":3,"scorer":"rm","return_candidates":true}}"#).unwrap();
-        assert!(!r.body.contains_key("bestofn"));
-        assert_eq!(r.body["vendor_x"]["a"], 1);
+        assert!(!r.body.fields().unwrap().contains_key("bestofn"));
+        assert_eq!(r.body.fields().unwrap()["vendor_x"]["a"], 1);
         assert_eq!(r.steering.n, Some(3));
         assert_eq!(r.steering.scorer.as_deref(), Some("rm"));
         assert!(r.steering.return_candidates);
@@ -373,9 +606,14 @@ mod tests {
 
     #[test]
     fn a_body_is_verbatim_only_when_no_field_was_taken_out() {
-        let chat = |body: &str| parse_chat_request(body.as_bytes(), SteeringHeaders::default()).unwrap().verbatim;
-        let legacy =
-            |body: &str| parse_completion_request(body.as_bytes(), SteeringHeaders::default()).unwrap().verbatim;
+        let chat = |body: &str| {
+            parse_chat_request(Bytes::copy_from_slice(body.as_bytes()), SteeringHeaders::default()).unwrap().verbatim
+        };
+        let legacy = |body: &str| {
+            parse_completion_request(Bytes::copy_from_slice(body.as_bytes()), SteeringHeaders::default())
+                .unwrap()
+                .verbatim
+        };
         assert!(chat(r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#));
         assert!(!chat(r#"{"messages":[{"role":"user","content":"x"}],"bestofn":{"n":3}}"#));
         assert!(!chat(r#"{"messages":[{"role":"user","content":"x"}],"bestofn":null}"#));
@@ -388,13 +626,17 @@ mod tests {
     #[test]
     fn body_steering_wins_over_headers() {
         let headers = SteeringHeaders { n: Some("7"), scorer: Some("h"), domain: Some("math"), adaptive: None };
-        let r =
-            parse_chat_request(br#"{"messages":[{"role":"user","content":"x"}],"bestofn":{"n":3}}"#, headers).unwrap();
+        let r = parse_chat_request(
+            Bytes::from_static(br#"{"messages":[{"role":"user","content":"x"}],"bestofn":{"n":3}}"#),
+            headers,
+        )
+        .unwrap();
         assert_eq!(r.steering.n, Some(3));
         assert_eq!(r.steering.scorer.as_deref(), Some("h"));
         assert_eq!(r.steering.domain.as_deref(), Some("math"));
         let bad = SteeringHeaders { n: Some("many"), ..Default::default() };
-        let e = parse_chat_request(br#"{"messages":[{"role":"user","content":"x"}]}"#, bad).unwrap_err();
+        let e = parse_chat_request(Bytes::from_static(br#"{"messages":[{"role":"user","content":"x"}]}"#), bad)
+            .unwrap_err();
         assert_eq!(e.param(), Some("x-bestofn-n"));
     }
 }
@@ -404,14 +646,17 @@ mod completion_tests {
     use super::*;
 
     fn parse(body: &str) -> Result<ProxyRequest, Error> {
-        parse_completion_request(body.as_bytes(), SteeringHeaders::default())
+        parse_completion_request(Bytes::copy_from_slice(body.as_bytes()), SteeringHeaders::default())
     }
 
     #[test]
     fn best_of_sets_candidates_and_must_cover_n() {
         let r = parse(r#"{"prompt":"2+2=","best_of":5,"n":2}"#).unwrap();
         assert_eq!((r.steering.n, r.client_n), (Some(5), 2));
-        assert!(!r.body.contains_key("best_of"), "best_of is bestofn's to honour, not the upstream's");
+        assert!(
+            !r.body.fields().unwrap().contains_key("best_of"),
+            "best_of is bestofn's to honour, not the upstream's"
+        );
         assert_eq!(r.conversation[0].content, "2+2=");
         assert_eq!(parse(r#"{"prompt":"x","best_of":1,"n":2}"#).unwrap_err().param(), Some("best_of"));
         assert_eq!(parse(r#"{"prompt":["a","b"]}"#).unwrap_err().param(), Some("prompt"));
@@ -428,8 +673,8 @@ mod fuzz {
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-            let _ = parse_chat_request(&bytes, SteeringHeaders::default());
-            let _ = parse_completion_request(&bytes, SteeringHeaders::default());
+            let _ = parse_chat_request(Bytes::copy_from_slice(&bytes), SteeringHeaders::default());
+            let _ = parse_completion_request(Bytes::copy_from_slice(&bytes), SteeringHeaders::default());
             let _ = crate::openai::normalize_error_body(&bytes);
         }
 
@@ -444,11 +689,11 @@ mod fuzz {
             let body = serde_json::json!({"messages": messages, "n": n, "prompt": "p", "best_of": n, "bestofn": {"n": steering_n}});
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
             let headers = SteeringHeaders { n: Some(&header_n), scorer: None, domain: None, adaptive: None };
-            if let Ok(r) = parse_chat_request(&bytes, headers) {
+            if let Ok(r) = parse_chat_request(Bytes::from(bytes.clone()), headers) {
                 prop_assert!(!r.conversation.is_empty());
                 prop_assert!(r.client_n >= 1);
             }
-            let _ = parse_completion_request(&bytes, headers);
+            let _ = parse_completion_request(Bytes::from(bytes), headers);
         }
     }
 }

@@ -520,8 +520,10 @@ fn observe_outcome(
         );
     });
     if let Some(recorder) = &state.recorder {
-        recorder
-            .record(|| sample_record(id, plan, &request.conversation, request.body.get("response_format"), outcome));
+        recorder.record(|| {
+            let response_format = request.body.fields().ok().and_then(|fields| fields.get("response_format"));
+            sample_record(id, plan, &request.conversation, response_format, outcome)
+        });
     }
 }
 
@@ -547,8 +549,8 @@ async fn completion(
         adaptive: header_str(headers, &X_BESTOFN_ADAPTIVE),
     };
     let request = match api {
-        Api::Chat => parse_chat_request(&bytes, steering_headers)?,
-        Api::Completions => parse_completion_request(&bytes, steering_headers)?,
+        Api::Chat => parse_chat_request(bytes, steering_headers)?,
+        Api::Completions => parse_completion_request(bytes, steering_headers)?,
     };
     stage_timing::mark(Stage::Parsed);
     let plan = state.engine.plan(&request.steering, request.client_n, &request.conversation).await?;
@@ -557,9 +559,9 @@ async fn completion(
     // The client's text of the body the upstream is to get: its bytes, or, when the proxy took
     // fields out for itself, its bytes without them (so every other field keeps its spelling).
     let verbatim = if request.verbatim {
-        Some(bytes)
+        Some(request.body.text().clone())
     } else {
-        crate::upstream::client_text_without(&bytes, request.taken_fields())
+        crate::upstream::client_text_without(request.body.text(), request.taken_fields())
     };
 
     // A request degraded to one sample under load is still a best-of-N request: it keeps its
