@@ -380,8 +380,9 @@ impl Forwarded {
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err("the answer is not a JSON object".into());
         }
-        let answer: Answer =
-            serde_json::from_slice(&body).map_err(|e| format!("the answer is not a JSON object: {e}"))?;
+        // One UTF-8 check of the whole text, instead of one per string parsed from a byte slice.
+        let text = std::str::from_utf8(&body).map_err(|e| format!("the answer is not UTF-8 JSON: {e}"))?;
+        let answer: Answer = serde_json::from_str(text).map_err(|e| format!("the answer is not a JSON object: {e}"))?;
         let usage = answer.usage.as_ref();
         Ok(Forwarded {
             prompt_tokens: usage.and_then(|u| u.prompt_tokens).unwrap_or(0),
