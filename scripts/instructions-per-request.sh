@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Instructions a light pass-through costs bestofn, counted by callgrind: repeatable whatever else
+# the machine is doing, so two builds compare in one number where latency runs scatter
+# (BENCHMARKS.md, issue #17, fourteenth sitting). bestofn N = 1 in front of nginx serving a fixed
+# chat completion; a keep-alive client sends WARMUP requests, the counters are zeroed, REQUESTS
+# more are sent and the counts are dumped before shutdown. Prints the total, instructions a
+# request and the functions with the largest inclusive share; the full profile is left in
+# target/callgrind/ for callgrind_annotate.
+#
+#   scripts/instructions-per-request.sh [BESTOFN_BINARY]     default target/release/bestofn
+#   REQUESTS=2000 WARMUP=200 scripts/instructions-per-request.sh
+#
+# Needs valgrind, nginx (nginx-light) and python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+binary=$(realpath "${1:-target/release/bestofn}")
+requests=${REQUESTS:-2000}
+warmup=${WARMUP:-200}
+for tool in valgrind callgrind_control callgrind_annotate nginx python3; do
+    command -v "$tool" >/dev/null || { echo "instructions-per-request: $tool is not installed (apt-get install valgrind nginx-light python3)" >&2; exit 1; }
+done
+[ -x "$binary" ] || { echo "instructions-per-request: no bestofn binary at $binary (cargo build --release)" >&2; exit 1; }
+out_dir=$(realpath -m target/callgrind)
+mkdir -p "$out_dir"
+
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+    # valgrind at once (its exit would dump again); nginx's master with TERM, which stops its worker.
+    [ -n "${valgrind_pid:-}" ] && kill -9 "$valgrind_pid" 2>/dev/null || true
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+answer='{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"The answer is 42."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":6,"total_tokens":18}}'
+mkdir -p "$dir/origin"
+cat >"$dir/origin/nginx.conf" <<CONF
+worker_processes 1; user root; daemon off; pid $dir/origin/nginx.pid; error_log $dir/origin/error.log warn;
+events { worker_connections 1024; }
+http {
+ access_log off; keepalive_requests 1000000;
+ client_body_temp_path $dir/origin/body; proxy_temp_path $dir/origin/proxy; fastcgi_temp_path $dir/origin/fastcgi;
+ uwsgi_temp_path $dir/origin/uwsgi; scgi_temp_path $dir/origin/scgi;
+ server { listen 127.0.0.1:$port; location / { default_type application/json; return 200 '$answer'; } }
+}
+CONF
+nginx -p "$dir/origin" -c "$dir/origin/nginx.conf" &
+pids+=("$!")
+
+cat >"$dir/bestofn.toml" <<CONF
+[upstream]
+base_url = "http://127.0.0.1:$port/v1"
+timeout_ms = 30000
+
+[scorers.rm]
+kind = "reward_http"
+api = "vllm_classify"
+url = "http://127.0.0.1:9/classify"
+model = "rm"
+
+[policy]
+n = 1
+scorer = "rm"
+CONF
+profile="$out_dir/callgrind.out"
+rm -f "$profile"*
+RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$profile" \
+    "$binary" serve --config "$dir/bestofn.toml" --listen 127.0.0.1:0 2>"$dir/bestofn.log" >/dev/null &
+valgrind_pid=$!
+for _ in $(seq 600); do
+    grep -q "listening on http://" "$dir/bestofn.log" && break
+    sleep 0.1
+done
+bestofn_port=$(sed -n 's/.*listening on http:\/\/[0-9.]*:\([0-9]*\).*/\1/p' "$dir/bestofn.log" | head -n 1)
+[ -n "$bestofn_port" ] || { echo "instructions-per-request: bestofn did not start:" >&2; cat "$dir/bestofn.log" >&2; exit 1; }
+
+send() {
+    python3 - "$bestofn_port" "$1" <<'PY'
+import http.client, sys
+connection = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+body = '{"model":"m","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is 6 times 7?"}],"max_tokens":16}'
+for _ in range(int(sys.argv[2])):
+    connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    answer = connection.getresponse()
+    answer.read()
+    if answer.status != 200:
+        sys.exit(f"bestofn answered {answer.status}")
+PY
+}
+send "$warmup"
+callgrind_control -z "$valgrind_pid" >/dev/null 2>&1
+send "$requests"
+callgrind_control -d "$valgrind_pid" >/dev/null 2>&1
+# The dump is written asynchronously.
+for _ in $(seq 100); do
+    ls "$profile".* >/dev/null 2>&1 && break
+    sleep 0.1
+done
+sleep 1
+dump=$(ls -t "$profile".* | head -n 1)
+total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+echo "bestofn: $binary"
+echo "$total instructions over $requests pass-through requests: $((total / requests)) a request"
+echo "largest inclusive shares, instructions a request:"
+callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | grep 'bestofn::' | head -n 15 |
+    awk -v n="$requests" '{count = $1; gsub(",", "", count); sub(/^.*\?\?\?:/, ""); sub(/ \[.*$/, ""); printf "%8d  %s\n", count / n, $0}' |
+    cut -c1-160
+echo "profile: $dump"
