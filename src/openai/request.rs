@@ -75,7 +75,24 @@ pub struct SteeringHeaders<'a> {
     pub adaptive: Option<&'a str>,
 }
 
-/// The top-level members bestofn reads, in the order of [`Members`]' fields.
+/// A top-level member bestofn reads; its value is its place in [`MEMBER_NAMES`].
+#[derive(Debug, Clone, Copy)]
+enum Member {
+    Model,
+    Messages,
+    Prompt,
+    Stream,
+    StreamOptions,
+    N,
+    Seed,
+    Bestofn,
+    BestOf,
+    Temperature,
+    MaxTokens,
+    MaxCompletionTokens,
+}
+
+/// The names of the [`Member`]s, in their order.
 const MEMBER_NAMES: [&str; 12] = [
     "model",
     "messages",
@@ -93,20 +110,7 @@ const MEMBER_NAMES: [&str; 12] = [
 
 /// The top-level members of a body that bestofn reads, each as its raw JSON text (a member
 /// set to null is present, as `null`).
-struct Members<'a> {
-    model: Option<&'a RawValue>,
-    messages: Option<&'a RawValue>,
-    prompt: Option<&'a RawValue>,
-    stream: Option<&'a RawValue>,
-    stream_options: Option<&'a RawValue>,
-    n: Option<&'a RawValue>,
-    seed: Option<&'a RawValue>,
-    bestofn: Option<&'a RawValue>,
-    best_of: Option<&'a RawValue>,
-    temperature: Option<&'a RawValue>,
-    max_tokens: Option<&'a RawValue>,
-    max_completion_tokens: Option<&'a RawValue>,
-}
+struct Members<'a>([Option<&'a RawValue>; MEMBER_NAMES.len()]);
 
 impl<'a> Members<'a> {
     /// The members of `bytes`, which must be one JSON object.
@@ -116,45 +120,24 @@ impl<'a> Members<'a> {
             message: format!("request body is not valid JSON: it is not UTF-8 ({e})"),
             param: None,
         })?;
-        let [
-            model,
-            messages,
-            prompt,
-            stream,
-            stream_options,
-            n,
-            seed,
-            bestofn,
-            best_of,
-            temperature,
-            max_tokens,
-            max_completion_tokens,
-        ] = read_members(text, &MEMBER_NAMES).map_err(|e| match e.classify() {
+        let found = read_members(text, &MEMBER_NAMES).map_err(|e| match e.classify() {
             serde_json::error::Category::Data => {
                 Error::InvalidRequest { message: "request body must be a JSON object".into(), param: None }
             }
             _ => Error::InvalidRequest { message: format!("request body is not valid JSON: {e}"), param: None },
         })?;
-        Ok(Members {
-            model,
-            messages,
-            prompt,
-            stream,
-            stream_options,
-            n,
-            seed,
-            bestofn,
-            best_of,
-            temperature,
-            max_tokens,
-            max_completion_tokens,
-        })
+        Ok(Members(found))
+    }
+
+    /// The raw value of `member`, when the body has it.
+    fn get(&self, member: Member) -> Option<&'a RawValue> {
+        self.0[member as usize]
     }
 
     /// The client's body, for the engine.
     fn body(&self, api: Api, text: Bytes) -> ClientBody {
-        let sets_token_limit = self.max_tokens.is_some() || self.max_completion_tokens.is_some();
-        ClientBody::new(text, taken_fields(api), self.temperature.is_some(), sets_token_limit)
+        let sets_token_limit = self.get(Member::MaxTokens).is_some() || self.get(Member::MaxCompletionTokens).is_some();
+        ClientBody::new(text, taken_fields(api), self.get(Member::Temperature).is_some(), sets_token_limit)
     }
 }
 
@@ -247,7 +230,7 @@ fn first_byte(raw: &RawValue) -> u8 {
 /// Parses and validates a chat completion body. Errors name the field at fault.
 pub fn parse_chat_request(bytes: Bytes, headers: SteeringHeaders<'_>) -> Result<ProxyRequest, Error> {
     let members = Members::read(&bytes)?;
-    let conversation = parse_messages(members.messages)?;
+    let conversation = parse_messages(members.get(Member::Messages))?;
     let request = finish(Api::Chat, &members, conversation, headers)?;
     let body = members.body(Api::Chat, bytes.clone());
     Ok(request.with_body(body))
@@ -257,7 +240,7 @@ pub fn parse_chat_request(bytes: Bytes, headers: SteeringHeaders<'_>) -> Result<
 /// `best_of` candidates are sampled and the best `n` returned.
 pub fn parse_completion_request(bytes: Bytes, headers: SteeringHeaders<'_>) -> Result<ProxyRequest, Error> {
     let members = Members::read(&bytes)?;
-    let prompt = match value_of(members.prompt) {
+    let prompt = match value_of(members.get(Member::Prompt)) {
         None => return Err(Error::invalid("prompt", "'prompt' is required")),
         Some(Value::String(p)) => p,
         Some(Value::Array(mut list)) if list.len() == 1 && list[0].is_string() => match list.pop() {
@@ -272,7 +255,7 @@ pub fn parse_completion_request(bytes: Bytes, headers: SteeringHeaders<'_>) -> R
         }
         Some(_) => return Err(Error::invalid("prompt", "'prompt' must be a string")),
     };
-    let best_of = match value_of(members.best_of) {
+    let best_of = match value_of(members.get(Member::BestOf)) {
         None => None,
         Some(v) => match v.as_u64() {
             Some(b) if b >= 1 => Some(b as u32),
@@ -283,7 +266,7 @@ pub fn parse_completion_request(bytes: Bytes, headers: SteeringHeaders<'_>) -> R
     };
     let conversation = vec![Message { role: "user".into(), content: prompt }];
     let mut request = finish(Api::Completions, &members, conversation, headers)?;
-    request.verbatim &= members.best_of.is_none();
+    request.verbatim &= members.get(Member::BestOf).is_none();
     if let Some(best_of) = best_of {
         if best_of < request.client_n {
             return Err(Error::invalid(
@@ -324,17 +307,17 @@ fn finish(
     conversation: Vec<Message>,
     headers: SteeringHeaders<'_>,
 ) -> Result<Validated, Error> {
-    let model = match value_of(members.model) {
+    let model = match value_of(members.get(Member::Model)) {
         None => None,
         Some(Value::String(model)) => Some(model),
         Some(_) => return Err(Error::invalid("model", "'model' must be a string")),
     };
-    let stream = match value_of(members.stream) {
+    let stream = match value_of(members.get(Member::Stream)) {
         None => false,
         Some(Value::Bool(b)) => b,
         Some(_) => return Err(Error::invalid("stream", "'stream' must be a boolean")),
     };
-    let include_usage = match value_of(members.stream_options) {
+    let include_usage = match value_of(members.get(Member::StreamOptions)) {
         None => false,
         Some(Value::Object(o)) => match o.get("include_usage") {
             None | Some(Value::Null) => false,
@@ -348,7 +331,7 @@ fn finish(
         },
         Some(_) => return Err(Error::invalid("stream_options", "'stream_options' must be an object")),
     };
-    let client_n = match value_of(members.n) {
+    let client_n = match value_of(members.get(Member::N)) {
         None => 1,
         Some(v) => match v.as_u64() {
             Some(n) if (1..=OPENAI_MAX_N).contains(&n) => n as u32,
@@ -360,15 +343,15 @@ fn finish(
             }
         },
     };
-    let seed = match value_of(members.seed) {
+    let seed = match value_of(members.get(Member::Seed)) {
         None => None,
         Some(v) => Some(v.as_i64().ok_or_else(|| Error::invalid("seed", "'seed' must be an integer"))?),
     };
 
-    let mut steering = parse_steering_field(value_of(members.bestofn))?;
+    let mut steering = parse_steering_field(value_of(members.get(Member::Bestofn)))?;
     merge_header_steering(&mut steering, headers)?;
 
-    let verbatim = members.bestofn.is_none();
+    let verbatim = members.get(Member::Bestofn).is_none();
     Ok(Validated { api, model, verbatim, conversation, stream, include_usage, client_n, seed, steering })
 }
 
@@ -572,6 +555,9 @@ mod tests {
         let r = parse(r#"{"messages":[{"role":"user","content":"x"}],"temperature":null,"max_completion_tokens":3}"#)
             .unwrap();
         assert!(r.body.sets_temperature() && r.body.sets_token_limit());
+        let r = parse(r#"{"messages":[{"role":"user","content":"x"}],"seed":-5,"stream":true,"stream_options":{"include_usage":true},"model":"m"}"#)
+            .unwrap();
+        assert_eq!((r.seed, r.stream, r.include_usage, r.model.as_deref()), (Some(-5), true, true, Some("m")));
         assert_eq!(
             param_of(r#"{"messages":[{"role":"user","content":"x"}],"n":1,"n":0}"#).as_deref(),
             Some("n"),
