@@ -14,8 +14,8 @@
 //! framed by Content-Length, by the chunked transfer coding or by the connection's close;
 //! 1xx heads are skipped; a server's `Connection: close` or an HTTP/1.0 answer ends the
 //! connection's reuse. Of an answer's headers only those bestofn reads are kept (framing,
-//! Connection, Retry-After). A kept-alive connection the server closed while it sat idle is found when
-//! it is taken (its socket reads end-of-file), as hyper's pool finds it, and a request whose
+//! Connection, Retry-After). A kept-alive connection the server closed while it sat idle is found
+//! when it is taken (its socket reads end-of-file), as hyper's pool finds it, and a request whose
 //! write failed on a reused connection goes out again on a new one; on a new one, an answer the
 //! server sent before it stopped reading (a 413 for a body over its limit) is returned. A call
 //! that finds no idle connection takes whichever comes first of its own new connection and one

@@ -491,11 +491,11 @@ fn note_answers(run: &mut AdaptiveRun, samples: &Samples, from: usize) {
     }
 }
 
-/// The fields the upstream gets under `plan` (the domain's defaults filled in), and the client's
-/// text `verbatim` when it still says exactly them (no default was added).
 /// An upstream body's fields and, when it still says exactly them, the client's text.
 type UpstreamFields<'a> = (std::borrow::Cow<'a, Map<String, Value>>, Option<&'a Bytes>);
 
+/// The fields the upstream gets under `plan` (the domain's defaults filled in), and the client's
+/// text `verbatim` when it still says exactly them (no default was added).
 fn upstream_fields<'a>(
     plan: &Plan,
     body: &'a ClientBody,

@@ -230,20 +230,6 @@ impl ClientBody {
         ClientBody { text, taken, sets_temperature, sets_token_limit, fields: std::sync::OnceLock::new() }
     }
 
-    /// A body known only by its fields.
-    pub fn from_fields(fields: Map<String, Value>) -> ClientBody {
-        let sets_temperature = fields.contains_key("temperature");
-        let sets_token_limit = fields.contains_key("max_tokens") || fields.contains_key("max_completion_tokens");
-        let text = serde_json::to_vec(&fields).map(bytes::Bytes::from).unwrap_or_default();
-        ClientBody {
-            text,
-            taken: &[],
-            sets_temperature,
-            sets_token_limit,
-            fields: std::sync::OnceLock::from(Ok(fields)),
-        }
-    }
-
     /// The client's text of the body, as it was received (the members in `taken` included).
     pub fn text(&self) -> &bytes::Bytes {
         &self.text

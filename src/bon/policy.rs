@@ -392,10 +392,14 @@ mod tests {
         let p = policy();
         let plan = p.plan(&Steering::default(), 1, Some("math"), &known()).unwrap();
         assert_eq!((plan.domain.as_str(), plan.n), ("math", 8));
-        let body = crate::bon::ClientBody::from_fields(serde_json::from_str(r#"{"messages":[]}"#).unwrap());
+        let body_of = |text: &'static str| {
+            let headers = crate::openai::SteeringHeaders::default();
+            crate::openai::parse_chat_request(bytes::Bytes::from_static(text.as_bytes()), headers).unwrap().body
+        };
+        let body = body_of(r#"{"messages":[{"role":"user","content":"x"}]}"#);
         assert!(plan.adds_defaults(&body));
         assert_eq!(plan.upstream_body(&body).unwrap()["temperature"], 0.9);
-        let set = crate::bon::ClientBody::from_fields(serde_json::from_str(r#"{"temperature":0.1}"#).unwrap());
+        let set = body_of(r#"{"messages":[{"role":"user","content":"x"}],"temperature":0.1}"#);
         assert!(!plan.adds_defaults(&set), "max_tokens has no default in this domain");
         assert_eq!(plan.upstream_body(&set).unwrap()["temperature"], 0.1, "the client's value wins");
         let explicit = Steering { domain: Some("code".into()), ..Default::default() };

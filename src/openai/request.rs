@@ -231,9 +231,8 @@ fn first_byte(raw: &RawValue) -> u8 {
 pub fn parse_chat_request(bytes: Bytes, headers: SteeringHeaders<'_>) -> Result<ProxyRequest, Error> {
     let members = Members::read(&bytes)?;
     let conversation = parse_messages(members.get(Member::Messages))?;
-    let request = finish(Api::Chat, &members, conversation, headers)?;
     let body = members.body(Api::Chat, bytes.clone());
-    Ok(request.with_body(body))
+    finish(Api::Chat, &members, body, conversation, headers)
 }
 
 /// Parses and validates a legacy `/v1/completions` body, with OpenAI's `best_of` semantics:
@@ -265,7 +264,8 @@ pub fn parse_completion_request(bytes: Bytes, headers: SteeringHeaders<'_>) -> R
         },
     };
     let conversation = vec![Message { role: "user".into(), content: prompt }];
-    let mut request = finish(Api::Completions, &members, conversation, headers)?;
+    let body = members.body(Api::Completions, bytes.clone());
+    let mut request = finish(Api::Completions, &members, body, conversation, headers)?;
     request.verbatim &= members.get(Member::BestOf).is_none();
     if let Some(best_of) = best_of {
         if best_of < request.client_n {
@@ -276,37 +276,17 @@ pub fn parse_completion_request(bytes: Bytes, headers: SteeringHeaders<'_>) -> R
         }
         request.steering.n = Some(best_of);
     }
-    let body = members.body(Api::Completions, bytes.clone());
-    Ok(request.with_body(body))
+    Ok(request)
 }
 
-/// A validated request waiting for its body.
-struct Validated {
-    api: Api,
-    verbatim: bool,
-    conversation: Vec<Message>,
-    stream: bool,
-    include_usage: bool,
-    client_n: u32,
-    seed: Option<i64>,
-    model: Option<String>,
-    steering: Steering,
-}
-
-impl Validated {
-    fn with_body(self, body: ClientBody) -> ProxyRequest {
-        let Validated { api, verbatim, conversation, stream, include_usage, client_n, seed, model, steering } = self;
-        ProxyRequest { api, body, verbatim, conversation, stream, include_usage, client_n, seed, model, steering }
-    }
-}
-
-/// Validates the fields both APIs share.
+/// Validates the fields both APIs share and assembles the request.
 fn finish(
     api: Api,
     members: &Members<'_>,
+    body: ClientBody,
     conversation: Vec<Message>,
     headers: SteeringHeaders<'_>,
-) -> Result<Validated, Error> {
+) -> Result<ProxyRequest, Error> {
     let model = match value_of(members.get(Member::Model)) {
         None => None,
         Some(Value::String(model)) => Some(model),
@@ -352,7 +332,7 @@ fn finish(
     merge_header_steering(&mut steering, headers)?;
 
     let verbatim = members.get(Member::Bestofn).is_none();
-    Ok(Validated { api, model, verbatim, conversation, stream, include_usage, client_n, seed, steering })
+    Ok(ProxyRequest { api, body, model, verbatim, conversation, stream, include_usage, client_n, seed, steering })
 }
 
 /// The members of a message bestofn reads.
