@@ -34,56 +34,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-answer='{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"The answer is 42."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":6,"total_tokens":18}}'
-mkdir -p "$dir/origin"
-cat >"$dir/origin/nginx.conf" <<CONF
-worker_processes 1; user root; daemon off; pid $dir/origin/nginx.pid; error_log $dir/origin/error.log warn;
-events { worker_connections 1024; }
-http {
- access_log off; keepalive_requests 1000000;
- client_body_temp_path $dir/origin/body; proxy_temp_path $dir/origin/proxy; fastcgi_temp_path $dir/origin/fastcgi;
- uwsgi_temp_path $dir/origin/uwsgi; scgi_temp_path $dir/origin/scgi;
- server { listen 127.0.0.1:$port; location / { default_type application/json; return 200 '$answer'; } }
-}
-CONF
-nginx -p "$dir/origin" -c "$dir/origin/nginx.conf" &
-pids+=("$!")
-
-cat >"$dir/bestofn.toml" <<CONF
-[upstream]
-base_url = "http://127.0.0.1:$port/v1"
-timeout_ms = 30000
-
-[scorers.rm]
-kind = "reward_http"
-api = "vllm_classify"
-url = "http://127.0.0.1:9/classify"
-model = "rm"
-
-[policy]
-n = 1
-scorer = "rm"
-CONF
+rig_name=instructions-per-request
+# shellcheck source=scripts/pass-through-rig.sh
+. scripts/pass-through-rig.sh
+port=$(free_port)
+start_origin "$port"
+wait_for_port "$port"
+write_bestofn_config "$port"
 profile="$out_dir/callgrind.out"
 rm -f "$profile"*
 RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$profile" \
     "$binary" serve --config "$dir/bestofn.toml" --listen 127.0.0.1:0 2>"$dir/bestofn.log" >/dev/null &
 valgrind_pid=$!
-for _ in $(seq 600); do
-    grep -q "listening on http://" "$dir/bestofn.log" && break
-    sleep 0.1
-done
-bestofn_port=$(sed -n 's/.*listening on http:\/\/[0-9.]*:\([0-9]*\).*/\1/p' "$dir/bestofn.log" | head -n 1)
-[ -n "$bestofn_port" ] || { echo "instructions-per-request: bestofn did not start:" >&2; cat "$dir/bestofn.log" >&2; exit 1; }
+# valgrind starts bestofn slowly.
+bestofn_port=$(bestofn_port "$dir/bestofn.log" 600)
 
 send() {
-    python3 - "$bestofn_port" "$1" <<'PY'
+    python3 - "$bestofn_port" "$1" "$request_body" <<'PY'
 import http.client, sys
 connection = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
-body = '{"model":"m","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is 6 times 7?"}],"max_tokens":16}'
 for _ in range(int(sys.argv[2])):
-    connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    connection.request("POST", "/v1/chat/completions", sys.argv[3], {"Content-Type": "application/json"})
     answer = connection.getresponse()
     answer.read()
     if answer.status != 200:

@@ -31,72 +31,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_for_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
-        sleep 0.1
-    done
-    echo "wrk-light-load: nothing listens on port $1" >&2
-    exit 1
-}
-
-answer='{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"The answer is 42."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":6,"total_tokens":18}}'
+rig_name=wrk-light-load
+# shellcheck source=scripts/pass-through-rig.sh
+. scripts/pass-through-rig.sh
 origin_port=$(free_port)
 proxy_port=$(free_port)
-
-# nginx in the foreground of its own prefix directory, as the harness starts it.
-start_nginx() {
-    local name=$1 workers=$2 access_log=$3 server=$4 prefix="$dir/$1"
-    mkdir -p "$prefix"
-    cat >"$prefix/nginx.conf" <<EOF
-worker_processes $workers; user root; daemon off; pid $prefix/nginx.pid; error_log $prefix/error.log warn;
-events { worker_connections 8192; }
-http {
- access_log $access_log; keepalive_requests 1000000;
- client_body_temp_path $prefix/body; proxy_temp_path $prefix/proxy; fastcgi_temp_path $prefix/fastcgi;
- uwsgi_temp_path $prefix/uwsgi; scgi_temp_path $prefix/scgi;
-$server
-}
-EOF
-    nginx -p "$prefix" -c "$prefix/nginx.conf" &
-    pids+=("$!")
-}
-start_nginx origin 1 off " server { listen 127.0.0.1:$origin_port; location / { default_type application/json; return 200 '$answer'; } }"
+start_origin "$origin_port"
 start_nginx proxy auto "$dir/proxy/access.log" " upstream origin { server 127.0.0.1:$origin_port; keepalive 256; }
  server { listen 127.0.0.1:$proxy_port; location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 wait_for_port "$origin_port"
 wait_for_port "$proxy_port"
 
-cat >"$dir/bestofn.toml" <<EOF
-[upstream]
-base_url = "http://127.0.0.1:$origin_port/v1"
-timeout_ms = 30000
-
-[scorers.rm]
-kind = "reward_http"
-api = "vllm_classify"
-url = "http://127.0.0.1:9/classify"
-model = "rm"
-
-[policy]
-n = 1
-scorer = "rm"
-EOF
+write_bestofn_config "$origin_port"
 RUST_LOG=info "$binary" serve --config "$dir/bestofn.toml" --listen 127.0.0.1:0 2>"$dir/bestofn.log" >/dev/null &
 bestofn_pid=$!
 pids+=("$bestofn_pid")
-for _ in $(seq 100); do
-    grep -q "listening on http://" "$dir/bestofn.log" && break
-    sleep 0.1
-done
-bestofn_port=$(sed -n 's/.*listening on http:\/\/[0-9.]*:\([0-9]*\).*/\1/p' "$dir/bestofn.log" | head -n 1)
-[ -n "$bestofn_port" ] || { echo "wrk-light-load: bestofn did not start:" >&2; cat "$dir/bestofn.log" >&2; exit 1; }
+bestofn_port=$(bestofn_port "$dir/bestofn.log" 100)
 
-cat >"$dir/request.lua" <<'EOF'
+cat >"$dir/request.lua" <<EOF
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model":"m","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"What is 6 times 7?"}],"max_tokens":16}'
+wrk.body = '$request_body'
 function delay() return 8 end
 EOF
 
