@@ -6,6 +6,8 @@
 # that a busy moment of the machine does not always fall on the same one. Prints each round's
 # p50 and p99, each proxy's overhead over direct, CPU a request (from /proc), and the median over
 # rounds of bestofn's overhead as a multiple of nginx-as-proxy's (the issue's target: 1.2x).
+# Also the serving processes' context switches a request: how often they slept waiting for an
+# event and how often they were preempted (BENCHMARKS.md, issue #17, fifteenth sitting).
 # The load harness's section 5 (benches/load.rs) is the open-loop version of the same question.
 #
 #   scripts/wrk-light-load.sh [BESTOFN_BINARY]     default target/release/bestofn
@@ -68,6 +70,18 @@ cpu_ticks() {
     for pid in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
     echo "$total"
 }
+# Context switches of the serving processes' threads: voluntary (slept, waiting for an event) and
+# involuntary (preempted), summed.
+switches() {
+    local kind=$1 total=0 pid status
+    shift
+    for pid in "$@"; do
+        for status in /proc/"$pid"/task/*/status; do
+            total=$((total + $(awk -v k="${kind}_ctxt_switches:" '$1 == k {print $2}' "$status")))
+        done
+    done
+    echo "$total"
+}
 port_of() {
     case $1 in
         direct) echo "$origin_port" ;;
@@ -86,23 +100,31 @@ done
 hz=$(getconf CLK_TCK)
 results="$dir/results"
 echo "wrk -t1 -c4 -d${seconds}s, 8 ms pause a connection; $rounds rounds; bestofn: $binary"
-printf '%-6s %-8s %8s %8s %8s %10s %10s %9s\n' round target requests "p50 µs" "p99 µs" "Δp50 µs" "Δp99 µs" "CPU µs/req"
+printf '%-6s %-8s %8s %8s %8s %10s %10s %9s %7s %7s\n' round target requests "p50 µs" "p99 µs" "Δp50 µs" "Δp99 µs" "CPU µs/req" \
+    "sleeps" "preempt"
 orders=("direct nginx bestofn" "bestofn direct nginx" "nginx bestofn direct")
 for round in $(seq "$rounds"); do
-    declare -A p50=() p99=() requests=() cpu=()
+    declare -A p50=() p99=() requests=() cpu=() sleeps=() preempted=()
     for target in ${orders[$(((round - 1) % 3))]}; do
         read -r -a serving <<<"$(serving_pids "$target")"
         before=$(cpu_ticks "${serving[@]}")
+        sleeps_before=$(switches voluntary "${serving[@]}")
+        preempted_before=$(switches nonvoluntary "${serving[@]}")
         out=$(wrk -t1 -c4 -d"${seconds}s" --latency -s "$dir/request.lua" "http://127.0.0.1:$(port_of "$target")/v1/chat/completions")
         after=$(cpu_ticks "${serving[@]}")
+        sleeps_after=$(switches voluntary "${serving[@]}")
+        preempted_after=$(switches nonvoluntary "${serving[@]}")
         requests[$target]=$(echo "$out" | awk '/requests in/ {print $1}')
         p50[$target]=$(to_us "$(echo "$out" | awk '$1 == "50%" {print $2}')")
         p99[$target]=$(to_us "$(echo "$out" | awk '$1 == "99%" {print $2}')")
         cpu[$target]=$(((after - before) * 1000000 / hz / ${requests[$target]}))
+        sleeps[$target]=$(python3 -c "print(f'{($sleeps_after - $sleeps_before) / ${requests[$target]}:.2f}')")
+        preempted[$target]=$(python3 -c "print(f'{($preempted_after - $preempted_before) / ${requests[$target]}:.2f}')")
     done
     for target in direct nginx bestofn; do
-        printf '%-6s %-8s %8s %8s %8s %10s %10s %9s\n' "$round" "$target" "${requests[$target]}" "${p50[$target]}" "${p99[$target]}" \
-            "$((${p50[$target]} - ${p50[direct]}))" "$((${p99[$target]} - ${p99[direct]}))" "${cpu[$target]}"
+        printf '%-6s %-8s %8s %8s %8s %10s %10s %9s %7s %7s\n' "$round" "$target" "${requests[$target]}" "${p50[$target]}" "${p99[$target]}" \
+            "$((${p50[$target]} - ${p50[direct]}))" "$((${p99[$target]} - ${p99[direct]}))" "${cpu[$target]}" \
+            "${sleeps[$target]}" "${preempted[$target]}"
     done
     echo "$((${p50[nginx]} - ${p50[direct]})) $((${p99[nginx]} - ${p99[direct]})) $((${p50[bestofn]} - ${p50[direct]})) $((${p99[bestofn]} - ${p99[direct]}))" >>"$results"
 done
