@@ -15,7 +15,7 @@ mod client;
 mod wire;
 
 pub use client::{HttpClient, serving_threads, set_serving_thread};
-pub use wire::WireClock;
+pub use wire::{WireClock, give_way_to_local_upstream};
 
 /// Installs ring as the process's TLS crypto provider. reqwest is built without a bundled
 /// provider (see Cargo.toml) to keep clean builds lean; this must run before a client is built.

@@ -232,6 +232,7 @@ pub fn serve_on_threads(
             // Each thread still calls through pools of its own: a task that stays where it was
             // spawned finds its connections' I/O on its own thread.
             .on_thread_start(move || crate::backend::set_serving_thread(started.fetch_add(1, Ordering::Relaxed)))
+            .on_thread_park(crate::backend::give_way_to_local_upstream)
             .enable_all()
             .build()?;
         return runtime.block_on(async move {
@@ -255,7 +256,10 @@ pub fn serve_on_threads(
                 crate::backend::set_serving_thread(index);
                 log_buffer::buffer_thread_log();
                 let runtime = tokio::runtime::Builder::new_current_thread()
-                    .on_thread_park(log_buffer::flush_thread_log)
+                    .on_thread_park(|| {
+                        crate::backend::give_way_to_local_upstream();
+                        log_buffer::flush_thread_log();
+                    })
                     .enable_all()
                     .build()?;
                 let served = runtime.block_on(async move {
