@@ -6,8 +6,9 @@
 # more are sent and the counts are dumped before shutdown. Prints the total, instructions a
 # request, the hot code's footprint (the distinct instructions run about once a request or more,
 # at least 0.9 times on average, and the 64-byte cache lines and 4 KiB pages they lie on: what a
-# request on cold caches and a cold TLB has to fetch, the thing PGO and BOLT shrink) and the functions with the largest
-# inclusive share; the full profile is left in target/callgrind/ for callgrind_annotate.
+# request on cold caches and a cold TLB has to fetch, the thing PGO and BOLT shrink) and the
+# functions with the largest inclusive share; the full profile is left in target/callgrind/ for
+# callgrind_annotate.
 #
 #   scripts/instructions-per-request.sh [BESTOFN_BINARY]     default target/release/bestofn
 #   REQUESTS=2000 WARMUP=200 scripts/instructions-per-request.sh
@@ -25,20 +26,15 @@ done
 out_dir=$(realpath -m target/callgrind)
 mkdir -p "$out_dir"
 
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-    # valgrind at once (its exit would dump again); nginx's master with TERM, which stops its worker.
-    [ -n "${valgrind_pid:-}" ] && kill -9 "$valgrind_pid" 2>/dev/null || true
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
 rig_name=instructions-per-request
 # shellcheck source=scripts/pass-through-rig.sh
 . scripts/pass-through-rig.sh
+cleanup() {
+    # valgrind at once (its exit would dump again), then what the rig started.
+    [ -n "${valgrind_pid:-}" ] && kill -9 "$valgrind_pid" 2>/dev/null || true
+    rig_cleanup
+}
+trap cleanup EXIT
 port=$(free_port)
 start_origin "$port"
 wait_for_port "$port"

@@ -1,7 +1,18 @@
 # Sourced by the pass-through measuring scripts (wrk-light-load.sh, instructions-per-request.sh):
 # the nginx origin serving a fixed chat completion, nginx started as the load harness starts it,
-# and bestofn N = 1 in front of the origin. The caller sets `dir` (a scratch directory), `pids`
-# (an array its cleanup kills) and `rig_name` (for messages), and needs python3 and nginx.
+# and bestofn N = 1 in front of the origin. The caller sets `rig_name` (for messages) and needs
+# python3 and nginx. The rig makes `dir` (a scratch directory) and `pids` (the processes started,
+# killed with TERM on exit, which stops an nginx master and its workers); a caller with more to
+# stop sets its own EXIT trap and calls `rig_cleanup` from it.
+
+dir=$(mktemp -d)
+pids=()
+rig_cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$dir"
+}
+trap rig_cleanup EXIT
 
 # The origin's one answer, and the request the clients send.
 answer='{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"The answer is 42."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":6,"total_tokens":18}}'

@@ -24,15 +24,6 @@ for tool in nginx wrk python3; do
 done
 [ -x "$binary" ] || { echo "wrk-light-load: no bestofn binary at $binary (cargo build --release)" >&2; exit 1; }
 
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
 rig_name=wrk-light-load
 # shellcheck source=scripts/pass-through-rig.sh
 . scripts/pass-through-rig.sh
