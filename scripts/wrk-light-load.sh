@@ -73,6 +73,8 @@ switches() {
     done
     echo "$total"
 }
+# per_request COUNT REQUESTS: COUNT over REQUESTS, two decimals.
+per_request() { awk -v count="$1" -v requests="$2" 'BEGIN { printf "%.2f", count / requests }'; }
 port_of() {
     case $1 in
         direct) echo "$origin_port" ;;
@@ -109,8 +111,8 @@ for round in $(seq "$rounds"); do
         p50[$target]=$(to_us "$(echo "$out" | awk '$1 == "50%" {print $2}')")
         p99[$target]=$(to_us "$(echo "$out" | awk '$1 == "99%" {print $2}')")
         cpu[$target]=$(((after - before) * 1000000 / hz / ${requests[$target]}))
-        sleeps[$target]=$(python3 -c "print(f'{($sleeps_after - $sleeps_before) / ${requests[$target]}:.2f}')")
-        preempted[$target]=$(python3 -c "print(f'{($preempted_after - $preempted_before) / ${requests[$target]}:.2f}')")
+        sleeps[$target]=$(per_request $((sleeps_after - sleeps_before)) "${requests[$target]}")
+        preempted[$target]=$(per_request $((preempted_after - preempted_before)) "${requests[$target]}")
     done
     for target in direct nginx bestofn; do
         printf '%-6s %-8s %8s %8s %8s %10s %10s %9s %7s %7s\n' "$round" "$target" "${requests[$target]}" "${p50[$target]}" "${p99[$target]}" \
