@@ -16,7 +16,7 @@
 # or Debian's llvm-19 package or later (LLVM 19 to 22 write the same raw format, version 10).
 # BOLT: Debian's bolt-19 package or later (llvm-bolt and merge-fdata); skipped when absent.
 # nginx (nginx-light) lets the harness's pass-through section run; without it that section is
-# skipped and the profile covers best-of-N only. About 12 minutes on 2 cores from a fresh clone
+# skipped and the profile covers best-of-N only. 13-17 minutes on 2 cores from a fresh clone
 # (8 with the instrumented build and the harness already built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
