@@ -61,17 +61,13 @@ cpu_ticks() {
     for pid in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
     echo "$total"
 }
-# Context switches of the serving processes' threads: voluntary (slept, waiting for an event) and
-# involuntary (preempted), summed.
+# Context switches of the serving processes' threads, summed: "VOLUNTARY INVOLUNTARY" (slept,
+# waiting for an event; preempted), both read from the same snapshot of each thread's status.
 switches() {
-    local kind=$1 total=0 pid status
-    shift
-    for pid in "$@"; do
-        for status in /proc/"$pid"/task/*/status; do
-            total=$((total + $(awk -v k="${kind}_ctxt_switches:" '$1 == k {print $2}' "$status")))
-        done
-    done
-    echo "$total"
+    local pid statuses=()
+    for pid in "$@"; do statuses+=(/proc/"$pid"/task/*/status); done
+    awk '$1 == "voluntary_ctxt_switches:" {v += $2} $1 == "nonvoluntary_ctxt_switches:" {n += $2}
+        END {print v + 0, n + 0}' "${statuses[@]}"
 }
 # per_request COUNT REQUESTS: COUNT over REQUESTS, two decimals.
 per_request() { awk -v count="$1" -v requests="$2" 'BEGIN { printf "%.2f", count / requests }'; }
@@ -101,12 +97,10 @@ for round in $(seq "$rounds"); do
     for target in ${orders[$(((round - 1) % 3))]}; do
         read -r -a serving <<<"$(serving_pids "$target")"
         before=$(cpu_ticks "${serving[@]}")
-        sleeps_before=$(switches voluntary "${serving[@]}")
-        preempted_before=$(switches nonvoluntary "${serving[@]}")
+        read -r sleeps_before preempted_before <<<"$(switches "${serving[@]}")"
         out=$(wrk -t1 -c4 -d"${seconds}s" --latency -s "$dir/request.lua" "http://127.0.0.1:$(port_of "$target")/v1/chat/completions")
         after=$(cpu_ticks "${serving[@]}")
-        sleeps_after=$(switches voluntary "${serving[@]}")
-        preempted_after=$(switches nonvoluntary "${serving[@]}")
+        read -r sleeps_after preempted_after <<<"$(switches "${serving[@]}")"
         requests[$target]=$(echo "$out" | awk '/requests in/ {print $1}')
         p50[$target]=$(to_us "$(echo "$out" | awk '$1 == "50%" {print $2}')")
         p99[$target]=$(to_us "$(echo "$out" | awk '$1 == "99%" {print $2}')")
