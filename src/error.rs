@@ -55,9 +55,10 @@ pub enum Error {
     /// The request body is larger than the limit (bytes).
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
-    /// The request head is too long or has too many fields.
+    /// The request head breaks a rule of HTTP that the server checks itself (the Host field of
+    /// an HTTP/1.1 request).
     #[error("{0}")]
-    HeadTooLarge(String),
+    MalformedHead(String),
     /// The route does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -163,6 +164,12 @@ impl Error {
         matches!(self, Error::BadGateway { retryable: true, .. })
     }
 
+    /// Whether the client's connection is closed after this error's answer: the rest of the
+    /// request's bytes were not read or cannot be trusted to frame the next request.
+    pub fn ends_connection(&self) -> bool {
+        matches!(self, Error::MalformedHead(_) | Error::PayloadTooLarge(_) | Error::RequestTimeout(_))
+    }
+
     /// How long the backend asked to wait before another attempt.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -191,7 +198,7 @@ impl Error {
         match self {
             Error::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Error::MalformedHead(_) => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -212,7 +219,7 @@ impl Error {
             | Error::Unauthorized(_)
             | Error::RequestTimeout(_)
             | Error::PayloadTooLarge(_)
-            | Error::HeadTooLarge(_)
+            | Error::MalformedHead(_)
             | Error::NotFound(_)
             | Error::MethodNotAllowed(_) => "invalid_request_error".into(),
             Error::UpstreamRejected { error_type, .. } => {
@@ -237,7 +244,7 @@ impl Error {
         match self {
             Error::InvalidRequest { .. } => Some("invalid_value"),
             Error::PayloadTooLarge(_) => Some("payload_too_large"),
-            Error::HeadTooLarge(_) => Some("request_header_fields_too_large"),
+            Error::MalformedHead(_) => Some("malformed_request_head"),
             Error::Unauthorized(_) => Some("invalid_api_key"),
             Error::Overloaded(_) => Some("rate_limit_exceeded"),
             Error::RequestTimeout(_) => Some("request_timeout"),
@@ -266,7 +273,7 @@ impl Error {
         match self {
             Error::InvalidRequest { .. }
             | Error::PayloadTooLarge(_)
-            | Error::HeadTooLarge(_)
+            | Error::MalformedHead(_)
             | Error::RequestTimeout(_) => "invalid_request",
             Error::NotFound(_) | Error::MethodNotAllowed(_) => "not_found",
             Error::Unauthorized(_) => "unauthorized",

@@ -19,7 +19,6 @@ pub mod remote;
 pub mod samples;
 pub mod score;
 pub mod server;
-pub mod stage_timing;
 #[cfg(test)]
 mod test_support;
 pub mod upstream;

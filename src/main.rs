@@ -9,8 +9,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use bestofn::config::Config;
-use bestofn::server::{AppState, serve_on_threads};
+use bestofn::config::{Config, LogFormat};
+use bestofn::server::{AppState, serve};
 
 // Under load glibc's malloc took about a third of the proxy's CPU (perf on N=16 parallel
 // sampling: _int_malloc, _int_free, malloc_consolidate and arena lock wake-ups): many small,
@@ -327,36 +327,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
-            init_logging();
+            init_logging(config.server.log_format);
             serve_forever(config)
         }
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(bestofn::server::log_writer)
-        .with_timer(bestofn::server::LogClock)
-        .with_ansi(false)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 fn serve_forever(config: Config) -> anyhow::Result<()> {
-    let state = Arc::new(AppState::from_config(&config)?);
-    let listener = std::net::TcpListener::bind(config.server.listen)
-        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    let addr = listener.local_addr().context("cannot read the bound address")?;
-    let threads = bestofn::backend::serving_threads();
-    tracing::info!(
-        "serving on {threads} thread(s), {:?} (TOKIO_WORKER_THREADS sets how many, server.threading how)",
-        config.server.threading
-    );
-    tracing::info!("bestofn listening on http://{addr}");
-    serve_on_threads(listener, state, threads, config.server.threading, shutdown_signal())
-        .context("the server stopped with an error")
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    // Tokio's multi-threaded runtime: one worker a CPU, or TOKIO_WORKER_THREADS.
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let state = Arc::new(AppState::from_config(&config)?);
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let addr = listener.local_addr().context("cannot read the bound address")?;
+        tracing::info!("bestofn listening on http://{addr}");
+        serve(listener, state, shutdown_signal()).await;
+        Ok(())
+    })
 }
 
 async fn shutdown_signal() {

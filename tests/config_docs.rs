@@ -21,7 +21,9 @@ max_body_bytes = 1
 header_read_timeout_ms = 1
 body_read_timeout_ms = 1
 drain_timeout_ms = 1
-threading = "work_stealing"
+write_timeout_ms = 1
+idle_timeout_ms = 1
+log_format = "json"
 
 [upstream]
 base_urls = ["http://127.0.0.1:8000/v1"]

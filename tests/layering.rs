@@ -7,11 +7,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// Bottom to top: a module may import only those before it.
-const LAYERS: [&str; 18] = [
+const LAYERS: [&str; 17] = [
     "error",
     "http_framing",
     "watched",
-    "stage_timing",
     "score",
     "bon",
     "samples",

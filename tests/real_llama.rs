@@ -38,6 +38,9 @@ fn llama_server() -> Option<LlamaServer> {
         return None;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // The server's log goes to a file, so a server that dies or never answers says why.
+    let log_path = std::env::temp_dir().join(format!("bestofn-llama-server-{port}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
     let child = Command::new(&server)
         .args([
             "-m",
@@ -54,17 +57,33 @@ fn llama_server() -> Option<LlamaServer> {
             "2",
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
-    let server = LlamaServer { child, url: format!("http://127.0.0.1:{port}") };
+    let mut server = LlamaServer { child, url: format!("http://127.0.0.1:{port}") };
     for _ in 0..240 {
+        // A server that exited is noticed at once, with its exit status and the end of its log,
+        // rather than polled for a minute.
+        if let Some(status) = server.child.try_wait().unwrap() {
+            panic!("llama-server exited before it became healthy ({status}); its log ends:\n{}", log_tail(&log_path));
+        }
         if probe::blocking_health(&server.url) {
             return Some(server);
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    panic!("llama-server did not become healthy on port {port}");
+    panic!("llama-server did not become healthy on port {port} in 60 s; its log ends:\n{}", log_tail(&log_path));
+}
+
+/// The last 40 lines of a log file, or why it cannot be read.
+fn log_tail(path: &std::path::Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
 }
 
 mod probe {

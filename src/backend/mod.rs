@@ -560,7 +560,6 @@ impl Backend {
             }
             Err(_) => return Err(self.timed_out(&self.endpoint_name(sent.endpoint))),
         };
-        crate::stage_timing::mark(crate::stage_timing::Stage::UpstreamAnswer);
         let (from, to) = call_span(clock.as_deref(), sent.started);
         record_interval(from, to);
         sent.slot.served();
@@ -588,7 +587,6 @@ impl Backend {
             let direct = self.client.is_direct(&uri);
             let request = self.request(uri, method).map_err(|message| Error::Internal(message.to_string()))?;
             let deadline = tokio::time::Instant::from_std(started) + self.timeout;
-            crate::stage_timing::mark(crate::stage_timing::Stage::Attempt);
             let outcome = match tokio::time::timeout_at(deadline, self.attempt(request, direct, base)).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(self.timed_out(&self.endpoint_name(base))),

@@ -36,7 +36,6 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::http_framing::LengthError;
-use crate::stage_timing::{self, Stage};
 use crate::watched::{Watch, Watched};
 
 /// Idle keep-alive connections live this long, as reqwest's default.
@@ -109,17 +108,12 @@ struct ClockWatch(Arc<WireClock>);
 
 impl Watch for ClockWatch {
     fn read(&self) {
-        stage_timing::mark(Stage::UpstreamBytesIn);
         self.0.received_ns.store(self.0.stamp(), Ordering::Relaxed);
     }
 
-    fn writing(&self) {
-        stage_timing::mark(Stage::UpstreamWrite);
-    }
+    fn writing(&self) {}
 
-    fn written(&self, _wrote: bool) {
-        stage_timing::mark(Stage::UpstreamWritten);
-    }
+    fn written(&self, _wrote: bool) {}
 }
 
 thread_local! {

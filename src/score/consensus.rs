@@ -20,8 +20,12 @@ impl Scorer for ConsensusScorer {
     }
 
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
-        let scores = consensus_scores(input.candidates);
-        Box::pin(std::future::ready(Ok(ScoreOutput { scores, usage: ScorerUsage::default() })))
+        let candidates = input.candidates.to_vec();
+        Box::pin(async move {
+            // Quadratic in the candidates: off the I/O threads.
+            let scores = super::off_io_threads(move || consensus_scores(&candidates)).await?;
+            Ok(ScoreOutput { scores, usage: ScorerUsage::default() })
+        })
     }
 }
 

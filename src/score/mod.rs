@@ -82,6 +82,18 @@ pub trait Scorer: Send + Sync {
     }
 }
 
+/// Runs CPU-bound scoring (consensus over many candidates, verifiers over long outputs) on
+/// Tokio's blocking pool, so one request's scoring never stalls the bytes of the other requests
+/// on its I/O thread; inline where no runtime runs.
+pub(crate) async fn off_io_threads<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(work).await.map_err(|e| Error::Internal(format!("a scoring task failed: {e}")))
+        }
+        Err(_) => Ok(work()),
+    }
+}
+
 /// The text of the last user turn of a conversation (empty when there is none): what the
 /// classifier, the judge and the recorder's `prompt` field take as "the prompt".
 pub fn last_user_message(conversation: &[Message]) -> &str {

@@ -416,18 +416,24 @@ impl Scorer for VerifyScorer {
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
         let prompt = input.conversation.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
         let checks = checks_for(prompt, input.response_format, self.pattern.is_some());
-        let scores = input
-            .candidates
-            .iter()
-            .map(|c| {
-                if checks.is_empty() {
-                    0.0
-                } else {
-                    checks.iter().filter(|k| passes(k, c, self.pattern.as_ref())).count() as f64 / checks.len() as f64
-                }
-            })
-            .collect();
-        Box::pin(std::future::ready(Ok(ScoreOutput { scores, usage: ScorerUsage::default() })))
+        let (candidates, pattern) = (input.candidates.to_vec(), self.pattern.clone());
+        let verify = move || -> Vec<f64> {
+            candidates
+                .iter()
+                .map(|c| {
+                    if checks.is_empty() {
+                        0.0
+                    } else {
+                        checks.iter().filter(|k| passes(k, c, pattern.as_ref())).count() as f64 / checks.len() as f64
+                    }
+                })
+                .collect()
+        };
+        Box::pin(async move {
+            // Patterns and JSON checks over long outputs: off the I/O threads.
+            let scores = super::off_io_threads(verify).await?;
+            Ok(ScoreOutput { scores, usage: ScorerUsage::default() })
+        })
     }
 }
 

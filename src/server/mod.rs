@@ -1,9 +1,8 @@
-//! The HTTP layer: routing, body limits, the error envelope, response headers, request logs and
-//! graceful shutdown. Everything else is delegated to the engine.
+//! The HTTP layer: routing, the Host rule, body limits, the error envelope, response headers,
+//! request logs. Connections, timeouts and the drain are in `connection`; everything else is
+//! delegated to the engine.
 
-mod h1;
-mod log_buffer;
-mod log_clock;
+mod connection;
 mod observer;
 mod state;
 
@@ -11,293 +10,32 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
-pub use log_buffer::{LogWriter, log_writer};
-pub use log_clock::LogClock;
+pub use connection::serve;
 use observer::{CallSpans, RequestObserver};
 pub use state::AppState;
 
 use crate::backend::CALL_SPANS;
 use crate::bon::{Api, Outcome, Plan};
-use crate::config::Threading;
 use crate::error::Error;
 use crate::openai::stream::{self, StreamMeta};
 use crate::openai::{ProxyRequest, SteeringHeaders, build_response, parse_chat_request, parse_completion_request};
 use crate::record::sample_record;
-use crate::stage_timing::{self, Stage};
 
 /// Response body type of every route.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
-
-/// Serves `state` on `listener` until `shutdown` resolves, then drains in-flight connections.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
-    serve_share(listener, state, shutdown, None).await;
-}
-
-/// New connections passed from the serving thread that accepted them to the one that serves
-/// them, in turn. Every per-core thread accepts from the one listening socket, and whichever is
-/// awake takes a burst of new connections whole: in the load harness one thread ended up with
-/// 86% of the work and the other core idled. Passing each connection on (a cross-thread wake
-/// per connection, not per request) spreads them evenly by count, as nginx's `reuseport` does.
-struct Handoff {
-    inboxes: Vec<tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>>,
-    next: AtomicUsize,
-}
-
-/// One serving thread's part in the [`Handoff`]: its index and its inbox.
-struct Share {
-    index: usize,
-    handoff: Arc<Handoff>,
-    inbox: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
-}
-
-impl Share {
-    /// Where a connection just accepted goes: None to serve it here, else the stream to pass on
-    /// (passed already; it comes back when the thread it was meant for has ended).
-    fn pass_on(&self, stream: tokio::net::TcpStream, peer: SocketAddr) -> Option<tokio::net::TcpStream> {
-        let target = self.handoff.next.fetch_add(1, Ordering::Relaxed) % self.handoff.inboxes.len();
-        if target == self.index {
-            return Some(stream);
-        }
-        let std_stream = stream.into_std().ok()?;
-        match self.handoff.inboxes[target].send((std_stream, peer)) {
-            Ok(()) => None,
-            Err(returned) => tokio::net::TcpStream::from_std(returned.0.0).ok(),
-        }
-    }
-}
-
-/// A connection just accepted, to serve here (Some) or passed on to another thread (None).
-fn keep_or_pass_on(
-    share: Option<&Share>,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-) -> Option<tokio::net::TcpStream> {
-    match share {
-        Some(share) => share.pass_on(stream, peer),
-        None => Some(stream),
-    }
-}
-
-/// [`serve`], taking part in a [`Handoff`] when `share` is given: connections it accepts are
-/// dealt to the serving threads in turn, and those dealt to it arrive in its inbox.
-async fn serve_share(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: impl Future<Output = ()>,
-    mut share: Option<Share>,
-) {
-    // Every connection holds a receiver: it closes when idle once this turns true, and the
-    // drain below ends when the last receiver is gone.
-    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-    let timer_floor = tokio::spawn(keep_a_timer_armed());
-    tokio::pin!(shutdown);
-    loop {
-        let passed_in = async {
-            match share.as_mut() {
-                Some(share) => share.inbox.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match keep_or_pass_on(share.as_ref(), stream, peer) {
-                    Some(stream) => (stream, peer),
-                    None => continue,
-                },
-                Err(e) => {
-                    // Running out of file descriptors must not end the server.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            Some((stream, peer)) = passed_in => match tokio::net::TcpStream::from_std(stream) {
-                Ok(stream) => (stream, peer),
-                Err(e) => {
-                    tracing::warn!(error = %e, "a connection passed from another serving thread was lost");
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        // Streams are written in many small frames; Nagle's algorithm against the client's
-        // delayed ACK would hold each back by tens of milliseconds.
-        let _ = stream.set_nodelay(true);
-        #[cfg(feature = "stage-timing")]
-        let stream = crate::stage_timing::timed(stream);
-        tokio::spawn(serve_connection(stream, state.clone(), peer, stopping.clone()));
-    }
-    tracing::info!("shutting down: draining in-flight requests");
-    stopping_tx.send_replace(true);
-    drop(stopping);
-    if tokio::time::timeout(state.drain_timeout, stopping_tx.closed()).await.is_err() {
-        tracing::warn!("drain timeout reached; closing remaining connections");
-    }
-    timer_floor.abort();
-}
-
-/// Serves one client connection: HTTP/1.1 with bestofn's own connection ([`h1`]), HTTP/2 (prior
-/// knowledge) with hyper's.
-async fn serve_connection<S>(
-    stream: S,
-    state: Arc<AppState>,
-    peer: SocketAddr,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let stream = match h1::serve_connection(stream, state.clone(), peer, stopping.clone()).await {
-        h1::Ended::Closed => return,
-        h1::Ended::Http2(stream) => stream,
-    };
-    let service = service_fn(move |req: Request<Incoming>| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(state, req.map(RequestBody::Incoming), peer).await) }
-    });
-    let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let ended = tokio::select! {
-        ended = conn.as_mut() => ended,
-        () = async { let _ = stopping.wait_for(|stopping| *stopping).await; } => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = ended {
-        tracing::debug!(error = %e, %peer, "HTTP/2 connection ended with an error");
-    }
-}
-
-/// How far ahead the runtime's next timer wake-up is kept at most (see [`keep_a_timer_armed`]).
-const TIMER_FLOOR: Duration = Duration::from_millis(500);
-
-/// Keeps a timer at most [`TIMER_FLOOR`] ahead on this runtime, for as long as it serves.
-///
-/// Tokio wakes its driver through an eventfd (a `write`, then one more `epoll_wait`) whenever a
-/// timer is armed that expires before the driver's next planned wake-up, and with no timer
-/// pending any timer is "earlier". Every request arms some (hyper's header-read timeout for the
-/// connection's next request, the body read and upstream timeouts), all seconds away: with this
-/// timer pending they are later than the planned wake-up, and arming them costs no system call.
-/// Measured with strace on an N = 1 pass-through: one `write` and one `epoll_wait` fewer per
-/// request. Costs two wake-ups a second per runtime.
-async fn keep_a_timer_armed() {
-    loop {
-        tokio::time::sleep(TIMER_FLOOR).await;
-    }
-}
-
-/// Serves `state` on `listener` with `threads` serving threads, shared as `threading` says, until
-/// `shutdown` resolves (it is awaited on the calling thread), then drains every connection;
-/// returns when every serving thread has finished.
-///
-/// [`Threading::PerCore`]: each thread runs its own single-threaded runtime and accepts from the
-/// same listening socket, dealing new connections to the threads in turn (see `Handoff`), so a
-/// connection, its requests and their backend calls (through that
-/// thread's pools, see [`crate::backend::set_serving_thread`]) stay on one thread, as nginx's
-/// workers do. Tokio's work-stealing runtime ([`Threading::WorkStealing`]) moves tasks between
-/// threads and wakes a sleeping core for most hand-offs: on the 2-core VM of BENCHMARKS.md a
-/// bare hyper proxy served 27,500 req/s that way and 43,900 per core, with a lower latency at
-/// light load; work stealing keeps requests moving when one thread is descheduled.
-pub fn serve_on_threads(
-    listener: std::net::TcpListener,
-    state: Arc<AppState>,
-    threads: usize,
-    threading: Threading,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let threads = threads.max(1);
-    if threading == Threading::WorkStealing {
-        let (named, started) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name_fn(move || format!("bestofn-steal-{}", named.fetch_add(1, Ordering::Relaxed)))
-            // Each thread still calls through pools of its own: a task that stays where it was
-            // spawned finds its connections' I/O on its own thread.
-            .on_thread_start(move || crate::backend::set_serving_thread(started.fetch_add(1, Ordering::Relaxed)))
-            .on_thread_park(crate::backend::give_way_to_local_upstream)
-            .enable_all()
-            .build()?;
-        return runtime.block_on(async move {
-            serve(TcpListener::from_std(listener)?, state, shutdown).await;
-            Ok(())
-        });
-    }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (exited_tx, mut exited_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut workers = Vec::new();
-    let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..threads).map(|_| tokio::sync::mpsc::unbounded_channel()).unzip();
-    let handoff = Arc::new(Handoff { inboxes, next: AtomicUsize::new(0) });
-    for (index, inbox) in receivers.into_iter().enumerate() {
-        let share = Share { index, handoff: handoff.clone(), inbox };
-        let listener = listener.try_clone()?;
-        let state = state.clone();
-        let mut stop = stop_rx.clone();
-        let exited = exited_tx.clone();
-        let worker = std::thread::Builder::new().name(format!("bestofn-serve-{index}")).spawn(
-            move || -> std::io::Result<()> {
-                crate::backend::set_serving_thread(index);
-                log_buffer::buffer_thread_log();
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .on_thread_park(|| {
-                        crate::backend::give_way_to_local_upstream();
-                        log_buffer::flush_thread_log();
-                    })
-                    .enable_all()
-                    .build()?;
-                let served = runtime.block_on(async move {
-                    let listener = TcpListener::from_std(listener)?;
-                    let stopped = async move {
-                        let _ = stop.wait_for(|stopping| *stopping).await;
-                    };
-                    serve_share(listener, state, stopped, Some(share)).await;
-                    Ok(())
-                });
-                log_buffer::flush_thread_log();
-                let _ = exited.send(());
-                served
-            },
-        )?;
-        workers.push(worker);
-    }
-    drop(handoff);
-    drop(exited_tx);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        // A serving thread that ends on its own (it could not register the socket) ends the
-        // server rather than leaving it half up.
-        tokio::select! {
-            () = shutdown => {},
-            _ = exited_rx.recv() => {},
-        }
-    });
-    let _ = stop_tx.send(true);
-    let mut outcome = Ok(());
-    for worker in workers {
-        let ended = worker.join().unwrap_or_else(|_| Err(std::io::Error::other("a serving thread panicked")));
-        if outcome.is_ok() {
-            outcome = ended;
-        }
-    }
-    outcome
-}
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -312,22 +50,16 @@ fn request_id(headers: &HeaderMap) -> String {
     format!("bon-{started:x}-{:06x}", REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A request's body as the handler gets it.
-enum RequestBody {
-    /// Still arriving, on an HTTP/2 connection that hyper serves.
-    Incoming(Incoming),
-    /// Read whole by the HTTP/1.1 connection, or why it was not.
-    Read(Result<Bytes, Error>),
-}
-
-async fn handle(state: Arc<AppState>, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
-    stage_timing::mark(Stage::Handler);
+async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let id = request_id(req.headers());
+    let version = req.version();
     let path = req.uri().path();
     let is_ops = matches!(path, "/healthz" | "/health" | "/metrics");
     let routed = Route::of(req.method(), path);
     let authorization = header_str(req.headers(), &AUTHORIZATION);
-    let result = if (!is_ops || state.auth_ops_endpoints) && !state.authorized(authorization) {
+    let result = if let Err(e) = check_host(&req) {
+        Err(e)
+    } else if (!is_ops || state.auth_ops_endpoints) && !state.authorized(authorization) {
         Err(Error::Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'".into()))
     } else {
         match routed {
@@ -342,13 +74,41 @@ async fn handle(state: Arc<AppState>, req: Request<RequestBody>, peer: SocketAdd
         } else {
             tracing::info!(request_id = %id, %peer, status = status.as_u16(), error = %e, "request rejected");
         }
-        error_response(&e)
+        let mut response = error_response(&e);
+        // The rest of such a request's bytes cannot be trusted or were not read: the next
+        // request on the connection could start anywhere in them.
+        if e.ends_connection() && version <= Version::HTTP_11 {
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     });
     // The id's own bytes become the header value, without a copy.
     if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(id)) {
         response.headers_mut().insert(X_REQUEST_ID, v);
     }
     response
+}
+
+/// The Host rule of RFC 9112 section 3.2: an HTTP/1.1 request carries exactly one `Host` field,
+/// and it is a valid `uri-host[:port]`. hyper leaves this to the server; HTTP/2 carries
+/// `:authority` instead, and HTTP/1.0 need not send one.
+fn check_host<B>(req: &Request<B>) -> Result<(), Error> {
+    if req.version() != Version::HTTP_11 {
+        return Ok(());
+    }
+    let refuse = |why: &str| Err(Error::MalformedHead(format!("bad Host header: {why}")));
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return refuse("an HTTP/1.1 request carries exactly one");
+    };
+    // An authority without userinfo: `http::uri::Authority` accepts `user@host`, which a Host
+    // field may not carry.
+    let valid = !host.as_bytes().contains(&b'@')
+        && http::uri::Authority::try_from(host.as_bytes()).is_ok_and(|authority| !authority.host().is_empty());
+    if !valid {
+        return refuse("not a host[:port]");
+    }
+    Ok(())
 }
 
 /// What a request asks for, from its method and path.
@@ -384,7 +144,7 @@ impl Route {
 
 async fn serve_route(
     state: &Arc<AppState>,
-    req: Request<RequestBody>,
+    req: Request<Incoming>,
     id: &str,
     route: Route,
 ) -> Result<Response<Body>, Error> {
@@ -442,22 +202,56 @@ fn json_bytes_response(status: StatusCode, bytes: Bytes) -> Response<Body> {
     response
 }
 
-async fn read_body(state: &AppState, body: RequestBody) -> Result<Bytes, Error> {
-    let body = match body {
-        RequestBody::Read(read) => return read,
-        RequestBody::Incoming(body) => body,
-    };
+/// Reads a request body whole, under `server.max_body_bytes` and `server.body_read_timeout_ms`.
+async fn read_body(state: &AppState, body: Incoming) -> Result<Bytes, Error> {
     let limit = state.max_body_bytes;
-    let read = Limited::new(body, limit).collect();
+    // A declared length over the limit is refused before a byte of the body is read.
+    if hyper::body::Body::size_hint(&body).lower() > limit as u64 {
+        drain_in_background(body);
+        return Err(Error::PayloadTooLarge(limit));
+    }
+    let read = async {
+        let mut body = body;
+        let mut collected = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Error::InvalidRequest {
+                message: format!("cannot read request body: {e}"),
+                param: None,
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if collected.len() + data.len() > limit {
+                    drain_in_background(body);
+                    return Err(Error::PayloadTooLarge(limit));
+                }
+                collected.extend_from_slice(&data);
+            }
+        }
+        Ok(collected.freeze())
+    };
     match tokio::time::timeout(state.body_read_timeout, read).await {
         Err(_) => Err(Error::RequestTimeout(format!(
             "the request body did not arrive within {} ms",
             state.body_read_timeout.as_millis()
         ))),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Error::PayloadTooLarge(limit)),
-        Ok(Err(e)) => Err(Error::InvalidRequest { message: format!("cannot read request body: {e}"), param: None }),
+        Ok(read) => read,
     }
+}
+
+/// How long the rest of a refused body is read and dropped, at most.
+const DRAIN_REFUSED_BODY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops what remains of a refused body for a short while, so that a client still
+/// sending it reads its 413 instead of a connection reset: closing a socket with unread bytes
+/// makes the kernel answer with RST, which can destroy the answer in flight (nginx's lingering
+/// close).
+fn drain_in_background(body: Incoming) {
+    tokio::spawn(async move {
+        let drain = async {
+            let mut body = body;
+            while let Some(Ok(_)) = body.frame().await {}
+        };
+        let _ = tokio::time::timeout(DRAIN_REFUSED_BODY, drain).await;
+    });
 }
 
 // Header names as constants: looking a header up by `&str` parses the name on every call.
@@ -506,23 +300,18 @@ fn observe_outcome(
 ) {
     let overhead = observer.answered(spans);
     observer.outcome(plan, outcome);
-    let (request_id, domain, n, scorer) = (id.to_string(), plan.domain.clone(), plan.n, plan.scorer.name.clone());
-    let (received, chosen, scores) = (outcome.samples.candidates.len(), outcome.chosen(), outcome.scores.clone());
-    let latency_ms = observer.started().elapsed().as_millis() as u64;
-    log_buffer::defer_log_line(move || {
-        tracing::info!(
-            request_id = %request_id,
-            domain = %domain,
-            n,
-            received,
-            chosen,
-            scores = ?scores,
-            scorer = %scorer,
-            latency_ms,
-            overhead_us = (overhead * 1e6) as u64,
-            "best-of-n"
-        );
-    });
+    tracing::info!(
+        request_id = %id,
+        domain = %plan.domain,
+        n = plan.n,
+        received = outcome.samples.candidates.len(),
+        chosen = outcome.chosen(),
+        scores = ?outcome.scores,
+        scorer = %plan.scorer.name,
+        latency_ms = observer.started().elapsed().as_millis() as u64,
+        overhead_us = (overhead * 1e6) as u64,
+        "best-of-n"
+    );
     if let Some(recorder) = &state.recorder {
         recorder.record(|| {
             let response_format = request.body.fields().ok().and_then(|fields| fields.get("response_format"));
@@ -536,7 +325,7 @@ fn observe_outcome(
 /// observer out of `slot` into its body.
 async fn completion(
     state: &Arc<AppState>,
-    req: Request<RequestBody>,
+    req: Request<Incoming>,
     id: &str,
     api: Api,
     slot: &mut Option<RequestObserver>,
@@ -544,7 +333,6 @@ async fn completion(
     let observer = slot.as_mut().ok_or_else(|| Error::Internal("the request has no observer".into()))?;
     let (head, body) = req.into_parts();
     let bytes = read_body(state, body).await?;
-    stage_timing::mark(Stage::BodyRead);
     let headers = &head.headers;
     let steering_headers = SteeringHeaders {
         n: header_str(headers, &X_BESTOFN_N),
@@ -556,9 +344,7 @@ async fn completion(
         Api::Chat => parse_chat_request(bytes, steering_headers)?,
         Api::Completions => parse_completion_request(bytes, steering_headers)?,
     };
-    stage_timing::mark(Stage::Parsed);
     let plan = state.engine.plan(&request.steering, request.client_n, &request.conversation).await?;
-    stage_timing::mark(Stage::Planned);
     observer.set_domain(&plan.domain);
     // The client's text of the body the upstream is to get: its bytes, or, when the proxy took
     // fields out for itself, its bytes without them (so every other field keeps its spelling).
@@ -572,34 +358,26 @@ async fn completion(
     // deadline and its `bestofn` report (`degraded`, `n_requested`).
     if plan.n == 1 && !plan.return_candidates && !plan.degraded {
         let mut response = if request.stream {
-            let (request_id, domain) = (id.to_string(), plan.domain.clone());
-            log_buffer::defer_log_line(move || {
-                tracing::info!(request_id = %request_id, domain = %domain, n = 1, stream = true, "pass-through");
-            });
+            tracing::info!(request_id = %id, domain = %plan.domain, n = 1, stream = true, "pass-through");
             pass_through_stream(state, api, &plan, &request, verbatim.as_ref(), slot).await?
         } else {
             let (answer, spans) =
                 with_call_spans(state.engine.forward(api, &plan, &request.body, verbatim.as_ref())).await;
             let answer = answer?;
-            stage_timing::mark(Stage::Forwarded);
             observer.pass_through(true, answer.prompt_tokens, answer.completion_tokens);
             let response = json_bytes_response(StatusCode::OK, answer.body);
             let overhead = observer.answered(spans);
-            let (request_id, domain) = (id.to_string(), plan.domain.clone());
-            log_buffer::defer_log_line(move || {
-                tracing::info!(
-                    request_id = %request_id,
-                    domain = %domain,
-                    n = 1,
-                    stream = false,
-                    overhead_us = (overhead * 1e6) as u64,
-                    "pass-through"
-                );
-            });
+            tracing::info!(
+                request_id = %id,
+                domain = %plan.domain,
+                n = 1,
+                stream = false,
+                overhead_us = (overhead * 1e6) as u64,
+                "pass-through"
+            );
             response
         };
         response.headers_mut().insert(X_BESTOFN_N, HeaderValue::from_static("1"));
-        stage_timing::mark(Stage::Answered);
         return Ok(response);
     }
 
@@ -626,7 +404,6 @@ async fn completion(
     if let Some(reward) = outcome.chosen_score().and_then(|r| HeaderValue::from_str(&r.to_string()).ok()) {
         h.insert("x-bestofn-reward", reward);
     }
-    stage_timing::mark(Stage::Answered);
     Ok(response)
 }
 

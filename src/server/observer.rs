@@ -21,7 +21,6 @@ use super::Body;
 use crate::bon::{Outcome, Plan};
 use crate::error::Error;
 use crate::metrics::{Metrics, status_class};
-use crate::stage_timing::{self, Stage};
 
 /// Spans of backend calls: (start, end).
 pub type CallSpans = Vec<(Instant, Instant)>;
@@ -158,9 +157,7 @@ impl RequestObserver {
     }
 
     fn record(&mut self) {
-        stage_timing::mark(Stage::Recording);
         self.record_metrics();
-        stage_timing::mark(Stage::Recorded);
     }
 
     fn record_metrics(&mut self) {

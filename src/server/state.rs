@@ -44,6 +44,10 @@ pub struct AppState {
     pub header_read_timeout: Duration,
     /// Time in-flight requests get after a shutdown signal.
     pub drain_timeout: Duration,
+    /// Time a write to a client may make no progress.
+    pub write_timeout: Duration,
+    /// Time a connection with no request in flight stays open.
+    pub idle_timeout: Duration,
 }
 
 impl AppState {
@@ -169,6 +173,8 @@ impl AppState {
             body_read_timeout: Duration::from_millis(server.body_read_timeout_ms),
             header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
             drain_timeout: Duration::from_millis(server.drain_timeout_ms),
+            write_timeout: Duration::from_millis(server.write_timeout_ms),
+            idle_timeout: Duration::from_millis(server.idle_timeout_ms),
         })
     }
 }

@@ -583,8 +583,7 @@ pub async fn read_http_message(stream: &mut tokio::net::TcpStream) -> Option<(St
 }
 
 /// The `bestofn` binary the tests run: this build's, or `BESTOFN_TEST_BIN` when it is set, so the
-/// suite can be run against a release binary built another way (`scripts/pgo-build.sh`'s PGO and
-/// BOLT output rewrites the linked code, and should behave exactly as the plain build does).
+/// suite can be run against the release binary that ships.
 pub fn bestofn_exe() -> std::path::PathBuf {
     std::env::var_os("BESTOFN_TEST_BIN").map_or_else(|| env!("CARGO_BIN_EXE_bestofn").into(), Into::into)
 }
