@@ -149,6 +149,7 @@ struct RawUpstream {
     models: Option<Vec<String>>,
     usage_counts: Option<UsageCounts>,
     http2: Option<Http2Mode>,
+    max_response_bytes: Option<u64>,
     #[serde(flatten)]
     transport: RawTransport,
 }
@@ -354,8 +355,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Threading {
-    /// A single-threaded runtime per thread, each accepting connections and keeping its own
-    /// upstream connections: no hand-offs between threads (nginx's model). A thread the kernel
+    /// A single-threaded runtime per thread, each accepting connections and serving their
+    /// requests itself: no hand-offs of requests between threads (nginx's model). A thread the kernel
     /// deschedules holds the requests it accepted until it runs again.
     PerCore,
     /// Tokio's work-stealing runtime: idle threads take tasks from busy ones, at the cost of
@@ -379,6 +380,9 @@ pub struct UpstreamConfig {
     pub usage_counts: UsageCounts,
     /// HTTP/2 to the upstream.
     pub http2: Http2Mode,
+    /// The largest answer body read from any backend (upstream, scorers, judge classifier,
+    /// fuser); a larger one is a 502.
+    pub max_response_bytes: u64,
     /// Credentials, time limit, retries, ejection.
     #[serde(flatten)]
     pub transport: TransportConfig,
@@ -486,6 +490,9 @@ pub mod defaults {
     pub const THREADING: super::Threading = super::Threading::PerCore;
     /// `upstream.timeout_ms`.
     pub const UPSTREAM_TIMEOUT_MS: u64 = 60_000;
+    /// `upstream.max_response_bytes`: far above any chat answer, low enough that a broken or
+    /// hostile backend cannot make the proxy buffer without bound.
+    pub const MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
     /// `scorers.NAME.timeout_ms`.
     pub const SCORER_TIMEOUT_MS: u64 = 30_000;
     /// `classifier.timeout_ms`.
@@ -684,6 +691,11 @@ impl Validator<'_> {
             },
             usage_counts: up.usage_counts.unwrap_or(UsageCounts::Auto),
             http2: up.http2.unwrap_or(Http2Mode::Auto),
+            max_response_bytes: self.positive(
+                "upstream.max_response_bytes",
+                up.max_response_bytes,
+                defaults::MAX_RESPONSE_BYTES,
+            )?,
             transport: self.transport(
                 "upstream",
                 up.transport,

@@ -1,5 +1,5 @@
-//! HTTP/1.1 framing rules (RFC 9112) that bestofn's server connection (`server::h1`) and its
-//! upstream client (`backend::wire`) both apply to a message's headers.
+//! HTTP/1.1 framing rules (RFC 9112) that bestofn's server connection (`server::h1`) applies to
+//! a request's headers.
 
 use http::HeaderMap;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};

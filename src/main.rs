@@ -349,7 +349,11 @@ fn serve_forever(config: Config) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(config.server.listen)
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
-    let threads = bestofn::backend::serving_threads();
+    let threads = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     tracing::info!(
         "serving on {threads} thread(s), {:?} (TOKIO_WORKER_THREADS sets how many, server.threading how)",
         config.server.threading
@@ -474,7 +478,8 @@ fn eval_replay(args: ReplayArgs) -> anyhow::Result<()> {
 
     let rows = labelled_rows(&args.samples, Some(&args.config))?;
     let config = Config::from_file(&args.config)?;
-    let scorers = bestofn::wiring::build_scorers(&bestofn::wiring::http_client()?, &config.scorers, None)?;
+    let scorers =
+        bestofn::wiring::build_scorers(&bestofn::wiring::http_client(&config.upstream)?, &config.scorers, None)?;
     let mode = ReplayMode { per_arrival: config.upstream.sampling == bestofn::upstream::SamplingMode::Parallel };
     let options = ReplayOptions {
         mode,

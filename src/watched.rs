@@ -1,6 +1,5 @@
-//! A TCP stream that tells a watcher when bytes arrive and when it writes: backend connections
-//! stamp their wire clock through it (`backend::WireClock`), and with the `stage-timing` feature
-//! client connections stamp their request's timeline (`stage_timing`).
+//! A TCP stream that tells a watcher when bytes arrive and when it writes: with the
+//! `stage-timing` feature client connections stamp their request's timeline (`stage_timing`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

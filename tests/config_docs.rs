@@ -30,6 +30,7 @@ hedge = 1
 models = ["m"]
 usage_counts = "trust"
 http2 = "never"
+max_response_bytes = 1
 api_key_env = "U"
 timeout_ms = 1
 max_retries = 1

@@ -12,10 +12,8 @@ use crate::error::{Error, Party};
 use crate::openai::normalize_error_body;
 
 mod client;
-mod wire;
 
-pub use client::{HttpClient, serving_threads, set_serving_thread};
-pub use wire::{WireClock, give_way_to_local_upstream};
+pub use client::{ClientSettings, HttpClient};
 
 /// Installs ring as the process's TLS crypto provider. reqwest is built without a bundled
 /// provider (see Cargo.toml) to keep clean builds lean; this must run before a client is built.
@@ -432,29 +430,16 @@ pub struct JsonReply {
 
 use crate::bon::ByteStream;
 
-/// An attempt that got a 2xx head: the answer, when the attempt started (after any queueing),
-/// the deadline for its body, the endpoint that answered and its slot.
+/// An attempt that got a 2xx head: the answer, when the attempt started (after any queueing)
+/// and when its request went to the client, the deadline for its body, the endpoint that
+/// answered and its slot.
 struct Sent<'a> {
     reply: client::Reply,
     started: Instant,
+    sent: Instant,
     deadline: tokio::time::Instant,
     endpoint: &'a str,
     slot: Slot,
-}
-
-impl Sent<'_> {
-    /// The span to count as the upstream's while only the head is in: from the request's first
-    /// byte on the wire (or the attempt's start) on.
-    fn call_span(&self) -> (Instant, Instant) {
-        call_span(client::wire_clock(&self.reply).map(|c| &**c), self.started)
-    }
-}
-
-/// A call's span: on the wire when its connection's clock saw this attempt's request, else from
-/// the attempt's start until now.
-fn call_span(clock: Option<&WireClock>, started: Instant) -> (Instant, Instant) {
-    let wire = clock.and_then(WireClock::span);
-    wire.filter(|(from, _)| *from >= started).unwrap_or((started, Instant::now()))
 }
 
 /// A successful call: the body unparsed and how long the successful attempt took.
@@ -466,7 +451,7 @@ pub struct BytesReply {
     pub latency: Duration,
 }
 
-/// A successful call's body, unparsed.
+/// A successful call's answer, its body unparsed.
 struct RawReply<'a> {
     body: Bytes,
     status: http::StatusCode,
@@ -482,6 +467,15 @@ enum Method<'a> {
 
 fn to_json_bytes(body: &(impl serde::Serialize + ?Sized)) -> Result<Bytes, Error> {
     serde_json::to_vec(body).map(Bytes::from).map_err(|e| Error::Internal(format!("cannot serialise a request: {e}")))
+}
+
+/// Whether the answer's Content-Length says it is larger than `limit` bytes.
+fn declared_over(headers: &http::HeaderMap, limit: u64) -> bool {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > limit)
 }
 
 impl Backend {
@@ -502,24 +496,51 @@ impl Backend {
     }
 
     /// POSTs `body` (JSON text) and returns the answer's bytes as they arrive. The timeout bounds the wait
-    /// for the response headers only: a stream may legitimately run longer than one call.
+    /// for the response headers only: a stream may legitimately run longer than one call. A
+    /// stream that goes past `upstream.max_response_bytes` ends with an error.
     pub async fn post_stream(&self, path: &str, body: Bytes) -> Result<ByteStream, Error> {
         use futures_util::StreamExt;
         let sent = self.send(path, Method::Post(&body)).await?;
-        record_interval(sent.call_span().0, Instant::now());
+        // A stream's span ends with its head: the rest is paced by the client reading it.
+        record_interval(sent.sent, Instant::now());
         let name = self.endpoint_name(sent.endpoint);
+        let limit = self.client.max_response_bytes();
+        if declared_over(sent.reply.headers(), limit) {
+            return Err(self.too_large(&name, limit));
+        }
         let party = self.party;
         let slot = sent.slot;
+        let too_large = self.too_large(&name, limit);
+        let mut read: u64 = 0;
         // The slot is held until the stream ends or is dropped.
         let stream = http_body_util::BodyDataStream::new(sent.reply.into_body());
-        Ok(Box::pin(stream.map(move |chunk| {
+        let stream = stream.map(move |chunk| {
             let _held = &slot;
-            chunk.map_err(|e| Error::bad_gateway(party, name.clone(), "stream broke off").caused_by_boxed(e))
+            let chunk = chunk.map_err(|e| {
+                Error::bad_gateway(party, name.clone(), "stream broke off").caused_by_boxed(Box::new(e))
+            })?;
+            read += chunk.len() as u64;
+            if read > limit {
+                return Err(too_large.clone());
+            }
+            Ok(chunk)
+        });
+        // Nothing after the error that ends a stream over the limit is read.
+        let mut failed = false;
+        Ok(Box::pin(stream.take_while(move |item| {
+            let go = !failed;
+            failed |= item.is_err();
+            std::future::ready(go)
         })))
     }
 
     fn endpoint_name(&self, url: &str) -> String {
         format!("{} {url}", self.name)
+    }
+
+    /// The error of an answer larger than the process allows.
+    fn too_large(&self, name: &str, limit: u64) -> Error {
+        Error::bad_gateway(self.party, name, format!("answered more than upstream.max_response_bytes ({limit} bytes)"))
     }
 
     async fn call_json(&self, path: &str, method: Method<'_>) -> Result<JsonReply, Error> {
@@ -542,29 +563,34 @@ impl Backend {
         Ok(BytesReply { body: raw.body, latency: raw.latency })
     }
 
+    /// One call read to its end, its body under `upstream.max_response_bytes`.
     async fn call_bytes(&self, path: &str, method: Method<'_>) -> Result<RawReply<'_>, Error> {
         use http_body_util::BodyExt;
         let sent = self.send(path, method).await?;
-        let status = sent.reply.status();
-        let clock = client::wire_clock(&sent.reply).cloned();
+        let (head, body) = sent.reply.into_parts();
+        let limit = self.client.max_response_bytes();
+        let name = || self.endpoint_name(sent.endpoint);
+        if declared_over(&head.headers, limit) {
+            record_interval(sent.sent, Instant::now());
+            return Err(self.too_large(&name(), limit));
+        }
+        let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
         // The attempt's time limit covers the body too.
-        let body = match tokio::time::timeout_at(sent.deadline, sent.reply.into_body().collect()).await {
+        let read = tokio::time::timeout_at(sent.deadline, limited.collect()).await;
+        // The span ends when the body has been read (or given up on): until then the call was
+        // the upstream's time, not the proxy's.
+        record_interval(sent.sent, Instant::now());
+        let body = match read {
             Ok(Ok(body)) => body.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(self.too_large(&name(), limit)),
             Ok(Err(e)) => {
-                return Err(Error::bad_gateway(
-                    self.party,
-                    self.endpoint_name(sent.endpoint),
-                    "response body broke off",
-                )
-                .caused_by_boxed(e));
+                return Err(Error::bad_gateway(self.party, name(), "response body broke off").caused_by_boxed(e));
             }
-            Err(_) => return Err(self.timed_out(&self.endpoint_name(sent.endpoint))),
+            Err(_) => return Err(self.timed_out(&name())),
         };
         crate::stage_timing::mark(crate::stage_timing::Stage::UpstreamAnswer);
-        let (from, to) = call_span(clock.as_deref(), sent.started);
-        record_interval(from, to);
         sent.slot.served();
-        Ok(RawReply { body, status, latency: sent.started.elapsed(), endpoint: sent.endpoint })
+        Ok(RawReply { body, status: head.status, latency: sent.started.elapsed(), endpoint: sent.endpoint })
     }
 
     /// Sends until a 2xx arrives or the retries run out; each attempt has `timeout` for its
@@ -585,11 +611,11 @@ impl Backend {
                 .pool
                 .url(endpoint.index, path)
                 .map_err(|message| Error::bad_gateway(self.party, self.endpoint_name(base), message))?;
-            let direct = self.client.is_direct(&uri);
             let request = self.request(uri, method).map_err(|message| Error::Internal(message.to_string()))?;
             let deadline = tokio::time::Instant::from_std(started) + self.timeout;
             crate::stage_timing::mark(crate::stage_timing::Stage::Attempt);
-            let outcome = match tokio::time::timeout_at(deadline, self.attempt(request, direct, base)).await {
+            let sent = Instant::now();
+            let outcome = match tokio::time::timeout_at(deadline, self.attempt(request, base)).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(self.timed_out(&self.endpoint_name(base))),
             };
@@ -600,11 +626,11 @@ impl Backend {
             };
             self.pool.record(endpoint.index, healthy);
             if outcome.is_err() {
-                record_span(started);
+                record_span(sent);
             }
             drop(endpoint);
             match outcome {
-                Ok(reply) => return Ok(Sent { reply, started, deadline, endpoint: base, slot }),
+                Ok(reply) => return Ok(Sent { reply, started, sent, deadline, endpoint: base, slot }),
                 Err(error) if !error.is_retryable() || attempt >= self.retry.max_retries => return Err(error),
                 Err(error) => {
                     drop(slot);
@@ -634,12 +660,14 @@ impl Backend {
     }
 
     /// One attempt at endpoint `base`; errors name the endpoint (built only when one happens).
-    async fn attempt(&self, request: http::Request<Bytes>, direct: bool, base: &str) -> Result<client::Reply, Error> {
+    async fn attempt(&self, request: http::Request<Bytes>, base: &str) -> Result<client::Reply, Error> {
         use http_body_util::BodyExt;
         let bad_gateway = |message: String| Error::bad_gateway(self.party, self.endpoint_name(base), message);
-        let response = match self.client.send(request, direct).await {
+        let response = match self.client.send(request).await {
             Ok(r) => r,
-            Err(e) => return Err(bad_gateway("cannot reach it".into()).caused_by_boxed(e).retryable_after(None)),
+            Err(e) => {
+                return Err(bad_gateway("cannot reach it".into()).caused_by_boxed(Box::new(e)).retryable_after(None));
+            }
         };
         let status = response.status();
         if status.is_success() {
@@ -651,7 +679,13 @@ impl Backend {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        // An error body over the limit is not read: the status alone says what happened.
+        let limit = usize::try_from(self.client.max_response_bytes()).unwrap_or(usize::MAX);
+        let body = http_body_util::Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let normalized = normalize_error_body(&body);
         if status.as_u16() == 429 || status.is_server_error() {
             return Err(
@@ -713,6 +747,108 @@ mod tests {
             drop(p.admit(0).await);
         }
         assert_eq!(p.mean_service(), Some(served), "cancelled calls leave the estimate alone");
+    }
+
+    /// A loopback server whose every answer is `body` after `delay`, with `headers`; chunked
+    /// (no Content-Length) when `chunked`.
+    async fn answering(
+        body: &'static [u8],
+        headers: &'static [(&'static str, &'static str)],
+        chunked: bool,
+        delay: Duration,
+    ) -> String {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| async move {
+                        tokio::time::sleep(delay).await;
+                        let body = if chunked {
+                            let frames = body.chunks(1000).map(|c| Ok(hyper::body::Frame::data(Bytes::from_static(c))));
+                            http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+                        } else {
+                            http_body_util::Full::new(Bytes::from_static(body)).map_err(|e| match e {}).boxed()
+                        };
+                        let mut response = http::Response::new(body);
+                        for (name, value) in headers {
+                            response.headers_mut().append(*name, http::HeaderValue::from_static(value));
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn backend(url: String, max_response_bytes: u64) -> Backend {
+        Backend {
+            client: HttpClient::new(ClientSettings { upstream_http2: Http2Mode::Auto, max_response_bytes }).unwrap(),
+            name: "upstream".into(),
+            party: Party::Upstream,
+            pool: EndpointPool::new(&[url], EjectionPolicy { after_failures: 3, cooldown: Duration::from_secs(1) }),
+            api_key: None,
+            timeout: Duration::from_secs(5),
+            retry: RetryPolicy { max_retries: 0, backoff_base: Duration::ZERO, backoff_max: Duration::ZERO },
+        }
+    }
+
+    const BIG: &[u8] = &[b' '; 5000];
+
+    #[tokio::test]
+    async fn answers_over_the_byte_limit_are_bad_gateways_naming_the_limit() {
+        for chunked in [false, true] {
+            let url = answering(BIG, &[], chunked, Duration::ZERO).await;
+            let error = backend(url.clone(), 4096).post_bytes("/v1/chat/completions", Bytes::new()).await.unwrap_err();
+            assert_eq!(error.status(), http::StatusCode::BAD_GATEWAY);
+            assert_eq!(
+                error.to_string(),
+                format!("upstream {url} failed: answered more than upstream.max_response_bytes (4096 bytes)"),
+                "chunked: {chunked}"
+            );
+            let error = backend(url.clone(), 4096).post_json("/score", &serde_json::json!({})).await.unwrap_err();
+            assert!(error.to_string().contains("upstream.max_response_bytes (4096 bytes)"), "{error}");
+            let whole = backend(url, 5000).post_bytes("/v1/chat/completions", Bytes::new()).await.unwrap();
+            assert_eq!(whole.body.len(), 5000, "an answer of exactly the limit is read");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_over_the_byte_limit_ends_with_an_error() {
+        use futures_util::StreamExt;
+        let url = answering(BIG, &[], true, Duration::ZERO).await;
+        let stream = backend(url.clone(), 2500).post_stream("/v1/chat/completions", Bytes::new()).await.unwrap();
+        let items: Vec<Result<Bytes, Error>> = stream.collect().await;
+        let (last, data) = items.split_last().unwrap();
+        assert!(data.iter().all(Result::is_ok));
+        assert!(data.iter().map(|d| d.as_ref().map_or(0, Bytes::len)).sum::<usize>() <= 2500);
+        let error = last.as_ref().unwrap_err();
+        assert!(error.to_string().contains("answered more than upstream.max_response_bytes (2500 bytes)"), "{error}");
+        let declared = answering(BIG, &[], false, Duration::ZERO).await;
+        let refused = backend(declared, 2500).post_stream("/v1/chat/completions", Bytes::new()).await;
+        assert!(refused.is_err(), "a Content-Length over the limit is refused before the first byte");
+    }
+
+    #[tokio::test]
+    async fn a_call_span_covers_the_upstream() {
+        let url = answering(b"{}", &[], false, Duration::from_millis(80)).await;
+        let backend = backend(url, 1024);
+        let before = Instant::now();
+        let spans = CALL_SPANS
+            .scope(Default::default(), async {
+                backend.post_bytes("/v1/chat/completions", Bytes::from_static(b"{}")).await.unwrap();
+                CALL_SPANS.with(|s| s.borrow().clone())
+            })
+            .await;
+        let after = Instant::now();
+        let [(from, to)] = spans[..] else { panic!("one span: {spans:?}") };
+        assert!(from >= before && to <= after && to - from >= Duration::from_millis(80), "{spans:?}");
     }
 
     #[test]

@@ -209,8 +209,7 @@ async fn keep_a_timer_armed() {
 ///
 /// [`Threading::PerCore`]: each thread runs its own single-threaded runtime and accepts from the
 /// same listening socket, dealing new connections to the threads in turn (see `Handoff`), so a
-/// connection, its requests and their backend calls (through that
-/// thread's pools, see [`crate::backend::set_serving_thread`]) stay on one thread, as nginx's
+/// connection and its requests stay on one thread, as nginx's
 /// workers do. Tokio's work-stealing runtime ([`Threading::WorkStealing`]) moves tasks between
 /// threads and wakes a sleeping core for most hand-offs: on the 2-core VM of BENCHMARKS.md a
 /// bare hyper proxy served 27,500 req/s that way and 43,900 per core, with a lower latency at
@@ -225,14 +224,10 @@ pub fn serve_on_threads(
     listener.set_nonblocking(true)?;
     let threads = threads.max(1);
     if threading == Threading::WorkStealing {
-        let (named, started) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let named = AtomicUsize::new(0);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name_fn(move || format!("bestofn-steal-{}", named.fetch_add(1, Ordering::Relaxed)))
-            // Each thread still calls through pools of its own: a task that stays where it was
-            // spawned finds its connections' I/O on its own thread.
-            .on_thread_start(move || crate::backend::set_serving_thread(started.fetch_add(1, Ordering::Relaxed)))
-            .on_thread_park(crate::backend::give_way_to_local_upstream)
             .enable_all()
             .build()?;
         return runtime.block_on(async move {
@@ -253,13 +248,9 @@ pub fn serve_on_threads(
         let exited = exited_tx.clone();
         let worker = std::thread::Builder::new().name(format!("bestofn-serve-{index}")).spawn(
             move || -> std::io::Result<()> {
-                crate::backend::set_serving_thread(index);
                 log_buffer::buffer_thread_log();
                 let runtime = tokio::runtime::Builder::new_current_thread()
-                    .on_thread_park(|| {
-                        crate::backend::give_way_to_local_upstream();
-                        log_buffer::flush_thread_log();
-                    })
+                    .on_thread_park(log_buffer::flush_thread_log)
                     .enable_all()
                     .build()?;
                 let served = runtime.block_on(async move {
