@@ -442,11 +442,15 @@ struct Sent<'a> {
     slot: Slot,
 }
 
-/// A successful call: the body unparsed and how long the successful attempt took.
+/// A successful call: the body unparsed, the answer's end-to-end headers and how long the
+/// successful attempt took.
 #[derive(Debug)]
 pub struct BytesReply {
     /// The response body.
     pub body: Bytes,
+    /// The answer's headers less the hop-by-hop ones (see [`end_to_end_headers`]), for a
+    /// pass-through to copy.
+    pub headers: http::HeaderMap,
     /// Wall time of the attempt that succeeded.
     pub latency: Duration,
 }
@@ -454,9 +458,42 @@ pub struct BytesReply {
 /// A successful call's answer, its body unparsed.
 struct RawReply<'a> {
     body: Bytes,
+    headers: http::HeaderMap,
     status: http::StatusCode,
     latency: Duration,
     endpoint: &'a str,
+}
+
+/// Headers that describe one connection rather than the answer (RFC 9110 section 7.6.1), and
+/// Content-Length, which whoever re-sends the body computes for itself.
+const HOP_BY_HOP: [http::HeaderName; 6] = [
+    http::header::CONNECTION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::CONTENT_LENGTH,
+];
+
+/// `headers` less the hop-by-hop ones: those of [`HOP_BY_HOP`], `Keep-Alive`, every
+/// `Proxy-*` one and any that `Connection` names.
+pub fn end_to_end_headers(mut headers: http::HeaderMap) -> http::HeaderMap {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| http::HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+    let proxy: Vec<http::HeaderName> =
+        headers.keys().filter(|n| n.as_str() == "keep-alive" || n.as_str().starts_with("proxy-")).cloned().collect();
+    for name in &proxy {
+        headers.remove(name);
+    }
+    headers
 }
 
 #[derive(Clone, Copy)]
@@ -557,10 +594,10 @@ impl Backend {
     }
 
     /// POSTs `body` as JSON to `path` under an endpoint, retrying what is retryable, and returns
-    /// the answer's bytes unparsed.
+    /// the answer's bytes unparsed, with its end-to-end headers.
     pub async fn post_bytes(&self, path: &str, body: Bytes) -> Result<BytesReply, Error> {
         let raw = self.call_bytes(path, Method::Post(&body)).await?;
-        Ok(BytesReply { body: raw.body, latency: raw.latency })
+        Ok(BytesReply { body: raw.body, headers: raw.headers, latency: raw.latency })
     }
 
     /// One call read to its end, its body under `upstream.max_response_bytes`.
@@ -590,7 +627,13 @@ impl Backend {
         };
         crate::stage_timing::mark(crate::stage_timing::Stage::UpstreamAnswer);
         sent.slot.served();
-        Ok(RawReply { body, status: head.status, latency: sent.started.elapsed(), endpoint: sent.endpoint })
+        Ok(RawReply {
+            body,
+            headers: end_to_end_headers(head.headers),
+            status: head.status,
+            latency: sent.started.elapsed(),
+            endpoint: sent.endpoint,
+        })
     }
 
     /// Sends until a 2xx arrives or the retries run out; each attempt has `timeout` for its
@@ -749,6 +792,33 @@ mod tests {
         assert_eq!(p.mean_service(), Some(served), "cancelled calls leave the estimate alone");
     }
 
+    #[test]
+    fn hop_by_hop_headers_are_left_out_and_end_to_end_ones_kept() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("x-upstream-trace", "abc"),
+            ("content-type", "application/json"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "2"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("upgrade", "h2c"),
+            ("set-cookie", "a=1"),
+        ] {
+            headers.append(name, http::HeaderValue::from_static(value));
+        }
+        headers.append("set-cookie", http::HeaderValue::from_static("b=2"));
+        let kept = end_to_end_headers(headers);
+        let mut names: Vec<&str> = kept.keys().map(http::HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "set-cookie", "x-upstream-trace"]);
+        assert_eq!(kept.get_all("set-cookie").iter().count(), 2, "every value of a kept header");
+    }
+
     /// A loopback server whose every answer is `body` after `delay`, with `headers`; chunked
     /// (no Content-Length) when `chunked`.
     async fn answering(
@@ -836,17 +906,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_call_span_covers_the_upstream() {
-        let url = answering(b"{}", &[], false, Duration::from_millis(80)).await;
+    async fn a_reply_keeps_the_end_to_end_headers_and_its_call_span_covers_the_upstream() {
+        let headers = &[
+            ("x-upstream-trace", "abc"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic"),
+        ];
+        let url = answering(b"{}", headers, false, Duration::from_millis(80)).await;
         let backend = backend(url, 1024);
         let before = Instant::now();
-        let spans = CALL_SPANS
+        let (reply, spans) = CALL_SPANS
             .scope(Default::default(), async {
-                backend.post_bytes("/v1/chat/completions", Bytes::from_static(b"{}")).await.unwrap();
-                CALL_SPANS.with(|s| s.borrow().clone())
+                let reply = backend.post_bytes("/v1/chat/completions", Bytes::from_static(b"{}")).await.unwrap();
+                (reply, CALL_SPANS.with(|s| s.borrow().clone()))
             })
             .await;
         let after = Instant::now();
+        assert_eq!(reply.headers["x-upstream-trace"], "abc");
+        for hop in ["connection", "x-hop", "keep-alive", "proxy-authenticate", "content-length"] {
+            assert!(!reply.headers.contains_key(hop), "{hop} is hop-by-hop: {:?}", reply.headers);
+        }
         let [(from, to)] = spans[..] else { panic!("one span: {spans:?}") };
         assert!(from >= before && to <= after && to - from >= Duration::from_millis(80), "{spans:?}");
     }

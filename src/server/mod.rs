@@ -574,7 +574,11 @@ async fn completion(
             let answer = answer?;
             stage_timing::mark(Stage::Forwarded);
             observer.pass_through(true, answer.prompt_tokens, answer.completion_tokens);
-            let response = json_bytes_response(StatusCode::OK, answer.body);
+            let mut response = json_bytes_response(StatusCode::OK, answer.body);
+            // one-client (issue #36): the upstream's end-to-end headers go to the client, each
+            // name's values replacing ours (its own Content-Type included); the backend left out
+            // the hop-by-hop ones.
+            response.headers_mut().extend(answer.headers);
             let overhead = observer.answered(spans);
             let (request_id, domain) = (id.to_string(), plan.domain.clone());
             log_buffer::defer_log_line(move || {
