@@ -746,3 +746,38 @@ async fn a_pass_through_answer_keeps_the_upstreams_end_to_end_headers_only() {
     assert!(headers.get("connection").is_none_or(|v| !v.to_str().unwrap().contains("x-hop")), "{headers:?}");
     assert_eq!(response.text().await.unwrap(), answer, "the body, its length computed by bestofn");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_over_max_response_bytes_are_502s_naming_the_backend_and_the_limit() {
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(4096));
+    let cap = |cfg: String| cfg.replace("sampling = \"n\"", "sampling = \"n\"\nmax_response_bytes = 2048");
+    let rm = FakeServer::start(rm_handler()).await;
+    let huge = big.clone();
+    let upstream = FakeServer::start(move |_| Reply::Raw(200, huge.clone())).await;
+    let proxy = Bestofn::start(&cap(config(&upstream, &rm, "n", 1)));
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
+    assert_eq!(status, 502, "{resp}");
+    let message = resp["error"]["message"].as_str().unwrap();
+    let expected =
+        format!("upstream {}/v1 failed: answered more than upstream.max_response_bytes (2048 bytes)", upstream.url());
+    assert!(message.contains(&expected), "{message}");
+    // A stream whose length is declared over the limit is refused before its first byte.
+    let mut streaming = chat_body("q");
+    streaming["stream"] = json!(true);
+    let (status, _, text) = post_raw(&proxy.url("/v1/chat/completions"), streaming).await;
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("upstream.max_response_bytes (2048 bytes)"), "{text}");
+
+    // A reward model's reply is held to the same limit.
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let huge_rm = FakeServer::start(move |_| Reply::Raw(200, big.clone())).await;
+    let proxy = Bestofn::start(&cap(config(&upstream, &huge_rm, "n", 3)));
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
+    assert_eq!(status, 502, "{resp}");
+    let message = resp["error"]["message"].as_str().unwrap();
+    let expected = format!(
+        "scorer vllm {}/classify failed: answered more than upstream.max_response_bytes (2048 bytes)",
+        huge_rm.url()
+    );
+    assert!(message.contains(&expected), "{message}");
+}
