@@ -58,7 +58,8 @@ pub fn backend(
             },
         )
         .counting_ejections(ejections)
-        .limited(t.max_in_flight, metrics.map(|m| &m.pool)),
+        .limited(t.max_in_flight, metrics.map(|m| &m.pool))
+        .assuming_calls_take(t.typical_call_ms.map(Duration::from_millis)),
         name,
         timeout: Duration::from_millis(t.timeout_ms),
         retry: RetryPolicy {

@@ -31,6 +31,7 @@ models = ["m"]
 usage_counts = "trust"
 http2 = "never"
 max_response_bytes = 1
+typical_call_ms = 1
 api_key_env = "U"
 timeout_ms = 1
 max_retries = 1

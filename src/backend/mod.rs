@@ -127,14 +127,28 @@ pub struct PoolMetrics {
     pub queue_seconds: prometheus::HistogramVec,
 }
 
+/// What a bounded pool knows of its calls, for the expected queue wait.
+#[derive(Debug, Default)]
+struct Load {
+    /// Exponentially weighted mean time a call holds its slot, in microseconds (0: none yet).
+    service_us: AtomicU64,
+    /// Calls holding a slot now.
+    running: AtomicU64,
+    /// The sum of their starts, in microseconds after the pool's epoch: with `running`, how long
+    /// the calls in flight have been running, on average, without a list of them.
+    running_since_us: AtomicU64,
+}
+
 /// A call's hold on its endpoint: the slot (when the endpoint is bounded) and the running
 /// gauge, both released when the call's response has been read or its stream ends; the time
 /// held by calls answered in full (not streamed) feeds the pool's service-time estimate.
 pub(crate) struct Slot {
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     running: Option<prometheus::IntGauge>,
-    service_us: std::sync::Arc<AtomicU64>,
+    load: std::sync::Arc<Load>,
     since: Instant,
+    /// `since`, in microseconds after the pool's epoch.
+    since_us: u64,
 }
 
 impl Slot {
@@ -144,10 +158,10 @@ impl Slot {
     fn served(&self) {
         if self._permit.is_some() {
             let held = self.since.elapsed().as_micros() as u64;
-            let previous = self.service_us.load(Ordering::Relaxed);
+            let previous = self.load.service_us.load(Ordering::Relaxed);
             // An EWMA with weight 1/8: recent enough to follow the load, smooth enough not to jump.
             let next = if previous == 0 { held } else { previous - previous / 8 + held / 8 };
-            self.service_us.store(next.max(1), Ordering::Relaxed);
+            self.load.service_us.store(next.max(1), Ordering::Relaxed);
         }
     }
 }
@@ -156,6 +170,10 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(g) = &self.running {
             g.dec();
+        }
+        if self._permit.is_some() {
+            self.load.running_since_us.fetch_sub(self.since_us, Ordering::Relaxed);
+            self.load.running.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -185,8 +203,10 @@ pub struct EndpointPool {
     waiting: AtomicUsize,
     /// `max_in_flight` of each endpoint, when bounded.
     limit: Option<usize>,
-    /// Exponentially weighted mean time a call holds its slot, in microseconds (0: none yet).
-    service_us: std::sync::Arc<AtomicU64>,
+    /// What the calls holding slots are doing, and how long they took.
+    load: std::sync::Arc<Load>,
+    /// The time a call is assumed to take before any has been served.
+    typical_call: Option<Duration>,
 }
 
 /// Holds an endpoint's in-flight count up while a call runs.
@@ -224,7 +244,8 @@ impl EndpointPool {
             rotation: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             limit: None,
-            service_us: std::sync::Arc::new(AtomicU64::new(0)),
+            load: std::sync::Arc::default(),
+            typical_call: None,
         }
     }
 
@@ -243,21 +264,40 @@ impl EndpointPool {
         self
     }
 
-    /// The wait a call queued now would expect: calls waiting x mean service time / slots.
-    /// None when the pool is unbounded or nothing has been served yet.
+    /// Assumes a call takes `typical` until one has been served, so that a burst on a pool
+    /// that has served nothing yet still sees its queue (see [`EndpointPool::expected_wait`]).
+    pub fn assuming_calls_take(mut self, typical: Option<Duration>) -> Self {
+        self.typical_call = typical;
+        self
+    }
+
+    /// The wait a call queued now would expect: when every slot is busy, what is left of the
+    /// running calls, then one call time for each round of the calls waiting ahead of it. The
+    /// call time is the mean of served calls; before any, the assumed typical call time, or
+    /// longer when the calls in flight have already run longer. None when the pool is unbounded,
+    /// or has served nothing and assumes nothing.
     pub fn expected_wait(&self) -> Option<Duration> {
-        let slots = self.limit? as u64 * self.endpoints.len() as u64;
-        let service = self.service_us.load(Ordering::Relaxed);
-        if service == 0 {
-            return None;
-        }
+        let slots = (self.limit? as u64 * self.endpoints.len() as u64).max(1);
+        let running = self.load.running.load(Ordering::Relaxed);
+        let elapsed_us = match running {
+            0 => 0,
+            n => {
+                let mean_start = self.load.running_since_us.load(Ordering::Relaxed) / n;
+                self.now_us().saturating_sub(mean_start)
+            }
+        };
+        let service_us = match self.load.service_us.load(Ordering::Relaxed) {
+            0 => (self.typical_call?.as_micros() as u64).max(elapsed_us),
+            measured => measured,
+        };
+        let left_us = if running >= slots { service_us.saturating_sub(elapsed_us) } else { 0 };
         let waiting = self.waiting.load(Ordering::Relaxed) as u64;
-        Some(Duration::from_micros(waiting * service / slots.max(1)))
+        Some(Duration::from_micros(left_us + waiting * service_us / slots))
     }
 
     /// The recent mean time a call holds its slot; None before the first bounded call ends.
     pub fn mean_service(&self) -> Option<Duration> {
-        let service = self.service_us.load(Ordering::Relaxed);
+        let service = self.load.service_us.load(Ordering::Relaxed);
         (service > 0).then(|| Duration::from_micros(service))
     }
 
@@ -287,7 +327,12 @@ impl EndpointPool {
         if let Some(g) = &running {
             g.inc();
         }
-        Slot { _permit: permit, running, service_us: self.service_us.clone(), since: Instant::now() }
+        let since_us = self.now_us();
+        if permit.is_some() {
+            self.load.running.fetch_add(1, Ordering::Relaxed);
+            self.load.running_since_us.fetch_add(since_us, Ordering::Relaxed);
+        }
+        Slot { _permit: permit, running, load: self.load.clone(), since: Instant::now(), since_us }
     }
 
     /// Counts every ejection in `counter`.
@@ -316,6 +361,10 @@ impl EndpointPool {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
     }
 
     /// The endpoint with the fewest in-flight calls among those not ejected; when every one is
@@ -386,6 +435,10 @@ pub struct TransportConfig {
     /// unbounded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<usize>,
+    /// The time a call is assumed to take before one has been served, for load-aware N
+    /// (`upstream.typical_call_ms`; the upstream's only). None: no estimate until one is served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub typical_call_ms: Option<u64>,
 }
 
 /// HTTP/2 to a backend.
@@ -790,6 +843,47 @@ mod tests {
             drop(p.admit(0).await);
         }
         assert_eq!(p.mean_service(), Some(served), "cancelled calls leave the estimate alone");
+    }
+
+    /// Polls `future` once, leaving it pending where it waits.
+    async fn poll_once<F: std::future::Future + Unpin>(future: &mut F) {
+        std::future::poll_fn(|cx| {
+            let _ = std::pin::Pin::new(&mut *future).poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_cold_pool_estimates_its_queue_from_the_typical_call_and_the_calls_in_flight() {
+        let second = Duration::from_secs(1);
+        assert_eq!(pool(1).limited(Some(2), None).expected_wait(), None, "no assumption, nothing served: unknown");
+        let p = pool(1).limited(Some(2), None).assuming_calls_take(Some(second));
+        assert_eq!(p.expected_wait(), Some(Duration::ZERO), "idle slots: no wait");
+        let running = [p.admit(0).await, p.admit(0).await];
+        let busy = p.expected_wait().unwrap();
+        assert!(busy > second - Duration::from_millis(50) && busy <= second, "the running calls' rest: {busy:?}");
+        let mut queued: Vec<_> = (0..4).map(|_| Box::pin(p.admit(0))).collect();
+        for q in &mut queued {
+            poll_once(q).await;
+        }
+        let wait = p.expected_wait().unwrap();
+        assert!(
+            wait > 3 * second - Duration::from_millis(50) && wait <= 3 * second,
+            "their rest, then two rounds: {wait:?}"
+        );
+        drop((queued, running));
+
+        // Calls in flight that have already run longer than assumed say more than the assumption.
+        let p = pool(1).limited(Some(2), None).assuming_calls_take(Some(Duration::from_millis(10)));
+        let _running = [p.admit(0).await, p.admit(0).await];
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let mut queued: Vec<_> = (0..2).map(|_| Box::pin(p.admit(0))).collect();
+        for q in &mut queued {
+            poll_once(q).await;
+        }
+        let wait = p.expected_wait().unwrap();
+        assert!(wait >= Duration::from_millis(55), "one round of calls at least as long as those running: {wait:?}");
     }
 
     #[test]

@@ -271,6 +271,7 @@ mod tests {
                     eject_after_failures: 1,
                     eject_cooldown_ms: 1000,
                     max_in_flight: None,
+                    typical_call_ms: None,
                 },
             },
             backend: Backend {
