@@ -109,11 +109,9 @@ mod tests {
     use http_body_util::{BodyExt, Full};
     use hyper_util::rt::TokioIo;
 
-    /// A loopback HTTP/1.1 server answering every request with `{}` and the headers of
-    /// `headers`, keeping connections alive; returns its address and a count of connections.
-    async fn server(
-        headers: &'static [(&'static str, &'static str)],
-    ) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    /// A loopback HTTP/1.1 server answering every request with a 307 to a closed port and `{}`,
+    /// keeping connections alive; returns its address and a count of connections.
+    async fn redirecting_server() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -124,11 +122,10 @@ mod tests {
                 counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |_req| async move {
-                        let mut response = http::Response::new(Full::new(Bytes::from_static(b"{}")));
-                        for (name, value) in headers {
-                            response.headers_mut().insert(*name, http::HeaderValue::from_static(value));
-                        }
-                        Ok::<_, std::convert::Infallible>(response)
+                        http::Response::builder()
+                            .status(http::StatusCode::TEMPORARY_REDIRECT)
+                            .header(http::header::LOCATION, "http://127.0.0.1:9/elsewhere")
+                            .body(Full::new(Bytes::from_static(b"{}")))
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -145,7 +142,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_share_one_kept_alive_connection_and_redirects_are_not_followed() {
-        let (addr, connections) = server(&[("location", "http://127.0.0.1:9/elsewhere")]).await;
+        let (addr, connections) = redirecting_server().await;
         let client = HttpClient::new(settings(Http2Mode::Auto)).unwrap();
         let upstream = client.for_upstream();
         for handle in [&client, &upstream, &client] {
@@ -153,7 +150,7 @@ mod tests {
                 .body(Bytes::from_static(b"{}"))
                 .unwrap();
             let reply = handle.send(request).await.unwrap();
-            assert_eq!(reply.headers()["location"], "http://127.0.0.1:9/elsewhere");
+            assert_eq!(reply.status(), http::StatusCode::TEMPORARY_REDIRECT, "the redirect is the answer");
             assert_eq!(reply.into_body().collect().await.unwrap().to_bytes(), "{}");
         }
         assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1, "one pool for every backend");
