@@ -1288,7 +1288,11 @@ fn run_bare_proxy(spec: &str) {
     listener.set_nonblocking(true).unwrap();
     let upstream: Arc<str> = format!("http://{upstream}").into();
     // As many threads as bestofn serves on (`TOKIO_WORKER_THREADS`, else the CPUs).
-    let threads = bestofn::backend::serving_threads();
+    let threads = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let (inboxes, receivers): (Vec<_>, Vec<_>) =
         (0..threads).map(|_| tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>()).unzip();
     let inboxes = Arc::new(inboxes);

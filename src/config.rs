@@ -153,6 +153,8 @@ struct RawUpstream {
     models: Option<Vec<String>>,
     usage_counts: Option<UsageCounts>,
     http2: Option<Http2Mode>,
+    max_response_bytes: Option<u64>,
+    typical_call_ms: Option<u64>,
     #[serde(flatten)]
     transport: RawTransport,
 }
@@ -387,7 +389,10 @@ pub struct UpstreamConfig {
     pub usage_counts: UsageCounts,
     /// HTTP/2 to the upstream.
     pub http2: Http2Mode,
-    /// Credentials, time limit, retries, ejection.
+    /// The largest answer body read from any backend (upstream, scorers, judge classifier,
+    /// fuser); a larger one is a 502.
+    pub max_response_bytes: u64,
+    /// Credentials, time limit, retries, ejection; `typical_call_ms` is set here only.
     #[serde(flatten)]
     pub transport: TransportConfig,
 }
@@ -498,6 +503,12 @@ pub mod defaults {
     pub const LOG_FORMAT: super::LogFormat = super::LogFormat::Text;
     /// `upstream.timeout_ms`.
     pub const UPSTREAM_TIMEOUT_MS: u64 = 60_000;
+    /// `upstream.max_response_bytes`: far above any chat answer, low enough that a broken or
+    /// hostile backend cannot make the proxy buffer without bound.
+    pub const MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
+    /// `upstream.typical_call_ms`: what load-aware N assumes a call takes until one has been
+    /// served, about one short chat answer from a loaded server.
+    pub const TYPICAL_CALL_MS: u64 = 1_000;
     /// `scorers.NAME.timeout_ms`.
     pub const SCORER_TIMEOUT_MS: u64 = 30_000;
     /// `classifier.timeout_ms`.
@@ -675,6 +686,7 @@ impl Validator<'_> {
                 Some(0) => return Err(self.invalid(&key("max_in_flight"), "must be greater than 0")),
                 other => other,
             },
+            typical_call_ms: None,
         })
     }
 
@@ -704,12 +716,19 @@ impl Validator<'_> {
             },
             usage_counts: up.usage_counts.unwrap_or(UsageCounts::Auto),
             http2: up.http2.unwrap_or(Http2Mode::Auto),
-            transport: self.transport(
-                "upstream",
-                up.transport,
-                defaults::UPSTREAM_TIMEOUT_MS,
-                defaults::MAX_RETRIES,
+            max_response_bytes: self.positive(
+                "upstream.max_response_bytes",
+                up.max_response_bytes,
+                defaults::MAX_RESPONSE_BYTES,
             )?,
+            transport: TransportConfig {
+                typical_call_ms: Some(self.positive(
+                    "upstream.typical_call_ms",
+                    up.typical_call_ms,
+                    defaults::TYPICAL_CALL_MS,
+                )?),
+                ..self.transport("upstream", up.transport, defaults::UPSTREAM_TIMEOUT_MS, defaults::MAX_RETRIES)?
+            },
         };
 
         let mut scorers = BTreeMap::new();

@@ -11,7 +11,6 @@ pub mod bon;
 pub mod config;
 pub mod error;
 pub mod eval;
-pub mod http_framing;
 pub mod metrics;
 pub mod openai;
 pub mod record;
@@ -22,7 +21,6 @@ pub mod server;
 #[cfg(test)]
 mod test_support;
 pub mod upstream;
-pub mod watched;
 pub mod wiring;
 
 pub use error::Error;

@@ -477,7 +477,8 @@ fn eval_replay(args: ReplayArgs) -> anyhow::Result<()> {
 
     let rows = labelled_rows(&args.samples, Some(&args.config))?;
     let config = Config::from_file(&args.config)?;
-    let scorers = bestofn::wiring::build_scorers(&bestofn::wiring::http_client()?, &config.scorers, None)?;
+    let scorers =
+        bestofn::wiring::build_scorers(&bestofn::wiring::http_client(&config.upstream)?, &config.scorers, None)?;
     let mode = ReplayMode { per_arrival: config.upstream.sampling == bestofn::upstream::SamplingMode::Parallel };
     let options = ReplayOptions {
         mode,

@@ -30,8 +30,8 @@ pub struct Metrics {
     /// `bestofn_scoring_duration_seconds{scorer}`.
     pub scoring_duration: HistogramVec,
     /// `bestofn_overhead_seconds`: end to end minus the union of upstream and scorer call spans
-    /// (first request byte written to last answer byte read, see `backend::WireClock`) and
-    /// queue waits.
+    /// (from just before a call is handed to the HTTP client until its answer has been read,
+    /// or for a stream until its head arrived) and queue waits.
     /// Computed by [`overhead_seconds`].
     pub overhead: Histogram,
     /// `bestofn_candidates_requested_total{domain}`.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::TransportConfig;
-use crate::backend::{Backend, EjectionPolicy, EndpointPool, Http2Mode, HttpClient, RetryPolicy, Secret};
-use crate::config::{ScoreCacheConfig, ScorerConfig};
+use crate::backend::{Backend, ClientSettings, EjectionPolicy, EndpointPool, HttpClient, RetryPolicy, Secret};
+use crate::config::{ScoreCacheConfig, ScorerConfig, UpstreamConfig};
 use crate::error::Party;
 use crate::metrics::Metrics;
 use crate::remote::{JudgeScorer, RewardHttpScorer};
@@ -28,14 +28,12 @@ pub fn secret_from_env(var: Option<&str>, owner: &str) -> Result<Option<Secret>,
     }
 }
 
-/// The one pooled, keep-alive HTTP client of a process.
-pub fn http_client() -> Result<HttpClient, StartupError> {
-    http_client_with(Http2Mode::Auto)
-}
-
-/// A pooled, keep-alive HTTP client speaking HTTP/2 as `mode` says.
-pub fn http_client_with(mode: Http2Mode) -> Result<HttpClient, StartupError> {
-    HttpClient::new(mode).map_err(|e| StartupError(format!("cannot build the HTTP client: {e}")))
+/// The one pooled, keep-alive HTTP client of a process, built from its `[upstream]` section
+/// (HTTP/2 to the upstream, the largest answer read from any backend); every backend of the
+/// process calls through it.
+pub fn http_client(upstream: &UpstreamConfig) -> Result<HttpClient, StartupError> {
+    let settings = ClientSettings { upstream_http2: upstream.http2, max_response_bytes: upstream.max_response_bytes };
+    HttpClient::new(settings).map_err(|e| StartupError(format!("cannot build the HTTP client: {e}")))
 }
 
 /// A backend over `urls` with the transport settings of its config section.
@@ -60,7 +58,8 @@ pub fn backend(
             },
         )
         .counting_ejections(ejections)
-        .limited(t.max_in_flight, metrics.map(|m| &m.pool)),
+        .limited(t.max_in_flight, metrics.map(|m| &m.pool))
+        .assuming_calls_take(t.typical_call_ms.map(Duration::from_millis)),
         name,
         timeout: Duration::from_millis(t.timeout_ms),
         retry: RetryPolicy {
@@ -83,7 +82,7 @@ pub fn load_scorer(path: &std::path::Path, name: &str) -> Result<Arc<dyn Scorer>
             known.join(", ")
         )));
     }
-    let mut scorers = build_scorers(&http_client()?, &config.scorers, None)?;
+    let mut scorers = build_scorers(&http_client(&config.upstream)?, &config.scorers, None)?;
     scorers.remove(name).ok_or_else(|| StartupError(format!("{}: scorer '{name}' was not built", path.display())))
 }
 

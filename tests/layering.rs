@@ -7,10 +7,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// Bottom to top: a module may import only those before it.
-const LAYERS: [&str; 17] = [
+const LAYERS: [&str; 15] = [
     "error",
-    "http_framing",
-    "watched",
     "score",
     "bon",
     "samples",

@@ -693,3 +693,91 @@ async fn an_upstream_covered_by_http_proxy_is_reached_through_that_proxy() {
     assert_eq!(rm.requests_to("/classify").len(), 1, "NO_PROXY: the RM on loopback is called directly");
     assert!(forward_proxy.requests_to("/classify").is_empty());
 }
+
+/// A raw upstream that answers every request on a kept-alive connection with `head` (status
+/// line and headers) and `body`, so a test controls every header byte.
+async fn raw_upstream(head: &'static str, body: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let body = body.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                while read_http_message(&mut stream).await.is_some() {
+                    let answer = format!("{head}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_through_answer_keeps_the_upstreams_end_to_end_headers_only() {
+    let answer = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+    .to_string();
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=utf-8\r\nx-upstream-trace: abc\r\n\
+                x-ratelimit-remaining-requests: 41\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\
+                connection: keep-alive, x-hop\r\nx-hop: 1\r\nkeep-alive: timeout=5\r\n\
+                proxy-authenticate: Basic realm=\"u\"";
+    let url = raw_upstream(head, answer.clone()).await;
+    let cfg = format!(
+        "[upstream]\nbase_url = \"{url}/v1\"\nsampling = \"n\"\n\n[policy]\nn = 1\nscorer = \"c\"\n\n[scorers.c]\nkind = \"consensus\"\n"
+    );
+    let proxy = Bestofn::start(&cfg);
+    let response = client().post(proxy.url("/v1/chat/completions")).json(&chat_body("q")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["x-upstream-trace"], "abc");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "41");
+    assert_eq!(headers["content-type"], "application/json; charset=utf-8", "the upstream's own content type");
+    assert_eq!(headers.get_all("set-cookie").iter().collect::<Vec<_>>(), ["a=1", "b=2"], "every value");
+    assert_eq!(headers["x-bestofn-n"], "1");
+    for hop in ["x-hop", "keep-alive", "proxy-authenticate"] {
+        assert!(!headers.contains_key(hop), "{hop} is hop-by-hop: {headers:?}");
+    }
+    assert!(headers.get("connection").is_none_or(|v| !v.to_str().unwrap().contains("x-hop")), "{headers:?}");
+    assert_eq!(response.text().await.unwrap(), answer, "the body, its length computed by bestofn");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_over_max_response_bytes_are_502s_naming_the_backend_and_the_limit() {
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(4096));
+    let cap = |cfg: String| cfg.replace("sampling = \"n\"", "sampling = \"n\"\nmax_response_bytes = 2048");
+    let rm = FakeServer::start(rm_handler()).await;
+    let huge = big.clone();
+    let upstream = FakeServer::start(move |_| Reply::Raw(200, huge.clone())).await;
+    let proxy = Bestofn::start(&cap(config(&upstream, &rm, "n", 1)));
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
+    assert_eq!(status, 502, "{resp}");
+    let message = resp["error"]["message"].as_str().unwrap();
+    let expected =
+        format!("upstream {}/v1 failed: answered more than upstream.max_response_bytes (2048 bytes)", upstream.url());
+    assert!(message.contains(&expected), "{message}");
+    // A stream whose length is declared over the limit is refused before its first byte.
+    let mut streaming = chat_body("q");
+    streaming["stream"] = json!(true);
+    let (status, _, text) = post_raw(&proxy.url("/v1/chat/completions"), streaming).await;
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("upstream.max_response_bytes (2048 bytes)"), "{text}");
+
+    // A reward model's reply is held to the same limit.
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    let huge_rm = FakeServer::start(move |_| Reply::Raw(200, big.clone())).await;
+    let proxy = Bestofn::start(&cap(config(&upstream, &huge_rm, "n", 3)));
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
+    assert_eq!(status, 502, "{resp}");
+    let message = resp["error"]["message"].as_str().unwrap();
+    let expected = format!(
+        "scorer vllm {}/classify failed: answered more than upstream.max_response_bytes (2048 bytes)",
+        huge_rm.url()
+    );
+    assert!(message.contains(&expected), "{message}");
+}

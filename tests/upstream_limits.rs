@@ -258,3 +258,25 @@ async fn a_request_whose_wait_plus_one_call_passes_the_deadline_is_refused_up_fr
     assert_eq!(status, 429, "a wait of 300 ms is within the deadline, the call after it is not: {resp}");
     assert_eq!(first.await.unwrap().0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_on_a_cold_proxy_is_degraded_before_any_call_has_finished() {
+    let (url, _, seeds) = counting_upstream(Duration::from_millis(300)).await;
+    let proxy = Bestofn::start(&limited_config(&url, 4, "degrade_at_queue_ms = 200\nmin_n = 1"));
+    let target = proxy.url("/v1/chat/completions");
+    // Twenty requests at once on a proxy that has served nothing: no call has finished, so
+    // there is no measured call time; upstream.typical_call_ms (1 s by default) and the calls
+    // in flight stand in for it, and the queue the first requests leave degrades the rest.
+    let answers = futures_util::future::join_all((0..20).map(|_| post(&target, chat_body("q"), &[]))).await;
+    let reports: Vec<&Value> = answers.iter().map(|(_, _, r)| &r["bestofn"]).collect();
+    assert!(answers.iter().all(|(status, _, _)| *status == 200), "{answers:?}");
+    let degraded: Vec<&&Value> = reports.iter().filter(|b| b["degraded"] == true).collect();
+    let sampled: Vec<&Value> = reports.iter().map(|b| &b["n_sampled"]).collect();
+    assert!(degraded.len() >= 10, "most of the burst is degraded, N sampled: {sampled:?}");
+    for b in &degraded {
+        assert_eq!(b["n_requested"], 8);
+        assert!((1..8).contains(&b["n_sampled"].as_u64().unwrap()), "{b}");
+    }
+    let calls = seeds.lock().unwrap().len();
+    assert!(calls < 20 * 8 / 2, "far fewer calls than 20 requests at full N: {calls}");
+}

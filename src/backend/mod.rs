@@ -12,10 +12,8 @@ use crate::error::{Error, Party};
 use crate::openai::normalize_error_body;
 
 mod client;
-mod wire;
 
-pub use client::{HttpClient, serving_threads, set_serving_thread};
-pub use wire::{WireClock, give_way_to_local_upstream};
+pub use client::{ClientSettings, HttpClient};
 
 /// Installs ring as the process's TLS crypto provider. reqwest is built without a bundled
 /// provider (see Cargo.toml) to keep clean builds lean; this must run before a client is built.
@@ -129,14 +127,28 @@ pub struct PoolMetrics {
     pub queue_seconds: prometheus::HistogramVec,
 }
 
+/// What a bounded pool knows of its calls, for the expected queue wait.
+#[derive(Debug, Default)]
+struct Load {
+    /// Exponentially weighted mean time a call holds its slot, in microseconds (0: none yet).
+    service_us: AtomicU64,
+    /// Calls holding a slot now.
+    running: AtomicU64,
+    /// The sum of their starts, in microseconds after the pool's epoch: with `running`, how long
+    /// the calls in flight have been running, on average, without a list of them.
+    running_since_us: AtomicU64,
+}
+
 /// A call's hold on its endpoint: the slot (when the endpoint is bounded) and the running
 /// gauge, both released when the call's response has been read or its stream ends; the time
 /// held by calls answered in full (not streamed) feeds the pool's service-time estimate.
 pub(crate) struct Slot {
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     running: Option<prometheus::IntGauge>,
-    service_us: std::sync::Arc<AtomicU64>,
+    load: std::sync::Arc<Load>,
     since: Instant,
+    /// `since`, in microseconds after the pool's epoch.
+    since_us: u64,
 }
 
 impl Slot {
@@ -146,10 +158,10 @@ impl Slot {
     fn served(&self) {
         if self._permit.is_some() {
             let held = self.since.elapsed().as_micros() as u64;
-            let previous = self.service_us.load(Ordering::Relaxed);
+            let previous = self.load.service_us.load(Ordering::Relaxed);
             // An EWMA with weight 1/8: recent enough to follow the load, smooth enough not to jump.
             let next = if previous == 0 { held } else { previous - previous / 8 + held / 8 };
-            self.service_us.store(next.max(1), Ordering::Relaxed);
+            self.load.service_us.store(next.max(1), Ordering::Relaxed);
         }
     }
 }
@@ -158,6 +170,10 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(g) = &self.running {
             g.dec();
+        }
+        if self._permit.is_some() {
+            self.load.running_since_us.fetch_sub(self.since_us, Ordering::Relaxed);
+            self.load.running.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -187,8 +203,10 @@ pub struct EndpointPool {
     waiting: AtomicUsize,
     /// `max_in_flight` of each endpoint, when bounded.
     limit: Option<usize>,
-    /// Exponentially weighted mean time a call holds its slot, in microseconds (0: none yet).
-    service_us: std::sync::Arc<AtomicU64>,
+    /// What the calls holding slots are doing, and how long they took.
+    load: std::sync::Arc<Load>,
+    /// The time a call is assumed to take before any has been served.
+    typical_call: Option<Duration>,
 }
 
 /// Holds an endpoint's in-flight count up while a call runs.
@@ -226,7 +244,8 @@ impl EndpointPool {
             rotation: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             limit: None,
-            service_us: std::sync::Arc::new(AtomicU64::new(0)),
+            load: std::sync::Arc::default(),
+            typical_call: None,
         }
     }
 
@@ -245,21 +264,40 @@ impl EndpointPool {
         self
     }
 
-    /// The wait a call queued now would expect: calls waiting x mean service time / slots.
-    /// None when the pool is unbounded or nothing has been served yet.
+    /// Assumes a call takes `typical` until one has been served, so that a burst on a pool
+    /// that has served nothing yet still sees its queue (see [`EndpointPool::expected_wait`]).
+    pub fn assuming_calls_take(mut self, typical: Option<Duration>) -> Self {
+        self.typical_call = typical;
+        self
+    }
+
+    /// The wait a call queued now would expect: when every slot is busy, what is left of the
+    /// running calls, then one call time for each round of the calls waiting ahead of it. The
+    /// call time is the mean of served calls; before any, the assumed typical call time, or
+    /// longer when the calls in flight have already run longer. None when the pool is unbounded,
+    /// or has served nothing and assumes nothing.
     pub fn expected_wait(&self) -> Option<Duration> {
-        let slots = self.limit? as u64 * self.endpoints.len() as u64;
-        let service = self.service_us.load(Ordering::Relaxed);
-        if service == 0 {
-            return None;
-        }
+        let slots = (self.limit? as u64 * self.endpoints.len() as u64).max(1);
+        let running = self.load.running.load(Ordering::Relaxed);
+        let elapsed_us = match running {
+            0 => 0,
+            n => {
+                let mean_start = self.load.running_since_us.load(Ordering::Relaxed) / n;
+                self.now_us().saturating_sub(mean_start)
+            }
+        };
+        let service_us = match self.load.service_us.load(Ordering::Relaxed) {
+            0 => (self.typical_call?.as_micros() as u64).max(elapsed_us),
+            measured => measured,
+        };
+        let left_us = if running >= slots { service_us.saturating_sub(elapsed_us) } else { 0 };
         let waiting = self.waiting.load(Ordering::Relaxed) as u64;
-        Some(Duration::from_micros(waiting * service / slots.max(1)))
+        Some(Duration::from_micros(left_us + waiting * service_us / slots))
     }
 
     /// The recent mean time a call holds its slot; None before the first bounded call ends.
     pub fn mean_service(&self) -> Option<Duration> {
-        let service = self.service_us.load(Ordering::Relaxed);
+        let service = self.load.service_us.load(Ordering::Relaxed);
         (service > 0).then(|| Duration::from_micros(service))
     }
 
@@ -289,7 +327,12 @@ impl EndpointPool {
         if let Some(g) = &running {
             g.inc();
         }
-        Slot { _permit: permit, running, service_us: self.service_us.clone(), since: Instant::now() }
+        let since_us = self.now_us();
+        if permit.is_some() {
+            self.load.running.fetch_add(1, Ordering::Relaxed);
+            self.load.running_since_us.fetch_add(since_us, Ordering::Relaxed);
+        }
+        Slot { _permit: permit, running, load: self.load.clone(), since: Instant::now(), since_us }
     }
 
     /// Counts every ejection in `counter`.
@@ -318,6 +361,10 @@ impl EndpointPool {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
     }
 
     /// The endpoint with the fewest in-flight calls among those not ejected; when every one is
@@ -388,6 +435,10 @@ pub struct TransportConfig {
     /// unbounded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<usize>,
+    /// The time a call is assumed to take before one has been served, for load-aware N
+    /// (`upstream.typical_call_ms`; the upstream's only). None: no estimate until one is served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub typical_call_ms: Option<u64>,
 }
 
 /// HTTP/2 to a backend.
@@ -432,46 +483,70 @@ pub struct JsonReply {
 
 use crate::bon::ByteStream;
 
-/// An attempt that got a 2xx head: the answer, when the attempt started (after any queueing),
-/// the deadline for its body, the endpoint that answered and its slot.
+/// An attempt that got a 2xx head: the answer, when the attempt started (after any queueing)
+/// and when its request went to the client, the deadline for its body, the endpoint that
+/// answered and its slot.
 struct Sent<'a> {
     reply: client::Reply,
     started: Instant,
+    sent: Instant,
     deadline: tokio::time::Instant,
     endpoint: &'a str,
     slot: Slot,
 }
 
-impl Sent<'_> {
-    /// The span to count as the upstream's while only the head is in: from the request's first
-    /// byte on the wire (or the attempt's start) on.
-    fn call_span(&self) -> (Instant, Instant) {
-        call_span(client::wire_clock(&self.reply).map(|c| &**c), self.started)
-    }
-}
-
-/// A call's span: on the wire when its connection's clock saw this attempt's request, else from
-/// the attempt's start until now.
-fn call_span(clock: Option<&WireClock>, started: Instant) -> (Instant, Instant) {
-    let wire = clock.and_then(WireClock::span);
-    wire.filter(|(from, _)| *from >= started).unwrap_or((started, Instant::now()))
-}
-
-/// A successful call: the body unparsed and how long the successful attempt took.
+/// A successful call: the body unparsed, the answer's end-to-end headers and how long the
+/// successful attempt took.
 #[derive(Debug)]
 pub struct BytesReply {
     /// The response body.
     pub body: Bytes,
+    /// The answer's headers less the hop-by-hop ones (see [`end_to_end_headers`]), for a
+    /// pass-through to copy.
+    pub headers: http::HeaderMap,
     /// Wall time of the attempt that succeeded.
     pub latency: Duration,
 }
 
-/// A successful call's body, unparsed.
+/// A successful call's answer, its body unparsed.
 struct RawReply<'a> {
     body: Bytes,
+    headers: http::HeaderMap,
     status: http::StatusCode,
     latency: Duration,
     endpoint: &'a str,
+}
+
+/// Headers that describe one connection rather than the answer (RFC 9110 section 7.6.1), and
+/// Content-Length, which whoever re-sends the body computes for itself.
+const HOP_BY_HOP: [http::HeaderName; 6] = [
+    http::header::CONNECTION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::CONTENT_LENGTH,
+];
+
+/// `headers` less the hop-by-hop ones: those of [`HOP_BY_HOP`], `Keep-Alive`, every
+/// `Proxy-*` one and any that `Connection` names.
+pub fn end_to_end_headers(mut headers: http::HeaderMap) -> http::HeaderMap {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| http::HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+    let proxy: Vec<http::HeaderName> =
+        headers.keys().filter(|n| n.as_str() == "keep-alive" || n.as_str().starts_with("proxy-")).cloned().collect();
+    for name in &proxy {
+        headers.remove(name);
+    }
+    headers
 }
 
 #[derive(Clone, Copy)]
@@ -482,6 +557,15 @@ enum Method<'a> {
 
 fn to_json_bytes(body: &(impl serde::Serialize + ?Sized)) -> Result<Bytes, Error> {
     serde_json::to_vec(body).map(Bytes::from).map_err(|e| Error::Internal(format!("cannot serialise a request: {e}")))
+}
+
+/// Whether the answer's Content-Length says it is larger than `limit` bytes.
+fn declared_over(headers: &http::HeaderMap, limit: u64) -> bool {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > limit)
 }
 
 impl Backend {
@@ -502,24 +586,51 @@ impl Backend {
     }
 
     /// POSTs `body` (JSON text) and returns the answer's bytes as they arrive. The timeout bounds the wait
-    /// for the response headers only: a stream may legitimately run longer than one call.
+    /// for the response headers only: a stream may legitimately run longer than one call. A
+    /// stream that goes past `upstream.max_response_bytes` ends with an error.
     pub async fn post_stream(&self, path: &str, body: Bytes) -> Result<ByteStream, Error> {
         use futures_util::StreamExt;
         let sent = self.send(path, Method::Post(&body)).await?;
-        record_interval(sent.call_span().0, Instant::now());
+        // A stream's span ends with its head: the rest is paced by the client reading it.
+        record_interval(sent.sent, Instant::now());
         let name = self.endpoint_name(sent.endpoint);
+        let limit = self.client.max_response_bytes();
+        if declared_over(sent.reply.headers(), limit) {
+            return Err(self.too_large(&name, limit));
+        }
         let party = self.party;
         let slot = sent.slot;
+        let too_large = self.too_large(&name, limit);
+        let mut read: u64 = 0;
         // The slot is held until the stream ends or is dropped.
         let stream = http_body_util::BodyDataStream::new(sent.reply.into_body());
-        Ok(Box::pin(stream.map(move |chunk| {
+        let stream = stream.map(move |chunk| {
             let _held = &slot;
-            chunk.map_err(|e| Error::bad_gateway(party, name.clone(), "stream broke off").caused_by_boxed(e))
+            let chunk = chunk.map_err(|e| {
+                Error::bad_gateway(party, name.clone(), "stream broke off").caused_by_boxed(Box::new(e))
+            })?;
+            read += chunk.len() as u64;
+            if read > limit {
+                return Err(too_large.clone());
+            }
+            Ok(chunk)
+        });
+        // Nothing after the error that ends a stream over the limit is read.
+        let mut failed = false;
+        Ok(Box::pin(stream.take_while(move |item| {
+            let go = !failed;
+            failed |= item.is_err();
+            std::future::ready(go)
         })))
     }
 
     fn endpoint_name(&self, url: &str) -> String {
         format!("{} {url}", self.name)
+    }
+
+    /// The error of an answer larger than the process allows.
+    fn too_large(&self, name: &str, limit: u64) -> Error {
+        Error::bad_gateway(self.party, name, format!("answered more than upstream.max_response_bytes ({limit} bytes)"))
     }
 
     async fn call_json(&self, path: &str, method: Method<'_>) -> Result<JsonReply, Error> {
@@ -536,34 +647,45 @@ impl Backend {
     }
 
     /// POSTs `body` as JSON to `path` under an endpoint, retrying what is retryable, and returns
-    /// the answer's bytes unparsed.
+    /// the answer's bytes unparsed, with its end-to-end headers.
     pub async fn post_bytes(&self, path: &str, body: Bytes) -> Result<BytesReply, Error> {
         let raw = self.call_bytes(path, Method::Post(&body)).await?;
-        Ok(BytesReply { body: raw.body, latency: raw.latency })
+        Ok(BytesReply { body: raw.body, headers: raw.headers, latency: raw.latency })
     }
 
+    /// One call read to its end, its body under `upstream.max_response_bytes`.
     async fn call_bytes(&self, path: &str, method: Method<'_>) -> Result<RawReply<'_>, Error> {
         use http_body_util::BodyExt;
         let sent = self.send(path, method).await?;
-        let status = sent.reply.status();
-        let clock = client::wire_clock(&sent.reply).cloned();
+        let (head, body) = sent.reply.into_parts();
+        let limit = self.client.max_response_bytes();
+        let name = || self.endpoint_name(sent.endpoint);
+        if declared_over(&head.headers, limit) {
+            record_interval(sent.sent, Instant::now());
+            return Err(self.too_large(&name(), limit));
+        }
+        let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
         // The attempt's time limit covers the body too.
-        let body = match tokio::time::timeout_at(sent.deadline, sent.reply.into_body().collect()).await {
+        let read = tokio::time::timeout_at(sent.deadline, limited.collect()).await;
+        // The span ends when the body has been read (or given up on): until then the call was
+        // the upstream's time, not the proxy's.
+        record_interval(sent.sent, Instant::now());
+        let body = match read {
             Ok(Ok(body)) => body.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(self.too_large(&name(), limit)),
             Ok(Err(e)) => {
-                return Err(Error::bad_gateway(
-                    self.party,
-                    self.endpoint_name(sent.endpoint),
-                    "response body broke off",
-                )
-                .caused_by_boxed(e));
+                return Err(Error::bad_gateway(self.party, name(), "response body broke off").caused_by_boxed(e));
             }
-            Err(_) => return Err(self.timed_out(&self.endpoint_name(sent.endpoint))),
+            Err(_) => return Err(self.timed_out(&name())),
         };
-        let (from, to) = call_span(clock.as_deref(), sent.started);
-        record_interval(from, to);
         sent.slot.served();
-        Ok(RawReply { body, status, latency: sent.started.elapsed(), endpoint: sent.endpoint })
+        Ok(RawReply {
+            body,
+            headers: end_to_end_headers(head.headers),
+            status: head.status,
+            latency: sent.started.elapsed(),
+            endpoint: sent.endpoint,
+        })
     }
 
     /// Sends until a 2xx arrives or the retries run out; each attempt has `timeout` for its
@@ -584,10 +706,10 @@ impl Backend {
                 .pool
                 .url(endpoint.index, path)
                 .map_err(|message| Error::bad_gateway(self.party, self.endpoint_name(base), message))?;
-            let direct = self.client.is_direct(&uri);
             let request = self.request(uri, method).map_err(|message| Error::Internal(message.to_string()))?;
             let deadline = tokio::time::Instant::from_std(started) + self.timeout;
-            let outcome = match tokio::time::timeout_at(deadline, self.attempt(request, direct, base)).await {
+            let sent = Instant::now();
+            let outcome = match tokio::time::timeout_at(deadline, self.attempt(request, base)).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(self.timed_out(&self.endpoint_name(base))),
             };
@@ -598,11 +720,11 @@ impl Backend {
             };
             self.pool.record(endpoint.index, healthy);
             if outcome.is_err() {
-                record_span(started);
+                record_span(sent);
             }
             drop(endpoint);
             match outcome {
-                Ok(reply) => return Ok(Sent { reply, started, deadline, endpoint: base, slot }),
+                Ok(reply) => return Ok(Sent { reply, started, sent, deadline, endpoint: base, slot }),
                 Err(error) if !error.is_retryable() || attempt >= self.retry.max_retries => return Err(error),
                 Err(error) => {
                     drop(slot);
@@ -632,12 +754,14 @@ impl Backend {
     }
 
     /// One attempt at endpoint `base`; errors name the endpoint (built only when one happens).
-    async fn attempt(&self, request: http::Request<Bytes>, direct: bool, base: &str) -> Result<client::Reply, Error> {
+    async fn attempt(&self, request: http::Request<Bytes>, base: &str) -> Result<client::Reply, Error> {
         use http_body_util::BodyExt;
         let bad_gateway = |message: String| Error::bad_gateway(self.party, self.endpoint_name(base), message);
-        let response = match self.client.send(request, direct).await {
+        let response = match self.client.send(request).await {
             Ok(r) => r,
-            Err(e) => return Err(bad_gateway("cannot reach it".into()).caused_by_boxed(e).retryable_after(None)),
+            Err(e) => {
+                return Err(bad_gateway("cannot reach it".into()).caused_by_boxed(Box::new(e)).retryable_after(None));
+            }
         };
         let status = response.status();
         if status.is_success() {
@@ -649,7 +773,13 @@ impl Backend {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        // An error body over the limit is not read: the status alone says what happened.
+        let limit = usize::try_from(self.client.max_response_bytes()).unwrap_or(usize::MAX);
+        let body = http_body_util::Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let normalized = normalize_error_body(&body);
         if status.as_u16() == 429 || status.is_server_error() {
             return Err(
@@ -711,6 +841,187 @@ mod tests {
             drop(p.admit(0).await);
         }
         assert_eq!(p.mean_service(), Some(served), "cancelled calls leave the estimate alone");
+    }
+
+    /// Polls `future` once, leaving it pending where it waits.
+    async fn poll_once<F: std::future::Future + Unpin>(future: &mut F) {
+        std::future::poll_fn(|cx| {
+            let _ = std::pin::Pin::new(&mut *future).poll(cx);
+            std::task::Poll::Ready(())
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_cold_pool_estimates_its_queue_from_the_typical_call_and_the_calls_in_flight() {
+        let second = Duration::from_secs(1);
+        assert_eq!(pool(1).limited(Some(2), None).expected_wait(), None, "no assumption, nothing served: unknown");
+        let p = pool(1).limited(Some(2), None).assuming_calls_take(Some(second));
+        assert_eq!(p.expected_wait(), Some(Duration::ZERO), "idle slots: no wait");
+        let running = [p.admit(0).await, p.admit(0).await];
+        let busy = p.expected_wait().unwrap();
+        assert!(busy > second - Duration::from_millis(50) && busy <= second, "the running calls' rest: {busy:?}");
+        let mut queued: Vec<_> = (0..4).map(|_| Box::pin(p.admit(0))).collect();
+        for q in &mut queued {
+            poll_once(q).await;
+        }
+        let wait = p.expected_wait().unwrap();
+        assert!(
+            wait > 3 * second - Duration::from_millis(50) && wait <= 3 * second,
+            "their rest, then two rounds: {wait:?}"
+        );
+        drop((queued, running));
+
+        // Calls in flight that have already run longer than assumed say more than the assumption.
+        let p = pool(1).limited(Some(2), None).assuming_calls_take(Some(Duration::from_millis(10)));
+        let _running = [p.admit(0).await, p.admit(0).await];
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let mut queued: Vec<_> = (0..2).map(|_| Box::pin(p.admit(0))).collect();
+        for q in &mut queued {
+            poll_once(q).await;
+        }
+        let wait = p.expected_wait().unwrap();
+        assert!(wait >= Duration::from_millis(55), "one round of calls at least as long as those running: {wait:?}");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_left_out_and_end_to_end_ones_kept() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("x-upstream-trace", "abc"),
+            ("content-type", "application/json"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "2"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("upgrade", "h2c"),
+            ("set-cookie", "a=1"),
+        ] {
+            headers.append(name, http::HeaderValue::from_static(value));
+        }
+        headers.append("set-cookie", http::HeaderValue::from_static("b=2"));
+        let kept = end_to_end_headers(headers);
+        let mut names: Vec<&str> = kept.keys().map(http::HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "set-cookie", "x-upstream-trace"]);
+        assert_eq!(kept.get_all("set-cookie").iter().count(), 2, "every value of a kept header");
+    }
+
+    /// A loopback server whose every answer is `body` after `delay`, with `headers`; chunked
+    /// (no Content-Length) when `chunked`.
+    async fn answering(
+        body: &'static [u8],
+        headers: &'static [(&'static str, &'static str)],
+        chunked: bool,
+        delay: Duration,
+    ) -> String {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| async move {
+                        tokio::time::sleep(delay).await;
+                        let body = if chunked {
+                            let frames = body.chunks(1000).map(|c| Ok(hyper::body::Frame::data(Bytes::from_static(c))));
+                            http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+                        } else {
+                            http_body_util::Full::new(Bytes::from_static(body)).map_err(|e| match e {}).boxed()
+                        };
+                        let mut response = http::Response::new(body);
+                        for (name, value) in headers {
+                            response.headers_mut().append(*name, http::HeaderValue::from_static(value));
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn backend(url: String, max_response_bytes: u64) -> Backend {
+        Backend {
+            client: HttpClient::new(ClientSettings { upstream_http2: Http2Mode::Auto, max_response_bytes }).unwrap(),
+            name: "upstream".into(),
+            party: Party::Upstream,
+            pool: EndpointPool::new(&[url], EjectionPolicy { after_failures: 3, cooldown: Duration::from_secs(1) }),
+            api_key: None,
+            timeout: Duration::from_secs(5),
+            retry: RetryPolicy { max_retries: 0, backoff_base: Duration::ZERO, backoff_max: Duration::ZERO },
+        }
+    }
+
+    const BIG: &[u8] = &[b' '; 5000];
+
+    #[tokio::test]
+    async fn answers_over_the_byte_limit_are_bad_gateways_naming_the_limit() {
+        for chunked in [false, true] {
+            let url = answering(BIG, &[], chunked, Duration::ZERO).await;
+            let error = backend(url.clone(), 4096).post_bytes("/v1/chat/completions", Bytes::new()).await.unwrap_err();
+            assert_eq!(error.status(), http::StatusCode::BAD_GATEWAY);
+            assert_eq!(
+                error.to_string(),
+                format!("upstream {url} failed: answered more than upstream.max_response_bytes (4096 bytes)"),
+                "chunked: {chunked}"
+            );
+            let error = backend(url.clone(), 4096).post_json("/score", &serde_json::json!({})).await.unwrap_err();
+            assert!(error.to_string().contains("upstream.max_response_bytes (4096 bytes)"), "{error}");
+            let whole = backend(url, 5000).post_bytes("/v1/chat/completions", Bytes::new()).await.unwrap();
+            assert_eq!(whole.body.len(), 5000, "an answer of exactly the limit is read");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_over_the_byte_limit_ends_with_an_error() {
+        use futures_util::StreamExt;
+        let url = answering(BIG, &[], true, Duration::ZERO).await;
+        let stream = backend(url.clone(), 2500).post_stream("/v1/chat/completions", Bytes::new()).await.unwrap();
+        let items: Vec<Result<Bytes, Error>> = stream.collect().await;
+        let (last, data) = items.split_last().unwrap();
+        assert!(data.iter().all(Result::is_ok));
+        assert!(data.iter().map(|d| d.as_ref().map_or(0, Bytes::len)).sum::<usize>() <= 2500);
+        let error = last.as_ref().unwrap_err();
+        assert!(error.to_string().contains("answered more than upstream.max_response_bytes (2500 bytes)"), "{error}");
+        let declared = answering(BIG, &[], false, Duration::ZERO).await;
+        let refused = backend(declared, 2500).post_stream("/v1/chat/completions", Bytes::new()).await;
+        assert!(refused.is_err(), "a Content-Length over the limit is refused before the first byte");
+    }
+
+    #[tokio::test]
+    async fn a_reply_keeps_the_end_to_end_headers_and_its_call_span_covers_the_upstream() {
+        let headers = &[
+            ("x-upstream-trace", "abc"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic"),
+        ];
+        let url = answering(b"{}", headers, false, Duration::from_millis(80)).await;
+        let backend = backend(url, 1024);
+        let before = Instant::now();
+        let (reply, spans) = CALL_SPANS
+            .scope(Default::default(), async {
+                let reply = backend.post_bytes("/v1/chat/completions", Bytes::from_static(b"{}")).await.unwrap();
+                (reply, CALL_SPANS.with(|s| s.borrow().clone()))
+            })
+            .await;
+        let after = Instant::now();
+        assert_eq!(reply.headers["x-upstream-trace"], "abc");
+        for hop in ["connection", "x-hop", "keep-alive", "proxy-authenticate", "content-length"] {
+            assert!(!reply.headers.contains_key(hop), "{hop} is hop-by-hop: {:?}", reply.headers);
+        }
+        let [(from, to)] = spans[..] else { panic!("one span: {spans:?}") };
+        assert!(from >= before && to <= after && to - from >= Duration::from_millis(80), "{spans:?}");
     }
 
     #[test]

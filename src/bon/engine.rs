@@ -155,11 +155,14 @@ impl Engine {
         }
         let Some(wait) = self.sampler.expected_queue_wait() else { return Ok(()) };
         // Admitted, a request still needs one call's time after its wait: refusing it now is a
-        // fast 429 where admitting it would be a 504 at the deadline.
-        let done = wait + self.sampler.expected_call_time().unwrap_or_default();
+        // fast 429 where admitting it would be a 504 at the deadline. Only on measured call
+        // times: before any call has been answered the wait rests on an assumed call time,
+        // good enough to sample fewer candidates, not to turn a request away.
         if let Some(deadline) = plan.deadline
-            && done > deadline
+            && let Some(call) = self.sampler.expected_call_time()
+            && wait + call > deadline
         {
+            let done = wait + call;
             return Err(Error::Overloaded(format!(
                 "the upstream queue and a call take about {} ms, beyond the {} ms deadline; retry shortly",
                 done.as_millis(),

@@ -338,11 +338,15 @@ pub trait Sampler: Send + Sync {
 }
 
 /// The upstream's answer to a forwarded request: its JSON bytes as they came (re-serialising a
-/// pass-through answer cost more than reading it), and the token counts of its `usage`.
+/// pass-through answer cost more than reading it), its end-to-end headers, and the token counts
+/// of its `usage`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Forwarded {
     /// The answer's body, checked to be one JSON object.
     pub body: bytes::Bytes,
+    /// The answer's headers less the hop-by-hop ones, for the reply to the client to carry
+    /// (a pass-through keeps what the upstream said: rate-limit, request-id, trace headers).
+    pub headers: http::HeaderMap,
     /// `usage.prompt_tokens`, 0 when absent.
     pub prompt_tokens: u64,
     /// `usage.completion_tokens`, 0 when absent.
@@ -374,6 +378,7 @@ impl Forwarded {
             prompt_tokens: usage.and_then(|u| u.prompt_tokens).unwrap_or(0),
             completion_tokens: usage.and_then(|u| u.completion_tokens).unwrap_or(0),
             body,
+            headers: http::HeaderMap::new(),
         })
     }
 }

@@ -271,11 +271,16 @@ mod tests {
                     eject_after_failures: 1,
                     eject_cooldown_ms: 1000,
                     max_in_flight: None,
+                    typical_call_ms: None,
                 },
             },
             backend: Backend {
                 party: crate::error::Party::Scorer,
-                client: crate::backend::HttpClient::new(crate::backend::Http2Mode::Auto).unwrap(),
+                client: crate::backend::HttpClient::new(crate::backend::ClientSettings {
+                    upstream_http2: crate::backend::Http2Mode::Auto,
+                    max_response_bytes: 1 << 20,
+                })
+                .unwrap(),
                 name: "scorer rm".into(),
                 pool: EndpointPool::new(
                     &["http://127.0.0.1:9".to_string()],

@@ -365,7 +365,11 @@ async fn completion(
                 with_call_spans(state.engine.forward(api, &plan, &request.body, verbatim.as_ref())).await;
             let answer = answer?;
             observer.pass_through(true, answer.prompt_tokens, answer.completion_tokens);
-            let response = json_bytes_response(StatusCode::OK, answer.body);
+            let mut response = json_bytes_response(StatusCode::OK, answer.body);
+            // one-client (issue #36): the upstream's end-to-end headers go to the client, each
+            // name's values replacing ours (its own Content-Type included); the backend left out
+            // the hop-by-hop ones.
+            response.headers_mut().extend(answer.headers);
             let overhead = observer.answered(spans);
             tracing::info!(
                 request_id = %id,

@@ -69,15 +69,11 @@ impl AppState {
 
     /// Builds the upstream client, the scorers and the engine.
     pub fn from_config(config: &Config) -> Result<AppState, StartupError> {
-        let client = http_client()?;
+        let client = http_client(&config.upstream)?;
         let metrics = Arc::new(Metrics::new().map_err(|e| StartupError(format!("cannot register metrics: {e}")))?);
 
         let up = &config.upstream;
-        // The upstream gets its own client when its HTTP/2 mode is not the default.
-        let upstream_client = match up.http2 {
-            crate::backend::Http2Mode::Auto => client.clone(),
-            mode => crate::wiring::http_client_with(mode)?,
-        };
+        let upstream_client = client.for_upstream();
         let upstream_backend = backend(
             &upstream_client,
             Party::Upstream,

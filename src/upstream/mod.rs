@@ -693,7 +693,8 @@ impl Sampler for Upstream {
     fn forward(&self, api: Api, body: Bytes) -> BoxFuture<'_, Result<Forwarded, Error>> {
         Box::pin(async move {
             let answer = self.backend.post_bytes(api.path(), body).await?;
-            Forwarded::from_json(answer.body).map_err(|what| self.garbage(what))
+            let forwarded = Forwarded::from_json(answer.body).map_err(|what| self.garbage(what))?;
+            Ok(Forwarded { headers: answer.headers, ..forwarded })
         })
     }
 
