@@ -104,6 +104,14 @@ struct ReplayArgs {
     /// Arrival orders per prompt (every permutation when there are no more than this).
     #[arg(long, default_value_t = 20)]
     orders: usize,
+    /// Replay each recorded request once, as it was served (its recorded order and seed), and
+    /// write what it picks to --picks instead of measuring accuracy.
+    #[arg(long, requires = "picks")]
+    as_recorded: bool,
+    /// With --as-recorded: one JSON line per request, `{"prompt_id", "chosen", "n_sampled",
+    /// "stop_reason"}` (and `"fused": true` for a fused answer).
+    #[arg(long, requires = "as_recorded")]
+    picks: Option<PathBuf>,
     #[command(flatten)]
     stats: StatsArgs,
 }
@@ -475,6 +483,9 @@ fn labelled_rows(
 fn eval_replay(args: ReplayArgs) -> anyhow::Result<()> {
     use bestofn::eval::replay::{ReplayMode, ReplayOptions, render_replay, replay};
 
+    if args.as_recorded {
+        return eval_replay_as_recorded(&args);
+    }
     let rows = labelled_rows(&args.samples, Some(&args.config))?;
     let config = Config::from_file(&args.config)?;
     let scorers =
@@ -497,6 +508,41 @@ fn eval_replay(args: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     print!("{}", render_replay(&report, args.stats.format));
+    Ok(())
+}
+
+/// `eval replay --as-recorded --picks OUT`: each recorded request replayed once through the
+/// proxy's driver, its pick written as a JSON line.
+fn eval_replay_as_recorded(args: &ReplayArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+
+    let picks_path = args.picks.as_ref().context("--as-recorded needs --picks OUT.jsonl")?;
+    let rows = bestofn::eval::samples::read_samples(&args.samples.samples)?;
+    let config = Config::from_file(&args.config)?;
+    let client = bestofn::wiring::http_client(&config.upstream)?;
+    let scorers = bestofn::wiring::build_scorers(&client, &config.scorers, None)?;
+    let fuser = bestofn::wiring::build_fuser(&client, &config, None)?;
+    let streams_each = config.upstream.sampling == bestofn::upstream::SamplingMode::Parallel;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let picks = runtime
+        .block_on(bestofn::eval::replay::replay_as_recorded(
+            &rows,
+            &config.policy(),
+            &scorers,
+            fuser.as_deref(),
+            streams_each,
+        ))
+        .map_err(|(line, e)| anyhow::anyhow!("{}: line {line}: {e}", args.samples.samples.display()))?;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(picks_path).with_context(|| format!("{}: cannot create", picks_path.display()))?,
+    );
+    for pick in &picks {
+        serde_json::to_writer(&mut out, pick)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush().with_context(|| format!("{}: cannot write", picks_path.display()))?;
+    eprintln!("replayed {} recorded requests; picks in {}", picks.len(), picks_path.display());
     Ok(())
 }
 

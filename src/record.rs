@@ -55,6 +55,7 @@ pub fn sample_record(
                 .unwrap_or_default(),
             finish_reason: c.finish_reason.clone(),
             completion_tokens: c.completion_tokens,
+            latency_ms: Some(c.latency_ms),
             ..Default::default()
         })
         .collect();
@@ -67,6 +68,15 @@ pub fn sample_record(
         candidates,
         chosen: Some(outcome.chosen()),
         scorer: Some(plan.scorer.name.clone()),
+        seed: Some(outcome.seed),
+        n_sampled: Some(outcome.adaptive.map_or(plan.n, |a| a.n_sampled)),
+        stop_reason: Some(
+            outcome
+                .adaptive
+                .map_or(if outcome.samples.deadline_hit { "deadline" } else { "max_n" }, |a| a.stop_reason.label())
+                .to_string(),
+        ),
+        fused: outcome.fused.is_some(),
         extra: Default::default(),
     }
 }

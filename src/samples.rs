@@ -35,6 +35,19 @@ pub struct SampleRecord {
     /// The scorer that chose.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scorer: Option<String>,
+    /// The seed of the run's RNG (the client's, or the one the proxy drew): a replay with it
+    /// draws the same soft pick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Candidates requested from the upstream (cancelled ones included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_sampled: Option<u32>,
+    /// Why sampling stopped (`max_n`, `accept_score`, `agreement`, `deadline`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    /// Whether the answer was fused from the top candidates.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fused: bool,
     /// Fields this version does not know, kept as they were.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -58,6 +71,9 @@ pub struct CandidateRecord {
     /// Completion tokens of this candidate, when the upstream reported them per candidate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_tokens: Option<u64>,
+    /// Wall time of the upstream call that produced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
     /// Fields this version does not know, kept as they were.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

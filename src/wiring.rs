@@ -36,6 +36,30 @@ pub fn http_client(upstream: &UpstreamConfig) -> Result<HttpClient, StartupError
     HttpClient::new(settings).map_err(|e| StartupError(format!("cannot build the HTTP client: {e}")))
 }
 
+/// The fuser of `selection = "fuse"` from `[fuser]`, when configured: the proxy's and `eval
+/// replay`'s.
+pub fn build_fuser(
+    client: &HttpClient,
+    config: &crate::config::Config,
+    metrics: Option<&Metrics>,
+) -> Result<Option<std::sync::Arc<dyn crate::bon::Fuser>>, StartupError> {
+    let Some(f) = &config.fuser else { return Ok(None) };
+    let fuser = backend(
+        client,
+        crate::error::Party::Scorer,
+        "fuser".into(),
+        std::slice::from_ref(&f.base_url),
+        &f.transport,
+        metrics,
+    )?;
+    Ok(Some(std::sync::Arc::new(crate::remote::ChatFuser {
+        backend: fuser,
+        model: f.model.clone(),
+        max_tokens: f.max_tokens,
+        temperature: f.temperature,
+    })))
+}
+
 /// A backend over `urls` with the transport settings of its config section.
 pub fn backend(
     client: &HttpClient,

@@ -88,7 +88,9 @@ async fn concurrent_upstream_calls_never_exceed_the_cap() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_are_admitted_first_come_first_served() {
-    let (url, _, seeds) = counting_upstream(Duration::from_millis(20)).await;
+    // Calls of 40 ms one at a time: the first request's eight are queued long before the second
+    // request arrives 60 ms later, even on a loaded machine where a 5 ms gap was not enough.
+    let (url, _, seeds) = counting_upstream(Duration::from_millis(40)).await;
     let proxy = Bestofn::start(&limited_config(&url, 1, ""));
     let target = proxy.url("/v1/chat/completions");
     let send = |seed: i64| {
@@ -98,7 +100,7 @@ async fn calls_are_admitted_first_come_first_served() {
     };
     let first = send(1000);
     let second = async {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
         send(2000).await
     };
     let (a, b) = tokio::join!(first, second);

@@ -3,6 +3,7 @@
 
 pub mod adaptive;
 mod classify;
+pub mod driver;
 mod engine;
 mod policy;
 pub mod select;
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use classify::classify;
-pub use engine::{Engine, Outcome, Timings};
+pub use engine::{AdaptiveReport, Engine, Outcome, Timings};
 pub use policy::{
     AdaptivePolicy, DEFAULT_DOMAIN, DOMAINS, DomainRule, MAX_N, Plan, Policy, ResolvedScorer, ScorerFailurePolicy,
     SelectionSettings, check_n,

@@ -15,11 +15,17 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use serde_json::value::RawValue;
+
 use super::samples::RecordedRow;
-use crate::bon::adaptive::{AdaptiveRun, AdaptiveSettings};
-use crate::bon::{Policy, Steering, rank, score_candidates};
+use crate::bon::adaptive::AdaptiveSettings;
+use crate::bon::driver::{CandidateSource, FuserFailure, RunSpec, drive};
+use crate::bon::select::Selection;
+use crate::bon::{
+    Arrival, ArrivalStream, Candidate, Plan, Policy, RawChoice, ResolvedScorer, Samples, ScorerFailurePolicy, Steering,
+};
 use crate::error::Error;
-use crate::score::{Scorer, final_answer};
+use crate::score::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
 
 /// How a replayed run samples: whether rules look at every arrival (parallel sampling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,77 +107,185 @@ pub enum ScoreSource<'a> {
     Scorer(&'a Arc<dyn Scorer>),
 }
 
-/// Scores candidates from a [`ScoreSource`].
-struct Scores<'a> {
-    source: ScoreSource<'a>,
-    row: &'a RecordedRow,
+/// Recorded rewards as a pointwise scorer: a candidate's score is the reward recorded for its
+/// text (the first candidate with that text, when several were recorded: a pointwise scorer
+/// gives equal texts equal scores).
+struct RecordedRewards {
+    name: String,
+    by_text: std::collections::HashMap<String, f64>,
 }
 
-impl Scores<'_> {
+impl Scorer for RecordedRewards {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     fn pointwise(&self) -> bool {
-        match &self.source {
-            ScoreSource::Recorded(_) => true,
-            ScoreSource::Scorer(s) => s.pointwise(),
-        }
+        true
     }
 
-    async fn of(&self, subset: &[usize]) -> Result<Vec<f64>, Error> {
-        let scorer = match &self.source {
-            ScoreSource::Recorded(all) => return Ok(subset.iter().map(|&i| all[i]).collect()),
-            ScoreSource::Scorer(scorer) => scorer,
-        };
-        let texts: Vec<String> = subset.iter().map(|&i| self.row.record.candidates[i].text.clone()).collect();
-        let conversation = self.row.record.conversation();
-        let input = crate::score::ScoreInput {
-            conversation: &conversation,
-            candidates: &texts,
-            response_format: self.row.record.response_format.as_ref(),
-        };
-        Ok(score_candidates(&***scorer, input).await?.scores)
+    fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
+        let scores: Result<Vec<f64>, Error> = input
+            .candidates
+            .iter()
+            .map(|text| {
+                self.by_text.get(text).copied().ok_or_else(|| {
+                    Error::Internal(format!("no reward '{}' was recorded for a replayed candidate", self.name))
+                })
+            })
+            .collect();
+        Box::pin(std::future::ready(scores.map(|scores| ScoreOutput { scores, usage: ScorerUsage::default() })))
     }
 }
 
-/// Replays one arrival order: the pick's label, candidates requested, tokens generated.
+/// The scorer a replay runs with: `source`'s.
+fn replay_scorer(name: &str, source: ScoreSource<'_>, row: &RecordedRow) -> ResolvedScorer {
+    let scorer: Arc<dyn Scorer> = match source {
+        ScoreSource::Scorer(scorer) => scorer.clone(),
+        ScoreSource::Recorded(rewards) => {
+            let mut by_text = std::collections::HashMap::new();
+            for (candidate, reward) in row.record.candidates.iter().zip(rewards) {
+                by_text.entry(candidate.text.clone()).or_insert(reward);
+            }
+            Arc::new(RecordedRewards { name: name.to_string(), by_text })
+        }
+    };
+    ResolvedScorer { name: name.to_string(), scorer }
+}
+
+/// Recorded candidates as a [`CandidateSource`]: they arrive in `order`, at once. A wave asked
+/// for past the last one arrives short, as a live wave cut off by the deadline does.
+pub struct RecordedSource {
+    candidates: Vec<Candidate>,
+    order: Vec<usize>,
+    streams_each: bool,
+}
+
+impl RecordedSource {
+    /// `row`'s candidates arriving in `order` (indices into them), one at a time when
+    /// `streams_each` (parallel sampling), else a wave at once.
+    pub fn new(row: &RecordedRow, order: Vec<usize>, streams_each: bool) -> RecordedSource {
+        let candidates = row
+            .record
+            .candidates
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                let choice = serde_json::json!({"index": index, "finish_reason": c.finish_reason,
+                    "message": {"role": "assistant", "content": c.text}});
+                Candidate {
+                    choice: RawChoice::new(
+                        serde_json::value::to_raw_value(&choice).unwrap_or_else(|_| Box::<RawValue>::default()),
+                    ),
+                    text: c.text.clone(),
+                    finish_reason: c.finish_reason.clone(),
+                    latency_ms: c.latency_ms.unwrap_or(0),
+                    completion_tokens: c.completion_tokens,
+                }
+            })
+            .collect();
+        RecordedSource { candidates, order, streams_each }
+    }
+
+    /// The recorded index of the candidate that arrived `j`th.
+    pub fn recorded_index(&self, j: usize) -> usize {
+        self.order[j]
+    }
+
+    fn arrivals(&self, size: u32, offset: u32) -> Samples {
+        let from = (offset as usize).min(self.order.len());
+        let to = (offset as usize + size as usize).min(self.order.len());
+        let mut samples = Samples { strategy: if self.streams_each { "parallel" } else { "n" }, ..Default::default() };
+        samples.candidates = self.order[from..to].iter().map(|&i| self.candidates[i].clone()).collect();
+        samples.usage.calls = samples.candidates.len() as u32;
+        samples.deadline_hit = to - from < size as usize;
+        samples
+    }
+}
+
+impl CandidateSource for RecordedSource {
+    fn streams_each(&self) -> bool {
+        self.streams_each
+    }
+
+    fn wave(&self, size: u32, offset: u32) -> BoxFuture<'_, Result<Samples, Error>> {
+        Box::pin(std::future::ready(Ok(self.arrivals(size, offset))))
+    }
+
+    fn wave_each(&self, size: u32, offset: u32) -> ArrivalStream<'_> {
+        let all = self.arrivals(size, offset);
+        let cut_off = all.deadline_hit;
+        let mut arrivals: Vec<Arrival> = all
+            .candidates
+            .into_iter()
+            .map(|c| {
+                let mut one = Samples { strategy: "parallel", ..Default::default() };
+                one.candidates.push(c);
+                one.usage.calls = 1;
+                Arrival::Call(Ok(one))
+            })
+            .collect();
+        if cut_off {
+            arrivals.push(Arrival::Deadline);
+        }
+        Box::pin(futures_util::stream::iter(arrivals))
+    }
+}
+
+/// A plan for replaying `n` candidates under `adaptive` with `scorer` and `selection`: what the
+/// proxy's policy would plan, less what only a live request has (deadline, load).
+fn replay_plan(n: u32, adaptive: Option<AdaptiveSettings>, scorer: ResolvedScorer, selection: Selection) -> Plan {
+    Plan {
+        domain: String::new(),
+        n,
+        k: 1,
+        scorer,
+        return_candidates: false,
+        temperature: None,
+        max_tokens: None,
+        deadline: None,
+        adaptive,
+        n_requested: n,
+        degraded: false,
+        degrade_at_queue: None,
+        min_n: 1,
+        selection,
+    }
+}
+
+/// Replays one arrival order through the driver: the pick's label, candidates requested,
+/// tokens generated.
 async fn replay_order(
-    settings: Option<AdaptiveSettings>,
-    n: u32,
+    plan: &Plan,
     mode: ReplayMode,
     order: &[usize],
-    scores: &Scores<'_>,
+    row: &RecordedRow,
     labels: &[f64],
     costs: &[f64],
 ) -> Result<(f64, f64, f64), Error> {
-    let n = n.min(order.len() as u32);
-    let settings = settings.unwrap_or(AdaptiveSettings { first_wave: n, accept_score: None, confidence: None });
-    let mut run = AdaptiveRun::new(AdaptiveSettings { first_wave: settings.first_wave.min(n), ..settings }, n);
-    let pointwise = scores.pointwise();
-    let mut arrived: Vec<usize> = Vec::new();
-    'waves: while let Some((size, offset)) = run.start_wave() {
-        let wave = &order[offset as usize..(offset + size) as usize];
-        for &c in wave {
-            arrived.push(c);
-            run.arrived(if run.needs_answers() { final_answer(&scores.row.record.candidates[c].text) } else { None });
-            if mode.per_arrival {
-                if run.needs_scores() && pointwise {
-                    scores.of(&[c]).await?.iter().for_each(|s| run.scored(*s));
-                }
-                if run.check().is_some() {
-                    break 'waves;
-                }
-            }
-        }
-        if run.needs_scores() && !(mode.per_arrival && pointwise) {
-            let subset: Vec<usize> = if pointwise { wave.to_vec() } else { arrived.clone() };
-            scores.of(&subset).await?.iter().for_each(|s| run.scored(*s));
-        }
-        if run.check().is_some() {
-            break;
-        }
-    }
-    let final_scores = scores.of(&arrived).await?;
-    let pick = arrived[rank(&final_scores)[0]];
-    let tokens: f64 = arrived.iter().map(|&c| costs[c]).sum();
-    Ok((labels[pick], f64::from(run.requested()), tokens))
+    // At most the recorded candidates, in waves that fit them (as the proxy's plan would be for
+    // an upstream that gives no more).
+    let n = plan.n.min(order.len() as u32);
+    let adaptive = plan.adaptive.map(|a| AdaptiveSettings { first_wave: a.first_wave.min(n), ..a });
+    let plan = Plan { n, adaptive, ..plan.clone() };
+    let source = RecordedSource::new(row, order.to_vec(), mode.per_arrival);
+    let conversation = row.record.conversation();
+    let spec = RunSpec {
+        plan: &plan,
+        conversation: &conversation,
+        response_format: row.record.response_format.as_ref(),
+        deadline: None,
+        min_candidates: 1,
+        on_scorer_failure: ScorerFailurePolicy::Fail,
+        seed: 0,
+        fuser: None,
+        fuser_failure: FuserFailure::Fail,
+    };
+    let outcome = drive(&spec, &source).await?;
+    let pick = source.recorded_index(outcome.chosen());
+    let tokens: f64 = (0..outcome.samples.candidates.len()).map(|j| costs[source.recorded_index(j)]).sum();
+    let requested = outcome.adaptive.map_or(n, |a| a.n_sampled);
+    Ok((labels[pick], f64::from(requested), tokens))
 }
 
 /// Every permutation of 0..n (n small), in lexicographic order.
@@ -205,22 +319,25 @@ pub fn arrival_orders(n: usize, orders: usize, rng: &mut fastrand::Rng) -> Vec<V
     }
 }
 
-/// Replays one prompt under a policy over the given orders.
+/// Replays one prompt under a policy (`n`, `settings`, the scorer `source` under `name`) over
+/// the given orders.
+#[allow(clippy::too_many_arguments)]
 pub async fn replay_prompt(
     prompt: &ReplayPrompt<'_>,
     settings: Option<AdaptiveSettings>,
     n: u32,
     mode: ReplayMode,
+    name: &str,
     source: ScoreSource<'_>,
+    selection: Selection,
     orders: &[Vec<usize>],
 ) -> Result<PromptResult, Error> {
     let row = prompt.row;
-    let scores = Scores { source, row };
+    let plan = replay_plan(n, settings, replay_scorer(name, source, row), selection);
     let costs = token_costs(row);
     let mut total = PromptResult::default();
     for order in orders {
-        let (accuracy, candidates, tokens) =
-            replay_order(settings, n, mode, order, &scores, &prompt.labels, &costs).await?;
+        let (accuracy, candidates, tokens) = replay_order(&plan, mode, order, row, &prompt.labels, &costs).await?;
         total.accuracy += accuracy;
         total.candidates += candidates;
         total.tokens += tokens;
@@ -287,8 +404,10 @@ pub async fn replay(
             Some(recorded) => ScoreSource::Recorded(recorded),
             None => ScoreSource::Scorer(scorer),
         };
-        let adaptive = replay_prompt(&prompt, plan.adaptive, plan.n, mode, source(), &order_list).await?;
-        let fixed = replay_prompt(&prompt, None, plan.n, mode, source(), &order_list).await?;
+        let (name, selection) = (&plan.scorer.name, plan.selection);
+        let adaptive =
+            replay_prompt(&prompt, plan.adaptive, plan.n, mode, name, source(), selection, &order_list).await?;
+        let fixed = replay_prompt(&prompt, None, plan.n, mode, name, source(), selection, &order_list).await?;
         let entry = per_domain.entry(domain).or_insert_with(|| {
             let empty = PolicyStats {
                 accuracy: 0.0,
@@ -323,6 +442,69 @@ pub async fn replay(
         })
         .collect();
     Ok(ReplayReport { orders: replayed_orders, domains })
+}
+
+/// One request replayed as recorded: what `eval replay --as-recorded --picks` writes a line of.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Pick {
+    /// The recorded request id.
+    pub prompt_id: String,
+    /// The pick, an index into the recorded candidates; for a fused answer, the top candidate
+    /// given to the fuser.
+    pub chosen: usize,
+    /// Candidates requested (cancelled ones included).
+    pub n_sampled: u32,
+    /// Why sampling stopped.
+    pub stop_reason: String,
+    /// The answer was fused.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fused: bool,
+}
+
+/// Replays each recorded request once, as it was served: its candidates in their recorded
+/// (arrival) order, its recorded seed, its domain's plan under `policy` with the recorded
+/// scorer, the same driver as the proxy's. `streams_each` as the upstream's sampling mode
+/// (parallel: the rules look at each arrival). A fuse selection needs `fuser`, and a fuser that
+/// fails is an error, never a silent argmax.
+pub async fn replay_as_recorded(
+    rows: &[RecordedRow],
+    policy: &Policy,
+    scorers: &BTreeMap<String, Arc<dyn Scorer>>,
+    fuser: Option<&dyn crate::bon::Fuser>,
+    streams_each: bool,
+) -> Result<Vec<Pick>, (usize, Error)> {
+    let mut picks = Vec::with_capacity(rows.len());
+    for row in rows {
+        let record = &row.record;
+        let steering =
+            Steering { domain: Some(record.domain().to_string()), scorer: record.scorer.clone(), ..Default::default() };
+        let plan = policy.plan(&steering, 1, None, scorers).map_err(|e| (row.line, e))?;
+        let source = RecordedSource::new(row, (0..record.candidates.len()).collect(), streams_each);
+        let conversation = record.conversation();
+        let spec = RunSpec {
+            plan: &plan,
+            conversation: &conversation,
+            response_format: record.response_format.as_ref(),
+            deadline: None,
+            min_candidates: policy.min_candidates,
+            on_scorer_failure: policy.on_scorer_failure,
+            seed: record.seed.unwrap_or(0),
+            fuser,
+            fuser_failure: FuserFailure::Fail,
+        };
+        let outcome = drive(&spec, &source).await.map_err(|e| (row.line, e))?;
+        let stop_reason = outcome
+            .adaptive
+            .map_or(if outcome.samples.deadline_hit { "deadline" } else { "max_n" }, |a| a.stop_reason.label());
+        picks.push(Pick {
+            prompt_id: record.prompt_id.clone(),
+            chosen: source.recorded_index(outcome.chosen()),
+            n_sampled: outcome.adaptive.map_or(plan.n, |a| a.n_sampled),
+            stop_reason: stop_reason.to_string(),
+            fused: outcome.fused.is_some(),
+        });
+    }
+    Ok(picks)
 }
 
 /// Renders a replay report as a table, JSON, CSV or Markdown.

@@ -231,7 +231,8 @@ async fn adaptive_choice(
         let source = ScoreSource::Recorded(p.rewards[scorer].clone());
         // Recorded candidates arrive one by one, as in parallel sampling.
         let mode = ReplayMode { per_arrival: true };
-        per_prompt.push(replay_prompt(&prompt, Some(settings), n, mode, source, &order_list).await?);
+        let best = crate::bon::select::Selection::Best;
+        per_prompt.push(replay_prompt(&prompt, Some(settings), n, mode, scorer, source, best, &order_list).await?);
     }
     Ok(choice(scorer, n, Some(settings), per_prompt))
 }

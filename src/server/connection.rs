@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -112,12 +112,10 @@ impl Drop for Busy {
 /// preface) until the client closes, it has idled for `server.idle_timeout_ms`, a write makes no
 /// progress for `server.write_timeout_ms`, or the server stops (then once its requests are
 /// answered).
-async fn serve_connection(
-    stream: TcpStream,
-    state: Arc<AppState>,
-    peer: SocketAddr,
-    mut stopping: watch::Receiver<bool>,
-) {
+async fn serve_connection<S>(stream: S, state: Arc<AppState>, peer: SocketAddr, mut stopping: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     // A client that stops reading its answer holds a request slot until a write has made no
     // progress for this long: per write, so a long SSE answer that the client reads lives on.
     let mut io = tokio_io_timeout::TimeoutStream::new(stream);
@@ -200,5 +198,39 @@ impl hyper::body::Body for HeldBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A server whose `/v1/models` answer is far larger than `buffer`, the bytes a connection
+    /// holds before a client that never reads stalls the server's writes.
+    async fn stalled_answer(write_timeout_ms: u64) -> bool {
+        let models: Vec<String> = (0..4000).map(|i| format!("\"model-{i}-{}\"", "m".repeat(64))).collect();
+        let toml = format!(
+            "[server]\nwrite_timeout_ms = {write_timeout_ms}\n[upstream]\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+             models = [{}]\n[policy]\nn = 1\nscorer = \"consensus\"\n",
+            models.join(",")
+        );
+        let config = crate::config::Config::from_toml(&toml, std::path::Path::new("test.toml")).unwrap();
+        let state = Arc::new(AppState::from_config(&config).unwrap());
+        let (mut client, server) = tokio::io::duplex(16 * 1024);
+        let (_stopping_tx, stopping) = watch::channel(false);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let served = tokio::spawn(serve_connection(server, state, peer, stopping));
+        client.write_all(b"GET /v1/models HTTP/1.1\r\nhost: bestofn\r\n\r\n").await.unwrap();
+        // The client never reads: the connection ends only if the stalled write is given up.
+        let ended = tokio::time::timeout(Duration::from_secs(3), served).await.is_ok();
+        drop(client);
+        ended
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
+        assert!(stalled_answer(200).await, "the stalled connection was kept");
+        assert!(!stalled_answer(60_000).await, "with a long timeout the connection waits for the client");
     }
 }

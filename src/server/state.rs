@@ -11,7 +11,7 @@ use crate::config::{ClassifierConfig, Config};
 use crate::error::Party;
 use crate::metrics::Metrics;
 use crate::record::Recorder;
-use crate::remote::{ChatFuser, JudgeClassifier};
+use crate::remote::JudgeClassifier;
 use crate::upstream::Upstream;
 pub use crate::wiring::StartupError;
 use crate::wiring::{ServerSetup, backend, build_scorers, http_client};
@@ -113,21 +113,8 @@ impl AppState {
             )?;
             engine = engine.with_classifier(Arc::new(JudgeClassifier { backend: judge, model: model.clone() }));
         }
-        if let Some(f) = &config.fuser {
-            let fuser = backend(
-                &client,
-                Party::Scorer,
-                "fuser".into(),
-                std::slice::from_ref(&f.base_url),
-                &f.transport,
-                Some(&metrics),
-            )?;
-            engine = engine.with_fuser(Arc::new(ChatFuser {
-                backend: fuser,
-                model: f.model.clone(),
-                max_tokens: f.max_tokens,
-                temperature: f.temperature,
-            }));
+        if let Some(fuser) = crate::wiring::build_fuser(&client, config, Some(&metrics))? {
+            engine = engine.with_fuser(fuser);
         }
         // Series that exist from the start, so dashboards show zeros rather than "no data".
         for domain in crate::bon::DOMAINS {

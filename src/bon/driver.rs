@@ -1,0 +1,326 @@
+//! The one driver of a best-of-N run, for the proxy and for `eval replay` alike: waves of
+//! candidates from a [`CandidateSource`] (the upstream live, recorded candidates offline), the
+//! stopping rules per arrival or per wave, scoring (per arrival or batched), `min_candidates`,
+//! `on_scorer_failure`, and every selection (argmax, weighted vote, soft with the run's seeded
+//! RNG, fuse through the fuser). Nothing of this exists anywhere else, so what replay predicts
+//! is what the proxy does.
+
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::adaptive::{AdaptiveRun, AdaptiveSettings, StopReason};
+use super::engine::{AdaptiveReport, Outcome, Timings};
+use super::select::{Selection, select};
+use super::{Arrival, ArrivalStream, BoxFuture, Fused, Fuser, Plan, Samples, ScorerFailurePolicy, score_candidates};
+use crate::error::{Error, Party};
+use crate::score::{Message, ScoreInput, ScoreOutput, ScorerUsage, final_answer};
+
+/// Where a run's candidates come from. Live, the upstream (hedging, the deadline and the
+/// upstream's failures are the source's); in replay, recorded candidates in a given order.
+pub trait CandidateSource: Send + Sync {
+    /// Whether candidates arrive one call at a time (parallel sampling): the stopping rules then
+    /// look at each arrival, and the calls still running are cancelled when one fires.
+    fn streams_each(&self) -> bool;
+    /// One wave of `size` candidates, numbered from `offset`, answered together. Fewer may come
+    /// back when some fail or the deadline cuts them off; none is an error.
+    fn wave(&self, size: u32, offset: u32) -> BoxFuture<'_, Result<Samples, Error>>;
+    /// One wave of single-candidate calls, each yielded as it finishes; dropping the stream
+    /// cancels the calls still running. Used only when [`CandidateSource::streams_each`].
+    fn wave_each(&self, size: u32, offset: u32) -> ArrivalStream<'_>;
+}
+
+/// What a fuser failure does: live, the best candidate answers (and the failure is reported);
+/// offline, a measurement that silently became argmax would be wrong, so it is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FuserFailure {
+    /// Answer with the best candidate.
+    AnswerBest,
+    /// Fail the run.
+    Fail,
+}
+
+/// Everything a run needs besides its candidates.
+pub struct RunSpec<'a> {
+    /// The request's plan: N, scorer, adaptive settings, selection.
+    pub plan: &'a Plan,
+    /// The conversation the candidates answer.
+    pub conversation: &'a [Message],
+    /// The request's `response_format`, for verifiers.
+    pub response_format: Option<&'a Value>,
+    /// When the run must end.
+    pub deadline: Option<Instant>,
+    /// Fewest candidates to answer with.
+    pub min_candidates: u32,
+    /// What a scorer failure does.
+    pub on_scorer_failure: ScorerFailurePolicy,
+    /// The seed of the run's RNG (soft selection, a random fallback): the client's seed, or one
+    /// the proxy drew and recorded.
+    pub seed: u64,
+    /// The fuser of `selection = "fuse"`.
+    pub fuser: Option<&'a dyn Fuser>,
+    /// What a fuser failure does.
+    pub fuser_failure: FuserFailure,
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Runs `spec` over `source`: samples, scores, selects (and fuses).
+pub async fn drive(spec: &RunSpec<'_>, source: &dyn CandidateSource) -> Result<Outcome, Error> {
+    let started = Instant::now();
+    let plan = spec.plan;
+    let (mut samples, adaptive, early_scores) = match plan.adaptive {
+        None => (source.wave(plan.n, 0).await?, None, None),
+        Some(settings) => {
+            let (samples, report, early) = sample_adaptive(spec, source, settings).await?;
+            (samples, Some(report), early)
+        }
+    };
+    samples.settle_usage();
+    let sampling_ms = ms_since(started);
+    let received = samples.candidates.len() as u32;
+    if received < spec.min_candidates {
+        let message =
+            format!("only {received} of {} candidates arrived (min_candidates = {})", plan.n, spec.min_candidates);
+        return Err(if samples.deadline_hit {
+            let limit = plan.deadline.map_or(0, |d| d.as_millis());
+            Error::timeout(Party::Upstream, "upstream", format!("{message} before the {limit} ms deadline"))
+        } else {
+            let cause = samples.failures.first().map(String::as_str).unwrap_or("no error reported");
+            Error::bad_gateway(Party::Upstream, "upstream", format!("{message}; first failure: {cause}"))
+        });
+    }
+
+    let scoring_started = Instant::now();
+    let mut scorer_error = None;
+    let (scores, scorer_usage) = if let Some(early) = early_scores.filter(|_| samples.candidates.len() > 1) {
+        (early.scores, early.usage)
+    } else if samples.candidates.len() > 1 {
+        let texts: Vec<String> = samples.candidates.iter().map(|c| c.text.clone()).collect();
+        let input =
+            ScoreInput { conversation: spec.conversation, candidates: &texts, response_format: spec.response_format };
+        match score_candidates(&*plan.scorer.scorer, input).await {
+            Ok(out) => (out.scores, out.usage),
+            Err(e) if spec.on_scorer_failure == ScorerFailurePolicy::Fail => return Err(e),
+            Err(e) => {
+                tracing::warn!(scorer = %plan.scorer.name, error = %e, policy = ?spec.on_scorer_failure, "scorer failed; falling back");
+                scorer_error = Some(e.to_string());
+                (Vec::new(), ScorerUsage::default())
+            }
+        }
+    } else {
+        (Vec::new(), ScorerUsage::default())
+    };
+    let scoring_ms = ms_since(scoring_started);
+    // One RNG for the run, from its seed: a replay with the recorded seed draws the same pick.
+    let mut rng = fastrand::Rng::with_seed(spec.seed);
+    let ranking = if !scores.is_empty() {
+        select(&scores, plan.selection, &mut rng)
+    } else {
+        let mut order: Vec<usize> = (0..samples.candidates.len()).collect();
+        if scorer_error.is_some() && spec.on_scorer_failure == ScorerFailurePolicy::Random && !order.is_empty() {
+            let pick = rng.usize(..order.len());
+            order.rotate_left(pick);
+        }
+        order
+    };
+    let (fused, fuse_failed) = match plan.selection {
+        Selection::Fuse { top, show_scores } if samples.candidates.len() > 1 => {
+            fuse(spec, &samples, &scores, &ranking, top, show_scores).await?
+        }
+        _ => (None, None),
+    };
+    Ok(Outcome {
+        fused,
+        fuse_failed,
+        samples,
+        scores,
+        ranking,
+        scorer_usage,
+        scorer_error,
+        timings: Timings { sampling_ms, scoring_ms, total_ms: ms_since(started) },
+        adaptive,
+        seed: spec.seed,
+    })
+}
+
+/// Mixture-of-N: the top candidates (with their scores when shown) go to the fuser; its answer
+/// is scored like a candidate when the scorer is pointwise.
+async fn fuse(
+    spec: &RunSpec<'_>,
+    samples: &Samples,
+    scores: &[f64],
+    ranking: &[usize],
+    top: u32,
+    show_scores: bool,
+) -> Result<(Option<Fused>, Option<String>), Error> {
+    let failed = |message: String| match spec.fuser_failure {
+        FuserFailure::AnswerBest => Ok((None, Some(message))),
+        FuserFailure::Fail => Err(Error::bad_gateway(Party::Scorer, "fuser", message)),
+    };
+    let Some(fuser) = spec.fuser else { return failed("no [fuser] is configured".into()) };
+    let from: Vec<usize> = ranking.iter().take(top as usize).copied().collect();
+    let shown: Vec<(String, Option<f64>)> = from
+        .iter()
+        .map(|&i| (samples.candidates[i].text.clone(), show_scores.then(|| scores.get(i).copied()).flatten()))
+        .collect();
+    match fuser.fuse(spec.conversation, &shown).await {
+        Ok(mut fused) => {
+            fused.from = from;
+            let scorer = &spec.plan.scorer.scorer;
+            if scorer.pointwise() {
+                let texts = [fused.text.clone()];
+                let input = ScoreInput {
+                    conversation: spec.conversation,
+                    candidates: &texts,
+                    response_format: spec.response_format,
+                };
+                fused.score = score_candidates(&**scorer, input).await.ok().and_then(|o| o.scores.first().copied());
+            }
+            Ok((Some(fused), None))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "fuser failed");
+            failed(e.to_string())
+        }
+    }
+}
+
+/// Scores candidates `from..` of `samples` for the stopping rules; a scorer failure here only
+/// disables the score rule (the final scoring applies the failure policy). With a pointwise
+/// scorer the scores are kept in `early` (candidate order), so the final selection need not
+/// score them again.
+async fn score_for_stop(
+    spec: &RunSpec<'_>,
+    samples: &Samples,
+    from: usize,
+    run: &mut AdaptiveRun,
+    early: &mut Option<ScoreOutput>,
+) {
+    let texts: Vec<String> = samples.candidates[from..].iter().map(|c| c.text.clone()).collect();
+    if texts.is_empty() {
+        return;
+    }
+    let input =
+        ScoreInput { conversation: spec.conversation, candidates: &texts, response_format: spec.response_format };
+    match score_candidates(&*spec.plan.scorer.scorer, input).await {
+        Ok(out) => {
+            out.scores.iter().for_each(|s| run.scored(*s));
+            if let Some(kept) = early.as_mut()
+                && kept.scores.len() == from
+            {
+                kept.scores.extend(out.scores);
+                kept.usage.calls += out.usage.calls;
+                kept.usage.prompt_tokens = kept.usage.prompt_tokens.zip(out.usage.prompt_tokens).map(|(a, b)| a + b);
+            }
+        }
+        Err(e) => {
+            *early = None;
+            tracing::debug!(error = %e, "scoring for the stopping rule failed");
+        }
+    }
+}
+
+/// Samples in waves until a stopping rule fires (see [`super::adaptive`]). When the source
+/// streams each call the rules look at every arrival and the calls still running are dropped
+/// when one fires; otherwise they look at each finished wave.
+async fn sample_adaptive(
+    spec: &RunSpec<'_>,
+    source: &dyn CandidateSource,
+    settings: AdaptiveSettings,
+) -> Result<(Samples, AdaptiveReport, Option<ScoreOutput>), Error> {
+    let mut run = AdaptiveRun::new(settings, spec.plan.n);
+    let scorer = &spec.plan.scorer.scorer;
+    // Pointwise scorers score each arrival, except those that prefer one call per batch.
+    let per_arrival = scorer.pointwise() && !scorer.batched();
+    let mut all = Samples::default();
+    let mut first_error: Option<Error> = None;
+    let mut scored = 0;
+    let mut reason = StopReason::MaxN;
+    let mut early = scorer
+        .pointwise()
+        .then(|| ScoreOutput { scores: Vec::new(), usage: ScorerUsage { calls: 0, prompt_tokens: Some(0) } });
+    'waves: while let Some((size, offset)) = run.start_wave() {
+        if source.streams_each() {
+            let mut arrivals = source.wave_each(size, offset);
+            while let Some(arrival) = arrivals.next().await {
+                match arrival {
+                    Arrival::Deadline => {
+                        all.deadline_hit = true;
+                        reason = StopReason::Deadline;
+                        break 'waves;
+                    }
+                    Arrival::Call(Err(e)) => {
+                        all.failures.push(e.to_string());
+                        first_error.get_or_insert(e);
+                    }
+                    Arrival::Call(Ok(more)) => {
+                        let from = all.candidates.len();
+                        all.extend(more);
+                        note_answers(&mut run, &all, from);
+                        if run.needs_scores() && per_arrival {
+                            score_for_stop(spec, &all, from, &mut run, &mut early).await;
+                            scored = all.candidates.len();
+                        }
+                        if let Some(r) = run.check() {
+                            // Dropping `arrivals` cancels the calls still running.
+                            reason = r;
+                            break 'waves;
+                        }
+                    }
+                }
+            }
+        } else {
+            match source.wave(size, offset).await {
+                Ok(more) => {
+                    let from = all.candidates.len();
+                    all.extend(more);
+                    note_answers(&mut run, &all, from);
+                }
+                Err(e) => {
+                    all.failures.push(e.to_string());
+                    first_error.get_or_insert(e);
+                }
+            }
+            if all.deadline_hit {
+                reason = StopReason::Deadline;
+                break;
+            }
+        }
+        if run.needs_scores() && scored < all.candidates.len() {
+            // Whole waves: a pointwise scorer scores what is new, others the whole set.
+            let from = if scorer.pointwise() { scored } else { 0 };
+            score_for_stop(spec, &all, from, &mut run, &mut early).await;
+            scored = all.candidates.len();
+        }
+        if let Some(r) = run.check() {
+            reason = r;
+            break;
+        }
+        if spec.deadline.is_some_and(|d| Instant::now() >= d) {
+            all.deadline_hit = true;
+            reason = StopReason::Deadline;
+            break;
+        }
+    }
+    if all.candidates.is_empty() {
+        return Err(first_error.unwrap_or_else(|| {
+            Error::timeout(Party::Upstream, "upstream", "no candidate arrived before the request deadline")
+        }));
+    }
+    if all.strategy.is_empty() {
+        all.strategy = "parallel";
+    }
+    let early = early.filter(|e| run.needs_scores() && e.scores.len() == all.candidates.len());
+    Ok((all, AdaptiveReport { n_sampled: run.requested(), stop_reason: reason, waves: run.waves() }, early))
+}
+
+/// Tells the run the final answers of the candidates that arrived from `from` on.
+fn note_answers(run: &mut AdaptiveRun, samples: &Samples, from: usize) {
+    for c in &samples.candidates[from..] {
+        run.arrived(if run.needs_answers() { final_answer(&c.text) } else { None });
+    }
+}
