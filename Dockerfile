@@ -11,7 +11,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml ./
 COPY src ./src
 COPY benches ./benches
-COPY assets ./assets
+COPY crates ./crates
 RUN cargo build --release --locked --bin bestofn --features "${FEATURES}"
 
 # glibc and libgcc, nothing else: no shell, no package manager.

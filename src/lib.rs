@@ -1,26 +1,23 @@
 //! bestofn: an OpenAI-compatible proxy that answers each chat completion with the best of N
 //! upstream samples, scored by a reward model.
 //!
-//! Domain logic (`bon`, `score`) knows nothing of HTTP; `server` is a thin layer over it, and
-//! the offline evaluator calls the same scorers and selection.
+//! The domain (`bon`, `score`, `samples`, `eval`, `error`) lives in the `bestofn-core` crate,
+//! which depends on no HTTP crate; this crate adds the server, the one upstream client, the
+//! scorers that call HTTP backends, and the CLI, and re-exports the core's modules under their
+//! usual paths.
 
 #![forbid(unsafe_code)]
 
 pub mod backend;
-pub mod bon;
 pub mod config;
-pub mod error;
-pub mod eval;
 pub mod metrics;
 pub mod openai;
 pub mod record;
 pub mod remote;
-pub mod samples;
-pub mod score;
 pub mod server;
 #[cfg(test)]
 mod test_support;
 pub mod upstream;
 pub mod wiring;
 
-pub use error::Error;
+pub use bestofn_core::{Error, bon, error, eval, samples, score};

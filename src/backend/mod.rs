@@ -716,7 +716,7 @@ impl Backend {
             // A 4xx is the request's fault, not the endpoint's.
             let healthy = match &outcome {
                 Ok(_) => true,
-                Err(e) => e.status().is_client_error(),
+                Err(e) => matches!(e, Error::UpstreamRejected { .. }),
             };
             self.pool.record(endpoint.index, healthy);
             if outcome.is_err() {
@@ -968,7 +968,7 @@ mod tests {
         for chunked in [false, true] {
             let url = answering(BIG, &[], chunked, Duration::ZERO).await;
             let error = backend(url.clone(), 4096).post_bytes("/v1/chat/completions", Bytes::new()).await.unwrap_err();
-            assert_eq!(error.status(), http::StatusCode::BAD_GATEWAY);
+            assert!(matches!(error, Error::BadGateway { .. }), "{error:?}");
             assert_eq!(
                 error.to_string(),
                 format!("upstream {url} failed: answered more than upstream.max_response_bytes (4096 bytes)"),

@@ -68,7 +68,7 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) 
         }
     };
     let mut response = result.unwrap_or_else(|e| {
-        let status = e.status();
+        let status = status_of(&e);
         if status.is_server_error() {
             tracing::warn!(request_id = %id, %peer, status = status.as_u16(), error = %e, "request failed");
         } else {
@@ -181,9 +181,26 @@ async fn serve_route(
     }
 }
 
+/// The HTTP status an error is answered with: the one place errors become HTTP statuses.
+pub fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::InvalidRequest { .. } | Error::MalformedHead(_) => StatusCode::BAD_REQUEST,
+        Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+        Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        Error::UpstreamRejected { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
+        Error::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+        Error::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 /// Renders any error as the OpenAI envelope; the one place errors become HTTP.
 pub fn error_response(e: &Error) -> Response<Body> {
-    let mut response = json_response(e.status(), &e.envelope());
+    let mut response = json_response(status_of(e), &e.envelope());
     if matches!(e, Error::Overloaded(_)) {
         response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
     }
@@ -369,7 +386,19 @@ async fn completion(
             // one-client (issue #36): the upstream's end-to-end headers go to the client, each
             // name's values replacing ours (its own Content-Type included); the backend left out
             // the hop-by-hop ones.
-            response.headers_mut().extend(answer.headers);
+            // The upstream's headers replace the proxy's of the same name (its content type),
+            // every value kept (set-cookie); they passed hyper's checks on the way in.
+            let headers = response.headers_mut();
+            let mut replaced = std::collections::HashSet::new();
+            for (name, value) in answer.headers {
+                if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::from_maybe_shared(value)) {
+                    if replaced.insert(name.clone()) {
+                        headers.insert(name, value);
+                    } else {
+                        headers.append(name, value);
+                    }
+                }
+            }
             let overhead = observer.answered(spans);
             tracing::info!(
                 request_id = %id,
@@ -481,7 +510,7 @@ fn best_of_n_stream(
                 report
             }
             Err(e) => {
-                tracing::warn!(request_id = %id, status = e.status().as_u16(), error = %e, "best-of-n stream failed");
+                tracing::warn!(request_id = %id, status = status_of(&e).as_u16(), error = %e, "best-of-n stream failed");
                 Box::new(move |observer: &mut RequestObserver| {
                     observer.fail(&e);
                     stream::error_events(&e)

@@ -97,7 +97,7 @@ impl RequestObserver {
     pub fn fail(&mut self, e: &Error) {
         self.error_kind = Some(e.kind());
         if self.overhead.is_none() {
-            self.status = e.status().as_u16();
+            self.status = super::status_of(e).as_u16();
         }
     }
 

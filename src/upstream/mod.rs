@@ -694,7 +694,12 @@ impl Sampler for Upstream {
         Box::pin(async move {
             let answer = self.backend.post_bytes(api.path(), body).await?;
             let forwarded = Forwarded::from_json(answer.body).map_err(|what| self.garbage(what))?;
-            Ok(Forwarded { headers: answer.headers, ..forwarded })
+            let headers = answer
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str().to_string(), Bytes::copy_from_slice(value.as_bytes())))
+                .collect();
+            Ok(Forwarded { headers, ..forwarded })
         })
     }
 

@@ -392,9 +392,10 @@ mod tests {
         let p = policy();
         let plan = p.plan(&Steering::default(), 1, Some("math"), &known()).unwrap();
         assert_eq!((plan.domain.as_str(), plan.n), ("math", 8));
+        // The flags the request parser sets (bestofn's `openai` module, above this crate).
         let body_of = |text: &'static str| {
-            let headers = crate::openai::SteeringHeaders::default();
-            crate::openai::parse_chat_request(bytes::Bytes::from_static(text.as_bytes()), headers).unwrap().body
+            let (temperature, limit) = (text.contains("\"temperature\""), text.contains("\"max_tokens\""));
+            super::super::ClientBody::new(bytes::Bytes::from_static(text.as_bytes()), &[], temperature, limit)
         };
         let body = body_of(r#"{"messages":[{"role":"user","content":"x"}]}"#);
         assert!(plan.adds_defaults(&body));

@@ -347,7 +347,7 @@ pub struct Forwarded {
     pub body: bytes::Bytes,
     /// The answer's headers less the hop-by-hop ones, for the reply to the client to carry
     /// (a pass-through keeps what the upstream said: rate-limit, request-id, trace headers).
-    pub headers: http::HeaderMap,
+    pub headers: Vec<(String, bytes::Bytes)>,
     /// `usage.prompt_tokens`, 0 when absent.
     pub prompt_tokens: u64,
     /// `usage.completion_tokens`, 0 when absent.
@@ -379,7 +379,7 @@ impl Forwarded {
             prompt_tokens: usage.and_then(|u| u.prompt_tokens).unwrap_or(0),
             completion_tokens: usage.and_then(|u| u.completion_tokens).unwrap_or(0),
             body,
-            headers: http::HeaderMap::new(),
+            headers: Vec::new(),
         })
     }
 }

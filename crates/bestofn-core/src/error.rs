@@ -1,10 +1,10 @@
-//! The one error type of the request path. Every variant knows its HTTP status and its OpenAI
-//! error `type`, so the server renders all failures through a single function.
+//! The one error type of the request path: each variant carries what went wrong (its kind),
+//! which party is at fault, whether another attempt may succeed, and its cause. It knows no
+//! HTTP status: the server maps errors to statuses and the OpenAI envelope in one place
+//! (`bestofn::server::status_of`).
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use http::StatusCode;
 
 /// The underlying error of a backend failure (an I/O error, a TLS error, a JSON error), kept as
 /// the error's `source` so that logs and envelopes can show the whole chain.
@@ -191,24 +191,6 @@ impl Error {
             source = s.source();
         }
         out
-    }
-
-    /// The HTTP status this error is answered with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Error::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
-            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::MalformedHead(_) => StatusCode::BAD_REQUEST,
-            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
-            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::UpstreamRejected { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
-            Error::BadGateway { .. } => StatusCode::BAD_GATEWAY,
-            Error::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
     }
 
     /// The OpenAI error `type` string.
