@@ -18,6 +18,7 @@ pub mod remote;
 pub mod samples;
 pub mod score;
 pub mod server;
+pub mod telemetry;
 #[cfg(test)]
 mod test_support;
 pub mod upstream;

@@ -327,20 +327,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
-            init_logging(config.server.log_format);
-            serve_forever(config)
+            let exporter = init_logging(&config)?;
+            let served = serve_forever(config);
+            // After the runtime has stopped: the last batch of spans (those of the drained
+            // requests) is sent now or lost.
+            if let Some(exporter) = exporter
+                && let Err(e) = exporter.shutdown()
+            {
+                tracing::warn!("{e}");
+            }
+            served
         }
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Log lines to stderr (text or JSON, filtered by RUST_LOG), and bestofn's spans to the OTLP
+/// collector when one is configured; the exporter is returned to be shut down at exit.
+fn init_logging(config: &Config) -> anyhow::Result<Option<bestofn::telemetry::Exporter>> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    bestofn::telemetry::init(&config.telemetry);
+    // The filter applies to the log lines only: RUST_LOG=warn must not stop spans being exported.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
-    match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false);
+    let logs = match config.server.log_format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().flatten_event(true).boxed(),
+    };
+    let exporter = bestofn::telemetry::Exporter::start(&config.telemetry).map_err(anyhow::Error::msg)?;
+    tracing_subscriber::registry().with(logs.with_filter(filter)).with(exporter.as_ref().map(|e| e.layer())).init();
+    if let Some(exporter) = &exporter {
+        tracing::info!("exporting traces to {}", exporter.endpoint());
     }
+    Ok(exporter)
 }
 
 fn serve_forever(config: Config) -> anyhow::Result<()> {
