@@ -11,6 +11,7 @@
 //! set ([`capture_content`]).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -111,6 +112,15 @@ struct Settings {
 }
 
 static SETTINGS: OnceLock<Settings> = OnceLock::new();
+
+/// Whether spans are exported. The OpenTelemetry-only fields (`otel.name`, `otel.kind`, the
+/// HTTP attributes) are recorded only then: log lines print every field of their spans, and
+/// these would only repeat what the others say.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
 
 /// Makes the config's `provider_name` and `capture_content` apply; the first call wins (the
 /// server calls it once at startup, before serving).
@@ -276,10 +286,10 @@ pub fn request_span(
     let span = tracing::info_span!(
         target: "bestofn::request",
         "request",
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
-        http.request.method = %method,
-        http.route = %route,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        http.request.method = tracing::field::Empty,
+        http.route = tracing::field::Empty,
         request_id = %context.request_id,
         trace_id = tracing::field::Empty,
         domain = tracing::field::Empty,
@@ -288,6 +298,12 @@ pub fn request_span(
         otel.status_code = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
     );
+    if exporting() {
+        span.record("otel.name", tracing::field::display(format_args!("{method} {route}")));
+        span.record("otel.kind", "server");
+        span.record("http.request.method", method);
+        span.record("http.route", route);
+    }
     if let Some(parent) = client {
         // Err: no OpenTelemetry layer (no endpoint), where the task-local carries the trace.
         let _ = span.set_parent(parent.remote_context());
@@ -354,8 +370,8 @@ pub fn upstream_call_span(operation: &str, model: Option<&str>, choice_count: u3
     let span = tracing::info_span!(
         target: "bestofn::upstream",
         "upstream call",
-        otel.name = %format_args!("{operation}{}{}", if model.is_some() { " " } else { "" }, model.unwrap_or("")),
-        otel.kind = "client",
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
         gen_ai.operation.name = %operation,
         gen_ai.provider.name = %provider_name(),
@@ -365,6 +381,13 @@ pub fn upstream_call_span(operation: &str, model: Option<&str>, choice_count: u3
         gen_ai.usage.output_tokens = tracing::field::Empty,
         error.type = tracing::field::Empty,
     );
+    if exporting() {
+        match model {
+            Some(model) => span.record("otel.name", tracing::field::display(format_args!("{operation} {model}"))),
+            None => span.record("otel.name", operation),
+        };
+        span.record("otel.kind", "client");
+    }
     if let Some(model) = model {
         span.record("gen_ai.request.model", model);
     }
@@ -393,17 +416,20 @@ pub fn record_error(span: &tracing::Span, error_type: &str) {
 /// `bestofn.candidates`. Created when scoring starts; the scorer's backend calls made inside it
 /// are its children.
 pub fn scoring_span(scorer: &str, kind: &str, candidates: usize) -> tracing::Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         target: "bestofn::score",
         "scoring",
-        otel.name = %format_args!("score {scorer}"),
-        otel.kind = "internal",
+        otel.name = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
         bestofn.scorer.name = %scorer,
         bestofn.scorer.kind = %kind,
         bestofn.candidates = candidates,
-    )
+    );
+    if exporting() {
+        span.record("otel.name", tracing::field::display(format_args!("score {scorer}")));
+    }
+    span
 }
 
 /// The OTLP/HTTP span exporter: installed as a `tracing` layer at startup, shut down at exit so
@@ -462,6 +488,7 @@ impl Exporter {
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
         use tracing_subscriber::Layer;
+        EXPORTING.store(true, Ordering::Relaxed);
         let tracer = self.provider.tracer("bestofn");
         let only_ours = tracing_subscriber::filter::Targets::new().with_target(EXPORTED_TARGET, tracing::Level::INFO);
         tracing_opentelemetry::layer()
@@ -539,5 +566,95 @@ mod tests {
         assert_eq!(raw.validate().unwrap_err().0, "telemetry.otlp_endpoint");
         let raw = RawTelemetry { provider_name: Some(" ".into()), ..Default::default() };
         assert_eq!(raw.validate().unwrap_err().0, "telemetry.provider_name");
+    }
+
+    /// Keeps exported spans in memory.
+    #[derive(Debug, Clone, Default)]
+    struct Collect(Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+    impl opentelemetry_sdk::trace::SpanExporter for Collect {
+        async fn export(
+            &self,
+            batch: Vec<opentelemetry_sdk::trace::SpanData>,
+        ) -> opentelemetry_sdk::error::OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    fn attribute(span: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<String> {
+        span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
+    }
+
+    #[tokio::test]
+    async fn spans_follow_the_genai_conventions_and_the_headers_name_the_call_span() {
+        use tracing::Instrument;
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let collected = Collect::default();
+        let provider =
+            opentelemetry_sdk::trace::SdkTracerProvider::builder().with_simple_exporter(collected.clone()).build();
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _default = tracing::subscriber::set_default(subscriber);
+        EXPORTING.store(true, Ordering::Relaxed);
+
+        let client = TraceParent::parse(GOOD);
+        let mut context = RequestContext::new("req-9", client);
+        let request = request_span(&mut context, client, "POST", "/v1/chat/completions");
+        assert_eq!(context.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736", "the client's trace");
+        record_plan(&request, "math", 4, "rm");
+        let (headers, call_id) = context
+            .scope(
+                async {
+                    let call = upstream_call_span("chat", Some("gpt-4o"), 4);
+                    let headers = async { outgoing_headers() }.instrument(call.clone()).await;
+                    record_usage(&call, 11, 40);
+                    let call_id = call.context().span().span_context().span_id();
+                    let scoring = scoring_span("rm", "reward_http", 4);
+                    record_error(&scoring, "timeout");
+                    (headers, call_id)
+                }
+                .instrument(request.clone()),
+            )
+            .await;
+        drop(request);
+        let traceparent = headers.iter().find(|(n, _)| n == TRACEPARENT).unwrap().1.to_str().unwrap().to_string();
+        let sent = TraceParent::parse(&traceparent).unwrap();
+        assert_eq!((sent.trace_id, sent.parent_id), (client.unwrap().trace_id, call_id), "the call span is the parent");
+        assert!(sent.flags.is_sampled());
+
+        let spans = collected.0.lock().unwrap().clone();
+        let named =
+            |name: &str| spans.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no {name}: {spans:?}"));
+        let request = named("POST /v1/chat/completions");
+        assert_eq!(request.span_kind, opentelemetry::trace::SpanKind::Server);
+        assert_eq!(request.parent_span_id.to_string(), "00f067aa0ba902b7");
+        assert!(request.parent_span_is_remote);
+        for (key, value) in [("request_id", "req-9"), ("domain", "math"), ("n", "4"), ("scorer", "rm")] {
+            assert_eq!(attribute(request, key).as_deref(), Some(value), "{key}");
+        }
+        let call = named("chat gpt-4o");
+        assert_eq!(call.span_kind, opentelemetry::trace::SpanKind::Client);
+        assert_eq!(call.parent_span_id, request.span_context.span_id());
+        for (key, value) in [
+            ("gen_ai.operation.name", "chat"),
+            ("gen_ai.provider.name", "openai"),
+            ("gen_ai.request.model", "gpt-4o"),
+            ("gen_ai.request.choice.count", "4"),
+            ("gen_ai.usage.input_tokens", "11"),
+            ("gen_ai.usage.output_tokens", "40"),
+        ] {
+            assert_eq!(attribute(call, key).as_deref(), Some(value), "{key}");
+        }
+        let scoring = named("score rm");
+        assert_eq!(attribute(scoring, "error.type").as_deref(), Some("timeout"));
+        assert!(matches!(scoring.status, opentelemetry::trace::Status::Error { .. }));
+        // One choice is the default and is left out.
+        let single = upstream_call_span("text_completion", None, 1);
+        drop(single);
+        let spans = collected.0.lock().unwrap().clone();
+        let single = spans.iter().find(|s| s.name == "text_completion").unwrap();
+        assert_eq!(attribute(single, "gen_ai.request.choice.count"), None);
     }
 }
