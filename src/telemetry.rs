@@ -135,11 +135,10 @@ pub fn capture_content() -> bool {
     SETTINGS.get().is_some_and(|s| s.capture_content)
 }
 
-/// An error as logs and spans may show it. Two kinds can quote the prompt or a completion: a
-/// client error (serde's messages quote the offending value, e.g. a string where an array was
-/// expected) and an upstream's 4xx message (servers echo the input they refused). Unless
-/// `capture_content` is set, those show their kind, parameter and status instead of their
-/// message; the client still gets the whole message in its answer.
+/// An error as logs and spans may show it. Some can quote the prompt or a completion: a client
+/// error (its message may quote the offending value) and a backend's error body (servers echo
+/// the input they refused, as in pydantic's 422s). Unless `capture_content` is set, those show
+/// their kind, parameter and status instead; the client still gets the whole message.
 pub fn loggable(e: &crate::Error) -> String {
     use crate::Error;
     if capture_content() {
@@ -155,6 +154,13 @@ pub fn loggable(e: &crate::Error) -> String {
             error_type.as_deref().unwrap_or("-"),
             param.as_deref().unwrap_or("-"),
         ),
+        // A backend's error body ("HTTP 503: <body>"): a server may echo what it was sent.
+        Error::BadGateway { backend, message, .. } => match message.split_once(": ") {
+            Some((head, _)) if head.starts_with("HTTP ") || head.starts_with("unexpected HTTP ") => {
+                format!("{backend} failed: {head} (body withheld: may quote the request)")
+            }
+            _ => e.to_string(),
+        },
         other => other.to_string(),
     }
 }
@@ -656,5 +662,27 @@ mod tests {
         let spans = collected.0.lock().unwrap().clone();
         let single = spans.iter().find(|s| s.name == "text_completion").unwrap();
         assert_eq!(attribute(single, "gen_ai.request.choice.count"), None);
+    }
+
+    #[test]
+    fn errors_that_may_quote_the_request_are_logged_without_their_message() {
+        use crate::Error;
+        let secret = "zebra";
+        let invalid = Error::invalid("bestofn.n", format!("'bestofn.n' must be a positive integer, got \"{secret}\""));
+        let rejected = Error::UpstreamRejected {
+            backend: "upstream u".into(),
+            status: 422,
+            message: format!("input: {secret}"),
+            error_type: None,
+            param: Some("messages".into()),
+        };
+        let failed = Error::bad_gateway(crate::error::Party::Scorer, "scorer rm", format!("HTTP 500: echo {secret}"));
+        for e in [&invalid, &rejected, &failed] {
+            assert!(e.to_string().contains(secret));
+            assert!(!loggable(e).contains(secret), "{}", loggable(e));
+        }
+        assert!(loggable(&rejected).contains("422") && loggable(&failed).contains("HTTP 500"));
+        let unreachable = Error::bad_gateway(crate::error::Party::Upstream, "upstream u", "cannot reach it");
+        assert_eq!(loggable(&unreachable), unreachable.to_string());
     }
 }
