@@ -355,7 +355,9 @@ fn init_logging(config: &Config) -> anyhow::Result<Option<bestofn::telemetry::Ex
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false);
     let logs = match config.server.log_format {
         LogFormat::Text => logs.boxed(),
-        LogFormat::Json => logs.json().flatten_event(true).boxed(),
+        // The list of spans (the request's, then a call's) names the request on every line;
+        // the current span alone would repeat its last entry.
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).boxed(),
     };
     let exporter = bestofn::telemetry::Exporter::start(&config.telemetry).map_err(anyhow::Error::msg)?;
     tracing_subscriber::registry().with(logs.with_filter(filter)).with(exporter.as_ref().map(|e| e.layer())).init();

@@ -287,28 +287,25 @@ pub fn request_span(
     context: &mut RequestContext,
     client: Option<TraceParent>,
     method: &str,
-    route: &str,
+    route: &'static str,
 ) -> tracing::Span {
     let span = tracing::info_span!(
         target: "bestofn::request",
         "request",
         otel.name = tracing::field::Empty,
         otel.kind = tracing::field::Empty,
-        http.request.method = tracing::field::Empty,
-        http.route = tracing::field::Empty,
         request_id = %context.request_id,
         trace_id = tracing::field::Empty,
         domain = tracing::field::Empty,
         n = tracing::field::Empty,
         scorer = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-        http.response.status_code = tracing::field::Empty,
     );
     if exporting() {
         span.record("otel.name", tracing::field::display(format_args!("{method} {route}")));
         span.record("otel.kind", "server");
-        span.record("http.request.method", method);
-        span.record("http.route", route);
+        // Attributes rather than fields: log lines need not repeat them.
+        span.set_attribute("http.request.method", method.to_string());
+        span.set_attribute("http.route", route);
     }
     if let Some(parent) = client {
         // Err: no OpenTelemetry layer (no endpoint), where the task-local carries the trace.
@@ -334,9 +331,11 @@ pub fn record_plan(span: &tracing::Span, domain: &str, n: u32, scorer: &str) {
 
 /// Records the HTTP status of the answer on the request span; 5xx marks the span as failed.
 pub fn record_status(span: &tracing::Span, status: http::StatusCode) {
-    span.record("http.response.status_code", status.as_u16());
-    if status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
+    if exporting() {
+        span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+        if status.is_server_error() {
+            span.set_status(opentelemetry::trace::Status::error(status.to_string()));
+        }
     }
 }
 
@@ -378,7 +377,6 @@ pub fn upstream_call_span(operation: &str, model: Option<&str>, choice_count: u3
         "upstream call",
         otel.name = tracing::field::Empty,
         otel.kind = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
         gen_ai.operation.name = %operation,
         gen_ai.provider.name = %provider_name(),
         gen_ai.request.model = tracing::field::Empty,
@@ -413,7 +411,7 @@ pub fn record_usage(span: &tracing::Span, input_tokens: u64, output_tokens: u64)
 /// Marks a call span (upstream or scoring) as failed, with the error's kind as `error.type`
 /// (a short class such as `timeout`, never the message: it may quote the prompt).
 pub fn record_error(span: &tracing::Span, error_type: &str) {
-    span.record("otel.status_code", "ERROR");
+    span.set_status(opentelemetry::trace::Status::error(error_type.to_string()));
     span.record("error.type", error_type);
 }
 
@@ -426,7 +424,6 @@ pub fn scoring_span(scorer: &str, kind: &str, candidates: usize) -> tracing::Spa
         target: "bestofn::score",
         "scoring",
         otel.name = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
         bestofn.scorer.name = %scorer,
         bestofn.scorer.kind = %kind,

@@ -162,6 +162,9 @@ async fn the_request_span_is_exported_to_the_otlp_collector_by_shutdown() {
     let (resource, span) = request("otel-req-1");
     assert_eq!(attribute(resource, "service.name").as_deref(), Some("bestofn"));
     assert_eq!(span["name"], "POST /v1/chat/completions");
+    assert!(span["kind"] == 2 || span["kind"] == "SPAN_KIND_SERVER", "a server span: {span:#}");
+    // Only bestofn's spans: not those of the HTTP client that exports them.
+    assert!(spans.iter().all(|(_, s)| s["name"] == "POST /v1/chat/completions"), "{spans:#?}");
     assert_eq!(span["traceId"].as_str().unwrap().to_lowercase(), CLIENT_TRACE, "the client's trace");
     assert_eq!(span["parentSpanId"].as_str().unwrap().to_lowercase(), CLIENT_SPAN, "the client's span is the parent");
     for (key, value) in [("domain", "math"), ("n", "3"), ("scorer", "vllm"), ("http.response.status_code", "200")] {
