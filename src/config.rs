@@ -571,11 +571,11 @@ pub mod defaults {
     /// `score_cache.ttl_ms`.
     pub const SCORE_CACHE_TTL_MS: u64 = 600_000;
     /// `telemetry.provider_name`: the `gen_ai.provider.name` of upstream-call spans.
-    pub const TELEMETRY_PROVIDER_NAME: &str = "openai";
+    pub const TELEMETRY_PROVIDER_NAME: &str = crate::telemetry::DEFAULT_PROVIDER_NAME;
     /// `telemetry.capture_content`: prompts and completions stay out of spans and logs.
-    pub const TELEMETRY_CAPTURE_CONTENT: bool = false;
+    pub const TELEMETRY_CAPTURE_CONTENT: bool = crate::telemetry::DEFAULT_CAPTURE_CONTENT;
     /// `telemetry.service_name`.
-    pub const TELEMETRY_SERVICE_NAME: &str = "bestofn";
+    pub const TELEMETRY_SERVICE_NAME: &str = crate::telemetry::DEFAULT_SERVICE_NAME;
 }
 
 /// Default listen address.

@@ -359,6 +359,8 @@ fn init_logging(config: &Config) -> anyhow::Result<Option<bestofn::telemetry::Ex
         // the current span alone would repeat its last entry.
         LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).boxed(),
     };
+    // The exporter's HTTP client is a reqwest one, built without a bundled TLS provider.
+    bestofn::backend::install_crypto_provider();
     let exporter = bestofn::telemetry::Exporter::start(&config.telemetry).map_err(anyhow::Error::msg)?;
     tracing_subscriber::registry().with(logs.with_filter(filter)).with(exporter.as_ref().map(|e| e.layer())).init();
     if let Some(exporter) = &exporter {

@@ -20,12 +20,18 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, Tra
 use serde::{Deserialize, Serialize};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::config::defaults;
-
 /// The `x-request-id` header, read from clients and sent to clients and backends.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The W3C trace context header.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// `telemetry.provider_name` by default (`config::DEFAULT_PROVIDER_NAME`): the
+/// value lives here because this module sits below `config` (see `tests/layering.rs`).
+pub const DEFAULT_PROVIDER_NAME: &str = "openai";
+/// `telemetry.capture_content` by default: prompts and completions stay out of spans and logs.
+pub const DEFAULT_CAPTURE_CONTENT: bool = false;
+/// `telemetry.service_name` by default.
+pub const DEFAULT_SERVICE_NAME: &str = "bestofn";
 
 /// The environment variable that names the collector when the config does not.
 pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -67,9 +73,9 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
             otlp_endpoint: None,
-            provider_name: defaults::TELEMETRY_PROVIDER_NAME.to_string(),
-            capture_content: defaults::TELEMETRY_CAPTURE_CONTENT,
-            service_name: defaults::TELEMETRY_SERVICE_NAME.to_string(),
+            provider_name: DEFAULT_PROVIDER_NAME.to_string(),
+            capture_content: DEFAULT_CAPTURE_CONTENT,
+            service_name: DEFAULT_SERVICE_NAME.to_string(),
         }
     }
 }
@@ -88,9 +94,9 @@ impl RawTelemetry {
         };
         Ok(TelemetryConfig {
             otlp_endpoint,
-            provider_name: nonempty("telemetry.provider_name", self.provider_name, defaults::TELEMETRY_PROVIDER_NAME)?,
-            capture_content: self.capture_content.unwrap_or(defaults::TELEMETRY_CAPTURE_CONTENT),
-            service_name: nonempty("telemetry.service_name", self.service_name, defaults::TELEMETRY_SERVICE_NAME)?,
+            provider_name: nonempty("telemetry.provider_name", self.provider_name, DEFAULT_PROVIDER_NAME)?,
+            capture_content: self.capture_content.unwrap_or(DEFAULT_CAPTURE_CONTENT),
+            service_name: nonempty("telemetry.service_name", self.service_name, DEFAULT_SERVICE_NAME)?,
         })
     }
 }
@@ -166,7 +172,7 @@ pub fn loggable(e: &crate::Error) -> String {
 }
 
 fn provider_name() -> &'static str {
-    SETTINGS.get().map_or(defaults::TELEMETRY_PROVIDER_NAME, |s| s.provider_name.as_str())
+    SETTINGS.get().map_or(DEFAULT_PROVIDER_NAME, |s| s.provider_name.as_str())
 }
 
 /// A client's `traceparent` (W3C Trace Context, version 00 as sent by current tracers).
@@ -460,9 +466,10 @@ impl Exporter {
     /// The exporter of the configured endpoint (see [`otlp_endpoint`]), or None when there is
     /// none. Call it outside any async runtime: the batch processor exports from a thread of its
     /// own with a blocking HTTP client, which is what keeps exporting off the serving runtime.
+    /// The TLS crypto provider must be installed first (`backend::install_crypto_provider`):
+    /// reqwest is built without one.
     pub fn start(config: &TelemetryConfig) -> Result<Option<Exporter>, String> {
         let Some(base) = otlp_endpoint(config)? else { return Ok(None) };
-        crate::backend::install_crypto_provider();
         let endpoint = format!("{base}/v1/traces");
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
