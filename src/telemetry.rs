@@ -414,11 +414,35 @@ pub fn record_usage(span: &tracing::Span, input_tokens: u64, output_tokens: u64)
     span.record("gen_ai.usage.output_tokens", output_tokens);
 }
 
-/// Marks a call span (upstream or scoring) as failed, with the error's kind as `error.type`
-/// (a short class such as `timeout`, never the message: it may quote the prompt).
-pub fn record_error(span: &tracing::Span, error_type: &str) {
-    span.set_status(opentelemetry::trace::Status::error(error_type.to_string()));
-    span.record("error.type", error_type);
+/// Marks a call span (upstream or scoring) as failed, with `error.type` a short class of the
+/// error (`timeout`, the HTTP status of a rejection such as `422`, `bad_gateway`, ...), never
+/// its message, which may quote the prompt.
+pub fn record_error(span: &tracing::Span, error: &crate::Error) {
+    use crate::Error;
+    let error_type: std::borrow::Cow<'static, str> = match error {
+        Error::GatewayTimeout { .. } | Error::RequestTimeout(_) => "timeout".into(),
+        Error::UpstreamRejected { status, .. } => status.to_string().into(),
+        Error::BadGateway { .. } => "bad_gateway".into(),
+        Error::InvalidRequest { .. } => "invalid_request".into(),
+        Error::Overloaded(_) => "overloaded".into(),
+        Error::Internal(_) => "internal".into(),
+        _ => "_OTHER".into(),
+    };
+    span.record("error.type", error_type.as_ref());
+    span.set_status(opentelemetry::trace::Status::error(error_type));
+}
+
+/// Runs `work` in `span` (a call or scoring span), marking the span failed when it fails.
+pub async fn in_span<T>(
+    span: tracing::Span,
+    work: impl Future<Output = Result<T, crate::Error>>,
+) -> Result<T, crate::Error> {
+    use tracing::Instrument;
+    let result = work.instrument(span.clone()).await;
+    if let Err(e) = &result {
+        record_error(&span, e);
+    }
+    result
 }
 
 /// The span of one scoring of candidates by a named scorer: `score {scorer}`, with
@@ -622,7 +646,7 @@ mod tests {
                     record_usage(&call, 11, 40);
                     let call_id = call.context().span().span_context().span_id();
                     let scoring = scoring_span("rm", "reward_http", 4);
-                    record_error(&scoring, "timeout");
+                    record_error(&scoring, &crate::Error::timeout(crate::error::Party::Scorer, "scorer rm", "late"));
                     (headers, call_id)
                 }
                 .instrument(request.clone()),

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use common::*;
 use serde_json::{Value, json};
 
@@ -125,11 +127,15 @@ async fn upstream_and_scorer_calls_carry_the_request_id_and_the_clients_trace() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_request_span_is_exported_to_the_otlp_collector_by_shutdown() {
+async fn request_scoring_and_llm_call_spans_reach_the_otlp_collector_by_shutdown() {
     let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
     let rm = FakeServer::start(rm_handler()).await;
     let collector = collector().await;
-    let mut proxy = Bestofn::start(&with_collector(config(&upstream, &rm, "n", 3), &collector));
+    let judge = format!(
+        "\n[scorers.judge]\nkind = \"judge\"\nbase_url = \"{}/v1\"\nmodel = \"judge-model\"\nmode = \"rating\"\n",
+        upstream.url()
+    );
+    let mut proxy = Bestofn::start(&with_collector(config(&upstream, &rm, "n", 3) + &judge, &collector));
     let trace = traceparent();
     let mut body = chat_body("What is 2+2?");
     body["bestofn"] = json!({"domain": "math"});
@@ -149,6 +155,11 @@ async fn the_request_span_is_exported_to_the_otlp_collector_by_shutdown() {
         .unwrap();
     assert_eq!(response.status(), 200);
     response.text().await.unwrap();
+    // A judge: a scoring span whose LLM calls are GenAI chat spans.
+    let mut body = chat_body("What is 4+4?");
+    body["bestofn"] = json!({"scorer": "judge"});
+    let (status, _, _) = post(&proxy.url("/v1/chat/completions"), body, &[("x-request-id", "otel-req-3")]).await;
+    assert_eq!(status, 200);
     // The batch processor holds spans for seconds; SIGTERM must send them before exiting.
     assert!(proxy.terminate_and_wait().success());
 
@@ -164,7 +175,9 @@ async fn the_request_span_is_exported_to_the_otlp_collector_by_shutdown() {
     assert_eq!(span["name"], "POST /v1/chat/completions");
     assert!(span["kind"] == 2 || span["kind"] == "SPAN_KIND_SERVER", "a server span: {span:#}");
     // Only bestofn's spans: not those of the HTTP client that exports them.
-    assert!(spans.iter().all(|(_, s)| s["name"] == "POST /v1/chat/completions"), "{spans:#?}");
+    let names: BTreeSet<&str> = spans.iter().map(|(_, s)| s["name"].as_str().unwrap()).collect();
+    let expected = ["POST /v1/chat/completions", "chat judge-model", "score judge", "score vllm"];
+    assert_eq!(names, BTreeSet::from(expected), "{spans:#?}");
     assert_eq!(span["traceId"].as_str().unwrap().to_lowercase(), CLIENT_TRACE, "the client's trace");
     assert_eq!(span["parentSpanId"].as_str().unwrap().to_lowercase(), CLIENT_SPAN, "the client's span is the parent");
     for (key, value) in [("domain", "math"), ("n", "3"), ("scorer", "vllm"), ("http.response.status_code", "200")] {
@@ -174,6 +187,36 @@ async fn the_request_span_is_exported_to_the_otlp_collector_by_shutdown() {
     assert_eq!(attribute(&streamed["attributes"], "n").as_deref(), Some("3"));
     assert_ne!(streamed["traceId"], span["traceId"], "a request without traceparent starts its own trace");
     assert!(streamed["parentSpanId"].as_str().is_none_or(str::is_empty), "a root span: {streamed:#}");
+    let children = |parent: &Value, name: &str| -> Vec<Value> {
+        spans
+            .iter()
+            .map(|(_, s)| s.clone())
+            .filter(|s| s["name"] == name && s["parentSpanId"] == parent["spanId"] && s["traceId"] == parent["traceId"])
+            .collect()
+    };
+    let scoring = children(span, "score vllm");
+    assert_eq!(scoring.len(), 1, "one scoring span under the request: {spans:#?}");
+    assert_eq!(attribute(&scoring[0]["attributes"], "bestofn.scorer.kind").as_deref(), Some("reward_http"));
+    assert_eq!(attribute(&scoring[0]["attributes"], "bestofn.candidates").as_deref(), Some("3"));
+    let (_, judged) = request("otel-req-3");
+    let scoring = children(judged, "score judge");
+    assert_eq!(scoring.len(), 1, "{spans:#?}");
+    let calls = children(&scoring[0], "chat judge-model");
+    assert_eq!(calls.len(), 3, "a judge call per candidate: {spans:#?}");
+    for call in &calls {
+        assert!(call["kind"] == 3 || call["kind"] == "SPAN_KIND_CLIENT", "a client span: {call:#}");
+        let attributes = &call["attributes"];
+        for (key, value) in [
+            ("gen_ai.operation.name", "chat"),
+            ("gen_ai.provider.name", "openai"),
+            ("gen_ai.request.model", "judge-model"),
+            ("gen_ai.usage.input_tokens", &PROMPT_TOKENS.to_string()),
+        ] {
+            assert_eq!(attribute(attributes, key).as_deref(), Some(value), "{key}: {call:#}");
+        }
+        assert!(attribute(attributes, "gen_ai.usage.output_tokens").is_some(), "{call:#}");
+        assert_eq!(attribute(attributes, "gen_ai.request.choice.count"), None, "one choice is the default");
+    }
     // The log lines of a request name its trace, to find it in the collector.
     assert!(logged(&proxy, |l| l.contains("otel-req-1") && l.contains(CLIENT_TRACE)).await, "{:#?}", proxy.logs());
 }
