@@ -382,32 +382,44 @@ fn serve_forever(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let addr = listener.local_addr().context("cannot read the bound address")?;
+        // Before announcing the address: from then on a SIGTERM must drain, not kill.
+        let shutdown = shutdown_signal();
         tracing::info!("bestofn listening on http://{addr}");
-        serve(listener, state, shutdown_signal()).await;
+        serve(listener, state, shutdown).await;
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the
+/// future is first polled: the accept loop may not poll it before serving its first connection,
+/// and a SIGTERM in that window killed the process instead of draining it (and lost its spans).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok())
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let (terminate, interrupt) = signals;
+            let wait = |signal: Option<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(terminate) => {},
+                () = wait(interrupt) => {},
+            }
+        }
+        #[cfg(not(unix))]
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
     }
 }
 
