@@ -350,8 +350,11 @@ pub fn record_status(span: &tracing::Span, status: http::StatusCode) {
 /// outside a request.
 ///
 /// Call it inside the span of the call (see [`upstream_call_span`]) so the backend's span is
-/// parented on the call rather than on the whole request. Without an OpenTelemetry layer the
-/// trace id is the request's (the client's or a new one) and the span id a fresh one each call.
+/// parented on the call rather than on the whole request, and in the request's task: the
+/// context is a task-local, which a `tokio::spawn`ed task does not inherit (work moved to another
+/// task takes `RequestContext::current()` and `tracing::Span::current()` along and re-enters them
+/// with [`RequestContext::scope`] and `Instrument`). Without an OpenTelemetry layer the trace id
+/// is the request's (the client's or a new one) and the span id a fresh one each call.
 pub fn outgoing_headers() -> Vec<(HeaderName, HeaderValue)> {
     let mut headers = Vec::with_capacity(2);
     let request = RequestContext::current();
