@@ -289,23 +289,35 @@ impl RequestContext {
 /// (and an OTLP endpoint is configured), else the root of a new trace. Its `domain`, `n` and
 /// `scorer` are recorded once the request is planned ([`record_plan`]); its `trace_id` is set
 /// here, so log lines of the request name the trace the collector has.
+///
+/// `/healthz` and `/metrics` get a debug-level span, which is not exported: probes and scrapes
+/// every few seconds would bury the traces of real requests.
 pub fn request_span(
     context: &mut RequestContext,
     client: Option<TraceParent>,
     method: &str,
     route: &'static str,
 ) -> tracing::Span {
-    let span = tracing::info_span!(
-        target: "bestofn::request",
-        "request",
-        otel.name = tracing::field::Empty,
-        otel.kind = tracing::field::Empty,
-        request_id = %context.request_id,
-        trace_id = tracing::field::Empty,
-        domain = tracing::field::Empty,
-        n = tracing::field::Empty,
-        scorer = tracing::field::Empty,
-    );
+    macro_rules! request_span {
+        ($level:expr) => {
+            tracing::span!(
+                target: "bestofn::request",
+                $level,
+                "request",
+                otel.name = tracing::field::Empty,
+                otel.kind = tracing::field::Empty,
+                request_id = %context.request_id,
+                trace_id = tracing::field::Empty,
+                domain = tracing::field::Empty,
+                n = tracing::field::Empty,
+                scorer = tracing::field::Empty,
+            )
+        };
+    }
+    let span = match route {
+        "/healthz" | "/metrics" => request_span!(tracing::Level::DEBUG),
+        _ => request_span!(tracing::Level::INFO),
+    };
     if exporting() {
         span.record("otel.name", tracing::field::display(format_args!("{method} {route}")));
         span.record("otel.kind", "server");

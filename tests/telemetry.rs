@@ -160,6 +160,10 @@ async fn request_scoring_and_llm_call_spans_reach_the_otlp_collector_by_shutdown
     body["bestofn"] = json!({"scorer": "judge"});
     let (status, _, _) = post(&proxy.url("/v1/chat/completions"), body, &[("x-request-id", "otel-req-3")]).await;
     assert_eq!(status, 200);
+    // Probes and scrapes are not traced.
+    for path in ["/healthz", "/metrics"] {
+        assert_eq!(client().get(proxy.url(path)).send().await.unwrap().status(), 200);
+    }
     // The batch processor holds spans for seconds; SIGTERM must send them before exiting.
     assert!(proxy.terminate_and_wait().success());
 
