@@ -66,6 +66,8 @@ struct RawConfig {
     score_cache: Option<RawScoreCache>,
     classifier: Option<RawClassifier>,
     fuser: Option<RawFuser>,
+    #[serde(default)]
+    telemetry: crate::telemetry::RawTelemetry,
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,6 +288,8 @@ pub struct Config {
     /// The fuser of `selection = "fuse"`, when configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fuser: Option<FuserConfig>,
+    /// Request ids, trace propagation and OpenTelemetry export.
+    pub telemetry: crate::telemetry::TelemetryConfig,
     /// What the file holds that still loads but should change (removed keys), one line each.
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -566,6 +570,12 @@ pub mod defaults {
     pub const SCORE_CACHE_MAX_ENTRIES: u64 = 100_000;
     /// `score_cache.ttl_ms`.
     pub const SCORE_CACHE_TTL_MS: u64 = 600_000;
+    /// `telemetry.provider_name`: the `gen_ai.provider.name` of upstream-call spans.
+    pub const TELEMETRY_PROVIDER_NAME: &str = crate::telemetry::DEFAULT_PROVIDER_NAME;
+    /// `telemetry.capture_content`: prompts and completions stay out of spans and logs.
+    pub const TELEMETRY_CAPTURE_CONTENT: bool = crate::telemetry::DEFAULT_CAPTURE_CONTENT;
+    /// `telemetry.service_name`.
+    pub const TELEMETRY_SERVICE_NAME: &str = crate::telemetry::DEFAULT_SERVICE_NAME;
 }
 
 /// Default listen address.
@@ -1081,7 +1091,20 @@ impl Validator<'_> {
                 }
             }
         }
-        Ok(Config { server, upstream, scorers, policy, domains, recorder, score_cache, classifier, fuser, warnings })
+        let telemetry = raw.telemetry.validate().map_err(|(key, message)| self.invalid(key, message))?;
+        Ok(Config {
+            server,
+            upstream,
+            scorers,
+            policy,
+            domains,
+            recorder,
+            score_cache,
+            classifier,
+            fuser,
+            telemetry,
+            warnings,
+        })
     }
 
     /// The selection settings of `section`, falling back to `inherited` for what it leaves out.

@@ -15,6 +15,7 @@ pub mod openai;
 pub mod record;
 pub mod remote;
 pub mod server;
+pub mod telemetry;
 #[cfg(test)]
 mod test_support;
 pub mod upstream;

@@ -335,20 +335,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
-            init_logging(config.server.log_format);
-            serve_forever(config)
+            let exporter = init_logging(&config)?;
+            let served = serve_forever(config);
+            // After the runtime has stopped: the last batch of spans (those of the drained
+            // requests) is sent now or lost.
+            if let Some(exporter) = exporter
+                && let Err(e) = exporter.shutdown()
+            {
+                tracing::warn!("{e}");
+            }
+            served
         }
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Log lines to stderr (text or JSON, filtered by RUST_LOG), and bestofn's spans to the OTLP
+/// collector when one is configured; the exporter is returned to be shut down at exit.
+fn init_logging(config: &Config) -> anyhow::Result<Option<bestofn::telemetry::Exporter>> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    bestofn::telemetry::init(&config.telemetry);
+    // The filter applies to the log lines only: RUST_LOG=warn must not stop spans being exported.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
-    match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false);
+    let logs = match config.server.log_format {
+        LogFormat::Text => logs.boxed(),
+        // The list of spans (the request's, then a call's) names the request on every line;
+        // the current span alone would repeat its last entry.
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).boxed(),
+    };
+    // The exporter's HTTP client is a reqwest one, built without a bundled TLS provider.
+    bestofn::backend::install_crypto_provider();
+    let exporter = bestofn::telemetry::Exporter::start(&config.telemetry).map_err(anyhow::Error::msg)?;
+    tracing_subscriber::registry().with(logs.with_filter(filter)).with(exporter.as_ref().map(|e| e.layer())).init();
+    if let Some(exporter) = &exporter {
+        tracing::info!("exporting traces to {}", exporter.endpoint());
     }
+    Ok(exporter)
 }
 
 fn serve_forever(config: Config) -> anyhow::Result<()> {
@@ -364,32 +390,44 @@ fn serve_forever(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let addr = listener.local_addr().context("cannot read the bound address")?;
+        // Before announcing the address: from then on a SIGTERM must drain, not kill.
+        let shutdown = shutdown_signal();
         tracing::info!("bestofn listening on http://{addr}");
-        serve(listener, state, shutdown_signal()).await;
+        serve(listener, state, shutdown).await;
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the
+/// future is first polled: the accept loop may not poll it before serving its first connection,
+/// and a SIGTERM in that window killed the process instead of draining it (and lost its spans).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok())
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let (terminate, interrupt) = signals;
+            let wait = |signal: Option<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(terminate) => {},
+                () = wait(interrupt) => {},
+            }
+        }
+        #[cfg(not(unix))]
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
     }
 }
 

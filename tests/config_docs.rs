@@ -124,6 +124,12 @@ soft_temperature = 2.0
 fuse_top = 3
 fuse_show_scores = true
 
+[telemetry]
+otlp_endpoint = "http://127.0.0.1:4318"
+provider_name = "p"
+capture_content = true
+service_name = "s"
+
 [classifier]
 kind = "judge"
 base_url = "http://127.0.0.1:8003/v1"

@@ -739,7 +739,11 @@ impl Backend {
 
     /// The request of one attempt: method, URI, JSON content type, credentials.
     fn request(&self, uri: http::Uri, method: Method<'_>) -> Result<http::Request<Bytes>, http::Error> {
-        let builder = http::Request::builder().uri(uri);
+        let mut builder = http::Request::builder().uri(uri);
+        // The request id and the W3C trace context of the call's span, on every backend call.
+        for (name, value) in crate::telemetry::outgoing_headers() {
+            builder = builder.header(name, value);
+        }
         let builder = match &self.api_key {
             Some(key) => builder.header(http::header::AUTHORIZATION, format!("Bearer {}", key.expose())),
             None => builder,

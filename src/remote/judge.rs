@@ -306,25 +306,33 @@ impl Scorer for JudgeScorer {
 
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
         Box::pin(async move {
-            let prompt = last_user_message(input.conversation);
-            if self.config.mode == JudgeMode::Ranking {
-                return self.rank(prompt, input.candidates).await;
-            }
-            if self.config.mode == JudgeMode::Pairwise {
-                return self.tournament(prompt, input.candidates).await;
-            }
-            let calls: Vec<_> = input.candidates.iter().map(|c| self.rate(prompt, c.as_str())).collect();
-            let results: Vec<Result<(f64, Option<u64>), Error>> =
-                futures_util::stream::iter(calls).buffered(self.config.concurrency.max(1)).collect().await;
-            let mut scores = Vec::with_capacity(results.len());
-            let mut tokens = Some(0u64);
-            for r in results {
-                let (s, t) = r?;
-                scores.push(s);
-                tokens = tokens.zip(t).map(|(a, b)| a + b);
-            }
-            Ok(ScoreOutput { usage: ScorerUsage { calls: scores.len() as u32, prompt_tokens: tokens }, scores })
+            let span = crate::telemetry::scoring_span(&self.name, "judge", input.candidates.len());
+            crate::telemetry::in_span(span, self.score_all(input)).await
         })
+    }
+}
+
+impl JudgeScorer {
+    /// Every candidate's score, by the configured mode; each judge call is a `chat` span.
+    async fn score_all(&self, input: ScoreInput<'_>) -> Result<ScoreOutput, Error> {
+        let prompt = last_user_message(input.conversation);
+        if self.config.mode == JudgeMode::Ranking {
+            return self.rank(prompt, input.candidates).await;
+        }
+        if self.config.mode == JudgeMode::Pairwise {
+            return self.tournament(prompt, input.candidates).await;
+        }
+        let calls: Vec<_> = input.candidates.iter().map(|c| self.rate(prompt, c.as_str())).collect();
+        let results: Vec<Result<(f64, Option<u64>), Error>> =
+            futures_util::stream::iter(calls).buffered(self.config.concurrency.max(1)).collect().await;
+        let mut scores = Vec::with_capacity(results.len());
+        let mut tokens = Some(0u64);
+        for r in results {
+            let (s, t) = r?;
+            scores.push(s);
+            tokens = tokens.zip(t).map(|(a, b)| a + b);
+        }
+        Ok(ScoreOutput { usage: ScorerUsage { calls: scores.len() as u32, prompt_tokens: tokens }, scores })
     }
 }
 

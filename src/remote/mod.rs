@@ -65,14 +65,23 @@ impl ChatCall<'_> {
         body
     }
 
-    /// Sends the call to `backend`'s `/chat/completions` and reads the first choice.
+    /// Sends the call to `backend`'s `/chat/completions` and reads the first choice, in a GenAI
+    /// `chat` span of its own (judge, classifier and fuser calls are LLM calls too).
     pub async fn send(&self, backend: &Backend) -> Result<ChatReply, Error> {
-        let reply = backend.post_json("/chat/completions", &self.body()).await?.body;
-        Ok(ChatReply {
-            text: reply.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or("").to_string(),
-            logprobs: reply.pointer("/choices/0/logprobs").filter(|v| !v.is_null()).cloned(),
-            prompt_tokens: reply.pointer("/usage/prompt_tokens").and_then(Value::as_u64),
-            total_tokens: reply.pointer("/usage/total_tokens").and_then(Value::as_u64),
-        })
+        let span = crate::telemetry::upstream_call_span("chat", self.model, 1);
+        let call = async {
+            let reply = backend.post_json("/chat/completions", &self.body()).await?.body;
+            let tokens = |key: &str| reply.pointer(&format!("/usage/{key}")).and_then(Value::as_u64);
+            if let (Some(input), Some(output)) = (tokens("prompt_tokens"), tokens("completion_tokens")) {
+                crate::telemetry::record_usage(&tracing::Span::current(), input, output);
+            }
+            Ok(ChatReply {
+                text: reply.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or("").to_string(),
+                logprobs: reply.pointer("/choices/0/logprobs").filter(|v| !v.is_null()).cloned(),
+                prompt_tokens: tokens("prompt_tokens"),
+                total_tokens: tokens("total_tokens"),
+            })
+        };
+        crate::telemetry::in_span(span, call).await
     }
 }

@@ -85,7 +85,11 @@ impl Scorer for RewardHttpScorer {
     }
 
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
-        Box::pin(self.score_all(input))
+        Box::pin(async move {
+            // Made when scoring starts, not when the future is built.
+            let span = crate::telemetry::scoring_span(&self.name, "reward_http", input.candidates.len());
+            crate::telemetry::in_span(span, self.score_all(input)).await
+        })
     }
 }
 

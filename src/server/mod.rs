@@ -22,6 +22,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 pub use connection::serve;
 use observer::{CallSpans, RequestObserver};
@@ -33,6 +34,7 @@ use crate::error::Error;
 use crate::openai::stream::{self, StreamMeta};
 use crate::openai::{ProxyRequest, SteeringHeaders, build_response, parse_chat_request, parse_completion_request};
 use crate::record::sample_record;
+use crate::telemetry::{self, RequestContext, TraceParent};
 
 /// Response body type of every route.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -50,8 +52,38 @@ fn request_id(headers: &HeaderMap) -> String {
     format!("bon-{started:x}-{:06x}", REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Serves one request inside its context: the request id and trace every backend call carries
+/// (a task-local) and the request span every log line and child span falls under.
 async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let id = request_id(req.headers());
+    let client_trace = TraceParent::from_headers(req.headers());
+    let mut context = RequestContext::new(&id, client_trace);
+    let span =
+        telemetry::request_span(&mut context, client_trace, req.method().as_str(), route_label(req.uri().path()));
+    let response = context.scope(handle_in_context(state, req, peer, id)).instrument(span.clone()).await;
+    telemetry::record_status(&span, response.status());
+    response
+}
+
+/// The route as spans name it: a known path, else `other` (arbitrary paths would make span
+/// names without bound).
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" | "/chat/completions" => "/v1/chat/completions",
+        "/v1/completions" | "/completions" => "/v1/completions",
+        "/v1/models" | "/models" => "/v1/models",
+        "/healthz" | "/health" => "/healthz",
+        "/metrics" => "/metrics",
+        _ => "other",
+    }
+}
+
+async fn handle_in_context(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    id: String,
+) -> Response<Body> {
     let version = req.version();
     let path = req.uri().path();
     let is_ops = matches!(path, "/healthz" | "/health" | "/metrics");
@@ -70,9 +102,9 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) 
     let mut response = result.unwrap_or_else(|e| {
         let status = status_of(&e);
         if status.is_server_error() {
-            tracing::warn!(request_id = %id, %peer, status = status.as_u16(), error = %e, "request failed");
+            tracing::warn!(request_id = %id, %peer, status = status.as_u16(), error = %telemetry::loggable(&e), "request failed");
         } else {
-            tracing::info!(request_id = %id, %peer, status = status.as_u16(), error = %e, "request rejected");
+            tracing::info!(request_id = %id, %peer, status = status.as_u16(), error = %telemetry::loggable(&e), "request rejected");
         }
         let mut response = error_response(&e);
         // The rest of such a request's bytes cannot be trusted or were not read: the next
@@ -272,7 +304,7 @@ fn drain_in_background(body: Incoming) {
 }
 
 // Header names as constants: looking a header up by `&str` parses the name on every call.
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_REQUEST_ID: HeaderName = telemetry::X_REQUEST_ID;
 const X_BESTOFN_N: HeaderName = HeaderName::from_static("x-bestofn-n");
 const X_BESTOFN_SCORER: HeaderName = HeaderName::from_static("x-bestofn-scorer");
 const X_BESTOFN_DOMAIN: HeaderName = HeaderName::from_static("x-bestofn-domain");
@@ -362,6 +394,7 @@ async fn completion(
         Api::Completions => parse_completion_request(bytes, steering_headers)?,
     };
     let plan = state.engine.plan(&request.steering, request.client_n, &request.conversation).await?;
+    telemetry::record_plan(&tracing::Span::current(), &plan.domain, plan.n, &plan.scorer.name);
     observer.set_domain(&plan.domain);
     // The client's text of the body the upstream is to get: its bytes, or, when the proxy took
     // fields out for itself, its bytes without them (so every other field keeps its spelling).
@@ -461,7 +494,7 @@ async fn pass_through_stream(
         match source.next().await {
             Some(Ok(bytes)) => Some((Ok::<_, Infallible>(Frame::data(bytes)), Some((source, observer)))),
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "upstream stream failed mid-way");
+                tracing::warn!(error = %telemetry::loggable(&e), "upstream stream failed mid-way");
                 observer.fail(&e);
                 Some((Ok(Frame::data(stream::error_events(&e).concat().into())), None))
             }
@@ -497,7 +530,7 @@ fn best_of_n_stream(
     let opening = meta.opening(plan.k);
     let heartbeat = state.heartbeat;
     let request_id = id.clone();
-    let work = Box::pin(async move {
+    let work = async move {
         let run =
             state.engine.run(request.api, &request.body, verbatim.as_ref(), &request.conversation, request.seed, &plan);
         let (result, spans) = with_call_spans(run).await;
@@ -510,12 +543,28 @@ fn best_of_n_stream(
                 report
             }
             Err(e) => {
-                tracing::warn!(request_id = %id, status = status_of(&e).as_u16(), error = %e, "best-of-n stream failed");
+                tracing::warn!(
+                    request_id = %id,
+                    status = status_of(&e).as_u16(),
+                    error = %telemetry::loggable(&e),
+                    "best-of-n stream failed"
+                );
                 Box::new(move |observer: &mut RequestObserver| {
                     observer.fail(&e);
                     stream::error_events(&e)
                 })
             }
+        }
+    };
+    // The work runs in the response body, after the handler has returned: it takes the
+    // request's context and span with it, so its backend calls carry the request's id and trace
+    // and its spans stay children of the request (which lasts until the answer is sent).
+    let context = RequestContext::current();
+    let work = work.instrument(tracing::Span::current());
+    let work = Box::pin(async move {
+        match context {
+            Some(context) => context.scope(work).await,
+            None => work.await,
         }
     });
     let body = BestOfNBody {

@@ -65,6 +65,11 @@ struct ChatCall {
     latency_ms: u64,
 }
 
+/// The `model` a request names, for its calls' spans.
+fn model_of<'a>(body: UpstreamBody<'a>) -> Option<&'a str> {
+    body.fields.get("model").and_then(Value::as_str)
+}
+
 /// What every call of one sampling run shares.
 #[derive(Clone, Copy)]
 struct Run<'a> {
@@ -432,10 +437,25 @@ impl Upstream {
         Error::bad_gateway(self.backend.party, self.backend.name.clone(), format!("unusable answer: {what}"))
     }
 
-    async fn call(&self, api: Api, body: Bytes) -> Result<ChatCall, Error> {
-        let reply = self.backend.post_bytes(api.path(), body).await?;
-        let Reply { envelope, choices } = parse_reply(api, &reply.body).map_err(|what| self.garbage(what))?;
-        Ok(ChatCall { envelope, choices, latency_ms: reply.latency.as_millis() as u64 })
+    /// One generation call asking for `choices` choices of `model`, in a span of the GenAI
+    /// conventions (its usage recorded when the answer reports it).
+    async fn call(&self, api: Api, body: Bytes, model: Option<&str>, choices: u32) -> Result<ChatCall, Error> {
+        let operation = match api {
+            Api::Chat => "chat",
+            Api::Completions => "text_completion",
+        };
+        let span = crate::telemetry::upstream_call_span(operation, model, choices);
+        let traced = span.clone();
+        crate::telemetry::in_span(span, async move {
+            let reply = self.backend.post_bytes(api.path(), body).await?;
+            let Reply { envelope, choices } = parse_reply(api, &reply.body).map_err(|what| self.garbage(what))?;
+            if let Some(usage) = envelope.object("usage") {
+                let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
+                crate::telemetry::record_usage(&traced, count("prompt_tokens"), count("completion_tokens"));
+            }
+            Ok(ChatCall { envelope, choices, latency_ms: reply.latency.as_millis() as u64 })
+        })
+        .await
     }
 
     /// `total` candidates in concurrent calls of at most `per_call` choices; call starting at
@@ -459,13 +479,14 @@ impl Upstream {
             Ok(shared) => shared,
             Err(e) => return Batch { results: vec![Err(e)], deadline_hit: false },
         };
+        let model = model_of(base);
         let mut pending: FuturesUnordered<_> = plans
             .iter()
             .enumerate()
             .map(|(i, &(size, offset))| {
                 let call_seed = seed.map(|s| s.wrapping_add(i64::from(first + offset)));
                 let body = shared.body(size, call_seed);
-                async move { (i, self.call(api, body).await) }
+                async move { (i, self.call(api, body, model, size).await) }
             })
             .collect();
         let mut finished: Vec<Option<Result<ChatCall, Error>>> = plans.iter().map(|_| None).collect();
@@ -503,7 +524,7 @@ impl Upstream {
             return self.collect(self.batch(run, n, cap.max(1), 0).await, "parallel").await;
         }
         let first_call = tokio::select! {
-            result = async { self.call(api, CallBodies::new(base)?.body(n, seed)).await } => result,
+            result = async { self.call(api, CallBodies::new(base)?.body(n, seed), model_of(base), n).await } => result,
             () = deadline_reached(deadline) => {
                 return self.collect(Batch { results: Vec::new(), deadline_hit: true }, "n").await;
             }
@@ -663,10 +684,11 @@ impl Sampler for Upstream {
             Ok(shared) => shared,
             Err(e) => return Box::pin(futures_util::stream::iter([Arrival::Call(Err(e))])),
         };
+        let body_fields = body;
         let calls: FuturesUnordered<_> = (0..count)
             .map(|i| {
                 let body = shared.body(1, seed.map(|s| s.wrapping_add(i64::from(first + i))));
-                async move { self.call(api, body).await }
+                async move { self.call(api, body, model_of(body_fields), 1).await }
             })
             .collect();
         let cutoff = Box::pin(deadline_reached(deadline));
