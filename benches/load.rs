@@ -48,8 +48,7 @@
 //! separated by `|`), BESTOFN_LOAD_LOG
 //! [info] as bestofn's RUST_LOG for its dependencies (bestofn's own lines stay at info, what a
 //! deployment logs, one line per request: the harness reads their `overhead_us`),
-//! BESTOFN_LOAD_BIN to run another bestofn binary than this build's, BESTOFN_LOAD_THREADING
-//! for bestofn's `server.threading` (per_core or work_stealing; its default when unset), BESTOFN_LOAD_THREADS [1]
+//! BESTOFN_LOAD_BIN to run another bestofn binary than this build's, BESTOFN_LOAD_THREADS [1]
 //! Tokio workers for the stubs and the generator. One is the default: with two, this process and
 //! bestofn ran four busy threads on two cores, and preemption put 10 ms on bestofn's p99 at
 //! 500 req/s of N=16 parallel sampling (3 ms with one).
@@ -406,13 +405,10 @@ impl Proxy {
     ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("bestofn.toml");
-        // BESTOFN_LOAD_THREADING sets `server.threading` (the default when unset).
-        let threading =
-            std::env::var("BESTOFN_LOAD_THREADING").map(|t| format!("threading = \"{t}\"\n")).unwrap_or_default();
         std::fs::write(
             &config,
             format!(
-                "[server]\nmax_concurrent_requests = 8192\n{threading}\n[upstream]\nbase_url = \"{upstream}\"\nsampling = \"{sampling}\"\nhedge = {hedge}\ntimeout_ms = 30000\n{upstream_extra}\n\n\
+                "[server]\nmax_concurrent_requests = 8192\n\n[upstream]\nbase_url = \"{upstream}\"\nsampling = \"{sampling}\"\nhedge = {hedge}\ntimeout_ms = 30000\n{upstream_extra}\n\n\
                  [scorers.rm]\nkind = \"reward_http\"\napi = \"vllm_classify\"\nurl = \"http://{stub}/classify\"\nmodel = \"rm\"\n\n\
                  [policy]\nn = 1\nscorer = \"rm\"\n{policy_extra}\n"
             ),

@@ -781,3 +781,26 @@ async fn answers_over_max_response_bytes_are_502s_naming_the_backend_and_the_lim
     );
     assert!(message.contains(&expected), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_pass_through_keeps_the_upstreams_end_to_end_headers_only() {
+    let events = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"4\"}}]}\n\ndata: [DONE]\n\n";
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\nx-upstream-trace: s1\r\n\
+                connection: keep-alive, x-hop\r\nx-hop: 1\r\nkeep-alive: timeout=5";
+    let url = raw_upstream(head, events.to_string()).await;
+    let cfg = format!(
+        "[upstream]\nbase_url = \"{url}/v1\"\nsampling = \"n\"\n\n[policy]\nn = 1\nscorer = \"c\"\n\n[scorers.c]\nkind = \"consensus\"\n"
+    );
+    let proxy = Bestofn::start(&cfg);
+    let mut body = chat_body("q");
+    body["stream"] = json!(true);
+    let response = client().post(proxy.url("/v1/chat/completions")).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["x-upstream-trace"], "s1");
+    assert_eq!(headers["content-type"], "text/event-stream; charset=utf-8", "the upstream's own content type");
+    for hop in ["x-hop", "keep-alive"] {
+        assert!(!headers.contains_key(hop), "{hop} is hop-by-hop: {headers:?}");
+    }
+    assert_eq!(response.text().await.unwrap(), events, "the stream as the upstream sent it");
+}

@@ -588,9 +588,10 @@ impl Backend {
     /// POSTs `body` (JSON text) and returns the answer's bytes as they arrive. The timeout bounds the wait
     /// for the response headers only: a stream may legitimately run longer than one call. A
     /// stream that goes past `upstream.max_response_bytes` ends with an error.
-    pub async fn post_stream(&self, path: &str, body: Bytes) -> Result<ByteStream, Error> {
+    pub async fn post_stream(&self, path: &str, body: Bytes) -> Result<(http::HeaderMap, ByteStream), Error> {
         use futures_util::StreamExt;
         let sent = self.send(path, Method::Post(&body)).await?;
+        let headers = end_to_end_headers(sent.reply.headers().clone());
         // A stream's span ends with its head: the rest is paced by the client reading it.
         record_interval(sent.sent, Instant::now());
         let name = self.endpoint_name(sent.endpoint);
@@ -617,11 +618,12 @@ impl Backend {
         });
         // Nothing after the error that ends a stream over the limit is read.
         let mut failed = false;
-        Ok(Box::pin(stream.take_while(move |item| {
+        let body: ByteStream = Box::pin(stream.take_while(move |item| {
             let go = !failed;
             failed |= item.is_err();
             std::future::ready(go)
-        })))
+        }));
+        Ok((headers, body))
     }
 
     fn endpoint_name(&self, url: &str) -> String {
@@ -989,7 +991,7 @@ mod tests {
     async fn a_stream_over_the_byte_limit_ends_with_an_error() {
         use futures_util::StreamExt;
         let url = answering(BIG, &[], true, Duration::ZERO).await;
-        let stream = backend(url.clone(), 2500).post_stream("/v1/chat/completions", Bytes::new()).await.unwrap();
+        let (_, stream) = backend(url.clone(), 2500).post_stream("/v1/chat/completions", Bytes::new()).await.unwrap();
         let items: Vec<Result<Bytes, Error>> = stream.collect().await;
         let (last, data) = items.split_last().unwrap();
         assert!(data.iter().all(Result::is_ok));

@@ -29,7 +29,7 @@ use observer::{CallSpans, RequestObserver};
 pub use state::AppState;
 
 use crate::backend::CALL_SPANS;
-use crate::bon::{Api, Outcome, Plan};
+use crate::bon::{Api, ForwardedStream, Outcome, Plan};
 use crate::error::Error;
 use crate::openai::stream::{self, StreamMeta};
 use crate::openai::{ProxyRequest, SteeringHeaders, build_response, parse_chat_request, parse_completion_request};
@@ -209,6 +209,23 @@ async fn serve_route(
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             Ok(response)
+        }
+    }
+}
+
+/// Puts a pass-through answer's end-to-end headers on the response: each replaces the proxy's
+/// header of the same name (its content type), every value kept (set-cookie). They passed
+/// hyper's checks on the way in; one that would not now is left out.
+fn keep_upstream_headers(response: &mut Response<Body>, upstream: Vec<(String, Bytes)>) {
+    let headers = response.headers_mut();
+    let mut replaced = std::collections::HashSet::new();
+    for (name, value) in upstream {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::from_maybe_shared(value)) {
+            if replaced.insert(name.clone()) {
+                headers.insert(name, value);
+            } else {
+                headers.append(name, value);
+            }
         }
     }
 }
@@ -419,19 +436,7 @@ async fn completion(
             // one-client (issue #36): the upstream's end-to-end headers go to the client, each
             // name's values replacing ours (its own Content-Type included); the backend left out
             // the hop-by-hop ones.
-            // The upstream's headers replace the proxy's of the same name (its content type),
-            // every value kept (set-cookie); they passed hyper's checks on the way in.
-            let headers = response.headers_mut();
-            let mut replaced = std::collections::HashSet::new();
-            for (name, value) in answer.headers {
-                if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::from_maybe_shared(value)) {
-                    if replaced.insert(name.clone()) {
-                        headers.insert(name, value);
-                    } else {
-                        headers.append(name, value);
-                    }
-                }
-            }
+            keep_upstream_headers(&mut response, answer.headers);
             let overhead = observer.answered(spans);
             tracing::info!(
                 request_id = %id,
@@ -484,7 +489,7 @@ async fn pass_through_stream(
     slot: &mut Option<RequestObserver>,
 ) -> Result<Response<Body>, Error> {
     let (upstream, spans) = with_call_spans(state.engine.forward_stream(api, plan, &request.body, verbatim)).await;
-    let upstream = upstream?;
+    let ForwardedStream { headers, body: upstream } = upstream?;
     let mut observer = slot.take().ok_or_else(|| Error::Internal("the request has no observer".into()))?;
     observer.pass_through(true, 0, 0);
     observer.answered(spans);
@@ -501,7 +506,9 @@ async fn pass_through_stream(
             None => None,
         }
     });
-    Ok(sse_response(StreamBody::new(frames).boxed_unsync()))
+    let mut response = sse_response(StreamBody::new(frames).boxed_unsync());
+    keep_upstream_headers(&mut response, headers);
+    Ok(response)
 }
 
 /// N > 1 with `stream: true`: the role delta at once, heartbeats while candidates are sampled

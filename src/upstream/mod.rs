@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use crate::backend::Backend;
 
 use crate::bon::{
-    Api, Arrival, ArrivalStream, ByteStream, Candidate, Forwarded, RawChoice, Sampler, Samples, UpstreamBody,
+    Api, Arrival, ArrivalStream, Candidate, Forwarded, ForwardedStream, RawChoice, Sampler, Samples, UpstreamBody,
 };
 use crate::error::Error;
 use crate::score::BoxFuture;
@@ -63,6 +63,11 @@ struct ChatCall {
     envelope: RawEnvelope,
     choices: Vec<ParsedChoice>,
     latency_ms: u64,
+}
+
+/// An answer's end-to-end headers as the engine carries them.
+fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, Bytes)> {
+    headers.iter().map(|(name, value)| (name.as_str().to_string(), Bytes::copy_from_slice(value.as_bytes()))).collect()
 }
 
 /// The `model` a request names, for its calls' spans.
@@ -716,17 +721,15 @@ impl Sampler for Upstream {
         Box::pin(async move {
             let answer = self.backend.post_bytes(api.path(), body).await?;
             let forwarded = Forwarded::from_json(answer.body).map_err(|what| self.garbage(what))?;
-            let headers = answer
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str().to_string(), Bytes::copy_from_slice(value.as_bytes())))
-                .collect();
-            Ok(Forwarded { headers, ..forwarded })
+            Ok(Forwarded { headers: header_pairs(&answer.headers), ..forwarded })
         })
     }
 
-    fn forward_stream(&self, api: Api, body: Bytes) -> BoxFuture<'_, Result<ByteStream, Error>> {
-        Box::pin(async move { self.backend.post_stream(api.path(), body).await })
+    fn forward_stream(&self, api: Api, body: Bytes) -> BoxFuture<'_, Result<ForwardedStream, Error>> {
+        Box::pin(async move {
+            let (headers, body) = self.backend.post_stream(api.path(), body).await?;
+            Ok(ForwardedStream { headers: header_pairs(&headers), body })
+        })
     }
 }
 

@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 use super::adaptive::StopReason;
 use super::driver::{CandidateSource, FuserFailure, RunSpec, drive};
 use super::{
-    Api, ArrivalStream, BoxFuture, ByteStream, ClientBody, DomainClassifier, Forwarded, Fused, Fuser, Plan, Policy,
-    RuleClassifier, Sampler, Samples, Steering, UpstreamBody,
+    Api, ArrivalStream, BoxFuture, ClientBody, DomainClassifier, Forwarded, ForwardedStream, Fused, Fuser, Plan,
+    Policy, RuleClassifier, Sampler, Samples, Steering, UpstreamBody,
 };
 use crate::error::Error;
 use crate::score::{Message, Scorer, ScorerUsage, last_user_message};
@@ -194,7 +194,7 @@ impl Engine {
         plan: &Plan,
         body: &ClientBody,
         verbatim: Option<&Bytes>,
-    ) -> Result<ByteStream, Error> {
+    ) -> Result<ForwardedStream, Error> {
         self.sampler.forward_stream(api, upstream_json(plan, body, verbatim)?).await
     }
 

@@ -335,7 +335,16 @@ pub trait Sampler: Send + Sync {
     /// (N = 1).
     fn forward(&self, api: Api, body: bytes::Bytes) -> BoxFuture<'_, Result<Forwarded, Error>>;
     /// Forwards a streaming request as it is and returns the upstream's bytes as they arrive.
-    fn forward_stream(&self, api: Api, body: bytes::Bytes) -> BoxFuture<'_, Result<ByteStream, Error>>;
+    fn forward_stream(&self, api: Api, body: bytes::Bytes) -> BoxFuture<'_, Result<ForwardedStream, Error>>;
+}
+
+/// The upstream's streamed answer to a forwarded request: its end-to-end headers (less the
+/// hop-by-hop ones) and its bytes as they arrive.
+pub struct ForwardedStream {
+    /// The answer's headers, as name and value bytes.
+    pub headers: Vec<(String, bytes::Bytes)>,
+    /// The answer's bytes.
+    pub body: ByteStream,
 }
 
 /// The upstream's answer to a forwarded request: its JSON bytes as they came (re-serialising a
