@@ -3,7 +3,7 @@
 //! Only the members bestofn reads are parsed, each from its raw text; the rest of the body is
 //! checked as JSON and left as the client's text ([`ClientBody`]) until something needs it as
 //! fields. A `serde_json::Value` tree of the whole body was about thirty allocations of a
-//! pass-through's ninety (BENCHMARKS.md, issue #17, thirteenth sitting).
+//! pass-through's ninety (issue #17, measured then; the history of BENCHMARKS.md is in git).
 
 use std::fmt;
 
