@@ -769,6 +769,17 @@ impl Backend {
                 return Err(bad_gateway("cannot reach it".into()).caused_by_boxed(Box::new(e)).retryable_after(None));
             }
         };
+        // RFC 9112 section 6.3: an answer framed by both Content-Length and Transfer-Encoding
+        // may be an attempt at response splitting and ought to be handled as an error. hyper's
+        // client reads it by its chunks and pools the connection again once the body is read;
+        // dropped unread here, the connection is closed instead of reused.
+        let headers = response.headers();
+        if headers.contains_key(http::header::CONTENT_LENGTH) && headers.contains_key(http::header::TRANSFER_ENCODING) {
+            drop(response);
+            return Err(bad_gateway(
+                "answered with both Content-Length and Transfer-Encoding (ambiguous framing)".into(),
+            ));
+        }
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -812,6 +823,7 @@ impl Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn pool(n: usize) -> EndpointPool {
         let urls: Vec<String> = (0..n).map(|i| format!("http://e{i}")).collect();
@@ -953,6 +965,55 @@ mod tests {
             }
         });
         format!("http://{addr}")
+    }
+
+    /// A raw HTTP/1.1 server answering every request with `answer` on kept-alive connections;
+    /// returns its URL and how many connections it accepted.
+    async fn raw_answering(answer: &'static str) -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 65536];
+                    // Each read is taken as one request (the client sends small ones).
+                    while let Ok(n) = stream.read(&mut buffer).await {
+                        if n == 0 || stream.write_all(answer.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), accepted)
+    }
+
+    #[tokio::test]
+    async fn an_answer_framed_by_both_length_and_chunks_is_refused_and_its_connection_not_reused() {
+        let (url, accepted) = raw_answering(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\
+             transfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        )
+        .await;
+        let backend = backend(url, 1 << 20);
+        for _ in 0..2 {
+            let error = backend.post_bytes("/v1/chat/completions", Bytes::from_static(b"{}")).await.unwrap_err();
+            assert!(error.to_string().contains("both Content-Length and Transfer-Encoding"), "{error}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "the ambiguous answer's connection was reused");
+        // An unambiguous answer's connection is reused.
+        let (url, accepted) =
+            raw_answering("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}").await;
+        let backend = self::backend(url, 1 << 20);
+        for _ in 0..2 {
+            backend.post_bytes("/v1/chat/completions", Bytes::from_static(b"{}")).await.unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     fn backend(url: String, max_response_bytes: u64) -> Backend {
