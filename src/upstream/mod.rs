@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use crate::backend::Backend;
 
 use crate::bon::{
-    Api, Arrival, ArrivalStream, Candidate, Forwarded, ForwardedStream, RawChoice, Sampler, Samples, UpstreamBody,
+    Api, Arrival, Candidate, Forwarded, ForwardedStream, RawChoice, Sampler, Samples, UpstreamBody, Wave,
 };
 use crate::error::Error;
 use crate::score::BoxFuture;
@@ -684,37 +684,28 @@ impl Sampler for Upstream {
         first: u32,
         seed: Option<i64>,
         deadline: Option<Instant>,
-    ) -> ArrivalStream<'a> {
+    ) -> Wave<'a> {
         let shared = match CallBodies::new(body) {
             Ok(shared) => shared,
-            Err(e) => return Box::pin(futures_util::stream::iter([Arrival::Call(Err(e))])),
+            Err(e) => return Wave::in_order(vec![Arrival::Call(Err(e))]),
         };
-        let body_fields = body;
-        let calls: FuturesUnordered<_> = (0..count)
+        let calls: Vec<_> = (0..count)
             .map(|i| {
-                let body = shared.body(1, seed.map(|s| s.wrapping_add(i64::from(first + i))));
-                async move { self.call(api, body, model_of(body_fields), 1).await }
-            })
-            .collect();
-        let cutoff = Box::pin(deadline_reached(deadline));
-        // Dropping the stream drops the calls still running, which closes their connections.
-        Box::pin(futures_util::stream::unfold(Some((calls, cutoff)), move |state| async move {
-            let (mut calls, mut cutoff) = state?;
-            tokio::select! {
-                next = calls.next() => {
-                    let arrival = match next? {
+                let call_body = shared.body(1, seed.map(|s| s.wrapping_add(i64::from(first + i))));
+                async move {
+                    match self.call(api, call_body, model_of(body), 1).await {
                         Ok(call) => {
                             let mut samples = Samples { strategy: "parallel", ..Default::default() };
                             self.absorb(&mut samples, call).await;
                             Arrival::Call(Ok(samples))
                         }
                         Err(e) => Arrival::Call(Err(e)),
-                    };
-                    Some((arrival, Some((calls, cutoff))))
+                    }
                 }
-                () = &mut cutoff => (!calls.is_empty()).then_some((Arrival::Deadline, None)),
-            }
-        }))
+            })
+            .collect();
+        // Dropping the wave drops the calls still running, which closes their connections.
+        Wave::new(calls, deadline_reached(deadline))
     }
 
     fn forward(&self, api: Api, body: Bytes) -> BoxFuture<'_, Result<Forwarded, Error>> {
@@ -738,6 +729,76 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    /// An upstream answering each chat completion after `delay` with the text `seed S`.
+    async fn slow_upstream(delay: std::time::Duration) -> Upstream {
+        use crate::backend::{ClientSettings, EjectionPolicy, EndpointPool, Http2Mode, HttpClient, RetryPolicy};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| async move {
+                            use http_body_util::BodyExt;
+                            let body: Value =
+                                serde_json::from_slice(&req.into_body().collect().await.unwrap().to_bytes()).unwrap();
+                            tokio::time::sleep(delay).await;
+                            let answer = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("seed {}", body["seed"])},
+                                "finish_reason": "stop"}],
+                            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}});
+                            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                                Bytes::from(answer.to_string()),
+                            )))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        let settings = ClientSettings { upstream_http2: Http2Mode::Auto, max_response_bytes: 1 << 20 };
+        let backend = Backend {
+            client: HttpClient::new(settings).unwrap(),
+            name: "upstream".into(),
+            party: crate::error::Party::Upstream,
+            pool: EndpointPool::new(
+                &[url],
+                EjectionPolicy { after_failures: 3, cooldown: std::time::Duration::from_secs(1) },
+            ),
+            api_key: None,
+            timeout: std::time::Duration::from_secs(5),
+            retry: RetryPolicy {
+                max_retries: 0,
+                backoff_base: std::time::Duration::ZERO,
+                backoff_max: std::time::Duration::ZERO,
+            },
+        };
+        Upstream::new(backend, SamplingMode::Parallel, 0)
+    }
+
+    #[tokio::test]
+    async fn one_candidate_of_a_wave_can_be_cancelled_while_the_others_arrive() {
+        let upstream = slow_upstream(std::time::Duration::from_millis(200)).await;
+        let fields: Map<String, Value> =
+            serde_json::from_value(json!({"model": "m", "messages": [{"role": "user", "content": "q"}]})).unwrap();
+        let mut wave = upstream.sample_each(Api::Chat, UpstreamBody::fields(&fields), 3, 0, Some(10), None);
+        assert!(wave.cancel(1), "the wave's second candidate");
+        assert!(!wave.cancel(3), "there is no fourth");
+        let mut texts = Vec::new();
+        while let Some(arrival) = wave.next().await {
+            match arrival {
+                Arrival::Call(Ok(samples)) => texts.extend(samples.candidates.into_iter().map(|c| c.text)),
+                Arrival::Call(Err(e)) => panic!("{e}"),
+                Arrival::Deadline => panic!("no deadline was set"),
+            }
+        }
+        texts.sort();
+        assert_eq!(texts, ["seed 10", "seed 12"], "the cancelled candidate (seed 11) never arrived");
+    }
 
     fn json_value() -> impl Strategy<Value = Value> {
         crate::test_support::arbitrary_json(&["choices", "message", "text", "index"])

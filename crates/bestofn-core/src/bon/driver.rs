@@ -7,13 +7,12 @@
 
 use std::time::Instant;
 
-use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::adaptive::{AdaptiveRun, AdaptiveSettings, StopReason};
 use super::engine::{AdaptiveReport, Outcome, Timings};
 use super::select::{Selection, select};
-use super::{Arrival, ArrivalStream, BoxFuture, Fused, Fuser, Plan, Samples, ScorerFailurePolicy, score_candidates};
+use super::{Arrival, BoxFuture, Fused, Fuser, Plan, Samples, ScorerFailurePolicy, Wave, score_candidates};
 use crate::error::{Error, Party};
 use crate::score::{Message, ScoreInput, ScoreOutput, ScorerUsage, final_answer};
 
@@ -26,9 +25,10 @@ pub trait CandidateSource: Send + Sync {
     /// One wave of `size` candidates, numbered from `offset`, answered together. Fewer may come
     /// back when some fail or the deadline cuts them off; none is an error.
     fn wave(&self, size: u32, offset: u32) -> BoxFuture<'_, Result<Samples, Error>>;
-    /// One wave of single-candidate calls, each yielded as it finishes; dropping the stream
-    /// cancels the calls still running. Used only when [`CandidateSource::streams_each`].
-    fn wave_each(&self, size: u32, offset: u32) -> ArrivalStream<'_>;
+    /// One wave of single-candidate calls, each yielded as it finishes; any one can be cancelled
+    /// ([`Wave::cancel`]), and dropping the wave cancels the calls still running. Used only when
+    /// [`CandidateSource::streams_each`].
+    fn wave_each(&self, size: u32, offset: u32) -> Wave<'_>;
 }
 
 /// What a fuser failure does: live, the best candidate answers (and the failure is reported);

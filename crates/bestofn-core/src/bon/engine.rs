@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 use super::adaptive::StopReason;
 use super::driver::{CandidateSource, FuserFailure, RunSpec, drive};
 use super::{
-    Api, ArrivalStream, BoxFuture, ClientBody, DomainClassifier, Forwarded, ForwardedStream, Fused, Fuser, Plan,
-    Policy, RuleClassifier, Sampler, Samples, Steering, UpstreamBody,
+    Api, BoxFuture, ClientBody, DomainClassifier, Forwarded, ForwardedStream, Fused, Fuser, Plan, Policy,
+    RuleClassifier, Sampler, Samples, Steering, UpstreamBody, Wave,
 };
 use crate::error::Error;
 use crate::score::{Message, Scorer, ScorerUsage, last_user_message};
@@ -250,7 +250,7 @@ impl CandidateSource for LiveSource<'_> {
         self.sampler.sample(self.api, self.body, size, offset, self.seed, self.deadline)
     }
 
-    fn wave_each(&self, size: u32, offset: u32) -> ArrivalStream<'_> {
+    fn wave_each(&self, size: u32, offset: u32) -> Wave<'_> {
         self.sampler.sample_each(self.api, self.body, size, offset, self.seed, self.deadline)
     }
 }

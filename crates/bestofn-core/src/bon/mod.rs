@@ -8,6 +8,8 @@ mod engine;
 mod policy;
 pub mod select;
 
+use std::future::Future;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -199,6 +201,80 @@ pub enum Arrival {
 /// Candidates of a wave as they arrive.
 pub type ArrivalStream<'a> = std::pin::Pin<Box<dyn futures_util::Stream<Item = Arrival> + Send + 'a>>;
 
+/// One wave of single-candidate calls: their arrivals as each finishes, and a way to cancel any
+/// one of them while the others go on (dropping the wave cancels every call still running).
+pub struct Wave<'a> {
+    arrivals: ArrivalStream<'a>,
+    /// One handle per candidate of the wave, in candidate order.
+    cancels: Vec<futures_util::future::AbortHandle>,
+}
+
+impl<'a> Wave<'a> {
+    /// A wave of `calls`, one future per candidate in candidate order, each yielding its
+    /// arrival; `cutoff` ends the wave with [`Arrival::Deadline`] while calls still run.
+    pub fn new<F>(calls: Vec<F>, cutoff: impl Future<Output = ()> + Send + 'a) -> Wave<'a>
+    where
+        F: Future<Output = Arrival> + Send + 'a,
+    {
+        use futures_util::StreamExt;
+        let (running, cancels): (futures_util::stream::FuturesUnordered<_>, Vec<_>) = calls
+            .into_iter()
+            .map(|call| {
+                let (call, cancel) = futures_util::future::abortable(call);
+                (call, cancel)
+            })
+            .unzip();
+        let cutoff = Box::pin(cutoff);
+        let arrivals = futures_util::stream::unfold(Some((running, cutoff)), |state| async move {
+            let (mut running, mut cutoff) = state?;
+            loop {
+                tokio::select! {
+                    next = running.next() => match next? {
+                        Ok(arrival) => return Some((arrival, Some((running, cutoff)))),
+                        // A cancelled candidate arrives as nothing.
+                        Err(futures_util::future::Aborted) => continue,
+                    },
+                    () = &mut cutoff => return (!running.is_empty()).then_some((Arrival::Deadline, None)),
+                }
+            }
+        });
+        Wave { arrivals: Box::pin(arrivals), cancels }
+    }
+
+    /// A wave whose arrivals are already known, yielded in the order given (recorded
+    /// candidates in replay); each but a final [`Arrival::Deadline`] can be cancelled.
+    pub fn in_order(arrivals: Vec<Arrival>) -> Wave<'a> {
+        use futures_util::StreamExt;
+        let mut cancels = Vec::new();
+        let mut ordered = Vec::new();
+        for arrival in arrivals {
+            match arrival {
+                Arrival::Deadline => ordered.push(futures_util::future::Either::Left(std::future::ready(Ok(arrival)))),
+                arrival => {
+                    let (ready, cancel) = futures_util::future::abortable(std::future::ready(arrival));
+                    cancels.push(cancel);
+                    ordered.push(futures_util::future::Either::Right(ready));
+                }
+            }
+        }
+        let arrivals =
+            futures_util::stream::iter(ordered).then(|next| next).filter_map(|next| std::future::ready(next.ok()));
+        Wave { arrivals: Box::pin(arrivals), cancels }
+    }
+
+    /// The next arrival; None once every call has arrived, been cancelled or been cut off.
+    pub async fn next(&mut self) -> Option<Arrival> {
+        use futures_util::StreamExt;
+        self.arrivals.next().await
+    }
+
+    /// Cancels the wave's `index`th candidate (0 is the wave's first): its call is dropped, which
+    /// closes its connection, and it never arrives. False when there is no such candidate.
+    pub fn cancel(&self, index: usize) -> bool {
+        self.cancels.get(index).map(futures_util::future::AbortHandle::abort).is_some()
+    }
+}
+
 /// A client's request body (a JSON object) as the engine needs it: its text, with its fields
 /// parsed into a map only when something reads them. A pass-through sends the client's text
 /// as it is and never needs the map; building it (an ordered map, a key and a string for every
@@ -317,8 +393,9 @@ pub trait Sampler: Send + Sync {
     fn streams_each(&self) -> bool {
         false
     }
-    /// Starts `count` single-candidate calls and yields each as it finishes; dropping the
-    /// stream cancels the calls still running. Used only when [`Sampler::streams_each`].
+    /// Starts `count` single-candidate calls and yields each as it finishes; any one can be
+    /// cancelled, and dropping the wave cancels the calls still running. Used only when
+    /// [`Sampler::streams_each`].
     fn sample_each<'a>(
         &'a self,
         api: Api,
@@ -327,9 +404,9 @@ pub trait Sampler: Send + Sync {
         first: u32,
         seed: Option<i64>,
         deadline: Option<std::time::Instant>,
-    ) -> ArrivalStream<'a> {
+    ) -> Wave<'a> {
         let _ = (api, body, count, first, seed, deadline);
-        Box::pin(futures_util::stream::empty())
+        Wave::new(Vec::<std::future::Ready<Arrival>>::new(), std::future::pending())
     }
     /// Forwards `body` (a JSON request) as it is and returns the upstream's answer unchanged
     /// (N = 1).

@@ -22,7 +22,7 @@ use crate::bon::adaptive::AdaptiveSettings;
 use crate::bon::driver::{CandidateSource, FuserFailure, RunSpec, drive};
 use crate::bon::select::Selection;
 use crate::bon::{
-    Arrival, ArrivalStream, Candidate, Plan, Policy, RawChoice, ResolvedScorer, Samples, ScorerFailurePolicy, Steering,
+    Arrival, Candidate, Plan, Policy, RawChoice, ResolvedScorer, Samples, ScorerFailurePolicy, Steering, Wave,
 };
 use crate::error::Error;
 use crate::score::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
@@ -212,7 +212,7 @@ impl CandidateSource for RecordedSource {
         Box::pin(std::future::ready(Ok(self.arrivals(size, offset))))
     }
 
-    fn wave_each(&self, size: u32, offset: u32) -> ArrivalStream<'_> {
+    fn wave_each(&self, size: u32, offset: u32) -> Wave<'_> {
         let all = self.arrivals(size, offset);
         let cut_off = all.deadline_hit;
         let mut arrivals: Vec<Arrival> = all
@@ -225,10 +225,11 @@ impl CandidateSource for RecordedSource {
                 Arrival::Call(Ok(one))
             })
             .collect();
+        // The recording ran out where the live run was cut off.
         if cut_off {
             arrivals.push(Arrival::Deadline);
         }
-        Box::pin(futures_util::stream::iter(arrivals))
+        Wave::in_order(arrivals)
     }
 }
 
