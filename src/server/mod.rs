@@ -426,10 +426,10 @@ async fn completion(
     if plan.n == 1 && !plan.return_candidates && !plan.degraded {
         let mut response = if request.stream {
             tracing::info!(request_id = %id, domain = %plan.domain, n = 1, stream = true, "pass-through");
-            pass_through_stream(state, api, &plan, &request, verbatim.as_ref(), slot).await?
+            Box::pin(pass_through_stream(state, api, &plan, &request, verbatim.as_ref(), slot)).await?
         } else {
             let (answer, spans) =
-                with_call_spans(state.engine.forward(api, &plan, &request.body, verbatim.as_ref())).await;
+                Box::pin(with_call_spans(state.engine.forward(api, &plan, &request.body, verbatim.as_ref()))).await;
             let answer = answer?;
             observer.pass_through(true, answer.prompt_tokens, answer.completion_tokens);
             let mut response = json_bytes_response(StatusCode::OK, answer.body);
@@ -457,14 +457,17 @@ async fn completion(
         return Ok(best_of_n_stream(state.clone(), request, verbatim, plan, id.to_string(), observer));
     }
 
-    let (result, spans) = with_call_spans(state.engine.run(
+    // Boxed, as the pass-through calls above: each is a large future, and unboxed the request's
+    // future is as large as the largest of them, copied whole every time it moves (callgrind:
+    // 204K instructions a pass-through before, 160K after; memcpy fell from 29% to 8%).
+    let (result, spans) = Box::pin(with_call_spans(state.engine.run(
         api,
         &request.body,
         verbatim.as_ref(),
         &request.conversation,
         request.seed,
         &plan,
-    ))
+    )))
     .await;
     let outcome = result?;
     observe_outcome(state, id, &request, &plan, &outcome, observer, spans);
