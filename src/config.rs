@@ -134,8 +134,16 @@ pub mod defaults {
     pub const WRITE_TIMEOUT_MS: u64 = 30_000;
     /// `server.idle_timeout_ms`.
     pub const IDLE_TIMEOUT_MS: u64 = 60_000;
+    /// `server.auth_ops_endpoints`: probes and scrapes need no key unless asked.
+    pub const AUTH_OPS_ENDPOINTS: bool = false;
     /// `server.log_format`.
     pub const LOG_FORMAT: super::LogFormat = super::LogFormat::Text;
+    /// `upstream.sampling`: learn whether the server honours `n`.
+    pub const SAMPLING: crate::upstream::SamplingMode = crate::upstream::SamplingMode::Auto;
+    /// `upstream.usage_counts`.
+    pub const USAGE_COUNTS: crate::upstream::UsageCounts = crate::upstream::UsageCounts::Auto;
+    /// `upstream.http2`.
+    pub const HTTP2: crate::backend::Http2Mode = crate::backend::Http2Mode::Auto;
     /// `upstream.timeout_ms`.
     pub const UPSTREAM_TIMEOUT_MS: u64 = 60_000;
     /// `upstream.max_response_bytes`: far above any chat answer, low enough that a broken or
@@ -166,6 +174,18 @@ pub mod defaults {
     pub const JUDGE_CONCURRENCY: u64 = 8;
     /// `scorers.NAME.max_tokens` (judge).
     pub const JUDGE_MAX_TOKENS: u64 = 1024;
+    /// `scorers.NAME.mode` (judge).
+    pub const JUDGE_MODE: crate::remote::JudgeMode = crate::remote::JudgeMode::Rating;
+    /// `scorers.NAME.seed` (judge).
+    pub const JUDGE_SEED: u64 = 0;
+    /// `scorers.NAME.logprobs` (judge).
+    pub const JUDGE_LOGPROBS: bool = false;
+    /// `scorers.NAME.chat_template` (reward_http).
+    pub const CHAT_TEMPLATE: crate::score::ChatTemplate = crate::score::ChatTemplate::Chatml;
+    /// `scorers.NAME.input_format` (reward_http).
+    pub const INPUT_FORMAT: crate::remote::InputFormat = crate::remote::InputFormat::Text;
+    /// `scorers.NAME.combine` (ensemble).
+    pub const COMBINE: crate::score::Combine = crate::score::Combine::Lexicographic;
     /// `scorers.NAME.label_index`.
     pub const LABEL_INDEX: usize = 0;
 

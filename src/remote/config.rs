@@ -203,7 +203,7 @@ impl Validator<'_> {
             let config = match scorer {
                 RawScorer::RewardHttp(r) => {
                     let transport = RawTransport::from(&r);
-                    let input_format = r.input_format.unwrap_or(InputFormat::Text);
+                    let input_format = r.input_format.unwrap_or(defaults::INPUT_FORMAT);
                     if input_format == InputFormat::Messages
                         && !matches!(r.api, RewardApi::VllmClassify | RewardApi::VllmPooling)
                     {
@@ -216,7 +216,7 @@ impl Validator<'_> {
                         api: r.api,
                         urls: self.urls(&format!("{prefix}.url"), r.url, r.urls)?,
                         model: r.model,
-                        chat_template: r.chat_template.unwrap_or(ChatTemplate::Chatml),
+                        chat_template: r.chat_template.unwrap_or(defaults::CHAT_TEMPLATE),
                         input_format,
                         label_index: r.label_index.unwrap_or(defaults::LABEL_INDEX),
                         label: r.label,
@@ -237,19 +237,19 @@ impl Validator<'_> {
                     ScorerConfig::Judge(JudgeConfig {
                         base_urls,
                         model: j.model,
-                        mode: j.mode.unwrap_or(JudgeMode::Rating),
+                        mode: j.mode.unwrap_or(defaults::JUDGE_MODE),
                         concurrency: self.positive(
                             &format!("{prefix}.concurrency"),
                             j.concurrency.map(|c| c as u64),
                             defaults::JUDGE_CONCURRENCY,
                         )? as usize,
-                        seed: j.seed.unwrap_or(0),
+                        seed: j.seed.unwrap_or(defaults::JUDGE_SEED),
                         max_tokens: self.positive(
                             &format!("{prefix}.max_tokens"),
                             j.max_tokens.map(u64::from),
                             defaults::JUDGE_MAX_TOKENS,
                         )? as u32,
-                        logprobs: j.logprobs.unwrap_or(false),
+                        logprobs: j.logprobs.unwrap_or(defaults::JUDGE_LOGPROBS),
                         transport: self.transport(
                             &prefix,
                             transport,
@@ -286,7 +286,7 @@ impl Validator<'_> {
                     }
                     ScorerConfig::Ensemble(EnsembleConfig {
                         members,
-                        combine: combine.unwrap_or(Combine::Lexicographic),
+                        combine: combine.unwrap_or(defaults::COMBINE),
                         weights,
                     })
                 }

@@ -104,7 +104,7 @@ impl Validator<'_> {
             api_keys_configured: api_keys.len(),
             api_keys,
             api_keys_env: raw.api_keys_env,
-            auth_ops_endpoints: raw.auth_ops_endpoints.unwrap_or(false),
+            auth_ops_endpoints: raw.auth_ops_endpoints.unwrap_or(defaults::AUTH_OPS_ENDPOINTS),
             max_concurrent_requests,
             max_body_bytes,
             header_read_timeout_ms: self.positive(

@@ -56,7 +56,7 @@ impl Validator<'_> {
         let transport = RawTransport::from(&up);
         Ok(UpstreamConfig {
             base_urls: self.urls("upstream.base_url", up.base_url, up.base_urls)?,
-            sampling: up.sampling.unwrap_or(SamplingMode::Auto),
+            sampling: up.sampling.unwrap_or(defaults::SAMPLING),
             hedge: match up.hedge.unwrap_or(defaults::HEDGE) {
                 h if h <= MAX_N => h,
                 h => return Err(self.invalid("upstream.hedge", format!("must be at most {MAX_N}, got {h}"))),
@@ -67,8 +67,8 @@ impl Validator<'_> {
                 }
                 other => other,
             },
-            usage_counts: up.usage_counts.unwrap_or(UsageCounts::Auto),
-            http2: up.http2.unwrap_or(Http2Mode::Auto),
+            usage_counts: up.usage_counts.unwrap_or(defaults::USAGE_COUNTS),
+            http2: up.http2.unwrap_or(defaults::HTTP2),
             max_response_bytes: self.positive(
                 "upstream.max_response_bytes",
                 up.max_response_bytes,

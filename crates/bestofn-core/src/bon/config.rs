@@ -139,6 +139,17 @@ pub mod defaults {
     pub const ADAPTIVE: bool = false;
     /// `policy.first_wave` (at most n).
     pub const FIRST_WAVE: u32 = 2;
+    /// `policy.on_scorer_failure`: a failed scorer fails the request rather than answering
+    /// with an unscored candidate.
+    pub const ON_SCORER_FAILURE: super::ScorerFailurePolicy = super::ScorerFailurePolicy::Fail;
+    /// `policy.selection`.
+    pub const SELECTION: crate::bon::SteeringSelection = crate::bon::SteeringSelection::Best;
+    /// `policy.soft_temperature`.
+    pub const SOFT_TEMPERATURE: f64 = 1.0;
+    /// `policy.fuse_top`.
+    pub const FUSE_TOP: u32 = 4;
+    /// `policy.fuse_show_scores`.
+    pub const FUSE_SHOW_SCORES: bool = false;
 }
 
 /// `[policy]`, validated.
@@ -210,7 +221,7 @@ pub fn validate(
         scorer,
         deadline_ms: p.deadline_ms,
         min_candidates,
-        on_scorer_failure: policy.on_scorer_failure.unwrap_or(ScorerFailurePolicy::Fail),
+        on_scorer_failure: policy.on_scorer_failure.unwrap_or(defaults::ON_SCORER_FAILURE),
         adaptive: adaptive.enabled,
         first_wave: adaptive.first_wave,
         accept_score: adaptive.accept_score,
