@@ -411,15 +411,20 @@ fn unknown_key_at(text: &str, e: &toml::de::Error) -> Option<String> {
             .find(|(_, l)| l.trim_start().strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')))?;
         return Some(format!("line {}: unknown key `{table}.{key}`{expected}", offset + 1));
     }
+    if at.trim_matches(['"', '\'']) != key {
+        // Not the key itself (an inline table read whole): the parser's own message stands.
+        return None;
+    }
     let line_start = text.get(..span.start)?.rfind('\n').map_or(0, |i| i + 1);
-    let line = text.get(line_start..)?.lines().next().unwrap_or_default();
-    let dotted = if line.trim_start().starts_with('[') {
+    // The key as written on its line, with the dotted path before it (`a.b = 1`).
+    let written = text.get(line_start..span.end)?.trim();
+    let dotted = if written.starts_with('[') {
         // An unknown table: its path is the header up to the key.
-        table_name(text.get(line_start..span.end)?)?.to_string()
+        table_name(written)?.to_string()
     } else {
         match text.get(..line_start)?.lines().rev().find(|l| l.trim_start().starts_with('[')).and_then(table_name) {
-            Some(table) => format!("{table}.{key}"),
-            None => key.to_string(),
+            Some(table) => format!("{table}.{written}"),
+            None => written.to_string(),
         }
     };
     Some(format!("line {}: unknown key `{dotted}`{expected}", line_of(span.start)))
@@ -560,6 +565,17 @@ n = 8
         // A key of the other section is not a policy key: min_candidates is [policy]'s only.
         let text = GOOD.replace("n = 8", "n = 8\nmin_candidates = 2");
         assert!(error_of(&text).contains("unknown key `domains.math.min_candidates`"), "{}", error_of(&text));
+    }
+
+    #[test]
+    fn unknown_keys_written_dotted_or_in_inline_tables_are_still_named() {
+        let text = GOOD.replace("n = 8", "n = 8\nadaptiv.e = true");
+        let e = error_of(&text);
+        let line = line_of(&text, "adaptiv.e");
+        assert!(e.starts_with(&format!("test.toml: line {line}: unknown key `domains.math.adaptiv`")), "{e}");
+        let text = GOOD.replace("[scorers.rm]", "[scorers]\nv = { kind = \"verify\", patern = \"x\" }\n\n[scorers.rm]");
+        let e = error_of(&text);
+        assert!(e.starts_with("test.toml: ") && e.contains("patern"), "{e}");
     }
 
     #[test]
