@@ -1,24 +1,30 @@
 //! Configuration: TOML read into raw structs that reject unknown keys, then validated into the
 //! runtime types the rest of bestofn uses.
+//!
+//! Each section is read and validated beside the module it configures: `[server]` in
+//! `server::config`, `[upstream]` in `upstream::config`, the transport keys shared by every
+//! section that calls a backend in `backend::config`, `[scorers.*]`, `[score_cache]`,
+//! `[classifier]` and `[fuser]` in `remote::config`, `[recorder]` in `record`, `[telemetry]` in
+//! `telemetry`, and `[policy]` and `[domains.*]` in the core's `bon::config`. This module reads
+//! the file, holds the shared validation helpers and calls each section's validator.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use std::time::Duration;
+use crate::bon::config::{RawDomain, RawPolicy};
+use crate::bon::{AdaptivePolicy, DomainRule, Policy, PolicySettings, SteeringSelection};
+use crate::record::{RawRecorder, RecorderConfig};
+use crate::remote::config::{RawClassifier, RawFuser, RawScoreCache, RawScorer};
+use crate::server::config::RawServer;
+use crate::upstream::config::RawUpstream;
 
-use crate::backend::{Http2Mode, Secret, TransportConfig};
-use crate::bon::adaptive::AdaptiveSettings;
-use crate::bon::{
-    AdaptivePolicy, DOMAINS, DomainRule, MAX_N, Policy, ScorerFailurePolicy, SelectionSettings, SteeringSelection,
-    check_n,
-};
-use crate::record::RecorderConfig;
-use crate::remote::{InputFormat, JudgeConfig, JudgeMode, RewardApi, RewardHttpConfig};
-use crate::score::{ChatTemplate, Combine};
-use crate::upstream::{SamplingMode, UsageCounts};
+pub use crate::bon::config::PolicyConfig;
+pub use crate::remote::config::{ClassifierConfig, EnsembleConfig, FuserConfig, ScoreCacheConfig, ScorerConfig};
+pub use crate::server::config::{LogFormat, ServerConfig};
+pub use crate::upstream::config::UpstreamConfig;
 
 /// A configuration that could not be loaded, naming the file and the problem.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +57,8 @@ pub enum ConfigError {
     },
 }
 
+/// The file as read: one field a section, each section's struct beside the module it
+/// configures.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -68,200 +76,6 @@ struct RawConfig {
     fuser: Option<RawFuser>,
     #[serde(default)]
     telemetry: crate::telemetry::RawTelemetry,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFuser {
-    base_url: Option<String>,
-    model: Option<String>,
-    max_tokens: Option<u32>,
-    temperature: Option<f64>,
-    #[serde(flatten)]
-    transport: RawTransport,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawScoreCache {
-    max_entries: Option<u64>,
-    ttl_ms: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRecorder {
-    path: PathBuf,
-    sample_rate: Option<f64>,
-    max_bytes: Option<u64>,
-    max_files: Option<u32>,
-    queue_capacity: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-enum RawClassifier {
-    Rules,
-    Judge {
-        base_url: Option<String>,
-        model: Option<String>,
-        #[serde(flatten)]
-        transport: RawTransport,
-    },
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<String>,
-    heartbeat_interval_ms: Option<u64>,
-    api_keys: Option<Vec<String>>,
-    api_keys_env: Option<String>,
-    auth_ops_endpoints: Option<bool>,
-    max_concurrent_requests: Option<usize>,
-    max_body_bytes: Option<usize>,
-    header_read_timeout_ms: Option<u64>,
-    body_read_timeout_ms: Option<u64>,
-    drain_timeout_ms: Option<u64>,
-    write_timeout_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
-    log_format: Option<LogFormat>,
-    /// Removed with the per-core runtimes; still read, with a warning, for one release.
-    threading: Option<toml::Value>,
-}
-
-/// The transport keys, declared once: every section that calls a backend (upstream, HTTP
-/// scorers, the judge classifier) takes them at its own level (`[upstream] timeout_ms = ...`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTransport {
-    api_key_env: Option<String>,
-    timeout_ms: Option<u64>,
-    max_retries: Option<u32>,
-    retry_backoff_ms: Option<u64>,
-    retry_backoff_max_ms: Option<u64>,
-    eject_after_failures: Option<u32>,
-    eject_cooldown_ms: Option<u64>,
-    max_in_flight: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    base_url: Option<String>,
-    base_urls: Option<Vec<String>>,
-    sampling: Option<SamplingMode>,
-    hedge: Option<u32>,
-    models: Option<Vec<String>>,
-    usage_counts: Option<UsageCounts>,
-    http2: Option<Http2Mode>,
-    max_response_bytes: Option<u64>,
-    typical_call_ms: Option<u64>,
-    #[serde(flatten)]
-    transport: RawTransport,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-enum RawScorer {
-    RewardHttp {
-        api: RewardApi,
-        url: Option<String>,
-        urls: Option<Vec<String>>,
-        model: Option<String>,
-        chat_template: Option<ChatTemplate>,
-        input_format: Option<InputFormat>,
-        label_index: Option<usize>,
-        label: Option<String>,
-        #[serde(flatten)]
-        transport: RawTransport,
-    },
-    Judge {
-        base_url: Option<String>,
-        base_urls: Option<Vec<String>>,
-        model: Option<String>,
-        mode: Option<JudgeMode>,
-        #[serde(alias = "max_concurrency")]
-        concurrency: Option<usize>,
-        seed: Option<u64>,
-        max_tokens: Option<u32>,
-        logprobs: Option<bool>,
-        #[serde(flatten)]
-        transport: RawTransport,
-    },
-    Consensus {},
-    Verify {
-        pattern: Option<String>,
-    },
-    Ensemble {
-        members: Vec<String>,
-        combine: Option<Combine>,
-        weights: Option<Vec<f64>>,
-    },
-    WeightedVote {
-        member: String,
-        temperature: Option<f64>,
-    },
-}
-
-/// The adaptive-sampling keys, declared once for `[policy]` and every `[domains.NAME]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdaptive {
-    adaptive: Option<bool>,
-    first_wave: Option<u32>,
-    accept_score: Option<f64>,
-    confidence: Option<f64>,
-}
-
-/// The selection keys, declared once for `[policy]` and every `[domains.NAME]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSelection {
-    selection: Option<SteeringSelection>,
-    soft_temperature: Option<f64>,
-    fuse_top: Option<u32>,
-    fuse_show_scores: Option<bool>,
-}
-
-/// The load-aware N keys, declared once for `[policy]` and every `[domains.NAME]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLoad {
-    degrade_at_queue_ms: Option<u64>,
-    min_n: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    n: u32,
-    scorer: Option<String>,
-    deadline_ms: Option<u64>,
-    min_candidates: Option<u32>,
-    on_scorer_failure: Option<ScorerFailurePolicy>,
-    #[serde(flatten)]
-    adaptive: RawAdaptive,
-    #[serde(flatten)]
-    load: RawLoad,
-    #[serde(flatten)]
-    select: RawSelection,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDomain {
-    n: Option<u32>,
-    scorer: Option<String>,
-    temperature: Option<f64>,
-    max_tokens: Option<u64>,
-    deadline_ms: Option<u64>,
-    #[serde(flatten)]
-    adaptive: RawAdaptive,
-    #[serde(flatten)]
-    load: RawLoad,
-    #[serde(flatten)]
-    select: RawSelection,
 }
 
 /// The validated configuration, with every default filled in.
@@ -295,196 +109,13 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// `[fuser]`: the chat model that writes one answer from the best candidates.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FuserConfig {
-    /// Base URL (default: the first upstream base URL).
-    pub base_url: String,
-    /// The `model` sent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// `max_tokens` of the fused answer.
-    pub max_tokens: u32,
-    /// Sampling temperature.
-    pub temperature: f64,
-    /// Credentials, time limit, retries, ejection.
-    #[serde(flatten)]
-    pub transport: TransportConfig,
-}
-
-/// `[classifier]`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ClassifierConfig {
-    /// Keyword and pattern rules on the last user message (microseconds, no calls).
-    Rules,
-    /// An OpenAI-compatible LLM names the domain; the rules answer when it fails.
-    Judge {
-        /// Base URL of the judge (default: the first upstream base URL).
-        base_url: String,
-        /// The `model` sent.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        model: Option<String>,
-        /// Credentials, time limit, retries, ejection.
-        #[serde(flatten)]
-        transport: TransportConfig,
-    },
-}
-
-/// `[server]`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ServerConfig {
-    /// Address to listen on.
-    pub listen: SocketAddr,
-    /// Interval of SSE keep-alive comments while candidates are generated and scored.
-    pub heartbeat_interval_ms: u64,
-    /// Client API keys; empty means no client authentication. Never printed.
-    #[serde(skip)]
-    pub api_keys: Vec<Secret>,
-    /// How many client keys are configured (printed instead of the keys).
-    pub api_keys_configured: usize,
-    /// Environment variable with more client keys, comma-separated.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub api_keys_env: Option<String>,
-    /// Require a client key on /metrics and /healthz too.
-    pub auth_ops_endpoints: bool,
-    /// Requests served at once; beyond it, 429 with Retry-After.
-    pub max_concurrent_requests: usize,
-    /// Largest request body; beyond it, 413.
-    pub max_body_bytes: usize,
-    /// Time a client has to send its request headers.
-    pub header_read_timeout_ms: u64,
-    /// Time a client has to send its request body; beyond it, 408.
-    pub body_read_timeout_ms: u64,
-    /// Time in-flight requests get to finish after SIGTERM or SIGINT.
-    pub drain_timeout_ms: u64,
-    /// Time a write to a client may make no progress before the connection is closed (per
-    /// write: a long stream the client reads lives on).
-    pub write_timeout_ms: u64,
-    /// Time a kept-alive connection with no request in flight stays open.
-    pub idle_timeout_ms: u64,
-    /// How log lines are written.
-    pub log_format: LogFormat,
-}
-
-/// `server.log_format`: log lines as text for people or one JSON object a line for collectors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// `tracing-subscriber`'s text lines.
-    Text,
-    /// One JSON object a line.
-    Json,
-}
-
-/// `[upstream]`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct UpstreamConfig {
-    /// Base URLs of interchangeable OpenAI-compatible servers, e.g. `http://127.0.0.1:8000/v1`.
-    pub base_urls: Vec<String>,
-    /// How N candidates are requested.
-    pub sampling: SamplingMode,
-    /// Extra parallel samples requested; the first N to finish are used.
-    pub hedge: u32,
-    /// Served at `GET /v1/models` instead of asking the upstream.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub models: Option<Vec<String>>,
-    /// How completion tokens of calls with several choices are counted.
-    pub usage_counts: UsageCounts,
-    /// HTTP/2 to the upstream.
-    pub http2: Http2Mode,
-    /// The largest answer body read from any backend (upstream, scorers, judge classifier,
-    /// fuser); a larger one is a 502.
-    pub max_response_bytes: u64,
-    /// Credentials, time limit, retries, ejection; `typical_call_ms` is set here only.
-    #[serde(flatten)]
-    pub transport: TransportConfig,
-}
-
-/// `[scorers.NAME]`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ScorerConfig {
-    /// A reward model served over HTTP.
-    RewardHttp(RewardHttpConfig),
-    /// An OpenAI-compatible LLM as judge.
-    Judge(JudgeConfig),
-    /// Agreement among the candidates (majority vote on final answers, else token F1).
-    Consensus,
-    /// Rule-based checks: stated constraints, response_format, a regex.
-    Verify {
-        /// A regex good replies match.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pattern: Option<String>,
-    },
-    /// Several scorers combined.
-    Ensemble(EnsembleConfig),
-    /// Weighted majority vote over final answers, weighed by a member scorer.
-    WeightedVote {
-        /// The member whose rewards weigh the votes.
-        member: String,
-        /// Softmax temperature of the member's rewards.
-        temperature: f64,
-    },
-}
-
-/// `[scorers.NAME]` with `kind = "ensemble"`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EnsembleConfig {
-    /// Member scorer names, in priority order.
-    pub members: Vec<String>,
-    /// Lexicographic or weighted z-scores.
-    pub combine: Combine,
-    /// One weight per member.
-    pub weights: Vec<f64>,
-}
-
-/// `[score_cache]`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ScoreCacheConfig {
-    /// Scores kept at most.
-    pub max_entries: u64,
-    /// How long a score is kept.
-    pub ttl_ms: u64,
-}
-
-/// `[policy]`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PolicyConfig {
-    /// Default candidates per request.
-    pub n: u32,
-    /// Default scorer.
-    pub scorer: String,
-    /// Per-request sampling deadline; at it, selection uses the candidates that arrived.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deadline_ms: Option<u64>,
-    /// Fewest candidates worth selecting from; fewer by the deadline is a 504.
-    pub min_candidates: u32,
-    /// What to answer when the scorer fails.
-    pub on_scorer_failure: ScorerFailurePolicy,
-    /// Sample in waves and stop early when more candidates will not change the pick.
-    pub adaptive: bool,
-    /// Candidates of the first adaptive wave.
-    pub first_wave: u32,
-    /// Adaptive: stop once a candidate scores at least this.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub accept_score: Option<f64>,
-    /// Adaptive: stop once the leading answer would still lead at n with this probability.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub confidence: Option<f64>,
-    /// Load-aware N: halve N while the expected upstream queue wait exceeds this.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub degrade_at_queue_ms: Option<u64>,
-    /// Load-aware N: the fewest candidates N is halved to.
-    pub min_n: u32,
-    /// How the winner is picked.
-    #[serde(flatten)]
-    pub selection: SelectionSettings,
-}
-
 /// Every default of the configuration, named once: the validator, the README's table and
 /// `config/bestofn.toml` agree with these (a test checks the two documents).
 pub mod defaults {
+    /// The policy's defaults (`policy.scorer`, `min_candidates`, `min_n`, `adaptive`,
+    /// `first_wave`), named beside the policy in the core crate.
+    pub use crate::bon::config::defaults::*;
+
     /// `server.listen`.
     pub const LISTEN: &str = "127.0.0.1:8080";
     /// `server.heartbeat_interval_ms`.
@@ -503,8 +134,16 @@ pub mod defaults {
     pub const WRITE_TIMEOUT_MS: u64 = 30_000;
     /// `server.idle_timeout_ms`.
     pub const IDLE_TIMEOUT_MS: u64 = 60_000;
+    /// `server.auth_ops_endpoints`: probes and scrapes need no key unless asked.
+    pub const AUTH_OPS_ENDPOINTS: bool = false;
     /// `server.log_format`.
     pub const LOG_FORMAT: super::LogFormat = super::LogFormat::Text;
+    /// `upstream.sampling`: learn whether the server honours `n`.
+    pub const SAMPLING: crate::upstream::SamplingMode = crate::upstream::SamplingMode::Auto;
+    /// `upstream.usage_counts`.
+    pub const USAGE_COUNTS: crate::upstream::UsageCounts = crate::upstream::UsageCounts::Auto;
+    /// `upstream.http2`.
+    pub const HTTP2: crate::backend::Http2Mode = crate::backend::Http2Mode::Auto;
     /// `upstream.timeout_ms`.
     pub const UPSTREAM_TIMEOUT_MS: u64 = 60_000;
     /// `upstream.max_response_bytes`: far above any chat answer, low enough that a broken or
@@ -535,14 +174,20 @@ pub mod defaults {
     pub const JUDGE_CONCURRENCY: u64 = 8;
     /// `scorers.NAME.max_tokens` (judge).
     pub const JUDGE_MAX_TOKENS: u64 = 1024;
+    /// `scorers.NAME.mode` (judge).
+    pub const JUDGE_MODE: crate::remote::JudgeMode = crate::remote::JudgeMode::Rating;
+    /// `scorers.NAME.seed` (judge).
+    pub const JUDGE_SEED: u64 = 0;
+    /// `scorers.NAME.logprobs` (judge).
+    pub const JUDGE_LOGPROBS: bool = false;
+    /// `scorers.NAME.chat_template` (reward_http).
+    pub const CHAT_TEMPLATE: crate::score::ChatTemplate = crate::score::ChatTemplate::Chatml;
+    /// `scorers.NAME.input_format` (reward_http).
+    pub const INPUT_FORMAT: crate::remote::InputFormat = crate::remote::InputFormat::Text;
+    /// `scorers.NAME.combine` (ensemble).
+    pub const COMBINE: crate::score::Combine = crate::score::Combine::Lexicographic;
     /// `scorers.NAME.label_index`.
     pub const LABEL_INDEX: usize = 0;
-    /// `policy.scorer`: majority voting needs no server.
-    pub const POLICY_SCORER: &str = "consensus";
-    /// `policy.min_candidates`.
-    pub const MIN_CANDIDATES: u32 = 1;
-    /// `policy.min_n`: load-aware N may go down to a single candidate.
-    pub const MIN_N: u32 = 1;
 
     /// `fuser.max_tokens`.
     pub const FUSER_MAX_TOKENS: u64 = 1024;
@@ -552,10 +197,6 @@ pub mod defaults {
     pub const FUSER_TIMEOUT_MS: u64 = 30_000;
     /// `fuser.max_retries`.
     pub const FUSER_MAX_RETRIES: u32 = 0;
-    /// `policy.adaptive`: fixed N unless asked.
-    pub const ADAPTIVE: bool = false;
-    /// `policy.first_wave` (at most n).
-    pub const FIRST_WAVE: u32 = 2;
     /// `scorers.NAME.temperature` (weighted_vote).
     pub const VOTE_TEMPERATURE: f64 = 1.0;
     /// `recorder.sample_rate`.
@@ -628,23 +269,59 @@ impl Config {
     }
 }
 
-struct Validator<'a> {
+/// Merges the `[domains.*]` tables `bestofn eval tune` recommends (`recommended`, TOML text)
+/// into the config text `base`: in each recommended domain the tuned keys
+/// ([`PolicySettings::TUNED_KEYS`], from the one declaration of the policy keys) are replaced
+/// as a whole and the domain's other keys (temperature, max_tokens, deadline_ms, selection, ...)
+/// are kept. Returns the merged config text, or what is not TOML.
+pub fn merge_tuned_domains(base: &str, recommended: &str) -> Result<String, String> {
+    let mut merged: toml::Table = toml::from_str(base).map_err(|e| format!("not TOML: {e}"))?;
+    let recommended: toml::Table =
+        toml::from_str(recommended).map_err(|e| format!("the recommended tables are not TOML: {e}"))?;
+    if let Some(toml::Value::Table(domains)) = recommended.get("domains") {
+        let target = merged.entry("domains").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(target) = target {
+            for (name, keys) in domains {
+                let entry = target.entry(name.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let (toml::Value::Table(entry), toml::Value::Table(keys)) = (entry, keys) {
+                    for key in PolicySettings::TUNED_KEYS {
+                        entry.remove(*key);
+                    }
+                    entry.extend(keys.clone());
+                }
+            }
+        }
+    }
+    toml::to_string(&merged).map_err(|e| format!("cannot render the merged config: {e}"))
+}
+
+/// Validates sections into runtime types; every error names the file and the dotted key. Each
+/// section's validator is an `impl` block beside the module it configures.
+pub(crate) struct Validator<'a> {
     path: &'a Path,
 }
 
 impl Validator<'_> {
-    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    /// An out-of-range or dangling value at `key`.
+    pub(crate) fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid { path: self.path.to_path_buf(), key: key.to_string(), message: message.into() }
     }
 
-    fn positive(&self, key: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+    /// `value`, or `default` when unset; 0 is refused.
+    pub(crate) fn positive(&self, key: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigError> {
         match value.unwrap_or(default) {
             0 => Err(self.invalid(key, "must be greater than 0")),
             v => Ok(v),
         }
     }
 
-    fn urls(&self, key: &str, one: Option<String>, many: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    /// The URLs of `key` (one) or `{key}s` (several): exactly one of the two, each http(s).
+    pub(crate) fn urls(
+        &self,
+        key: &str,
+        one: Option<String>,
+        many: Option<Vec<String>>,
+    ) -> Result<Vec<String>, ConfigError> {
         let (plural, singular) = (format!("{key}s"), key.to_string());
         let urls = match (one, many) {
             (Some(_), Some(_)) => {
@@ -660,46 +337,6 @@ impl Validator<'_> {
         Ok(urls)
     }
 
-    /// Validated transport keys of section `prefix`, with that section's defaults.
-    fn transport(
-        &self,
-        prefix: &str,
-        raw: RawTransport,
-        timeout_ms: u64,
-        max_retries: u32,
-    ) -> Result<TransportConfig, ConfigError> {
-        let key = |k: &str| format!("{prefix}.{k}");
-        let retry_backoff_ms =
-            self.positive(&key("retry_backoff_ms"), raw.retry_backoff_ms, defaults::RETRY_BACKOFF_MS)?;
-        let retry_backoff_max_ms =
-            self.positive(&key("retry_backoff_max_ms"), raw.retry_backoff_max_ms, defaults::RETRY_BACKOFF_MAX_MS)?;
-        if retry_backoff_max_ms < retry_backoff_ms {
-            return Err(self.invalid(&key("retry_backoff_max_ms"), "must be at least retry_backoff_ms"));
-        }
-        Ok(TransportConfig {
-            api_key_env: raw.api_key_env,
-            timeout_ms: self.positive(&key("timeout_ms"), raw.timeout_ms, timeout_ms)?,
-            max_retries: raw.max_retries.unwrap_or(max_retries),
-            retry_backoff_ms,
-            retry_backoff_max_ms,
-            eject_after_failures: self.positive(
-                &key("eject_after_failures"),
-                raw.eject_after_failures.map(u64::from),
-                u64::from(defaults::EJECT_AFTER_FAILURES),
-            )? as u32,
-            eject_cooldown_ms: self.positive(
-                &key("eject_cooldown_ms"),
-                raw.eject_cooldown_ms,
-                defaults::EJECT_COOLDOWN_MS,
-            )?,
-            max_in_flight: match raw.max_in_flight {
-                Some(0) => return Err(self.invalid(&key("max_in_flight"), "must be greater than 0")),
-                other => other,
-            },
-            typical_call_ms: None,
-        })
-    }
-
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let mut warnings = Vec::new();
         if raw.server.threading.is_some() {
@@ -710,378 +347,22 @@ impl Validator<'_> {
             ));
         }
         let server = self.server(raw.server)?;
-        let up = raw.upstream;
-        let upstream = UpstreamConfig {
-            base_urls: self.urls("upstream.base_url", up.base_url, up.base_urls)?,
-            sampling: up.sampling.unwrap_or(SamplingMode::Auto),
-            hedge: match up.hedge.unwrap_or(defaults::HEDGE) {
-                h if h <= MAX_N => h,
-                h => return Err(self.invalid("upstream.hedge", format!("must be at most {MAX_N}, got {h}"))),
-            },
-            models: match up.models {
-                Some(m) if m.iter().any(|m| m.trim().is_empty()) => {
-                    return Err(self.invalid("upstream.models", "model names must not be empty"));
-                }
-                other => other,
-            },
-            usage_counts: up.usage_counts.unwrap_or(UsageCounts::Auto),
-            http2: up.http2.unwrap_or(Http2Mode::Auto),
-            max_response_bytes: self.positive(
-                "upstream.max_response_bytes",
-                up.max_response_bytes,
-                defaults::MAX_RESPONSE_BYTES,
-            )?,
-            transport: TransportConfig {
-                typical_call_ms: Some(self.positive(
-                    "upstream.typical_call_ms",
-                    up.typical_call_ms,
-                    defaults::TYPICAL_CALL_MS,
-                )?),
-                ..self.transport("upstream", up.transport, defaults::UPSTREAM_TIMEOUT_MS, defaults::MAX_RETRIES)?
-            },
-        };
-
-        let mut scorers = BTreeMap::new();
-        for (name, scorer) in raw.scorers {
-            let prefix = format!("scorers.{name}");
-            let config = match scorer {
-                RawScorer::RewardHttp {
-                    api,
-                    url,
-                    urls,
-                    model,
-                    chat_template,
-                    input_format,
-                    label_index,
-                    label,
-                    transport,
-                } => {
-                    let input_format = input_format.unwrap_or(InputFormat::Text);
-                    if input_format == InputFormat::Messages
-                        && !matches!(api, RewardApi::VllmClassify | RewardApi::VllmPooling)
-                    {
-                        return Err(self.invalid(
-                            &format!("{prefix}.input_format"),
-                            "\"messages\" is only for the vllm_classify and vllm_pooling APIs",
-                        ));
-                    }
-                    ScorerConfig::RewardHttp(RewardHttpConfig {
-                        api,
-                        urls: self.urls(&format!("{prefix}.url"), url, urls)?,
-                        model,
-                        chat_template: chat_template.unwrap_or(ChatTemplate::Chatml),
-                        input_format,
-                        label_index: label_index.unwrap_or(defaults::LABEL_INDEX),
-                        label,
-                        transport: self.transport(
-                            &prefix,
-                            transport,
-                            defaults::SCORER_TIMEOUT_MS,
-                            defaults::MAX_RETRIES,
-                        )?,
-                    })
-                }
-                RawScorer::Judge {
-                    base_url,
-                    base_urls,
-                    model,
-                    mode,
-                    concurrency,
-                    seed,
-                    max_tokens,
-                    logprobs,
-                    transport,
-                } => {
-                    let base_urls = match (base_url, base_urls) {
-                        (None, None) => upstream.base_urls.clone(),
-                        (one, many) => self.urls(&format!("{prefix}.base_url"), one, many)?,
-                    };
-                    ScorerConfig::Judge(JudgeConfig {
-                        base_urls,
-                        model,
-                        mode: mode.unwrap_or(JudgeMode::Rating),
-                        concurrency: self.positive(
-                            &format!("{prefix}.concurrency"),
-                            concurrency.map(|c| c as u64),
-                            defaults::JUDGE_CONCURRENCY,
-                        )? as usize,
-                        seed: seed.unwrap_or(0),
-                        max_tokens: self.positive(
-                            &format!("{prefix}.max_tokens"),
-                            max_tokens.map(u64::from),
-                            defaults::JUDGE_MAX_TOKENS,
-                        )? as u32,
-                        logprobs: logprobs.unwrap_or(false),
-                        transport: self.transport(
-                            &prefix,
-                            transport,
-                            defaults::SCORER_TIMEOUT_MS,
-                            defaults::MAX_RETRIES,
-                        )?,
-                    })
-                }
-                RawScorer::Consensus {} => ScorerConfig::Consensus,
-                RawScorer::Verify { pattern } => {
-                    if let Some(p) = &pattern {
-                        regex::Regex::new(p)
-                            .map_err(|e| self.invalid(&format!("{prefix}.pattern"), format!("not a regex: {e}")))?;
-                    }
-                    ScorerConfig::Verify { pattern }
-                }
-                RawScorer::WeightedVote { member, temperature } => {
-                    let temperature = temperature.unwrap_or(defaults::VOTE_TEMPERATURE);
-                    if !(temperature > 0.0 && temperature.is_finite()) {
-                        return Err(self.invalid(
-                            &format!("{prefix}.temperature"),
-                            format!("must be greater than 0, got {temperature}"),
-                        ));
-                    }
-                    ScorerConfig::WeightedVote { member, temperature }
-                }
-                RawScorer::Ensemble { members, combine, weights } => {
-                    if members.is_empty() {
-                        return Err(self.invalid(&format!("{prefix}.members"), "must name at least one scorer"));
-                    }
-                    let weights = weights.unwrap_or_else(|| vec![1.0; members.len()]);
-                    if weights.len() != members.len() || weights.iter().any(|w| !w.is_finite()) {
-                        return Err(self.invalid(&format!("{prefix}.weights"), "needs one finite weight per member"));
-                    }
-                    ScorerConfig::Ensemble(EnsembleConfig {
-                        members,
-                        combine: combine.unwrap_or(Combine::Lexicographic),
-                        weights,
-                    })
-                }
-            };
-            scorers.insert(name, config);
-        }
-        // Scorers that need no server are always there under their kind's name.
-        scorers.entry("consensus".to_string()).or_insert(ScorerConfig::Consensus);
-        scorers.entry("verify".to_string()).or_insert(ScorerConfig::Verify { pattern: None });
-        for (name, scorer) in &scorers {
-            if let ScorerConfig::WeightedVote { member, .. } = scorer {
-                match scorers.get(member) {
-                    None => {
-                        return Err(
-                            self.invalid(&format!("scorers.{name}.member"), format!("no scorer named '{member}'"))
-                        );
-                    }
-                    Some(ScorerConfig::WeightedVote { .. }) => {
-                        return Err(self.invalid(
-                            &format!("scorers.{name}.member"),
-                            format!("'{member}' is a weighted_vote; the member must not be"),
-                        ));
-                    }
-                    Some(_) => {}
-                }
-            }
-            if let ScorerConfig::Ensemble(e) = scorer {
-                for m in &e.members {
-                    match scorers.get(m) {
-                        None => {
-                            return Err(
-                                self.invalid(&format!("scorers.{name}.members"), format!("no scorer named '{m}'"))
-                            );
-                        }
-                        Some(ScorerConfig::Ensemble(_) | ScorerConfig::WeightedVote { .. }) => {
-                            return Err(self.invalid(
-                                &format!("scorers.{name}.members"),
-                                format!("'{m}' combines other scorers; members must not"),
-                            ));
-                        }
-                        Some(_) => {}
-                    }
-                }
-            }
-        }
-
-        let check_n = |key: &str, n: u32| check_n(n).map_err(|m| self.invalid(key, m));
-        let check_scorer = |key: &str, s: &str| {
+        let upstream = self.upstream(raw.upstream)?;
+        let scorers = self.scorers(raw.scorers, &upstream.base_urls)?;
+        let scorer_exists = |s: &str| {
             if scorers.contains_key(s) {
                 Ok(())
             } else {
                 let known: Vec<&str> = scorers.keys().map(String::as_str).collect();
-                Err(self.invalid(key, format!("no scorer named '{s}' (configured: [{}])", known.join(", "))))
+                Err(format!("no scorer named '{s}' (configured: [{}])", known.join(", ")))
             }
         };
-        let p = raw.policy;
-        check_n("policy.n", p.n)?;
-        // Without an RM, consensus (majority voting) is the default.
-        let policy_scorer = p.scorer.unwrap_or_else(|| defaults::POLICY_SCORER.to_string());
-        check_scorer("policy.scorer", &policy_scorer)?;
-        let min_candidates = p.min_candidates.unwrap_or(defaults::MIN_CANDIDATES);
-        if min_candidates == 0 {
-            return Err(self.invalid("policy.min_candidates", "must be at least 1"));
-        }
-        if p.deadline_ms == Some(0) {
-            return Err(self.invalid("policy.deadline_ms", "must be greater than 0"));
-        }
-        let adaptive = self.adaptive("policy", &p.adaptive, p.n)?;
-        let min_n = p.load.min_n.unwrap_or(defaults::MIN_N);
-        self.load("policy", &p.load, p.n)?;
-        let selection = self.selection("policy", &p.select, SelectionSettings::default())?;
-        let policy = PolicyConfig {
-            n: p.n,
-            scorer: policy_scorer,
-            deadline_ms: p.deadline_ms,
-            min_candidates,
-            on_scorer_failure: p.on_scorer_failure.unwrap_or(ScorerFailurePolicy::Fail),
-            adaptive: adaptive.enabled,
-            first_wave: adaptive.first_wave,
-            accept_score: adaptive.accept_score,
-            confidence: adaptive.confidence,
-            degrade_at_queue_ms: p.load.degrade_at_queue_ms,
-            min_n,
-            selection,
-        };
-
-        let mut domains = BTreeMap::new();
-        for (name, rule) in raw.domains {
-            if !DOMAINS.contains(&name.as_str()) {
-                return Err(self.invalid(
-                    &format!("domains.{name}"),
-                    format!("unknown domain; expected one of {}", DOMAINS.join(", ")),
-                ));
-            }
-            if let Some(n) = rule.n {
-                check_n(&format!("domains.{name}.n"), n)?;
-            }
-            if let Some(s) = &rule.scorer {
-                check_scorer(&format!("domains.{name}.scorer"), s)?;
-            }
-            if let Some(t) = rule.temperature
-                && !(0.0..=2.0).contains(&t)
-            {
-                return Err(
-                    self.invalid(&format!("domains.{name}.temperature"), format!("must be between 0 and 2, got {t}"))
-                );
-            }
-            let domain_n = rule.n.unwrap_or(policy.n);
-            let first_wave = rule
-                .adaptive
-                .first_wave
-                .or_else(|| (rule.adaptive.adaptive == Some(true)).then_some(policy.first_wave.min(domain_n)));
-            self.adaptive(&format!("domains.{name}"), &RawAdaptive { first_wave, ..rule.adaptive }, domain_n)?;
-            self.load(&format!("domains.{name}"), &rule.load, domain_n)?;
-            let s = &rule.select;
-            let selection = (s.selection.is_some()
-                || s.soft_temperature.is_some()
-                || s.fuse_top.is_some()
-                || s.fuse_show_scores.is_some())
-            .then(|| self.selection(&format!("domains.{name}"), s, policy.selection))
-            .transpose()?;
-            if rule.max_tokens == Some(0) || rule.deadline_ms == Some(0) {
-                return Err(
-                    self.invalid(&format!("domains.{name}"), "max_tokens and deadline_ms must be greater than 0")
-                );
-            }
-            domains.insert(
-                name,
-                DomainRule {
-                    n: rule.n,
-                    scorer: rule.scorer,
-                    temperature: rule.temperature,
-                    max_tokens: rule.max_tokens,
-                    deadline_ms: rule.deadline_ms,
-                    adaptive: rule.adaptive.adaptive,
-                    first_wave: rule.adaptive.first_wave,
-                    accept_score: rule.adaptive.accept_score,
-                    confidence: rule.adaptive.confidence,
-                    degrade_at_queue_ms: rule.load.degrade_at_queue_ms,
-                    min_n: rule.load.min_n,
-                    selection,
-                },
-            );
-        }
-        let recorder = match raw.recorder {
-            None => None,
-            Some(r) => {
-                let sample_rate = r.sample_rate.unwrap_or(defaults::RECORDER_SAMPLE_RATE);
-                if !(0.0..=1.0).contains(&sample_rate) {
-                    return Err(
-                        self.invalid("recorder.sample_rate", format!("must be between 0 and 1, got {sample_rate}"))
-                    );
-                }
-                Some(RecorderConfig {
-                    path: r.path,
-                    sample_rate,
-                    max_bytes: self.positive("recorder.max_bytes", r.max_bytes, defaults::RECORDER_MAX_BYTES)?,
-                    max_files: r.max_files.unwrap_or(defaults::RECORDER_MAX_FILES),
-                    queue_capacity: self.positive(
-                        "recorder.queue_capacity",
-                        r.queue_capacity.map(|c| c as u64),
-                        defaults::RECORDER_QUEUE_CAPACITY,
-                    )? as usize,
-                })
-            }
-        };
-        let classifier = match raw.classifier {
-            None | Some(RawClassifier::Rules) => ClassifierConfig::Rules,
-            Some(RawClassifier::Judge { base_url, model, transport }) => {
-                let base_url = match base_url {
-                    Some(u) => {
-                        check_url(&u).map_err(|m| self.invalid("classifier.base_url", m))?;
-                        u
-                    }
-                    None => upstream.base_urls[0].clone(),
-                };
-                ClassifierConfig::Judge {
-                    base_url,
-                    model,
-                    transport: self.transport(
-                        "classifier",
-                        transport,
-                        defaults::CLASSIFIER_TIMEOUT_MS,
-                        defaults::CLASSIFIER_MAX_RETRIES,
-                    )?,
-                }
-            }
-        };
-        let score_cache = match raw.score_cache {
-            None => None,
-            Some(c) => Some(ScoreCacheConfig {
-                max_entries: self.positive(
-                    "score_cache.max_entries",
-                    c.max_entries,
-                    defaults::SCORE_CACHE_MAX_ENTRIES,
-                )?,
-                ttl_ms: self.positive("score_cache.ttl_ms", c.ttl_ms, defaults::SCORE_CACHE_TTL_MS)?,
-            }),
-        };
-        let fuser = match raw.fuser {
-            None => None,
-            Some(f) => {
-                let base_url = match f.base_url {
-                    Some(u) => {
-                        check_url(&u).map_err(|m| self.invalid("fuser.base_url", m))?;
-                        u
-                    }
-                    None => upstream.base_urls[0].clone(),
-                };
-                let temperature = f.temperature.unwrap_or(defaults::FUSER_TEMPERATURE);
-                if !(0.0..=2.0).contains(&temperature) {
-                    return Err(
-                        self.invalid("fuser.temperature", format!("must be between 0 and 2, got {temperature}"))
-                    );
-                }
-                Some(FuserConfig {
-                    base_url,
-                    model: f.model,
-                    max_tokens: self.positive(
-                        "fuser.max_tokens",
-                        f.max_tokens.map(u64::from),
-                        defaults::FUSER_MAX_TOKENS,
-                    )? as u32,
-                    temperature,
-                    transport: self.transport(
-                        "fuser",
-                        f.transport,
-                        defaults::FUSER_TIMEOUT_MS,
-                        defaults::FUSER_MAX_RETRIES,
-                    )?,
-                })
-            }
-        };
+        let (policy, domains) = crate::bon::config::validate(raw.policy, raw.domains, scorer_exists)
+            .map_err(|(key, message)| self.invalid(&key, message))?;
+        let recorder = self.recorder(raw.recorder)?;
+        let classifier = self.classifier(raw.classifier, &upstream.base_urls[0])?;
+        let score_cache = self.score_cache(raw.score_cache)?;
+        let fuser = self.fuser(raw.fuser, &upstream.base_urls[0])?;
         if fuser.is_none() {
             let fusing = std::iter::once(("policy".to_string(), policy.selection.selection))
                 .chain(domains.iter().filter_map(|(n, r)| r.selection.map(|s| (format!("domains.{n}"), s.selection))));
@@ -1106,140 +387,56 @@ impl Validator<'_> {
             warnings,
         })
     }
-
-    /// The selection settings of `section`, falling back to `inherited` for what it leaves out.
-    fn selection(
-        &self,
-        section: &str,
-        raw: &RawSelection,
-        inherited: SelectionSettings,
-    ) -> Result<SelectionSettings, ConfigError> {
-        let settings = SelectionSettings {
-            selection: raw.selection.unwrap_or(inherited.selection),
-            soft_temperature: raw.soft_temperature.unwrap_or(inherited.soft_temperature),
-            fuse_top: raw.fuse_top.unwrap_or(inherited.fuse_top),
-            fuse_show_scores: raw.fuse_show_scores.unwrap_or(inherited.fuse_show_scores),
-        };
-        if !(settings.soft_temperature > 0.0 && settings.soft_temperature.is_finite()) {
-            let t = settings.soft_temperature;
-            return Err(
-                self.invalid(&format!("{section}.soft_temperature"), format!("must be greater than 0, got {t}"))
-            );
-        }
-        if settings.fuse_top < 2 {
-            return Err(
-                self.invalid(&format!("{section}.fuse_top"), format!("must be at least 2, got {}", settings.fuse_top))
-            );
-        }
-        Ok(settings)
-    }
-
-    /// Checks the load-aware N keys of `section` (whose N is `n`).
-    fn load(&self, section: &str, raw: &RawLoad, n: u32) -> Result<(), ConfigError> {
-        if raw.degrade_at_queue_ms == Some(0) {
-            return Err(self.invalid(&format!("{section}.degrade_at_queue_ms"), "must be greater than 0"));
-        }
-        if let Some(m) = raw.min_n
-            && !(1..=n).contains(&m)
-        {
-            return Err(self.invalid(&format!("{section}.min_n"), format!("must be between 1 and n ({n}), got {m}")));
-        }
-        Ok(())
-    }
-
-    /// Checks the adaptive keys of `section` (whose N is `n`) and fills in their defaults.
-    fn adaptive(&self, section: &str, raw: &RawAdaptive, n: u32) -> Result<AdaptivePolicy, ConfigError> {
-        let settings = AdaptiveSettings {
-            first_wave: raw.first_wave.unwrap_or(defaults::FIRST_WAVE.min(n)),
-            accept_score: raw.accept_score,
-            confidence: raw.confidence,
-        };
-        settings.check(n).map_err(|(key, message)| self.invalid(&format!("{section}.{key}"), message))?;
-        Ok(AdaptivePolicy {
-            enabled: raw.adaptive.unwrap_or(defaults::ADAPTIVE),
-            first_wave: settings.first_wave,
-            accept_score: settings.accept_score,
-            confidence: settings.confidence,
-        })
-    }
-
-    fn server(&self, raw: RawServer) -> Result<ServerConfig, ConfigError> {
-        let listen_text = raw.listen.as_deref().unwrap_or(defaults::LISTEN);
-        let listen = listen_text
-            .parse::<SocketAddr>()
-            .map_err(|e| self.invalid("server.listen", format!("'{listen_text}' is not HOST:PORT ({e})")))?;
-        let api_keys: Vec<Secret> = raw.api_keys.unwrap_or_default().into_iter().map(Secret::new).collect();
-        if api_keys.iter().any(|k| k.expose().trim().is_empty()) {
-            return Err(self.invalid("server.api_keys", "keys must not be empty"));
-        }
-        let max_concurrent_requests = raw.max_concurrent_requests.unwrap_or(defaults::MAX_CONCURRENT_REQUESTS);
-        if max_concurrent_requests == 0 {
-            return Err(self.invalid("server.max_concurrent_requests", "must be greater than 0"));
-        }
-        let max_body_bytes = raw.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES);
-        if max_body_bytes == 0 {
-            return Err(self.invalid("server.max_body_bytes", "must be greater than 0"));
-        }
-        Ok(ServerConfig {
-            listen,
-            heartbeat_interval_ms: self.positive(
-                "server.heartbeat_interval_ms",
-                raw.heartbeat_interval_ms,
-                defaults::HEARTBEAT_INTERVAL_MS,
-            )?,
-            api_keys_configured: api_keys.len(),
-            api_keys,
-            api_keys_env: raw.api_keys_env,
-            auth_ops_endpoints: raw.auth_ops_endpoints.unwrap_or(false),
-            max_concurrent_requests,
-            max_body_bytes,
-            header_read_timeout_ms: self.positive(
-                "server.header_read_timeout_ms",
-                raw.header_read_timeout_ms,
-                defaults::HEADER_READ_TIMEOUT_MS,
-            )?,
-            body_read_timeout_ms: self.positive(
-                "server.body_read_timeout_ms",
-                raw.body_read_timeout_ms,
-                defaults::BODY_READ_TIMEOUT_MS,
-            )?,
-            drain_timeout_ms: self.positive(
-                "server.drain_timeout_ms",
-                raw.drain_timeout_ms,
-                defaults::DRAIN_TIMEOUT_MS,
-            )?,
-            write_timeout_ms: self.positive(
-                "server.write_timeout_ms",
-                raw.write_timeout_ms,
-                defaults::WRITE_TIMEOUT_MS,
-            )?,
-            idle_timeout_ms: self.positive("server.idle_timeout_ms", raw.idle_timeout_ms, defaults::IDLE_TIMEOUT_MS)?,
-            log_format: raw.log_format.unwrap_or(defaults::LOG_FORMAT),
-        })
-    }
 }
 
-/// The line and dotted key of an unknown key. Sections that take the shared transport keys are
-/// read through serde's `flatten`, whose "unknown field" error points at the table's header
-/// rather than at the key; this finds the key's own line in that table.
+/// The line and dotted key of an unknown key (`line 12: unknown key `upstream.timeout_msec``),
+/// which the parser's own message gives only as the bare key. Serde names the key where it
+/// is, except in the internally tagged sections (`[scorers.NAME]`, `[classifier]`): those are
+/// read whole to find their `kind` first, so the error points at the table's header, and the
+/// key's own line is found in that table.
 fn unknown_key_at(text: &str, e: &toml::de::Error) -> Option<String> {
     let message = e.message();
     let key = message.strip_prefix("unknown field `")?.split('`').next()?;
     let span = e.span()?;
-    let header = text.get(span.clone())?.trim();
-    let table = header.strip_prefix('[')?.trim_end_matches(']').trim();
-    let first_line = text[..span.start].matches('\n').count() + 1;
-    let (offset, _) =
-        text.lines()
+    let expected = message.split_once(", expected").map(|(_, rest)| format!(" (expected{rest})")).unwrap_or_default();
+    let line_of = |offset: usize| text.get(..offset).map_or(1, |t| t.matches('\n').count() + 1);
+    let at = text.get(span.clone())?.trim();
+    if at.starts_with('[') {
+        let table = table_name(at)?;
+        let (offset, _) = text
+            .lines()
             .enumerate()
-            .skip(first_line)
+            .skip(line_of(span.start))
             .take_while(|(_, l)| !l.trim_start().starts_with('['))
             .find(|(_, l)| l.trim_start().strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')))?;
-    let expected = message.split_once(", expected").map(|(_, rest)| format!(" (expected{rest})")).unwrap_or_default();
-    Some(format!("line {}: unknown key `{table}.{key}`{expected}", offset + 1))
+        return Some(format!("line {}: unknown key `{table}.{key}`{expected}", offset + 1));
+    }
+    if at.trim_matches(['"', '\'']) != key {
+        // Not the key itself (an inline table read whole): the parser's own message stands.
+        return None;
+    }
+    let line_start = text.get(..span.start)?.rfind('\n').map_or(0, |i| i + 1);
+    // The key as written on its line, with the dotted path before it (`a.b = 1`).
+    let written = text.get(line_start..span.end)?.trim();
+    let dotted = if written.starts_with('[') {
+        // An unknown table: its path is the header up to the key.
+        table_name(written)?.to_string()
+    } else {
+        match text.get(..line_start)?.lines().rev().find(|l| l.trim_start().starts_with('[')).and_then(table_name) {
+            Some(table) => format!("{table}.{written}"),
+            None => written.to_string(),
+        }
+    };
+    Some(format!("line {}: unknown key `{dotted}`{expected}", line_of(span.start)))
 }
 
-fn check_url(url: &str) -> Result<(), String> {
+/// The table a header line names: `policy` of `[policy]  # comment`.
+fn table_name(header: &str) -> Option<&str> {
+    header.trim_start().trim_start_matches('[').split(']').next().map(str::trim)
+}
+
+/// An http(s) URL with a host.
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("'{url}' is not a URL ({e})"))?;
     match parsed.scheme() {
         "http" | "https" if parsed.host().is_some() => Ok(()),
@@ -1251,6 +448,9 @@ fn check_url(url: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bon::ScorerFailurePolicy;
+    use crate::score::ChatTemplate;
+    use crate::upstream::SamplingMode;
 
     const GOOD: &str = r#"
 [upstream]
@@ -1315,6 +515,86 @@ n = 8
         let ScorerConfig::RewardHttp(rm) = &c.scorers["rm"] else { panic!("rm is reward_http") };
         assert_eq!((rm.transport.max_retries, rm.transport.eject_cooldown_ms), (5, 7));
         assert!(error_of(&GOOD.replace("[policy]", "timeout_ms = \"x\"\n[policy]")).contains("test.toml"));
+    }
+
+    /// The line of the first line of `text` that starts with `prefix`.
+    fn line_of(text: &str, prefix: &str) -> usize {
+        text.lines().position(|l| l.starts_with(prefix)).unwrap() + 1
+    }
+
+    #[test]
+    fn unknown_keys_beside_shared_key_groups_name_the_file_their_line_and_dotted_key() {
+        // Each section takes a shared group of keys (transport or policy) beside its own; a
+        // misspelt shared key is refused and located like any other.
+        let fuser = "\n[fuser]\nmodel = \"f\"\n";
+        let classifier = "\n[classifier]\nkind = \"judge\"\n";
+        for (text, bad, dotted) in [
+            (GOOD.replace("[upstream]", "[upstream]\ntimeout_msec = 5"), "timeout_msec", "upstream.timeout_msec"),
+            (
+                GOOD.replace("api = \"vllm_classify\"", "api = \"vllm_classify\"\nretry_backof_ms = 1"),
+                "retry_backof_ms",
+                "scorers.rm.retry_backof_ms",
+            ),
+            (GOOD.replace("n = 8", "n = 8\nfirst_wav = 2"), "first_wav", "domains.math.first_wav"),
+            (GOOD.replace("scorer = \"rm\"", "scorer = \"rm\"\nfuse_topp = 3"), "fuse_topp", "policy.fuse_topp"),
+            (format!("{GOOD}{fuser}eject_cooldown = 1\n"), "eject_cooldown", "fuser.eject_cooldown"),
+            (format!("{GOOD}{classifier}max_retry = 1\n"), "max_retry", "classifier.max_retry"),
+        ] {
+            let e = error_of(&text);
+            let line = line_of(&text, bad);
+            assert!(e.starts_with(&format!("test.toml: line {line}: unknown key `{dotted}`")), "{dotted}: {e}");
+        }
+        // The same groups are read in each of those sections.
+        let text = GOOD
+            .replace("[upstream]", "[upstream]\ntimeout_ms = 5")
+            .replace("api = \"vllm_classify\"", "api = \"vllm_classify\"\nretry_backoff_ms = 7")
+            .replace("n = 8", "n = 8\nfirst_wave = 3\nfuse_top = 3")
+            + fuser
+            + "eject_cooldown_ms = 9\n"
+            + classifier
+            + "max_retries = 4\n";
+        let c = load(&text).unwrap();
+        assert_eq!(c.upstream.transport.timeout_ms, 5);
+        let ScorerConfig::RewardHttp(rm) = &c.scorers["rm"] else { panic!("rm is reward_http") };
+        assert_eq!(rm.transport.retry_backoff_ms, 7);
+        assert_eq!(c.domains["math"].first_wave, Some(3));
+        assert_eq!(c.domains["math"].selection.map(|s| s.fuse_top), Some(3));
+        assert_eq!(c.fuser.unwrap().transport.eject_cooldown_ms, 9);
+        let ClassifierConfig::Judge { transport, .. } = &c.classifier else { panic!("a judge classifier") };
+        assert_eq!(transport.max_retries, 4);
+        // A key of the other section is not a policy key: min_candidates is [policy]'s only.
+        let text = GOOD.replace("n = 8", "n = 8\nmin_candidates = 2");
+        assert!(error_of(&text).contains("unknown key `domains.math.min_candidates`"), "{}", error_of(&text));
+    }
+
+    #[test]
+    fn unknown_keys_written_dotted_or_in_inline_tables_are_still_named() {
+        let text = GOOD.replace("n = 8", "n = 8\nadaptiv.e = true");
+        let e = error_of(&text);
+        let line = line_of(&text, "adaptiv.e");
+        assert!(e.starts_with(&format!("test.toml: line {line}: unknown key `domains.math.adaptiv`")), "{e}");
+        let text = GOOD.replace("[scorers.rm]", "[scorers]\nv = { kind = \"verify\", patern = \"x\" }\n\n[scorers.rm]");
+        let e = error_of(&text);
+        assert!(e.starts_with("test.toml: ") && e.contains("patern"), "{e}");
+    }
+
+    #[test]
+    fn the_policy_needs_n() {
+        assert_eq!(error_of(&GOOD.replace("n = 4\n", "")), "test.toml: policy.n: is required");
+    }
+
+    #[test]
+    fn tuned_domains_replace_the_tuned_keys_and_keep_the_others() {
+        let base = GOOD.replace("n = 8", "n = 8\nfirst_wave = 8\ntemperature = 0.5\nfuse_top = 3");
+        let merged =
+            merge_tuned_domains(&base, "[domains.math]\nn = 2\nadaptive = false\n\n[domains.code]\nscorer = \"rm\"\n")
+                .unwrap();
+        let c = load(&merged).unwrap();
+        let math = &c.domains["math"];
+        assert_eq!((math.n, math.first_wave, math.adaptive), (Some(2), None, Some(false)), "tuned keys replaced");
+        assert_eq!((math.temperature, math.selection.map(|s| s.fuse_top)), (Some(0.5), Some(3)), "the rest kept");
+        assert_eq!(c.domains["code"].scorer.as_deref(), Some("rm"));
+        assert!(merge_tuned_domains("[", "").unwrap_err().contains("not TOML"));
     }
 
     #[test]

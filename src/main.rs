@@ -638,28 +638,13 @@ fn eval_tune(args: TuneArgs) -> anyhow::Result<()> {
                 anyhow::bail!("{}: no scorer named '{scorer}', recommended for domain {domain}", config_path.display());
             }
         }
-        // The recommended keys, set in place of the policy keys of the user's own [domains.*]
+        // The recommended keys, set in place of the tuned keys of the user's own [domains.*]
         // tables, must make a valid config.
-        let mut merged: toml::Table = toml::from_str(&std::fs::read_to_string(config_path)?)
-            .with_context(|| format!("{}: not TOML", config_path.display()))?;
-        let recommended: toml::Table = toml::from_str(&fragment).context("the recommended tables are not TOML")?;
-        if let Some(toml::Value::Table(domains)) = recommended.get("domains") {
-            let target = merged.entry("domains").or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if let toml::Value::Table(target) = target {
-                for (name, keys) in domains {
-                    let entry = target.entry(name.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                    if let (toml::Value::Table(entry), toml::Value::Table(keys)) = (entry, keys) {
-                        // The recommendation replaces the domain's policy keys, keeps the rest
-                        // (temperature, max_tokens, deadline_ms).
-                        for key in ["n", "scorer", "adaptive", "first_wave", "accept_score", "confidence"] {
-                            entry.remove(key);
-                        }
-                        entry.extend(keys.clone());
-                    }
-                }
-            }
-        }
-        Config::from_toml(&toml::to_string(&merged)?, config_path)
+        let base =
+            std::fs::read_to_string(config_path).with_context(|| format!("{}: cannot read", config_path.display()))?;
+        let merged = bestofn::config::merge_tuned_domains(&base, &fragment)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+        Config::from_toml(&merged, config_path)
             .context("the recommended [domains.*] keys do not make a valid config with --config")?;
     }
     print!("{}", render_tune(&report, args.stats.format));

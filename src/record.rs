@@ -8,6 +8,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::bon::{Outcome, Plan};
+use crate::config::{ConfigError, Validator, defaults};
 use crate::samples::{CandidateRecord, SampleRecord};
 use crate::score::{Message, last_user_message};
 
@@ -24,6 +25,39 @@ pub struct RecorderConfig {
     pub max_files: u32,
     /// Records waiting to be written; beyond it, records are dropped and counted.
     pub queue_capacity: usize,
+}
+
+/// `[recorder]` as read.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRecorder {
+    path: PathBuf,
+    sample_rate: Option<f64>,
+    max_bytes: Option<u64>,
+    max_files: Option<u32>,
+    queue_capacity: Option<usize>,
+}
+
+impl Validator<'_> {
+    /// Validates `[recorder]`, when present.
+    pub(crate) fn recorder(&self, raw: Option<RawRecorder>) -> Result<Option<RecorderConfig>, ConfigError> {
+        let Some(r) = raw else { return Ok(None) };
+        let sample_rate = r.sample_rate.unwrap_or(defaults::RECORDER_SAMPLE_RATE);
+        if !(0.0..=1.0).contains(&sample_rate) {
+            return Err(self.invalid("recorder.sample_rate", format!("must be between 0 and 1, got {sample_rate}")));
+        }
+        Ok(Some(RecorderConfig {
+            path: r.path,
+            sample_rate,
+            max_bytes: self.positive("recorder.max_bytes", r.max_bytes, defaults::RECORDER_MAX_BYTES)?,
+            max_files: r.max_files.unwrap_or(defaults::RECORDER_MAX_FILES),
+            queue_capacity: self.positive(
+                "recorder.queue_capacity",
+                r.queue_capacity.map(|c| c as u64),
+                defaults::RECORDER_QUEUE_CAPACITY,
+            )? as usize,
+        }))
+    }
 }
 
 /// The request side of the recorder: cheap to call, never waits.

@@ -12,6 +12,7 @@ use crate::error::{Error, Party};
 use crate::openai::normalize_error_body;
 
 mod client;
+pub(crate) mod config;
 
 pub use client::{ClientSettings, HttpClient};
 

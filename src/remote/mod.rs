@@ -2,6 +2,7 @@
 //! LLM judge, and the judge-LLM domain classifier. They implement the pure traits of `score`
 //! and `bon` over [`crate::backend::Backend`], so the domain logic never sees HTTP.
 
+pub(crate) mod config;
 mod fuser;
 mod judge;
 mod judge_classifier;

@@ -2,6 +2,7 @@
 //! request logs. Connections, timeouts and the drain are in `connection`; everything else is
 //! delegated to the engine.
 
+pub(crate) mod config;
 mod connection;
 mod observer;
 mod state;

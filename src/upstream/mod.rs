@@ -1,6 +1,8 @@
 //! The OpenAI-compatible upstream LLM: sampling N candidates by `n`, by parallel calls, or by
 //! learning which of the two the server supports.
 
+pub(crate) mod config;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use std::time::Instant;

@@ -3,6 +3,7 @@
 
 pub mod adaptive;
 mod classify;
+pub mod config;
 pub mod driver;
 mod engine;
 mod policy;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use classify::classify;
+pub use config::{PolicyConfig, PolicySettings};
 pub use engine::{AdaptiveReport, Engine, Outcome, Timings};
 pub use policy::{
     AdaptivePolicy, DEFAULT_DOMAIN, DOMAINS, DomainRule, MAX_N, Plan, Policy, ResolvedScorer, ScorerFailurePolicy,

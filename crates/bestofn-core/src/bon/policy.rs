@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::adaptive::AdaptiveSettings;
+use super::config::defaults;
 use super::select::Selection;
 use super::{Steering, SteeringSelection};
 use crate::error::Error;
@@ -113,10 +114,10 @@ pub struct SelectionSettings {
 impl Default for SelectionSettings {
     fn default() -> Self {
         SelectionSettings {
-            selection: SteeringSelection::Best,
-            soft_temperature: 1.0,
-            fuse_top: 4,
-            fuse_show_scores: false,
+            selection: defaults::SELECTION,
+            soft_temperature: defaults::SOFT_TEMPERATURE,
+            fuse_top: defaults::FUSE_TOP,
+            fuse_show_scores: defaults::FUSE_SHOW_SCORES,
         }
     }
 }
@@ -147,7 +148,12 @@ pub struct AdaptivePolicy {
 
 impl Default for AdaptivePolicy {
     fn default() -> Self {
-        AdaptivePolicy { enabled: false, first_wave: 2, accept_score: None, confidence: None }
+        AdaptivePolicy {
+            enabled: defaults::ADAPTIVE,
+            first_wave: defaults::FIRST_WAVE,
+            accept_score: None,
+            confidence: None,
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::replay::{PromptResult, ReplayMode, ReplayPrompt, ScoreSource, arrival_orders, replay_prompt};
 use super::samples::RecordedRow;
+use crate::bon::PolicySettings;
 use crate::bon::adaptive::AdaptiveSettings;
 use crate::bon::select::{RatioCache, fill_curve, k_grid};
 use crate::error::Error;
@@ -485,9 +486,11 @@ pub fn config_fragment(report: &TuneReport) -> String {
     );
     for (domain, d) in &report.domains {
         if let (true, Some(scorer)) = (d.prior, &d.scorer) {
+            let settings = PolicySettings { scorer: Some(scorer.clone()), ..Default::default() };
             out.push_str(&format!(
-                "\n# {domain}: {} (not measured)\n[domains.{domain}]\nscorer = \"{scorer}\"\n",
-                d.note.as_deref().unwrap_or("prior")
+                "\n# {domain}: {} (not measured)\n[domains.{domain}]\n{}",
+                d.note.as_deref().unwrap_or("prior"),
+                settings.toml_lines()
             ));
             continue;
         }
@@ -503,19 +506,18 @@ pub fn config_fragment(report: &TuneReport) -> String {
             d.mean_completion_tokens.unwrap_or(0.0),
             d.prompts
         ));
-        out.push_str(&format!("[domains.{domain}]\nn = {n}\nscorer = \"{scorer}\"\n"));
-        match &d.adaptive {
-            Some(a) => {
-                out.push_str(&format!("adaptive = true\nfirst_wave = {}\n", a.first_wave));
-                if let Some(s) = a.accept_score {
-                    out.push_str(&format!("accept_score = {s:?}\n"));
-                }
-                if let Some(c) = a.confidence {
-                    out.push_str(&format!("confidence = {c:?}\n"));
-                }
-            }
-            None => out.push_str("adaptive = false\n"),
-        }
+        // The tuned keys, rendered from the one declaration of the policy keys so the table
+        // holds only keys a config accepts.
+        let settings = PolicySettings {
+            n: Some(n),
+            scorer: Some(scorer.clone()),
+            adaptive: Some(d.adaptive.is_some()),
+            first_wave: d.adaptive.map(|a| a.first_wave),
+            accept_score: d.adaptive.and_then(|a| a.accept_score),
+            confidence: d.adaptive.and_then(|a| a.confidence),
+            ..Default::default()
+        };
+        out.push_str(&format!("[domains.{domain}]\n{}", settings.toml_lines()));
     }
     out
 }
