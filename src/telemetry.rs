@@ -133,6 +133,7 @@ fn exporting() -> bool {
 pub fn init(config: &TelemetryConfig) {
     let _ =
         SETTINGS.set(Settings { provider_name: config.provider_name.clone(), capture_content: config.capture_content });
+    crate::error::set_capture_content(capture_content());
 }
 
 /// Whether prompt and completion text may go into spans and logs (`telemetry.capture_content`;
@@ -141,34 +142,10 @@ pub fn capture_content() -> bool {
     SETTINGS.get().is_some_and(|s| s.capture_content)
 }
 
-/// An error as logs and spans may show it. Some can quote the prompt or a completion: a client
-/// error (its message may quote the offending value) and a backend's error body (servers echo
-/// the input they refused, as in pydantic's 422s). Unless `capture_content` is set, those show
-/// their kind, parameter and status instead; the client still gets the whole message.
+/// An error as logs and spans may show it: [`crate::Error::loggable`], with this process's
+/// `capture_content` (the core keeps the flag so that its own log lines withhold the same).
 pub fn loggable(e: &crate::Error) -> String {
-    use crate::Error;
-    if capture_content() {
-        return e.to_string();
-    }
-    match e {
-        Error::InvalidRequest { param, .. } => match param {
-            Some(param) => format!("invalid request (param {param}; message withheld: may quote the request)"),
-            None => "invalid request (message withheld: may quote the request)".to_string(),
-        },
-        Error::UpstreamRejected { backend, status, error_type, param, .. } => format!(
-            "{backend} rejected the request with {status} (type {}, param {}; message withheld: may quote the request)",
-            error_type.as_deref().unwrap_or("-"),
-            param.as_deref().unwrap_or("-"),
-        ),
-        // A backend's error body ("HTTP 503: <body>"): a server may echo what it was sent.
-        Error::BadGateway { backend, message, .. } => match message.split_once(": ") {
-            Some((head, _)) if head.starts_with("HTTP ") || head.starts_with("unexpected HTTP ") => {
-                format!("{backend} failed: {head} (body withheld: may quote the request)")
-            }
-            _ => e.to_string(),
-        },
-        other => other.to_string(),
-    }
+    e.loggable()
 }
 
 fn provider_name() -> &'static str {

@@ -280,3 +280,21 @@ async fn prompts_stay_out_of_logs_and_spans_unless_captured() {
     assert_eq!(status, 400);
     assert!(logged(&proxy, |l| l.contains("bad-2") && l.contains(MARKER)).await, "{:#?}", proxy.logs());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_scorers_error_body_stays_out_of_the_log_line_of_the_fallback() {
+    let marker = "MARKER-okapi-7781";
+    let upstream = FakeServer::start(upstream_handler(NSupport::Full, UsageStyle::Honest)).await;
+    // An RM server that echoes what it was sent in its error body, as pydantic's 422s do.
+    let rm = FakeServer::start(|req: &Recorded| Reply::Raw(500, format!("cannot score: {}", req.body))).await;
+    let cfg =
+        config(&upstream, &rm, "n", 2).replace("scorer = \"vllm\"", "scorer = \"vllm\"\non_scorer_failure = \"first\"");
+    let proxy = Bestofn::start(&cfg);
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body(marker), &[]).await;
+    assert_eq!(status, 200, "{resp}");
+    assert!(!rm.requests().is_empty(), "the scorer was called");
+    let logs = proxy.logs();
+    let fallback = logs.iter().find(|l| l.contains("scorer failed; falling back")).expect("the fallback is logged");
+    assert!(fallback.contains("HTTP 500"), "{fallback}");
+    assert!(!logs.iter().any(|l| l.contains(marker)), "the prompt reached the log: {logs:#?}");
+}

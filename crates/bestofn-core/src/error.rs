@@ -4,7 +4,17 @@
 //! (`bestofn::server::status_of`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// `telemetry.capture_content`: whether error messages that may quote a prompt or a completion go
+/// into logs and spans whole. Off until the server sets it at startup.
+static CAPTURE_CONTENT: AtomicBool = AtomicBool::new(false);
+
+/// Lets [`Error::loggable`] show every message whole (`telemetry.capture_content = true`).
+pub fn set_capture_content(capture: bool) {
+    CAPTURE_CONTENT.store(capture, Ordering::Relaxed);
+}
 
 /// The underlying error of a backend failure (an I/O error, a TLS error, a JSON error), kept as
 /// the error's `source` so that logs and envelopes can show the whole chain.
@@ -162,6 +172,36 @@ impl Error {
     /// Whether another attempt at the same call may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::BadGateway { retryable: true, .. })
+    }
+
+    /// The error as logs and spans may show it. Some can quote the prompt or a completion: a
+    /// client error (its message may quote the offending value) and a backend's error body
+    /// (servers echo the input they refused, as in pydantic's 422s). Unless content capture is
+    /// on ([`set_capture_content`]), those show their kind, parameter and status instead; the
+    /// client still gets the whole message.
+    pub fn loggable(&self) -> String {
+        if CAPTURE_CONTENT.load(Ordering::Relaxed) {
+            return self.to_string();
+        }
+        match self {
+            Error::InvalidRequest { param, .. } => match param {
+                Some(param) => format!("invalid request (param {param}; message withheld: may quote the request)"),
+                None => "invalid request (message withheld: may quote the request)".to_string(),
+            },
+            Error::UpstreamRejected { backend, status, error_type, param, .. } => format!(
+                "{backend} rejected the request with {status} (type {}, param {}; message withheld: may quote the request)",
+                error_type.as_deref().unwrap_or("-"),
+                param.as_deref().unwrap_or("-"),
+            ),
+            // A backend's error body ("HTTP 503: <body>"): a server may echo what it was sent.
+            Error::BadGateway { backend, message, .. } => match message.split_once(": ") {
+                Some((head, _)) if head.starts_with("HTTP ") || head.starts_with("unexpected HTTP ") => {
+                    format!("{backend} failed: {head} (body withheld: may quote the request)")
+                }
+                _ => self.to_string(),
+            },
+            other => other.to_string(),
+        }
     }
 
     /// Whether the client's connection is closed after this error's answer: the rest of the

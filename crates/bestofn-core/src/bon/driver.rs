@@ -106,7 +106,7 @@ pub async fn drive(spec: &RunSpec<'_>, source: &dyn CandidateSource) -> Result<O
             Ok(out) => (out.scores, out.usage),
             Err(e) if spec.on_scorer_failure == ScorerFailurePolicy::Fail => return Err(e),
             Err(e) => {
-                tracing::warn!(scorer = %plan.scorer.name, error = %e, policy = ?spec.on_scorer_failure, "scorer failed; falling back");
+                tracing::warn!(scorer = %plan.scorer.name, error = %e.loggable(), policy = ?spec.on_scorer_failure, "scorer failed; falling back");
                 scorer_error = Some(e.to_string());
                 (Vec::new(), ScorerUsage::default())
             }
@@ -183,7 +183,7 @@ async fn fuse(
             Ok((Some(fused), None))
         }
         Err(e) => {
-            tracing::warn!(error = %e, "fuser failed");
+            tracing::warn!(error = %e.loggable(), "fuser failed");
             failed(e.to_string())
         }
     }
@@ -219,7 +219,7 @@ async fn score_for_stop(
         }
         Err(e) => {
             *early = None;
-            tracing::debug!(error = %e, "scoring for the stopping rule failed");
+            tracing::debug!(error = %e.loggable(), "scoring for the stopping rule failed");
         }
     }
 }
