@@ -680,8 +680,8 @@ fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
         anyhow::bail!("--soft-temperature must be greater than 0, got {}", args.soft_temperature);
     }
     let selection = match args.selection {
-        SelectionArg::Best => bestofn::bon::select::Selection::Best,
-        SelectionArg::Soft => bestofn::bon::select::Selection::Soft { temperature: args.soft_temperature },
+        SelectionArg::Best => bestofn::eval::bon::CurveSelection::Best,
+        SelectionArg::Soft => bestofn::eval::bon::CurveSelection::Soft { temperature: args.soft_temperature },
     };
     let mut report = bestofn::eval::bon::bon_report_with(&prompts, args.stats.bootstrap, args.stats.seed, selection);
     report.recorded_pick = bestofn::eval::bon::recorded_picks(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::bon::select::{RatioCache, Selection, fill_curve, k_grid, soft_expected_at_k};
+use crate::bon::select::{RatioCache, fill_curve, k_grid, soft_expected_at_k};
 
 /// One prompt's candidates: a label in [0, 1] and the rewards of one or more scorers.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,11 +75,25 @@ pub struct BonReport {
     pub max_standard_error: Option<f64>,
 }
 
-fn selection_label(selection: Selection) -> Option<String> {
+/// How the reward curves pick among a subset of candidates: the selections whose pick is one of
+/// the candidates. Fusion writes a new answer with no recorded label, so it has no curve here
+/// (rather than the argmax standing in for it); `eval replay --as-recorded` runs it with the
+/// fuser.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CurveSelection {
+    /// The highest reward (ties to the lower index).
+    Best,
+    /// Soft best-of-N at this temperature: the expected label of the draw.
+    Soft {
+        /// Softmax temperature (> 0).
+        temperature: f64,
+    },
+}
+
+fn selection_label(selection: CurveSelection) -> Option<String> {
     match selection {
-        // Fusion writes new text: offline it has no label; the candidates' argmax stands in.
-        Selection::Best | Selection::Fuse { .. } => None,
-        Selection::Soft { temperature } => Some(format!("soft T={temperature}")),
+        CurveSelection::Best => None,
+        CurveSelection::Soft { temperature } => Some(format!("soft T={temperature}")),
     }
 }
 
@@ -162,7 +176,7 @@ fn slot_mean(values: &[f64], members: &[usize], nk: usize, ki: usize) -> (Option
 /// Per-prompt values live in flat arrays (prompt-major, one slot per k) so that the aggregation
 /// is plain loops: this is the hot path of a million-prompt run.
 pub fn bon_report(prompts: &[Prompt], resamples: usize, seed: u64) -> BonReport {
-    bon_report_with(prompts, resamples, seed, Selection::Best)
+    bon_report_with(prompts, resamples, seed, CurveSelection::Best)
 }
 
 /// Subsets enumerated per prompt and k before soft BoN@k is sampled instead.
@@ -171,7 +185,7 @@ const SOFT_EXACT_SUBSETS: usize = 5_000;
 /// [`bon_report`] under a selection rule: `Best` exactly as there; `Soft` the expected label of
 /// the soft pick, exact over every k-subset where there are at most 5,000 of them, else a mean
 /// over 5,000 seeded subsets (the largest standard error is reported).
-pub fn bon_report_with(prompts: &[Prompt], resamples: usize, seed: u64, selection: Selection) -> BonReport {
+pub fn bon_report_with(prompts: &[Prompt], resamples: usize, seed: u64, selection: CurveSelection) -> BonReport {
     let max_n = prompts.iter().map(|p| p.labels.len()).max().unwrap_or(0);
     let ks = k_grid(max_n);
     let nk = ks.len();
@@ -196,10 +210,8 @@ pub fn bon_report_with(prompts: &[Prompt], resamples: usize, seed: u64, selectio
         for (r, name) in names.iter().enumerate() {
             let Some(keys) = p.rewards.get(name) else { continue };
             match selection {
-                Selection::Best | Selection::Fuse { .. } => {
-                    fill_curve(keys, &p.labels, &ks, rows, &mut order, &mut bon[r][slots.clone()])
-                }
-                Selection::Soft { temperature } => {
+                CurveSelection::Best => fill_curve(keys, &p.labels, &ks, rows, &mut order, &mut bon[r][slots.clone()]),
+                CurveSelection::Soft { temperature } => {
                     for (ki, &k) in ks.iter().enumerate() {
                         let (value, error) =
                             soft_expected_at_k(keys, &p.labels, k, temperature, SOFT_EXACT_SUBSETS, &mut soft_rng);
