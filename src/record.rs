@@ -103,13 +103,8 @@ pub fn sample_record(
         chosen: Some(outcome.chosen()),
         scorer: Some(plan.scorer.name.clone()),
         seed: Some(outcome.seed),
-        n_sampled: Some(outcome.adaptive.map_or(plan.n, |a| a.n_sampled)),
-        stop_reason: Some(
-            outcome
-                .adaptive
-                .map_or(if outcome.samples.deadline_hit { "deadline" } else { "max_n" }, |a| a.stop_reason.label())
-                .to_string(),
-        ),
+        n_sampled: Some(outcome.n_sampled(plan.n)),
+        stop_reason: Some(outcome.stop_reason().to_string()),
         fused: outcome.fused.is_some(),
         extra: Default::default(),
     }

@@ -75,6 +75,18 @@ impl Outcome {
     pub fn chosen_score(&self) -> Option<f64> {
         self.scores.get(self.chosen()).copied()
     }
+
+    /// Candidates requested from the upstream (cancelled ones included) by a run planned for
+    /// `planned`: what adaptive sampling started, else the whole plan.
+    pub fn n_sampled(&self, planned: u32) -> u32 {
+        self.adaptive.map_or(planned, |a| a.n_sampled)
+    }
+
+    /// Why sampling stopped: adaptive sampling's reason, else `deadline` or `max_n`, as the
+    /// recorder writes it and replay reports it.
+    pub fn stop_reason(&self) -> &'static str {
+        self.adaptive.map_or(if self.samples.deadline_hit { "deadline" } else { "max_n" }, |a| a.stop_reason.label())
+    }
 }
 
 /// Samples, scores and ranks candidates; shared by every endpoint.

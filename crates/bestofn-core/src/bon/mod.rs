@@ -408,7 +408,7 @@ pub trait Sampler: Send + Sync {
         deadline: Option<std::time::Instant>,
     ) -> Wave<'a> {
         let _ = (api, body, count, first, seed, deadline);
-        Wave::new(Vec::<std::future::Ready<Arrival>>::new(), std::future::pending())
+        Wave::in_order(Vec::new())
     }
     /// Forwards `body` (a JSON request) as it is and returns the upstream's answer unchanged
     /// (N = 1).

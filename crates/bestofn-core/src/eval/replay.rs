@@ -153,37 +153,41 @@ fn replay_scorer(name: &str, source: ScoreSource<'_>, row: &RecordedRow) -> Reso
     ResolvedScorer { name: name.to_string(), scorer }
 }
 
+/// A row's recorded candidates as the driver's candidates (built once per row: every arrival
+/// order replays the same ones).
+pub fn recorded_candidates(row: &RecordedRow) -> Vec<Candidate> {
+    row.record
+        .candidates
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let choice = serde_json::json!({"index": index, "finish_reason": c.finish_reason,
+                "message": {"role": "assistant", "content": c.text}});
+            Candidate {
+                choice: RawChoice::new(
+                    serde_json::value::to_raw_value(&choice).unwrap_or_else(|_| Box::<RawValue>::default()),
+                ),
+                text: c.text.clone(),
+                finish_reason: c.finish_reason.clone(),
+                latency_ms: c.latency_ms.unwrap_or(0),
+                completion_tokens: c.completion_tokens,
+            }
+        })
+        .collect()
+}
+
 /// Recorded candidates as a [`CandidateSource`]: they arrive in `order`, at once. A wave asked
 /// for past the last one arrives short, as a live wave cut off by the deadline does.
-pub struct RecordedSource {
-    candidates: Vec<Candidate>,
-    order: Vec<usize>,
+pub struct RecordedSource<'a> {
+    candidates: &'a [Candidate],
+    order: &'a [usize],
     streams_each: bool,
 }
 
-impl RecordedSource {
-    /// `row`'s candidates arriving in `order` (indices into them), one at a time when
-    /// `streams_each` (parallel sampling), else a wave at once.
-    pub fn new(row: &RecordedRow, order: Vec<usize>, streams_each: bool) -> RecordedSource {
-        let candidates = row
-            .record
-            .candidates
-            .iter()
-            .enumerate()
-            .map(|(index, c)| {
-                let choice = serde_json::json!({"index": index, "finish_reason": c.finish_reason,
-                    "message": {"role": "assistant", "content": c.text}});
-                Candidate {
-                    choice: RawChoice::new(
-                        serde_json::value::to_raw_value(&choice).unwrap_or_else(|_| Box::<RawValue>::default()),
-                    ),
-                    text: c.text.clone(),
-                    finish_reason: c.finish_reason.clone(),
-                    latency_ms: c.latency_ms.unwrap_or(0),
-                    completion_tokens: c.completion_tokens,
-                }
-            })
-            .collect();
+impl<'a> RecordedSource<'a> {
+    /// `candidates` ([`recorded_candidates`]) arriving in `order` (indices into them), one at a
+    /// time when `streams_each` (parallel sampling), else a wave at once.
+    pub fn new(candidates: &'a [Candidate], order: &'a [usize], streams_each: bool) -> RecordedSource<'a> {
         RecordedSource { candidates, order, streams_each }
     }
 
@@ -203,7 +207,7 @@ impl RecordedSource {
     }
 }
 
-impl CandidateSource for RecordedSource {
+impl CandidateSource for RecordedSource<'_> {
     fn streams_each(&self) -> bool {
         self.streams_each
     }
@@ -254,13 +258,30 @@ fn replay_plan(n: u32, adaptive: Option<AdaptiveSettings>, scorer: ResolvedScore
     }
 }
 
+/// What every arrival order of one row replays: its candidates and conversation, built once.
+struct Replayed<'a> {
+    candidates: Vec<Candidate>,
+    conversation: Vec<crate::score::Message>,
+    response_format: Option<&'a serde_json::Value>,
+}
+
+impl<'a> Replayed<'a> {
+    fn new(row: &'a RecordedRow) -> Replayed<'a> {
+        Replayed {
+            candidates: recorded_candidates(row),
+            conversation: row.record.conversation(),
+            response_format: row.record.response_format.as_ref(),
+        }
+    }
+}
+
 /// Replays one arrival order through the driver: the pick's label, candidates requested,
 /// tokens generated.
 async fn replay_order(
     plan: &Plan,
     mode: ReplayMode,
     order: &[usize],
-    row: &RecordedRow,
+    row: &Replayed<'_>,
     labels: &[f64],
     costs: &[f64],
 ) -> Result<(f64, f64, f64), Error> {
@@ -269,12 +290,11 @@ async fn replay_order(
     let n = plan.n.min(order.len() as u32);
     let adaptive = plan.adaptive.map(|a| AdaptiveSettings { first_wave: a.first_wave.min(n), ..a });
     let plan = Plan { n, adaptive, ..plan.clone() };
-    let source = RecordedSource::new(row, order.to_vec(), mode.per_arrival);
-    let conversation = row.record.conversation();
+    let source = RecordedSource::new(&row.candidates, order, mode.per_arrival);
     let spec = RunSpec {
         plan: &plan,
-        conversation: &conversation,
-        response_format: row.record.response_format.as_ref(),
+        conversation: &row.conversation,
+        response_format: row.response_format,
         deadline: None,
         min_candidates: 1,
         on_scorer_failure: ScorerFailurePolicy::Fail,
@@ -285,7 +305,7 @@ async fn replay_order(
     let outcome = drive(&spec, &source).await?;
     let pick = source.recorded_index(outcome.chosen());
     let tokens: f64 = (0..outcome.samples.candidates.len()).map(|j| costs[source.recorded_index(j)]).sum();
-    let requested = outcome.adaptive.map_or(n, |a| a.n_sampled);
+    let requested = outcome.n_sampled(n);
     Ok((labels[pick], f64::from(requested), tokens))
 }
 
@@ -336,9 +356,11 @@ pub async fn replay_prompt(
     let row = prompt.row;
     let plan = replay_plan(n, settings, replay_scorer(name, source, row), selection);
     let costs = token_costs(row);
+    let replayed = Replayed::new(row);
     let mut total = PromptResult::default();
     for order in orders {
-        let (accuracy, candidates, tokens) = replay_order(&plan, mode, order, row, &prompt.labels, &costs).await?;
+        let (accuracy, candidates, tokens) =
+            replay_order(&plan, mode, order, &replayed, &prompt.labels, &costs).await?;
         total.accuracy += accuracy;
         total.candidates += candidates;
         total.tokens += tokens;
@@ -480,12 +502,13 @@ pub async fn replay_as_recorded(
         let steering =
             Steering { domain: Some(record.domain().to_string()), scorer: record.scorer.clone(), ..Default::default() };
         let plan = policy.plan(&steering, 1, None, scorers).map_err(|e| (row.line, e))?;
-        let source = RecordedSource::new(row, (0..record.candidates.len()).collect(), streams_each);
-        let conversation = record.conversation();
+        let replayed = Replayed::new(row);
+        let order: Vec<usize> = (0..record.candidates.len()).collect();
+        let source = RecordedSource::new(&replayed.candidates, &order, streams_each);
         let spec = RunSpec {
             plan: &plan,
-            conversation: &conversation,
-            response_format: record.response_format.as_ref(),
+            conversation: &replayed.conversation,
+            response_format: replayed.response_format,
             deadline: None,
             min_candidates: policy.min_candidates,
             on_scorer_failure: policy.on_scorer_failure,
@@ -494,14 +517,11 @@ pub async fn replay_as_recorded(
             fuser_failure: FuserFailure::Fail,
         };
         let outcome = drive(&spec, &source).await.map_err(|e| (row.line, e))?;
-        let stop_reason = outcome
-            .adaptive
-            .map_or(if outcome.samples.deadline_hit { "deadline" } else { "max_n" }, |a| a.stop_reason.label());
         picks.push(Pick {
             prompt_id: record.prompt_id.clone(),
             chosen: source.recorded_index(outcome.chosen()),
-            n_sampled: outcome.adaptive.map_or(plan.n, |a| a.n_sampled),
-            stop_reason: stop_reason.to_string(),
+            n_sampled: outcome.n_sampled(plan.n),
+            stop_reason: outcome.stop_reason().to_string(),
             fused: outcome.fused.is_some(),
         });
     }
