@@ -69,14 +69,7 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) 
 /// The route as spans name it: a known path, else `other` (arbitrary paths would make span
 /// names without bound).
 fn route_label(path: &str) -> &'static str {
-    match path {
-        "/v1/chat/completions" | "/chat/completions" => "/v1/chat/completions",
-        "/v1/completions" | "/completions" => "/v1/completions",
-        "/v1/models" | "/models" => "/v1/models",
-        "/healthz" | "/health" => "/healthz",
-        "/metrics" => "/metrics",
-        _ => "other",
-    }
+    Route::at(path).map_or("other", Route::label)
 }
 
 async fn handle_in_context(
@@ -87,7 +80,7 @@ async fn handle_in_context(
 ) -> Response<Body> {
     let version = req.version();
     let path = req.uri().path();
-    let is_ops = matches!(path, "/healthz" | "/health" | "/metrics");
+    let is_ops = Route::at(path).is_some_and(|route| matches!(route, Route::Health | Route::Metrics));
     let routed = Route::of(req.method(), path);
     let authorization = header_str(req.headers(), &AUTHORIZATION);
     let result = if let Err(e) = check_host(&req) {
@@ -154,16 +147,32 @@ enum Route {
 }
 
 impl Route {
-    /// The route of `method` on `path`, or the 404 or 405 to answer.
-    fn of(method: &Method, path: &str) -> Result<Route, Error> {
-        let route = match path {
+    /// The route served at `path`, whatever the method.
+    fn at(path: &str) -> Option<Route> {
+        Some(match path {
             "/v1/chat/completions" | "/chat/completions" => Route::Completions(Api::Chat),
             "/v1/completions" | "/completions" => Route::Completions(Api::Completions),
             "/v1/models" | "/models" => Route::Models,
             "/healthz" | "/health" => Route::Health,
             "/metrics" => Route::Metrics,
-            _ => return Err(Error::NotFound(format!("no route for {method} {path}"))),
-        };
+            _ => return None,
+        })
+    }
+
+    /// The route's canonical path, as spans name it.
+    fn label(self) -> &'static str {
+        match self {
+            Route::Completions(Api::Chat) => "/v1/chat/completions",
+            Route::Completions(Api::Completions) => "/v1/completions",
+            Route::Models => "/v1/models",
+            Route::Health => "/healthz",
+            Route::Metrics => "/metrics",
+        }
+    }
+
+    /// The route of `method` on `path`, or the 404 or 405 to answer.
+    fn of(method: &Method, path: &str) -> Result<Route, Error> {
+        let route = Route::at(path).ok_or_else(|| Error::NotFound(format!("no route for {method} {path}")))?;
         let allowed = match route {
             Route::Completions(_) => Method::POST,
             Route::Models | Route::Health | Route::Metrics => Method::GET,
@@ -434,9 +443,6 @@ async fn completion(
             let answer = answer?;
             observer.pass_through(true, answer.prompt_tokens, answer.completion_tokens);
             let mut response = json_bytes_response(StatusCode::OK, answer.body);
-            // one-client (issue #36): the upstream's end-to-end headers go to the client, each
-            // name's values replacing ours (its own Content-Type included); the backend left out
-            // the hop-by-hop ones.
             keep_upstream_headers(&mut response, answer.headers);
             let overhead = observer.answered(spans);
             tracing::info!(
