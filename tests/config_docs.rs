@@ -1,4 +1,4 @@
-//! The README's configuration table and `config/bestofn.toml` list the keys the code reads, with
+//! The configuration reference's table (docs/configuration.md) and `config/bestofn.toml` list the keys the code reads, with
 //! the defaults the code fills in: both are checked against the validated config itself.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -293,12 +293,10 @@ fn toml_doc_lines(text: &str) -> Vec<(String, Option<toml::Value>, bool)> {
     out
 }
 
-/// Rows of the README's configuration table: (dotted key, documented default if a literal).
-fn readme_rows(text: &str) -> Vec<(String, Option<toml::Value>)> {
-    let start = text.find("## Configuration").unwrap();
-    let table = &text[start..];
+/// Rows of the configuration reference's table: (dotted key, documented default if a literal).
+fn reference_rows(text: &str) -> Vec<(String, Option<toml::Value>)> {
     let mut out = Vec::new();
-    for line in table.lines().skip_while(|l| !l.starts_with("| key |")).skip(2) {
+    for line in text.lines().skip_while(|l| !l.starts_with("| key |")).skip(2) {
         if !line.starts_with('|') {
             break;
         }
@@ -317,18 +315,19 @@ fn readme_rows(text: &str) -> Vec<(String, Option<toml::Value>)> {
 }
 
 #[test]
-fn the_readme_table_lists_every_key_with_the_codes_defaults() {
+fn the_configuration_reference_lists_every_key_with_the_codes_defaults() {
     let (keys, defaults) = code_keys();
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let rows = readme_rows(&readme);
+    let reference =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+    let rows = reference_rows(&reference);
     let documented: BTreeSet<String> = rows.iter().map(|(k, _)| k.clone()).collect();
     let missing: Vec<&String> = keys.difference(&documented).collect();
     let unknown: Vec<&String> = documented.difference(&keys).collect();
-    assert!(missing.is_empty(), "keys the code reads but README's table lacks: {missing:?}");
-    assert!(unknown.is_empty(), "README's table lists keys the code does not read: {unknown:?}");
+    assert!(missing.is_empty(), "keys the code reads but docs/configuration.md lacks: {missing:?}");
+    assert!(unknown.is_empty(), "docs/configuration.md lists keys the code does not read: {unknown:?}");
     for (key, default) in &defaults {
         let row = rows.iter().find(|(k, _)| k == key).map(|(_, d)| d.clone()).unwrap_or(None);
-        assert_eq!(row.as_ref(), Some(default), "README's default of {key}");
+        assert_eq!(row.as_ref(), Some(default), "docs/configuration.md's default of {key}");
     }
 }
 
