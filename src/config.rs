@@ -222,6 +222,13 @@ pub mod defaults {
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = defaults::LISTEN;
 
+/// The comment [`Config::to_toml`] writes under `[server]` in place of inline client keys;
+/// `{keys}` says how many.
+const WITHHELD_KEYS: &str = "\
+# api_keys: {keys} set inline in the file and withheld from this output. Loaded as it is,
+# this text has no inline keys: only api_keys_env's keys (none when it is unset) are accepted.
+";
+
 impl Config {
     /// Reads and validates a config file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -263,9 +270,37 @@ impl Config {
         }
     }
 
-    /// The effective configuration as TOML, defaults included, secrets left out.
+    /// The effective configuration as TOML: every default filled in, text that loads again as
+    /// the same configuration. Secrets are left out: inline `server.api_keys` are withheld, and a
+    /// comment in `[server]` says how many there were (`api_keys_env`, a variable's name, stays).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let body = match toml::to_string_pretty(self) {
+            Ok(body) => body,
+            Err(e) => return format!("# cannot render config: {e}\n"),
+        };
+        let mut out =
+            String::from("# The effective configuration: every default filled in. It loads again as it is.\n");
+        let withheld = match self.server.api_keys.len() {
+            0 => String::new(),
+            1 => WITHHELD_KEYS.replace("{keys}", "1 client key is"),
+            n => WITHHELD_KEYS.replace("{keys}", &format!("{n} client keys are")),
+        };
+        // `[server]` is always the first table: the comment goes under its header.
+        match body.strip_prefix("[server]\n") {
+            Some(rest) => {
+                out.push_str("[server]\n");
+                out.push_str(&withheld);
+                out.push_str(rest);
+            }
+            None => {
+                out.push_str(&withheld);
+                out.push_str(&body);
+            }
+        }
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out
     }
 }
 

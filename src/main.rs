@@ -63,6 +63,14 @@ enum EvalCommand {
     /// The compute-optimal policy per domain from labelled samples, written as config.
     Tune(Box<TuneArgs>),
     /// Correlations between benchmark and downstream columns across reward models.
+    ///
+    /// Every format shows each cell's coefficient r, its 95% percentile bootstrap interval over
+    /// the rows (--bootstrap resamples, seeded by --seed) and its two-sided p-value. table and md:
+    /// one column per --x, one row per --y, a grid per method, cells such as
+    /// `0.915 [0.80, 0.97] p<0.001`, where `[-]` is no interval (--bootstrap 0, or fewer than 3
+    /// pairs) and `-` an undefined coefficient, then a line saying so. csv: one line a cell,
+    /// columns method,y,x,r,n,ci_low,ci_high,p (n: the pairs with both values; empty: none).
+    /// json: {method: {y: {x: {r, n, ci_low, ci_high, p}}}} (null: none).
     Correlate(CorrelateArgs),
     /// Recompute the overall of a RewardBench leaderboard CSV and list the rows that disagree.
     Leaderboard(LeaderboardArgs),
@@ -227,8 +235,8 @@ struct CorrelateArgs {
     /// Scatter with a fitted line of one pair, as X:Y, written to --scatter-plot.
     #[arg(long, requires = "scatter_plot")]
     scatter: Option<String>,
-    /// Where the scatter goes (.svg or .png).
-    #[arg(long)]
+    /// Where the scatter goes (.svg or .png; needs the `plot` feature).
+    #[arg(long, requires = "scatter")]
     scatter_plot: Option<PathBuf>,
 }
 
@@ -497,6 +505,15 @@ fn plot_or_explain(draw: impl FnOnce() -> Result<(), String>) -> anyhow::Result<
     draw().map_err(|e| anyhow::anyhow!(e))
 }
 
+/// Refuses, before any work, a plot this build cannot draw (built without the `plot` feature)
+/// or a file whose name gives no plot format; `flag` is the option that asked for it.
+fn check_plot(flag: &str, path: Option<&PathBuf>) -> anyhow::Result<()> {
+    match path {
+        Some(path) => bestofn::eval::plot::check_target(path).map_err(|e| anyhow::anyhow!("{flag}: {e}")),
+        None => Ok(()),
+    }
+}
+
 /// The recorded rows, labelled by --gold and --label-with and rescored by --rescore.
 fn labelled_rows(
     args: &SamplesArgs,
@@ -587,6 +604,7 @@ fn eval_replay_as_recorded(args: &ReplayArgs) -> anyhow::Result<()> {
 fn eval_tune(args: TuneArgs) -> anyhow::Result<()> {
     use bestofn::eval::tune::{Objective, TuneOptions, config_fragment, render_tune, tune};
 
+    check_plot("--plot", args.plot.as_ref())?;
     let objective = match (args.cost_per_sample, args.target_share) {
         (Some(c), _) if !(c >= 0.0 && c.is_finite()) => anyhow::bail!("--cost-per-sample must be at least 0, got {c}"),
         (Some(c), _) => Objective::CostPerSample(c),
@@ -661,6 +679,10 @@ fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
     use bestofn::eval::bon::{common_prompts, render_bon};
     use bestofn::eval::samples::labelled_prompts;
 
+    check_plot("--plot", args.plot.as_ref())?;
+    if !(args.soft_temperature > 0.0 && args.soft_temperature.is_finite()) {
+        anyhow::bail!("--soft-temperature must be greater than 0, got {}", args.soft_temperature);
+    }
     let rows = labelled_rows(&args.samples, args.config.as_deref())?;
     let (mut prompts, unlabelled) = labelled_prompts(&rows);
     if unlabelled > 0 {
@@ -675,9 +697,6 @@ fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
     }
     if prompts.is_empty() {
         anyhow::bail!("{}: no labelled prompts", args.samples.samples.display());
-    }
-    if !(args.soft_temperature > 0.0 && args.soft_temperature.is_finite()) {
-        anyhow::bail!("--soft-temperature must be greater than 0, got {}", args.soft_temperature);
     }
     let selection = match args.selection {
         SelectionArg::Best => bestofn::eval::bon::CurveSelection::Best,
@@ -700,6 +719,13 @@ fn eval_correlate(args: CorrelateArgs) -> anyhow::Result<()> {
     use bestofn::eval::correlate::{Method, grid, render_grid};
     use bestofn::eval::samples::read_columns;
 
+    // Everything that can be refused is, before the bootstrap runs.
+    check_plot("--plot", args.plot.as_ref())?;
+    check_plot("--scatter-plot", args.scatter_plot.as_ref())?;
+    let scatter = match &args.scatter {
+        Some(pair) => Some(pair.split_once(':').with_context(|| format!("--scatter takes X:Y, got '{pair}'"))?),
+        None => None,
+    };
     let methods = match args.method {
         MethodArg::Pearson => vec![Method::Pearson],
         MethodArg::Spearman => vec![Method::Spearman],
@@ -715,29 +741,33 @@ fn eval_correlate(args: CorrelateArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("--where: {e}"))?;
     let columns = read_columns(&args.csv, &wanted, &filters)?;
+    let scatter_points = match scatter {
+        Some((x, y)) => {
+            let pair_columns = read_columns(&args.csv, &[x.to_string(), y.to_string()], &filters)?;
+            let points: Vec<(f64, f64)> = match (pair_columns.get(x), pair_columns.get(y)) {
+                (Some(xs), Some(ys)) => xs.iter().zip(ys).filter_map(|(a, b)| Some(((*a)?, (*b)?))).collect(),
+                _ => Vec::new(),
+            };
+            Some((x, y, points))
+        }
+        None => None,
+    };
     let result = grid(&columns, &args.x, &args.y, &methods, args.stats.bootstrap, args.stats.seed);
-    print!("{}", render_grid(&result, &args.x, args.stats.format));
-    if let Some(path) = &args.plot {
-        let method = methods[0];
+    print!("{}", render_grid(&result, &args.x, args.stats.format, args.stats.bootstrap, args.stats.seed));
+    if let (Some(path), Some(method)) = (&args.plot, methods.first()) {
         let rows: Vec<(String, Vec<bestofn::eval::correlate::Cell>)> = result
-            .get(&method)
+            .get(method)
             .map(|m| {
                 m.iter()
                     .map(|(y, cells)| (y.clone(), args.x.iter().filter_map(|x| cells.get(x).copied()).collect()))
                     .collect()
             })
             .unwrap_or_default();
-        let title = format!("{method:?} r").to_lowercase();
+        let title = format!("{} r", method.name());
         plot_or_explain(|| bestofn::eval::plot::plot_heatmap(&title, &rows, &args.x, path))?;
     }
-    if let (Some(pair), Some(path)) = (&args.scatter, &args.scatter_plot) {
-        let (x, y) = pair.split_once(':').context("--scatter takes X:Y")?;
-        let pair_columns = read_columns(&args.csv, &[x.to_string(), y.to_string()], &filters)?;
-        let points: Vec<(f64, f64)> = match (pair_columns.get(x), pair_columns.get(y)) {
-            (Some(xs), Some(ys)) => xs.iter().zip(ys).filter_map(|(a, b)| Some(((*a)?, (*b)?))).collect(),
-            _ => Vec::new(),
-        };
-        plot_or_explain(|| bestofn::eval::plot::plot_scatter(&points, (x, y), &format!("{y} vs {x}"), path))?;
+    if let (Some((x, y, points)), Some(path)) = (&scatter_points, &args.scatter_plot) {
+        plot_or_explain(|| bestofn::eval::plot::plot_scatter(points, (x, y), &format!("{y} vs {x}"), path))?;
     }
     Ok(())
 }

@@ -4,7 +4,75 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+
 use common::bestofn;
+
+/// Every config the repository ships: the documented one, the examples and every `.toml` under
+/// `deploy/` (the cluster's, mounted from its ConfigMap).
+fn shipped_configs() -> Vec<PathBuf> {
+    fn toml_files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                toml_files_under(&path, out);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                out.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut paths = vec![root.join("config/bestofn.toml")];
+    toml_files_under(&root.join("config/examples"), &mut paths);
+    toml_files_under(&root.join("deploy"), &mut paths);
+    assert!(paths.iter().any(|p| p.ends_with("deploy/kubernetes/base/bestofn.toml")), "{paths:?}");
+    paths
+}
+
+#[test]
+fn check_configs_output_loads_again_and_prints_the_same_text() {
+    let dir = tempfile::tempdir().unwrap();
+    for path in shipped_configs() {
+        let (ok, first, stderr) = bestofn(&["check-config", path.to_str().unwrap()]);
+        assert!(ok, "{}: {stderr}", path.display());
+        let effective = dir.path().join("effective.toml");
+        std::fs::write(&effective, &first).unwrap();
+        let (ok, second, stderr) = bestofn(&["check-config", effective.to_str().unwrap()]);
+        assert!(ok, "the effective config of {} does not load again: {stderr}\n{first}", path.display());
+        assert_eq!(first, second, "{}: the effective config changed on a second pass", path.display());
+    }
+}
+
+#[test]
+fn check_config_withholds_inline_api_keys_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/bestofn.toml")).unwrap();
+    let keyed = base.replacen(
+        "[server]\n",
+        "[server]\napi_keys = [\"sk-inline-first\", \"sk-inline-second\"]\napi_keys_env = \"BESTOFN_TEST_KEYS\"\n",
+        1,
+    );
+    assert_ne!(keyed, base);
+    let path = dir.path().join("keyed.toml");
+    std::fs::write(&path, &keyed).unwrap();
+    let (ok, first, stderr) = bestofn(&["check-config", path.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(!first.contains("sk-inline") && !stderr.contains("sk-inline"), "{first}{stderr}");
+    assert!(!first.lines().any(|l| l.starts_with("api_keys =")), "{first}");
+    assert!(first.contains("# api_keys: 2 client keys are set inline in the file and withheld"), "{first}");
+    assert!(first.contains("api_keys_env = \"BESTOFN_TEST_KEYS\""), "the variable's name stays: {first}");
+    // What is printed still loads, as the same config less the withheld keys.
+    let effective = dir.path().join("effective.toml");
+    std::fs::write(&effective, &first).unwrap();
+    let (ok, second, stderr) = bestofn(&["check-config", effective.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    // The same text but for the comment in place of the keys.
+    let (comments, rest): (Vec<&str>, Vec<&str>) =
+        first.lines().partition(|l| l.starts_with('#') && !second.lines().any(|s| s == *l));
+    assert_eq!(comments.len(), 2, "{comments:?}");
+    assert_eq!(rest, second.lines().collect::<Vec<_>>());
+}
 
 #[test]
 fn check_config_accepts_the_documented_default_and_prints_the_effective_config() {

@@ -190,14 +190,13 @@ path = "x.jsonl"
 "#;
 
 /// Keys whose value the code derives from other keys, or that are output only.
-const NOT_A_DEFAULT: [&str; 7] = [
-    "fuser.base_url",             // the fuser defaults to the upstream's first server
-    "upstream.base_urls",         // from base_url
-    "scorers.NAME.urls",          // from url
-    "scorers.NAME.base_urls",     // a judge defaults to the upstream's servers
-    "classifier.base_url",        // the classifier defaults to the upstream's first server
-    "server.api_keys_configured", // printed by check-config instead of the keys
-    "scorers.NAME.weights",       // an ensemble defaults to one weight per member
+const NOT_A_DEFAULT: [&str; 6] = [
+    "fuser.base_url",         // the fuser defaults to the upstream's first server
+    "upstream.base_urls",     // from base_url
+    "scorers.NAME.urls",      // from url
+    "scorers.NAME.base_urls", // a judge defaults to the upstream's servers
+    "classifier.base_url",    // the classifier defaults to the upstream's first server
+    "scorers.NAME.weights",   // an ensemble defaults to one weight per member
 ];
 
 /// Scorer names of the two configs, documented as `scorers.NAME`.
@@ -242,9 +241,8 @@ fn code_keys() -> (BTreeSet<String>, BTreeMap<String, toml::Value>) {
     let mut keys: BTreeSet<String> = effective(EVERY_KEY).into_keys().collect();
     // Users write one URL or a list; the effective config shows the list.
     keys.extend(["upstream.base_url", "scorers.NAME.url", "scorers.NAME.base_url"].map(String::from));
-    // Client keys are never printed.
+    // Client keys are never printed (a comment says how many were withheld).
     keys.insert("server.api_keys".into());
-    keys.remove("server.api_keys_configured");
     let given: BTreeSet<String> = {
         let mut g = BTreeMap::new();
         flatten("", &toml::from_str::<toml::Value>(REQUIRED_ONLY).unwrap(), &mut g);
@@ -352,4 +350,23 @@ fn the_documented_config_file_lists_every_key_with_the_codes_defaults() {
     }
     // And the file itself is a valid config.
     Config::from_toml(&text, Path::new("config/bestofn.toml")).unwrap();
+}
+
+#[test]
+fn the_effective_config_loads_again_as_the_same_config() {
+    for text in [EVERY_KEY, REQUIRED_ONLY] {
+        let config = Config::from_toml(text, Path::new("docs.toml")).unwrap();
+        let printed = config.to_toml();
+        let again = Config::from_toml(&printed, Path::new("effective.toml"))
+            .unwrap_or_else(|e| panic!("the effective config does not load again: {e}\n{printed}"));
+        // Everything but the inline client keys, which are withheld.
+        let mut expected = config.clone();
+        expected.server.api_keys.clear();
+        assert_eq!(again, expected, "{printed}");
+        assert_eq!(
+            again.to_toml().lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>(),
+            printed.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>()
+        );
+        assert!(!printed.contains("api_keys ="), "{printed}");
+    }
 }

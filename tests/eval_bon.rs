@@ -481,3 +481,166 @@ fn soft_selection_curves_run_from_argmax_to_the_mean() {
     let (ok, _, err) = bestofn(&["eval", "bon", "--samples", p, "--selection", "soft", "--soft-temperature", "0"]);
     assert!(!ok && err.contains("--soft-temperature"), "{err}");
 }
+
+/// `eval correlate` of Table 8's rbv2 against bon and ppo in `format`, with `bootstrap` resamples
+/// (seed 3): success, stdout, stderr.
+fn correlate_table8(format: &str, bootstrap: &str) -> (bool, String, String) {
+    bestofn(&[
+        "eval",
+        "correlate",
+        "--csv",
+        TABLE8,
+        "--x",
+        "rbv2",
+        "--y",
+        "bon,ppo",
+        "--format",
+        format,
+        "--bootstrap",
+        bootstrap,
+        "--seed",
+        "3",
+    ])
+}
+
+#[test]
+fn correlate_shows_intervals_and_p_values_in_every_format() {
+    let (ok, json, err) = correlate_table8("json", "200");
+    assert!(ok, "{err}");
+    let json: Value = serde_json::from_str(&json).unwrap();
+    let cell = &json["pearson"]["bon"]["rbv2"];
+    let (low, high, p) =
+        (cell["ci_low"].as_f64().unwrap(), cell["ci_high"].as_f64().unwrap(), cell["p"].as_f64().unwrap());
+    assert!(low < 0.915 && 0.915 < high && p < 1e-3, "{cell}");
+    // The same seeded interval in the table and in Markdown, rounded, then what the cells hold.
+    let shown = format!("0.915 [{low:.2}, {high:.2}] p<0.001");
+    let (ok, table, err) = correlate_table8("table", "200");
+    assert!(ok, "{err}");
+    // The table aligns each part in a column of its own.
+    let bon = table.lines().find(|l| l.starts_with("bon ")).unwrap().split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(bon.contains(&shown), "{table}");
+    assert!(table.contains("200 resamples, seed 3") && table.contains("two-sided p-value"), "{table}");
+    let ppo_p = json["pearson"]["ppo"]["rbv2"]["p"].as_f64().unwrap();
+    assert!(table.lines().any(|l| l.starts_with("ppo ") && l.contains(&format!("p={ppo_p:.3}"))), "{table}");
+    let (ok, md, err) = correlate_table8("md", "200");
+    assert!(ok, "{err}");
+    assert!(md.contains(&format!("| bon | {shown} |")) && md.contains("200 resamples, seed 3"), "{md}");
+    let (ok, csv, err) = correlate_table8("csv", "200");
+    assert!(ok, "{err}");
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("method,y,x,r,n,ci_low,ci_high,p"));
+    let bon: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(&bon[..5], ["pearson", "bon", "rbv2", "0.915461", "17"], "{csv}");
+    let number = |s: &str| s.parse::<f64>().unwrap();
+    assert!((number(bon[5]) - low).abs() < 1e-6 && (number(bon[6]) - high).abs() < 1e-6, "{csv}");
+    assert!((number(bon[7]) - p).abs() / p < 1e-3, "a small p keeps its digits: {csv}");
+
+    // Without a bootstrap there are no intervals, and each format says so.
+    let (_, table, _) = correlate_table8("table", "0");
+    assert!(table.lines().any(|l| l.starts_with("bon ") && l.contains("0.915 [-] p<0.001")), "{table}");
+    assert!(table.contains("no intervals ([-]: --bootstrap 0)"), "{table}");
+    let (_, md, _) = correlate_table8("md", "0");
+    assert!(md.contains("| bon | 0.915 [-] p<0.001 |") && md.contains("--bootstrap 0"), "{md}");
+    let (_, csv, _) = correlate_table8("csv", "0");
+    assert!(csv.lines().nth(1).unwrap().starts_with("pearson,bon,rbv2,0.915461,17,,,"), "{csv}");
+    let (_, json, _) = correlate_table8("json", "0");
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert!(json["pearson"]["bon"]["rbv2"]["ci_low"].is_null() && json["pearson"]["bon"]["rbv2"]["p"].is_f64());
+}
+
+#[test]
+fn correlate_keeps_column_names_as_written_and_marks_what_is_undefined() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grid.csv");
+    // "Few" has two values: a coefficient but no interval or p-value; "Flat" is constant.
+    std::fs::write(
+        &path,
+        "model,\"Bench \"\"v2\"\"\",Down,Few,Flat\na,1,2,1,5\nb,2,1,2,5\nc,3,4,,5\nd,4,3,,5\ne,5,5,,5\n",
+    )
+    .unwrap();
+    let run = |format: &str| {
+        let (ok, out, err) = bestofn(&[
+            "eval",
+            "correlate",
+            "--csv",
+            path.to_str().unwrap(),
+            "--x",
+            "Bench \"v2\"",
+            "--y",
+            "Down,Few,Flat",
+            "--format",
+            format,
+            "--bootstrap",
+            "50",
+        ]);
+        assert!(ok, "{err}");
+        out
+    };
+    let csv = run("csv");
+    assert!(csv.contains("pearson,Down,\"Bench \"\"v2\"\"\",0.800000,5,"), "{csv}");
+    assert!(csv.contains("pearson,Few,\"Bench \"\"v2\"\"\",1.000000,2,,,\n"), "{csv}");
+    assert!(csv.contains("pearson,Flat,\"Bench \"\"v2\"\"\",,5,,,\n"), "{csv}");
+    let table = run("table");
+    let words = |l: &str| l.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(table.lines().any(|l| words(l) == "Few 1.000 [-] p=-"), "{table}");
+    assert!(table.lines().any(|l| words(l) == "Flat -"), "{table}");
+}
+
+/// A plot this build cannot draw is refused before any work: nothing is read, computed or
+/// printed, and the message names the feature and the build that has it.
+#[cfg(not(feature = "plot"))]
+#[test]
+fn plots_without_the_plot_feature_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("p.svg");
+    let plot = plot.to_str().unwrap();
+    let correlate = ["eval", "correlate", "--csv", TABLE8, "--x", "rbv2", "--y", "bon,ppo", "--method", "all"];
+    // The samples file does not exist: had the command started its work, that would be the error.
+    let missing = dir.path().join("missing.jsonl");
+    let missing = missing.to_str().unwrap();
+    let runs: Vec<(&str, Vec<&str>)> = vec![
+        ("--plot", [&correlate[..], &["--plot", plot]].concat()),
+        ("--scatter-plot", [&correlate[..], &["--scatter", "rbv2:bon", "--scatter-plot", plot]].concat()),
+        ("--plot", vec!["eval", "bon", "--samples", missing, "--plot", plot]),
+        ("--plot", vec!["eval", "tune", "--samples", missing, "--cost-per-sample", "0.01", "--plot", plot]),
+    ];
+    for (flag, args) in runs {
+        let (ok, out, err) = bestofn(&args);
+        assert!(!ok, "{args:?}");
+        assert!(out.is_empty(), "{args:?} printed its result first: {out}");
+        assert!(
+            err.contains(&format!("{flag}: plots need bestofn built with the `plot` feature"))
+                && err.contains("cargo build --release --features plot"),
+            "{args:?}: {err}"
+        );
+        assert!(!std::path::Path::new(plot).exists());
+    }
+}
+
+/// With the feature, a file name that gives no plot format is refused before any work.
+#[cfg(feature = "plot")]
+#[test]
+fn plot_files_that_name_no_format_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.jsonl");
+    let (ok, out, err) = bestofn(&["eval", "bon", "--samples", missing.to_str().unwrap(), "--plot", "curves.gif"]);
+    assert!(
+        !ok && out.is_empty() && err.contains("--plot: curves.gif: the plot file must end in .svg or .png"),
+        "{err}"
+    );
+    let (ok, out, err) = bestofn(&[
+        "eval",
+        "correlate",
+        "--csv",
+        TABLE8,
+        "--x",
+        "rbv2",
+        "--y",
+        "bon",
+        "--scatter",
+        "rbv2:bon",
+        "--scatter-plot",
+        "s.pdf",
+    ]);
+    assert!(!ok && out.is_empty() && err.contains("--scatter-plot: s.pdf"), "{err}");
+}

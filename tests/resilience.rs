@@ -498,7 +498,10 @@ async fn client_keys_upstream_secrets_and_a_fixed_upstream() {
     let out = std::process::Command::new(common::bestofn_exe()).arg("check-config").arg(&path).output().unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(!printed.contains("sk-client-a") && printed.contains("api_keys_configured = 1"), "{printed}");
+    assert!(
+        !printed.contains("sk-client-a") && printed.contains("# api_keys: 1 client key is set inline"),
+        "{printed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -126,9 +126,12 @@ async fn heartbeats_arrive_while_a_slow_upstream_works() {
     let heartbeats_before =
         items[..first_content].iter().filter(|i| **i == SseItem::Comment("keep-alive".into())).count();
     assert!(heartbeats_before >= 1, "no heartbeat before the content: {items:?}");
+    // The role delta waits for the first upstream answer; until then, heartbeats alone.
+    assert_eq!(items[0], SseItem::Comment("keep-alive".into()), "{items:?}");
+    let first_data = items.iter().position(|i| matches!(i, SseItem::Data(_))).unwrap();
     assert!(
-        matches!(&items[0], SseItem::Data(v) if v["choices"][0]["delta"]["role"] == "assistant"),
-        "role delta first"
+        matches!(&items[first_data], SseItem::Data(v) if v["choices"][0]["delta"]["role"] == "assistant"),
+        "role delta first: {items:?}"
     );
 }
 
@@ -145,7 +148,8 @@ async fn errors_before_the_stream_are_http_errors_and_after_it_sse_events() {
     assert_eq!(status, 200, "the stream had begun");
     let items = parse_sse(&text);
     let chunks = data_events(&items);
-    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    // No upstream answered, so no role delta was sent: the error is the one data event.
+    assert_eq!(chunks.len(), 1, "{text}");
     let error = chunks.last().unwrap();
     assert_envelope(error, None);
     assert!(error["error"]["message"].as_str().unwrap().contains("GPU on fire"));
@@ -227,8 +231,9 @@ async fn a_client_that_goes_away_closes_the_upstream_connections() {
     body["stream"] = json!(true);
     let resp = client().post(proxy.url("/v1/chat/completions")).json(&body).send().await.unwrap();
     let mut bytes = resp.bytes_stream();
+    // No upstream answers: heartbeats keep the stream open.
     let first = bytes.next().await.unwrap().unwrap();
-    assert!(std::str::from_utf8(&first).unwrap().contains("assistant"));
+    assert!(std::str::from_utf8(&first).unwrap().contains(": keep-alive"));
     let all_accepted = async {
         for _ in 0..3 {
             accepted_rx.recv().await.unwrap();
@@ -356,4 +361,80 @@ async fn odd_tool_calls_from_the_upstream_are_streamed_without_a_crash() {
     assert_eq!(calls[1], &json!("odd"));
     let (status, _, _) = post(&proxy.url("/v1/chat/completions"), chat_body("still up"), &[]).await;
     assert_eq!(status, 200);
+}
+
+/// Streamed and non-streamed best-of-N answers of chat and legacy completions carry the model
+/// the upstream reported, whatever model the client named (or none), and the streamed ones
+/// send heartbeats alone until the first upstream answer is in; in each sampling mode (one
+/// call with n, parallel calls in one wave, adaptive waves taken call by call).
+#[tokio::test(flavor = "multi_thread")]
+async fn best_of_n_answers_carry_the_upstreams_model_streamed_or_not() {
+    let inner = upstream_handler(NSupport::Full, UsageStyle::Honest);
+    let upstream = FakeServer::start(move |r: &Recorded| {
+        let reply = match inner(r) {
+            Reply::Json(200, mut answer) => {
+                answer["model"] = json!("some-upstream-model");
+                Reply::Json(200, answer)
+            }
+            other => other,
+        };
+        // Slow next to the heartbeat, so that heartbeats come first.
+        Reply::Delayed(Duration::from_millis(200), Box::new(reply))
+    })
+    .await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let heartbeat = "[server]\nheartbeat_interval_ms = 20\n\n[upstream]";
+    let configs = [
+        config(&upstream, &rm, "n", 3).replace("[upstream]", heartbeat),
+        config(&upstream, &rm, "parallel", 3).replace("[upstream]", heartbeat),
+        config(&upstream, &rm, "parallel", 3)
+            .replace("[upstream]", heartbeat)
+            .replace("scorer = \"vllm\"", "scorer = \"vllm\"\nadaptive = true\nfirst_wave = 1"),
+    ];
+    for cfg in configs {
+        let proxy = Bestofn::start(&cfg);
+        let mut requests = Vec::new();
+        for (path, body) in [
+            ("/v1/chat/completions", chat_body("which model?")),
+            ("/v1/completions", json!({"prompt": "Once", "best_of": 3, "max_tokens": 5})),
+        ] {
+            for model in [Some("client-model"), None] {
+                for streamed in [true, false] {
+                    let mut body = body.clone();
+                    match model {
+                        Some(m) => body["model"] = json!(m),
+                        None => drop(body.as_object_mut().unwrap().remove("model")),
+                    }
+                    body["stream"] = json!(streamed);
+                    requests.push((path, model, streamed, body));
+                }
+            }
+        }
+        let answers = futures_util::future::join_all(requests.iter().map(|(path, _, _, body)| {
+            let url = proxy.url(path);
+            async move { post_raw(&url, body.clone()).await }
+        }))
+        .await;
+        for ((path, model, streamed, _), (status, _, text)) in requests.iter().zip(answers) {
+            let what = format!("{path}, client model {model:?}, stream {streamed}");
+            assert_eq!(status, 200, "{what}: {text}");
+            if !streamed {
+                let answer: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(answer["model"], "some-upstream-model", "{what}: {answer}");
+                continue;
+            }
+            let items = parse_sse(&text);
+            let chunks = data_events(&items);
+            assert!(chunks.len() >= 2, "{what}: {text}");
+            for chunk in &chunks {
+                assert_eq!(chunk["model"], "some-upstream-model", "{what}: {chunk}");
+            }
+            // Heartbeats alone until the first upstream answer is in.
+            assert_eq!(items[0], SseItem::Comment("keep-alive".into()), "{what}: {text}");
+            if *path == "/v1/chat/completions" {
+                assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant", "{what}: {text}");
+            }
+            assert!(chunks.last().unwrap().get("bestofn").is_some(), "{what}: {text}");
+        }
+    }
 }

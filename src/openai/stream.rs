@@ -5,7 +5,7 @@
 //! is a few lines of code, and pass-through streams are piped byte for byte without parsing.
 
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::response::{bestofn_object, usage_object};
 use crate::bon::{Api, Outcome, Plan};
@@ -27,10 +27,17 @@ pub struct StreamMeta {
     pub id: String,
     /// The same `created` on every chunk.
     pub created: u64,
-    /// The same `model` on every chunk.
+    /// The same `model` on every chunk: of a best-of-N answer, the one the upstream's first
+    /// answer reported ([`reported_model`]), as in the non-streamed answer.
     pub model: String,
     /// `stream_options.include_usage`: every chunk has `usage: null`, then a usage chunk.
     pub include_usage: bool,
+}
+
+/// The `model` an upstream answer's envelope (its top-level fields) reports, when it is a
+/// string: what a non-streamed best-of-N answer carries, its envelope being the first answer's.
+pub fn reported_model(envelope: &Map<String, Value>) -> Option<&str> {
+    envelope.get("model").and_then(Value::as_str)
 }
 
 fn event(value: &Value) -> Bytes {
@@ -87,8 +94,9 @@ impl StreamMeta {
         }
     }
 
-    /// Sent at once, before any candidate exists: the assistant role for each of `k` choices.
-    /// Legacy completions have no role, so nothing.
+    /// Sent once the first upstream answer is in (its `model` is then known), before the
+    /// candidates are scored: the assistant role for each of `k` choices. Legacy completions
+    /// have no role, so nothing.
     pub fn opening(&self, k: u32) -> Vec<Bytes> {
         match self.api {
             Api::Chat => (0..k as usize)

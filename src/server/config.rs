@@ -36,11 +36,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Interval of SSE keep-alive comments while candidates are generated and scored.
     pub heartbeat_interval_ms: u64,
-    /// Client API keys; empty means no client authentication. Never printed.
+    /// Client API keys; empty means no client authentication. Never printed: the effective
+    /// config says how many there are in a comment instead (`Config::to_toml`).
     #[serde(skip)]
     pub api_keys: Vec<Secret>,
-    /// How many client keys are configured (printed instead of the keys).
-    pub api_keys_configured: usize,
     /// Environment variable with more client keys, comma-separated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_keys_env: Option<String>,
@@ -101,7 +100,6 @@ impl Validator<'_> {
                 raw.heartbeat_interval_ms,
                 defaults::HEARTBEAT_INTERVAL_MS,
             )?,
-            api_keys_configured: api_keys.len(),
             api_keys,
             api_keys_env: raw.api_keys_env,
             auth_ops_endpoints: raw.auth_ops_endpoints.unwrap_or(defaults::AUTH_OPS_ENDPOINTS),

@@ -474,6 +474,7 @@ async fn completion(
         &request.conversation,
         request.seed,
         &plan,
+        None,
     )))
     .await;
     let outcome = result?;
@@ -521,11 +522,12 @@ async fn pass_through_stream(
     Ok(response)
 }
 
-/// N > 1 with `stream: true`: the role delta at once, heartbeats while candidates are sampled
-/// and scored, then the winner re-streamed. The work is driven by the response body itself:
-/// when the client goes away hyper drops the body, which drops the in-flight upstream and scorer
-/// calls with it. (A spawned task feeding a channel did the same with a task, a channel and a
-/// cross-task wake-up more per request.)
+/// N > 1 with `stream: true`: heartbeats while candidates are sampled and scored, the role
+/// delta once the first upstream answer is in (so every chunk carries the `model` it reported,
+/// as the non-streamed answer does), then the winner re-streamed. The work is driven by the
+/// response body itself: when the client goes away hyper drops the body, which drops the
+/// in-flight upstream and scorer calls with it. (A spawned task feeding a channel did the same
+/// with a task, a channel and a cross-task wake-up more per request.)
 fn best_of_n_stream(
     state: Arc<AppState>,
     request: ProxyRequest,
@@ -541,23 +543,40 @@ fn best_of_n_stream(
             Api::Completions => format!("cmpl-{id}"),
         },
         created: unix_now(),
+        // Until the upstream reports its own (an upstream whose answers name no model).
         model: request.model.clone().unwrap_or_default(),
         include_usage: request.include_usage,
     };
-    let opening = meta.opening(plan.k);
+    let choices = plan.k;
     let heartbeat = state.heartbeat;
     let request_id = id.clone();
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     let work = async move {
-        let run =
-            state.engine.run(request.api, &request.body, verbatim.as_ref(), &request.conversation, request.seed, &plan);
+        // Told once, from inside the run, the envelope of the first upstream answer.
+        let first_tx = std::sync::Mutex::new(Some(first_tx));
+        let tell = |envelope: &serde_json::Map<String, Value>| {
+            if let Some(tx) = first_tx.lock().ok().and_then(|mut tx| tx.take()) {
+                let _ = tx.send(stream::reported_model(envelope).map(str::to_string));
+            }
+        };
+        let run = state.engine.run(
+            request.api,
+            &request.body,
+            verbatim.as_ref(),
+            &request.conversation,
+            request.seed,
+            &plan,
+            Some(&tell),
+        );
         let (result, spans) = with_call_spans(run).await;
         match result {
             Ok(outcome) => {
-                let report: Report = Box::new(move |observer: &mut RequestObserver| {
+                let model = stream::reported_model(&outcome.samples.envelope).map(str::to_string);
+                let report: AnswerReport = Box::new(move |observer: &mut RequestObserver, meta: &StreamMeta| {
                     observe_outcome(&state, &id, &request, &plan, &outcome, observer, spans);
                     meta.answer(&plan, &outcome)
                 });
-                report
+                Finished::Answer { model, report }
             }
             Err(e) => {
                 tracing::warn!(
@@ -566,10 +585,10 @@ fn best_of_n_stream(
                     error = %telemetry::loggable(&e),
                     "best-of-n stream failed"
                 );
-                Box::new(move |observer: &mut RequestObserver| {
+                Finished::Failed(Box::new(move |observer: &mut RequestObserver| {
                     observer.fail(&e);
                     stream::error_events(&e)
-                })
+                }))
             }
         }
     };
@@ -585,8 +604,12 @@ fn best_of_n_stream(
         }
     });
     let body = BestOfNBody {
-        pending: opening.into(),
+        pending: std::collections::VecDeque::new(),
         work: Some(work),
+        first_answer: Some(first_rx),
+        meta,
+        choices,
+        opened: false,
         // Not `interval()` and a first tick: that tick waits for the timer wheel's next turn,
         // which added about a millisecond to every streamed best-of-N answer.
         heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
@@ -600,38 +623,94 @@ fn best_of_n_stream(
     sse_response(StreamBody::new(frames).boxed_unsync())
 }
 
-/// What a streamed best-of-N run hands its body when it is done: it reports to the observer and
-/// returns the answer's events.
-type Report = Box<dyn FnOnce(&mut RequestObserver) -> Vec<Bytes> + Send>;
+/// Reports a streamed best-of-N run's outcome to the observer and returns the answer's events,
+/// rendered under the stream's meta.
+type AnswerReport = Box<dyn FnOnce(&mut RequestObserver, &StreamMeta) -> Vec<Bytes> + Send>;
 
-/// The state of a streamed best-of-N answer: events ready to send, the work still running, and
-/// the heartbeat clock. The observer keeps the request in flight until the body ends.
+/// Reports a failed streamed best-of-N run to the observer and returns the error's events.
+type FailureReport = Box<dyn FnOnce(&mut RequestObserver) -> Vec<Bytes> + Send>;
+
+/// What a streamed best-of-N run hands its body when it is done.
+enum Finished {
+    /// The run answered; `model` is what its first upstream answer reported.
+    Answer {
+        /// The `model` of the run's envelope, when it names one.
+        model: Option<String>,
+        /// Reports to the observer and returns the answer's events.
+        report: AnswerReport,
+    },
+    /// The run failed: reports to the observer and returns the error's events.
+    Failed(FailureReport),
+}
+
+/// The state of a streamed best-of-N answer: events ready to send, the work still running, the
+/// first upstream answer awaited for the opening chunks, and the heartbeat clock. The observer
+/// keeps the request in flight until the body ends.
 struct BestOfNBody {
     pending: std::collections::VecDeque<Bytes>,
-    work: Option<std::pin::Pin<Box<dyn Future<Output = Report> + Send>>>,
+    work: Option<std::pin::Pin<Box<dyn Future<Output = Finished> + Send>>>,
+    /// The `model` of the run's first upstream answer, until it is in (or the run ends).
+    first_answer: Option<tokio::sync::oneshot::Receiver<Option<String>>>,
+    meta: StreamMeta,
+    /// Choices the answer streams (`plan.k`), each opened with a role delta.
+    choices: u32,
+    /// Whether the opening chunks are out.
+    opened: bool,
     heartbeat: tokio::time::Interval,
     observer: RequestObserver,
     request_id: String,
 }
 
 impl BestOfNBody {
-    /// The next event to send: a queued one, a heartbeat while the work runs, or the answer's
-    /// events once it is done; None at the end.
+    /// The next event to send: a queued one, a heartbeat while the work runs, the opening
+    /// chunks once the first upstream answer is in, or the answer's events once the work is
+    /// done; None at the end.
     async fn next_event(&mut self) -> Option<Bytes> {
         loop {
             if let Some(bytes) = self.pending.pop_front() {
                 return Some(bytes);
             }
-            let work = self.work.as_mut()?;
-            tokio::select! {
-                report = work => {
-                    self.work = None;
-                    let events = report(&mut self.observer);
-                    self.pending.extend(events);
+            let BestOfNBody { work, first_answer, heartbeat, .. } = self;
+            let work = work.as_mut()?;
+            let first = async {
+                match first_answer.as_mut() {
+                    Some(rx) => rx.await.ok(),
+                    None => std::future::pending().await,
                 }
-                _ = self.heartbeat.tick() => return Some(Bytes::from_static(stream::HEARTBEAT)),
+            };
+            tokio::select! {
+                finished = work => {
+                    self.work = None;
+                    match finished {
+                        Finished::Answer { model, report } => {
+                            self.open(model);
+                            let events = report(&mut self.observer, &self.meta);
+                            self.pending.extend(events);
+                        }
+                        Finished::Failed(report) => self.pending.extend(report(&mut self.observer)),
+                    }
+                }
+                told = first => match told {
+                    Some(model) => self.open(model),
+                    // The run ended without telling: its outcome names the model.
+                    None => self.first_answer = None,
+                },
+                _ = heartbeat.tick() => return Some(Bytes::from_static(stream::HEARTBEAT)),
             }
         }
+    }
+
+    /// Queues the opening chunks, once, under the `model` the upstream reported (the client's,
+    /// or none, when it reported none).
+    fn open(&mut self, model: Option<String>) {
+        self.first_answer = None;
+        if std::mem::replace(&mut self.opened, true) {
+            return;
+        }
+        if let Some(model) = model {
+            self.meta.model = model;
+        }
+        self.pending.extend(self.meta.opening(self.choices));
     }
 }
 

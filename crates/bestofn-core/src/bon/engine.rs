@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::adaptive::StopReason;
 use super::driver::{CandidateSource, FuserFailure, RunSpec, drive};
 use super::{
-    Api, BoxFuture, ClientBody, DomainClassifier, Forwarded, ForwardedStream, Fused, Fuser, Plan, Policy,
+    Api, Arrival, BoxFuture, ClientBody, DomainClassifier, Forwarded, ForwardedStream, Fused, Fuser, Plan, Policy,
     RuleClassifier, Sampler, Samples, Steering, UpstreamBody, Wave,
 };
 use crate::error::Error;
@@ -212,7 +212,9 @@ impl Engine {
 
     /// Samples `plan.n` candidates, scores them with `plan.scorer`, and ranks them, through the
     /// one driver ([`super::driver::drive`]). `verbatim` as for [`Engine::forward`]: the calls
-    /// keep the client's spelling of every field.
+    /// keep the client's spelling of every field. `on_first_answer`, when given, is told the
+    /// envelope of the first upstream answer as soon as it is in (see [`OnFirstAnswer`]).
+    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         &self,
         api: Api,
@@ -221,12 +223,21 @@ impl Engine {
         conversation: &[Message],
         seed: Option<i64>,
         plan: &Plan,
+        on_first_answer: Option<OnFirstAnswer<'_>>,
     ) -> Result<Outcome, Error> {
         let deadline = plan.deadline.map(|d| Instant::now() + d);
         let (fields, text) = upstream_fields(plan, body, verbatim)?;
         let upstream_body = UpstreamBody { fields: &fields, text };
         let response_format = body.fields()?.get("response_format");
-        let source = LiveSource { sampler: &*self.sampler, api, body: upstream_body, seed, deadline };
+        let source = LiveSource {
+            sampler: &*self.sampler,
+            api,
+            body: upstream_body,
+            seed,
+            deadline,
+            on_first_answer,
+            told: std::sync::atomic::AtomicBool::new(false),
+        };
         let spec = RunSpec {
             plan,
             conversation,
@@ -243,6 +254,13 @@ impl Engine {
     }
 }
 
+/// Told, once and as soon as it is in, the envelope of a run's first upstream answer: its
+/// top-level fields (`id`, `created`, `model`, ...) without `choices` and `usage`. It is the
+/// envelope the run's [`Samples::envelope`] keeps, the first non-empty one in the order the
+/// driver takes answers in, so what it reports (the `model`, above all) is what the finished
+/// answer reports. A streamed answer's first chunk waits for it.
+pub type OnFirstAnswer<'a> = &'a (dyn Fn(&Map<String, Value>) + Send + Sync);
+
 /// The upstream as a [`CandidateSource`]: a wave is one `sample` call (hedged, cut off at the
 /// deadline), or single-candidate calls as they finish.
 struct LiveSource<'a> {
@@ -251,6 +269,22 @@ struct LiveSource<'a> {
     body: UpstreamBody<'a>,
     seed: Option<i64>,
     deadline: Option<Instant>,
+    on_first_answer: Option<OnFirstAnswer<'a>>,
+    /// Whether `on_first_answer` has been told.
+    told: std::sync::atomic::AtomicBool,
+}
+
+impl LiveSource<'_> {
+    /// Tells `on_first_answer` the envelope of `samples`, when it is the first non-empty one.
+    fn answered(&self, samples: &Samples) {
+        use std::sync::atomic::Ordering;
+        if let Some(tell) = self.on_first_answer
+            && !samples.envelope.is_empty()
+            && !self.told.swap(true, Ordering::Relaxed)
+        {
+            tell(&samples.envelope);
+        }
+    }
 }
 
 impl CandidateSource for LiveSource<'_> {
@@ -259,11 +293,27 @@ impl CandidateSource for LiveSource<'_> {
     }
 
     fn wave(&self, size: u32, offset: u32) -> BoxFuture<'_, Result<Samples, Error>> {
-        self.sampler.sample(self.api, self.body, size, offset, self.seed, self.deadline)
+        let wave = self.sampler.sample(self.api, self.body, size, offset, self.seed, self.deadline);
+        if self.on_first_answer.is_none() {
+            return wave;
+        }
+        Box::pin(async move {
+            let samples = wave.await?;
+            self.answered(&samples);
+            Ok(samples)
+        })
     }
 
     fn wave_each(&self, size: u32, offset: u32) -> Wave<'_> {
-        self.sampler.sample_each(self.api, self.body, size, offset, self.seed, self.deadline)
+        let wave = self.sampler.sample_each(self.api, self.body, size, offset, self.seed, self.deadline);
+        if self.on_first_answer.is_none() {
+            return wave;
+        }
+        wave.inspect(move |arrival| {
+            if let Arrival::Call(Ok(samples)) = arrival {
+                self.answered(samples);
+            }
+        })
     }
 }
 

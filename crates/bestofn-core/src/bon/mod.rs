@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 pub use classify::classify;
 pub use config::{PolicyConfig, PolicySettings};
-pub use engine::{AdaptiveReport, Engine, Outcome, Timings};
+pub use engine::{AdaptiveReport, Engine, OnFirstAnswer, Outcome, Timings};
 pub use policy::{
     AdaptivePolicy, DEFAULT_DOMAIN, DOMAINS, DomainRule, MAX_N, Plan, Policy, ResolvedScorer, ScorerFailurePolicy,
     SelectionSettings, check_n,
@@ -262,6 +262,13 @@ impl<'a> Wave<'a> {
         let arrivals =
             futures_util::stream::iter(ordered).then(|next| next).filter_map(|next| std::future::ready(next.ok()));
         Wave { arrivals: Box::pin(arrivals), cancels }
+    }
+
+    /// The same wave with `seen` called on each arrival as it is yielded, before the caller
+    /// gets it.
+    pub fn inspect(self, seen: impl FnMut(&Arrival) + Send + 'a) -> Wave<'a> {
+        use futures_util::StreamExt;
+        Wave { arrivals: Box::pin(self.arrivals.inspect(seen)), cancels: self.cancels }
     }
 
     /// The next arrival; None once every call has arrived, been cancelled or been cut off.

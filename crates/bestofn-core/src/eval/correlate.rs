@@ -20,6 +20,17 @@ pub enum Method {
     Kendall,
 }
 
+impl Method {
+    /// The name the command line and the reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Pearson => "pearson",
+            Method::Spearman => "spearman",
+            Method::Kendall => "kendall",
+        }
+    }
+}
+
 /// Pearson's r; NaN when either side is constant or fewer than 2 pairs.
 pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
     let n = x.len() as f64;
@@ -239,64 +250,156 @@ pub fn grid(
         .collect()
 }
 
-/// Renders the grid: JSON `{method: {y: {x: {r, n, ci_low, ci_high, p}}}}`, or per method a
-/// table (y rows by x columns, like the paper's Figure 3) as text, CSV or Markdown.
-pub fn render_grid(grid: &Grid, xs: &[String], format: super::Format) -> String {
+/// How a cell's coefficient, interval and p-value read in the table and Markdown formats, in
+/// three parts: `0.915`, `[0.80, 0.97]` (`[-]` where there is no interval) and `p=0.001`
+/// (`p<0.001` below it); an undefined coefficient is `-` alone.
+pub fn cell_parts(c: &Cell) -> [String; 3] {
+    let Some(r) = c.r else { return ["-".into(), String::new(), String::new()] };
+    let interval = match (c.ci_low, c.ci_high) {
+        (Some(low), Some(high)) => format!("[{low:.2}, {high:.2}]"),
+        _ => "[-]".into(),
+    };
+    let p = match c.p {
+        Some(p) if p < 0.0005 => "p<0.001".into(),
+        Some(p) => format!("p={p:.3}"),
+        None => "p=-".into(),
+    };
+    [format!("{r:.3}"), interval, p]
+}
+
+/// A cell as one text, e.g. `0.915 [0.80, 0.97] p=0.001` (see [`cell_parts`]).
+pub fn cell_text(c: &Cell) -> String {
+    cell_parts(c).iter().filter(|p| !p.is_empty()).cloned().collect::<Vec<_>>().join(" ")
+}
+
+/// The line under the table and Markdown formats that says what a cell holds; `resamples` and
+/// `seed` are the bootstrap's (0 resamples: no intervals).
+pub fn legend(resamples: usize, seed: u64) -> String {
+    let intervals = if resamples == 0 {
+        "no intervals ([-]: --bootstrap 0)".to_string()
+    } else {
+        format!("percentile bootstrap over rows ({resamples} resamples, seed {seed}; [-]: fewer than 3 pairs)")
+    };
+    format!("r [95% interval] p: {intervals}; two-sided p-value (t test; Kendall: normal approximation)")
+}
+
+/// Renders the grid: JSON `{method: {y: {x: {r, n, ci_low, ci_high, p}}}}` (null where
+/// undefined); CSV, one line a cell with columns `method,y,x,r,n,ci_low,ci_high,p` (empty where
+/// undefined); or per method a table (y rows by x columns, like the paper's Figure 3) of
+/// [`cell_text`]s as aligned text or Markdown, followed by the [`legend`]. `resamples` and `seed`
+/// are the bootstrap's.
+pub fn render_grid(grid: &Grid, xs: &[String], format: super::Format, resamples: usize, seed: u64) -> String {
     use super::Format;
-    if format == Format::Json {
-        return serde_json::to_string_pretty(grid).unwrap_or_default() + "\n";
-    }
-    let r = |c: &Cell| c.r.map_or("-".into(), |r| format!("{r:.3}"));
-    let mut out = String::new();
-    if format == Format::Csv {
-        out.push_str("method,y,x,r,n,ci_low,ci_high,p\n");
-        let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
-        for (method, rows) in grid {
-            for (y, cells) in rows {
-                for (x, c) in cells {
-                    out.push_str(
-                        &format!(
-                            "{method:?},{y},{x},{},{},{},{},{}\n",
-                            opt(c.r),
-                            c.n,
-                            opt(c.ci_low),
-                            opt(c.ci_high),
-                            opt(c.p)
-                        )
-                        .to_lowercase(),
-                    );
-                }
-            }
-        }
-        return out;
-    }
-    for (method, rows) in grid {
-        let title = format!("{method:?}").to_lowercase();
-        let width = rows.keys().map(String::len).max().unwrap_or(1).max(title.len());
-        if format == Format::Md {
-            out.push_str(&format!("| {title} | {} |\n|---|{}|\n", xs.join(" | "), vec!["---:"; xs.len()].join("|")));
-            for (y, cells) in rows {
-                let values: Vec<String> = xs.iter().map(|x| cells.get(x).map(r).unwrap_or_default()).collect();
-                out.push_str(&format!("| {y} | {} |\n", values.join(" | ")));
-            }
-        } else {
-            out.push_str(&format!("{title:<width$}"));
-            for x in xs {
-                out.push_str(&format!("  {x:>w$}", w = x.len().max(6)));
-            }
-            out.push('\n');
-            for (y, cells) in rows {
-                out.push_str(&format!("{y:<width$}"));
-                for x in xs {
-                    let text = cells.get(x).map(r).unwrap_or_default();
-                    out.push_str(&format!("  {text:>w$}", w = x.len().max(6)));
+    match format {
+        Format::Json => serde_json::to_string_pretty(grid).unwrap_or_default() + "\n",
+        Format::Csv => render_csv(grid),
+        Format::Table | Format::Md => {
+            let md = format == Format::Md;
+            let mut out = String::new();
+            for (method, rows) in grid {
+                let title = method.name();
+                if md {
+                    out.push_str(&format!(
+                        "| {title} | {} |\n|---|{}|\n",
+                        xs.join(" | "),
+                        vec!["---:"; xs.len()].join("|")
+                    ));
+                    for (y, cells) in rows {
+                        let values: Vec<String> =
+                            xs.iter().map(|x| cells.get(x).map(cell_text).unwrap_or_default()).collect();
+                        out.push_str(&format!("| {y} | {} |\n", values.join(" | ")));
+                    }
+                } else {
+                    out.push_str(&aligned_table(title, rows, xs));
                 }
                 out.push('\n');
             }
+            out.push_str(&legend(resamples, seed));
+            out.push('\n');
+            out
         }
+    }
+}
+
+/// One method's grid as aligned text: y names left-aligned, then per x column the coefficients
+/// right-aligned, the intervals and the p-values each in a column of their own.
+fn aligned_table(title: &str, rows: &BTreeMap<String, BTreeMap<String, Cell>>, xs: &[String]) -> String {
+    let len = |s: &str| s.chars().count();
+    let parts: Vec<(&String, Vec<[String; 3]>)> = rows
+        .iter()
+        .map(|(y, cells)| (y, xs.iter().map(|x| cells.get(x).map(cell_parts).unwrap_or_default()).collect()))
+        .collect();
+    // Per x column: the width of each part, then of the whole, which its name may widen.
+    let widths: Vec<([usize; 3], usize)> = xs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let mut w = [0; 3];
+            for (_, cells) in &parts {
+                for (k, part) in cells.get(i).into_iter().flatten().enumerate() {
+                    w[k] = w[k].max(len(part));
+                }
+            }
+            let whole = w[0] + if w[1] > 0 { w[1] + 1 } else { 0 } + if w[2] > 0 { w[2] + 1 } else { 0 };
+            (w, whole.max(len(x)))
+        })
+        .collect();
+    let first = rows.keys().map(|y| len(y)).chain([len(title)]).max().unwrap_or(1);
+    let mut out = format!("{title:<first$}");
+    for (x, (_, whole)) in xs.iter().zip(&widths) {
+        out.push_str(&format!("  {x:>whole$}"));
+    }
+    out.push('\n');
+    for (y, cells) in &parts {
+        let mut line = format!("{y:<first$}");
+        for ([r, interval, p], ([wr, wi, wp], whole)) in cells.iter().zip(&widths) {
+            let mut text = format!("{r:>wr$}");
+            if *wi > 0 {
+                text.push_str(&format!(" {interval:<wi$}"));
+            }
+            if *wp > 0 {
+                text.push_str(&format!(" {p:<wp$}"));
+            }
+            line.push_str(&format!("  {text:>whole$}"));
+        }
+        out.push_str(line.trim_end());
         out.push('\n');
     }
     out
+}
+
+/// The CSV format: one line a cell, names quoted as CSV needs, numbers to 6 decimals (a p-value
+/// below 0.001 in scientific notation), empty where undefined.
+fn render_csv(grid: &Grid) -> String {
+    let number = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+    // A small p keeps its significant digits.
+    let p_value = |v: Option<f64>| match v {
+        Some(p) if p != 0.0 && p < 1e-3 => format!("{p:.3e}"),
+        other => number(other),
+    };
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut write = |record: &[String]| writer.write_record(record).is_ok();
+    let header = ["method", "y", "x", "r", "n", "ci_low", "ci_high", "p"].map(String::from);
+    let mut ok = write(&header);
+    for (method, rows) in grid {
+        for (y, cells) in rows {
+            for (x, c) in cells {
+                ok &= write(&[
+                    method.name().to_string(),
+                    y.clone(),
+                    x.clone(),
+                    number(c.r),
+                    c.n.to_string(),
+                    number(c.ci_low),
+                    number(c.ci_high),
+                    p_value(c.p),
+                ]);
+            }
+        }
+    }
+    // Writing to memory does not fail.
+    let bytes = if ok { writer.into_inner().unwrap_or_default() } else { Vec::new() };
+    String::from_utf8(bytes).unwrap_or_default()
 }
 
 #[cfg(test)]

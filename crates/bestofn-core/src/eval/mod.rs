@@ -14,7 +14,14 @@ pub mod plot {
     use super::bon::BonReport;
     use super::correlate::Cell;
 
-    const NEEDS_FEATURE: &str = "plots need bestofn built with `--features plot`";
+    const NEEDS_FEATURE: &str =
+        "plots need bestofn built with the `plot` feature; rebuild with `cargo build --release --features plot`";
+
+    /// Unavailable without the `plot` feature: says so, for the command line to refuse a plot
+    /// before any work.
+    pub fn check_target(_path: &Path) -> Result<(), String> {
+        Err(NEEDS_FEATURE.into())
+    }
 
     /// Unavailable without the `plot` feature.
     pub fn plot_bon(_report: &BonReport, _path: &Path) -> Result<(), String> {

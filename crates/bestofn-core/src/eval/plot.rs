@@ -47,6 +47,15 @@ macro_rules! on_backend {
     }};
 }
 
+/// Whether a plot can be written to `path`: its extension names the format, `.svg` or `.png`.
+/// The command line checks it before any work, so a bad name does not cost a whole evaluation.
+pub fn check_target(path: &Path) -> Result<(), String> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("svg" | "png") => Ok(()),
+        _ => Err(format!("{}: the plot file must end in .svg or .png", path.display())),
+    }
+}
+
 const PALETTE: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
