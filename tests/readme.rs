@@ -3,7 +3,8 @@
 //! command that needs a server says so in its comment (`# needs ...`) and is only checked to
 //! exist; `bestofn serve` is left to the tests that start servers. Where README shows a command
 //! with its output (`$ bestofn ...` followed by lines), the real output must contain those lines
-//! in that order (`...` stands for lines left out).
+//! in that order (`...` stands for lines left out). The documents under `docs/` are held to the
+//! second rule: every `$ bestofn ...` they show with its output runs and prints it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -76,8 +77,8 @@ fn example(line: usize, text: &str) -> Example {
 }
 
 /// A folder holding only a `bestofn` link to the binary under test, to put first on `PATH`.
-fn bin_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bestofn-readme-bin-{}", std::process::id()));
+fn bin_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bestofn-readme-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let link = dir.join("bestofn");
     let _ = std::fs::remove_file(&link);
@@ -136,7 +137,7 @@ fn every_readme_command_runs_as_written() {
     let runnable: Vec<&Example> =
         found.iter().filter(|e| !e.needs_server && !e.command.starts_with("bestofn serve")).collect();
     assert!(runnable.len() >= 6, "README's runnable bestofn commands: {found:#?}");
-    let bin = bin_dir();
+    let bin = bin_dir("readme");
     let mut failures = Vec::new();
     for example in &runnable {
         let (code, stdout, stderr) = run(root, &bin, &example.command, Duration::from_secs(120));
@@ -152,6 +153,34 @@ fn every_readme_command_runs_as_written() {
         }
     }
     let _ = std::fs::remove_dir_all(&bin);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn every_output_the_docs_show_is_real() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = bin_dir("docs");
+    let mut shown = 0;
+    let mut failures = Vec::new();
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "md") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for example in examples(&text).iter().filter(|e| !e.shown_output.is_empty()) {
+            shown += 1;
+            let (code, stdout, stderr) = run(root, &bin, &example.command, Duration::from_secs(120));
+            let place = format!("{} line {}: `{}`", path.display(), example.line, example.command);
+            if code != Some(0) {
+                failures.push(format!("{place} exited with {code:?}\nstderr: {stderr}"));
+            } else if let Err(e) = shows(&stdout, &example.shown_output) {
+                failures.push(format!("{place}: {e}\nstdout:\n{stdout}"));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&bin);
+    assert!(shown >= 3, "the docs show {shown} command outputs");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
