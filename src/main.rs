@@ -501,6 +501,13 @@ fn eval_rewardbench(args: RewardbenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A request-path error as the command line shows it: whole, with the endpoint of a backend
+/// failure and every cause once ([`bestofn::Error::detailed`]). As a plain message, not a
+/// chain: `main` prints chains, and the causes are already in it.
+fn operator_error(e: bestofn::Error) -> anyhow::Error {
+    anyhow::anyhow!(e.detailed())
+}
+
 fn plot_or_explain(draw: impl FnOnce() -> Result<(), String>) -> anyhow::Result<()> {
     draw().map_err(|e| anyhow::anyhow!(e))
 }
@@ -555,7 +562,7 @@ fn eval_replay(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    let report = runtime.block_on(replay(&rows, &config.policy(), &scorers, &options))?;
+    let report = runtime.block_on(replay(&rows, &config.policy(), &scorers, &options)).map_err(operator_error)?;
     if report.domains.is_empty() {
         anyhow::bail!(
             "{}: no labelled prompts to replay (label them with --gold or --label-with)",
@@ -588,7 +595,7 @@ fn eval_replay_as_recorded(args: &ReplayArgs) -> anyhow::Result<()> {
             fuser.as_deref(),
             streams_each,
         ))
-        .map_err(|(line, e)| anyhow::anyhow!("{}: line {line}: {e}", args.samples.samples.display()))?;
+        .map_err(|(line, e)| anyhow::anyhow!("{}: line {line}: {}", args.samples.samples.display(), e.detailed()))?;
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(picks_path).with_context(|| format!("{}: cannot create", picks_path.display()))?,
     );
@@ -647,6 +654,10 @@ fn eval_tune(args: TuneArgs) -> anyhow::Result<()> {
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let report = runtime
         .block_on(tune(&rows, &options))
+        .map_err(|e| match e {
+            bestofn::eval::tune::TuneError::Replay(e) => operator_error(e),
+            other => anyhow::anyhow!(other),
+        })
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.samples.samples.display()))?;
     let fragment = config_fragment(&report);
     if let Some(config_path) = &args.config {

@@ -689,20 +689,22 @@ mod tests {
         use crate::Error;
         let secret = "zebra";
         let invalid = Error::invalid("bestofn.n", format!("'bestofn.n' must be a positive integer, got \"{secret}\""));
-        let rejected = Error::UpstreamRejected {
-            backend: "upstream u".into(),
-            status: 422,
-            message: format!("input: {secret}"),
-            error_type: None,
-            param: Some("messages".into()),
-        };
+        let rejected = Error::rejected(
+            "the upstream",
+            422,
+            crate::error::Rejection {
+                message: format!("input: {secret}"),
+                param: Some("messages".into()),
+                ..Default::default()
+            },
+        );
         let failed = Error::bad_gateway(crate::error::Party::Scorer, "scorer rm", format!("HTTP 500: echo {secret}"));
         for e in [&invalid, &rejected, &failed] {
             assert!(e.to_string().contains(secret));
             assert!(!loggable(e).contains(secret), "{}", loggable(e));
         }
         assert!(loggable(&rejected).contains("422") && loggable(&failed).contains("HTTP 500"));
-        let unreachable = Error::bad_gateway(crate::error::Party::Upstream, "upstream u", "cannot reach it");
+        let unreachable = Error::bad_gateway(crate::error::Party::Upstream, "the upstream", "cannot reach it");
         assert_eq!(loggable(&unreachable), unreachable.to_string());
     }
 }

@@ -60,7 +60,14 @@ pub fn build_fuser(
     })))
 }
 
-/// A backend over `urls` with the transport settings of its config section.
+/// How errors name a backend to the client: a scorer by its configured name (`scorer rm`), the
+/// others by their role (`the upstream`, `the fuser`, `the classifier`).
+pub fn party_name(name: &str) -> String {
+    if name.starts_with("scorer ") { name.to_string() } else { format!("the {name}") }
+}
+
+/// A backend over `urls` with the transport settings of its config section; `name` is its
+/// metric label and log name (`upstream`, `scorer rm`), and errors name it by [`party_name`].
 pub fn backend(
     client: &HttpClient,
     party: Party,
@@ -84,6 +91,7 @@ pub fn backend(
         .counting_ejections(ejections)
         .limited(t.max_in_flight, metrics.map(|m| &m.pool))
         .assuming_calls_take(t.typical_call_ms.map(Duration::from_millis)),
+        party_name: party_name(&name),
         name,
         timeout: Duration::from_millis(t.timeout_ms),
         retry: RetryPolicy {

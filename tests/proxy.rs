@@ -348,7 +348,8 @@ async fn upstream_failures_map_to_clear_statuses() {
     let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("x"), &[]).await;
     assert_eq!(status, 502, "{resp}");
     let message = resp["error"]["message"].as_str().unwrap();
-    assert!(message.contains("engine overloaded") && message.contains(&failing.url()), "{message}");
+    assert!(message.starts_with("the upstream failed: HTTP 503: engine overloaded"), "{message}");
+    assert!(!message.contains(&failing.addr.to_string()), "the client is not told where the upstream is: {message}");
     assert_eq!(failing.requests().len(), 2, "max_retries = 1");
     drop(proxy);
 
@@ -758,9 +759,8 @@ async fn answers_over_max_response_bytes_are_502s_naming_the_backend_and_the_lim
     let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
     assert_eq!(status, 502, "{resp}");
     let message = resp["error"]["message"].as_str().unwrap();
-    let expected =
-        format!("upstream {}/v1 failed: answered more than upstream.max_response_bytes (2048 bytes)", upstream.url());
-    assert!(message.contains(&expected), "{message}");
+    let expected = "the upstream failed: answered more than upstream.max_response_bytes (2048 bytes)";
+    assert!(message.contains(expected), "{message}");
     // A stream whose length is declared over the limit is refused before its first byte.
     let mut streaming = chat_body("q");
     streaming["stream"] = json!(true);
@@ -775,11 +775,8 @@ async fn answers_over_max_response_bytes_are_502s_naming_the_backend_and_the_lim
     let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), chat_body("q"), &[]).await;
     assert_eq!(status, 502, "{resp}");
     let message = resp["error"]["message"].as_str().unwrap();
-    let expected = format!(
-        "scorer vllm {}/classify failed: answered more than upstream.max_response_bytes (2048 bytes)",
-        huge_rm.url()
-    );
-    assert!(message.contains(&expected), "{message}");
+    let expected = "scorer vllm failed: answered more than upstream.max_response_bytes (2048 bytes)";
+    assert!(message.contains(expected), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,6 +2,7 @@
 //! in-flight requests with ejection of failing ones, per-attempt timeouts, retries with capped
 //! exponential backoff and jitter that honour Retry-After, and error normalisation.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -94,7 +95,8 @@ pub struct EjectionPolicy {
 
 #[derive(Debug)]
 struct Endpoint {
-    url: String,
+    /// The base URL, shared with the errors that name it (for logs only).
+    url: Arc<str>,
     /// Parsed URIs of the paths called under this endpoint: a backend calls only a handful of
     /// paths, so bestofn parses each once instead of on every call (URL parsing was 6.2% of the
     /// proxy's CPU at N=16 parallel sampling).
@@ -228,7 +230,7 @@ impl EndpointPool {
         let endpoints = urls
             .iter()
             .map(|u| Endpoint {
-                url: u.trim_end_matches('/').to_string(),
+                url: Arc::from(u.trim_end_matches('/')),
                 parsed: std::sync::RwLock::new(Vec::new()),
                 in_flight: AtomicUsize::new(0),
                 consecutive_failures: AtomicU32::new(0),
@@ -257,9 +259,9 @@ impl EndpointPool {
         for e in &mut self.endpoints {
             e.slots = max_in_flight.map(|m| std::sync::Arc::new(tokio::sync::Semaphore::new(m)));
             e.gauges = metrics.map(|m| EndpointGauges {
-                running: m.in_flight.with_label_values(&[e.url.as_str()]),
-                queued: m.queue_depth.with_label_values(&[e.url.as_str()]),
-                queue_seconds: m.queue_seconds.with_label_values(&[e.url.as_str()]),
+                running: m.in_flight.with_label_values(&[&*e.url]),
+                queued: m.queue_depth.with_label_values(&[&*e.url]),
+                queue_seconds: m.queue_seconds.with_label_values(&[&*e.url]),
             });
         }
         self
@@ -351,7 +353,8 @@ impl EndpointPool {
             return Ok(url.clone());
         }
         let text = format!("{}{path}", endpoint.url);
-        let url = text.parse::<http::Uri>().map_err(|e| format!("invalid URL {text}: {e}"))?;
+        // The message names no URL (a client may read it); the error carries the endpoint.
+        let url = text.parse::<http::Uri>().map_err(|e| format!("its configured URL is not a valid URI ({e})"))?;
         if let Ok(mut cache) = endpoint.parsed.write()
             && !cache.iter().any(|(p, _)| p == path)
         {
@@ -406,11 +409,7 @@ impl EndpointPool {
     /// URLs of endpoints currently in rotation.
     pub fn healthy(&self) -> Vec<&str> {
         let now = self.now_ms();
-        self.endpoints
-            .iter()
-            .filter(|e| e.ejected_until_ms.load(Ordering::Relaxed) <= now)
-            .map(|e| e.url.as_str())
-            .collect()
+        self.endpoints.iter().filter(|e| e.ejected_until_ms.load(Ordering::Relaxed) <= now).map(|e| &*e.url).collect()
     }
 }
 
@@ -459,8 +458,11 @@ pub enum Http2Mode {
 pub struct Backend {
     /// The connection-pooling, keep-alive clients shared by all calls.
     pub client: HttpClient,
-    /// What the backend is, for errors and logs: `upstream`, `scorer rm`.
+    /// What the backend is, for logs and metric labels: `upstream`, `scorer rm`.
     pub name: String,
+    /// How errors name the backend to the client: `the upstream`, `scorer rm`, `the fuser`,
+    /// `the classifier`. Never an endpoint: errors carry that apart, for logs.
+    pub party_name: String,
     /// Which kind of backend it is, for the error metric.
     pub party: Party,
     /// The endpoints: base URLs for the upstream, full URLs for a scorer.
@@ -473,13 +475,16 @@ pub struct Backend {
     pub retry: RetryPolicy,
 }
 
-/// A successful call: the JSON body and how long the successful attempt took.
+/// A successful call: the JSON body, how long the successful attempt took and who answered.
 #[derive(Debug)]
 pub struct JsonReply {
     /// The parsed response body.
     pub body: Value,
     /// Wall time of the attempt that succeeded.
     pub latency: Duration,
+    /// The endpoint that answered, for the errors of a caller that finds the answer unusable
+    /// ([`Error::at`]).
+    pub endpoint: Arc<str>,
 }
 
 use crate::bon::ByteStream;
@@ -487,12 +492,12 @@ use crate::bon::ByteStream;
 /// An attempt that got a 2xx head: the answer, when the attempt started (after any queueing)
 /// and when its request went to the client, the deadline for its body, the endpoint that
 /// answered and its slot.
-struct Sent<'a> {
+struct Sent {
     reply: client::Reply,
     started: Instant,
     sent: Instant,
     deadline: tokio::time::Instant,
-    endpoint: &'a str,
+    endpoint: Arc<str>,
     slot: Slot,
 }
 
@@ -507,15 +512,18 @@ pub struct BytesReply {
     pub headers: http::HeaderMap,
     /// Wall time of the attempt that succeeded.
     pub latency: Duration,
+    /// The endpoint that answered, for the errors of a caller that finds the answer unusable
+    /// ([`Error::at`]).
+    pub endpoint: Arc<str>,
 }
 
 /// A successful call's answer, its body unparsed.
-struct RawReply<'a> {
+struct RawReply {
     body: Bytes,
     headers: http::HeaderMap,
     status: http::StatusCode,
     latency: Duration,
-    endpoint: &'a str,
+    endpoint: Arc<str>,
 }
 
 /// Headers that describe one connection rather than the answer (RFC 9110 section 7.6.1), and
@@ -595,21 +603,24 @@ impl Backend {
         let headers = end_to_end_headers(sent.reply.headers().clone());
         // A stream's span ends with its head: the rest is paced by the client reading it.
         record_interval(sent.sent, Instant::now());
-        let name = self.endpoint_name(sent.endpoint);
+        let endpoint = sent.endpoint;
         let limit = self.client.max_response_bytes();
+        let too_large = self.too_large(&endpoint, limit);
         if declared_over(sent.reply.headers(), limit) {
-            return Err(self.too_large(&name, limit));
+            return Err(too_large);
         }
         let party = self.party;
+        let name = self.party_name.clone();
         let slot = sent.slot;
-        let too_large = self.too_large(&name, limit);
         let mut read: u64 = 0;
         // The slot is held until the stream ends or is dropped.
         let stream = http_body_util::BodyDataStream::new(sent.reply.into_body());
         let stream = stream.map(move |chunk| {
             let _held = &slot;
             let chunk = chunk.map_err(|e| {
-                Error::bad_gateway(party, name.clone(), "stream broke off").caused_by_boxed(Box::new(e))
+                Error::bad_gateway(party, name.clone(), "stream broke off")
+                    .caused_by(client::without_url(e))
+                    .at(&endpoint)
             })?;
             read += chunk.len() as u64;
             if read > limit {
@@ -627,45 +638,42 @@ impl Backend {
         Ok((headers, body))
     }
 
-    fn endpoint_name(&self, url: &str) -> String {
-        format!("{} {url}", self.name)
+    /// A failure of this backend at `endpoint`: the client reads the party, logs the endpoint.
+    fn failure(&self, endpoint: &Arc<str>, message: impl Into<String>) -> Error {
+        Error::bad_gateway(self.party, self.party_name.as_str(), message).at(endpoint)
     }
 
     /// The error of an answer larger than the process allows.
-    fn too_large(&self, name: &str, limit: u64) -> Error {
-        Error::bad_gateway(self.party, name, format!("answered more than upstream.max_response_bytes ({limit} bytes)"))
+    fn too_large(&self, endpoint: &Arc<str>, limit: u64) -> Error {
+        self.failure(endpoint, format!("answered more than upstream.max_response_bytes ({limit} bytes)"))
     }
 
     async fn call_json(&self, path: &str, method: Method<'_>) -> Result<JsonReply, Error> {
         let raw = self.call_bytes(path, method).await?;
         let body = serde_json::from_slice(&raw.body).map_err(|e| {
-            Error::bad_gateway(
-                self.party,
-                self.endpoint_name(raw.endpoint),
-                format!("answered HTTP {} with a body that is not JSON", raw.status),
-            )
-            .caused_by(e)
+            self.failure(&raw.endpoint, format!("answered HTTP {} with a body that is not JSON", raw.status))
+                .caused_by(e)
         })?;
-        Ok(JsonReply { body, latency: raw.latency })
+        Ok(JsonReply { body, latency: raw.latency, endpoint: raw.endpoint })
     }
 
     /// POSTs `body` as JSON to `path` under an endpoint, retrying what is retryable, and returns
     /// the answer's bytes unparsed, with its end-to-end headers.
     pub async fn post_bytes(&self, path: &str, body: Bytes) -> Result<BytesReply, Error> {
         let raw = self.call_bytes(path, Method::Post(&body)).await?;
-        Ok(BytesReply { body: raw.body, headers: raw.headers, latency: raw.latency })
+        Ok(BytesReply { body: raw.body, headers: raw.headers, latency: raw.latency, endpoint: raw.endpoint })
     }
 
     /// One call read to its end, its body under `upstream.max_response_bytes`.
-    async fn call_bytes(&self, path: &str, method: Method<'_>) -> Result<RawReply<'_>, Error> {
+    async fn call_bytes(&self, path: &str, method: Method<'_>) -> Result<RawReply, Error> {
         use http_body_util::BodyExt;
         let sent = self.send(path, method).await?;
         let (head, body) = sent.reply.into_parts();
         let limit = self.client.max_response_bytes();
-        let name = || self.endpoint_name(sent.endpoint);
+        let endpoint = &sent.endpoint;
         if declared_over(&head.headers, limit) {
             record_interval(sent.sent, Instant::now());
-            return Err(self.too_large(&name(), limit));
+            return Err(self.too_large(endpoint, limit));
         }
         let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
         // The attempt's time limit covers the body too.
@@ -675,11 +683,13 @@ impl Backend {
         record_interval(sent.sent, Instant::now());
         let body = match read {
             Ok(Ok(body)) => body.to_bytes(),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(self.too_large(&name(), limit)),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(self.too_large(endpoint, limit)),
             Ok(Err(e)) => {
-                return Err(Error::bad_gateway(self.party, name(), "response body broke off").caused_by_boxed(e));
+                return Err(self
+                    .failure(endpoint, "response body broke off")
+                    .caused_by_boxed(client::boxed_without_url(e)));
             }
-            Err(_) => return Err(self.timed_out(&name())),
+            Err(_) => return Err(self.timed_out(endpoint)),
         };
         sent.slot.served();
         Ok(RawReply {
@@ -694,27 +704,24 @@ impl Backend {
     /// Sends until a 2xx arrives or the retries run out; each attempt has `timeout` for its
     /// head, and the returned deadline bounds reading the body. Time spent queued for a slot is
     /// recorded as a span of its own (waiting on the upstream, not proxy overhead).
-    async fn send(&self, path: &str, method: Method<'_>) -> Result<Sent<'_>, Error> {
+    async fn send(&self, path: &str, method: Method<'_>) -> Result<Sent, Error> {
         let mut attempt = 0;
         loop {
             let endpoint = self.pool.pick();
-            let base = self.pool.endpoints[endpoint.index].url.as_str();
+            let base = &self.pool.endpoints[endpoint.index].url;
             let queued = Instant::now();
             let slot = self.pool.admit(endpoint.index).await;
             let started = Instant::now();
             if slot._permit.is_some() {
                 record_interval(queued, started);
             }
-            let uri = self
-                .pool
-                .url(endpoint.index, path)
-                .map_err(|message| Error::bad_gateway(self.party, self.endpoint_name(base), message))?;
+            let uri = self.pool.url(endpoint.index, path).map_err(|message| self.failure(base, message))?;
             let request = self.request(uri, method).map_err(|message| Error::Internal(message.to_string()))?;
             let deadline = tokio::time::Instant::from_std(started) + self.timeout;
             let sent = Instant::now();
             let outcome = match tokio::time::timeout_at(deadline, self.attempt(request, base)).await {
                 Ok(outcome) => outcome,
-                Err(_) => Err(self.timed_out(&self.endpoint_name(base))),
+                Err(_) => Err(self.timed_out(base)),
             };
             // A 4xx is the request's fault, not the endpoint's.
             let healthy = match &outcome {
@@ -727,12 +734,12 @@ impl Backend {
             }
             drop(endpoint);
             match outcome {
-                Ok(reply) => return Ok(Sent { reply, started, sent, deadline, endpoint: base, slot }),
+                Ok(reply) => return Ok(Sent { reply, started, sent, deadline, endpoint: base.clone(), slot }),
                 Err(error) if !error.is_retryable() || attempt >= self.retry.max_retries => return Err(error),
                 Err(error) => {
                     drop(slot);
                     let backoff = self.retry.backoff(attempt, error.retry_after());
-                    tracing::debug!(backend = %self.endpoint_name(base), attempt, error = %error, ?backoff, "retrying");
+                    tracing::debug!(backend = %self.name, endpoint = %base, attempt, error = %error.loggable(), ?backoff, "retrying");
                     tokio::time::sleep(backoff).await;
                     attempt += 1;
                 }
@@ -761,14 +768,13 @@ impl Backend {
     }
 
     /// One attempt at endpoint `base`; errors name the endpoint (built only when one happens).
-    async fn attempt(&self, request: http::Request<Bytes>, base: &str) -> Result<client::Reply, Error> {
+    async fn attempt(&self, request: http::Request<Bytes>, base: &Arc<str>) -> Result<client::Reply, Error> {
         use http_body_util::BodyExt;
-        let bad_gateway = |message: String| Error::bad_gateway(self.party, self.endpoint_name(base), message);
+        let bad_gateway = |message: String| self.failure(base, message);
         let response = match self.client.send(request).await {
             Ok(r) => r,
-            Err(e) => {
-                return Err(bad_gateway("cannot reach it".into()).caused_by_boxed(Box::new(e)).retryable_after(None));
-            }
+            // The client's error names no URL (see `HttpClient::send`): the endpoint is a field.
+            Err(e) => return Err(bad_gateway("cannot reach it".into()).caused_by(e).retryable_after(None)),
         };
         // RFC 9112 section 6.3: an answer framed by both Content-Length and Transfer-Encoding
         // may be an attempt at response splitting and ought to be handled as an error. hyper's
@@ -805,19 +811,14 @@ impl Backend {
             );
         }
         if status.is_client_error() {
-            return Err(Error::UpstreamRejected {
-                backend: self.endpoint_name(base),
-                status: status.as_u16(),
-                message: normalized.message,
-                error_type: normalized.error_type,
-                param: normalized.param,
-            });
+            return Err(Error::rejected(self.party_name.as_str(), status.as_u16(), normalized).at(base));
         }
         Err(bad_gateway(format!("unexpected HTTP {status}: {}", normalized.message)))
     }
 
-    fn timed_out(&self, name: &str) -> Error {
-        Error::timeout(self.party, name, format!("no complete answer within {} ms", self.timeout.as_millis()))
+    fn timed_out(&self, endpoint: &Arc<str>) -> Error {
+        let message = format!("no complete answer within {} ms", self.timeout.as_millis());
+        Error::timeout(self.party, self.party_name.as_str(), message).at(endpoint)
     }
 }
 
@@ -842,7 +843,8 @@ mod tests {
             assert_eq!(p.url(0, "/models").unwrap().to_string(), "http://10.0.0.1:8000/v1/models");
         }
         assert_eq!(p.endpoints[0].parsed.read().unwrap().len(), 2, "one cache entry per path");
-        assert!(p.url(1, "/models").unwrap_err().contains("http://[bad/models"));
+        let invalid = p.url(1, "/models").unwrap_err();
+        assert!(invalid.contains("not a valid URI") && !invalid.contains("http://"), "{invalid}");
     }
 
     #[tokio::test]
@@ -1021,6 +1023,7 @@ mod tests {
         Backend {
             client: HttpClient::new(ClientSettings { upstream_http2: Http2Mode::Auto, max_response_bytes }).unwrap(),
             name: "upstream".into(),
+            party_name: "the upstream".into(),
             party: Party::Upstream,
             pool: EndpointPool::new(&[url], EjectionPolicy { after_failures: 3, cooldown: Duration::from_secs(1) }),
             api_key: None,
@@ -1039,9 +1042,10 @@ mod tests {
             assert!(matches!(error, Error::BadGateway { .. }), "{error:?}");
             assert_eq!(
                 error.to_string(),
-                format!("upstream {url} failed: answered more than upstream.max_response_bytes (4096 bytes)"),
+                "the upstream failed: answered more than upstream.max_response_bytes (4096 bytes)",
                 "chunked: {chunked}"
             );
+            assert_eq!(error.endpoint(), Some(url.as_str()), "the endpoint is a field of its own, for logs");
             let error = backend(url.clone(), 4096).post_json("/score", &serde_json::json!({})).await.unwrap_err();
             assert!(error.to_string().contains("upstream.max_response_bytes (4096 bytes)"), "{error}");
             let whole = backend(url, 5000).post_bytes("/v1/chat/completions", Bytes::new()).await.unwrap();

@@ -58,7 +58,12 @@ impl Fuser for ChatFuser {
             };
             let reply = call.send(&self.backend).await.map_err(Error::into_gateway_failure)?;
             if reply.text.trim().is_empty() {
-                return Err(Error::bad_gateway(self.backend.party, &self.backend.name, "the fuser answered nothing"));
+                let nothing =
+                    Error::bad_gateway(self.backend.party, self.backend.party_name.as_str(), "answered nothing");
+                return Err(match &reply.endpoint {
+                    Some(endpoint) => nothing.at(endpoint),
+                    None => nothing,
+                });
             }
             Ok(Fused {
                 text: reply.text,

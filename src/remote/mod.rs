@@ -48,6 +48,8 @@ pub struct ChatReply {
     pub prompt_tokens: Option<u64>,
     /// `usage.total_tokens`, when reported.
     pub total_tokens: Option<u64>,
+    /// The endpoint that answered, for the error of a caller that finds the answer unusable.
+    pub endpoint: Option<std::sync::Arc<str>>,
 }
 
 impl ChatCall<'_> {
@@ -71,7 +73,8 @@ impl ChatCall<'_> {
     pub async fn send(&self, backend: &Backend) -> Result<ChatReply, Error> {
         let span = crate::telemetry::upstream_call_span("chat", self.model, 1);
         let call = async {
-            let reply = backend.post_json("/chat/completions", &self.body()).await?.body;
+            let crate::backend::JsonReply { body: reply, endpoint, .. } =
+                backend.post_json("/chat/completions", &self.body()).await?;
             let tokens = |key: &str| reply.pointer(&format!("/usage/{key}")).and_then(Value::as_u64);
             if let (Some(input), Some(output)) = (tokens("prompt_tokens"), tokens("completion_tokens")) {
                 crate::telemetry::record_usage(&tracing::Span::current(), input, output);
@@ -81,6 +84,7 @@ impl ChatCall<'_> {
                 logprobs: reply.pointer("/choices/0/logprobs").filter(|v| !v.is_null()).cloned(),
                 prompt_tokens: tokens("prompt_tokens"),
                 total_tokens: tokens("total_tokens"),
+                endpoint: Some(endpoint),
             })
         };
         crate::telemetry::in_span(span, call).await

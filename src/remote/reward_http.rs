@@ -108,7 +108,7 @@ impl RewardHttpScorer {
                 let mut body = self.vllm_body();
                 body["messages"] = serde_json::to_value(turns).map_err(|e| Error::Internal(e.to_string()))?;
                 let reply = self.backend.post_json("", &body).await.map_err(Error::into_gateway_failure)?;
-                let (scores, tokens) = self.parse(&reply.body, 1)?;
+                let (scores, tokens) = self.parse(&reply.body, 1).map_err(|e| e.at(&reply.endpoint))?;
                 Ok::<_, Error>((scores[0], tokens))
             });
             let results = try_join_all(calls).await?;
@@ -144,7 +144,7 @@ impl RewardHttpScorer {
             }
         };
         let reply = self.backend.post_json("", &body).await.map_err(Error::into_gateway_failure)?;
-        let (scores, prompt_tokens) = self.parse(&reply.body, n)?;
+        let (scores, prompt_tokens) = self.parse(&reply.body, n).map_err(|e| e.at(&reply.endpoint))?;
         Ok(ScoreOutput { scores, usage: ScorerUsage { calls: 1, prompt_tokens } })
     }
 
@@ -157,7 +157,7 @@ impl RewardHttpScorer {
     }
 
     fn garbage(&self, what: impl std::fmt::Display) -> Error {
-        Error::bad_gateway(self.backend.party, self.backend.name.clone(), format!("unusable answer: {what}"))
+        Error::bad_gateway(self.backend.party, self.backend.party_name.as_str(), format!("unusable answer: {what}"))
     }
 
     /// Extracts exactly `n` finite scores, in input order, and the prompt tokens if reported.
@@ -286,6 +286,7 @@ mod tests {
                 })
                 .unwrap(),
                 name: "scorer rm".into(),
+                party_name: "scorer rm".into(),
                 pool: EndpointPool::new(
                     &["http://127.0.0.1:9".to_string()],
                     EjectionPolicy { after_failures: 1, cooldown: Duration::from_secs(1) },

@@ -441,7 +441,7 @@ impl Upstream {
     }
 
     fn garbage(&self, what: impl std::fmt::Display) -> Error {
-        Error::bad_gateway(self.backend.party, self.backend.name.clone(), format!("unusable answer: {what}"))
+        Error::bad_gateway(self.backend.party, self.backend.party_name.as_str(), format!("unusable answer: {what}"))
     }
 
     /// One generation call asking for `choices` choices of `model`, in a span of the GenAI
@@ -455,7 +455,8 @@ impl Upstream {
         let traced = span.clone();
         crate::telemetry::in_span(span, async move {
             let reply = self.backend.post_bytes(api.path(), body).await?;
-            let Reply { envelope, choices } = parse_reply(api, &reply.body).map_err(|what| self.garbage(what))?;
+            let Reply { envelope, choices } =
+                parse_reply(api, &reply.body).map_err(|what| self.garbage(what).at(&reply.endpoint))?;
             if let Some(usage) = envelope.object("usage") {
                 let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
                 crate::telemetry::record_usage(&traced, count("prompt_tokens"), count("completion_tokens"));
@@ -622,7 +623,7 @@ impl Upstream {
             match result {
                 Ok(call) => self.absorb(&mut samples, call).await,
                 Err(e) => {
-                    samples.failures.push(e.to_string());
+                    samples.failures.push(e.message_with_causes());
                     first_error.get_or_insert(e);
                 }
             }
@@ -631,7 +632,7 @@ impl Upstream {
             return Err(first_error.unwrap_or_else(|| {
                 Error::timeout(
                     self.backend.party,
-                    &self.backend.name,
+                    self.backend.party_name.as_str(),
                     "no candidate arrived before the request deadline",
                 )
             }));
@@ -713,7 +714,8 @@ impl Sampler for Upstream {
     fn forward(&self, api: Api, body: Bytes) -> BoxFuture<'_, Result<Forwarded, Error>> {
         Box::pin(async move {
             let answer = self.backend.post_bytes(api.path(), body).await?;
-            let forwarded = Forwarded::from_json(answer.body).map_err(|what| self.garbage(what))?;
+            let endpoint = answer.endpoint;
+            let forwarded = Forwarded::from_json(answer.body).map_err(|what| self.garbage(what).at(&endpoint))?;
             Ok(Forwarded { headers: header_pairs(&answer.headers), ..forwarded })
         })
     }
@@ -766,6 +768,7 @@ mod tests {
         let backend = Backend {
             client: HttpClient::new(settings).unwrap(),
             name: "upstream".into(),
+            party_name: "the upstream".into(),
             party: crate::error::Party::Upstream,
             pool: EndpointPool::new(
                 &[url],

@@ -87,10 +87,10 @@ pub async fn drive(spec: &RunSpec<'_>, source: &dyn CandidateSource) -> Result<O
             format!("only {received} of {} candidates arrived (min_candidates = {})", plan.n, spec.min_candidates);
         return Err(if samples.deadline_hit {
             let limit = plan.deadline.map_or(0, |d| d.as_millis());
-            Error::timeout(Party::Upstream, "upstream", format!("{message} before the {limit} ms deadline"))
+            Error::timeout(Party::Upstream, "the upstream", format!("{message} before the {limit} ms deadline"))
         } else {
             let cause = samples.failures.first().map(String::as_str).unwrap_or("no error reported");
-            Error::bad_gateway(Party::Upstream, "upstream", format!("{message}; first failure: {cause}"))
+            Error::bad_gateway(Party::Upstream, "the upstream", format!("{message}; first failure: {cause}"))
         });
     }
 
@@ -107,7 +107,7 @@ pub async fn drive(spec: &RunSpec<'_>, source: &dyn CandidateSource) -> Result<O
             Err(e) if spec.on_scorer_failure == ScorerFailurePolicy::Fail => return Err(e),
             Err(e) => {
                 tracing::warn!(scorer = %plan.scorer.name, error = %e.loggable(), policy = ?spec.on_scorer_failure, "scorer failed; falling back");
-                scorer_error = Some(e.to_string());
+                scorer_error = Some(e.message_with_causes());
                 (Vec::new(), ScorerUsage::default())
             }
         }
@@ -157,11 +157,14 @@ async fn fuse(
     top: u32,
     show_scores: bool,
 ) -> Result<(Option<Fused>, Option<String>), Error> {
-    let failed = |message: String| match spec.fuser_failure {
-        FuserFailure::AnswerBest => Ok((None, Some(message))),
-        FuserFailure::Fail => Err(Error::bad_gateway(Party::Scorer, "fuser", message)),
+    // The fuser's own error, as it is: wrapped in another it would name the fuser twice.
+    let failed = |error: Error| match spec.fuser_failure {
+        FuserFailure::AnswerBest => Ok((None, Some(error.message_with_causes()))),
+        FuserFailure::Fail => Err(error),
     };
-    let Some(fuser) = spec.fuser else { return failed("no [fuser] is configured".into()) };
+    let Some(fuser) = spec.fuser else {
+        return failed(Error::bad_gateway(Party::Scorer, "the fuser", "no [fuser] is configured"));
+    };
     let from: Vec<usize> = ranking.iter().take(top as usize).copied().collect();
     let shown: Vec<(String, Option<f64>)> = from
         .iter()
@@ -184,7 +187,7 @@ async fn fuse(
         }
         Err(e) => {
             tracing::warn!(error = %e.loggable(), "fuser failed");
-            failed(e.to_string())
+            failed(e)
         }
     }
 }
@@ -254,7 +257,7 @@ async fn sample_adaptive(
                         break 'waves;
                     }
                     Arrival::Call(Err(e)) => {
-                        all.failures.push(e.to_string());
+                        all.failures.push(e.message_with_causes());
                         first_error.get_or_insert(e);
                     }
                     Arrival::Call(Ok(more)) => {
@@ -281,7 +284,7 @@ async fn sample_adaptive(
                     note_answers(&mut run, &all, from);
                 }
                 Err(e) => {
-                    all.failures.push(e.to_string());
+                    all.failures.push(e.message_with_causes());
                     first_error.get_or_insert(e);
                 }
             }
@@ -308,7 +311,7 @@ async fn sample_adaptive(
     }
     if all.candidates.is_empty() {
         return Err(first_error.unwrap_or_else(|| {
-            Error::timeout(Party::Upstream, "upstream", "no candidate arrived before the request deadline")
+            Error::timeout(Party::Upstream, "the upstream", "no candidate arrived before the request deadline")
         }));
     }
     if all.strategy.is_empty() {

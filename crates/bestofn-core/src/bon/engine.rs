@@ -39,7 +39,8 @@ pub struct Outcome {
     pub ranking: Vec<usize>,
     /// What the scorer consumed.
     pub scorer_usage: ScorerUsage,
-    /// Why the scorer failed, when the policy answered without scores.
+    /// Why the scorer failed, when the policy answered without scores (as the client may read
+    /// it: the scorer by name and the causes, no endpoint).
     pub scorer_error: Option<String>,
     /// Where the time went.
     pub timings: Timings,
@@ -47,7 +48,8 @@ pub struct Outcome {
     pub adaptive: Option<AdaptiveReport>,
     /// The fused answer, when selection is `fuse` and the fuser answered.
     pub fused: Option<Fused>,
-    /// Why fusing failed, when it was asked for: the best candidate is the answer then.
+    /// Why fusing failed, when it was asked for: the best candidate is the answer then (as the
+    /// client may read it: no endpoint).
     pub fuse_failed: Option<String>,
     /// The seed of the run's RNG (the client's, or one drawn for the request), recorded so a
     /// replay draws the same pick.

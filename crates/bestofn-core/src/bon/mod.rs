@@ -128,7 +128,8 @@ pub struct Samples {
     pub usage: GenerationUsage,
     /// How the candidates were obtained: `n`, `parallel`, or `n+parallel`.
     pub strategy: &'static str,
-    /// Messages of upstream calls that failed while others succeeded.
+    /// Messages of upstream calls that failed while others succeeded, as the client may read
+    /// them ([`crate::Error::message_with_causes`]: the party and the causes, no endpoint).
     pub failures: Vec<String>,
     /// The request deadline cut off calls that were still running.
     pub deadline_hit: bool,

@@ -115,6 +115,17 @@ pub(crate) async fn score_jobs<T, E>(
     Ok(())
 }
 
+/// A scorer's failure on a recorded row, for whoever runs the evaluation: the error whole (its
+/// endpoint and every cause, once each), naming the scorer once.
+fn scoring_failed(scorer: &str, e: &Error) -> String {
+    let detailed = e.detailed();
+    if detailed.starts_with(&format!("scorer {scorer} ")) {
+        detailed
+    } else {
+        format!("scoring with {scorer} failed: {detailed}")
+    }
+}
+
 /// Scores rows with `scorer`, `concurrency` rows at a time, and writes labels or rewards into
 /// them. Errors name the samples file and line.
 pub async fn score_rows(
@@ -146,7 +157,7 @@ pub async fn score_rows(
             .map_err(|e| EvalError::Row {
                 path: source.display().to_string(),
                 line: row.line,
-                message: format!("scoring with {} failed: {e}", scorer.name()),
+                message: scoring_failed(scorer.name(), &e),
             })?
             .scores;
         match pass {

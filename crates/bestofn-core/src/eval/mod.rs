@@ -73,13 +73,15 @@ pub enum EvalError {
     /// An input file is unusable.
     #[error(transparent)]
     Input(#[from] InputError),
-    /// The scorer failed on a row.
-    #[error("scoring row {id} failed: {source}")]
+    /// The scorer failed on a row. The message is the scorer's error whole (its endpoint and
+    /// every cause, once each: [`crate::Error::detailed`]); it is not also kept as the `source`,
+    /// or a chain printer (anyhow's `{:#}`) would print the cause a second time.
+    #[error("scoring row {id}: {message}")]
     Scorer {
         /// The row's id.
         id: String,
-        /// The scorer's error.
-        source: Box<crate::Error>,
+        /// The scorer's error, for whoever runs the evaluation.
+        message: String,
     },
     /// A recorded row could not be scored.
     #[error("{path}:{line}: {message}")]
@@ -135,8 +137,7 @@ pub async fn score_dataset(
         })
         .collect();
     label::score_jobs(jobs, &scorer, concurrency, show_progress, |row, result| {
-        let scores =
-            result.map_err(|source| EvalError::Scorer { id: row.id.clone(), source: Box::new(source) })?.scores;
+        let scores = result.map_err(|e| EvalError::Scorer { id: row.id.clone(), message: e.detailed() })?.scores;
         let scored = ScoredRow { id: row.id, subset: row.subset, num_correct: row.num_correct, scores };
         if let Some(file) = out.as_mut() {
             let line = serde_json::to_string(&scored).unwrap_or_default();
