@@ -163,3 +163,11 @@ fn eval_commands_name_an_unreachable_scorer_and_print_its_cause_once() {
         }
     }
 }
+
+#[test]
+fn a_missing_input_file_is_named_with_its_cause_once() {
+    let (ok, _, stderr) = common::bestofn(&["eval", "bon", "--samples", "no-such-file.jsonl"]);
+    assert!(!ok);
+    assert!(stderr.contains("no-such-file.jsonl: cannot read"), "{stderr}");
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "the cause once: {stderr}");
+}
