@@ -315,8 +315,7 @@ fn reference_rows(text: &str) -> Vec<(String, Option<toml::Value>)> {
 #[test]
 fn the_configuration_reference_lists_every_key_with_the_codes_defaults() {
     let (keys, defaults) = code_keys();
-    let reference =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+    let reference = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
     let rows = reference_rows(&reference);
     let documented: BTreeSet<String> = rows.iter().map(|(k, _)| k.clone()).collect();
     let missing: Vec<&String> = keys.difference(&documented).collect();

@@ -59,10 +59,8 @@ fn examples(readme: &str) -> Vec<Example> {
                 Some(open) => pending = Some((number, open.trim_end().to_string())),
                 None => out.push(example(number, body)),
             }
-        } else if collecting_output {
-            if let Some(last) = out.last_mut() {
-                last.shown_output.push(line.trim_end().to_string());
-            }
+        } else if collecting_output && let Some(last) = out.last_mut() {
+            last.shown_output.push(line.trim_end().to_string());
         }
     }
     out
