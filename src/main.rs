@@ -576,7 +576,9 @@ fn eval_replay(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    let report = runtime.block_on(replay(&rows, &config.policy(), &scorers, &options)).map_err(operator_error)?;
+    let report = runtime
+        .block_on(replay(&rows, &config.policy(), &scorers, &options))
+        .map_err(|(line, e)| anyhow::anyhow!("{}: line {line}: {}", args.samples.samples.display(), e.detailed()))?;
     if report.domains.is_empty() {
         anyhow::bail!(
             "{}: no labelled prompts to replay (label them with --gold or --label-with)",

@@ -415,8 +415,14 @@ fn rescoring_checks_the_recorded_response_format() {
     let dir = tempfile::tempdir().unwrap();
     let line = json!({"prompt_id": "j", "prompt": "give me an object", "response_format": {"type": "json_object"},
         "candidates": [{"text": "not json", "correct": 0}, {"text": "{\"a\": 1}", "correct": 1}]});
+    // A json_schema is checked whole: `$ref` here (both candidates are JSON objects with an "a").
+    let schema =
+        json!({"$defs": {"n": {"type": "integer"}}, "type": "object", "properties": {"a": {"$ref": "#/$defs/n"}}});
+    let with_schema = json!({"prompt_id": "s", "prompt": "give me a number",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+        "candidates": [{"text": "{\"a\": \"one\"}", "correct": 0}, {"text": "{\"a\": 1}", "correct": 1}]});
     let path = dir.path().join("s.jsonl");
-    std::fs::write(&path, format!("{line}\n")).unwrap();
+    std::fs::write(&path, format!("{line}\n{with_schema}\n")).unwrap();
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, "[upstream]\nbase_url = \"http://127.0.0.1:9/v1\"\n[policy]\nn = 2\n").unwrap();
     let (p, c) = (path.display().to_string(), cfg.display().to_string());
@@ -437,6 +443,41 @@ fn rescoring_checks_the_recorded_response_format() {
     assert!(ok, "{err}");
     let got: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(got["domains"]["all"]["rewards"]["verify"]["bon"][1], 1.0);
+}
+
+#[test]
+fn a_recorded_schema_that_does_not_compile_is_named_by_file_and_line() {
+    // Rescored, replayed or replayed as recorded: never a silent pass (every candidate would
+    // conform), but an error naming the samples file, the line and the schema.
+    let dir = tempfile::tempdir().unwrap();
+    let good = json!({"prompt_id": "g", "prompt": "give me an object", "domain": "general", "response_format": {"type": "json_object"},
+        "candidates": [{"text": "not json", "correct": 0}, {"text": "{\"a\": 1}", "correct": 1}]});
+    let bad = json!({"prompt_id": "b", "prompt": "give me an object", "domain": "general",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"$ref": "#/$defs/missing"}}},
+        "candidates": [{"text": "{}", "correct": 0}, {"text": "{\"a\": 1}", "correct": 1}]});
+    let path = dir.path().join("s.jsonl");
+    std::fs::write(&path, format!("{good}\n{bad}\n")).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[upstream]\nbase_url = \"http://127.0.0.1:9/v1\"\n[policy]\nn = 2\nscorer = \"verify\"\n")
+        .unwrap();
+    let picks = dir.path().join("picks.jsonl");
+    let (p, c, k) = (path.display().to_string(), cfg.display().to_string(), picks.display().to_string());
+    let common = ["--samples", p.as_str(), "--config", c.as_str()];
+    for command in [
+        vec!["eval", "bon", "--rescore", "verify", "--bootstrap", "0"],
+        vec!["eval", "replay", "--bootstrap", "0"],
+        vec!["eval", "replay", "--as-recorded", "--picks", k.as_str()],
+    ] {
+        let args: Vec<&str> = command.iter().chain(common.iter()).copied().collect();
+        let (ok, _, err) = bestofn(&args);
+        assert!(!ok, "{command:?}");
+        let at_line = [format!("{p}:2: "), format!("{p}: line 2: ")];
+        assert!(at_line.iter().any(|at| err.contains(at.as_str())), "{command:?}: {err}");
+        assert!(
+            err.contains("response_format.json_schema.schema") && err.contains("/$defs/missing"),
+            "{command:?}: {err}"
+        );
+    }
 }
 
 #[test]

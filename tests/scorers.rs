@@ -83,6 +83,77 @@ async fn verify_picks_the_candidate_that_obeys() {
     assert_eq!(resp["bestofn"]["chosen"], 2, "{resp}");
 }
 
+/// A `response_format` json_schema with `$ref`/`$defs`, `oneOf` and `pattern`.
+fn order_format(schema_extra: Value) -> Value {
+    let mut schema = json!({
+        "type": "object",
+        "$defs": {"item": {"type": "object", "properties": {"sku": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
+            "qty": {"type": "integer"}}, "required": ["sku", "qty"], "additionalProperties": false}},
+        "properties": {
+            "items": {"type": "array", "items": {"$ref": "#/$defs/item"}},
+            "payment": {"oneOf": [{"type": "object", "required": ["card"]}, {"type": "object", "required": ["iban"]}]}
+        },
+        "required": ["items", "payment"]
+    });
+    schema.as_object_mut().unwrap().extend(schema_extra.as_object().unwrap().clone());
+    json!({"type": "json_schema", "json_schema": {"name": "order", "strict": true, "schema": schema}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_checks_the_whole_json_schema_and_refuses_one_that_does_not_compile() {
+    let upstream = FakeServer::start(fixed_upstream(vec![
+        // $ref: the item is not a $defs/item (no qty).
+        r#"{"items": [{"sku": "TEA-0001"}], "payment": {"card": "4242"}}"#,
+        // oneOf: both branches match.
+        r#"{"items": [{"sku": "TEA-0001", "qty": 1}], "payment": {"card": "4242", "iban": "DE00"}}"#,
+        // pattern: the sku.
+        r#"{"items": [{"sku": "tea-1", "qty": 1}], "payment": {"card": "4242"}}"#,
+        // Conforms.
+        r#"{"items": [{"sku": "TEA-0001", "qty": 1}], "payment": {"iban": "DE00"}}"#,
+    ]))
+    .await;
+    let proxy = Bestofn::start(&plain_config(&upstream, 4, ""));
+    let url = proxy.url("/v1/chat/completions");
+    let mut body = chat_body("Place my order.");
+    body["response_format"] = order_format(json!({}));
+    body["bestofn"] = json!({"scorer": "verify"});
+    let (status, _, resp) = post(&url, body.clone(), &[]).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["bestofn"]["scores"], json!([0.0, 0.0, 0.0, 1.0]), "{resp}");
+    assert_eq!(resp["bestofn"]["chosen"], 3, "{resp}");
+    assert_eq!(upstream.requests().len(), 1);
+
+    // At N > 1 a schema that does not compile is the client's error, before any upstream call,
+    // streamed or not.
+    upstream.clear();
+    let dangling =
+        order_format(json!({"properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/missing"}}}}));
+    let bad_pattern = order_format(json!({"properties": {"code": {"type": "string", "pattern": "([A-Z]"}}}));
+    for (what, format) in [("dangling $ref", &dangling), ("invalid pattern", &bad_pattern)] {
+        for stream in [false, true] {
+            let mut bad = body.clone();
+            bad["response_format"] = format.clone();
+            bad["stream"] = json!(stream);
+            let (status, _, resp) = post(&url, bad, &[]).await;
+            assert_eq!(status, 400, "{what}, stream {stream}: {resp}");
+            assert_envelope(&resp, Some("response_format.json_schema.schema"));
+            assert_eq!(resp["error"]["type"], "invalid_request_error", "{resp}");
+        }
+    }
+    assert!(upstream.requests().is_empty(), "no upstream call for a schema that does not compile");
+
+    // At N = 1 the request passes through: the upstream judges the schema.
+    let mut single = body.clone();
+    single["response_format"] = dangling.clone();
+    single["bestofn"] = json!({"scorer": "verify", "n": 1});
+    let (status, headers, resp) = post(&url, single, &[]).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(headers["x-bestofn-n"], "1");
+    let sent = upstream.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].body["response_format"], dangling, "forwarded as sent");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_judge_rates_with_the_rewardbench_prompt_and_top_logprobs() {
     let upstream = FakeServer::start(fixed_upstream(vec!["first answer", "second answer", "third answer"])).await;

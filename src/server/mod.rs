@@ -35,6 +35,7 @@ use crate::error::Error;
 use crate::openai::stream::{self, StreamMeta};
 use crate::openai::{ProxyRequest, SteeringHeaders, build_response, parse_chat_request, parse_completion_request};
 use crate::record::sample_record;
+use crate::score::ResponseFormat;
 use crate::telemetry::{self, RequestContext, TraceParent};
 
 /// Response body type of every route.
@@ -459,9 +460,15 @@ async fn completion(
         return Ok(response);
     }
 
+    // Best-of-N scores candidates against the request's response_format: a json_schema's schema
+    // is compiled here, once for every candidate, and one that does not compile is the client's
+    // error, answered before anything is sampled (a pass-through, above, leaves it to the
+    // upstream).
+    let response_format = request.body.response_format()?;
+
     if request.stream {
         let observer = slot.take().ok_or_else(|| Error::Internal("the request has no observer".into()))?;
-        return Ok(best_of_n_stream(state.clone(), request, verbatim, plan, id.to_string(), observer));
+        return Ok(best_of_n_stream(state.clone(), request, verbatim, plan, response_format, id.to_string(), observer));
     }
 
     // Boxed, as the pass-through calls above: each is a large future, and unboxed the request's
@@ -474,6 +481,7 @@ async fn completion(
         &request.conversation,
         request.seed,
         &plan,
+        response_format.as_ref(),
         None,
     )))
     .await;
@@ -533,6 +541,7 @@ fn best_of_n_stream(
     request: ProxyRequest,
     verbatim: Option<Bytes>,
     plan: Plan,
+    response_format: Option<ResponseFormat>,
     id: String,
     observer: RequestObserver,
 ) -> Response<Body> {
@@ -566,6 +575,7 @@ fn best_of_n_stream(
             &request.conversation,
             request.seed,
             &plan,
+            response_format.as_ref(),
             Some(&tell),
         );
         let (result, spans) = with_call_spans(run).await;

@@ -7,14 +7,12 @@
 
 use std::time::Instant;
 
-use serde_json::Value;
-
 use super::adaptive::{AdaptiveRun, AdaptiveSettings, StopReason};
 use super::engine::{AdaptiveReport, Outcome, Timings};
 use super::select::{Selection, select};
 use super::{Arrival, BoxFuture, Fused, Fuser, Plan, Samples, ScorerFailurePolicy, Wave, score_candidates};
 use crate::error::{Error, Party};
-use crate::score::{Message, ScoreInput, ScoreOutput, ScorerUsage, final_answer};
+use crate::score::{Message, ResponseFormat, ScoreInput, ScoreOutput, ScorerUsage, final_answer};
 
 /// Where a run's candidates come from. Live, the upstream (hedging, the deadline and the
 /// upstream's failures are the source's); in replay, recorded candidates in a given order.
@@ -47,8 +45,8 @@ pub struct RunSpec<'a> {
     pub plan: &'a Plan,
     /// The conversation the candidates answer.
     pub conversation: &'a [Message],
-    /// The request's `response_format`, for verifiers.
-    pub response_format: Option<&'a Value>,
+    /// The request's `response_format` (its schema compiled once for the run), for verifiers.
+    pub response_format: Option<&'a ResponseFormat>,
     /// When the run must end.
     pub deadline: Option<Instant>,
     /// Fewest candidates to answer with.

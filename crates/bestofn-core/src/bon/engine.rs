@@ -15,7 +15,7 @@ use super::{
     RuleClassifier, Sampler, Samples, Steering, UpstreamBody, Wave,
 };
 use crate::error::Error;
-use crate::score::{Message, Scorer, ScorerUsage, last_user_message};
+use crate::score::{Message, ResponseFormat, Scorer, ScorerUsage, last_user_message};
 
 /// Where a request's time went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -214,8 +214,10 @@ impl Engine {
 
     /// Samples `plan.n` candidates, scores them with `plan.scorer`, and ranks them, through the
     /// one driver ([`super::driver::drive`]). `verbatim` as for [`Engine::forward`]: the calls
-    /// keep the client's spelling of every field. `on_first_answer`, when given, is told the
-    /// envelope of the first upstream answer as soon as it is in (see [`OnFirstAnswer`]).
+    /// keep the client's spelling of every field. `response_format` is the body's, prepared once
+    /// for the request ([`ClientBody::response_format`]: the caller answers a schema that does
+    /// not compile before it starts a run). `on_first_answer`, when given, is told the envelope
+    /// of the first upstream answer as soon as it is in (see [`OnFirstAnswer`]).
     #[allow(clippy::too_many_arguments)]
     pub async fn run(
         &self,
@@ -225,12 +227,12 @@ impl Engine {
         conversation: &[Message],
         seed: Option<i64>,
         plan: &Plan,
+        response_format: Option<&ResponseFormat>,
         on_first_answer: Option<OnFirstAnswer<'_>>,
     ) -> Result<Outcome, Error> {
         let deadline = plan.deadline.map(|d| Instant::now() + d);
         let (fields, text) = upstream_fields(plan, body, verbatim)?;
         let upstream_body = UpstreamBody { fields: &fields, text };
-        let response_format = body.fields()?.get("response_format");
         let source = LiveSource {
             sampler: &*self.sampler,
             api,

@@ -24,7 +24,7 @@ pub use policy::{
 pub use select::{rank, score_candidates};
 
 use crate::error::Error;
-use crate::score::BoxFuture;
+use crate::score::{BoxFuture, ResponseFormat};
 
 /// Per-request steering, from the `bestofn` body field or the `x-bestofn-*` headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -333,6 +333,15 @@ impl ClientBody {
             Ok(fields)
         });
         parsed.as_ref().map_err(|message| Error::InvalidRequest { message: message.clone(), param: None })
+    }
+
+    /// The body's `response_format`, prepared for the scorers of a best-of-N run: a
+    /// `json_schema`'s schema compiled once, for every candidate. A schema that does not compile
+    /// is an invalid request (param `response_format.json_schema.schema`). Only a request that
+    /// bestofn samples and scores asks for it: a pass-through (N = 1) leaves the schema to the
+    /// upstream.
+    pub fn response_format(&self) -> Result<Option<ResponseFormat>, Error> {
+        self.fields()?.get("response_format").map(ResponseFormat::prepare).transpose()
     }
 
     /// Whether the client set `temperature`.

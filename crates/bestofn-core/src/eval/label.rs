@@ -15,7 +15,7 @@ use super::input::{InputError, read_jsonl};
 use super::samples::RecordedRow;
 use crate::bon::score_candidates;
 use crate::error::Error;
-use crate::score::{Message, ScoreInput, ScoreOutput, Scorer, final_answer, normalize_answer};
+use crate::score::{Message, ResponseFormat, ScoreInput, ScoreOutput, Scorer, final_answer, normalize_answer};
 
 /// Reads gold answers (JSONL `{"prompt", "gold"}`), normalised as the consensus scorer
 /// normalises final answers.
@@ -79,8 +79,8 @@ pub(crate) struct ScoreJob<T> {
     pub conversation: Vec<Message>,
     /// The candidates.
     pub candidates: Vec<String>,
-    /// The request's `response_format`, when recorded.
-    pub response_format: Option<Value>,
+    /// The request's `response_format`, when recorded, prepared once for the job.
+    pub response_format: Option<ResponseFormat>,
 }
 
 /// The one evaluation loop: scores every job through the checked scoring call, `concurrency`
@@ -127,7 +127,8 @@ fn scoring_failed(scorer: &str, e: &Error) -> String {
 }
 
 /// Scores rows with `scorer`, `concurrency` rows at a time, and writes labels or rewards into
-/// them. Errors name the samples file and line.
+/// them. Errors name the samples file and line: a row whose recorded `response_format` schema
+/// does not compile is one, found before any row is scored.
 pub async fn score_rows(
     rows: &mut [RecordedRow],
     scorer: Arc<dyn Scorer>,
@@ -142,15 +143,20 @@ pub async fn score_rows(
             ScorePass::Rewards(_) => true,
         })
         .map(|i| {
-            let record = &rows[i].record;
-            ScoreJob {
+            let row = &rows[i];
+            let response_format = row.response_format().map_err(|e| EvalError::Row {
+                path: source.display().to_string(),
+                line: row.line,
+                message: e.detailed(),
+            })?;
+            Ok(ScoreJob {
                 item: i,
-                conversation: record.conversation(),
-                candidates: record.texts(),
-                response_format: record.response_format.clone(),
-            }
+                conversation: row.record.conversation(),
+                candidates: row.record.texts(),
+                response_format,
+            })
         })
-        .collect();
+        .collect::<Result<_, EvalError>>()?;
     score_jobs(jobs, &scorer, concurrency, show_progress, |i, result| {
         let row = &mut rows[i];
         let scores = result

@@ -25,7 +25,7 @@ use crate::bon::{
     Arrival, Candidate, Plan, Policy, RawChoice, ResolvedScorer, Samples, ScorerFailurePolicy, Steering, Wave,
 };
 use crate::error::Error;
-use crate::score::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
+use crate::score::{BoxFuture, ResponseFormat, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
 
 /// How a replayed run samples: whether rules look at every arrival (parallel sampling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,20 +258,23 @@ fn replay_plan(n: u32, adaptive: Option<AdaptiveSettings>, scorer: ResolvedScore
     }
 }
 
-/// What every arrival order of one row replays: its candidates and conversation, built once.
-struct Replayed<'a> {
+/// What every arrival order of one row replays: its candidates, conversation and
+/// `response_format`, built once.
+struct Replayed {
     candidates: Vec<Candidate>,
     conversation: Vec<crate::score::Message>,
-    response_format: Option<&'a serde_json::Value>,
+    response_format: Option<ResponseFormat>,
 }
 
-impl<'a> Replayed<'a> {
-    fn new(row: &'a RecordedRow) -> Replayed<'a> {
-        Replayed {
+impl Replayed {
+    /// The row, with its `response_format` prepared when a scorer will read it (`scored`; not
+    /// for recorded rewards): a recorded schema that does not compile is an error then.
+    fn new(row: &RecordedRow, scored: bool) -> Result<Replayed, Error> {
+        Ok(Replayed {
             candidates: recorded_candidates(row),
             conversation: row.record.conversation(),
-            response_format: row.record.response_format.as_ref(),
-        }
+            response_format: if scored { row.response_format()? } else { None },
+        })
     }
 }
 
@@ -281,7 +284,7 @@ async fn replay_order(
     plan: &Plan,
     mode: ReplayMode,
     order: &[usize],
-    row: &Replayed<'_>,
+    row: &Replayed,
     labels: &[f64],
     costs: &[f64],
 ) -> Result<(f64, f64, f64), Error> {
@@ -294,7 +297,7 @@ async fn replay_order(
     let spec = RunSpec {
         plan: &plan,
         conversation: &row.conversation,
-        response_format: row.response_format,
+        response_format: row.response_format.as_ref(),
         deadline: None,
         min_candidates: 1,
         on_scorer_failure: ScorerFailurePolicy::Fail,
@@ -354,9 +357,10 @@ pub async fn replay_prompt(
     orders: &[Vec<usize>],
 ) -> Result<PromptResult, Error> {
     let row = prompt.row;
+    let scored = matches!(source, ScoreSource::Scorer(_));
     let plan = replay_plan(n, settings, replay_scorer(name, source, row), selection);
     let costs = token_costs(row);
-    let replayed = Replayed::new(row);
+    let replayed = Replayed::new(row, scored)?;
     let mut total = PromptResult::default();
     for order in orders {
         let (accuracy, candidates, tokens) =
@@ -398,13 +402,13 @@ pub struct ReplayOptions {
 }
 
 /// Replays every labelled row under `policy` (each row's domain's plan), beside fixed N with
-/// the same scorer.
+/// the same scorer. An error names the row's line.
 pub async fn replay(
     rows: &[RecordedRow],
     policy: &Policy,
     scorers: &BTreeMap<String, Arc<dyn Scorer>>,
     options: &ReplayOptions,
-) -> Result<ReplayReport, Error> {
+) -> Result<ReplayReport, (usize, Error)> {
     let (mode, orders, resamples) = (options.mode, options.orders, options.resamples);
     let domain_filter = options.domain.as_deref();
     let mut rng = fastrand::Rng::with_seed(options.seed);
@@ -417,7 +421,7 @@ pub async fn replay(
             continue;
         }
         let steering = Steering { domain: Some(domain.clone()), ..Default::default() };
-        let plan = policy.plan(&steering, 1, None, scorers)?;
+        let plan = policy.plan(&steering, 1, None, scorers).map_err(|e| (row.line, e))?;
         let order_list = arrival_orders(labels.len(), orders, &mut rng);
         replayed_orders = replayed_orders.max(order_list.len());
         let prompt = ReplayPrompt { row, labels };
@@ -428,9 +432,12 @@ pub async fn replay(
             None => ScoreSource::Scorer(scorer),
         };
         let (name, selection) = (&plan.scorer.name, plan.selection);
-        let adaptive =
-            replay_prompt(&prompt, plan.adaptive, plan.n, mode, name, source(), selection, &order_list).await?;
-        let fixed = replay_prompt(&prompt, None, plan.n, mode, name, source(), selection, &order_list).await?;
+        let adaptive = replay_prompt(&prompt, plan.adaptive, plan.n, mode, name, source(), selection, &order_list)
+            .await
+            .map_err(|e| (row.line, e))?;
+        let fixed = replay_prompt(&prompt, None, plan.n, mode, name, source(), selection, &order_list)
+            .await
+            .map_err(|e| (row.line, e))?;
         let entry = per_domain.entry(domain).or_insert_with(|| {
             let empty = PolicyStats {
                 accuracy: 0.0,
@@ -502,13 +509,13 @@ pub async fn replay_as_recorded(
         let steering =
             Steering { domain: Some(record.domain().to_string()), scorer: record.scorer.clone(), ..Default::default() };
         let plan = policy.plan(&steering, 1, None, scorers).map_err(|e| (row.line, e))?;
-        let replayed = Replayed::new(row);
+        let replayed = Replayed::new(row, true).map_err(|e| (row.line, e))?;
         let order: Vec<usize> = (0..record.candidates.len()).collect();
         let source = RecordedSource::new(&replayed.candidates, &order, streams_each);
         let spec = RunSpec {
             plan: &plan,
             conversation: &replayed.conversation,
-            response_format: replayed.response_format,
+            response_format: replayed.response_format.as_ref(),
             deadline: None,
             min_candidates: policy.min_candidates,
             on_scorer_failure: policy.on_scorer_failure,

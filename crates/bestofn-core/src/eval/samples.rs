@@ -7,6 +7,7 @@ use std::path::Path;
 use super::bon::Prompt;
 use super::input::{InputError, read_csv, read_jsonl};
 use crate::samples::SampleRecord;
+use crate::score::ResponseFormat;
 
 /// One line of a samples file, with where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,6 +16,15 @@ pub struct RecordedRow {
     pub record: SampleRecord,
     /// 1-based line in the file.
     pub line: usize,
+}
+
+impl RecordedRow {
+    /// The row's recorded `response_format`, prepared as the proxy prepares a request's (its
+    /// schema compiled once for all the row's candidates). A recorded schema that does not
+    /// compile is an error (the proxy refuses such a request at N > 1), never a silent pass.
+    pub fn response_format(&self) -> Result<Option<ResponseFormat>, crate::error::Error> {
+        self.record.response_format.as_ref().map(ResponseFormat::prepare).transpose()
+    }
 }
 
 /// Reads a samples JSONL file (the recorder's format, [`SampleRecord`]).

@@ -26,7 +26,7 @@ fn conversation_hash(input: &ScoreInput<'_>, salt: u64) -> u64 {
         m.role.hash(&mut h);
         m.content.hash(&mut h);
     }
-    input.response_format.map(|r| r.to_string()).hash(&mut h);
+    input.response_format.map(|r| r.value().to_string()).hash(&mut h);
     h.finish()
 }
 

@@ -4,6 +4,7 @@
 mod cache;
 mod consensus;
 mod ensemble;
+pub mod json_schema;
 mod template;
 mod verify;
 mod weighted_vote;
@@ -16,8 +17,9 @@ use serde::Serialize;
 pub use cache::CachedScorer;
 pub use consensus::{ConsensusScorer, consensus_scores, final_answer, normalize_answer};
 pub use ensemble::{Combine, EnsembleScorer, z_scores};
+pub use json_schema::{CompiledSchema, FormatCheck, ResponseFormat};
 pub use template::ChatTemplate;
-pub use verify::{VerifyScorer, checks_for, conforms, parse_constraints, passes};
+pub use verify::{VerifyScorer, checks_for, parse_constraints, passes};
 pub use weighted_vote::{WeightedVoteScorer, softmax, weighted_votes};
 
 use crate::error::Error;
@@ -38,8 +40,9 @@ pub struct ScoreInput<'a> {
     pub conversation: &'a [Message],
     /// The candidate replies, in candidate order.
     pub candidates: &'a [String],
-    /// The request's `response_format`, for verifiers.
-    pub response_format: Option<&'a serde_json::Value>,
+    /// The request's `response_format`, prepared once for the request (its schema compiled),
+    /// for verifiers.
+    pub response_format: Option<&'a ResponseFormat>,
 }
 
 /// A scorer's answer: one finite score per candidate, and what the scoring cost.

@@ -20,14 +20,14 @@
 //!   - "start / begin your response|answer with 'X'", "end / finish your response|answer with 'X'"
 //!   - "wrap your entire response in double quotation marks"
 //! - The request's `response_format`: `json_object` (the reply is a JSON object) and
-//!   `json_schema` (it also conforms to the schema: type, properties, required,
-//!   additionalProperties false, items, enum, minimum/maximum, minLength/maxLength,
-//!   minItems/maxItems).
+//!   `json_schema` (it also conforms to the schema, compiled once per request by the
+//!   `jsonschema` crate: see [`super::json_schema`]).
 //! - A configured regex the reply must match.
 
 use regex::Regex;
 use serde_json::Value;
 
+use super::json_schema::{CompiledSchema, FormatCheck, ResponseFormat, reply_json};
 use super::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
 use crate::error::Error;
 
@@ -82,7 +82,7 @@ pub enum Check {
     /// A JSON object (response_format json_object).
     JsonObject,
     /// A JSON value conforming to this schema (response_format json_schema).
-    JsonSchema(Value),
+    JsonSchema(CompiledSchema),
 }
 
 /// A comparison of a count with a bound.
@@ -271,75 +271,6 @@ fn sentence_count(text: &str) -> usize {
     text.split(['.', '!', '?']).filter(|s| s.chars().any(char::is_alphanumeric)).count()
 }
 
-/// Whether `value` conforms to the supported subset of JSON Schema.
-pub fn conforms(value: &Value, schema: &Value) -> bool {
-    let Some(schema) = schema.as_object() else { return true };
-    if let Some(t) = schema.get("type") {
-        let types: Vec<&str> = match t {
-            Value::String(s) => vec![s.as_str()],
-            Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
-            _ => vec![],
-        };
-        let matches = |t: &str| match t {
-            "object" => value.is_object(),
-            "array" => value.is_array(),
-            "string" => value.is_string(),
-            "number" => value.is_number(),
-            "integer" => value.as_f64().is_some_and(|f| f.fract() == 0.0),
-            "boolean" => value.is_boolean(),
-            "null" => value.is_null(),
-            _ => true,
-        };
-        if !types.is_empty() && !types.iter().any(|t| matches(t)) {
-            return false;
-        }
-    }
-    if let Some(Value::Array(options)) = schema.get("enum")
-        && !options.contains(value)
-    {
-        return false;
-    }
-    let num = |k: &str| schema.get(k).and_then(Value::as_f64);
-    if let Some(v) = value.as_f64()
-        && (num("minimum").is_some_and(|m| v < m) || num("maximum").is_some_and(|m| v > m))
-    {
-        return false;
-    }
-    if let Some(s) = value.as_str() {
-        let len = s.chars().count() as f64;
-        if num("minLength").is_some_and(|m| len < m) || num("maxLength").is_some_and(|m| len > m) {
-            return false;
-        }
-    }
-    if let Some(items) = value.as_array() {
-        let len = items.len() as f64;
-        if num("minItems").is_some_and(|m| len < m) || num("maxItems").is_some_and(|m| len > m) {
-            return false;
-        }
-        if let Some(item_schema) = schema.get("items")
-            && !items.iter().all(|i| conforms(i, item_schema))
-        {
-            return false;
-        }
-    }
-    if let Some(obj) = value.as_object() {
-        if let Some(Value::Array(required)) = schema.get("required")
-            && !required.iter().filter_map(Value::as_str).all(|k| obj.contains_key(k))
-        {
-            return false;
-        }
-        let properties = schema.get("properties").and_then(Value::as_object);
-        for (k, v) in obj {
-            match properties.and_then(|p| p.get(k)) {
-                Some(s) if !conforms(v, s) => return false,
-                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => return false,
-                _ => {}
-            }
-        }
-    }
-    true
-}
-
 /// Whether a reply passes a check.
 pub fn passes(check: &Check, reply: &str, pattern: Option<&Regex>) -> bool {
     let lower = reply.to_lowercase();
@@ -377,25 +308,17 @@ pub fn passes(check: &Check, reply: &str, pattern: Option<&Regex>) -> bool {
             t.len() >= 2 && t.starts_with('"') && t.ends_with('"')
         }
         Check::Pattern => pattern.is_some_and(|r| r.is_match(reply)),
-        Check::JsonObject => serde_json::from_str::<Value>(strip_fences(reply)).is_ok_and(|v| v.is_object()),
-        Check::JsonSchema(schema) => {
-            serde_json::from_str::<Value>(strip_fences(reply)).is_ok_and(|v| conforms(&v, schema))
-        }
+        Check::JsonObject => reply_json(reply).is_some_and(|v| v.is_object()),
+        Check::JsonSchema(schema) => reply_json(reply).is_some_and(|v| schema.is_valid(&v)),
     }
 }
 
 /// The checks for a request: stated constraints, `response_format`, the configured pattern.
-pub fn checks_for(prompt: &str, response_format: Option<&Value>, has_pattern: bool) -> Vec<Check> {
+pub fn checks_for(prompt: &str, response_format: Option<&ResponseFormat>, has_pattern: bool) -> Vec<Check> {
     let mut checks = parse_constraints(prompt);
-    match response_format.and_then(|r| r.get("type")).and_then(Value::as_str) {
-        Some("json_object") => checks.push(Check::JsonObject),
-        Some("json_schema") => {
-            let schema = response_format
-                .and_then(|r| r.pointer("/json_schema/schema"))
-                .cloned()
-                .unwrap_or(Value::Object(Default::default()));
-            checks.push(Check::JsonSchema(schema));
-        }
+    match response_format.map(ResponseFormat::check) {
+        Some(FormatCheck::JsonObject) => checks.push(Check::JsonObject),
+        Some(FormatCheck::Schema(schema)) => checks.push(Check::JsonSchema(schema.clone())),
         _ => {}
     }
     if has_pattern {
@@ -481,6 +404,7 @@ mod tests {
         let schema = serde_json::json!({"type": "object", "required": ["name", "age"], "additionalProperties": false,
             "properties": {"name": {"type": "string", "minLength": 1}, "age": {"type": "integer", "minimum": 0}}});
         let rf = serde_json::json!({"type": "json_schema", "json_schema": {"name": "p", "schema": schema}});
+        let rf = ResponseFormat::prepare(&rf).unwrap();
         let checks = checks_for("Give me a person.", Some(&rf), false);
         let ok = |reply: &str| checks.iter().all(|k| passes(k, reply, None));
         assert!(ok(r#"{"name": "Ada", "age": 36}"#));
