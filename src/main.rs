@@ -541,8 +541,9 @@ fn eval_replay(args: ReplayArgs) -> anyhow::Result<()> {
     let report = runtime.block_on(replay(&rows, &config.policy(), &scorers, &options))?;
     if report.domains.is_empty() {
         anyhow::bail!(
-            "{}: no labelled prompts to replay (label them with --gold or --label-with)",
-            args.samples.samples.display()
+            "{}: no labelled prompts to replay: {}",
+            args.samples.samples.display(),
+            bestofn::eval::samples::HOW_TO_LABEL
         );
     }
     print!("{}", render_replay(&report, args.stats.format));
@@ -665,7 +666,8 @@ fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
     let (mut prompts, unlabelled) = labelled_prompts(&rows);
     if unlabelled > 0 {
         eprintln!(
-            "note: {unlabelled} prompts have no correctness labels and are left out (label them with --label-with)"
+            "note: {unlabelled} prompts have no correctness labels and are left out; {}",
+            bestofn::eval::samples::HOW_TO_LABEL
         );
     }
     if args.common {
