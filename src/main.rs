@@ -581,8 +581,9 @@ fn eval_replay(args: ReplayArgs) -> anyhow::Result<()> {
         .map_err(|(line, e)| anyhow::anyhow!("{}: line {line}: {}", args.samples.samples.display(), e.detailed()))?;
     if report.domains.is_empty() {
         anyhow::bail!(
-            "{}: no labelled prompts to replay (label them with --gold or --label-with)",
-            args.samples.samples.display()
+            "{}: no labelled prompts to replay: {}",
+            args.samples.samples.display(),
+            bestofn::eval::samples::HOW_TO_LABEL
         );
     }
     print!("{}", render_replay(&report, args.stats.format));
@@ -714,7 +715,8 @@ fn eval_bon(args: BonArgs) -> anyhow::Result<()> {
     let (mut prompts, unlabelled) = labelled_prompts(&rows);
     if unlabelled > 0 {
         eprintln!(
-            "note: {unlabelled} prompts have no correctness labels and are left out (label them with --label-with)"
+            "note: {unlabelled} prompts have no correctness labels and are left out; {}",
+            bestofn::eval::samples::HOW_TO_LABEL
         );
     }
     if args.common {

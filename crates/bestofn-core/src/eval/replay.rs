@@ -466,8 +466,12 @@ pub async fn replay(
     let domains = per_domain
         .into_iter()
         .map(|(domain, (mut d, adaptive, fixed))| {
-            d.policy = stats(&adaptive, resamples, &mut rng);
-            d.fixed = stats(&fixed, resamples, &mut rng);
+            // Both rows on the same bootstrap resamples of the domain's prompts (paired): a fixed
+            // configured policy, which is its fixed-N row, gets the same interval, not another
+            // draw's.
+            let paired = rng.u64(..);
+            d.policy = stats(&adaptive, resamples, &mut fastrand::Rng::with_seed(paired));
+            d.fixed = stats(&fixed, resamples, &mut fastrand::Rng::with_seed(paired));
             (domain, d)
         })
         .collect();

@@ -27,6 +27,10 @@ impl RecordedRow {
     }
 }
 
+/// How rows without labels get them (the recorder writes none), said by every command that
+/// needs labels and finds none.
+pub const HOW_TO_LABEL: &str = "label them with --gold FILE (JSONL {\"prompt\", \"gold\"}) or --label-with NAME --config FILE (NAME: a scorer in FILE, e.g. verify)";
+
 /// Reads a samples JSONL file (the recorder's format, [`SampleRecord`]).
 pub fn read_samples(path: &Path) -> Result<Vec<RecordedRow>, InputError> {
     read_jsonl(path, |line, number| Ok(RecordedRow { record: SampleRecord::parse(line)?, line: number }))

@@ -461,7 +461,7 @@ impl DomainTuning {
 #[derive(Debug, thiserror::Error)]
 pub enum TuneError {
     /// No row has labels.
-    #[error("no labelled prompts: give --gold or --label-with, or record labels")]
+    #[error("no labelled prompts: {}", super::samples::HOW_TO_LABEL)]
     NoLabels,
     /// A scorer named in --scorers has no rewards in the samples.
     #[error("--scorers: '{0}' has no rewards in the samples (record them, or add them with eval bon --rescore)")]
