@@ -13,9 +13,10 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::content_text;
-use crate::bon::{Api, ClientBody, Steering};
+use crate::bon::{Api, ClientBody, RunRequest, Steering};
 use crate::error::Error;
 use crate::score::Message;
+use crate::score::ResponseFormat;
 
 /// OpenAI's own upper bound on `n`.
 const OPENAI_MAX_N: u64 = 128;
@@ -48,6 +49,22 @@ pub struct ProxyRequest {
 }
 
 impl ProxyRequest {
+    /// What the engine's best-of-N run needs of this request.
+    pub fn run_request<'a>(
+        &'a self,
+        verbatim: Option<&'a Bytes>,
+        response_format: Option<&'a ResponseFormat>,
+    ) -> RunRequest<'a> {
+        RunRequest {
+            api: self.api,
+            body: &self.body,
+            verbatim,
+            conversation: &self.conversation,
+            seed: self.seed,
+            response_format,
+        }
+    }
+
     /// The fields of the client's body that the proxy takes out for itself: they are not
     /// forwarded upstream.
     pub fn taken_fields(&self) -> &'static [&'static str] {

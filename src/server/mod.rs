@@ -474,17 +474,8 @@ async fn completion(
     // Boxed, as the pass-through calls above: each is a large future, and unboxed the request's
     // future is as large as the largest of them, copied whole every time it moves (callgrind:
     // 204K instructions a pass-through before, 160K after; memcpy fell from 29% to 8%).
-    let (result, spans) = Box::pin(with_call_spans(state.engine.run(
-        api,
-        &request.body,
-        verbatim.as_ref(),
-        &request.conversation,
-        request.seed,
-        &plan,
-        response_format.as_ref(),
-        None,
-    )))
-    .await;
+    let run = state.engine.run(request.run_request(verbatim.as_ref(), response_format.as_ref()), &plan, None);
+    let (result, spans) = Box::pin(with_call_spans(run)).await;
     let outcome = result?;
     observe_outcome(state, id, &request, &plan, &outcome, observer, spans);
     let mut response = json_response(StatusCode::OK, &build_response(api, &plan, &outcome));
@@ -568,16 +559,8 @@ fn best_of_n_stream(
                 let _ = tx.send(stream::reported_model(envelope).map(str::to_string));
             }
         };
-        let run = state.engine.run(
-            request.api,
-            &request.body,
-            verbatim.as_ref(),
-            &request.conversation,
-            request.seed,
-            &plan,
-            response_format.as_ref(),
-            Some(&tell),
-        );
+        let run =
+            state.engine.run(request.run_request(verbatim.as_ref(), response_format.as_ref()), &plan, Some(&tell));
         let (result, spans) = with_call_spans(run).await;
         match result {
             Ok(outcome) => {

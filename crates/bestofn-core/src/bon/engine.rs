@@ -91,6 +91,24 @@ impl Outcome {
     }
 }
 
+/// What a best-of-N run needs of the client's request, prepared: the same whether the answer is
+/// streamed or not.
+#[derive(Clone, Copy)]
+pub struct RunRequest<'a> {
+    /// Which API the request speaks.
+    pub api: Api,
+    /// The client's body.
+    pub body: &'a ClientBody,
+    /// The client's own bytes, when they can stand for the body (see [`Engine::forward`]).
+    pub verbatim: Option<&'a Bytes>,
+    /// The conversation as scorers see it.
+    pub conversation: &'a [Message],
+    /// The client's `seed`, if any.
+    pub seed: Option<i64>,
+    /// The body's `response_format`, prepared once for the request.
+    pub response_format: Option<&'a ResponseFormat>,
+}
+
 /// Samples, scores and ranks candidates; shared by every endpoint.
 pub struct Engine {
     sampler: Arc<dyn Sampler>,
@@ -218,18 +236,13 @@ impl Engine {
     /// for the request ([`ClientBody::response_format`]: the caller answers a schema that does
     /// not compile before it starts a run). `on_first_answer`, when given, is told the envelope
     /// of the first upstream answer as soon as it is in (see [`OnFirstAnswer`]).
-    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         &self,
-        api: Api,
-        body: &ClientBody,
-        verbatim: Option<&Bytes>,
-        conversation: &[Message],
-        seed: Option<i64>,
+        request: RunRequest<'_>,
         plan: &Plan,
-        response_format: Option<&ResponseFormat>,
         on_first_answer: Option<OnFirstAnswer<'_>>,
     ) -> Result<Outcome, Error> {
+        let RunRequest { api, body, verbatim, conversation, seed, response_format } = request;
         let deadline = plan.deadline.map(|d| Instant::now() + d);
         let (fields, text) = upstream_fields(plan, body, verbatim)?;
         let upstream_body = UpstreamBody { fields: &fields, text };

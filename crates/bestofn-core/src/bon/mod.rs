@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 pub use classify::classify;
 pub use config::{PolicyConfig, PolicySettings};
-pub use engine::{AdaptiveReport, Engine, OnFirstAnswer, Outcome, Timings};
+pub use engine::{AdaptiveReport, Engine, OnFirstAnswer, Outcome, RunRequest, Timings};
 pub use policy::{
     AdaptivePolicy, DEFAULT_DOMAIN, DOMAINS, DomainRule, MAX_N, Plan, Policy, ResolvedScorer, ScorerFailurePolicy,
     SelectionSettings, check_n,
