@@ -12,18 +12,7 @@ use serde_json::Value;
 
 use crate::error::Rejection;
 
-/// The text of a message `content`: a string, or the concatenated `text` parts of an array of
-/// content parts; anything else (null for tool calls, images) contributes nothing.
-pub fn content_text(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => {
-            let texts: Vec<&str> = parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect();
-            texts.join("\n")
-        }
-        _ => String::new(),
-    }
-}
+pub use crate::score::message::content_text;
 
 const MAX_RAW_ERROR_CHARS: usize = 500;
 
