@@ -9,10 +9,11 @@
 //!   a minimum of / up to ...). IFEval's own texts are in quotes; the rest are the usual
 //!   variants:
 //!   - words, sentences: "Answer with {relation} N words", "Your response should contain
-//!     {relation} N sentences"; "in under N words", "a 300+ word essay", "N or more words"
+//!     {relation} N sentences"; "in under N words", "a 300+ word essay", "N or more words",
+//!     "the number of words ... should be N or more" (not "each line ... one sentence")
 //!   - paragraphs: "There should be N paragraphs. Paragraphs are separated with the markdown
-//!     divider: ***" (IFEval's `***` split); "N paragraphs" separated by two new lines / blank
-//!     lines, or, unsaid, either
+//!     divider: ***" (IFEval's `***` split), also "N sections separated by the markdown
+//!     divider"; "N paragraphs" separated by two new lines / blank lines, or, unsaid, either
 //!   - "Paragraph {n} must start with word {word}" ("the second paragraph must start with the
 //!     word 'x'"), with IFEval's N paragraphs separated by `\n\n`
 //!   - case: "Your entire response should be in English, and in all lowercase letters. No
@@ -29,18 +30,19 @@
 //!   - commas: "In your entire response, refrain from the use of any commas."; "no commas",
 //!     "without commas", "do not use any commas", "you are not allowed to use any commas"
 //!   - "Include keywords ['a', 'b'] in the response."; "include the keywords 'a' and 'b'",
-//!     "containing keywords ...", "include the word 'a'"
+//!     "containing keywords ...", "include the word 'a'", "mention "a""
 //!   - "Do not include keywords ['a', 'b'] in the response."; "do not use / without using the
 //!     word(s) 'x'", "do not include the following keywords: a, b", "the word 'x' should not
-//!     appear"
+//!     appear", "avoid mentioning "x""
 //!   - "In your response, the word {keyword} should appear {relation} N times."; "use the word
 //!     x at least twice", "mention the word 'x' for at least N times"
-//!   - "In your response, the letter {letter} should appear {relation} N times."
+//!   - "In your response, the letter {letter} should appear {relation} N times."; "do not use
+//!     the letter e"
 //!   - "Entire output should be wrapped in JSON format."; "in JSON format", "valid JSON", "as
 //!     JSON" (the reply, markdown fences removed, parses)
 //!   - "Your answer must contain exactly N bullet points." (lines starting `*` or `-`)
 //!   - "Highlight at least N sections in your answer with markdown, i.e. *highlighted
-//!     section*."
+//!     section*."; "at least N sections should be highlighted"
 //!   - "Your response must have N sections. Mark the beginning of each section with
 //!     {splitter} X" ("4 sections marked with SECTION X", "label each paragraph with PARAGRAPH
 //!     X"); "N sections" alone counts "Section k" in any case

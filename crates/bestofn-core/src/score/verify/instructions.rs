@@ -354,7 +354,7 @@ const TENS: [(&str, usize); 8] = [
     ("hundred", 100),
 ];
 
-/// A count: digits (with thousands separators), a number word, or once / twice / thrice.
+/// A count: digits (with thousands separators) or a number word.
 const NUM: &str = r"(\d[\d,]*|zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|a hundred|one hundred|a single|single)";
 
 /// A count as in `NUM`, or once / twice / thrice.
@@ -1613,6 +1613,86 @@ mod tests {
         assert_eq!(found, vec![Instruction::RepeatPrompt("Write a haiku about tea.".into())]);
         assert!(found[0].holds("write a haiku about tea. Leaves unfurl"));
         assert!(!found[0].holds("Sure! Write a haiku about tea."));
+    }
+
+    /// IFEval's `INSTRUCTION_CONFLICTS` (instructions_registry.py), made symmetric as its
+    /// `conflict_make` does: the pairs it never puts in one prompt.
+    fn ifeval_conflict(a: &str, b: &str) -> bool {
+        let all_but = |x: &str, keep: &[&str], other: &str| x == other || !keep.contains(&other);
+        let one_way = |a: &str, b: &str| match a {
+            _ if a == b => true,
+            "language:response_language" => [
+                "detectable_format:multiple_sections",
+                "keywords:existence",
+                "keywords:frequency",
+                "keywords:forbidden_words",
+                "startend:end_checker",
+                "change_case:english_capital",
+                "change_case:english_lowercase",
+            ]
+            .contains(&b),
+            "length_constraints:number_paragraphs" => {
+                ["length_constraints:nth_paragraph_first_word", "length_constraints:number_sentences"].contains(&b)
+            }
+            "detectable_format:constrained_response" => true,
+            "detectable_format:multiple_sections" => {
+                ["language:response_language", "detectable_format:number_highlighted_sections"].contains(&b)
+            }
+            "detectable_format:json_format" => all_but(a, &["keywords:forbidden_words", "keywords:existence"], b),
+            "combination:two_responses" => all_but(
+                a,
+                &[
+                    "keywords:forbidden_words",
+                    "keywords:existence",
+                    "language:response_language",
+                    "detectable_format:title",
+                    "punctuation:no_comma",
+                ],
+                b,
+            ),
+            "combination:repeat_prompt" => {
+                all_but(a, &["keywords:existence", "detectable_format:title", "punctuation:no_comma"], b)
+            }
+            "change_case:capital_word_frequency" => {
+                ["change_case:english_lowercase", "change_case:english_capital"].contains(&b)
+            }
+            "change_case:english_lowercase" => b == "change_case:english_capital",
+            "startend:quotation" => b == "detectable_format:title",
+            _ => false,
+        };
+        one_way(a, b) || one_way(b, a)
+    }
+
+    #[test]
+    fn two_ifeval_instructions_in_one_prompt_are_their_two_checks() {
+        let mut pairs = 0;
+        for (a, da, ..) in IFEVAL {
+            for (b, db, ..) in IFEVAL {
+                if ifeval_conflict(a, b) {
+                    continue;
+                }
+                let prompt = format!("Write about tea. {da}\n{db}");
+                let mut ids: Vec<_> = parse(&prompt).iter().filter_map(Instruction::ifeval_id).collect();
+                ids.sort_unstable();
+                let mut expected = vec![a, b];
+                expected.sort_unstable();
+                assert_eq!(ids, expected, "{prompt:?} read as {:?}", parse(&prompt));
+                pairs += 1;
+            }
+        }
+        assert!(pairs > 500, "{pairs}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn reading_and_checking_never_panic(prompt in "\\PC{0,120}", reply in "\\PC{0,120}", at in 0usize..34) {
+            let (_, description, ..) = IFEVAL[at];
+            for p in [prompt.clone(), format!("{prompt} {description} {prompt}")] {
+                for instruction in parse(&p) {
+                    let _ = instruction.holds(&reply);
+                }
+            }
+        }
     }
 
     #[test]
