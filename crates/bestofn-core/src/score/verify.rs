@@ -1,31 +1,80 @@
 //! Scorer kind `verify`: rule-based rewards that cannot be fooled by fluent text. A candidate's
 //! score is the fraction of recognised checks it passes (0 when nothing is recognised):
 //!
-//! - Constraints stated in the last user message, in the families of IFEval. Recognised
-//!   phrasings (case-insensitive; N as digits or one..twenty):
-//!   - "in exactly / at least / at most / no more than / less than / fewer than / under /
-//!     more than / over N words" (and "... N sentences"); "in N words"
-//!   - "exactly N paragraphs" / "N paragraphs" (separated by blank lines or `***`)
-//!   - "all lowercase", "in lowercase", "lowercase letters"; "all capital letters", "all caps",
-//!     "in uppercase", "uppercase letters"
-//!   - "no commas", "without commas", "without using any commas", "do not use any commas"
-//!   - "include the keywords 'a' and 'b'" / "include the words ..." (quoted words)
-//!   - "do not include / do not use / without using the word(s) 'x'"
-//!   - "the word 'x' should appear (at least) N times"
-//!   - "in JSON format", "valid JSON", "as JSON" (the reply, fences removed, parses)
-//!   - "exactly N bullet points" / "N bullet points" (lines starting with `*` or `-`)
-//!   - "N sections" (lines starting "Section k" / "SECTION k")
-//!   - "at least N placeholders" (square brackets like `[address]`)
-//!   - "title wrapped in double angular brackets" (`<<title>>`)
-//!   - "start / begin your response|answer with 'X'", "end / finish your response|answer with 'X'"
-//!   - "wrap your entire response in double quotation marks"
+//! - Constraints stated in the last user message: every instruction of IFEval's registry, read
+//!   and checked by `verify/instructions.rs` with IFEval's own rules, one check per
+//!   instruction. Recognised phrasings (case-insensitive; N as digits, "300+", "N or more", or
+//!   one..twenty, thirty..ninety, once / twice / thrice; a relation is IFEval's "less than" /
+//!   "at least", or exactly / at most / no more than / fewer than / under / more than / over /
+//!   a minimum of / up to ...). IFEval's own texts are in quotes; the rest are the usual
+//!   variants:
+//!   - words, sentences: "Answer with {relation} N words", "Your response should contain
+//!     {relation} N sentences"; "in under N words", "a 300+ word essay", "N or more words",
+//!     "the number of words ... should be N or more" (not "each line ... one sentence")
+//!   - paragraphs: "There should be N paragraphs. Paragraphs are separated with the markdown
+//!     divider: ***" (IFEval's `***` split), also "N sections separated by the markdown
+//!     divider"; "N paragraphs" separated by two new lines / blank lines, or, unsaid, either
+//!   - "Paragraph {n} must start with word {word}" ("the second paragraph must start with the
+//!     word 'x'"), with IFEval's N paragraphs separated by `\n\n`
+//!   - case: "Your entire response should be in English, and in all lowercase letters. No
+//!     capital letters are allowed." (one check: lowercase and English), "Your entire response
+//!     should be in English, and in all capital letters."; "all lowercase", "in lower case",
+//!     "without capital letters", "no capital letters" (lowercase); "all capital letters", "all
+//!     caps", "in uppercase", "no lowercase letters allowed" (capitals). "in English" in the
+//!     same sentence adds the language
+//!   - "In your response, words with all capital letters should appear {relation} N times";
+//!     "at least N words in all capital letters", "all-caps words"
+//!   - "Your ENTIRE response should be in {language} language, no other language is allowed.";
+//!     "respond in French", "using only the Kannada language" (IFEval's 30 languages and a few
+//!     more)
+//!   - commas: "In your entire response, refrain from the use of any commas."; "no commas",
+//!     "without commas", "do not use any commas", "you are not allowed to use any commas"
+//!   - "Include keywords ['a', 'b'] in the response."; "include the keywords 'a' and 'b'",
+//!     "containing keywords ...", "include the word 'a'", "mention "a""
+//!   - "Do not include keywords ['a', 'b'] in the response."; "do not use / without using the
+//!     word(s) 'x'", "do not include the following keywords: a, b", "the word 'x' should not
+//!     appear", "avoid mentioning "x""
+//!   - "In your response, the word {keyword} should appear {relation} N times."; "use the word
+//!     x at least twice", "mention the word 'x' for at least N times"
+//!   - "In your response, the letter {letter} should appear {relation} N times."; "do not use
+//!     the letter e"
+//!   - "Entire output should be wrapped in JSON format."; "in JSON format", "valid JSON", "as
+//!     JSON" (the reply, markdown fences removed, parses)
+//!   - "Your answer must contain exactly N bullet points." (lines starting `*` or `-`)
+//!   - "Highlight at least N sections in your answer with markdown, i.e. *highlighted
+//!     section*."; "at least N sections should be highlighted"
+//!   - "Your response must have N sections. Mark the beginning of each section with
+//!     {splitter} X" ("4 sections marked with SECTION X", "label each paragraph with PARAGRAPH
+//!     X"); "N sections" alone counts "Section k" in any case
+//!   - "The response must contain at least N placeholders represented by square brackets, such
+//!     as [address]."
+//!   - "Your answer must contain a title, wrapped in double angular brackets, such as <<poem of
+//!     joy>>."
+//!   - "At the end of your response, please explicitly add a postscript starting with P.S."
+//!     (or P.P.S)
+//!   - "Answer with one of the following options: ('My answer is yes.', ...)"
+//!   - "Give two different responses. Responses and only responses should be separated by 6
+//!     asterisk symbols: ******."
+//!   - "First repeat the request word for word without change, then give your answer (...)":
+//!     the rest of the prompt is the request
+//!   - "Finish your response with this exact phrase {ender}. No other words should follow this
+//!     phrase."; "end your response / end it with "X"", "the very last sentence of your
+//!     response should be "X""
+//!   - "Wrap your entire response with double quotation marks."
+//!   - not IFEval's: "start / begin your response with 'X'", "when it is your turn, please
+//!     always start with X"
 //! - The request's `response_format`: `json_object` (the reply is a JSON object) and
 //!   `json_schema` (it also conforms to the schema, compiled once per request by the
 //!   `jsonschema` crate: see [`super::json_schema`]).
 //! - A configured regex the reply must match.
 
+mod instructions;
+
+pub use self::instructions::Instruction;
+#[cfg(test)]
+use self::instructions::{Cmp, Divider};
+
 use regex::Regex;
-use serde_json::Value;
 
 use super::json_schema::{CompiledSchema, FormatCheck, ResponseFormat, reply_json};
 use super::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
@@ -43,40 +92,8 @@ pub struct VerifyScorer {
 /// One recognised check.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Check {
-    /// Word count compared with a bound.
-    Words(Cmp, usize),
-    /// Sentence count compared with a bound.
-    Sentences(Cmp, usize),
-    /// Exactly this many paragraphs.
-    Paragraphs(usize),
-    /// No uppercase letters.
-    Lowercase,
-    /// No lowercase letters.
-    Uppercase,
-    /// No commas.
-    NoCommas,
-    /// Each word must appear.
-    Include(Vec<String>),
-    /// No word may appear.
-    Exclude(Vec<String>),
-    /// The word appears at least this many times.
-    WordTimes(String, usize),
-    /// The reply is JSON.
-    Json,
-    /// Exactly this many bullet points.
-    Bullets(usize),
-    /// Exactly this many sections.
-    Sections(usize),
-    /// At least this many `[placeholders]`.
-    Placeholders(usize),
-    /// A `<<title>>`.
-    Title,
-    /// Starts with the phrase.
-    StartsWith(String),
-    /// Ends with the phrase.
-    EndsWith(String),
-    /// Wrapped in double quotes.
-    Quoted,
+    /// An instruction stated in the prompt (one of IFEval's registry).
+    Instruction(Instruction),
     /// Matches the configured regex.
     Pattern,
     /// A JSON object (response_format json_object).
@@ -85,228 +102,15 @@ pub enum Check {
     JsonSchema(CompiledSchema),
 }
 
-/// A comparison of a count with a bound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cmp {
-    /// ==
-    Exactly,
-    /// >=
-    AtLeast,
-    /// <=
-    AtMost,
-    /// <
-    Below,
-    /// >
-    Above,
-}
-
-impl Cmp {
-    fn holds(self, count: usize, bound: usize) -> bool {
-        match self {
-            Cmp::Exactly => count == bound,
-            Cmp::AtLeast => count >= bound,
-            Cmp::AtMost => count <= bound,
-            Cmp::Below => count < bound,
-            Cmp::Above => count > bound,
-        }
-    }
-}
-
-const NUMBER_WORDS: [&str; 21] = [
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-    "twenty",
-];
-
-fn number(text: &str) -> Option<usize> {
-    text.parse().ok().or_else(|| NUMBER_WORDS.iter().position(|w| *w == text))
-}
-
-const NUM: &str = r"(\d+|zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty)";
-
-fn re(pattern: &str) -> Option<Regex> {
-    Regex::new(pattern).ok()
-}
-
-fn quoted(text: &str) -> Vec<String> {
-    re(r#"["'“‘]([^"'”’]+)["'”’]"#)
-        .map(|r| r.captures_iter(text).filter_map(|c| c.get(1)).map(|m| m.as_str().trim().to_lowercase()).collect())
-        .unwrap_or_default()
-}
-
-fn comparison(word: &str) -> Cmp {
-    match word.trim() {
-        "exactly" | "" => Cmp::Exactly,
-        "at least" | "a minimum of" => Cmp::AtLeast,
-        "at most" | "no more than" | "a maximum of" => Cmp::AtMost,
-        "less than" | "fewer than" | "under" => Cmp::Below,
-        _ => Cmp::Above,
-    }
-}
-
-/// The checks a prompt states.
+/// The checks a prompt states: the instructions it gives, one check each.
 pub fn parse_constraints(prompt: &str) -> Vec<Check> {
-    let p = prompt.to_lowercase();
-    let mut checks = Vec::new();
-    let bound = format!(
-        r"(exactly|at least|at most|no more than|less than|fewer than|under|more than|over|a minimum of|a maximum of)?\s*{NUM}\s+"
-    );
-    for (unit, make) in [("words?", Check::Words as fn(Cmp, usize) -> Check), ("sentences?", Check::Sentences)] {
-        if let Some(r) = re(&format!(r"{bound}{unit}\b")) {
-            for c in r.captures_iter(&p) {
-                if let Some(n) = c.get(2).and_then(|m| number(m.as_str())) {
-                    checks.push(make(comparison(c.get(1).map_or("", |m| m.as_str())), n));
-                }
-            }
-        }
-    }
-    if let Some(c) = re(&format!(r"{NUM}\s+paragraphs")).and_then(|r| r.captures(&p))
-        && let Some(n) = c.get(1).and_then(|m| number(m.as_str()))
-    {
-        checks.push(Check::Paragraphs(n));
-    }
-    if ["all lowercase", "in lowercase", "lowercase letters"].iter().any(|k| p.contains(k)) {
-        checks.push(Check::Lowercase);
-    }
-    if ["all capital", "all caps", "in uppercase", "uppercase letters", "capital letters"].iter().any(|k| p.contains(k))
-    {
-        checks.push(Check::Uppercase);
-    }
-    if ["no commas", "without commas", "without using any commas", "any commas"].iter().any(|k| p.contains(k)) {
-        checks.push(Check::NoCommas);
-    }
-    if let Some(c) = re(r"(?i)include the (?:key)?words?\s+([^.]*)").and_then(|r| r.captures(prompt))
-        && let Some(m) = c.get(1)
-    {
-        let words = quoted(m.as_str());
-        if !words.is_empty() {
-            checks.push(Check::Include(words));
-        }
-    }
-    if let Some(c) = re(r"(?i)(?:do not include|do not use|don't use|without using|avoid) the words?\s+([^.]*)")
-        .and_then(|r| r.captures(prompt))
-        && let Some(m) = c.get(1)
-    {
-        let words = quoted(m.as_str());
-        if !words.is_empty() {
-            checks.push(Check::Exclude(words));
-        }
-    }
-    if let Some(c) =
-        re(&format!(r#"the (?:word|letter) ["'“‘]([^"'”’]+)["'”’] should appear (?:at least )?{NUM} times"#))
-            .and_then(|r| r.captures(&p))
-        && let (Some(w), Some(n)) = (c.get(1), c.get(2).and_then(|m| number(m.as_str())))
-    {
-        checks.push(Check::WordTimes(w.as_str().to_string(), n));
-    }
-    if ["json format", "valid json", "as json", "in json"].iter().any(|k| p.contains(k)) {
-        checks.push(Check::Json);
-    }
-    if let Some(c) = re(&format!(r"{NUM}\s+(?:markdown\s+)?bullet points?")).and_then(|r| r.captures(&p))
-        && let Some(n) = c.get(1).and_then(|m| number(m.as_str()))
-    {
-        checks.push(Check::Bullets(n));
-    }
-    if let Some(c) = re(&format!(r"{NUM}\s+sections")).and_then(|r| r.captures(&p))
-        && let Some(n) = c.get(1).and_then(|m| number(m.as_str()))
-    {
-        checks.push(Check::Sections(n));
-    }
-    if let Some(c) = re(&format!(r"{NUM}\s+placeholders?")).and_then(|r| r.captures(&p))
-        && let Some(n) = c.get(1).and_then(|m| number(m.as_str()))
-    {
-        checks.push(Check::Placeholders(n));
-    }
-    if p.contains("double angular brackets") || p.contains("<<") {
-        checks.push(Check::Title);
-    }
-    let phrase = r#"(?:with )?(?:the )?(?:exact )?(?:word|phrase)?\s*["'“‘]([^"'”’]+)["'”’]"#;
-    if let Some(c) = re(&format!(r"(?i)(?:starts?|begins?) (?:your|the) (?:response|answer|reply) {phrase}"))
-        .and_then(|r| r.captures(prompt))
-        && let Some(m) = c.get(1)
-    {
-        checks.push(Check::StartsWith(m.as_str().to_string()));
-    }
-    if let Some(c) = re(&format!(r"(?i)(?:ends?|finish(?:es)?) (?:your|the) (?:response|answer|reply) {phrase}"))
-        .and_then(|r| r.captures(prompt))
-        && let Some(m) = c.get(1)
-    {
-        checks.push(Check::EndsWith(m.as_str().to_string()));
-    }
-    if p.contains("double quotation marks") && (p.contains("wrap") || p.contains("entire response")) {
-        checks.push(Check::Quoted);
-    }
-    checks
-}
-
-fn strip_fences(text: &str) -> &str {
-    let t = text.trim();
-    let t = t.strip_prefix("```json").or_else(|| t.strip_prefix("```")).unwrap_or(t);
-    t.strip_suffix("```").unwrap_or(t).trim()
-}
-
-fn word_count(text: &str) -> usize {
-    text.split_whitespace().filter(|w| w.chars().any(char::is_alphanumeric)).count()
-}
-
-fn sentence_count(text: &str) -> usize {
-    text.split(['.', '!', '?']).filter(|s| s.chars().any(char::is_alphanumeric)).count()
+    instructions::parse(prompt).into_iter().map(Check::Instruction).collect()
 }
 
 /// Whether a reply passes a check.
 pub fn passes(check: &Check, reply: &str, pattern: Option<&Regex>) -> bool {
-    let lower = reply.to_lowercase();
-    let words: Vec<String> = lower
-        .split(|c: char| !c.is_alphanumeric() && c != '\'')
-        .filter(|w| !w.is_empty())
-        .map(str::to_string)
-        .collect();
-    let has_word = |w: &str| if w.contains(' ') { lower.contains(w) } else { words.iter().any(|x| x == w) };
     match check {
-        Check::Words(cmp, n) => cmp.holds(word_count(reply), *n),
-        Check::Sentences(cmp, n) => cmp.holds(sentence_count(reply), *n),
-        Check::Paragraphs(n) => {
-            reply.split("***").flat_map(|p| p.split("\n\n")).filter(|p| !p.trim().is_empty()).count() == *n
-        }
-        Check::Lowercase => reply.chars().any(char::is_alphabetic) && !reply.chars().any(char::is_uppercase),
-        Check::Uppercase => reply.chars().any(char::is_alphabetic) && !reply.chars().any(char::is_lowercase),
-        Check::NoCommas => !reply.contains(','),
-        Check::Include(list) => list.iter().all(|w| has_word(w)),
-        Check::Exclude(list) => !list.iter().any(|w| has_word(w)),
-        Check::WordTimes(w, n) => words.iter().filter(|x| *x == w).count() >= *n,
-        Check::Json => serde_json::from_str::<Value>(strip_fences(reply)).is_ok(),
-        Check::Bullets(n) => {
-            reply.lines().filter(|l| l.trim_start().starts_with("* ") || l.trim_start().starts_with("- ")).count() == *n
-        }
-        Check::Sections(n) => {
-            reply.lines().filter(|l| l.trim_start().to_lowercase().starts_with("section ")).count() == *n
-        }
-        Check::Placeholders(n) => re(r"\[[^\]]+\]").is_some_and(|r| r.find_iter(reply).count() >= *n),
-        Check::Title => re(r"<<[^>]+>>").is_some_and(|r| r.is_match(reply)),
-        Check::StartsWith(p) => lower.trim_start().starts_with(&p.to_lowercase()),
-        Check::EndsWith(p) => lower.trim_end().ends_with(&p.to_lowercase()),
-        Check::Quoted => {
-            let t = reply.trim();
-            t.len() >= 2 && t.starts_with('"') && t.ends_with('"')
-        }
+        Check::Instruction(instruction) => instruction.holds(reply),
         Check::Pattern => pattern.is_some_and(|r| r.is_match(reply)),
         Check::JsonObject => reply_json(reply).is_some_and(|v| v.is_object()),
         Check::JsonSchema(schema) => reply_json(reply).is_some_and(|v| schema.is_valid(&v)),
@@ -338,9 +142,13 @@ impl Scorer for VerifyScorer {
 
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
         let prompt = input.conversation.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
-        let checks = checks_for(prompt, input.response_format, self.pattern.is_some());
+        // The request's own checks (response_format, the pattern) here; the prompt's instructions
+        // are read with the scoring, off the I/O threads (a long prompt takes milliseconds).
+        let mut checks = checks_for("", input.response_format, self.pattern.is_some());
+        let prompt = prompt.to_string();
         let (candidates, pattern) = (input.candidates.to_vec(), self.pattern.clone());
         let verify = move || -> Vec<f64> {
+            checks.extend(parse_constraints(&prompt));
             candidates
                 .iter()
                 .map(|c| {
@@ -353,7 +161,8 @@ impl Scorer for VerifyScorer {
                 .collect()
         };
         Box::pin(async move {
-            // Patterns and JSON checks over long outputs: off the I/O threads.
+            // Reading the prompt, patterns, language detection and JSON over long outputs: off the
+            // I/O threads.
             let scores = super::off_io_threads(verify).await?;
             Ok(ScoreOutput { scores, usage: ScorerUsage::default() })
         })
@@ -364,23 +173,50 @@ impl Scorer for VerifyScorer {
 mod tests {
     use super::*;
 
+    fn i(instruction: Instruction) -> Check {
+        Check::Instruction(instruction)
+    }
+
     #[test]
     fn recognises_ifeval_phrasings() {
         let c = parse_constraints("Answer in all lowercase, in under 50 words.");
-        assert_eq!(c, vec![Check::Words(Cmp::Below, 50), Check::Lowercase]);
+        assert_eq!(c, vec![i(Instruction::Lowercase { english: false }), i(Instruction::Words(Cmp::Below, 50))]);
         let c = parse_constraints(
             "Write exactly 3 bullet points. Include the keywords 'tea' and 'milk'. Do not use the word 'coffee'.",
         );
-        assert!(c.contains(&Check::Bullets(3)));
-        assert!(c.contains(&Check::Include(vec!["tea".into(), "milk".into()])));
-        assert!(c.contains(&Check::Exclude(vec!["coffee".into()])));
+        assert!(c.contains(&i(Instruction::Bullets(3))));
+        assert!(c.contains(&i(Instruction::Keywords(vec!["tea".into(), "milk".into()]))));
+        assert!(c.contains(&i(Instruction::ForbiddenWords(vec!["coffee".into()]))));
         let c = parse_constraints("End your response with the exact phrase 'Any other questions?'. Use no commas.");
-        assert!(c.contains(&Check::EndsWith("Any other questions?".into())) && c.contains(&Check::NoCommas));
+        assert_eq!(c, vec![i(Instruction::EndsWith("Any other questions?".into())), i(Instruction::NoCommas)]);
         let c = parse_constraints(
             "Give a title wrapped in double angular brackets, such as <<poem>>, and use two paragraphs.",
         );
-        assert!(c.contains(&Check::Title) && c.contains(&Check::Paragraphs(2)));
+        let two = Instruction::Paragraphs { count: 2, divider: Divider::Either };
+        assert_eq!(c, vec![i(Instruction::Title), i(two)]);
         assert!(parse_constraints("Tell me about Paris.").is_empty());
+    }
+
+    /// IFEval's `change_case:english_lowercase` text, word for word, once read as a lowercase
+    /// and an all-capitals check: a perfect reply scored 0.5 and `accept_score = 1.0` never
+    /// fired on it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn ifeval_english_lowercase_is_one_check_a_lowercase_reply_passes() {
+        let prompt = "Write a short note to a neighbour about a lost cat. Your entire response should be in \
+                      English, and in all lowercase letters. No capital letters are allowed.";
+        assert_eq!(parse_constraints(prompt), vec![i(Instruction::Lowercase { english: true })]);
+        let scorer = VerifyScorer { name: "verify".into(), pattern: None };
+        let conversation = [super::super::Message { role: "user".into(), content: prompt.into() }];
+        let candidates = [
+            "hello neighbour, our grey cat has been missing since tuesday evening. if you see her near your \
+             garden, please knock on our door or call us. thank you so much for your help."
+                .to_string(),
+            "Hello neighbour, our grey cat has been missing since Tuesday evening. If you see her, please call us."
+                .to_string(),
+        ];
+        let input = ScoreInput { conversation: &conversation, candidates: &candidates, response_format: None };
+        let out = scorer.score(input).await.unwrap();
+        assert_eq!(out.scores, vec![1.0, 0.0]);
     }
 
     #[test]
