@@ -67,12 +67,14 @@ pub struct Recorder {
     dropped: prometheus::IntCounter,
 }
 
-/// The samples record of a finished best-of-N request.
+/// The samples record of a finished best-of-N request; `response_format` and `tools` (with
+/// `tool_choice`) are the request's, as sent, for replay to check candidates as the proxy did.
 pub fn sample_record(
     id: &str,
     plan: &Plan,
     conversation: &[Message],
     response_format: Option<&Value>,
+    (tools, tool_choice): (Option<&Value>, Option<&Value>),
     outcome: &Outcome,
 ) -> SampleRecord {
     let candidates = outcome
@@ -99,6 +101,8 @@ pub fn sample_record(
         prompt: Some(last_user_message(conversation).to_string()),
         messages: Some(conversation.to_vec()),
         response_format: response_format.cloned(),
+        tools: tools.cloned(),
+        tool_choice: tool_choice.cloned(),
         candidates,
         chosen: Some(outcome.chosen()),
         scorer: Some(plan.scorer.name.clone()),

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use serde_json::value::RawValue;
 
-use super::samples::RecordedRow;
+use super::samples::{RecordedRow, recorded_message};
 use crate::bon::adaptive::AdaptiveSettings;
 use crate::bon::driver::{CandidateSource, FuserFailure, RunSpec, drive};
 use crate::bon::select::Selection;
@@ -25,7 +25,7 @@ use crate::bon::{
     Arrival, Candidate, Plan, Policy, RawChoice, ResolvedScorer, Samples, ScorerFailurePolicy, Steering, Wave,
 };
 use crate::error::Error;
-use crate::score::{BoxFuture, ResponseFormat, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
+use crate::score::{BoxFuture, ResponseFormat, ScoreInput, ScoreOutput, Scorer, ScorerUsage, Tools};
 
 /// How a replayed run samples: whether rules look at every arrival (parallel sampling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +162,7 @@ pub fn recorded_candidates(row: &RecordedRow) -> Vec<Candidate> {
         .enumerate()
         .map(|(index, c)| {
             let choice = serde_json::json!({"index": index, "finish_reason": c.finish_reason,
-                "message": {"role": "assistant", "content": c.text}});
+                "message": recorded_message(c)});
             Candidate {
                 choice: RawChoice::new(
                     serde_json::value::to_raw_value(&choice).unwrap_or_else(|_| Box::<RawValue>::default()),
@@ -237,9 +237,9 @@ impl CandidateSource for RecordedSource<'_> {
     }
 }
 
-/// A plan for replaying `n` candidates under `adaptive` with `scorer` and `selection`: what the
+/// A plan for replaying `n` candidates under `adaptive` with `scorer` and `choose`: what the
 /// proxy's policy would plan, less what only a live request has (deadline, load).
-fn replay_plan(n: u32, adaptive: Option<AdaptiveSettings>, scorer: ResolvedScorer, selection: Selection) -> Plan {
+fn replay_plan(n: u32, adaptive: Option<AdaptiveSettings>, scorer: ResolvedScorer, choose: Choose) -> Plan {
     Plan {
         domain: String::new(),
         n,
@@ -254,26 +254,51 @@ fn replay_plan(n: u32, adaptive: Option<AdaptiveSettings>, scorer: ResolvedScore
         degraded: false,
         degrade_at_queue: None,
         min_n: 1,
-        selection,
+        selection: choose.selection,
+        require_valid: choose.require_valid,
     }
 }
 
-/// What every arrival order of one row replays: its candidates, conversation and
-/// `response_format`, built once.
+/// How a replayed run picks its answer: the policy's selection and `require_valid`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Choose {
+    /// How the winner is picked.
+    pub selection: Selection,
+    /// Never choose an invalid candidate while a valid one exists.
+    pub require_valid: bool,
+}
+
+impl Choose {
+    /// `selection`, with invalid candidates ranked by their scores like any other.
+    pub fn by(selection: Selection) -> Choose {
+        Choose { selection, require_valid: false }
+    }
+
+    /// What `plan` picks with.
+    pub fn of(plan: &Plan) -> Choose {
+        Choose { selection: plan.selection, require_valid: plan.require_valid }
+    }
+}
+
+/// What every arrival order of one row replays: its candidates, conversation,
+/// `response_format` and `tools`, built once.
 struct Replayed {
     candidates: Vec<Candidate>,
     conversation: Vec<crate::score::Message>,
     response_format: Option<ResponseFormat>,
+    tools: Option<Tools>,
 }
 
 impl Replayed {
-    /// The row, with its `response_format` prepared when a scorer will read it (`scored`; not
-    /// for recorded rewards): a recorded schema that does not compile is an error then.
-    fn new(row: &RecordedRow, scored: bool) -> Result<Replayed, Error> {
+    /// The row, with its `response_format` and `tools` prepared when a scorer will read them
+    /// (`checked`: a scorer scores, not recorded rewards) or validity decides the pick
+    /// (`require_valid`): a recorded schema that does not compile is an error then.
+    fn new(row: &RecordedRow, checked: bool) -> Result<Replayed, Error> {
         Ok(Replayed {
             candidates: recorded_candidates(row),
             conversation: row.record.conversation(),
-            response_format: if scored { row.response_format()? } else { None },
+            response_format: if checked { row.response_format()? } else { None },
+            tools: if checked { row.tools()? } else { None },
         })
     }
 }
@@ -298,6 +323,7 @@ async fn replay_order(
         plan: &plan,
         conversation: &row.conversation,
         response_format: row.response_format.as_ref(),
+        tools: row.tools.as_ref(),
         deadline: None,
         min_candidates: 1,
         on_scorer_failure: ScorerFailurePolicy::Fail,
@@ -343,8 +369,8 @@ pub fn arrival_orders(n: usize, orders: usize, rng: &mut fastrand::Rng) -> Vec<V
     }
 }
 
-/// Replays one prompt under a policy (`n`, `settings`, the scorer `source` under `name`) over
-/// the given orders.
+/// Replays one prompt under a policy (`n`, `settings`, the scorer `source` under `name`, picking
+/// as `choose` says) over the given orders.
 #[allow(clippy::too_many_arguments)]
 pub async fn replay_prompt(
     prompt: &ReplayPrompt<'_>,
@@ -353,14 +379,14 @@ pub async fn replay_prompt(
     mode: ReplayMode,
     name: &str,
     source: ScoreSource<'_>,
-    selection: Selection,
+    choose: Choose,
     orders: &[Vec<usize>],
 ) -> Result<PromptResult, Error> {
     let row = prompt.row;
-    let scored = matches!(source, ScoreSource::Scorer(_));
-    let plan = replay_plan(n, settings, replay_scorer(name, source, row), selection);
+    let checked = matches!(source, ScoreSource::Scorer(_)) || choose.require_valid;
+    let plan = replay_plan(n, settings, replay_scorer(name, source, row), choose);
     let costs = token_costs(row);
-    let replayed = Replayed::new(row, scored)?;
+    let replayed = Replayed::new(row, checked)?;
     let mut total = PromptResult::default();
     for order in orders {
         let (accuracy, candidates, tokens) =
@@ -431,11 +457,11 @@ pub async fn replay(
             Some(recorded) => ScoreSource::Recorded(recorded),
             None => ScoreSource::Scorer(scorer),
         };
-        let (name, selection) = (&plan.scorer.name, plan.selection);
-        let adaptive = replay_prompt(&prompt, plan.adaptive, plan.n, mode, name, source(), selection, &order_list)
+        let (name, choose) = (&plan.scorer.name, Choose::of(&plan));
+        let adaptive = replay_prompt(&prompt, plan.adaptive, plan.n, mode, name, source(), choose, &order_list)
             .await
             .map_err(|e| (row.line, e))?;
-        let fixed = replay_prompt(&prompt, None, plan.n, mode, name, source(), selection, &order_list)
+        let fixed = replay_prompt(&prompt, None, plan.n, mode, name, source(), choose, &order_list)
             .await
             .map_err(|e| (row.line, e))?;
         let entry = per_domain.entry(domain).or_insert_with(|| {
@@ -520,6 +546,7 @@ pub async fn replay_as_recorded(
             plan: &plan,
             conversation: &replayed.conversation,
             response_format: replayed.response_format.as_ref(),
+            tools: replayed.tools.as_ref(),
             deadline: None,
             min_candidates: policy.min_candidates,
             on_scorer_failure: policy.on_scorer_failure,

@@ -1,9 +1,15 @@
 //! Scorer kind `consensus`: minimum-Bayes-risk selection. A candidate's score is its mean
-//! similarity to the other candidates: equality of the normalised final answer when every
-//! candidate states one (majority voting, i.e. self-consistency), else token-level F1.
+//! similarity to the other candidates: equality of the answers when every candidate gives one
+//! (majority voting, i.e. self-consistency), else token-level F1.
+//!
+//! A candidate's answer ([`answer_key`]) is its normalised final answer; a message that calls
+//! tools answers with its set of canonical calls (name and arguments with keys sorted and
+//! numbers normalised, parallel calls in any order), paired with the final answer of its content
+//! when the content states one. A text answer and a tool call are different answers.
 
 use std::collections::HashMap;
 
+use super::message::CandidateMessage;
 use super::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
 use crate::error::Error;
 
@@ -21,9 +27,10 @@ impl Scorer for ConsensusScorer {
 
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
         let candidates = input.candidates.to_vec();
+        let messages = input.candidate_messages();
         Box::pin(async move {
             // Quadratic in the candidates: off the I/O threads.
-            let scores = super::off_io_threads(move || consensus_scores(&candidates)).await?;
+            let scores = super::off_io_threads(move || consensus_scores_of(&candidates, &messages)).await?;
             Ok(ScoreOutput { scores, usage: ScorerUsage::default() })
         })
     }
@@ -166,6 +173,30 @@ impl std::hash::Hasher for FxHasher {
     }
 }
 
+/// What separates the parts of an [`answer_key`] that calls tools: no normalised answer and no
+/// canonical call contains it.
+const CALLS: char = '\u{1f}';
+
+/// The answer a candidate gives, for voting (the consensus and weighted-vote scorers, and the
+/// adaptive agreement rule): the normalised final answer of `text` (the candidate as scorers
+/// see it) when the message calls no tool; else its set of canonical calls
+/// ([`CandidateMessage::tool_call_key`]), with the final answer of its content before them when
+/// the content states one. `None`: no answer stated.
+pub fn answer_key(text: &str, message: &CandidateMessage) -> Option<String> {
+    if message.tool_calls.is_empty() {
+        return final_answer(text);
+    }
+    let mut key = String::new();
+    if let Some(answer) = final_answer(&message.content) {
+        key.push_str(&answer);
+    }
+    for call in message.tool_call_key() {
+        key.push(CALLS);
+        key.push_str(&call);
+    }
+    Some(key)
+}
+
 /// Token-level F1 from the size of the multiset intersection and the two lengths.
 fn f1_from_common(common: u32, a_len: u32, b_len: u32) -> f64 {
     if a_len == 0 && b_len == 0 {
@@ -182,11 +213,33 @@ fn f1_from_common(common: u32, a_len: u32, b_len: u32) -> f64 {
 /// Mean similarity of each candidate to the others. Tokens are interned to integers once, so
 /// 64 candidates of 1,000 tokens stay in the low milliseconds (`benches/consensus_speed.rs`).
 pub fn consensus_scores(candidates: &[String]) -> Vec<f64> {
+    let answers: Vec<Option<String>> = candidates.iter().map(|c| final_answer(c)).collect();
+    scores_from(candidates, &answers)
+}
+
+/// [`consensus_scores`] over whole messages: the answers are [`answer_key`]s, so tool calls vote
+/// as canonical calls; without an answer from every candidate, token F1 over each text (a
+/// message that calls tools as its rendering, calls included). `messages` has one message per
+/// candidate (else the texts alone are read).
+pub fn consensus_scores_of(candidates: &[String], messages: &[CandidateMessage]) -> Vec<f64> {
+    if messages.len() != candidates.len() || messages.iter().all(|m| m.tool_calls.is_empty()) {
+        return consensus_scores(candidates);
+    }
+    let answers: Vec<Option<String>> = candidates.iter().zip(messages).map(|(c, m)| answer_key(c, m)).collect();
+    let texts: Vec<String> = candidates
+        .iter()
+        .zip(messages)
+        .map(|(c, m)| if m.tool_calls.is_empty() { c.clone() } else { m.render(false) })
+        .collect();
+    scores_from(&texts, &answers)
+}
+
+/// Majority voting over `answers` when every candidate has one, else mean token F1.
+fn scores_from(candidates: &[String], answers: &[Option<String>]) -> Vec<f64> {
     let n = candidates.len();
     if n < 2 {
         return vec![0.0; n];
     }
-    let answers: Vec<Option<String>> = candidates.iter().map(|c| final_answer(c)).collect();
     if answers.iter().all(Option::is_some) {
         let mut counts: HashMap<&str, usize> = HashMap::new();
         for a in answers.iter().flatten() {

@@ -1,5 +1,6 @@
 //! Scorer kind `weighted_vote`: weighted self-consistency. Candidates are grouped by their
-//! normalised final answer (the consensus scorer's extraction); each candidate's weight is its
+//! answer (the consensus scorer's [`super::answer_key`]: the normalised final answer, or the set
+//! of canonical tool calls of a message that calls tools); each candidate's weight is its
 //! member scorer's reward after a per-request softmax with `temperature` (so raw RM logits of any
 //! scale work), a group's weight is the sum of its candidates' weights, and each candidate scores
 //! its group's weight. A candidate without an extractable final answer keeps its own weight.
@@ -9,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{BoxFuture, ScoreInput, ScoreOutput, Scorer, final_answer};
+use super::{BoxFuture, ScoreInput, ScoreOutput, Scorer, answer_key};
 use crate::error::Error;
 
 /// Weighted majority vote over final answers.
@@ -50,7 +51,9 @@ impl Scorer for WeightedVoteScorer {
         Box::pin(async move {
             let member = self.member.score(input).await?;
             let weights = softmax(&member.scores, self.temperature);
-            let answers: Vec<Option<String>> = input.candidates.iter().map(|c| final_answer(c)).collect();
+            let messages = input.candidate_messages();
+            let answers: Vec<Option<String>> =
+                input.candidates.iter().zip(&messages).map(|(c, m)| answer_key(c, m)).collect();
             Ok(ScoreOutput { scores: weighted_votes(&answers, &weights), usage: member.usage })
         })
     }
