@@ -453,6 +453,32 @@ mod tests {
     }
 
     #[test]
+    fn only_eligible_candidates_win_while_there_is_one() {
+        let scores = [3.0, 1.0, 2.0, 0.5];
+        let valid = [false, true, false, true];
+        let mut rng = fastrand::Rng::with_seed(1);
+        assert_eq!(select_among(&scores, Selection::Best, &mut rng, Some(&valid)), vec![1, 3, 0, 2]);
+        for _ in 0..200 {
+            let soft = select_among(&scores, Selection::Soft { temperature: 5.0 }, &mut rng, Some(&valid));
+            assert!(valid[soft[0]], "{soft:?}");
+        }
+        assert_eq!(eligible(Some(&[false, false]), true), None, "none valid: the best by the scorer");
+        assert_eq!(eligible(Some(&valid), false), None, "require_valid off");
+        assert_eq!(select_among(&scores, Selection::Best, &mut rng, eligible(Some(&[false; 4]), true)), rank(&scores));
+        // Without scores: the first valid, or a random valid one.
+        assert_eq!(unscored_order(4, false, &mut rng, Some(&valid)), vec![1, 3, 0, 2]);
+        for _ in 0..50 {
+            assert!(valid[unscored_order(4, true, &mut rng, Some(&valid))[0]]);
+        }
+        // Without eligibility the draws are the ones they always were.
+        let (mut a, mut b) = (fastrand::Rng::with_seed(9), fastrand::Rng::with_seed(9));
+        assert_eq!(
+            select_among(&scores, Selection::Soft { temperature: 1.0 }, &mut a, None),
+            select(&scores, Selection::Soft { temperature: 1.0 }, &mut b)
+        );
+    }
+
+    #[test]
     fn the_exact_soft_estimator_equals_brute_force() {
         let keys = [0.1, 0.9, 0.4, 0.7, 0.2];
         let labels = [0.0, 1.0, 0.0, 1.0, 1.0];

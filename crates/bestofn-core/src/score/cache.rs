@@ -180,6 +180,24 @@ mod tests {
         assert_eq!(asked.load(Ordering::SeqCst), 6, "another conversation is another key");
     }
 
+    #[tokio::test]
+    async fn candidates_with_the_same_text_and_other_tool_calls_are_told_apart() {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let scorer = cached(&asked);
+        let convo = [Message { role: "user".into(), content: "q".into() }];
+        let cands = vec![String::new(), String::new(), String::new()];
+        let call = |city: &str| {
+            CandidateMessage::from_message(&serde_json::json!({"content": null, "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": format!("{{\"city\":\"{city}\"}}")}}]}))
+        };
+        let messages = vec![call("Paris"), call("Lyon"), call("Paris")];
+        let input = ScoreInput { conversation: &convo, candidates: &cands, response_format: None, messages: &messages, tools: None };
+        scorer.score(input).await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "Paris and Lyon, each once");
+        scorer.score(input).await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "all hits");
+    }
+
     proptest! {
         #[test]
         fn never_returns_a_score_for_a_different_candidate(texts in prop::collection::vec("[ab]{0,4}", 1..12)) {

@@ -342,6 +342,52 @@ mod tests {
         assert!(scores[0] > scores[2] && scores[1] > scores[2]);
     }
 
+    fn call(name: &str, arguments: &str) -> serde_json::Value {
+        serde_json::json!({"type": "function", "function": {"name": name, "arguments": arguments}})
+    }
+
+    fn message(content: &str, calls: &[serde_json::Value]) -> CandidateMessage {
+        let content = if content.is_empty() { serde_json::Value::Null } else { content.into() };
+        CandidateMessage::from_message(&serde_json::json!({"role": "assistant", "content": content, "tool_calls": calls}))
+    }
+
+    #[test]
+    fn tool_calls_vote_as_canonical_calls() {
+        let messages = vec![
+            message("", &[call("get_weather", r#"{"city":"Paris"}"#)]),
+            message("", &[call("get_weather", "{\"city\": \"Paris\"}")]),
+            message("", &[call("get_weather", r#"{"city":"Lyon"}"#)]),
+            message("", &[call("get_weather", r#"{"city": Paris"#)]),
+        ];
+        let texts = vec![String::new(); 4];
+        // Without the messages every candidate is the same empty text.
+        assert_eq!(consensus_scores(&texts), vec![1.0; 4]);
+        let scores = consensus_scores_of(&texts, &messages);
+        assert_eq!(scores, vec![1.0 / 3.0, 1.0 / 3.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn parallel_calls_are_a_set_and_text_and_calls_are_different_answers() {
+        let (a, b) = (call("get_time", "{}"), call("get_weather", r#"{"city": "Paris", "days": 2.0}"#));
+        let b2 = call("get_weather", r#"{"days": 2, "city": "Paris"}"#);
+        let messages = vec![
+            message("", &[a.clone(), b.clone()]),
+            message("", &[b2.clone(), a.clone()]),
+            message("The answer is 4", &[]),
+            message("The answer is 4", &[a.clone(), b2.clone()]),
+            message("Let me check.", &[b.clone(), a.clone()]),
+        ];
+        let texts: Vec<String> = messages.iter().map(|m| m.content.clone()).collect();
+        let keys: Vec<Option<String>> = texts.iter().zip(&messages).map(|(t, m)| answer_key(t, m)).collect();
+        assert_eq!(keys[0], keys[1], "the same calls in another order, numbers and keys respelled");
+        assert_eq!(keys[0], keys[4], "content without a final answer adds nothing to the calls");
+        assert_ne!(keys[2], keys[3], "an answer alone and the answer with calls differ");
+        assert_ne!(keys[0], keys[3]);
+        assert_eq!(keys[2].as_deref(), Some("4"));
+        let scores = consensus_scores_of(&texts, &messages);
+        assert_eq!(scores, vec![0.5, 0.5, 0.0, 0.0, 0.5]);
+    }
+
     proptest! {
         #[test]
         fn shuffling_permutes_scores(words in prop::collection::vec("[a-c ]{0,12}|[0-9]{1,2}", 2..7), rot in 0usize..7) {

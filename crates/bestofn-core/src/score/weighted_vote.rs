@@ -79,4 +79,40 @@ mod tests {
         let s = softmax(&[1000.0, 999.0], 1.0);
         assert!((s[0] + s[1] - 1.0).abs() < 1e-12 && s[0] > s[1], "stable with large logits");
     }
+
+    /// A member that scores the candidates as given.
+    struct Given(Vec<f64>);
+
+    impl Scorer for Given {
+        fn name(&self) -> &str {
+            "given"
+        }
+        fn score<'a>(&'a self, _input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
+            let scores = self.0.clone();
+            Box::pin(std::future::ready(Ok(ScoreOutput { scores, usage: super::super::ScorerUsage::default() })))
+        }
+    }
+
+    #[tokio::test]
+    async fn tool_calls_vote_by_their_canonical_form() {
+        use crate::score::{CandidateMessage, Message};
+        let call = |arguments: &str| {
+            CandidateMessage::from_message(&serde_json::json!({"content": null, "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": arguments}}]}))
+        };
+        let messages = vec![call(r#"{"city":"Paris"}"#), call(r#"{ "city" : "Paris" }"#), call(r#"{"city":"Lyon"}"#)];
+        let texts = vec![String::new(); 3];
+        let conversation = [Message { role: "user".into(), content: "Weather in Paris?".into() }];
+        // Lyon has the best single reward; the two Paris calls together outweigh it.
+        let scorer = WeightedVoteScorer { name: "w".into(), member: Arc::new(Given(vec![0.0, 0.0, 0.5])), temperature: 1.0 };
+        let input = ScoreInput {
+            conversation: &conversation,
+            candidates: &texts,
+            response_format: None,
+            messages: &messages,
+            tools: None,
+        };
+        let scores = scorer.score(input).await.unwrap().scores;
+        assert!(scores[0] > scores[2] && scores[0] == scores[1], "{scores:?}");
+    }
 }
