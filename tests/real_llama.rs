@@ -252,7 +252,8 @@ async fn json_schema_best_of_n_on_a_real_llama_server_is_valid_and_replays_as_se
     let mut body = question();
     body["messages"][0]["content"] = json!("What is 7 + 5? Reply in JSON.");
     body["max_tokens"] = json!(32);
-    body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "sum", "strict": true, "schema": schema}});
+    body["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "sum", "strict": true, "schema": schema}});
     body["bestofn"] = json!({"return_candidates": true});
     let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[("x-request-id", "schema-1")]).await;
     assert_eq!(status, 200, "{resp}");
@@ -287,9 +288,10 @@ async fn json_schema_best_of_n_on_a_real_llama_server_is_valid_and_replays_as_se
         "--picks".into(),
         picks.display().to_string(),
     ];
-    let (ok, _, err) = tokio::task::spawn_blocking(move || bestofn(&args.iter().map(String::as_str).collect::<Vec<_>>()))
-        .await
-        .unwrap();
+    let (ok, _, err) =
+        tokio::task::spawn_blocking(move || bestofn(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .unwrap();
     assert!(ok, "eval replay failed: {err}");
     let pick: Value = serde_json::from_str(std::fs::read_to_string(&picks).unwrap().lines().next().unwrap()).unwrap();
     assert_eq!((pick["prompt_id"].as_str(), &pick["chosen"]), (Some("schema-1"), &b["chosen"]), "{pick}");

@@ -287,7 +287,10 @@ async fn require_valid_never_chooses_an_invalid_candidate_while_a_valid_one_exis
     let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[]).await;
     assert_eq!(status, 200, "{resp}");
     let b = &resp["bestofn"];
-    assert_eq!((b["scorer"].as_str(), b["chosen"].as_u64(), b["n_valid"].as_u64()), (Some("consensus"), Some(3), Some(1)));
+    assert_eq!(
+        (b["scorer"].as_str(), b["chosen"].as_u64(), b["n_valid"].as_u64()),
+        (Some("consensus"), Some(3), Some(1))
+    );
     assert_eq!(b["scores"], json!([2.0 / 3.0, 2.0 / 3.0, 2.0 / 3.0, 0.0]), "{b}");
     assert_eq!(first_call(&resp["choices"][0]).0, "get_weather");
 }
@@ -307,7 +310,11 @@ async fn live_and_replayed(cfg: &str, requests: Vec<Value>) -> (Vec<Value>, Vec<
         assert_eq!(status, 200, "{resp}");
     }
     let read = || -> Vec<Value> {
-        std::fs::read_to_string(&samples).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        std::fs::read_to_string(&samples)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     };
     for _ in 0..250 {
         if read().len() == requests.len() {
@@ -324,11 +331,13 @@ async fn live_and_replayed(cfg: &str, requests: Vec<Value>) -> (Vec<Value>, Vec<
         .chain([config_path.display().to_string(), "--as-recorded".into(), "--picks".into()])
         .chain([picks_path.display().to_string()])
         .collect();
-    let (ok, _, err) = tokio::task::spawn_blocking(move || bestofn(&args.iter().map(String::as_str).collect::<Vec<_>>()))
-        .await
-        .unwrap();
+    let (ok, _, err) =
+        tokio::task::spawn_blocking(move || bestofn(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .unwrap();
     assert!(ok, "eval replay failed: {err}");
-    let picks = std::fs::read_to_string(&picks_path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let picks =
+        std::fs::read_to_string(&picks_path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     drop(proxy);
     (records, picks)
 }

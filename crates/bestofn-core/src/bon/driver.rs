@@ -78,8 +78,7 @@ impl RunSpec<'_> {
 
     /// Whether each of `messages` is valid, when the run checks validity.
     fn validity(&self, messages: &[CandidateMessage]) -> Option<Vec<bool>> {
-        self.checks_validity()
-            .then(|| messages.iter().map(|m| is_valid(m, self.tools, self.response_format)).collect())
+        self.checks_validity().then(|| messages.iter().map(|m| is_valid(m, self.tools, self.response_format)).collect())
     }
 
     /// What the scorer is asked about `candidates`.

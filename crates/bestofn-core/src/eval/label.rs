@@ -152,11 +152,8 @@ pub async fn score_rows(
         })
         .map(|i| {
             let row = &rows[i];
-            let row_error = |e: Error| EvalError::Row {
-                path: source.display().to_string(),
-                line: row.line,
-                message: e.detailed(),
-            };
+            let row_error =
+                |e: Error| EvalError::Row { path: source.display().to_string(), line: row.line, message: e.detailed() };
             let response_format = row.response_format().map_err(row_error)?;
             let tools = row.tools().map_err(row_error)?;
             Ok(ScoreJob {

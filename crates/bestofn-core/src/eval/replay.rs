@@ -25,6 +25,7 @@ use crate::bon::{
     Arrival, Candidate, Plan, Policy, RawChoice, ResolvedScorer, Samples, ScorerFailurePolicy, Steering, Wave,
 };
 use crate::error::Error;
+use crate::score::cache::identity;
 use crate::score::{BoxFuture, ResponseFormat, ScoreInput, ScoreOutput, Scorer, ScorerUsage, Tools};
 
 /// How a replayed run samples: whether rules look at every arrival (parallel sampling).
@@ -107,12 +108,12 @@ pub enum ScoreSource<'a> {
     Scorer(&'a Arc<dyn Scorer>),
 }
 
-/// Recorded rewards as a pointwise scorer: a candidate's score is the reward recorded for its
-/// text (the first candidate with that text, when several were recorded: a pointwise scorer
-/// gives equal texts equal scores).
+/// Recorded rewards as a pointwise scorer: a candidate's score is the reward recorded for it,
+/// told apart by its text and its tool calls (the first candidate with both, when several were
+/// recorded: a pointwise scorer gives equal candidates equal scores).
 struct RecordedRewards {
     name: String,
-    by_text: std::collections::HashMap<String, f64>,
+    by_candidate: std::collections::HashMap<String, f64>,
 }
 
 impl Scorer for RecordedRewards {
@@ -125,11 +126,14 @@ impl Scorer for RecordedRewards {
     }
 
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
+        let with_messages = input.messages.len() == input.candidates.len();
         let scores: Result<Vec<f64>, Error> = input
             .candidates
             .iter()
-            .map(|text| {
-                self.by_text.get(text).copied().ok_or_else(|| {
+            .enumerate()
+            .map(|(i, text)| {
+                let id = identity(text, with_messages.then(|| &input.messages[i]));
+                self.by_candidate.get(&id).copied().ok_or_else(|| {
                     Error::Internal(format!("no reward '{}' was recorded for a replayed candidate", self.name))
                 })
             })
@@ -143,11 +147,11 @@ fn replay_scorer(name: &str, source: ScoreSource<'_>, row: &RecordedRow) -> Reso
     let scorer: Arc<dyn Scorer> = match source {
         ScoreSource::Scorer(scorer) => scorer.clone(),
         ScoreSource::Recorded(rewards) => {
-            let mut by_text = std::collections::HashMap::new();
-            for (candidate, reward) in row.record.candidates.iter().zip(rewards) {
-                by_text.entry(candidate.text.clone()).or_insert(reward);
+            let mut by_candidate = std::collections::HashMap::new();
+            for ((candidate, message), reward) in row.record.candidates.iter().zip(row.messages()).zip(rewards) {
+                by_candidate.entry(identity(&candidate.text, Some(&message))).or_insert(reward);
             }
-            Arc::new(RecordedRewards { name: name.to_string(), by_text })
+            Arc::new(RecordedRewards { name: name.to_string(), by_candidate })
         }
     };
     ResolvedScorer { name: name.to_string(), scorer }
@@ -607,6 +611,34 @@ pub fn render_replay(report: &ReplayReport, format: super::Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A recorded row of tool calls with empty text: recorded rewards are told apart by the
+    /// calls, and `require_valid` with the recorded tools keeps the undeclared tool out.
+    #[tokio::test]
+    async fn recorded_tool_calls_keep_their_own_rewards_and_validity() {
+        let call = |name: &str, city: &str, reward: f64, correct: f64| {
+            serde_json::json!({"text": "", "rewards": {"rm": reward}, "correct": correct, "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": name, "arguments": format!("{{\"city\":\"{city}\"}}")}}]})
+        };
+        let line = serde_json::json!({"prompt_id": "t", "prompt": "Weather in Paris?",
+            "tools": [{"type": "function", "function": {"name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
+            "candidates": [call("get_weather", "Lyon", 0.1, 0.0), call("get_weather", "Paris", 0.5, 1.0),
+                call("get_forecast", "Paris", 0.9, 0.0)]});
+        let row = RecordedRow { record: crate::samples::SampleRecord::parse(&line.to_string()).unwrap(), line: 1 };
+        let prompt = ReplayPrompt { row: &row, labels: row.record.labels().unwrap() };
+        let orders = arrival_orders(3, 6, &mut fastrand::Rng::with_seed(1));
+        let mode = ReplayMode { per_arrival: false };
+        let replay = |choose: Choose| {
+            let source = ScoreSource::Recorded(vec![0.1, 0.5, 0.9]);
+            replay_prompt(&prompt, None, 3, mode, "rm", source, choose, &orders)
+        };
+        // The best reward is the undeclared tool's call (label 0) in every order...
+        assert_eq!(replay(Choose::by(Selection::Best)).await.unwrap().accuracy, 0.0);
+        // ... and require_valid picks the best valid call, Paris.
+        let valid_only = Choose { selection: Selection::Best, require_valid: true };
+        assert_eq!(replay(valid_only).await.unwrap().accuracy, 1.0);
+    }
 
     #[test]
     fn permutations_are_all_distinct_and_complete() {

@@ -34,7 +34,7 @@ fn conversation_hash(input: &ScoreInput<'_>, salt: u64) -> u64 {
 
 /// A candidate as the cache tells candidates apart: its text and, when its message calls tools,
 /// each call's name and arguments as sent (a scorer may judge the calls, not only the text).
-fn identity(text: &str, message: Option<&CandidateMessage>) -> String {
+pub(crate) fn identity(text: &str, message: Option<&CandidateMessage>) -> String {
     let mut id = text.to_string();
     for call in message.map_or(&[][..], |m| &m.tool_calls[..]) {
         id.push('\u{0}');
@@ -166,17 +166,42 @@ mod tests {
         let scorer = cached(&asked);
         let convo = [Message { role: "user".into(), content: "q".into() }];
         let cands: Vec<String> = ["aa", "b", "aa", "ccc"].iter().map(|s| s.to_string()).collect();
-        let out =
-            scorer.score(ScoreInput { conversation: &convo, candidates: &cands, response_format: None, messages: &[], tools: None }).await.unwrap();
+        let out = scorer
+            .score(ScoreInput {
+                conversation: &convo,
+                candidates: &cands,
+                response_format: None,
+                messages: &[],
+                tools: None,
+            })
+            .await
+            .unwrap();
         assert_eq!(out.scores, vec![2.0, 1.0, 2.0, 3.0]);
         assert_eq!(asked.load(Ordering::SeqCst), 3, "the duplicate is scored once");
-        let again =
-            scorer.score(ScoreInput { conversation: &convo, candidates: &cands, response_format: None, messages: &[], tools: None }).await.unwrap();
+        let again = scorer
+            .score(ScoreInput {
+                conversation: &convo,
+                candidates: &cands,
+                response_format: None,
+                messages: &[],
+                tools: None,
+            })
+            .await
+            .unwrap();
         assert_eq!(again.scores, out.scores);
         assert_eq!(asked.load(Ordering::SeqCst), 3, "all hits");
         assert_eq!(scorer.hits.get(), 3);
         let other = [Message { role: "user".into(), content: "another question".into() }];
-        scorer.score(ScoreInput { conversation: &other, candidates: &cands, response_format: None, messages: &[], tools: None }).await.unwrap();
+        scorer
+            .score(ScoreInput {
+                conversation: &other,
+                candidates: &cands,
+                response_format: None,
+                messages: &[],
+                tools: None,
+            })
+            .await
+            .unwrap();
         assert_eq!(asked.load(Ordering::SeqCst), 6, "another conversation is another key");
     }
 
@@ -191,7 +216,13 @@ mod tests {
                 {"type": "function", "function": {"name": "get_weather", "arguments": format!("{{\"city\":\"{city}\"}}")}}]}))
         };
         let messages = vec![call("Paris"), call("Lyon"), call("Paris")];
-        let input = ScoreInput { conversation: &convo, candidates: &cands, response_format: None, messages: &messages, tools: None };
+        let input = ScoreInput {
+            conversation: &convo,
+            candidates: &cands,
+            response_format: None,
+            messages: &messages,
+            tools: None,
+        };
         scorer.score(input).await.unwrap();
         assert_eq!(asked.load(Ordering::SeqCst), 2, "Paris and Lyon, each once");
         scorer.score(input).await.unwrap();

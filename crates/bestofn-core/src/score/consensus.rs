@@ -348,7 +348,9 @@ mod tests {
 
     fn message(content: &str, calls: &[serde_json::Value]) -> CandidateMessage {
         let content = if content.is_empty() { serde_json::Value::Null } else { content.into() };
-        CandidateMessage::from_message(&serde_json::json!({"role": "assistant", "content": content, "tool_calls": calls}))
+        CandidateMessage::from_message(
+            &serde_json::json!({"role": "assistant", "content": content, "tool_calls": calls}),
+        )
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Scorers: given a conversation and N candidate replies, one score per candidate (higher is
 //! better). The proxy and the offline evaluator call scorers through the one [`Scorer`] trait.
 
-mod cache;
+pub(crate) mod cache;
 mod consensus;
 mod ensemble;
 pub mod json_schema;
@@ -18,7 +18,9 @@ use std::pin::Pin;
 use serde::Serialize;
 
 pub use cache::CachedScorer;
-pub use consensus::{ConsensusScorer, answer_key, consensus_scores, consensus_scores_of, final_answer, normalize_answer};
+pub use consensus::{
+    ConsensusScorer, answer_key, consensus_scores, consensus_scores_of, final_answer, normalize_answer,
+};
 pub use ensemble::{Combine, EnsembleScorer, z_scores};
 pub use json_schema::{CompiledSchema, FormatCheck, ResponseFormat};
 pub use message::{CandidateMessage, ReasoningField, ToolCall, canonical_json};

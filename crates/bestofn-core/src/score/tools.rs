@@ -124,8 +124,8 @@ impl Tools {
                 let param = format!("tools[{i}].function.name");
                 return Err(Error::invalid(&param, format!("'{param}' must be a string")));
             };
-            let parameters = compile_tool_parameters(function.get("parameters").filter(|p| !p.is_null()))
-                .map_err(|e| {
+            let parameters =
+                compile_tool_parameters(function.get("parameters").filter(|p| !p.is_null())).map_err(|e| {
                     let param = format!("tools[{i}].function.parameters");
                     Error::invalid(
                         &param,
@@ -227,7 +227,9 @@ fn parse_choice(value: &Value, tools: &[Tool]) -> Result<ToolChoice, Error> {
             "auto" => Ok(ToolChoice::Auto),
             "none" => Ok(ToolChoice::None),
             "required" => Ok(ToolChoice::Required),
-            other => Err(invalid(format!("must be \"none\", \"auto\", \"required\" or a named function, got \"{other}\""))),
+            other => {
+                Err(invalid(format!("must be \"none\", \"auto\", \"required\" or a named function, got \"{other}\"")))
+            }
         },
         Value::Object(_) => match value.get("type").and_then(Value::as_str) {
             Some("function") => {
@@ -241,10 +243,13 @@ fn parse_choice(value: &Value, tools: &[Tool]) -> Result<ToolChoice, Error> {
                     Some("required") => true,
                     Some(other) => return Err(invalid(format!("has mode \"{other}\"; expected auto or required"))),
                 };
-                let listed = allowed.get("tools").and_then(Value::as_array).ok_or_else(|| invalid("lists no tools".into()))?;
+                let listed =
+                    allowed.get("tools").and_then(Value::as_array).ok_or_else(|| invalid("lists no tools".into()))?;
                 let names = listed
                     .iter()
-                    .map(|t| function_name(t).ok_or_else(|| invalid("lists a tool without a name".into())).and_then(declared))
+                    .map(|t| {
+                        function_name(t).ok_or_else(|| invalid("lists a tool without a name".into())).and_then(declared)
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(ToolChoice::Allowed { names, required })
             }
@@ -274,7 +279,11 @@ mod tests {
         CandidateMessage {
             tool_calls: calls
                 .iter()
-                .map(|(name, arguments)| ToolCall { id: None, name: name.to_string(), arguments: arguments.to_string() })
+                .map(|(name, arguments)| ToolCall {
+                    id: None,
+                    name: name.to_string(),
+                    arguments: arguments.to_string(),
+                })
                 .collect(),
             ..CandidateMessage::default()
         }
@@ -288,7 +297,10 @@ mod tests {
     fn calls_must_name_a_declared_tool_with_conforming_arguments() {
         let tools = prepared(None);
         assert_eq!(tools.check(&calls(&[("get_weather", r#"{"city": "Paris"}"#)])), Ok(()));
-        assert_eq!(tools.check(&calls(&[("get_time", "{}"), ("get_weather", r#"{"city":"Lyon","unit":"c"}"#)])), Ok(()));
+        assert_eq!(
+            tools.check(&calls(&[("get_time", "{}"), ("get_weather", r#"{"city":"Lyon","unit":"c"}"#)])),
+            Ok(())
+        );
         assert_eq!(tools.check(&CandidateMessage::from_text("It is sunny.")), Ok(()), "auto: no call is fine");
         assert_eq!(
             tools.check(&calls(&[("get_forecast", r#"{"city": "Paris"}"#)])),
@@ -340,7 +352,10 @@ mod tests {
             Tools::prepare(Some(&tools), choice.as_ref()).unwrap_err().param().map(str::to_string)
         };
         assert_eq!(param(json!({"name": "x"}), None).as_deref(), Some("tools"));
-        assert_eq!(param(json!([{"type": "function", "function": {}}]), None).as_deref(), Some("tools[0].function.name"));
+        assert_eq!(
+            param(json!([{"type": "function", "function": {}}]), None).as_deref(),
+            Some("tools[0].function.name")
+        );
         assert_eq!(param(weather_tools(), Some(json!("sometimes"))).as_deref(), Some(TOOL_CHOICE_PARAM));
         let undeclared = json!({"type": "function", "function": {"name": "nope"}});
         assert_eq!(param(weather_tools(), Some(undeclared)).as_deref(), Some(TOOL_CHOICE_PARAM));

@@ -104,7 +104,8 @@ mod tests {
         let texts = vec![String::new(); 3];
         let conversation = [Message { role: "user".into(), content: "Weather in Paris?".into() }];
         // Lyon has the best single reward; the two Paris calls together outweigh it.
-        let scorer = WeightedVoteScorer { name: "w".into(), member: Arc::new(Given(vec![0.0, 0.0, 0.5])), temperature: 1.0 };
+        let scorer =
+            WeightedVoteScorer { name: "w".into(), member: Arc::new(Given(vec![0.0, 0.0, 0.5])), temperature: 1.0 };
         let input = ScoreInput {
             conversation: &conversation,
             candidates: &texts,
