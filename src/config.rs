@@ -267,6 +267,7 @@ impl Config {
             degrade_at_queue: self.policy.degrade_at_queue_ms.map(Duration::from_millis),
             min_n: self.policy.min_n,
             selection: self.policy.selection,
+            require_valid: self.policy.require_valid,
         }
     }
 

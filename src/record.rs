@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::bon::{Outcome, Plan};
+use crate::bon::{Candidate, Outcome, Plan};
 use crate::config::{ConfigError, Validator, defaults};
 use crate::samples::{CandidateRecord, SampleRecord};
 use crate::score::{Message, last_user_message};
@@ -67,12 +67,14 @@ pub struct Recorder {
     dropped: prometheus::IntCounter,
 }
 
-/// The samples record of a finished best-of-N request.
+/// The samples record of a finished best-of-N request; `response_format` and `tools` (with
+/// `tool_choice`) are the request's, as sent, for replay to check candidates as the proxy did.
 pub fn sample_record(
     id: &str,
     plan: &Plan,
     conversation: &[Message],
     response_format: Option<&Value>,
+    (tools, tool_choice): (Option<&Value>, Option<&Value>),
     outcome: &Outcome,
 ) -> SampleRecord {
     let candidates = outcome
@@ -90,6 +92,7 @@ pub fn sample_record(
             finish_reason: c.finish_reason.clone(),
             completion_tokens: c.completion_tokens,
             latency_ms: Some(c.latency_ms),
+            extra: tool_calls_of(c),
             ..Default::default()
         })
         .collect();
@@ -99,6 +102,8 @@ pub fn sample_record(
         prompt: Some(last_user_message(conversation).to_string()),
         messages: Some(conversation.to_vec()),
         response_format: response_format.cloned(),
+        tools: tools.cloned(),
+        tool_choice: tool_choice.cloned(),
         candidates,
         chosen: Some(outcome.chosen()),
         scorer: Some(plan.scorer.name.clone()),
@@ -108,6 +113,25 @@ pub fn sample_record(
         fused: outcome.fused.is_some(),
         extra: Default::default(),
     }
+}
+
+/// A candidate's `tool_calls` as the upstream sent them, under that name, when its message
+/// calls tools: replay checks them against the recorded `tools` and votes over them
+/// (`eval::samples::recorded_message` reads them back).
+fn tool_calls_of(candidate: &Candidate) -> serde_json::Map<String, Value> {
+    #[derive(serde::Deserialize)]
+    struct Choice {
+        message: Option<Sent>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Sent {
+        tool_calls: Option<Value>,
+    }
+    let calls = serde_json::from_str::<Choice>(candidate.choice.json())
+        .ok()
+        .and_then(|c| c.message?.tool_calls)
+        .filter(|calls| calls.as_array().is_some_and(|a| !a.is_empty()));
+    calls.map(|calls| [("tool_calls".to_string(), calls)].into_iter().collect()).unwrap_or_default()
 }
 
 impl Recorder {

@@ -106,6 +106,7 @@ selection = "soft"
 soft_temperature = 2.0
 fuse_top = 3
 fuse_show_scores = true
+require_valid = true
 
 [domains.math]
 n = 2
@@ -123,6 +124,7 @@ selection = "soft"
 soft_temperature = 2.0
 fuse_top = 3
 fuse_show_scores = true
+require_valid = true
 
 [telemetry]
 otlp_endpoint = "http://127.0.0.1:4318"

@@ -233,3 +233,66 @@ async fn best_of_n_in_front_of_a_real_llama_server() {
     assert!(content_type.starts_with("text/event-stream"));
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
 }
+
+/// A `response_format` json_schema on the real server: llama.cpp constrains decoding to the
+/// schema, so every candidate is valid (`n_valid` = N), the answer conforms, and `eval replay
+/// --as-recorded` of the recording makes the same pick.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_schema_best_of_n_on_a_real_llama_server_is_valid_and_replays_as_served() {
+    let Some(llama) = tokio::task::spawn_blocking(llama_server).await.unwrap() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let samples = dir.path().join("samples.jsonl");
+    let cfg = bestofn_config(&llama.url, "n", 3, "consensus")
+        + &format!("require_valid = true\n\n[recorder]\npath = \"{}\"\n", samples.display());
+    let config_path = dir.path().join("bestofn.toml");
+    std::fs::write(&config_path, &cfg).unwrap();
+    let proxy = Bestofn::start(&cfg);
+    let schema = json!({"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
+        "additionalProperties": false});
+    let mut body = question();
+    body["messages"][0]["content"] = json!("What is 7 + 5? Reply in JSON.");
+    body["max_tokens"] = json!(32);
+    body["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "sum", "strict": true, "schema": schema}});
+    body["bestofn"] = json!({"return_candidates": true});
+    let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body, &[("x-request-id", "schema-1")]).await;
+    assert_eq!(status, 200, "{resp}");
+    let b = &resp["bestofn"];
+    assert_eq!((b["n_received"].as_u64(), b["n_valid"].as_u64()), (Some(3), Some(3)), "{b}");
+    let content = resp["choices"][0]["message"]["content"].as_str().unwrap();
+    let answer: Value = serde_json::from_str(content.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {content}"));
+    let fields = answer.as_object().unwrap();
+    assert!(fields.len() == 1 && fields["answer"].is_i64(), "not schema-valid: {content}");
+
+    // The recording replays to the same pick.
+    let mut recorded = String::new();
+    for _ in 0..250 {
+        recorded = std::fs::read_to_string(&samples).unwrap_or_default();
+        if !recorded.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let record: Value = serde_json::from_str(recorded.lines().next().unwrap()).unwrap();
+    assert_eq!(record["chosen"], b["chosen"]);
+    assert_eq!(record["response_format"]["json_schema"]["schema"], schema);
+    let picks = dir.path().join("picks.jsonl");
+    let args = [
+        "eval".to_string(),
+        "replay".into(),
+        "--samples".into(),
+        samples.display().to_string(),
+        "--config".into(),
+        config_path.display().to_string(),
+        "--as-recorded".into(),
+        "--picks".into(),
+        picks.display().to_string(),
+    ];
+    let (ok, _, err) =
+        tokio::task::spawn_blocking(move || bestofn(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .unwrap();
+    assert!(ok, "eval replay failed: {err}");
+    let pick: Value = serde_json::from_str(std::fs::read_to_string(&picks).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!((pick["prompt_id"].as_str(), &pick["chosen"]), (Some("schema-1"), &b["chosen"]), "{pick}");
+}

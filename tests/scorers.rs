@@ -119,8 +119,10 @@ async fn verify_checks_the_whole_json_schema_and_refuses_one_that_does_not_compi
     body["bestofn"] = json!({"scorer": "verify"});
     let (status, _, resp) = post(&url, body.clone(), &[]).await;
     assert_eq!(status, 200, "{resp}");
-    assert_eq!(resp["bestofn"]["scores"], json!([0.0, 0.0, 0.0, 1.0]), "{resp}");
+    // Conformance is validity, verify's gate: a candidate that breaks the schema scores below 0.
+    assert_eq!(resp["bestofn"]["scores"], json!([-1.0, -1.0, -1.0, 1.0]), "{resp}");
     assert_eq!(resp["bestofn"]["chosen"], 3, "{resp}");
+    assert_eq!(resp["bestofn"]["n_valid"], 1, "{resp}");
     assert_eq!(upstream.requests().len(), 1);
 
     // At N > 1 a schema that does not compile is the client's error, before any upstream call,

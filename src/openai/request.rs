@@ -16,7 +16,7 @@ use super::content_text;
 use crate::bon::{Api, ClientBody, RunRequest, Steering};
 use crate::error::Error;
 use crate::score::Message;
-use crate::score::ResponseFormat;
+use crate::score::{ResponseFormat, Tools};
 
 /// OpenAI's own upper bound on `n`.
 const OPENAI_MAX_N: u64 = 128;
@@ -54,6 +54,7 @@ impl ProxyRequest {
         &'a self,
         verbatim: Option<&'a Bytes>,
         response_format: Option<&'a ResponseFormat>,
+        tools: Option<&'a Tools>,
     ) -> RunRequest<'a> {
         RunRequest {
             api: self.api,
@@ -62,6 +63,7 @@ impl ProxyRequest {
             conversation: &self.conversation,
             seed: self.seed,
             response_format,
+            tools,
         }
     }
 

@@ -22,6 +22,10 @@ pub fn bestofn_object(plan: &Plan, outcome: &Outcome) -> Value {
         },
     });
     obj["n_scored"] = json!(outcome.scores.len());
+    // Whenever the request has `tools` or a `response_format`: candidates that passed validation.
+    if let Some(n_valid) = outcome.n_valid() {
+        obj["n_valid"] = json!(n_valid);
+    }
     match &outcome.adaptive {
         Some(adaptive) => {
             obj["n_sampled"] = json!(adaptive.n_sampled);
@@ -65,14 +69,18 @@ pub fn bestofn_object(plan: &Plan, outcome: &Outcome) -> Value {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                json!({
+                let mut entry = json!({
                     "index": i,
                     "text": c.text,
                     "score": outcome.scores.get(i),
                     "finish_reason": c.finish_reason,
                     "latency_ms": c.latency_ms,
                     "completion_tokens": c.completion_tokens,
-                })
+                });
+                if let Some(valid) = outcome.valid.as_ref().and_then(|v| v.get(i)) {
+                    entry["valid"] = json!(valid);
+                }
+                entry
             })
             .collect();
         obj["candidates"] = Value::Array(candidates);

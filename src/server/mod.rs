@@ -35,7 +35,7 @@ use crate::error::Error;
 use crate::openai::stream::{self, StreamMeta};
 use crate::openai::{ProxyRequest, SteeringHeaders, build_response, parse_chat_request, parse_completion_request};
 use crate::record::sample_record;
-use crate::score::ResponseFormat;
+use crate::score::{ResponseFormat, Tools};
 use crate::telemetry::{self, RequestContext, TraceParent};
 
 /// Response body type of every route.
@@ -391,8 +391,10 @@ fn observe_outcome(
     );
     if let Some(recorder) = &state.recorder {
         recorder.record(|| {
-            let response_format = request.body.fields().ok().and_then(|fields| fields.get("response_format"));
-            sample_record(id, plan, &request.conversation, response_format, outcome)
+            let fields = request.body.fields().ok();
+            let field = |name: &str| fields.and_then(|fields| fields.get(name));
+            let tools = (field("tools"), field("tool_choice"));
+            sample_record(id, plan, &request.conversation, field("response_format"), tools, outcome)
         });
     }
 }
@@ -460,21 +462,24 @@ async fn completion(
         return Ok(response);
     }
 
-    // Best-of-N scores candidates against the request's response_format: a json_schema's schema
-    // is compiled here, once for every candidate, and one that does not compile is the client's
-    // error, answered before anything is sampled (a pass-through, above, leaves it to the
-    // upstream).
+    // Best-of-N checks candidates against the request's response_format and tools: a
+    // json_schema's schema and each tool's parameters are compiled here, once for every
+    // candidate, and one that does not compile is the client's error, answered before anything
+    // is sampled (a pass-through, above, leaves them to the upstream).
     let response_format = request.body.response_format()?;
+    let tools = request.body.tools()?;
 
     if request.stream {
         let observer = slot.take().ok_or_else(|| Error::Internal("the request has no observer".into()))?;
-        return Ok(best_of_n_stream(state.clone(), request, verbatim, plan, response_format, id.to_string(), observer));
+        let checks = (response_format, tools);
+        return Ok(best_of_n_stream(state.clone(), request, verbatim, plan, checks, id.to_string(), observer));
     }
 
     // Boxed, as the pass-through calls above: each is a large future, and unboxed the request's
     // future is as large as the largest of them, copied whole every time it moves (callgrind:
     // 204K instructions a pass-through before, 160K after; memcpy fell from 29% to 8%).
-    let run = state.engine.run(request.run_request(verbatim.as_ref(), response_format.as_ref()), &plan, None);
+    let run_request = request.run_request(verbatim.as_ref(), response_format.as_ref(), tools.as_ref());
+    let run = state.engine.run(run_request, &plan, None);
     let (result, spans) = Box::pin(with_call_spans(run)).await;
     let outcome = result?;
     observe_outcome(state, id, &request, &plan, &outcome, observer, spans);
@@ -532,7 +537,7 @@ fn best_of_n_stream(
     request: ProxyRequest,
     verbatim: Option<Bytes>,
     plan: Plan,
-    response_format: Option<ResponseFormat>,
+    (response_format, tools): (Option<ResponseFormat>, Option<Tools>),
     id: String,
     observer: RequestObserver,
 ) -> Response<Body> {
@@ -559,8 +564,8 @@ fn best_of_n_stream(
                 let _ = tx.send(stream::reported_model(envelope).map(str::to_string));
             }
         };
-        let run =
-            state.engine.run(request.run_request(verbatim.as_ref(), response_format.as_ref()), &plan, Some(&tell));
+        let run_request = request.run_request(verbatim.as_ref(), response_format.as_ref(), tools.as_ref());
+        let run = state.engine.run(run_request, &plan, Some(&tell));
         let (result, spans) = with_call_spans(run).await;
         match result {
             Ok(outcome) => {

@@ -27,6 +27,12 @@ pub struct SampleRecord {
     /// The request's `response_format`, which verifiers check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<Value>,
+    /// The request's `tools`, against which candidates' tool calls are validated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Value>,
+    /// The request's `tool_choice`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
     /// The candidates in arrival order.
     pub candidates: Vec<CandidateRecord>,
     /// Index of the candidate the proxy answered with.

@@ -54,6 +54,8 @@ macro_rules! with_policy_keys {
                 fuse_top: u32,
                 /// Show the fuser the candidates' scores.
                 fuse_show_scores: bool,
+                /// Never choose an invalid candidate while a valid one exists.
+                require_valid: bool,
             ]
         }
     };
@@ -150,6 +152,8 @@ pub mod defaults {
     pub const FUSE_TOP: u32 = 4;
     /// `policy.fuse_show_scores`.
     pub const FUSE_SHOW_SCORES: bool = false;
+    /// `policy.require_valid`: invalid candidates rank by their scores like any other.
+    pub const REQUIRE_VALID: bool = false;
 }
 
 /// `[policy]`, validated.
@@ -184,6 +188,8 @@ pub struct PolicyConfig {
     /// How the winner is picked.
     #[serde(flatten)]
     pub selection: SelectionSettings,
+    /// Never choose an invalid candidate while a valid one exists.
+    pub require_valid: bool,
 }
 
 /// A key at fault (dotted, e.g. `domains.math.first_wave`) and what is wrong with it.
@@ -229,6 +235,7 @@ pub fn validate(
         degrade_at_queue_ms: p.degrade_at_queue_ms,
         min_n: p.min_n.unwrap_or(defaults::MIN_N),
         selection,
+        require_valid: p.require_valid.unwrap_or(defaults::REQUIRE_VALID),
     };
 
     let mut rules = BTreeMap::new();
@@ -279,6 +286,7 @@ pub fn validate(
                 degrade_at_queue_ms: s.degrade_at_queue_ms,
                 min_n: s.min_n,
                 selection,
+                require_valid: s.require_valid,
             },
         );
     }

@@ -1,18 +1,21 @@
 //! The one driver of a best-of-N run, for the proxy and for `eval replay` alike: waves of
 //! candidates from a [`CandidateSource`] (the upstream live, recorded candidates offline), the
 //! stopping rules per arrival or per wave, scoring (per arrival or batched), `min_candidates`,
-//! `on_scorer_failure`, and every selection (argmax, weighted vote, soft with the run's seeded
-//! RNG, fuse through the fuser). Nothing of this exists anywhere else, so what replay predicts
-//! is what the proxy does.
+//! `on_scorer_failure`, every selection (argmax, weighted vote, soft with the run's seeded
+//! RNG, fuse through the fuser), and the candidates' validity with `require_valid`. Nothing of
+//! this exists anywhere else, so what replay predicts is what the proxy does.
 
 use std::time::Instant;
 
 use super::adaptive::{AdaptiveRun, AdaptiveSettings, StopReason};
 use super::engine::{AdaptiveReport, Outcome, Timings};
-use super::select::{Selection, select};
-use super::{Arrival, BoxFuture, Fused, Fuser, Plan, Samples, ScorerFailurePolicy, Wave, score_candidates};
+use super::select::{Selection, eligible, select_among, unscored_order};
+use super::{Arrival, BoxFuture, Candidate, Fused, Fuser, Plan, Samples, ScorerFailurePolicy, Wave, score_candidates};
 use crate::error::{Error, Party};
-use crate::score::{Message, ResponseFormat, ScoreInput, ScoreOutput, ScorerUsage, final_answer};
+use crate::score::validity::is_valid;
+use crate::score::{
+    CandidateMessage, Message, ResponseFormat, ScoreInput, ScoreOutput, ScorerUsage, Tools, answer_key,
+};
 
 /// Where a run's candidates come from. Live, the upstream (hedging, the deadline and the
 /// upstream's failures are the source's); in replay, recorded candidates in a given order.
@@ -45,8 +48,12 @@ pub struct RunSpec<'a> {
     pub plan: &'a Plan,
     /// The conversation the candidates answer.
     pub conversation: &'a [Message],
-    /// The request's `response_format` (its schema compiled once for the run), for verifiers.
+    /// The request's `response_format` (its schema compiled once for the run), for verifiers
+    /// and validity.
     pub response_format: Option<&'a ResponseFormat>,
+    /// The request's `tools` and `tool_choice` (schemas compiled once for the run), for
+    /// verifiers and validity.
+    pub tools: Option<&'a Tools>,
     /// When the run must end.
     pub deadline: Option<Instant>,
     /// Fewest candidates to answer with.
@@ -60,6 +67,46 @@ pub struct RunSpec<'a> {
     pub fuser: Option<&'a dyn Fuser>,
     /// What a fuser failure does.
     pub fuser_failure: FuserFailure,
+}
+
+impl RunSpec<'_> {
+    /// Whether the run checks its candidates' validity: the request has `tools` or a
+    /// `response_format`.
+    fn checks_validity(&self) -> bool {
+        self.tools.is_some() || self.response_format.is_some()
+    }
+
+    /// Whether each of `messages` is valid, when the run checks validity.
+    fn validity(&self, messages: &[CandidateMessage]) -> Option<Vec<bool>> {
+        self.checks_validity().then(|| messages.iter().map(|m| is_valid(m, self.tools, self.response_format)).collect())
+    }
+
+    /// What the scorer is asked about `candidates`.
+    fn score_input<'a>(&'a self, texts: &'a [String], messages: &'a [CandidateMessage]) -> ScoreInput<'a> {
+        ScoreInput {
+            conversation: self.conversation,
+            candidates: texts,
+            response_format: self.response_format,
+            messages,
+            tools: self.tools,
+        }
+    }
+}
+
+/// Each candidate as a whole message: its upstream choice's `message`, or its text (a legacy
+/// completion, a choice without a message).
+pub fn candidate_messages(candidates: &[Candidate]) -> Vec<CandidateMessage> {
+    #[derive(serde::Deserialize)]
+    struct Choice {
+        message: Option<serde_json::Value>,
+    }
+    candidates
+        .iter()
+        .map(|c| match serde_json::from_str::<Choice>(c.choice.json()) {
+            Ok(Choice { message: Some(message) }) if message.is_object() => CandidateMessage::from_message(&message),
+            _ => CandidateMessage::from_text(c.text.as_str()),
+        })
+        .collect()
 }
 
 fn ms_since(t: Instant) -> f64 {
@@ -93,14 +140,15 @@ pub async fn drive(spec: &RunSpec<'_>, source: &dyn CandidateSource) -> Result<O
     }
 
     let scoring_started = Instant::now();
+    let messages = candidate_messages(&samples.candidates);
+    let valid = spec.validity(&messages);
+    let may_win = eligible(valid.as_deref(), plan.require_valid);
     let mut scorer_error = None;
     let (scores, scorer_usage) = if let Some(early) = early_scores.filter(|_| samples.candidates.len() > 1) {
         (early.scores, early.usage)
     } else if samples.candidates.len() > 1 {
         let texts: Vec<String> = samples.candidates.iter().map(|c| c.text.clone()).collect();
-        let input =
-            ScoreInput { conversation: spec.conversation, candidates: &texts, response_format: spec.response_format };
-        match score_candidates(&*plan.scorer.scorer, input).await {
+        match score_candidates(&*plan.scorer.scorer, spec.score_input(&texts, &messages)).await {
             Ok(out) => (out.scores, out.usage),
             Err(e) if spec.on_scorer_failure == ScorerFailurePolicy::Fail => return Err(e),
             Err(e) => {
@@ -116,14 +164,10 @@ pub async fn drive(spec: &RunSpec<'_>, source: &dyn CandidateSource) -> Result<O
     // One RNG for the run, from its seed: a replay with the recorded seed draws the same pick.
     let mut rng = fastrand::Rng::with_seed(spec.seed);
     let ranking = if !scores.is_empty() {
-        select(&scores, plan.selection, &mut rng)
+        select_among(&scores, plan.selection, &mut rng, may_win)
     } else {
-        let mut order: Vec<usize> = (0..samples.candidates.len()).collect();
-        if scorer_error.is_some() && spec.on_scorer_failure == ScorerFailurePolicy::Random && !order.is_empty() {
-            let pick = rng.usize(..order.len());
-            order.rotate_left(pick);
-        }
-        order
+        let random = scorer_error.is_some() && spec.on_scorer_failure == ScorerFailurePolicy::Random;
+        unscored_order(samples.candidates.len(), random, &mut rng, may_win)
     };
     let (fused, fuse_failed) = match plan.selection {
         Selection::Fuse { top, show_scores } if samples.candidates.len() > 1 => {
@@ -142,6 +186,7 @@ pub async fn drive(spec: &RunSpec<'_>, source: &dyn CandidateSource) -> Result<O
         timings: Timings { sampling_ms, scoring_ms, total_ms: ms_since(started) },
         adaptive,
         seed: spec.seed,
+        valid,
     })
 }
 
@@ -174,11 +219,8 @@ async fn fuse(
             let scorer = &spec.plan.scorer.scorer;
             if scorer.pointwise() {
                 let texts = [fused.text.clone()];
-                let input = ScoreInput {
-                    conversation: spec.conversation,
-                    candidates: &texts,
-                    response_format: spec.response_format,
-                };
+                let messages = [CandidateMessage::from_text(fused.text.as_str())];
+                let input = spec.score_input(&texts, &messages);
                 fused.score = score_candidates(&**scorer, input).await.ok().and_then(|o| o.scores.first().copied());
             }
             Ok((Some(fused), None))
@@ -205,11 +247,16 @@ async fn score_for_stop(
     if texts.is_empty() {
         return;
     }
-    let input =
-        ScoreInput { conversation: spec.conversation, candidates: &texts, response_format: spec.response_format };
-    match score_candidates(&*spec.plan.scorer.scorer, input).await {
+    let messages = candidate_messages(&samples.candidates[from..]);
+    // Under require_valid an invalid candidate cannot be the answer: its score stops nothing.
+    let valid = spec.validity(&messages).filter(|_| spec.plan.require_valid);
+    match score_candidates(&*spec.plan.scorer.scorer, spec.score_input(&texts, &messages)).await {
         Ok(out) => {
-            out.scores.iter().for_each(|s| run.scored(*s));
+            for (i, s) in out.scores.iter().enumerate() {
+                if valid.as_ref().is_none_or(|v| v[i]) {
+                    run.scored(*s);
+                }
+            }
             if let Some(kept) = early.as_mut()
                 && kept.scores.len() == from
             {
@@ -261,7 +308,7 @@ async fn sample_adaptive(
                     Arrival::Call(Ok(more)) => {
                         let from = all.candidates.len();
                         all.extend(more);
-                        note_answers(&mut run, &all, from);
+                        note_answers(spec, &mut run, &all, from);
                         if run.needs_scores() && per_arrival {
                             score_for_stop(spec, &all, from, &mut run, &mut early).await;
                             scored = all.candidates.len();
@@ -279,7 +326,7 @@ async fn sample_adaptive(
                 Ok(more) => {
                     let from = all.candidates.len();
                     all.extend(more);
-                    note_answers(&mut run, &all, from);
+                    note_answers(spec, &mut run, &all, from);
                 }
                 Err(e) => {
                     all.failures.push(e.message_with_causes());
@@ -319,9 +366,18 @@ async fn sample_adaptive(
     Ok((all, AdaptiveReport { n_sampled: run.requested(), stop_reason: reason, waves: run.waves() }, early))
 }
 
-/// Tells the run the final answers of the candidates that arrived from `from` on.
-fn note_answers(run: &mut AdaptiveRun, samples: &Samples, from: usize) {
-    for c in &samples.candidates[from..] {
-        run.arrived(if run.needs_answers() { final_answer(&c.text) } else { None });
+/// Tells the run the answers ([`answer_key`]) of the candidates that arrived from `from` on;
+/// under `require_valid` an invalid candidate states none (it cannot be the answer).
+fn note_answers(spec: &RunSpec<'_>, run: &mut AdaptiveRun, samples: &Samples, from: usize) {
+    let arrived = &samples.candidates[from..];
+    if !run.needs_answers() {
+        arrived.iter().for_each(|_| run.arrived(None));
+        return;
+    }
+    let messages = candidate_messages(arrived);
+    let valid = spec.validity(&messages).filter(|_| spec.plan.require_valid);
+    for (i, (c, m)) in arrived.iter().zip(&messages).enumerate() {
+        let counts = valid.as_ref().is_none_or(|v| v[i]);
+        run.arrived(if counts { answer_key(&c.text, m) } else { None });
     }
 }

@@ -15,7 +15,7 @@ use super::{
     RuleClassifier, Sampler, Samples, Steering, UpstreamBody, Wave,
 };
 use crate::error::Error;
-use crate::score::{Message, ResponseFormat, Scorer, ScorerUsage, last_user_message};
+use crate::score::{Message, ResponseFormat, Scorer, ScorerUsage, Tools, last_user_message};
 
 /// Where a request's time went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -54,6 +54,9 @@ pub struct Outcome {
     /// The seed of the run's RNG (the client's, or one drawn for the request), recorded so a
     /// replay draws the same pick.
     pub seed: u64,
+    /// Whether each candidate is valid (in candidate order), when the request has `tools` or a
+    /// `response_format` ([`crate::score::validity`]).
+    pub valid: Option<Vec<bool>>,
 }
 
 /// What adaptive sampling did for one request.
@@ -71,6 +74,11 @@ impl Outcome {
     /// The winning candidate's index.
     pub fn chosen(&self) -> usize {
         self.ranking.first().copied().unwrap_or(0)
+    }
+
+    /// Candidates that passed validation, when the request asked for any ([`Outcome::valid`]).
+    pub fn n_valid(&self) -> Option<usize> {
+        self.valid.as_ref().map(|v| v.iter().filter(|&&b| b).count())
     }
 
     /// The winning candidate's score, if candidates were scored.
@@ -107,6 +115,8 @@ pub struct RunRequest<'a> {
     pub seed: Option<i64>,
     /// The body's `response_format`, prepared once for the request.
     pub response_format: Option<&'a ResponseFormat>,
+    /// The body's `tools` and `tool_choice`, prepared once for the request.
+    pub tools: Option<&'a Tools>,
 }
 
 /// Samples, scores and ranks candidates; shared by every endpoint.
@@ -242,7 +252,7 @@ impl Engine {
         plan: &Plan,
         on_first_answer: Option<OnFirstAnswer<'_>>,
     ) -> Result<Outcome, Error> {
-        let RunRequest { api, body, verbatim, conversation, seed, response_format } = request;
+        let RunRequest { api, body, verbatim, conversation, seed, response_format, tools } = request;
         let deadline = plan.deadline.map(|d| Instant::now() + d);
         let (fields, text) = upstream_fields(plan, body, verbatim)?;
         let upstream_body = UpstreamBody { fields: &fields, text };
@@ -259,6 +269,7 @@ impl Engine {
             plan,
             conversation,
             response_format,
+            tools,
             deadline,
             min_candidates: self.policy.min_candidates,
             on_scorer_failure: self.policy.on_scorer_failure,

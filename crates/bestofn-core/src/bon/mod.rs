@@ -24,7 +24,7 @@ pub use policy::{
 pub use select::{rank, score_candidates};
 
 use crate::error::Error;
-use crate::score::{BoxFuture, ResponseFormat};
+use crate::score::{BoxFuture, ResponseFormat, Tools};
 
 /// Per-request steering, from the `bestofn` body field or the `x-bestofn-*` headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -342,6 +342,16 @@ impl ClientBody {
     /// upstream.
     pub fn response_format(&self) -> Result<Option<ResponseFormat>, Error> {
         self.fields()?.get("response_format").map(ResponseFormat::prepare).transpose()
+    }
+
+    /// The body's `tools` and `tool_choice`, prepared for the validation of a best-of-N run's
+    /// candidates: each tool's `parameters` schema compiled once, for every candidate. A schema
+    /// that does not compile is an invalid request naming the tool (param
+    /// `tools[i].function.parameters`). Like [`ClientBody::response_format`], asked for only by
+    /// a request that bestofn samples and scores.
+    pub fn tools(&self) -> Result<Option<Tools>, Error> {
+        let fields = self.fields()?;
+        Tools::prepare(fields.get("tools"), fields.get("tool_choice"))
     }
 
     /// Whether the client set `temperature`.

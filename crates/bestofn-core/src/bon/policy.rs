@@ -95,6 +95,9 @@ pub struct DomainRule {
     /// How this domain's winner is picked.
     #[serde(skip_serializing_if = "Option::is_none", flatten)]
     pub selection: Option<SelectionSettings>,
+    /// Never choose an invalid candidate while a valid one exists, in this domain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require_valid: Option<bool>,
 }
 
 /// A policy's or a domain's selection settings: the rule and each rule's parameters, so a
@@ -192,6 +195,8 @@ pub struct Policy {
     pub min_n: u32,
     /// How the winner is picked.
     pub selection: SelectionSettings,
+    /// Never choose an invalid candidate while a valid one exists.
+    pub require_valid: bool,
 }
 
 /// What one request will do.
@@ -225,6 +230,9 @@ pub struct Plan {
     pub min_n: u32,
     /// How the winner is picked.
     pub selection: Selection,
+    /// Never choose an invalid candidate (tool calls that do not pass the request's `tools`,
+    /// content that does not conform to its `response_format`) while a valid one exists.
+    pub require_valid: bool,
 }
 
 impl Plan {
@@ -333,6 +341,7 @@ impl Policy {
                 .or(self.degrade_at_queue),
             min_n: rule.and_then(|r| r.min_n).unwrap_or(self.min_n),
             selection: rule.and_then(|r| r.selection).unwrap_or(self.selection).resolve(steering.selection),
+            require_valid: rule.and_then(|r| r.require_valid).unwrap_or(self.require_valid),
             n,
             k: client_n,
             scorer,
@@ -366,6 +375,7 @@ mod tests {
             degrade_at_queue: None,
             min_n: 1,
             selection: SelectionSettings::default(),
+            require_valid: false,
         }
     }
 

@@ -70,20 +70,69 @@ pub fn soft_probabilities(scores: &[f64], temperature: f64) -> Vec<f64> {
 /// Candidate indices ordered for the answer: under `Best` the ranking; under `Soft` the drawn
 /// winner first (from `rng`), then the rest by score.
 pub fn select(scores: &[f64], selection: Selection, rng: &mut fastrand::Rng) -> Vec<usize> {
+    select_among(scores, selection, rng, None)
+}
+
+/// The candidates that may win under `require_valid`: those marked in `valid`, when at least
+/// one is (with every candidate invalid, any may win: the best by the scorer is the answer).
+pub fn eligible(valid: Option<&[bool]>, require_valid: bool) -> Option<&[bool]> {
+    valid.filter(|v| require_valid && v.iter().any(|&b| b))
+}
+
+/// [`select`] where only the `eligible` candidates (when given) may win: they come first, in
+/// their order by score (`Soft`: the draw is among them alone, their scores standardised among
+/// themselves), the others after them. The one place `require_valid` is applied, live and in
+/// replay alike.
+pub fn select_among(
+    scores: &[f64],
+    selection: Selection,
+    rng: &mut fastrand::Rng,
+    eligible: Option<&[bool]>,
+) -> Vec<usize> {
+    let eligible = eligible.filter(|e| e.len() == scores.len() && e.iter().any(|&b| b));
     let mut order = rank(scores);
+    if let Some(e) = eligible {
+        // A stable sort: the eligible first, each group still by score.
+        order.sort_by_key(|&i| !e[i]);
+    }
     if let Selection::Soft { temperature } = selection
         && !scores.is_empty()
     {
-        let p = soft_probabilities(scores, temperature);
+        let pool: Vec<usize> = (0..scores.len()).filter(|&i| eligible.is_none_or(|e| e[i])).collect();
+        let pooled: Vec<f64> = pool.iter().map(|&i| scores[i]).collect();
+        let p = soft_probabilities(&pooled, temperature);
         let draw = rng.f64();
         let mut acc = 0.0;
-        let winner = (0..p.len()).find(|&i| {
-            acc += p[i];
+        let winner = (0..p.len()).find(|&k| {
+            acc += p[k];
             draw < acc
         });
-        let winner = winner.unwrap_or(order[0]);
+        let winner = winner.map_or(order[0], |k| pool[k]);
         order.retain(|&i| i != winner);
         order.insert(0, winner);
+    }
+    order
+}
+
+/// The answer's order when there are no scores (one candidate, or a scorer that failed under
+/// `on_scorer_failure = "first"` or `"random"`): candidate order, or with `random` a uniformly
+/// drawn candidate first; only the `eligible` (when given) may come first.
+pub fn unscored_order(n: usize, random: bool, rng: &mut fastrand::Rng, eligible: Option<&[bool]>) -> Vec<usize> {
+    let eligible = eligible.filter(|e| e.len() == n && e.iter().any(|&b| b));
+    let mut order: Vec<usize> = (0..n).collect();
+    if let Some(e) = eligible {
+        order.sort_by_key(|&i| !e[i]);
+    }
+    if random && n > 0 {
+        match eligible {
+            // The drawn candidate first, the others after it in turn.
+            None => order.rotate_left(rng.usize(..n)),
+            Some(e) => {
+                let pick = order[rng.usize(..e.iter().filter(|&&b| b).count())];
+                order.retain(|&i| i != pick);
+                order.insert(0, pick);
+            }
+        }
     }
     order
 }
@@ -333,7 +382,13 @@ mod tests {
     async fn scoring_checks_one_finite_score_per_candidate() {
         let conversation = [Message { role: "user".into(), content: "q".into() }];
         let candidates = ["a".to_string(), "b".to_string()];
-        let input = ScoreInput { conversation: &conversation, candidates: &candidates, response_format: None };
+        let input = ScoreInput {
+            conversation: &conversation,
+            candidates: &candidates,
+            response_format: None,
+            messages: &[],
+            tools: None,
+        };
         assert_eq!(score_candidates(&Fixed(vec![1.0, 2.0]), input).await.unwrap().scores, vec![1.0, 2.0]);
         let short = score_candidates(&Fixed(vec![1.0]), input).await.unwrap_err().to_string();
         assert!(short.contains("scorer fixed") && short.contains("1 scores for 2 candidates"), "{short}");
@@ -395,6 +450,32 @@ mod tests {
         let a = select(&scores, Selection::Soft { temperature: 1.0 }, &mut fastrand::Rng::with_seed(3));
         let b = select(&scores, Selection::Soft { temperature: 1.0 }, &mut fastrand::Rng::with_seed(3));
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn only_eligible_candidates_win_while_there_is_one() {
+        let scores = [3.0, 1.0, 2.0, 0.5];
+        let valid = [false, true, false, true];
+        let mut rng = fastrand::Rng::with_seed(1);
+        assert_eq!(select_among(&scores, Selection::Best, &mut rng, Some(&valid)), vec![1, 3, 0, 2]);
+        for _ in 0..200 {
+            let soft = select_among(&scores, Selection::Soft { temperature: 5.0 }, &mut rng, Some(&valid));
+            assert!(valid[soft[0]], "{soft:?}");
+        }
+        assert_eq!(eligible(Some(&[false, false]), true), None, "none valid: the best by the scorer");
+        assert_eq!(eligible(Some(&valid), false), None, "require_valid off");
+        assert_eq!(select_among(&scores, Selection::Best, &mut rng, eligible(Some(&[false; 4]), true)), rank(&scores));
+        // Without scores: the first valid, or a random valid one.
+        assert_eq!(unscored_order(4, false, &mut rng, Some(&valid)), vec![1, 3, 0, 2]);
+        for _ in 0..50 {
+            assert!(valid[unscored_order(4, true, &mut rng, Some(&valid))[0]]);
+        }
+        // Without eligibility the draws are the ones they always were.
+        let (mut a, mut b) = (fastrand::Rng::with_seed(9), fastrand::Rng::with_seed(9));
+        assert_eq!(
+            select_among(&scores, Selection::Soft { temperature: 1.0 }, &mut a, None),
+            select(&scores, Selection::Soft { temperature: 1.0 }, &mut b)
+        );
     }
 
     #[test]

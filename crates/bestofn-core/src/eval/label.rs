@@ -1,6 +1,6 @@
 //! Labelling and rescoring recorded samples: gold answers, a labelling scorer, or more scorers
 //! whose rewards are added for comparison. Rows are scored as the proxy scored them (the
-//! recorded conversation and `response_format`), concurrently and bounded, through the same
+//! recorded conversation, `response_format` and `tools`), concurrently and bounded, through the same
 //! checked scoring call the proxy uses.
 
 use std::collections::HashMap;
@@ -15,7 +15,9 @@ use super::input::{InputError, read_jsonl};
 use super::samples::RecordedRow;
 use crate::bon::score_candidates;
 use crate::error::Error;
-use crate::score::{Message, ResponseFormat, ScoreInput, ScoreOutput, Scorer, final_answer, normalize_answer};
+use crate::score::{
+    CandidateMessage, Message, ResponseFormat, ScoreInput, ScoreOutput, Scorer, Tools, final_answer, normalize_answer,
+};
 
 /// Reads gold answers (JSONL `{"prompt", "gold"}`), normalised as the consensus scorer
 /// normalises final answers.
@@ -81,6 +83,10 @@ pub(crate) struct ScoreJob<T> {
     pub candidates: Vec<String>,
     /// The request's `response_format`, when recorded, prepared once for the job.
     pub response_format: Option<ResponseFormat>,
+    /// The candidates as whole messages (empty: their texts as content).
+    pub messages: Vec<CandidateMessage>,
+    /// The request's `tools` and `tool_choice`, when recorded, prepared once for the job.
+    pub tools: Option<Tools>,
 }
 
 /// The one evaluation loop: scores every job through the checked scoring call, `concurrency`
@@ -101,6 +107,8 @@ pub(crate) async fn score_jobs<T, E>(
                     conversation: &job.conversation,
                     candidates: &job.candidates,
                     response_format: job.response_format.as_ref(),
+                    messages: &job.messages,
+                    tools: job.tools.as_ref(),
                 };
                 let out = score_candidates(&*scorer, input).await;
                 (job.item, out)
@@ -144,16 +152,17 @@ pub async fn score_rows(
         })
         .map(|i| {
             let row = &rows[i];
-            let response_format = row.response_format().map_err(|e| EvalError::Row {
-                path: source.display().to_string(),
-                line: row.line,
-                message: e.detailed(),
-            })?;
+            let row_error =
+                |e: Error| EvalError::Row { path: source.display().to_string(), line: row.line, message: e.detailed() };
+            let response_format = row.response_format().map_err(row_error)?;
+            let tools = row.tools().map_err(row_error)?;
             Ok(ScoreJob {
                 item: i,
                 conversation: row.record.conversation(),
                 candidates: row.record.texts(),
                 response_format,
+                messages: row.messages(),
+                tools,
             })
         })
         .collect::<Result<_, EvalError>>()?;

@@ -133,6 +133,8 @@ pub async fn score_dataset(
             conversation: vec![Message { role: "user".into(), content: row.prompt.clone() }],
             candidates: row.completions.clone(),
             response_format: None,
+            messages: Vec::new(),
+            tools: None,
             item: row,
         })
         .collect();

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use serde_json::value::RawValue;
 
-use super::samples::RecordedRow;
+use super::samples::{RecordedRow, recorded_message};
 use crate::bon::adaptive::AdaptiveSettings;
 use crate::bon::driver::{CandidateSource, FuserFailure, RunSpec, drive};
 use crate::bon::select::Selection;
@@ -25,7 +25,8 @@ use crate::bon::{
     Arrival, Candidate, Plan, Policy, RawChoice, ResolvedScorer, Samples, ScorerFailurePolicy, Steering, Wave,
 };
 use crate::error::Error;
-use crate::score::{BoxFuture, ResponseFormat, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
+use crate::score::cache::identity;
+use crate::score::{BoxFuture, ResponseFormat, ScoreInput, ScoreOutput, Scorer, ScorerUsage, Tools};
 
 /// How a replayed run samples: whether rules look at every arrival (parallel sampling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,12 +108,12 @@ pub enum ScoreSource<'a> {
     Scorer(&'a Arc<dyn Scorer>),
 }
 
-/// Recorded rewards as a pointwise scorer: a candidate's score is the reward recorded for its
-/// text (the first candidate with that text, when several were recorded: a pointwise scorer
-/// gives equal texts equal scores).
+/// Recorded rewards as a pointwise scorer: a candidate's score is the reward recorded for it,
+/// told apart by its text and its tool calls (the first candidate with both, when several were
+/// recorded: a pointwise scorer gives equal candidates equal scores).
 struct RecordedRewards {
     name: String,
-    by_text: std::collections::HashMap<String, f64>,
+    by_candidate: std::collections::HashMap<String, f64>,
 }
 
 impl Scorer for RecordedRewards {
@@ -125,11 +126,14 @@ impl Scorer for RecordedRewards {
     }
 
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
+        let with_messages = input.messages.len() == input.candidates.len();
         let scores: Result<Vec<f64>, Error> = input
             .candidates
             .iter()
-            .map(|text| {
-                self.by_text.get(text).copied().ok_or_else(|| {
+            .enumerate()
+            .map(|(i, text)| {
+                let id = identity(text, with_messages.then(|| &input.messages[i]));
+                self.by_candidate.get(&id).copied().ok_or_else(|| {
                     Error::Internal(format!("no reward '{}' was recorded for a replayed candidate", self.name))
                 })
             })
@@ -143,11 +147,11 @@ fn replay_scorer(name: &str, source: ScoreSource<'_>, row: &RecordedRow) -> Reso
     let scorer: Arc<dyn Scorer> = match source {
         ScoreSource::Scorer(scorer) => scorer.clone(),
         ScoreSource::Recorded(rewards) => {
-            let mut by_text = std::collections::HashMap::new();
-            for (candidate, reward) in row.record.candidates.iter().zip(rewards) {
-                by_text.entry(candidate.text.clone()).or_insert(reward);
+            let mut by_candidate = std::collections::HashMap::new();
+            for ((candidate, message), reward) in row.record.candidates.iter().zip(row.messages()).zip(rewards) {
+                by_candidate.entry(identity(&candidate.text, Some(&message))).or_insert(reward);
             }
-            Arc::new(RecordedRewards { name: name.to_string(), by_text })
+            Arc::new(RecordedRewards { name: name.to_string(), by_candidate })
         }
     };
     ResolvedScorer { name: name.to_string(), scorer }
@@ -162,7 +166,7 @@ pub fn recorded_candidates(row: &RecordedRow) -> Vec<Candidate> {
         .enumerate()
         .map(|(index, c)| {
             let choice = serde_json::json!({"index": index, "finish_reason": c.finish_reason,
-                "message": {"role": "assistant", "content": c.text}});
+                "message": recorded_message(c)});
             Candidate {
                 choice: RawChoice::new(
                     serde_json::value::to_raw_value(&choice).unwrap_or_else(|_| Box::<RawValue>::default()),
@@ -237,9 +241,9 @@ impl CandidateSource for RecordedSource<'_> {
     }
 }
 
-/// A plan for replaying `n` candidates under `adaptive` with `scorer` and `selection`: what the
+/// A plan for replaying `n` candidates under `adaptive` with `scorer` and `choose`: what the
 /// proxy's policy would plan, less what only a live request has (deadline, load).
-fn replay_plan(n: u32, adaptive: Option<AdaptiveSettings>, scorer: ResolvedScorer, selection: Selection) -> Plan {
+fn replay_plan(n: u32, adaptive: Option<AdaptiveSettings>, scorer: ResolvedScorer, choose: Choose) -> Plan {
     Plan {
         domain: String::new(),
         n,
@@ -254,26 +258,51 @@ fn replay_plan(n: u32, adaptive: Option<AdaptiveSettings>, scorer: ResolvedScore
         degraded: false,
         degrade_at_queue: None,
         min_n: 1,
-        selection,
+        selection: choose.selection,
+        require_valid: choose.require_valid,
     }
 }
 
-/// What every arrival order of one row replays: its candidates, conversation and
-/// `response_format`, built once.
+/// How a replayed run picks its answer: the policy's selection and `require_valid`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Choose {
+    /// How the winner is picked.
+    pub selection: Selection,
+    /// Never choose an invalid candidate while a valid one exists.
+    pub require_valid: bool,
+}
+
+impl Choose {
+    /// `selection`, with invalid candidates ranked by their scores like any other.
+    pub fn by(selection: Selection) -> Choose {
+        Choose { selection, require_valid: false }
+    }
+
+    /// What `plan` picks with.
+    pub fn of(plan: &Plan) -> Choose {
+        Choose { selection: plan.selection, require_valid: plan.require_valid }
+    }
+}
+
+/// What every arrival order of one row replays: its candidates, conversation,
+/// `response_format` and `tools`, built once.
 struct Replayed {
     candidates: Vec<Candidate>,
     conversation: Vec<crate::score::Message>,
     response_format: Option<ResponseFormat>,
+    tools: Option<Tools>,
 }
 
 impl Replayed {
-    /// The row, with its `response_format` prepared when a scorer will read it (`scored`; not
-    /// for recorded rewards): a recorded schema that does not compile is an error then.
-    fn new(row: &RecordedRow, scored: bool) -> Result<Replayed, Error> {
+    /// The row, with its `response_format` and `tools` prepared when a scorer will read them
+    /// (`checked`: a scorer scores, not recorded rewards) or validity decides the pick
+    /// (`require_valid`): a recorded schema that does not compile is an error then.
+    fn new(row: &RecordedRow, checked: bool) -> Result<Replayed, Error> {
         Ok(Replayed {
             candidates: recorded_candidates(row),
             conversation: row.record.conversation(),
-            response_format: if scored { row.response_format()? } else { None },
+            response_format: if checked { row.response_format()? } else { None },
+            tools: if checked { row.tools()? } else { None },
         })
     }
 }
@@ -298,6 +327,7 @@ async fn replay_order(
         plan: &plan,
         conversation: &row.conversation,
         response_format: row.response_format.as_ref(),
+        tools: row.tools.as_ref(),
         deadline: None,
         min_candidates: 1,
         on_scorer_failure: ScorerFailurePolicy::Fail,
@@ -343,8 +373,8 @@ pub fn arrival_orders(n: usize, orders: usize, rng: &mut fastrand::Rng) -> Vec<V
     }
 }
 
-/// Replays one prompt under a policy (`n`, `settings`, the scorer `source` under `name`) over
-/// the given orders.
+/// Replays one prompt under a policy (`n`, `settings`, the scorer `source` under `name`, picking
+/// as `choose` says) over the given orders.
 #[allow(clippy::too_many_arguments)]
 pub async fn replay_prompt(
     prompt: &ReplayPrompt<'_>,
@@ -353,14 +383,14 @@ pub async fn replay_prompt(
     mode: ReplayMode,
     name: &str,
     source: ScoreSource<'_>,
-    selection: Selection,
+    choose: Choose,
     orders: &[Vec<usize>],
 ) -> Result<PromptResult, Error> {
     let row = prompt.row;
-    let scored = matches!(source, ScoreSource::Scorer(_));
-    let plan = replay_plan(n, settings, replay_scorer(name, source, row), selection);
+    let checked = matches!(source, ScoreSource::Scorer(_)) || choose.require_valid;
+    let plan = replay_plan(n, settings, replay_scorer(name, source, row), choose);
     let costs = token_costs(row);
-    let replayed = Replayed::new(row, scored)?;
+    let replayed = Replayed::new(row, checked)?;
     let mut total = PromptResult::default();
     for order in orders {
         let (accuracy, candidates, tokens) =
@@ -431,11 +461,11 @@ pub async fn replay(
             Some(recorded) => ScoreSource::Recorded(recorded),
             None => ScoreSource::Scorer(scorer),
         };
-        let (name, selection) = (&plan.scorer.name, plan.selection);
-        let adaptive = replay_prompt(&prompt, plan.adaptive, plan.n, mode, name, source(), selection, &order_list)
+        let (name, choose) = (&plan.scorer.name, Choose::of(&plan));
+        let adaptive = replay_prompt(&prompt, plan.adaptive, plan.n, mode, name, source(), choose, &order_list)
             .await
             .map_err(|e| (row.line, e))?;
-        let fixed = replay_prompt(&prompt, None, plan.n, mode, name, source(), selection, &order_list)
+        let fixed = replay_prompt(&prompt, None, plan.n, mode, name, source(), choose, &order_list)
             .await
             .map_err(|e| (row.line, e))?;
         let entry = per_domain.entry(domain).or_insert_with(|| {
@@ -520,6 +550,7 @@ pub async fn replay_as_recorded(
             plan: &plan,
             conversation: &replayed.conversation,
             response_format: replayed.response_format.as_ref(),
+            tools: replayed.tools.as_ref(),
             deadline: None,
             min_candidates: policy.min_candidates,
             on_scorer_failure: policy.on_scorer_failure,
@@ -580,6 +611,34 @@ pub fn render_replay(report: &ReplayReport, format: super::Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A recorded row of tool calls with empty text: recorded rewards are told apart by the
+    /// calls, and `require_valid` with the recorded tools keeps the undeclared tool out.
+    #[tokio::test]
+    async fn recorded_tool_calls_keep_their_own_rewards_and_validity() {
+        let call = |name: &str, city: &str, reward: f64, correct: f64| {
+            serde_json::json!({"text": "", "rewards": {"rm": reward}, "correct": correct, "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": name, "arguments": format!("{{\"city\":\"{city}\"}}")}}]})
+        };
+        let line = serde_json::json!({"prompt_id": "t", "prompt": "Weather in Paris?",
+            "tools": [{"type": "function", "function": {"name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
+            "candidates": [call("get_weather", "Lyon", 0.1, 0.0), call("get_weather", "Paris", 0.5, 1.0),
+                call("get_forecast", "Paris", 0.9, 0.0)]});
+        let row = RecordedRow { record: crate::samples::SampleRecord::parse(&line.to_string()).unwrap(), line: 1 };
+        let prompt = ReplayPrompt { row: &row, labels: row.record.labels().unwrap() };
+        let orders = arrival_orders(3, 6, &mut fastrand::Rng::with_seed(1));
+        let mode = ReplayMode { per_arrival: false };
+        let replay = |choose: Choose| {
+            let source = ScoreSource::Recorded(vec![0.1, 0.5, 0.9]);
+            replay_prompt(&prompt, None, 3, mode, "rm", source, choose, &orders)
+        };
+        // The best reward is the undeclared tool's call (label 0) in every order...
+        assert_eq!(replay(Choose::by(Selection::Best)).await.unwrap().accuracy, 0.0);
+        // ... and require_valid picks the best valid call, Paris.
+        let valid_only = Choose { selection: Selection::Best, require_valid: true };
+        assert_eq!(replay(valid_only).await.unwrap().accuracy, 1.0);
+    }
 
     #[test]
     fn permutations_are_all_distinct_and_complete() {

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use super::bon::Prompt;
 use super::input::{InputError, read_csv, read_jsonl};
-use crate::samples::SampleRecord;
-use crate::score::ResponseFormat;
+use crate::samples::{CandidateRecord, SampleRecord};
+use crate::score::{CandidateMessage, ResponseFormat, Tools};
 
 /// One line of a samples file, with where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +25,31 @@ impl RecordedRow {
     pub fn response_format(&self) -> Result<Option<ResponseFormat>, crate::error::Error> {
         self.record.response_format.as_ref().map(ResponseFormat::prepare).transpose()
     }
+
+    /// The row's recorded `tools` and `tool_choice`, prepared as the proxy prepares a request's
+    /// (each tool's `parameters` compiled once). A recorded schema that does not compile is an
+    /// error, as the proxy refuses such a request at N > 1.
+    pub fn tools(&self) -> Result<Option<Tools>, crate::error::Error> {
+        Tools::prepare(self.record.tools.as_ref(), self.record.tool_choice.as_ref())
+    }
+
+    /// The candidates as whole messages ([`recorded_message`]).
+    pub fn messages(&self) -> Vec<CandidateMessage> {
+        self.record.candidates.iter().map(|c| CandidateMessage::from_message(&recorded_message(c))).collect()
+    }
+}
+
+/// A recorded candidate's assistant message: its recorded `message` when there is one, else its
+/// text as content with its recorded `tool_calls`, if any.
+pub fn recorded_message(candidate: &CandidateRecord) -> serde_json::Value {
+    if let Some(message) = candidate.extra.get("message").filter(|m| m.is_object()) {
+        return message.clone();
+    }
+    let mut message = serde_json::json!({"role": "assistant", "content": candidate.text});
+    if let Some(calls) = candidate.extra.get("tool_calls").filter(|c| c.is_array()) {
+        message["tool_calls"] = calls.clone();
+    }
+    message
 }
 
 /// How rows without labels get them (the recorder writes none), said by every command that

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::replay::{PromptResult, ReplayMode, ReplayPrompt, ScoreSource, arrival_orders, replay_prompt};
+use super::replay::{Choose, PromptResult, ReplayMode, ReplayPrompt, ScoreSource, arrival_orders, replay_prompt};
 use super::samples::RecordedRow;
 use crate::bon::PolicySettings;
 use crate::bon::adaptive::AdaptiveSettings;
@@ -232,7 +232,7 @@ async fn adaptive_choice(
         let source = ScoreSource::Recorded(p.rewards[scorer].clone());
         // Recorded candidates arrive one by one, as in parallel sampling.
         let mode = ReplayMode { per_arrival: true };
-        let best = crate::bon::select::Selection::Best;
+        let best = Choose::by(crate::bon::select::Selection::Best);
         per_prompt.push(replay_prompt(&prompt, Some(settings), n, mode, scorer, source, best, &order_list).await?);
     }
     Ok(choice(scorer, n, Some(settings), per_prompt))

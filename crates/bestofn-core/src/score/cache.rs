@@ -1,19 +1,20 @@
-//! A bounded, expiring cache of pointwise scores (moka), keyed by scorer, conversation and
-//! candidate. Identical candidates within a request are scored once.
+//! A bounded, expiring cache of pointwise scores (moka), keyed by scorer, conversation (with the
+//! request's `response_format` and `tools`) and candidate (its text and its tool calls as sent).
+//! Identical candidates within a request are scored once.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
+use super::{BoxFuture, CandidateMessage, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
 use crate::error::Error;
 
 /// Wraps a pointwise scorer with a score cache.
 pub struct CachedScorer {
     inner: Arc<dyn Scorer>,
-    /// (hash of scorer, conversation, response_format and candidate) → (the candidate, its score).
-    /// The candidate itself is kept so a hash collision can never return another's score.
+    /// (hash of scorer, conversation, response_format, tools and candidate) → (the candidate, its
+    /// score). The candidate itself is kept so a hash collision can never return another's score.
     cache: moka::future::Cache<u64, Arc<(String, u64, f64)>>,
     hits: prometheus::IntCounter,
     misses: prometheus::IntCounter,
@@ -27,7 +28,21 @@ fn conversation_hash(input: &ScoreInput<'_>, salt: u64) -> u64 {
         m.content.hash(&mut h);
     }
     input.response_format.map(|r| r.value().to_string()).hash(&mut h);
+    input.tools.map(|t| (t.value().to_string(), t.choice_value().map(ToString::to_string))).hash(&mut h);
     h.finish()
+}
+
+/// A candidate as the cache tells candidates apart: its text and, when its message calls tools,
+/// each call's name and arguments as sent (a scorer may judge the calls, not only the text).
+pub(crate) fn identity(text: &str, message: Option<&CandidateMessage>) -> String {
+    let mut id = text.to_string();
+    for call in message.map_or(&[][..], |m| &m.tool_calls[..]) {
+        id.push('\u{0}');
+        id.push_str(&call.name);
+        id.push('\u{0}');
+        id.push_str(&call.arguments);
+    }
+    id
 }
 
 impl CachedScorer {
@@ -70,35 +85,48 @@ impl Scorer for CachedScorer {
             let conversation = conversation_hash(&input, 0);
             // A second, independently salted hash guards the conversation part of the key.
             let check = conversation_hash(&input, 0x9e37_79b9_7f4a_7c15);
+            let with_messages = input.messages.len() == input.candidates.len();
+            let ids: Vec<String> = input
+                .candidates
+                .iter()
+                .enumerate()
+                .map(|(i, c)| identity(c, with_messages.then(|| &input.messages[i])))
+                .collect();
             let mut known: HashMap<&str, f64> = HashMap::new();
-            let mut missing: Vec<String> = Vec::new();
-            for c in input.candidates {
-                if known.contains_key(c.as_str()) || missing.iter().any(|m| m == c) {
+            // Indices of the first candidate of each identity that is not cached.
+            let mut missing: Vec<usize> = Vec::new();
+            for (i, id) in ids.iter().enumerate() {
+                if known.contains_key(id.as_str()) || missing.iter().any(|&m| ids[m] == *id) {
                     continue;
                 }
-                match self.cache.get(&self.key(conversation, c)).await {
-                    Some(hit) if hit.0 == *c && hit.1 == check => {
+                match self.cache.get(&self.key(conversation, id)).await {
+                    Some(hit) if hit.0 == *id && hit.1 == check => {
                         self.hits.inc();
-                        known.insert(c, hit.2);
+                        known.insert(id, hit.2);
                     }
                     _ => {
                         self.misses.inc();
-                        missing.push(c.clone());
+                        missing.push(i);
                     }
                 }
             }
             let mut usage = ScorerUsage::default();
             if !missing.is_empty() {
-                let out = self.inner.score(ScoreInput { candidates: &missing, ..input }).await?;
+                let texts: Vec<String> = missing.iter().map(|&i| input.candidates[i].clone()).collect();
+                let messages: Vec<CandidateMessage> = if with_messages {
+                    missing.iter().map(|&i| input.messages[i].clone()).collect()
+                } else {
+                    Vec::new()
+                };
+                let out = self.inner.score(ScoreInput { candidates: &texts, messages: &messages, ..input }).await?;
                 usage = out.usage;
-                for (c, s) in missing.iter().zip(out.scores) {
-                    self.cache.insert(self.key(conversation, c), Arc::new((c.clone(), check, s))).await;
-                    if let Some(original) = input.candidates.iter().find(|x| *x == c) {
-                        known.insert(original.as_str(), s);
-                    }
+                for (&i, s) in missing.iter().zip(out.scores) {
+                    let id = &ids[i];
+                    self.cache.insert(self.key(conversation, id), Arc::new((id.clone(), check, s))).await;
+                    known.insert(id.as_str(), s);
                 }
             }
-            let scores = input.candidates.iter().map(|c| known.get(c.as_str()).copied().unwrap_or(f64::NAN)).collect();
+            let scores = ids.iter().map(|id| known.get(id.as_str()).copied().unwrap_or(f64::NAN)).collect();
             Ok(ScoreOutput { scores, usage })
         })
     }
@@ -138,18 +166,67 @@ mod tests {
         let scorer = cached(&asked);
         let convo = [Message { role: "user".into(), content: "q".into() }];
         let cands: Vec<String> = ["aa", "b", "aa", "ccc"].iter().map(|s| s.to_string()).collect();
-        let out =
-            scorer.score(ScoreInput { conversation: &convo, candidates: &cands, response_format: None }).await.unwrap();
+        let out = scorer
+            .score(ScoreInput {
+                conversation: &convo,
+                candidates: &cands,
+                response_format: None,
+                messages: &[],
+                tools: None,
+            })
+            .await
+            .unwrap();
         assert_eq!(out.scores, vec![2.0, 1.0, 2.0, 3.0]);
         assert_eq!(asked.load(Ordering::SeqCst), 3, "the duplicate is scored once");
-        let again =
-            scorer.score(ScoreInput { conversation: &convo, candidates: &cands, response_format: None }).await.unwrap();
+        let again = scorer
+            .score(ScoreInput {
+                conversation: &convo,
+                candidates: &cands,
+                response_format: None,
+                messages: &[],
+                tools: None,
+            })
+            .await
+            .unwrap();
         assert_eq!(again.scores, out.scores);
         assert_eq!(asked.load(Ordering::SeqCst), 3, "all hits");
         assert_eq!(scorer.hits.get(), 3);
         let other = [Message { role: "user".into(), content: "another question".into() }];
-        scorer.score(ScoreInput { conversation: &other, candidates: &cands, response_format: None }).await.unwrap();
+        scorer
+            .score(ScoreInput {
+                conversation: &other,
+                candidates: &cands,
+                response_format: None,
+                messages: &[],
+                tools: None,
+            })
+            .await
+            .unwrap();
         assert_eq!(asked.load(Ordering::SeqCst), 6, "another conversation is another key");
+    }
+
+    #[tokio::test]
+    async fn candidates_with_the_same_text_and_other_tool_calls_are_told_apart() {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let scorer = cached(&asked);
+        let convo = [Message { role: "user".into(), content: "q".into() }];
+        let cands = vec![String::new(), String::new(), String::new()];
+        let call = |city: &str| {
+            CandidateMessage::from_message(&serde_json::json!({"content": null, "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": format!("{{\"city\":\"{city}\"}}")}}]}))
+        };
+        let messages = vec![call("Paris"), call("Lyon"), call("Paris")];
+        let input = ScoreInput {
+            conversation: &convo,
+            candidates: &cands,
+            response_format: None,
+            messages: &messages,
+            tools: None,
+        };
+        scorer.score(input).await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "Paris and Lyon, each once");
+        scorer.score(input).await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "all hits");
     }
 
     proptest! {
@@ -161,7 +238,7 @@ mod tests {
             let convo = [Message { role: "user".into(), content: "q".into() }];
             for window in texts.windows(3.min(texts.len())) {
                 let cands: Vec<String> = window.to_vec();
-                let out = runtime.block_on(scorer.score(ScoreInput { conversation: &convo, candidates: &cands, response_format: None })).unwrap();
+                let out = runtime.block_on(scorer.score(ScoreInput { conversation: &convo, candidates: &cands, response_format: None, messages: &[], tools: None })).unwrap();
                 for (c, s) in cands.iter().zip(out.scores) {
                     prop_assert_eq!(s, c.len() as f64);
                 }

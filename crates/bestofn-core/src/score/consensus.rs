@@ -1,9 +1,15 @@
 //! Scorer kind `consensus`: minimum-Bayes-risk selection. A candidate's score is its mean
-//! similarity to the other candidates: equality of the normalised final answer when every
-//! candidate states one (majority voting, i.e. self-consistency), else token-level F1.
+//! similarity to the other candidates: equality of the answers when every candidate gives one
+//! (majority voting, i.e. self-consistency), else token-level F1.
+//!
+//! A candidate's answer ([`answer_key`]) is its normalised final answer; a message that calls
+//! tools answers with its set of canonical calls (name and arguments with keys sorted and
+//! numbers normalised, parallel calls in any order), paired with the final answer of its content
+//! when the content states one. A text answer and a tool call are different answers.
 
 use std::collections::HashMap;
 
+use super::message::CandidateMessage;
 use super::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
 use crate::error::Error;
 
@@ -21,9 +27,10 @@ impl Scorer for ConsensusScorer {
 
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
         let candidates = input.candidates.to_vec();
+        let messages = input.candidate_messages();
         Box::pin(async move {
             // Quadratic in the candidates: off the I/O threads.
-            let scores = super::off_io_threads(move || consensus_scores(&candidates)).await?;
+            let scores = super::off_io_threads(move || consensus_scores_of(&candidates, &messages)).await?;
             Ok(ScoreOutput { scores, usage: ScorerUsage::default() })
         })
     }
@@ -166,6 +173,30 @@ impl std::hash::Hasher for FxHasher {
     }
 }
 
+/// What separates the parts of an [`answer_key`] that calls tools: no normalised answer and no
+/// canonical call contains it.
+const CALLS: char = '\u{1f}';
+
+/// The answer a candidate gives, for voting (the consensus and weighted-vote scorers, and the
+/// adaptive agreement rule): the normalised final answer of `text` (the candidate as scorers
+/// see it) when the message calls no tool; else its set of canonical calls
+/// ([`CandidateMessage::tool_call_key`]), with the final answer of its content before them when
+/// the content states one. `None`: no answer stated.
+pub fn answer_key(text: &str, message: &CandidateMessage) -> Option<String> {
+    if message.tool_calls.is_empty() {
+        return final_answer(text);
+    }
+    let mut key = String::new();
+    if let Some(answer) = final_answer(&message.content) {
+        key.push_str(&answer);
+    }
+    for call in message.tool_call_key() {
+        key.push(CALLS);
+        key.push_str(&call);
+    }
+    Some(key)
+}
+
 /// Token-level F1 from the size of the multiset intersection and the two lengths.
 fn f1_from_common(common: u32, a_len: u32, b_len: u32) -> f64 {
     if a_len == 0 && b_len == 0 {
@@ -182,11 +213,33 @@ fn f1_from_common(common: u32, a_len: u32, b_len: u32) -> f64 {
 /// Mean similarity of each candidate to the others. Tokens are interned to integers once, so
 /// 64 candidates of 1,000 tokens stay in the low milliseconds (`benches/consensus_speed.rs`).
 pub fn consensus_scores(candidates: &[String]) -> Vec<f64> {
+    let answers: Vec<Option<String>> = candidates.iter().map(|c| final_answer(c)).collect();
+    scores_from(candidates, &answers)
+}
+
+/// [`consensus_scores`] over whole messages: the answers are [`answer_key`]s, so tool calls vote
+/// as canonical calls; without an answer from every candidate, token F1 over each text (a
+/// message that calls tools as its rendering, calls included). `messages` has one message per
+/// candidate (else the texts alone are read).
+pub fn consensus_scores_of(candidates: &[String], messages: &[CandidateMessage]) -> Vec<f64> {
+    if messages.len() != candidates.len() || messages.iter().all(|m| m.tool_calls.is_empty()) {
+        return consensus_scores(candidates);
+    }
+    let answers: Vec<Option<String>> = candidates.iter().zip(messages).map(|(c, m)| answer_key(c, m)).collect();
+    let texts: Vec<String> = candidates
+        .iter()
+        .zip(messages)
+        .map(|(c, m)| if m.tool_calls.is_empty() { c.clone() } else { m.render(false) })
+        .collect();
+    scores_from(&texts, &answers)
+}
+
+/// Majority voting over `answers` when every candidate has one, else mean token F1.
+fn scores_from(candidates: &[String], answers: &[Option<String>]) -> Vec<f64> {
     let n = candidates.len();
     if n < 2 {
         return vec![0.0; n];
     }
-    let answers: Vec<Option<String>> = candidates.iter().map(|c| final_answer(c)).collect();
     if answers.iter().all(Option::is_some) {
         let mut counts: HashMap<&str, usize> = HashMap::new();
         for a in answers.iter().flatten() {
@@ -287,6 +340,54 @@ mod tests {
             .collect();
         let scores = consensus_scores(&c);
         assert!(scores[0] > scores[2] && scores[1] > scores[2]);
+    }
+
+    fn call(name: &str, arguments: &str) -> serde_json::Value {
+        serde_json::json!({"type": "function", "function": {"name": name, "arguments": arguments}})
+    }
+
+    fn message(content: &str, calls: &[serde_json::Value]) -> CandidateMessage {
+        let content = if content.is_empty() { serde_json::Value::Null } else { content.into() };
+        CandidateMessage::from_message(
+            &serde_json::json!({"role": "assistant", "content": content, "tool_calls": calls}),
+        )
+    }
+
+    #[test]
+    fn tool_calls_vote_as_canonical_calls() {
+        let messages = vec![
+            message("", &[call("get_weather", r#"{"city":"Paris"}"#)]),
+            message("", &[call("get_weather", "{\"city\": \"Paris\"}")]),
+            message("", &[call("get_weather", r#"{"city":"Lyon"}"#)]),
+            message("", &[call("get_weather", r#"{"city": Paris"#)]),
+        ];
+        let texts = vec![String::new(); 4];
+        // Without the messages every candidate is the same empty text.
+        assert_eq!(consensus_scores(&texts), vec![1.0; 4]);
+        let scores = consensus_scores_of(&texts, &messages);
+        assert_eq!(scores, vec![1.0 / 3.0, 1.0 / 3.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn parallel_calls_are_a_set_and_text_and_calls_are_different_answers() {
+        let (a, b) = (call("get_time", "{}"), call("get_weather", r#"{"city": "Paris", "days": 2.0}"#));
+        let b2 = call("get_weather", r#"{"days": 2, "city": "Paris"}"#);
+        let messages = vec![
+            message("", &[a.clone(), b.clone()]),
+            message("", &[b2.clone(), a.clone()]),
+            message("The answer is 4", &[]),
+            message("The answer is 4", &[a.clone(), b2.clone()]),
+            message("Let me check.", &[b.clone(), a.clone()]),
+        ];
+        let texts: Vec<String> = messages.iter().map(|m| m.content.clone()).collect();
+        let keys: Vec<Option<String>> = texts.iter().zip(&messages).map(|(t, m)| answer_key(t, m)).collect();
+        assert_eq!(keys[0], keys[1], "the same calls in another order, numbers and keys respelled");
+        assert_eq!(keys[0], keys[4], "content without a final answer adds nothing to the calls");
+        assert_ne!(keys[2], keys[3], "an answer alone and the answer with calls differ");
+        assert_ne!(keys[0], keys[3]);
+        assert_eq!(keys[2].as_deref(), Some("4"));
+        let scores = consensus_scores_of(&texts, &messages);
+        assert_eq!(scores, vec![0.5, 0.5, 0.0, 0.0, 0.5]);
     }
 
     proptest! {

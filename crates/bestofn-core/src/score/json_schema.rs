@@ -306,10 +306,17 @@ mod tests {
         ];
         let scorer = VerifyScorer { name: "verify".into(), pattern: None };
         let conversation = [Message { role: "user".into(), content: "Place my order.".into() }];
-        let input = ScoreInput { conversation: &conversation, candidates: &candidates, response_format: Some(&format) };
+        let input = ScoreInput {
+            conversation: &conversation,
+            candidates: &candidates,
+            response_format: Some(&format),
+            messages: &[],
+            tools: None,
+        };
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let out = runtime.block_on(scorer.score(input)).unwrap();
-        assert_eq!(out.scores, vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+        // Conformance is validity, a gate: a candidate that breaks the schema scores below 0.
+        assert_eq!(out.scores, vec![-1.0, -1.0, -1.0, -1.0, -1.0, -1.0, 1.0]);
     }
 
     #[test]

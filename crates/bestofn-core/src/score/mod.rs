@@ -1,12 +1,14 @@
 //! Scorers: given a conversation and N candidate replies, one score per candidate (higher is
 //! better). The proxy and the offline evaluator call scorers through the one [`Scorer`] trait.
 
-mod cache;
+pub(crate) mod cache;
 mod consensus;
 mod ensemble;
 pub mod json_schema;
 pub mod message;
 mod template;
+pub mod tools;
+pub mod validity;
 mod verify;
 mod weighted_vote;
 
@@ -16,11 +18,14 @@ use std::pin::Pin;
 use serde::Serialize;
 
 pub use cache::CachedScorer;
-pub use consensus::{ConsensusScorer, consensus_scores, final_answer, normalize_answer};
+pub use consensus::{
+    ConsensusScorer, answer_key, consensus_scores, consensus_scores_of, final_answer, normalize_answer,
+};
 pub use ensemble::{Combine, EnsembleScorer, z_scores};
 pub use json_schema::{CompiledSchema, FormatCheck, ResponseFormat};
 pub use message::{CandidateMessage, ReasoningField, ToolCall, canonical_json};
 pub use template::ChatTemplate;
+pub use tools::{ToolChoice, Tools};
 pub use verify::{VerifyScorer, checks_for, parse_constraints, passes};
 pub use weighted_vote::{WeightedVoteScorer, softmax, weighted_votes};
 
@@ -45,6 +50,24 @@ pub struct ScoreInput<'a> {
     /// The request's `response_format`, prepared once for the request (its schema compiled),
     /// for verifiers.
     pub response_format: Option<&'a ResponseFormat>,
+    /// Each candidate as a whole assistant message (its tool calls above all), in the order of
+    /// `candidates`.
+    pub messages: &'a [CandidateMessage],
+    /// The request's `tools` and `tool_choice`, prepared once for the request (their schemas
+    /// compiled), for verifiers.
+    pub tools: Option<&'a Tools>,
+}
+
+impl ScoreInput<'_> {
+    /// The candidates' messages, one per candidate: `messages` when it has one per candidate,
+    /// else each candidate's text as content.
+    pub fn candidate_messages(&self) -> Vec<CandidateMessage> {
+        if self.messages.len() == self.candidates.len() {
+            self.messages.to_vec()
+        } else {
+            self.candidates.iter().map(|c| CandidateMessage::from_text(c.as_str())).collect()
+        }
+    }
 }
 
 /// A scorer's answer: one finite score per candidate, and what the scoring cost.

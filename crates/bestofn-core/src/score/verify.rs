@@ -1,5 +1,12 @@
 //! Scorer kind `verify`: rule-based rewards that cannot be fooled by fluent text. A candidate's
-//! score is the fraction of recognised checks it passes (0 when nothing is recognised):
+//! score is the fraction of recognised checks it passes (0 when nothing is recognised), gated by
+//! its validity when the request has `tools` or a `response_format` it checks:
+//!
+//! - Validity ([`super::validity`]): its tool calls name the request's tools with conforming
+//!   arguments and respect `tool_choice`, and a candidate that calls no tool conforms to
+//!   `response_format`. It counts as one check, and it is a gate: an invalid candidate scores
+//!   the fraction of checks it passes minus 1, in [-1, 0), below every valid candidate (whose
+//!   score is in (0, 1]) whatever their other checks.
 //!
 //! - Constraints stated in the last user message: every instruction of IFEval's registry, read
 //!   and checked by `verify/instructions.rs` with IFEval's own rules, one check per
@@ -65,7 +72,7 @@
 //!     always start with X"
 //! - The request's `response_format`: `json_object` (the reply is a JSON object) and
 //!   `json_schema` (it also conforms to the schema, compiled once per request by the
-//!   `jsonschema` crate: see [`super::json_schema`]).
+//!   `jsonschema` crate: see [`super::json_schema`]), as part of validity above.
 //! - A configured regex the reply must match.
 
 mod instructions;
@@ -77,6 +84,7 @@ use self::instructions::{Cmp, Divider};
 use regex::Regex;
 
 use super::json_schema::{CompiledSchema, FormatCheck, ResponseFormat, reply_json};
+use super::validity::{has_requirements, is_valid};
 use super::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
 use crate::error::Error;
 
@@ -142,20 +150,29 @@ impl Scorer for VerifyScorer {
 
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
         let prompt = input.conversation.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
-        // The request's own checks (response_format, the pattern) here; the prompt's instructions
-        // are read with the scoring, off the I/O threads (a long prompt takes milliseconds).
-        let mut checks = checks_for("", input.response_format, self.pattern.is_some());
+        // The request's own checks (the pattern) here; the prompt's instructions are read with the
+        // scoring, off the I/O threads (a long prompt takes milliseconds). `response_format` is
+        // part of validity, the gate.
+        let mut checks = checks_for("", None, self.pattern.is_some());
         let prompt = prompt.to_string();
         let (candidates, pattern) = (input.candidates.to_vec(), self.pattern.clone());
+        let gate = has_requirements(input.tools, input.response_format)
+            .then(|| (input.candidate_messages(), input.tools.cloned(), input.response_format.cloned()));
         let verify = move || -> Vec<f64> {
             checks.extend(parse_constraints(&prompt));
             candidates
                 .iter()
-                .map(|c| {
-                    if checks.is_empty() {
-                        0.0
-                    } else {
-                        checks.iter().filter(|k| passes(k, c, pattern.as_ref())).count() as f64 / checks.len() as f64
+                .enumerate()
+                .map(|(i, c)| {
+                    let passed = checks.iter().filter(|k| passes(k, c, pattern.as_ref())).count();
+                    match &gate {
+                        Some((messages, tools, format)) => {
+                            let valid = is_valid(&messages[i], tools.as_ref(), format.as_ref());
+                            let fraction = (passed + usize::from(valid)) as f64 / (checks.len() + 1) as f64;
+                            if valid { fraction } else { fraction - 1.0 }
+                        }
+                        None if checks.is_empty() => 0.0,
+                        None => passed as f64 / checks.len() as f64,
                     }
                 })
                 .collect()
@@ -214,7 +231,13 @@ mod tests {
             "Hello neighbour, our grey cat has been missing since Tuesday evening. If you see her, please call us."
                 .to_string(),
         ];
-        let input = ScoreInput { conversation: &conversation, candidates: &candidates, response_format: None };
+        let input = ScoreInput {
+            conversation: &conversation,
+            candidates: &candidates,
+            response_format: None,
+            messages: &[],
+            tools: None,
+        };
         let out = scorer.score(input).await.unwrap();
         assert_eq!(out.scores, vec![1.0, 0.0]);
     }

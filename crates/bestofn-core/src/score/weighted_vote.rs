@@ -1,5 +1,6 @@
 //! Scorer kind `weighted_vote`: weighted self-consistency. Candidates are grouped by their
-//! normalised final answer (the consensus scorer's extraction); each candidate's weight is its
+//! answer (the consensus scorer's [`super::answer_key`]: the normalised final answer, or the set
+//! of canonical tool calls of a message that calls tools); each candidate's weight is its
 //! member scorer's reward after a per-request softmax with `temperature` (so raw RM logits of any
 //! scale work), a group's weight is the sum of its candidates' weights, and each candidate scores
 //! its group's weight. A candidate without an extractable final answer keeps its own weight.
@@ -9,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{BoxFuture, ScoreInput, ScoreOutput, Scorer, final_answer};
+use super::{BoxFuture, ScoreInput, ScoreOutput, Scorer, answer_key};
 use crate::error::Error;
 
 /// Weighted majority vote over final answers.
@@ -50,7 +51,9 @@ impl Scorer for WeightedVoteScorer {
         Box::pin(async move {
             let member = self.member.score(input).await?;
             let weights = softmax(&member.scores, self.temperature);
-            let answers: Vec<Option<String>> = input.candidates.iter().map(|c| final_answer(c)).collect();
+            let messages = input.candidate_messages();
+            let answers: Vec<Option<String>> =
+                input.candidates.iter().zip(&messages).map(|(c, m)| answer_key(c, m)).collect();
             Ok(ScoreOutput { scores: weighted_votes(&answers, &weights), usage: member.usage })
         })
     }
@@ -75,5 +78,42 @@ mod tests {
         assert!(flat[0] > flat[3]);
         let s = softmax(&[1000.0, 999.0], 1.0);
         assert!((s[0] + s[1] - 1.0).abs() < 1e-12 && s[0] > s[1], "stable with large logits");
+    }
+
+    /// A member that scores the candidates as given.
+    struct Given(Vec<f64>);
+
+    impl Scorer for Given {
+        fn name(&self) -> &str {
+            "given"
+        }
+        fn score<'a>(&'a self, _input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
+            let scores = self.0.clone();
+            Box::pin(std::future::ready(Ok(ScoreOutput { scores, usage: super::super::ScorerUsage::default() })))
+        }
+    }
+
+    #[tokio::test]
+    async fn tool_calls_vote_by_their_canonical_form() {
+        use crate::score::{CandidateMessage, Message};
+        let call = |arguments: &str| {
+            CandidateMessage::from_message(&serde_json::json!({"content": null, "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": arguments}}]}))
+        };
+        let messages = vec![call(r#"{"city":"Paris"}"#), call(r#"{ "city" : "Paris" }"#), call(r#"{"city":"Lyon"}"#)];
+        let texts = vec![String::new(); 3];
+        let conversation = [Message { role: "user".into(), content: "Weather in Paris?".into() }];
+        // Lyon has the best single reward; the two Paris calls together outweigh it.
+        let scorer =
+            WeightedVoteScorer { name: "w".into(), member: Arc::new(Given(vec![0.0, 0.0, 0.5])), temperature: 1.0 };
+        let input = ScoreInput {
+            conversation: &conversation,
+            candidates: &texts,
+            response_format: None,
+            messages: &messages,
+            tools: None,
+        };
+        let scores = scorer.score(input).await.unwrap().scores;
+        assert!(scores[0] > scores[2] && scores[0] == scores[1], "{scores:?}");
     }
 }
