@@ -12,7 +12,7 @@ use super::engine::{AdaptiveReport, Outcome, Timings};
 use super::select::{Selection, select};
 use super::{Arrival, BoxFuture, Fused, Fuser, Plan, Samples, ScorerFailurePolicy, Wave, score_candidates};
 use crate::error::{Error, Party};
-use crate::score::{Message, ResponseFormat, ScoreInput, ScoreOutput, ScorerUsage, final_answer};
+use crate::score::{CandidateMessage, Message, ResponseFormat, ScoreInput, ScoreOutput, ScorerUsage, final_answer};
 
 /// Where a run's candidates come from. Live, the upstream (hedging, the deadline and the
 /// upstream's failures are the source's); in replay, recorded candidates in a given order.
@@ -97,9 +97,13 @@ pub async fn drive(spec: &RunSpec<'_>, source: &dyn CandidateSource) -> Result<O
     let (scores, scorer_usage) = if let Some(early) = early_scores.filter(|_| samples.candidates.len() > 1) {
         (early.scores, early.usage)
     } else if samples.candidates.len() > 1 {
-        let texts: Vec<String> = samples.candidates.iter().map(|c| c.text.clone()).collect();
-        let input =
-            ScoreInput { conversation: spec.conversation, candidates: &texts, response_format: spec.response_format };
+        let (texts, messages) = rendered(&samples, 0);
+        let input = ScoreInput {
+            conversation: spec.conversation,
+            candidates: &texts,
+            messages: &messages,
+            response_format: spec.response_format,
+        };
         match score_candidates(&*plan.scorer.scorer, input).await {
             Ok(out) => (out.scores, out.usage),
             Err(e) if spec.on_scorer_failure == ScorerFailurePolicy::Fail => return Err(e),
@@ -174,9 +178,11 @@ async fn fuse(
             let scorer = &spec.plan.scorer.scorer;
             if scorer.pointwise() {
                 let texts = [fused.text.clone()];
+                let messages = [CandidateMessage::from_text(fused.text.clone())];
                 let input = ScoreInput {
                     conversation: spec.conversation,
                     candidates: &texts,
+                    messages: &messages,
                     response_format: spec.response_format,
                 };
                 fused.score = score_candidates(&**scorer, input).await.ok().and_then(|o| o.scores.first().copied());
@@ -201,12 +207,16 @@ async fn score_for_stop(
     run: &mut AdaptiveRun,
     early: &mut Option<ScoreOutput>,
 ) {
-    let texts: Vec<String> = samples.candidates[from..].iter().map(|c| c.text.clone()).collect();
+    let (texts, messages) = rendered(samples, from);
     if texts.is_empty() {
         return;
     }
-    let input =
-        ScoreInput { conversation: spec.conversation, candidates: &texts, response_format: spec.response_format };
+    let input = ScoreInput {
+        conversation: spec.conversation,
+        candidates: &texts,
+        messages: &messages,
+        response_format: spec.response_format,
+    };
     match score_candidates(&*spec.plan.scorer.scorer, input).await {
         Ok(out) => {
             out.scores.iter().for_each(|s| run.scored(*s));
@@ -317,6 +327,12 @@ async fn sample_adaptive(
     }
     let early = early.filter(|e| run.needs_scores() && e.scores.len() == all.candidates.len());
     Ok((all, AdaptiveReport { n_sampled: run.requested(), stop_reason: reason, waves: run.waves() }, early))
+}
+
+/// Candidates `from..` of `samples` as scorers get them: each one's default rendering and its
+/// whole message, in candidate order.
+fn rendered(samples: &Samples, from: usize) -> (Vec<String>, Vec<CandidateMessage>) {
+    samples.candidates.get(from..).unwrap_or_default().iter().map(|c| (c.text.clone(), c.message.clone())).unzip()
 }
 
 /// Tells the run the final answers of the candidates that arrived from `from` on.

@@ -15,7 +15,9 @@ use super::input::{InputError, read_jsonl};
 use super::samples::RecordedRow;
 use crate::bon::score_candidates;
 use crate::error::Error;
-use crate::score::{Message, ResponseFormat, ScoreInput, ScoreOutput, Scorer, final_answer, normalize_answer};
+use crate::score::{
+    CandidateMessage, Message, ResponseFormat, ScoreInput, ScoreOutput, Scorer, final_answer, normalize_answer,
+};
 
 /// Reads gold answers (JSONL `{"prompt", "gold"}`), normalised as the consensus scorer
 /// normalises final answers.
@@ -77,8 +79,10 @@ pub(crate) struct ScoreJob<T> {
     pub item: T,
     /// The conversation the candidates answer.
     pub conversation: Vec<Message>,
-    /// The candidates.
+    /// The candidates, in the default rendering.
     pub candidates: Vec<String>,
+    /// The candidates' messages, in the same order.
+    pub messages: Vec<CandidateMessage>,
     /// The request's `response_format`, when recorded, prepared once for the job.
     pub response_format: Option<ResponseFormat>,
 }
@@ -100,6 +104,7 @@ pub(crate) async fn score_jobs<T, E>(
                 let input = ScoreInput {
                     conversation: &job.conversation,
                     candidates: &job.candidates,
+                    messages: &job.messages,
                     response_format: job.response_format.as_ref(),
                 };
                 let out = score_candidates(&*scorer, input).await;
@@ -149,12 +154,9 @@ pub async fn score_rows(
                 line: row.line,
                 message: e.detailed(),
             })?;
-            Ok(ScoreJob {
-                item: i,
-                conversation: row.record.conversation(),
-                candidates: row.record.texts(),
-                response_format,
-            })
+            // Rendered from each recorded message when there is one, as the proxy rendered it.
+            let (candidates, messages) = row.record.scored_candidates();
+            Ok(ScoreJob { item: i, conversation: row.record.conversation(), candidates, messages, response_format })
         })
         .collect::<Result<_, EvalError>>()?;
     score_jobs(jobs, &scorer, concurrency, show_progress, |i, result| {

@@ -6,7 +6,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
+use super::{BoxFuture, CandidateMessage, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
 use crate::error::Error;
 
 /// Wraps a pointwise scorer with a score cache.
@@ -72,7 +72,10 @@ impl Scorer for CachedScorer {
             let check = conversation_hash(&input, 0x9e37_79b9_7f4a_7c15);
             let mut known: HashMap<&str, f64> = HashMap::new();
             let mut missing: Vec<String> = Vec::new();
-            for c in input.candidates {
+            // The messages of the missing candidates, in step with them (when given in step).
+            let mut missing_messages: Vec<CandidateMessage> = Vec::new();
+            let messages_in_step = input.messages.len() == input.candidates.len();
+            for (i, c) in input.candidates.iter().enumerate() {
                 if known.contains_key(c.as_str()) || missing.iter().any(|m| m == c) {
                     continue;
                 }
@@ -84,12 +87,16 @@ impl Scorer for CachedScorer {
                     _ => {
                         self.misses.inc();
                         missing.push(c.clone());
+                        if messages_in_step {
+                            missing_messages.push(input.messages[i].clone());
+                        }
                     }
                 }
             }
             let mut usage = ScorerUsage::default();
             if !missing.is_empty() {
-                let out = self.inner.score(ScoreInput { candidates: &missing, ..input }).await?;
+                let out =
+                    self.inner.score(ScoreInput { candidates: &missing, messages: &missing_messages, ..input }).await?;
                 usage = out.usage;
                 for (c, s) in missing.iter().zip(out.scores) {
                     self.cache.insert(self.key(conversation, c), Arc::new((c.clone(), check, s))).await;
@@ -122,9 +129,17 @@ mod tests {
         }
         fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
             self.0.fetch_add(input.candidates.len(), Ordering::SeqCst);
+            assert_eq!(input.messages.len(), input.candidates.len(), "messages go with their candidates");
+            for (c, m) in input.candidates.iter().zip(input.messages) {
+                assert_eq!(c, &m.content, "each message goes with its candidate");
+            }
             let scores = input.candidates.iter().map(|c| c.len() as f64).collect();
             Box::pin(std::future::ready(Ok(ScoreOutput { scores, usage: ScorerUsage::default() })))
         }
+    }
+
+    fn input<'a>(convo: &'a [Message], cands: &'a [String], msgs: &'a [CandidateMessage]) -> ScoreInput<'a> {
+        ScoreInput { conversation: convo, candidates: cands, messages: msgs, response_format: None }
     }
 
     fn cached(asked: &Arc<AtomicUsize>) -> CachedScorer {
@@ -138,17 +153,18 @@ mod tests {
         let scorer = cached(&asked);
         let convo = [Message { role: "user".into(), content: "q".into() }];
         let cands: Vec<String> = ["aa", "b", "aa", "ccc"].iter().map(|s| s.to_string()).collect();
+        let msgs: Vec<CandidateMessage> = cands.iter().map(CandidateMessage::from_text).collect();
         let out =
-            scorer.score(ScoreInput { conversation: &convo, candidates: &cands, response_format: None }).await.unwrap();
+            scorer.score(input(&convo, &cands, &msgs)).await.unwrap();
         assert_eq!(out.scores, vec![2.0, 1.0, 2.0, 3.0]);
         assert_eq!(asked.load(Ordering::SeqCst), 3, "the duplicate is scored once");
         let again =
-            scorer.score(ScoreInput { conversation: &convo, candidates: &cands, response_format: None }).await.unwrap();
+            scorer.score(input(&convo, &cands, &msgs)).await.unwrap();
         assert_eq!(again.scores, out.scores);
         assert_eq!(asked.load(Ordering::SeqCst), 3, "all hits");
         assert_eq!(scorer.hits.get(), 3);
         let other = [Message { role: "user".into(), content: "another question".into() }];
-        scorer.score(ScoreInput { conversation: &other, candidates: &cands, response_format: None }).await.unwrap();
+        scorer.score(input(&other, &cands, &msgs)).await.unwrap();
         assert_eq!(asked.load(Ordering::SeqCst), 6, "another conversation is another key");
     }
 
@@ -161,7 +177,8 @@ mod tests {
             let convo = [Message { role: "user".into(), content: "q".into() }];
             for window in texts.windows(3.min(texts.len())) {
                 let cands: Vec<String> = window.to_vec();
-                let out = runtime.block_on(scorer.score(ScoreInput { conversation: &convo, candidates: &cands, response_format: None })).unwrap();
+                let msgs: Vec<CandidateMessage> = cands.iter().map(CandidateMessage::from_text).collect();
+                let out = runtime.block_on(scorer.score(input(&convo, &cands, &msgs))).unwrap();
                 for (c, s) in cands.iter().zip(out.scores) {
                     prop_assert_eq!(s, c.len() as f64);
                 }

@@ -306,7 +306,14 @@ mod tests {
         ];
         let scorer = VerifyScorer { name: "verify".into(), pattern: None };
         let conversation = [Message { role: "user".into(), content: "Place my order.".into() }];
-        let input = ScoreInput { conversation: &conversation, candidates: &candidates, response_format: Some(&format) };
+        let messages: Vec<crate::score::CandidateMessage> =
+            candidates.iter().map(crate::score::CandidateMessage::from_text).collect();
+        let input = ScoreInput {
+            conversation: &conversation,
+            candidates: &candidates,
+            messages: &messages,
+            response_format: Some(&format),
+        };
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let out = runtime.block_on(scorer.score(input)).unwrap();
         assert_eq!(out.scores, vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
