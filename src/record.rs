@@ -82,6 +82,8 @@ pub fn sample_record(
         .enumerate()
         .map(|(i, c)| CandidateRecord {
             text: c.text.clone(),
+            // The upstream's whole message (a legacy completion has none: its text is all).
+            message: c.choice.to_map().remove("message").filter(Value::is_object),
             rewards: outcome
                 .scores
                 .get(i)
