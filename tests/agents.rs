@@ -95,7 +95,8 @@ async fn the_winners_whole_message_is_returned_and_restreamed_as_sent() {
                         .find(|k| d.get(*k).is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()) || v.is_array()))
                 })
                 .collect();
-            let rank = |k: &str| ["reasoning_content", "reasoning", "content", "tool_calls"].iter().position(|x| *x == k);
+            let rank =
+                |k: &str| ["reasoning_content", "reasoning", "content", "tool_calls"].iter().position(|x| *x == k);
             assert!(order.windows(2).all(|w| rank(w[0]) <= rank(w[1])), "{order:?}");
             if let Some(field) = ["reasoning_content", "reasoning"].into_iter().find(|f| expected.get(*f).is_some()) {
                 let pieces = deltas.iter().filter(|d| d.get(field).is_some()).count();
@@ -179,7 +180,10 @@ async fn scorers_read_tool_calls_rendered_and_reasoning_only_when_asked() {
     assert!(inputs.iter().all(|t| !t.contains(thinking)), "no reasoning without include_reasoning: {inputs:?}");
     // `return_candidates` lists the same rendering.
     let listed = &body["bestofn"]["candidates"];
-    assert_eq!(listed[3]["text"], "tool call: get_weather {\"city\":\"Paris\"}\ntool call: get_time {\"format\":\"24h\",\"include\":[\"date\",\"weekday\"],\"note\":\"q=1\",\"timezone\":\"Europe/Paris\"}");
+    assert_eq!(
+        listed[3]["text"],
+        "tool call: get_weather {\"city\":\"Paris\"}\ntool call: get_time {\"format\":\"24h\",\"include\":[\"date\",\"weekday\"],\"note\":\"q=1\",\"timezone\":\"Europe/Paris\"}"
+    );
     assert_eq!(listed[2]["finish_reason"], "tool_calls");
 
     let mut request = agent_request(2);
@@ -191,7 +195,7 @@ async fn scorers_read_tool_calls_rendered_and_reasoning_only_when_asked() {
         // Shapes 0-2 reason (under either field name); shape 3 does not.
         assert_eq!(text.contains(thinking), i < 3, "candidate {i}: {text}");
     }
-    assert!(inputs[2].contains(&format!("(shape 2)\n\nChecking both for you.\ntool call: get_weather")), "{}", inputs[2]);
+    assert!(inputs[2].contains("(shape 2)\n\nChecking both for you.\ntool call: get_weather"), "{}", inputs[2]);
     assert_eq!(body["choices"][0]["message"], agent_message(2, 9.0));
 }
 
@@ -246,7 +250,10 @@ async fn agent_conversations_are_scored_and_recorded_whole_and_rescored_from_the
         let q = if *shape == 0 { 9.0 } else { 1.0 };
         assert_eq!(record["candidates"][i]["message"], agent_message(*shape, q), "candidate {i}");
     }
-    assert_eq!(record["candidates"][3]["text"], "tool call: get_weather {\"city\":\"Paris\"}\ntool call: get_time {\"format\":\"24h\",\"include\":[\"date\",\"weekday\"],\"note\":\"q=1\",\"timezone\":\"Europe/Paris\"}");
+    assert_eq!(
+        record["candidates"][3]["text"],
+        "tool call: get_weather {\"city\":\"Paris\"}\ntool call: get_time {\"format\":\"24h\",\"include\":[\"date\",\"weekday\"],\"note\":\"q=1\",\"timezone\":\"Europe/Paris\"}"
+    );
 
     // Offline: the same rendering, the reasoning included for the scorer that asks for it.
     rm.clear();
@@ -255,8 +262,20 @@ async fn agent_conversations_are_scored_and_recorded_whole_and_rescored_from_the
     let (samples, cfg) = (recording.display().to_string(), cfg.display().to_string());
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
         bestofn(&[
-            "eval", "bon", "--samples", &samples, "--label-with", "rm", "--rescore", "rm_reasoning", "--config", &cfg,
-            "--format", "json", "--bootstrap", "0",
+            "eval",
+            "bon",
+            "--samples",
+            &samples,
+            "--label-with",
+            "rm",
+            "--rescore",
+            "rm_reasoning",
+            "--config",
+            &cfg,
+            "--format",
+            "json",
+            "--bootstrap",
+            "0",
         ])
     })
     .await

@@ -9,8 +9,8 @@ use std::fmt;
 
 use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde_json::{Value, json};
 use serde_json::value::RawValue;
+use serde_json::{Value, json};
 
 use crate::bon::{Api, ClientBody, RunRequest, Steering};
 use crate::error::Error;
@@ -384,7 +384,8 @@ fn finish(
     merge_header_steering(&mut steering, headers)?;
 
     let verbatim = members.get(Member::Bestofn).is_none();
-    let logprobs = LogprobsAsk::read(api, value_of(members.get(Member::Logprobs)), value_of(members.get(Member::TopLogprobs)));
+    let logprobs =
+        LogprobsAsk::read(api, value_of(members.get(Member::Logprobs)), value_of(members.get(Member::TopLogprobs)));
     Ok(ProxyRequest {
         api,
         body,

@@ -335,8 +335,12 @@ mod tests {
         let candidates = ["a".to_string(), "b".to_string()];
         let messages: Vec<crate::score::CandidateMessage> =
             candidates.iter().map(crate::score::CandidateMessage::from_text).collect();
-        let input =
-            ScoreInput { conversation: &conversation, candidates: &candidates, messages: &messages, response_format: None };
+        let input = ScoreInput {
+            conversation: &conversation,
+            candidates: &candidates,
+            messages: &messages,
+            response_format: None,
+        };
         assert_eq!(score_candidates(&Fixed(vec![1.0, 2.0]), input).await.unwrap().scores, vec![1.0, 2.0]);
         let short = score_candidates(&Fixed(vec![1.0]), input).await.unwrap_err().to_string();
         assert!(short.contains("scorer fixed") && short.contains("1 scores for 2 candidates"), "{short}");

@@ -161,7 +161,8 @@ pub fn recorded_candidates(row: &RecordedRow) -> Vec<Candidate> {
         .iter()
         .enumerate()
         .map(|(index, c)| {
-            let message = c.message.clone().unwrap_or_else(|| serde_json::json!({"role": "assistant", "content": c.text}));
+            let message =
+                c.message.clone().unwrap_or_else(|| serde_json::json!({"role": "assistant", "content": c.text}));
             let choice = serde_json::json!({"index": index, "finish_reason": c.finish_reason, "message": message});
             let mut candidate = Candidate::new(
                 RawChoice::new(serde_json::value::to_raw_value(&choice).unwrap_or_else(|_| Box::<RawValue>::default())),

@@ -154,12 +154,10 @@ mod tests {
         let convo = [Message { role: "user".into(), content: "q".into() }];
         let cands: Vec<String> = ["aa", "b", "aa", "ccc"].iter().map(|s| s.to_string()).collect();
         let msgs: Vec<CandidateMessage> = cands.iter().map(CandidateMessage::from_text).collect();
-        let out =
-            scorer.score(input(&convo, &cands, &msgs)).await.unwrap();
+        let out = scorer.score(input(&convo, &cands, &msgs)).await.unwrap();
         assert_eq!(out.scores, vec![2.0, 1.0, 2.0, 3.0]);
         assert_eq!(asked.load(Ordering::SeqCst), 3, "the duplicate is scored once");
-        let again =
-            scorer.score(input(&convo, &cands, &msgs)).await.unwrap();
+        let again = scorer.score(input(&convo, &cands, &msgs)).await.unwrap();
         assert_eq!(again.scores, out.scores);
         assert_eq!(asked.load(Ordering::SeqCst), 3, "all hits");
         assert_eq!(scorer.hits.get(), 3);

@@ -326,7 +326,8 @@ mod tests {
         ];
         let candidates: Vec<String> = messages.iter().map(|m| m.render(false)).collect();
         let echo = Arc::new(Echo(std::sync::Mutex::new(Vec::new())));
-        let input = ScoreInput { conversation: &[], candidates: &candidates, messages: &messages, response_format: None };
+        let input =
+            ScoreInput { conversation: &[], candidates: &candidates, messages: &messages, response_format: None };
         IncludeReasoning { inner: echo.clone() }.score(input).await.unwrap();
         echo.score(input).await.unwrap();
         let seen = echo.0.lock().unwrap().clone();

@@ -214,9 +214,14 @@ mod tests {
             "Hello neighbour, our grey cat has been missing since Tuesday evening. If you see her, please call us."
                 .to_string(),
         ];
-        let messages: Vec<crate::score::CandidateMessage> = candidates.iter().map(crate::score::CandidateMessage::from_text).collect();
-        let input =
-            ScoreInput { conversation: &conversation, candidates: &candidates, messages: &messages, response_format: None };
+        let messages: Vec<crate::score::CandidateMessage> =
+            candidates.iter().map(crate::score::CandidateMessage::from_text).collect();
+        let input = ScoreInput {
+            conversation: &conversation,
+            candidates: &candidates,
+            messages: &messages,
+            response_format: None,
+        };
         let out = scorer.score(input).await.unwrap();
         assert_eq!(out.scores, vec![1.0, 0.0]);
     }
