@@ -627,6 +627,31 @@ mod tests {
     }
 
     #[test]
+    fn every_turn_of_an_agents_conversation_reaches_scorers() {
+        let r = parse(
+            r#"{"messages":[
+                {"role":"user","content":[{"type":"text","text":"Weather?"},{"type":"image_url","image_url":{"url":"x"}}]},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"get_weather","arguments":"{\"city\": \"Paris\"}"}}]},
+                {"role":"tool","tool_call_id":"c","content":"18C"},
+                {"role":"assistant","content":null,"function_call":{"name":"get_time","arguments":"{}"}},
+                {"role":"assistant","content":null,"refusal":"I can't help with that."}
+            ]}"#,
+        )
+        .unwrap();
+        let contents: Vec<&str> = r.conversation.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(
+            contents,
+            [
+                "Weather?\n[image_url]",
+                "tool call: get_weather {\"city\":\"Paris\"}",
+                "18C",
+                "tool call: get_time {}",
+                "I can't help with that."
+            ]
+        );
+    }
+
+    #[test]
     fn the_body_is_checked_as_json_but_parsed_into_fields_only_when_read() {
         let depth = 200;
         let deep = format!(
