@@ -22,7 +22,9 @@ use crate::server::config::RawServer;
 use crate::upstream::config::RawUpstream;
 
 pub use crate::bon::config::PolicyConfig;
-pub use crate::remote::config::{ClassifierConfig, EnsembleConfig, FuserConfig, ScoreCacheConfig, ScorerConfig};
+pub use crate::remote::config::{
+    ClassifierConfig, EnsembleConfig, FuserConfig, ScoreCacheConfig, ScorerConfig, ScorerKind,
+};
 pub use crate::server::config::{LogFormat, ServerConfig};
 pub use crate::upstream::config::UpstreamConfig;
 
@@ -188,6 +190,8 @@ pub mod defaults {
     pub const COMBINE: crate::score::Combine = crate::score::Combine::Lexicographic;
     /// `scorers.NAME.label_index`.
     pub const LABEL_INDEX: usize = 0;
+    /// `scorers.NAME.include_reasoning` (every kind).
+    pub const INCLUDE_REASONING: bool = false;
 
     /// `fuser.max_tokens`.
     pub const FUSER_MAX_TOKENS: u64 = 1024;
@@ -519,8 +523,8 @@ n = 8
         assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.upstream.sampling, SamplingMode::Auto);
         assert_eq!(c.domains["math"].n, Some(8));
-        let ScorerConfig::RewardHttp(rm) = &c.scorers["rm"] else { panic!("rm is reward_http") };
-        assert_eq!(c.scorers["consensus"], ScorerConfig::Consensus, "built in");
+        let ScorerKind::RewardHttp(rm) = &c.scorers["rm"].kind else { panic!("rm is reward_http") };
+        assert_eq!(c.scorers["consensus"], ScorerConfig::of(ScorerKind::Consensus), "built in");
         assert_eq!(rm.transport.timeout_ms, 30_000);
         assert_eq!(c.policy.on_scorer_failure, ScorerFailurePolicy::Fail);
         assert_eq!(rm.chat_template, ChatTemplate::Chatml);
@@ -548,7 +552,7 @@ n = 8
         assert!(e.contains("unknown key `scorers.rm.label_idx`") && e.contains("line 8"), "{e}");
         // The shared keys are accepted in every such section, and a type error still names the file.
         let c = load(&GOOD.replace("[policy]", "max_retries = 5\neject_cooldown_ms = 7\n[policy]")).unwrap();
-        let ScorerConfig::RewardHttp(rm) = &c.scorers["rm"] else { panic!("rm is reward_http") };
+        let ScorerKind::RewardHttp(rm) = &c.scorers["rm"].kind else { panic!("rm is reward_http") };
         assert_eq!((rm.transport.max_retries, rm.transport.eject_cooldown_ms), (5, 7));
         assert!(error_of(&GOOD.replace("[policy]", "timeout_ms = \"x\"\n[policy]")).contains("test.toml"));
     }
@@ -591,7 +595,7 @@ n = 8
             + "max_retries = 4\n";
         let c = load(&text).unwrap();
         assert_eq!(c.upstream.transport.timeout_ms, 5);
-        let ScorerConfig::RewardHttp(rm) = &c.scorers["rm"] else { panic!("rm is reward_http") };
+        let ScorerKind::RewardHttp(rm) = &c.scorers["rm"].kind else { panic!("rm is reward_http") };
         assert_eq!(rm.transport.retry_backoff_ms, 7);
         assert_eq!(c.domains["math"].first_wave, Some(3));
         assert_eq!(c.domains["math"].selection.map(|s| s.fuse_top), Some(3));

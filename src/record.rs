@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::bon::{Candidate, Outcome, Plan};
+use crate::bon::{Outcome, Plan};
 use crate::config::{ConfigError, Validator, defaults};
 use crate::samples::{CandidateRecord, SampleRecord};
 use crate::score::{Message, last_user_message};
@@ -84,6 +84,8 @@ pub fn sample_record(
         .enumerate()
         .map(|(i, c)| CandidateRecord {
             text: c.text.clone(),
+            // The upstream's whole message (a legacy completion has none: its text is all).
+            message: c.choice.to_map().remove("message").filter(Value::is_object),
             rewards: outcome
                 .scores
                 .get(i)
@@ -92,7 +94,6 @@ pub fn sample_record(
             finish_reason: c.finish_reason.clone(),
             completion_tokens: c.completion_tokens,
             latency_ms: Some(c.latency_ms),
-            extra: tool_calls_of(c),
             ..Default::default()
         })
         .collect();
@@ -113,25 +114,6 @@ pub fn sample_record(
         fused: outcome.fused.is_some(),
         extra: Default::default(),
     }
-}
-
-/// A candidate's `tool_calls` as the upstream sent them, under that name, when its message
-/// calls tools: replay checks them against the recorded `tools` and votes over them
-/// (`eval::samples::recorded_message` reads them back).
-fn tool_calls_of(candidate: &Candidate) -> serde_json::Map<String, Value> {
-    #[derive(serde::Deserialize)]
-    struct Choice {
-        message: Option<Sent>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Sent {
-        tool_calls: Option<Value>,
-    }
-    let calls = serde_json::from_str::<Choice>(candidate.choice.json())
-        .ok()
-        .and_then(|c| c.message?.tool_calls)
-        .filter(|calls| calls.as_array().is_some_and(|a| !a.is_empty()));
-    calls.map(|calls| [("tool_calls".to_string(), calls)].into_iter().collect()).unwrap_or_default()
 }
 
 impl Recorder {

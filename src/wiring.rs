@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use crate::backend::TransportConfig;
 use crate::backend::{Backend, ClientSettings, EjectionPolicy, EndpointPool, HttpClient, RetryPolicy, Secret};
-use crate::config::{ScoreCacheConfig, ScorerConfig, UpstreamConfig};
+use crate::config::{ScoreCacheConfig, ScorerConfig, ScorerKind, UpstreamConfig};
 use crate::error::Party;
 use crate::metrics::Metrics;
 use crate::remote::{JudgeScorer, RewardHttpScorer};
-use crate::score::{CachedScorer, ConsensusScorer, EnsembleScorer, Scorer, VerifyScorer, WeightedVoteScorer};
+use crate::score::{
+    CachedScorer, ConsensusScorer, EnsembleScorer, IncludeReasoning, Scorer, VerifyScorer, WeightedVoteScorer,
+};
 
 /// A startup failure: a missing environment variable or an HTTP client that cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -134,19 +136,19 @@ fn build_with(
     built: &BTreeMap<String, Arc<dyn Scorer>>,
     metrics: Option<&Metrics>,
 ) -> Result<Arc<dyn Scorer>, StartupError> {
-    Ok(match config {
-        ScorerConfig::RewardHttp(c) => Arc::new(RewardHttpScorer {
+    Ok(match &config.kind {
+        ScorerKind::RewardHttp(c) => Arc::new(RewardHttpScorer {
             name: name.to_string(),
             backend: backend(client, Party::Scorer, format!("scorer {name}"), &c.urls, &c.transport, metrics)?,
             config: c.clone(),
         }),
-        ScorerConfig::Judge(c) => Arc::new(JudgeScorer {
+        ScorerKind::Judge(c) => Arc::new(JudgeScorer {
             name: name.to_string(),
             backend: backend(client, Party::Scorer, format!("scorer {name}"), &c.base_urls, &c.transport, metrics)?,
             config: c.clone(),
         }),
-        ScorerConfig::Consensus => Arc::new(ConsensusScorer { name: name.to_string() }),
-        ScorerConfig::Verify { pattern } => Arc::new(VerifyScorer {
+        ScorerKind::Consensus => Arc::new(ConsensusScorer { name: name.to_string() }),
+        ScorerKind::Verify { pattern } => Arc::new(VerifyScorer {
             name: name.to_string(),
             pattern: match pattern {
                 Some(p) => {
@@ -155,7 +157,7 @@ fn build_with(
                 None => None,
             },
         }),
-        ScorerConfig::WeightedVote { member, temperature } => Arc::new(WeightedVoteScorer {
+        ScorerKind::WeightedVote { member, temperature } => Arc::new(WeightedVoteScorer {
             name: name.to_string(),
             member: built
                 .get(member)
@@ -163,7 +165,7 @@ fn build_with(
                 .ok_or_else(|| StartupError(format!("scorer {name}: member '{member}' is not built")))?,
             temperature: *temperature,
         }),
-        ScorerConfig::Ensemble(e) => Arc::new(EnsembleScorer {
+        ScorerKind::Ensemble(e) => Arc::new(EnsembleScorer {
             name: name.to_string(),
             members: e
                 .members
@@ -181,6 +183,12 @@ fn build_with(
     })
 }
 
+/// `scorer` as configured by `config`'s keys every scorer takes: reading each candidate's
+/// reasoning when `include_reasoning` is set.
+fn reading_reasoning(config: &ScorerConfig, scorer: Arc<dyn Scorer>) -> Arc<dyn Scorer> {
+    if config.include_reasoning { Arc::new(IncludeReasoning { inner: scorer }) } else { scorer }
+}
+
 /// Every configured scorer, by name: plain scorers first (pointwise ones behind the score cache
 /// when one is configured), then ensembles and weighted votes over them.
 pub fn build_scorers(
@@ -189,7 +197,7 @@ pub fn build_scorers(
     setup: Option<ServerSetup<'_>>,
 ) -> Result<BTreeMap<String, Arc<dyn Scorer>>, StartupError> {
     let mut built: BTreeMap<String, Arc<dyn Scorer>> = BTreeMap::new();
-    let combines = |c: &ScorerConfig| matches!(c, ScorerConfig::Ensemble(_) | ScorerConfig::WeightedVote { .. });
+    let combines = |c: &ScorerConfig| matches!(c.kind, ScorerKind::Ensemble(_) | ScorerKind::WeightedVote { .. });
     for (name, c) in configs.iter().filter(|(_, c)| !combines(c)) {
         let metrics = setup.as_ref().map(|s| s.metrics);
         let mut scorer = build_with(client, name, c, &built, metrics)?;
@@ -204,12 +212,15 @@ pub fn build_scorers(
                 metrics.cache_misses.with_label_values(&[name.as_str()]),
             ));
         }
-        built.insert(name.clone(), scorer);
+        // Outside the cache: cached scores are keyed by what the scorer read.
+        built.insert(name.clone(), reading_reasoning(c, scorer));
     }
     // Ensembles next (their members are plain), then weighted votes (their member may be an ensemble).
     for pass in [true, false] {
-        for (name, c) in configs.iter().filter(|(_, c)| matches!(c, ScorerConfig::Ensemble(_)) == pass && combines(c)) {
-            let scorer = build_with(client, name, c, &built, None)?;
+        for (name, c) in
+            configs.iter().filter(|(_, c)| matches!(c.kind, ScorerKind::Ensemble(_)) == pass && combines(c))
+        {
+            let scorer = reading_reasoning(c, build_with(client, name, c, &built, None)?);
             built.insert(name.clone(), scorer);
         }
     }

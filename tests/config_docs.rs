@@ -52,6 +52,7 @@ chat_template = "plain"
 input_format = "messages"
 label_index = 1
 label = "l"
+include_reasoning = true
 api_key_env = "R"
 timeout_ms = 1
 max_retries = 1

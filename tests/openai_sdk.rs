@@ -51,3 +51,52 @@ async fn the_openai_python_sdk_works_unchanged() {
     assert_eq!(read_quality(seen["legacy"].as_str().unwrap()), best);
     assert_eq!(read_quality(seen["legacy_stream"].as_str().unwrap()), best);
 }
+
+/// A reasoning model's parallel tool calls and its reasoning, read through the official SDK:
+/// `message.tool_calls`, `model_extra['reasoning_content']` and the vendor's own field, the same
+/// after the SDK accumulates the streamed deltas; usage's `reasoning_tokens`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openai_python_sdk_reads_reasoning_and_parallel_tool_calls() {
+    let upstream = FakeServer::start(agent_upstream()).await;
+    let rm = FakeServer::start(rm_handler()).await;
+    let proxy = Bestofn::start(&config(&upstream, &rm, "n", 4));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/agent_client.py");
+    for winner in [2u32, 1] {
+        let output = tokio::process::Command::new("python3")
+            .arg(script)
+            .arg(proxy.url("/v1"))
+            .arg(format!("win-{winner}"))
+            .output()
+            .await
+            .expect("python3 must be installed (.ci/run installs it with the openai package)");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "the SDK client failed (is `pip install openai` done?):\n{stderr}");
+        let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let sent = agent_message(winner, 9.0);
+        let field = if winner == 1 { "reasoning" } else { "reasoning_content" };
+        let calls: Vec<Value> = sent["tool_calls"]
+            .as_array()
+            .map(|calls| {
+                calls
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({"id": c["id"], "type": "function", "name": c["function"]["name"],
+                                           "arguments": c["function"]["arguments"]})
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let reasoning_tokens: u64 = (0..4).map(agent_reasoning_tokens).sum();
+        for view in ["plain", "stream"] {
+            let got = &seen[view];
+            assert_eq!(got[field], sent[field], "{view}: {seen}");
+            assert_eq!(got["content"], sent["content"], "{view}: {seen}");
+            assert_eq!(got["vendor_extra"], sent["vendor_extra"], "{view}: {seen}");
+            assert_eq!(got["tool_calls"], Value::Array(calls.clone()), "{view}: {seen}");
+            assert_eq!(got["finish_reason"], if winner == 2 { "tool_calls" } else { "stop" }, "{view}");
+            assert_eq!(got["reasoning_tokens"], reasoning_tokens, "{view}: {seen}");
+        }
+        assert_eq!(seen["stream"]["reasoning_read"], sent[field], "{seen}");
+        assert!(seen["stream"]["reasoning_deltas"].as_u64().unwrap() > 1, "{seen}");
+    }
+}

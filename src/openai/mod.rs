@@ -5,7 +5,7 @@ mod request;
 mod response;
 pub mod stream;
 
-pub use request::{ProxyRequest, SteeringHeaders, parse_chat_request, parse_completion_request};
+pub use request::{LogprobsAsk, ProxyRequest, SteeringHeaders, parse_chat_request, parse_completion_request};
 pub use response::{bestofn_object, build_response, usage_object};
 
 use serde_json::Value;

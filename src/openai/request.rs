@@ -9,14 +9,12 @@ use std::fmt;
 
 use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde_json::Value;
 use serde_json::value::RawValue;
+use serde_json::{Value, json};
 
-use super::content_text;
 use crate::bon::{Api, ClientBody, RunRequest, Steering};
 use crate::error::Error;
-use crate::score::Message;
-use crate::score::{ResponseFormat, Tools};
+use crate::score::{Message, ResponseFormat, Tools, render_turn};
 
 /// OpenAI's own upper bound on `n`.
 const OPENAI_MAX_N: u64 = 128;
@@ -46,6 +44,39 @@ pub struct ProxyRequest {
     pub model: Option<String>,
     /// Per-request steering from the `bestofn` field and `x-bestofn-*` headers.
     pub steering: Steering,
+    /// The log probabilities the client asked for: an answer carries the upstream's only then.
+    pub logprobs: LogprobsAsk,
+}
+
+/// The log probabilities a client asked for. A best-of-N answer passes the winner's on only when
+/// they were asked for, each token's alternatives cut to the number asked; bestofn asks for none
+/// itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogprobsAsk {
+    /// Chat `logprobs: true`, or a legacy completion's `logprobs` set to a number.
+    pub asked: bool,
+    /// Alternatives kept per token: chat `top_logprobs` (0 when unset); for a legacy
+    /// completion its `logprobs` number plus one (its `top_logprobs` may hold the sampled token
+    /// beside that many alternatives).
+    pub top: usize,
+}
+
+impl LogprobsAsk {
+    /// What a request asks, from its `logprobs` and `top_logprobs` (read leniently: the
+    /// upstream validates them, and a value of another type asks for nothing here).
+    fn read(api: Api, logprobs: Option<Value>, top_logprobs: Option<Value>) -> LogprobsAsk {
+        let count = |v: &Value| v.as_u64().map(|n| n as usize);
+        match api {
+            Api::Chat => LogprobsAsk {
+                asked: logprobs.as_ref().and_then(Value::as_bool).unwrap_or(false),
+                top: top_logprobs.as_ref().and_then(count).unwrap_or(0),
+            },
+            Api::Completions => match logprobs.as_ref().and_then(count) {
+                Some(top) => LogprobsAsk { asked: true, top: top + 1 },
+                None => LogprobsAsk::default(),
+            },
+        }
+    }
 }
 
 impl ProxyRequest {
@@ -109,10 +140,12 @@ enum Member {
     Temperature,
     MaxTokens,
     MaxCompletionTokens,
+    Logprobs,
+    TopLogprobs,
 }
 
 /// The names of the [`Member`]s, in their order.
-const MEMBER_NAMES: [&str; 12] = [
+const MEMBER_NAMES: [&str; 14] = [
     "model",
     "messages",
     "prompt",
@@ -125,6 +158,8 @@ const MEMBER_NAMES: [&str; 12] = [
     "temperature",
     "max_tokens",
     "max_completion_tokens",
+    "logprobs",
+    "top_logprobs",
 ];
 
 /// The top-level members of a body that bestofn reads, each as its raw JSON text (a member
@@ -351,11 +386,25 @@ fn finish(
     merge_header_steering(&mut steering, headers)?;
 
     let verbatim = members.get(Member::Bestofn).is_none();
-    Ok(ProxyRequest { api, body, model, verbatim, conversation, stream, include_usage, client_n, seed, steering })
+    let logprobs =
+        LogprobsAsk::read(api, value_of(members.get(Member::Logprobs)), value_of(members.get(Member::TopLogprobs)));
+    Ok(ProxyRequest {
+        api,
+        body,
+        model,
+        verbatim,
+        conversation,
+        stream,
+        include_usage,
+        client_n,
+        seed,
+        steering,
+        logprobs,
+    })
 }
 
-/// The members of a message bestofn reads.
-const MESSAGE_MEMBERS: [&str; 2] = ["role", "content"];
+/// The members of a message bestofn reads: its role and what scorers see of it.
+const MESSAGE_MEMBERS: [&str; 5] = ["role", "content", "tool_calls", "function_call", "refusal"];
 
 fn parse_messages(messages: Option<&RawValue>) -> Result<Vec<Message>, Error> {
     let list = match messages.map(first_byte) {
@@ -378,7 +427,8 @@ fn parse_messages(messages: Option<&RawValue>) -> Result<Vec<Message>, Error> {
             if first_byte(m) != b'{' {
                 return Err(not_an_object());
             }
-            let [role, content] = read_members(m.get(), &MESSAGE_MEMBERS).map_err(|_| not_an_object())?;
+            let [role, content, tool_calls, function_call, refusal] =
+                read_members(m.get(), &MESSAGE_MEMBERS).map_err(|_| not_an_object())?;
             let role = match role.map(|r| serde_json::from_str::<String>(r.get())) {
                 Some(Ok(r)) if !r.is_empty() => r,
                 _ => {
@@ -390,17 +440,27 @@ fn parse_messages(messages: Option<&RawValue>) -> Result<Vec<Message>, Error> {
             };
             let bad_content = |why: String| Error::invalid(format!("messages[{i}].content"), why);
             let content = match content.map(|c| (first_byte(c), c.get())) {
-                None | Some((b'n', _)) => String::new(),
-                Some((b'"', text)) => serde_json::from_str::<String>(text).map_err(|e| bad_content(e.to_string()))?,
-                Some((b'[', text)) => {
-                    let parts = serde_json::from_str::<Value>(text)
-                        .map_err(|e| bad_content(format!("'messages[{i}].content' is not valid JSON: {e}")))?;
-                    content_text(Some(&parts))
+                None | Some((b'n', _)) => Value::Null,
+                Some((b'"', text)) => {
+                    Value::String(serde_json::from_str::<String>(text).map_err(|e| bad_content(e.to_string()))?)
                 }
+                Some((b'[', text)) => serde_json::from_str::<Value>(text)
+                    .map_err(|e| bad_content(format!("'messages[{i}].content' is not valid JSON: {e}")))?,
                 Some(_) => {
                     return Err(bad_content(format!(
                         "'messages[{i}].content' must be a string or an array of content parts"
                     )));
+                }
+            };
+            // A plain text turn as it is; anything more (content parts, tool calls, a legacy
+            // function call, a refusal) in the one rendering scorers see (`score::render_turn`).
+            let calls = value_of(tool_calls).or_else(|| value_of(function_call).map(|f| json!([{"function": f}])));
+            let refusal = value_of(refusal);
+            let content = match (content, calls, refusal) {
+                (Value::String(text), None, None) => text,
+                (Value::Null, None, None) => String::new(),
+                (content, calls, refusal) => {
+                    render_turn(&json!({"content": content, "tool_calls": calls, "refusal": refusal}))
                 }
             };
             Ok(Message { role, content })
@@ -566,6 +626,31 @@ mod tests {
         assert_eq!(param_of(r#"{"messages":[7]}"#).as_deref(), Some("messages[0]"));
         let parts = parse(r#"{"messages":[{"role":"user","content":[{"type":"text","text":"p"},{"text":"q"}]}]}"#);
         assert_eq!(parts.unwrap().conversation[0].content, "p\nq");
+    }
+
+    #[test]
+    fn every_turn_of_an_agents_conversation_reaches_scorers() {
+        let r = parse(
+            r#"{"messages":[
+                {"role":"user","content":[{"type":"text","text":"Weather?"},{"type":"image_url","image_url":{"url":"x"}}]},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"get_weather","arguments":"{\"city\": \"Paris\"}"}}]},
+                {"role":"tool","tool_call_id":"c","content":"18C"},
+                {"role":"assistant","content":null,"function_call":{"name":"get_time","arguments":"{}"}},
+                {"role":"assistant","content":null,"refusal":"I can't help with that."}
+            ]}"#,
+        )
+        .unwrap();
+        let contents: Vec<&str> = r.conversation.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(
+            contents,
+            [
+                "Weather?\n[image_url]",
+                "tool call: get_weather {\"city\":\"Paris\"}",
+                "18C",
+                "tool call: get_time {}",
+                "I can't help with that."
+            ]
+        );
     }
 
     #[test]

@@ -2,7 +2,91 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::bon::{Api, Outcome, Plan};
+use super::LogprobsAsk;
+use crate::bon::{Api, Fused, Outcome, Plan};
+
+/// The fields of an assistant message that a fused answer replaces: the fuser wrote its content,
+/// so the winner's reasoning, tool calls and refusal are not the answer's.
+const REPLACED_BY_FUSING: [&str; 5] = ["tool_calls", "reasoning_content", "reasoning", "refusal", "function_call"];
+
+/// Candidate `candidate`'s choice as answer choice `position`: the upstream's choice whole (its
+/// message as the upstream sent it, every field kept), its `logprobs` only when the client asked
+/// for them (cut to the alternatives it asked for), or the fused answer in place of the winner's
+/// message.
+pub(super) fn answer_choice(
+    api: Api,
+    outcome: &Outcome,
+    candidate: usize,
+    position: usize,
+    logprobs: LogprobsAsk,
+) -> Map<String, Value> {
+    let mut choice = outcome.samples.candidates[candidate].choice.to_map();
+    choice.insert("index".into(), json!(position));
+    if let Some(kept) = choice.get_mut("logprobs") {
+        if logprobs.asked {
+            cut_logprobs(api, kept, logprobs.top);
+        } else {
+            *kept = Value::Null;
+        }
+    }
+    if let Some(f) = fused_at(outcome, position) {
+        match api {
+            Api::Chat => {
+                if let Some(Value::Object(message)) = choice.get_mut("message") {
+                    message.insert("content".into(), json!(f.text));
+                    for field in REPLACED_BY_FUSING {
+                        message.remove(field);
+                    }
+                }
+            }
+            Api::Completions => {
+                choice.insert("text".into(), json!(f.text));
+            }
+        }
+        choice.insert("finish_reason".into(), json!("stop"));
+        choice.insert("logprobs".into(), Value::Null);
+    }
+    choice
+}
+
+/// The fused answer, when answer choice `position` is one (the first, when the run fused).
+pub(super) fn fused_at(outcome: &Outcome, position: usize) -> Option<&Fused> {
+    outcome.fused.as_ref().filter(|_| position == 0)
+}
+
+/// Cuts each token's alternatives to the `top` the client asked for: chat's
+/// `logprobs.content[].top_logprobs` and `logprobs.refusal[].top_logprobs` lists, or a legacy
+/// completion's `logprobs.top_logprobs` maps (the most probable kept).
+fn cut_logprobs(api: Api, logprobs: &mut Value, top: usize) {
+    match api {
+        Api::Chat => {
+            for list in ["content", "refusal"] {
+                if let Some(Value::Array(tokens)) = logprobs.get_mut(list) {
+                    for token in tokens {
+                        if let Some(Value::Array(alternatives)) = token.get_mut("top_logprobs") {
+                            alternatives.truncate(top);
+                        }
+                    }
+                }
+            }
+        }
+        Api::Completions => {
+            if let Some(Value::Array(tokens)) = logprobs.get_mut("top_logprobs") {
+                for token in tokens {
+                    if let Value::Object(alternatives) = token
+                        && alternatives.len() > top
+                    {
+                        let mut ranked: Vec<(String, Value)> = std::mem::take(alternatives).into_iter().collect();
+                        let lp = |v: &Value| v.as_f64().unwrap_or(f64::NEG_INFINITY);
+                        ranked.sort_by(|a, b| lp(&b.1).total_cmp(&lp(&a.1)));
+                        ranked.truncate(top);
+                        *alternatives = ranked.into_iter().collect();
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// The `bestofn` object: what was sampled, how it scored, what was chosen, and what it cost.
 pub fn bestofn_object(plan: &Plan, outcome: &Outcome) -> Value {
@@ -89,8 +173,9 @@ pub fn bestofn_object(plan: &Plan, outcome: &Outcome) -> Value {
 }
 
 /// A `chat.completion` (or legacy `text_completion`) whose choices are the top `plan.k`
-/// candidates, best first, with honest usage and the `bestofn` object.
-pub fn build_response(api: Api, plan: &Plan, outcome: &Outcome) -> Value {
+/// candidates, best first (each the upstream's choice, its message whole; log probabilities only
+/// as `logprobs` asks), with honest usage and the `bestofn` object.
+pub fn build_response(api: Api, plan: &Plan, outcome: &Outcome, logprobs: LogprobsAsk) -> Value {
     let samples = &outcome.samples;
     let mut response: Map<String, Value> = samples.envelope.clone();
     let object = match api {
@@ -103,28 +188,7 @@ pub fn build_response(api: Api, plan: &Plan, outcome: &Outcome) -> Value {
         .iter()
         .take(plan.k as usize)
         .enumerate()
-        .map(|(position, &candidate)| {
-            let mut choice = samples.candidates[candidate].choice.to_map();
-            choice.insert("index".into(), json!(position));
-            if position == 0
-                && let Some(f) = &outcome.fused
-            {
-                match api {
-                    Api::Chat => {
-                        if let Some(Value::Object(message)) = choice.get_mut("message") {
-                            message.insert("content".into(), json!(f.text));
-                            message.remove("tool_calls");
-                        }
-                    }
-                    Api::Completions => {
-                        choice.insert("text".into(), json!(f.text));
-                    }
-                }
-                choice.insert("finish_reason".into(), json!("stop"));
-                choice.remove("logprobs");
-            }
-            Value::Object(choice)
-        })
+        .map(|(position, &candidate)| Value::Object(answer_choice(api, outcome, candidate, position, logprobs)))
         .collect();
     response.insert("choices".into(), Value::Array(choices));
     response.insert("usage".into(), usage_object(outcome));
@@ -132,16 +196,22 @@ pub fn build_response(api: Api, plan: &Plan, outcome: &Outcome) -> Value {
     Value::Object(response)
 }
 
-/// The OpenAI `usage` object of a best-of-N answer: every call's prompt, every candidate's tokens.
+/// The OpenAI `usage` object of a best-of-N answer: every call's prompt, every candidate's tokens,
+/// and `completion_tokens_details.reasoning_tokens` summed over the calls whose upstream
+/// reported it (left out when none did).
 pub fn usage_object(outcome: &Outcome) -> Value {
     let usage = &outcome.samples.usage;
     let (fuser_prompt, fuser_completion) =
         outcome.fused.as_ref().map_or((0, 0), |f| (f.prompt_tokens, f.completion_tokens));
     let prompt = usage.prompt_tokens + fuser_prompt;
     let completion = usage.completion_tokens + fuser_completion;
-    json!({
+    let mut object = json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-    })
+    });
+    if let Some(reasoning) = usage.reasoning_tokens {
+        object["completion_tokens_details"] = json!({"reasoning_tokens": reasoning});
+    }
+    object
 }

@@ -4,6 +4,8 @@
 //! Sections that call a backend take the transport keys through
 //! [`with_transport_keys!`](crate::backend::config::with_transport_keys); the kinds of
 //! `[scorers.NAME]` and `[classifier]` that do are newtype variants of structs declared by it.
+//! Every kind of `[scorers.NAME]` takes the keys every scorer takes (`include_reasoning`),
+//! declared once by [`with_scorer_keys!`].
 
 use std::collections::BTreeMap;
 
@@ -24,16 +26,85 @@ pub(crate) enum RawScorer {
     /// An LLM judge.
     Judge(RawJudge),
     /// Agreement among the candidates.
-    Consensus {},
+    Consensus(RawConsensus),
     /// Rule-based checks.
-    Verify { pattern: Option<String> },
+    Verify(RawVerify),
     /// Several scorers combined.
-    Ensemble { members: Vec<String>, combine: Option<Combine>, weights: Option<Vec<f64>> },
+    Ensemble(RawEnsemble),
     /// A weighted majority vote.
-    WeightedVote { member: String, temperature: Option<f64> },
+    WeightedVote(RawWeightedVote),
 }
 
-with_transport_keys! {
+impl RawScorer {
+    /// The keys every scorer takes, as read.
+    fn scorer_keys(&self) -> RawScorerKeys {
+        match self {
+            RawScorer::RewardHttp(s) => s.into(),
+            RawScorer::Judge(s) => s.into(),
+            RawScorer::Consensus(s) => s.into(),
+            RawScorer::Verify(s) => s.into(),
+            RawScorer::Ensemble(s) => s.into(),
+            RawScorer::WeightedVote(s) => s.into(),
+        }
+    }
+}
+
+/// Declares a `[scorers.NAME]` kind's struct with its own fields (each followed by a comma) and
+/// then the keys every scorer takes, each an `Option`; `RawScorerKeys::from(&section)` takes them
+/// out. `with_scorer_keys! { with_transport_keys! struct ... }` adds the transport keys too.
+macro_rules! with_scorer_keys {
+    // The keys every scorer takes, each with its doc comment: declared here once.
+    (@keys [$($prefix:tt)*] [$($section:tt)*]) => {
+        with_scorer_keys! { @declare [$($prefix)*] [$($section)*]
+            /// Whether the scorer reads each candidate's reasoning before its answer.
+            include_reasoning: bool,
+        }
+    };
+    (@declare [] [$(#[$meta:meta])* $vis:vis struct $name:ident { $($own:tt)* }]
+        $($(#[$doc:meta])* $key:ident : $ty:ty,)*
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $($own)*
+            $($(#[$doc])* pub(crate) $key: Option<$ty>,)*
+        }
+        with_scorer_keys! { @from $name $($key)* }
+    };
+    (@declare [with_transport_keys!] [$(#[$meta:meta])* $vis:vis struct $name:ident { $($own:tt)* }]
+        $($(#[$doc:meta])* $key:ident : $ty:ty,)*
+    ) => {
+        with_transport_keys! {
+            $(#[$meta])*
+            $vis struct $name {
+                $($own)*
+                $($(#[$doc])* pub(crate) $key: Option<$ty>,)*
+            }
+        }
+        with_scorer_keys! { @from $name $($key)* }
+    };
+    (@from $name:ident $($key:ident)*) => {
+        impl From<&$name> for RawScorerKeys {
+            fn from(section: &$name) -> Self {
+                RawScorerKeys { $($key: ::std::clone::Clone::clone(&section.$key),)* }
+            }
+        }
+    };
+    (with_transport_keys! $($section:tt)*) => {
+        with_scorer_keys! { @keys [with_transport_keys!] [$($section)*] }
+    };
+    ($($section:tt)*) => {
+        with_scorer_keys! { @keys [] [$($section)*] }
+    };
+}
+
+with_scorer_keys! {
+    /// The keys every scorer takes, as read.
+    #[derive(Debug, Default)]
+    pub(crate) struct RawScorerKeys {}
+}
+
+with_scorer_keys! {
+    with_transport_keys!
     /// `[scorers.NAME]` with `kind = "reward_http"`, as read.
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -49,7 +120,8 @@ with_transport_keys! {
     }
 }
 
-with_transport_keys! {
+with_scorer_keys! {
+    with_transport_keys!
     /// `[scorers.NAME]` with `kind = "judge"`, as read.
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -63,6 +135,43 @@ with_transport_keys! {
         seed: Option<u64>,
         max_tokens: Option<u32>,
         logprobs: Option<bool>,
+    }
+}
+
+with_scorer_keys! {
+    /// `[scorers.NAME]` with `kind = "consensus"`, as read.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct RawConsensus {}
+}
+
+with_scorer_keys! {
+    /// `[scorers.NAME]` with `kind = "verify"`, as read.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct RawVerify {
+        pattern: Option<String>,
+    }
+}
+
+with_scorer_keys! {
+    /// `[scorers.NAME]` with `kind = "ensemble"`, as read.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct RawEnsemble {
+        members: Vec<String>,
+        combine: Option<Combine>,
+        weights: Option<Vec<f64>>,
+    }
+}
+
+with_scorer_keys! {
+    /// `[scorers.NAME]` with `kind = "weighted_vote"`, as read.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct RawWeightedVote {
+        member: String,
+        temperature: Option<f64>,
     }
 }
 
@@ -106,10 +215,28 @@ with_transport_keys! {
     }
 }
 
-/// `[scorers.NAME]`.
+/// `[scorers.NAME]`: its kind's settings, and the keys every scorer takes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScorerConfig {
+    /// The kind and its own settings.
+    #[serde(flatten)]
+    pub kind: ScorerKind,
+    /// The scorer reads each candidate's reasoning (its rendering with reasoning, see
+    /// [`crate::score::IncludeReasoning`]).
+    pub include_reasoning: bool,
+}
+
+impl ScorerConfig {
+    /// A scorer of `kind` with every key every scorer takes at its default.
+    pub fn of(kind: ScorerKind) -> ScorerConfig {
+        ScorerConfig { kind, include_reasoning: defaults::INCLUDE_REASONING }
+    }
+}
+
+/// A `[scorers.NAME]`'s kind, with the kind's own settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ScorerConfig {
+pub enum ScorerKind {
     /// A reward model served over HTTP.
     RewardHttp(RewardHttpConfig),
     /// An OpenAI-compatible LLM as judge.
@@ -200,7 +327,8 @@ impl Validator<'_> {
         let mut scorers = BTreeMap::new();
         for (name, scorer) in raw {
             let prefix = format!("scorers.{name}");
-            let config = match scorer {
+            let keys = scorer.scorer_keys();
+            let kind = match scorer {
                 RawScorer::RewardHttp(r) => {
                     let transport = RawTransport::from(&r);
                     let input_format = r.input_format.unwrap_or(defaults::INPUT_FORMAT);
@@ -212,7 +340,7 @@ impl Validator<'_> {
                             "\"messages\" is only for the vllm_classify and vllm_pooling APIs",
                         ));
                     }
-                    ScorerConfig::RewardHttp(RewardHttpConfig {
+                    ScorerKind::RewardHttp(RewardHttpConfig {
                         api: r.api,
                         urls: self.urls(&format!("{prefix}.url"), r.url, r.urls)?,
                         model: r.model,
@@ -234,7 +362,7 @@ impl Validator<'_> {
                         (None, None) => upstream_urls.to_vec(),
                         (one, many) => self.urls(&format!("{prefix}.base_url"), one, many)?,
                     };
-                    ScorerConfig::Judge(JudgeConfig {
+                    ScorerKind::Judge(JudgeConfig {
                         base_urls,
                         model: j.model,
                         mode: j.mode.unwrap_or(defaults::JUDGE_MODE),
@@ -258,15 +386,15 @@ impl Validator<'_> {
                         )?,
                     })
                 }
-                RawScorer::Consensus {} => ScorerConfig::Consensus,
-                RawScorer::Verify { pattern } => {
+                RawScorer::Consensus(_) => ScorerKind::Consensus,
+                RawScorer::Verify(RawVerify { pattern, .. }) => {
                     if let Some(p) = &pattern {
                         regex::Regex::new(p)
                             .map_err(|e| self.invalid(&format!("{prefix}.pattern"), format!("not a regex: {e}")))?;
                     }
-                    ScorerConfig::Verify { pattern }
+                    ScorerKind::Verify { pattern }
                 }
-                RawScorer::WeightedVote { member, temperature } => {
+                RawScorer::WeightedVote(RawWeightedVote { member, temperature, .. }) => {
                     let temperature = temperature.unwrap_or(defaults::VOTE_TEMPERATURE);
                     if !(temperature > 0.0 && temperature.is_finite()) {
                         return Err(self.invalid(
@@ -274,9 +402,9 @@ impl Validator<'_> {
                             format!("must be greater than 0, got {temperature}"),
                         ));
                     }
-                    ScorerConfig::WeightedVote { member, temperature }
+                    ScorerKind::WeightedVote { member, temperature }
                 }
-                RawScorer::Ensemble { members, combine, weights } => {
+                RawScorer::Ensemble(RawEnsemble { members, combine, weights, .. }) => {
                     if members.is_empty() {
                         return Err(self.invalid(&format!("{prefix}.members"), "must name at least one scorer"));
                     }
@@ -284,27 +412,28 @@ impl Validator<'_> {
                     if weights.len() != members.len() || weights.iter().any(|w| !w.is_finite()) {
                         return Err(self.invalid(&format!("{prefix}.weights"), "needs one finite weight per member"));
                     }
-                    ScorerConfig::Ensemble(EnsembleConfig {
+                    ScorerKind::Ensemble(EnsembleConfig {
                         members,
                         combine: combine.unwrap_or(defaults::COMBINE),
                         weights,
                     })
                 }
             };
-            scorers.insert(name, config);
+            let include_reasoning = keys.include_reasoning.unwrap_or(defaults::INCLUDE_REASONING);
+            scorers.insert(name, ScorerConfig { kind, include_reasoning });
         }
         // Scorers that need no server are always there under their kind's name.
-        scorers.entry("consensus".to_string()).or_insert(ScorerConfig::Consensus);
-        scorers.entry("verify".to_string()).or_insert(ScorerConfig::Verify { pattern: None });
+        scorers.entry("consensus".to_string()).or_insert(ScorerConfig::of(ScorerKind::Consensus));
+        scorers.entry("verify".to_string()).or_insert(ScorerConfig::of(ScorerKind::Verify { pattern: None }));
         for (name, scorer) in &scorers {
-            if let ScorerConfig::WeightedVote { member, .. } = scorer {
-                match scorers.get(member) {
+            if let ScorerKind::WeightedVote { member, .. } = &scorer.kind {
+                match scorers.get(member).map(|s| &s.kind) {
                     None => {
                         return Err(
                             self.invalid(&format!("scorers.{name}.member"), format!("no scorer named '{member}'"))
                         );
                     }
-                    Some(ScorerConfig::WeightedVote { .. }) => {
+                    Some(ScorerKind::WeightedVote { .. }) => {
                         return Err(self.invalid(
                             &format!("scorers.{name}.member"),
                             format!("'{member}' is a weighted_vote; the member must not be"),
@@ -313,15 +442,15 @@ impl Validator<'_> {
                     Some(_) => {}
                 }
             }
-            if let ScorerConfig::Ensemble(e) = scorer {
+            if let ScorerKind::Ensemble(e) = &scorer.kind {
                 for m in &e.members {
-                    match scorers.get(m) {
+                    match scorers.get(m).map(|s| &s.kind) {
                         None => {
                             return Err(
                                 self.invalid(&format!("scorers.{name}.members"), format!("no scorer named '{m}'"))
                             );
                         }
-                        Some(ScorerConfig::Ensemble(_) | ScorerConfig::WeightedVote { .. }) => {
+                        Some(ScorerKind::Ensemble(_) | ScorerKind::WeightedVote { .. }) => {
                             return Err(self.invalid(
                                 &format!("scorers.{name}.members"),
                                 format!("'{m}' combines other scorers; members must not"),

@@ -483,7 +483,7 @@ async fn completion(
     let (result, spans) = Box::pin(with_call_spans(run)).await;
     let outcome = result?;
     observe_outcome(state, id, &request, &plan, &outcome, observer, spans);
-    let mut response = json_response(StatusCode::OK, &build_response(api, &plan, &outcome));
+    let mut response = json_response(StatusCode::OK, &build_response(api, &plan, &outcome, request.logprobs));
     let h = response.headers_mut();
     h.insert(X_BESTOFN_N, HeaderValue::from(outcome.samples.candidates.len() as u64));
     h.insert("x-bestofn-chosen", HeaderValue::from(outcome.chosen() as u64));
@@ -551,6 +551,7 @@ fn best_of_n_stream(
         // Until the upstream reports its own (an upstream whose answers name no model).
         model: request.model.clone().unwrap_or_default(),
         include_usage: request.include_usage,
+        logprobs: request.logprobs,
     };
     let choices = plan.k;
     let heartbeat = state.heartbeat;

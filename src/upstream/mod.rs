@@ -20,7 +20,7 @@ use crate::bon::{
     Api, Arrival, Candidate, Forwarded, ForwardedStream, RawChoice, Sampler, Samples, UpstreamBody, Wave,
 };
 use crate::error::Error;
-use crate::score::BoxFuture;
+use crate::score::{BoxFuture, CandidateMessage};
 
 /// How N candidates are requested from the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,10 +141,10 @@ impl FromFields for RawEnvelope {
     }
 }
 
-/// A choice's text and what sampling reads of it.
+/// A choice's message and what sampling reads of it.
 struct ParsedChoice {
     raw: RawChoice,
-    text: String,
+    message: CandidateMessage,
     finish_reason: Option<String>,
 }
 
@@ -170,15 +170,19 @@ impl FromFields for Envelope {
 #[derive(Default)]
 struct ChoiceFields {
     index: Option<Value>,
-    /// The `message`, when it is an object: its `content`.
-    message: Option<MessageContent>,
+    /// The `message`, when it is an object: the fields bestofn reads.
+    message: Option<MessageFields>,
     text: Option<Value>,
     finish_reason: Option<Value>,
 }
 
-/// The `content` of a message object.
+/// The fields of a message object that [`CandidateMessage`] reads (content, reasoning, tool
+/// calls, refusal); any other field is skipped here and stays in the choice's text.
 #[derive(Default)]
-struct MessageContent(Option<Value>);
+struct MessageFields(Map<String, Value>);
+
+/// The message fields [`MessageFields`] keeps.
+const READ_MESSAGE_FIELDS: [&str; 5] = ["content", "reasoning_content", "reasoning", "tool_calls", "refusal"];
 
 /// Visits the fields of a JSON object only (serde would also read a struct from an array).
 struct ObjectVisitor<T>(std::marker::PhantomData<T>);
@@ -218,10 +222,10 @@ impl FromFields for ChoiceFields {
     }
 }
 
-impl FromFields for MessageContent {
+impl FromFields for MessageFields {
     fn field<'de, A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
-        if key == "content" {
-            self.0 = Some(map.next_value()?);
+        if READ_MESSAGE_FIELDS.contains(&key) {
+            self.0.insert(key.to_string(), map.next_value()?);
         } else {
             map.next_value::<serde::de::IgnoredAny>()?;
         }
@@ -247,8 +251,8 @@ fn object_in<T: FromFields>(raw: &RawValue) -> Option<serde_json::Result<T>> {
     is_object(raw).then(|| read_object(raw.get().as_bytes()))
 }
 
-/// A `message` value: its content when it is an object, nothing when it is anything else.
-struct MaybeMessage(Option<MessageContent>);
+/// A `message` value: its fields when it is an object, nothing when it is anything else.
+struct MaybeMessage(Option<MessageFields>);
 
 impl<'de> Deserialize<'de> for MaybeMessage {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<MaybeMessage, D::Error> {
@@ -289,13 +293,12 @@ fn parse_reply(api: Api, body: &[u8]) -> Result<Reply, String> {
             Some(Value::String(reason)) => Some(reason),
             _ => None,
         };
-        let text = match (api, fields.message, fields.text) {
-            (Api::Chat, Some(MessageContent(Some(Value::String(content)))), _) => content,
-            (Api::Chat, Some(MessageContent(content)), _) => crate::openai::content_text(content.as_ref()),
-            (Api::Completions, _, Some(Value::String(text))) => text,
+        let message = match (api, fields.message, fields.text) {
+            (Api::Chat, Some(MessageFields(message)), _) => CandidateMessage::from_message(&Value::Object(message)),
+            (Api::Completions, _, Some(Value::String(text))) => CandidateMessage::from_text(text),
             _ => return Err(refused().into()),
         };
-        choices.push((index, ParsedChoice { raw: RawChoice::new(raw), text, finish_reason }));
+        choices.push((index, ParsedChoice { raw: RawChoice::new(raw), message, finish_reason }));
     }
     choices.sort_by_key(|(index, _)| *index);
     Ok(Reply { envelope: envelope.fields, choices: choices.into_iter().map(|(_, c)| c).collect() })
@@ -567,7 +570,14 @@ impl Upstream {
         let usage = call.envelope.object("usage");
         let prompt = usage.as_ref().and_then(|u| u.get("prompt_tokens")).and_then(Value::as_u64);
         let reported = usage.as_ref().and_then(|u| u.get("completion_tokens")).and_then(Value::as_u64);
-        let texts: Vec<&str> = call.choices.iter().map(|c| c.text.as_str()).collect();
+        let reasoning = usage
+            .as_ref()
+            .and_then(|u| u.get("completion_tokens_details"))
+            .and_then(|d| d.get("reasoning_tokens"))
+            .and_then(Value::as_u64);
+        // What each candidate generated, reasoning included, for a recount or an estimate.
+        let generated: Vec<String> = call.choices.iter().map(|c| c.message.render(true)).collect();
+        let texts: Vec<&str> = generated.iter().map(String::as_str).collect();
         let estimate = || texts.iter().map(|t| estimate_tokens(t)).sum::<u64>();
         let mut per_candidate: Vec<Option<u64>> = vec![None; texts.len()];
         let completion = match reported {
@@ -598,18 +608,21 @@ impl Upstream {
             Some(usage.upstream_reported_completion_tokens.unwrap_or(0) + reported.unwrap_or(0));
         usage.calls += 1;
         usage.prompt_tokens += prompt.unwrap_or(0);
+        if let Some(reasoning) = reasoning {
+            usage.reasoning_tokens = Some(usage.reasoning_tokens.unwrap_or(0) + reasoning);
+        }
         usage.completion_tokens += completion;
         if samples.envelope.is_empty() {
             samples.envelope = call.envelope.into_map_without_usage();
         }
         for (choice, completion_tokens) in call.choices.into_iter().zip(per_candidate) {
-            samples.candidates.push(Candidate {
-                choice: choice.raw,
-                text: choice.text,
-                finish_reason: choice.finish_reason,
-                latency_ms: call.latency_ms,
+            samples.candidates.push(Candidate::new(
+                choice.raw,
+                choice.message,
+                choice.finish_reason,
+                call.latency_ms,
                 completion_tokens,
-            });
+            ));
         }
     }
 
@@ -875,7 +888,7 @@ mod reply_tests {
     fn pretty_printed_answers_parse_as_compact_ones_do() {
         let body = b"{\n  \"id\": \"x\",\n  \"choices\": [\n    {\n      \"index\": 1,\n      \"message\": { \"role\": \"assistant\", \"content\": \"b\" },\n      \"finish_reason\": \"length\"\n    } ,\n    { \"index\": 0, \"message\": {\"content\": [{\"type\": \"text\", \"text\": \"a\"}]}, \"logprobs\": null }\n  ],\n  \"usage\": {\"prompt_tokens\": 2}\n}\n";
         let reply = parse_reply(Api::Chat, body).unwrap();
-        let texts: Vec<&str> = reply.choices.iter().map(|c| c.text.as_str()).collect();
+        let texts: Vec<String> = reply.choices.iter().map(|c| c.message.render(false)).collect();
         assert_eq!(texts, ["a", "b"], "sorted by index, content parts joined");
         assert_eq!(reply.choices[1].finish_reason.as_deref(), Some("length"));
         assert!(reply.choices[0].raw.to_map().contains_key("logprobs"), "unknown fields kept");

@@ -628,3 +628,122 @@ pub async fn hanging_upstream()
     });
     (addr, accepted_rx, closed_rx)
 }
+
+/// The assistant messages of reasoning models and agents, as their servers send them: `shape`
+/// 0 is vLLM's or DeepSeek's (`reasoning_content`, an empty `tool_calls`), 1 OpenRouter's or
+/// Ollama's (`reasoning`), 2 a reasoning model calling two tools in parallel after a few words
+/// (vLLM with a reasoning and a tool parser), 3 OpenAI's tool-call message (`content: null`,
+/// `refusal: null`, `annotations`). Each carries a vendor field bestofn does not know. The
+/// answer holds `q={q}` for the fake RM: in the content, or in the last call's arguments.
+pub fn agent_message(shape: u32, q: f64) -> Value {
+    let thinking = format!(
+        "The user wants the weather in Paris and the local time. I should not guess either; \
+         both come from tools, and they can be asked at once. (shape {shape})"
+    );
+    let calls = json!([
+        {"id": format!("call_w{shape}"), "type": "function",
+         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+        {"id": format!("call_t{shape}"), "type": "function",
+         "function": {"name": "get_time", "arguments": format!(
+             "{{\"timezone\": \"Europe/Paris\", \"format\": \"24h\", \"include\": [\"date\", \"weekday\"], \"note\": \"q={q}\"}}"
+         )}}
+    ]);
+    match shape % 4 {
+        0 => json!({"role": "assistant", "reasoning_content": thinking,
+            "content": format!("It is probably mild in Paris this time of year, about 18C. q={q}"),
+            "tool_calls": [], "vendor_extra": {"cache_hit": true, "shape": 0}}),
+        1 => json!({"role": "assistant", "reasoning": thinking,
+            "content": format!("I cannot know the weather without a tool; likely mild. q={q}"),
+            "vendor_extra": {"shape": 1}}),
+        2 => json!({"role": "assistant", "reasoning_content": thinking, "content": "Checking both for you.",
+            "tool_calls": calls, "vendor_extra": {"shape": 2}}),
+        _ => json!({"role": "assistant", "content": null, "refusal": null, "annotations": [],
+            "tool_calls": calls, "vendor_extra": {"shape": 3}}),
+    }
+}
+
+/// Reasoning tokens the agent upstream reports for a candidate of `shape`.
+pub fn agent_reasoning_tokens(shape: u32) -> u64 {
+    10 + u64::from(shape)
+}
+
+/// An OpenAI-compatible upstream of reasoning models and agents: candidate `seed + i` of a call
+/// is [`agent_message`] of shape `(seed + i) % 4`, scored 9 by the fake RM when that shape is the
+/// `K` of the request's `model: "win-K"`, else 1; `finish_reason` is `tool_calls` for tool calls.
+/// Usage reports `completion_tokens_details.reasoning_tokens` (summed over the call's choices)
+/// unless the model name ends in `-plain`.
+pub fn agent_upstream() -> impl Fn(&Recorded) -> Reply + Send + Sync {
+    |req: &Recorded| {
+        let model = req.body["model"].as_str().unwrap_or("win-0").to_string();
+        let winner: u32 = model.trim_start_matches("win-").split('-').next().unwrap_or("0").parse().unwrap_or(0);
+        let n = req.body.get("n").and_then(Value::as_u64).unwrap_or(1);
+        let seed = req.body.get("seed").and_then(Value::as_u64).unwrap_or(0);
+        let shapes: Vec<u32> = (0..n).map(|i| ((seed + i) % 4) as u32).collect();
+        let choices: Vec<Value> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &shape)| {
+                let q = if shape == winner { 9.0 } else { 1.0 };
+                let finish = if shape >= 2 { "tool_calls" } else { "stop" };
+                json!({"index": i, "message": agent_message(shape, q), "logprobs": null,
+                       "finish_reason": finish, "stop_reason": null})
+            })
+            .collect();
+        let completion = 20 * n;
+        let mut usage = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion,
+            "total_tokens": PROMPT_TOKENS + completion});
+        if !model.ends_with("-plain") {
+            let reasoning: u64 = shapes.iter().map(|&s| agent_reasoning_tokens(s)).sum();
+            usage["completion_tokens_details"] = json!({"reasoning_tokens": reasoning});
+        }
+        Reply::Json(
+            200,
+            json!({"id": format!("chatcmpl-{seed}"), "object": "chat.completion", "created": 1700000000,
+                   "model": model, "choices": choices, "usage": usage}),
+        )
+    }
+}
+
+/// Reassembles the message of choice `index` from a stream's chunks as OpenAI's SDK accumulates
+/// deltas: strings appended, tool calls merged by their `index` (which is then dropped), objects
+/// merged, anything else set.
+pub fn reassemble(chunks: &[Value], index: u64) -> Value {
+    fn merge(into: &mut serde_json::Map<String, Value>, delta: &serde_json::Map<String, Value>) {
+        for (key, value) in delta {
+            match (into.get_mut(key), value) {
+                (Some(Value::String(acc)), Value::String(more)) => acc.push_str(more),
+                (Some(Value::Array(acc)), Value::Array(more)) if key == "tool_calls" => {
+                    for call in more {
+                        let i = call["index"].as_u64().unwrap() as usize;
+                        if acc.len() <= i {
+                            acc.resize(i + 1, json!({}));
+                        }
+                        merge(acc[i].as_object_mut().unwrap(), call.as_object().unwrap());
+                    }
+                }
+                (None, Value::Array(more)) if key == "tool_calls" => {
+                    into.insert(key.clone(), json!([]));
+                    merge(into, &serde_json::Map::from_iter([(key.clone(), Value::Array(more.clone()))]));
+                }
+                (Some(Value::Object(acc)), Value::Object(more)) => merge(acc, more),
+                _ => {
+                    into.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+    let mut message = serde_json::Map::new();
+    for chunk in chunks {
+        for choice in chunk["choices"].as_array().unwrap() {
+            if choice["index"] == index {
+                merge(&mut message, choice["delta"].as_object().unwrap());
+            }
+        }
+    }
+    if let Some(Value::Array(calls)) = message.get_mut("tool_calls") {
+        for call in calls {
+            call.as_object_mut().unwrap().remove("index");
+        }
+    }
+    Value::Object(message)
+}

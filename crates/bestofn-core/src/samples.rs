@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use crate::score::Message;
+use crate::score::{CandidateMessage, Message};
 
 /// One recorded best-of-N request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,9 +62,15 @@ pub struct SampleRecord {
 /// One recorded candidate.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CandidateRecord {
-    /// The candidate's text (empty when not recorded).
+    /// The candidate's text as scorers read it by default: its message's rendering without
+    /// reasoning (content, `tool call: NAME ARGUMENTS` lines); empty when not recorded.
     #[serde(default)]
     pub text: String,
+    /// The upstream's whole assistant message (content, reasoning, tool calls, refusal, any
+    /// other field), when recorded: rescoring renders the candidate from it (so a scorer with
+    /// `include_reasoning` reads the reasoning offline too). Files written before it lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Value>,
     /// Rewards by scorer name.
     #[serde(default)]
     pub rewards: BTreeMap<String, f64>,
@@ -97,6 +103,15 @@ impl CandidateRecord {
     /// Completion tokens: the recorded count, else about four bytes a token (an estimate).
     pub fn token_cost(&self) -> f64 {
         self.completion_tokens.map_or_else(|| (self.text.len() as f64 / 4.0).ceil(), |t| t as f64)
+    }
+
+    /// The candidate's message as scorers read it: from the recorded `message` when there is
+    /// one (an object), else the recorded text as content.
+    pub fn candidate_message(&self) -> CandidateMessage {
+        match &self.message {
+            Some(message @ Value::Object(_)) => CandidateMessage::from_message(message),
+            _ => CandidateMessage::from_text(self.text.clone()),
+        }
     }
 }
 
@@ -154,6 +169,20 @@ impl SampleRecord {
         self.candidates.iter().map(|c| c.text.clone()).collect()
     }
 
+    /// The candidates as scorers read them, in order: each one's message
+    /// ([`CandidateRecord::candidate_message`]) and its default rendering, the same rendering
+    /// the proxy scored (a candidate recorded without its message: its text).
+    pub fn scored_candidates(&self) -> (Vec<String>, Vec<CandidateMessage>) {
+        self.candidates
+            .iter()
+            .map(|c| {
+                let message = c.candidate_message();
+                let text = if c.message.is_some() { message.render(false) } else { c.text.clone() };
+                (text, message)
+            })
+            .unzip()
+    }
+
     /// The correctness labels, when every candidate has one.
     pub fn labels(&self) -> Option<Vec<f64>> {
         self.candidates.iter().map(|c| c.correct).collect()
@@ -205,6 +234,20 @@ mod tests {
         let again: Value = serde_json::to_value(&r).unwrap();
         assert_eq!(again["tenant"], "t1");
         assert_eq!(again["candidates"][0]["tool_calls"], serde_json::json!([1]));
+        assert_eq!(SampleRecord::parse(&again.to_string()).unwrap(), r);
+    }
+
+    #[test]
+    fn a_recorded_message_is_read_back_and_rendered_and_old_rows_still_read() {
+        let line = r#"{"prompt_id":"m","candidates":[{"text":"tool call: f {\"a\":1}","message":{"role":"assistant","content":null,"reasoning":"think","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{\"a\": 1}"}}],"vendor_extra":{"k":1}}},{"text":"plain"}]}"#;
+        let r = SampleRecord::parse(line).unwrap();
+        assert_eq!(r.candidates[0].message.as_ref().unwrap()["vendor_extra"]["k"], 1);
+        let (texts, messages) = r.scored_candidates();
+        assert_eq!(texts, ["tool call: f {\"a\":1}", "plain"]);
+        assert_eq!(messages[0].render(true), "think\n\ntool call: f {\"a\":1}");
+        assert_eq!(messages[1], CandidateMessage::from_text("plain"));
+        let again = serde_json::to_value(&r).unwrap();
+        assert!(again["candidates"][1].get("message").is_none(), "no message recorded, none written");
         assert_eq!(SampleRecord::parse(&again.to_string()).unwrap(), r);
     }
 

@@ -93,20 +93,9 @@ impl RunSpec<'_> {
     }
 }
 
-/// Each candidate as a whole message: its upstream choice's `message`, or its text (a legacy
-/// completion, a choice without a message).
+/// Each candidate's whole message, parsed once on its arrival.
 pub fn candidate_messages(candidates: &[Candidate]) -> Vec<CandidateMessage> {
-    #[derive(serde::Deserialize)]
-    struct Choice {
-        message: Option<serde_json::Value>,
-    }
-    candidates
-        .iter()
-        .map(|c| match serde_json::from_str::<Choice>(c.choice.json()) {
-            Ok(Choice { message: Some(message) }) if message.is_object() => CandidateMessage::from_message(&message),
-            _ => CandidateMessage::from_text(c.text.as_str()),
-        })
-        .collect()
+    candidates.iter().map(|c| c.message.clone()).collect()
 }
 
 fn ms_since(t: Instant) -> f64 {
@@ -243,11 +232,10 @@ async fn score_for_stop(
     run: &mut AdaptiveRun,
     early: &mut Option<ScoreOutput>,
 ) {
-    let texts: Vec<String> = samples.candidates[from..].iter().map(|c| c.text.clone()).collect();
+    let (texts, messages) = rendered(samples, from);
     if texts.is_empty() {
         return;
     }
-    let messages = candidate_messages(&samples.candidates[from..]);
     // Under require_valid an invalid candidate cannot be the answer: its score stops nothing.
     let valid = spec.validity(&messages).filter(|_| spec.plan.require_valid);
     match score_candidates(&*spec.plan.scorer.scorer, spec.score_input(&texts, &messages)).await {
@@ -364,6 +352,12 @@ async fn sample_adaptive(
     }
     let early = early.filter(|e| run.needs_scores() && e.scores.len() == all.candidates.len());
     Ok((all, AdaptiveReport { n_sampled: run.requested(), stop_reason: reason, waves: run.waves() }, early))
+}
+
+/// Candidates `from..` of `samples` as scorers get them: each one's default rendering and its
+/// whole message, in candidate order.
+fn rendered(samples: &Samples, from: usize) -> (Vec<String>, Vec<CandidateMessage>) {
+    samples.candidates.get(from..).unwrap_or_default().iter().map(|c| (c.text.clone(), c.message.clone())).unzip()
 }
 
 /// Tells the run the answers ([`answer_key`]) of the candidates that arrived from `from` on;

@@ -24,7 +24,7 @@ pub use policy::{
 pub use select::{rank, score_candidates};
 
 use crate::error::Error;
-use crate::score::{BoxFuture, ResponseFormat, Tools};
+use crate::score::{BoxFuture, CandidateMessage, ResponseFormat, Tools};
 
 /// Per-request steering, from the `bestofn` body field or the `x-bestofn-*` headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,9 +83,14 @@ impl RawChoice {
 /// One sampled completion.
 #[derive(Debug, Clone)]
 pub struct Candidate {
-    /// The upstream's choice object (`message`, `finish_reason`, `logprobs`, ...), unchanged.
+    /// The upstream's choice object (`message`, `finish_reason`, `logprobs`, ...), unchanged:
+    /// what an answer returns and re-streams, every field kept.
     pub choice: RawChoice,
-    /// The reply's text, as scorers see it.
+    /// The parts of the message bestofn reads (content, reasoning, tool calls, refusal), parsed
+    /// once on arrival; a legacy completion's text is its content.
+    pub message: CandidateMessage,
+    /// The message's default rendering ([`CandidateMessage::render`] without reasoning): what
+    /// scorers read, `return_candidates` lists and the recorder writes as `text`.
     pub text: String,
     /// The upstream's `finish_reason`.
     pub finish_reason: Option<String>,
@@ -94,6 +99,20 @@ pub struct Candidate {
     /// This candidate's completion tokens, when the upstream counted them for it alone (one
     /// choice per call, or an exact recount).
     pub completion_tokens: Option<u64>,
+}
+
+impl Candidate {
+    /// A candidate of `message`, its `text` the message's default rendering.
+    pub fn new(
+        choice: RawChoice,
+        message: CandidateMessage,
+        finish_reason: Option<String>,
+        latency_ms: u64,
+        completion_tokens: Option<u64>,
+    ) -> Candidate {
+        let text = message.render(false);
+        Candidate { choice, message, text, finish_reason, latency_ms, completion_tokens }
+    }
 }
 
 /// Token usage of the generation calls, counted so that it never under-reports.
@@ -114,6 +133,10 @@ pub struct GenerationUsage {
     pub completion_tokens_recounted: bool,
     /// True when part of `completion_tokens` is an estimate from the text (about 4 bytes a token).
     pub completion_tokens_estimated: bool,
+    /// Reasoning tokens (part of `completion_tokens`), summed over the calls whose upstream
+    /// reported `usage.completion_tokens_details.reasoning_tokens`; None when none did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
 }
 
 /// The candidates gathered for one request.
@@ -163,6 +186,10 @@ impl Samples {
                 (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
             };
         u.completion_tokens_recounted |= m.completion_tokens_recounted;
+        u.reasoning_tokens = match (u.reasoning_tokens, m.reasoning_tokens) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
         u.completion_tokens_estimated |= m.completion_tokens_estimated;
         self.failures.extend(more.failures);
         self.deadline_hit |= more.deadline_hit;

@@ -79,12 +79,12 @@ pub(crate) struct ScoreJob<T> {
     pub item: T,
     /// The conversation the candidates answer.
     pub conversation: Vec<Message>,
-    /// The candidates.
+    /// The candidates, in the default rendering.
     pub candidates: Vec<String>,
+    /// The candidates' messages, in the same order.
+    pub messages: Vec<CandidateMessage>,
     /// The request's `response_format`, when recorded, prepared once for the job.
     pub response_format: Option<ResponseFormat>,
-    /// The candidates as whole messages (empty: their texts as content).
-    pub messages: Vec<CandidateMessage>,
     /// The request's `tools` and `tool_choice`, when recorded, prepared once for the job.
     pub tools: Option<Tools>,
 }
@@ -106,8 +106,8 @@ pub(crate) async fn score_jobs<T, E>(
                 let input = ScoreInput {
                     conversation: &job.conversation,
                     candidates: &job.candidates,
-                    response_format: job.response_format.as_ref(),
                     messages: &job.messages,
+                    response_format: job.response_format.as_ref(),
                     tools: job.tools.as_ref(),
                 };
                 let out = score_candidates(&*scorer, input).await;
@@ -156,12 +156,14 @@ pub async fn score_rows(
                 |e: Error| EvalError::Row { path: source.display().to_string(), line: row.line, message: e.detailed() };
             let response_format = row.response_format().map_err(row_error)?;
             let tools = row.tools().map_err(row_error)?;
+            // Rendered from each recorded message when there is one, as the proxy rendered it.
+            let (candidates, messages) = row.record.scored_candidates();
             Ok(ScoreJob {
                 item: i,
                 conversation: row.record.conversation(),
-                candidates: row.record.texts(),
+                candidates,
                 response_format,
-                messages: row.messages(),
+                messages,
                 tools,
             })
         })

@@ -131,9 +131,9 @@ pub async fn score_dataset(
         .into_iter()
         .map(|row| label::ScoreJob {
             conversation: vec![Message { role: "user".into(), content: row.prompt.clone() }],
+            messages: row.completions.iter().map(crate::score::CandidateMessage::from_text).collect(),
             candidates: row.completions.clone(),
             response_format: None,
-            messages: Vec::new(),
             tools: None,
             item: row,
         })

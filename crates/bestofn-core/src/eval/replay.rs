@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use serde_json::value::RawValue;
 
-use super::samples::{RecordedRow, recorded_message};
+use super::samples::RecordedRow;
 use crate::bon::adaptive::AdaptiveSettings;
 use crate::bon::driver::{CandidateSource, FuserFailure, RunSpec, drive};
 use crate::bon::select::Selection;
@@ -165,17 +165,21 @@ pub fn recorded_candidates(row: &RecordedRow) -> Vec<Candidate> {
         .iter()
         .enumerate()
         .map(|(index, c)| {
-            let choice = serde_json::json!({"index": index, "finish_reason": c.finish_reason,
-                "message": recorded_message(c)});
-            Candidate {
-                choice: RawChoice::new(
-                    serde_json::value::to_raw_value(&choice).unwrap_or_else(|_| Box::<RawValue>::default()),
-                ),
-                text: c.text.clone(),
-                finish_reason: c.finish_reason.clone(),
-                latency_ms: c.latency_ms.unwrap_or(0),
-                completion_tokens: c.completion_tokens,
+            let message =
+                c.message.clone().unwrap_or_else(|| serde_json::json!({"role": "assistant", "content": c.text}));
+            let choice = serde_json::json!({"index": index, "finish_reason": c.finish_reason, "message": message});
+            let mut candidate = Candidate::new(
+                RawChoice::new(serde_json::value::to_raw_value(&choice).unwrap_or_else(|_| Box::<RawValue>::default())),
+                c.candidate_message(),
+                c.finish_reason.clone(),
+                c.latency_ms.unwrap_or(0),
+                c.completion_tokens,
+            );
+            // Scored as the proxy scored it: the recorded text when no message was recorded.
+            if c.message.is_none() {
+                candidate.text = c.text.clone();
             }
+            candidate
         })
         .collect()
 }

@@ -33,23 +33,10 @@ impl RecordedRow {
         Tools::prepare(self.record.tools.as_ref(), self.record.tool_choice.as_ref())
     }
 
-    /// The candidates as whole messages ([`recorded_message`]).
+    /// The candidates as whole messages: each one's recorded `message`, else its text as content.
     pub fn messages(&self) -> Vec<CandidateMessage> {
-        self.record.candidates.iter().map(|c| CandidateMessage::from_message(&recorded_message(c))).collect()
+        self.record.candidates.iter().map(CandidateRecord::candidate_message).collect()
     }
-}
-
-/// A recorded candidate's assistant message: its recorded `message` when there is one, else its
-/// text as content with its recorded `tool_calls`, if any.
-pub fn recorded_message(candidate: &CandidateRecord) -> serde_json::Value {
-    if let Some(message) = candidate.extra.get("message").filter(|m| m.is_object()) {
-        return message.clone();
-    }
-    let mut message = serde_json::json!({"role": "assistant", "content": candidate.text});
-    if let Some(calls) = candidate.extra.get("tool_calls").filter(|c| c.is_array()) {
-        message["tool_calls"] = calls.clone();
-    }
-    message
 }
 
 /// How rows without labels get them (the recorder writes none), said by every command that

@@ -150,6 +150,10 @@ mod tests {
         }
         fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
             self.0.fetch_add(input.candidates.len(), Ordering::SeqCst);
+            assert_eq!(input.messages.len(), input.candidates.len(), "messages go with their candidates");
+            for (c, m) in input.candidates.iter().zip(input.messages) {
+                assert_eq!(c, &m.content, "each message goes with its candidate");
+            }
             let scores = input.candidates.iter().map(|c| c.len() as f64).collect();
             Box::pin(std::future::ready(Ok(ScoreOutput { scores, usage: ScorerUsage::default() })))
         }

@@ -11,8 +11,21 @@
 //!
 //! Tool calls compared as answers use [`CandidateMessage::tool_call_key`]: the set of canonical
 //! calls, so parallel calls in another order are the same answer.
+//!
+//! The turns of the conversation a candidate answers are rendered the same way
+//! ([`render_turn`]): an assistant turn that called tools shows its calls, a `tool` turn its
+//! result; earlier turns' reasoning is left out (as reasoning models' own chat templates leave
+//! it out), and a content part that is not text shows as its type (`[image_url]`).
+//!
+//! A scorer configured with `include_reasoning = true` is wrapped in [`IncludeReasoning`], which
+//! hands it the rendering with reasoning from [`ScoreInput::messages`].
+
+use std::sync::Arc;
 
 use serde_json::{Map, Number, Value};
+
+use super::{BoxFuture, ScoreInput, ScoreOutput, Scorer};
+use crate::error::Error;
 
 /// The field a reasoning model used for its reasoning; a re-streamed or returned message keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +158,59 @@ pub fn content_text(content: Option<&Value>) -> String {
     }
 }
 
+/// One turn of a client's conversation (an OpenAI chat message of any role) as scorers see it:
+/// the same rendering as a candidate's without reasoning, so an assistant turn that called tools
+/// shows `tool call: NAME ARGUMENTS` lines and a `tool` turn its result; a content part that is
+/// not text (an image, audio, a file) shows as its type in brackets, `[image_url]`, rather than
+/// vanishing.
+pub fn render_turn(message: &Value) -> String {
+    let mut turn = CandidateMessage::from_message(message);
+    if let Some(Value::Array(parts)) = message.get("content") {
+        let texts: Vec<String> = parts
+            .iter()
+            .map(|p| match p.get("text").and_then(Value::as_str) {
+                Some(text) => text.to_string(),
+                None => format!("[{}]", p.get("type").and_then(Value::as_str).unwrap_or("part")),
+            })
+            .collect();
+        turn.content = texts.join("\n");
+    }
+    turn.render(false)
+}
+
+/// A scorer that reads each candidate's reasoning: it hands the scorer it wraps the candidates
+/// rendered with their reasoning (`include_reasoning = true` on a configured scorer). Outside a
+/// score cache, so that cached scores are keyed by what the scorer read.
+pub struct IncludeReasoning {
+    /// The scorer that reads the reasoning.
+    pub inner: Arc<dyn Scorer>,
+}
+
+impl Scorer for IncludeReasoning {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn pointwise(&self) -> bool {
+        self.inner.pointwise()
+    }
+
+    fn batched(&self) -> bool {
+        self.inner.batched()
+    }
+
+    fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
+        Box::pin(async move {
+            // Candidates given without their messages (none such site today) are scored as given.
+            if input.messages.len() != input.candidates.len() {
+                return self.inner.score(input).await;
+            }
+            let rendered: Vec<String> = input.messages.iter().map(|m| m.render(true)).collect();
+            self.inner.score(ScoreInput { candidates: &rendered, ..input }).await
+        })
+    }
+}
+
 /// `value` as compact JSON with every object's keys sorted and every number normalised (an
 /// integral number is written as an integer, `1.0` and `1e0` as `1`), so that two spellings of the
 /// same arguments compare equal.
@@ -223,6 +289,54 @@ mod tests {
         }));
         assert_eq!(m.tool_calls[0].canonical_arguments(), None);
         assert_eq!(m.render(false), "Let me check.\ntool call: get_weather {\"city\": Paris");
+    }
+
+    #[test]
+    fn conversation_turns_show_tool_calls_results_and_non_text_parts() {
+        let call = json!({"role": "assistant", "content": null, "reasoning_content": "need weather",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]});
+        assert_eq!(render_turn(&call), "tool call: get_weather {\"city\":\"Paris\"}");
+        let result = json!({"role": "tool", "tool_call_id": "c1", "content": "18C"});
+        assert_eq!(render_turn(&result), "18C");
+        let parts = json!({"role": "user", "content": [{"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "data:"}}]});
+        assert_eq!(render_turn(&parts), "what is this?\n[image_url]");
+    }
+
+    struct Echo(std::sync::Mutex<Vec<String>>);
+
+    impl Scorer for Echo {
+        fn name(&self) -> &str {
+            "echo"
+        }
+        fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
+            if let Ok(mut seen) = self.0.lock() {
+                seen.extend(input.candidates.iter().cloned());
+            }
+            let scores = vec![0.0; input.candidates.len()];
+            Box::pin(std::future::ready(Ok(ScoreOutput { scores, usage: Default::default() })))
+        }
+    }
+
+    #[tokio::test]
+    async fn include_reasoning_hands_the_scorer_the_rendering_with_reasoning() {
+        let messages = [
+            CandidateMessage::from_message(&json!({"content": "4", "reasoning_content": "2+2 is 4"})),
+            CandidateMessage::from_text("5"),
+        ];
+        let candidates: Vec<String> = messages.iter().map(|m| m.render(false)).collect();
+        let echo = Arc::new(Echo(std::sync::Mutex::new(Vec::new())));
+        let input = ScoreInput {
+            conversation: &[],
+            candidates: &candidates,
+            messages: &messages,
+            response_format: None,
+            tools: None,
+        };
+        IncludeReasoning { inner: echo.clone() }.score(input).await.unwrap();
+        echo.score(input).await.unwrap();
+        let seen = echo.0.lock().unwrap().clone();
+        assert_eq!(seen, ["2+2 is 4\n\n4", "5", "4", "5"]);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub use consensus::{
 };
 pub use ensemble::{Combine, EnsembleScorer, z_scores};
 pub use json_schema::{CompiledSchema, FormatCheck, ResponseFormat};
-pub use message::{CandidateMessage, ReasoningField, ToolCall, canonical_json};
+pub use message::{CandidateMessage, IncludeReasoning, ReasoningField, ToolCall, canonical_json, render_turn};
 pub use template::ChatTemplate;
 pub use tools::{ToolChoice, Tools};
 pub use verify::{VerifyScorer, checks_for, parse_constraints, passes};
@@ -45,14 +45,16 @@ pub struct Message {
 pub struct ScoreInput<'a> {
     /// The conversation so far; each candidate is scored as its final assistant turn.
     pub conversation: &'a [Message],
-    /// The candidate replies, in candidate order.
+    /// The candidate replies as scorers read them, in candidate order: each candidate's
+    /// message in the one rendering ([`CandidateMessage::render`], reasoning left out unless the
+    /// scorer is configured with `include_reasoning`).
     pub candidates: &'a [String],
+    /// The candidates' whole messages (content, reasoning, tool calls, refusal), in the same
+    /// order as `candidates`.
+    pub messages: &'a [CandidateMessage],
     /// The request's `response_format`, prepared once for the request (its schema compiled),
     /// for verifiers.
     pub response_format: Option<&'a ResponseFormat>,
-    /// Each candidate as a whole assistant message (its tool calls above all), in the order of
-    /// `candidates`.
-    pub messages: &'a [CandidateMessage],
     /// The request's `tools` and `tool_choice`, prepared once for the request (their schemas
     /// compiled), for verifiers.
     pub tools: Option<&'a Tools>,
