@@ -7,67 +7,9 @@
 
 mod common;
 
-use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-
-/// Serves `requests` through a proxy configured with `cfg` (plus a recorder), replays the
-/// recording as recorded with the same config, and returns the records and the picks.
-async fn live_and_replayed(cfg: &str, requests: Vec<Value>) -> (Vec<Value>, Vec<Value>) {
-    let dir = tempfile::tempdir().unwrap();
-    let samples = dir.path().join("samples.jsonl");
-    let cfg = format!("{cfg}\n[recorder]\npath = \"{}\"\n", samples.display());
-    let config_path = dir.path().join("bestofn.toml");
-    std::fs::write(&config_path, &cfg).unwrap();
-    let proxy = Bestofn::start(&cfg);
-    for (i, body) in requests.iter().enumerate() {
-        let id = format!("req-{i}");
-        let (status, _, resp) = post(&proxy.url("/v1/chat/completions"), body.clone(), &[("x-request-id", &id)]).await;
-        assert_eq!(status, 200, "{resp}");
-    }
-    let read = || -> Vec<Value> {
-        std::fs::read_to_string(&samples)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    for _ in 0..250 {
-        if read().len() == requests.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let records = read();
-    assert_eq!(records.len(), requests.len(), "every request was recorded");
-    let picks_path = dir.path().join("picks.jsonl");
-    let args: Vec<String> = [
-        "eval",
-        "replay",
-        "--samples",
-        samples.to_str().unwrap(),
-        "--config",
-        config_path.to_str().unwrap(),
-        "--as-recorded",
-        "--picks",
-        picks_path.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let (ok, _, err) = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        bestofn(&args)
-    })
-    .await
-    .unwrap();
-    assert!(ok, "eval replay failed: {err}");
-    let picks: Vec<Value> =
-        std::fs::read_to_string(&picks_path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    drop(proxy);
-    (records, picks)
-}
 
 /// Asserts that each pick is what the proxy did for its record.
 fn assert_same(records: &[Value], picks: &[Value]) {
