@@ -7,7 +7,6 @@
 
 mod common;
 
-
 use common::*;
 use serde_json::{Value, json};
 

@@ -6,7 +6,6 @@
 
 mod common;
 
-
 use common::*;
 use serde_json::{Value, json};
 
@@ -310,7 +309,7 @@ async fn eval_replay_applies_require_valid_as_the_proxy_did() {
     let replayed: Vec<u64> = picks.iter().map(|p| p["chosen"].as_u64().unwrap()).collect();
     assert_eq!(replayed, chosen, "{picks:?}");
 
-    // Tool calls: the recording keeps the request's tools and each candidate's calls, and the
+    // Tool calls: the recording keeps the request's tools and each candidate's message, and the
     // replay votes over them and applies require_valid as the proxy did.
     let upstream = FakeServer::start(forecast_upstream()).await;
     let mut body = weather_request();
@@ -319,7 +318,11 @@ async fn eval_replay_applies_require_valid_as_the_proxy_did() {
     let (records, picks) = live_and_replayed(&require_valid_config(&upstream, &rm), vec![body]).await;
     assert_eq!(records[0]["tools"], weather_tools());
     assert_eq!(records[0]["tool_choice"], "auto");
-    assert_eq!(records[0]["candidates"][3]["tool_calls"][0]["function"]["name"], "get_weather", "{}", records[0]);
+    assert_eq!(
+        records[0]["candidates"][3]["message"]["tool_calls"][0]["function"]["name"], "get_weather",
+        "{}",
+        records[0]
+    );
     assert_eq!(records[0]["chosen"], 3);
     assert_eq!(picks[0]["chosen"], 3, "{picks:?}");
 }

@@ -382,13 +382,7 @@ mod tests {
     async fn scoring_checks_one_finite_score_per_candidate() {
         let conversation = [Message { role: "user".into(), content: "q".into() }];
         let candidates = ["a".to_string(), "b".to_string()];
-        let input = ScoreInput {
-            conversation: &conversation,
-            candidates: &candidates,
-            response_format: None,
-            messages: &[],
-            tools: None,
-        };
+        let input = ScoreInput::of_texts(&conversation, &candidates);
         assert_eq!(score_candidates(&Fixed(vec![1.0, 2.0]), input).await.unwrap().scores, vec![1.0, 2.0]);
         let short = score_candidates(&Fixed(vec![1.0]), input).await.unwrap_err().to_string();
         assert!(short.contains("scorer fixed") && short.contains("1 scores for 2 candidates"), "{short}");

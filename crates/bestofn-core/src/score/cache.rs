@@ -170,42 +170,15 @@ mod tests {
         let scorer = cached(&asked);
         let convo = [Message { role: "user".into(), content: "q".into() }];
         let cands: Vec<String> = ["aa", "b", "aa", "ccc"].iter().map(|s| s.to_string()).collect();
-        let out = scorer
-            .score(ScoreInput {
-                conversation: &convo,
-                candidates: &cands,
-                response_format: None,
-                messages: &[],
-                tools: None,
-            })
-            .await
-            .unwrap();
+        let out = scorer.score(ScoreInput::of_texts(&convo, &cands)).await.unwrap();
         assert_eq!(out.scores, vec![2.0, 1.0, 2.0, 3.0]);
         assert_eq!(asked.load(Ordering::SeqCst), 3, "the duplicate is scored once");
-        let again = scorer
-            .score(ScoreInput {
-                conversation: &convo,
-                candidates: &cands,
-                response_format: None,
-                messages: &[],
-                tools: None,
-            })
-            .await
-            .unwrap();
+        let again = scorer.score(ScoreInput::of_texts(&convo, &cands)).await.unwrap();
         assert_eq!(again.scores, out.scores);
         assert_eq!(asked.load(Ordering::SeqCst), 3, "all hits");
         assert_eq!(scorer.hits.get(), 3);
         let other = [Message { role: "user".into(), content: "another question".into() }];
-        scorer
-            .score(ScoreInput {
-                conversation: &other,
-                candidates: &cands,
-                response_format: None,
-                messages: &[],
-                tools: None,
-            })
-            .await
-            .unwrap();
+        scorer.score(ScoreInput::of_texts(&other, &cands)).await.unwrap();
         assert_eq!(asked.load(Ordering::SeqCst), 6, "another conversation is another key");
     }
 
@@ -242,7 +215,7 @@ mod tests {
             let convo = [Message { role: "user".into(), content: "q".into() }];
             for window in texts.windows(3.min(texts.len())) {
                 let cands: Vec<String> = window.to_vec();
-                let out = runtime.block_on(scorer.score(ScoreInput { conversation: &convo, candidates: &cands, response_format: None, messages: &[], tools: None })).unwrap();
+                let out = runtime.block_on(scorer.score(ScoreInput::of_texts(&convo, &cands))).unwrap();
                 for (c, s) in cands.iter().zip(out.scores) {
                     prop_assert_eq!(s, c.len() as f64);
                 }

@@ -60,7 +60,13 @@ pub struct ScoreInput<'a> {
     pub tools: Option<&'a Tools>,
 }
 
-impl ScoreInput<'_> {
+impl<'a> ScoreInput<'a> {
+    /// Candidates that are plain text replies to `conversation`, with no `response_format` and no
+    /// `tools`: what an RM benchmark row or a test asks.
+    pub fn of_texts(conversation: &'a [Message], candidates: &'a [String]) -> ScoreInput<'a> {
+        ScoreInput { conversation, candidates, messages: &[], response_format: None, tools: None }
+    }
+
     /// The candidates' messages, one per candidate: `messages` when it has one per candidate,
     /// else each candidate's text as content.
     pub fn candidate_messages(&self) -> Vec<CandidateMessage> {

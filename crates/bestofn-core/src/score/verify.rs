@@ -231,13 +231,7 @@ mod tests {
             "Hello neighbour, our grey cat has been missing since Tuesday evening. If you see her, please call us."
                 .to_string(),
         ];
-        let input = ScoreInput {
-            conversation: &conversation,
-            candidates: &candidates,
-            response_format: None,
-            messages: &[],
-            tools: None,
-        };
+        let input = ScoreInput::of_texts(&conversation, &candidates);
         let out = scorer.score(input).await.unwrap();
         assert_eq!(out.scores, vec![1.0, 0.0]);
     }
