@@ -148,8 +148,11 @@ fn replay_scorer(name: &str, source: ScoreSource<'_>, row: &RecordedRow) -> Reso
         ScoreSource::Scorer(scorer) => scorer.clone(),
         ScoreSource::Recorded(rewards) => {
             let mut by_candidate = std::collections::HashMap::new();
-            for ((candidate, message), reward) in row.record.candidates.iter().zip(row.messages()).zip(rewards) {
-                by_candidate.entry(identity(&candidate.text, Some(&message))).or_insert(reward);
+            // Keyed as the replayed candidates are scored: rendered from the recorded message when
+            // there is one (`recorded_candidates`), else the recorded text.
+            let (texts, messages) = row.record.scored_candidates();
+            for ((text, message), reward) in texts.iter().zip(&messages).zip(rewards) {
+                by_candidate.entry(identity(text, Some(message))).or_insert(reward);
             }
             Arc::new(RecordedRewards { name: name.to_string(), by_candidate })
         }
@@ -621,8 +624,9 @@ mod tests {
     #[tokio::test]
     async fn recorded_tool_calls_keep_their_own_rewards_and_validity() {
         let call = |name: &str, city: &str, reward: f64, correct: f64| {
-            serde_json::json!({"text": "", "rewards": {"rm": reward}, "correct": correct, "tool_calls": [
-                {"id": "c", "type": "function", "function": {"name": name, "arguments": format!("{{\"city\":\"{city}\"}}")}}]})
+            serde_json::json!({"text": "", "rewards": {"rm": reward}, "correct": correct, "message": {"role": "assistant",
+                "content": null, "tool_calls": [{"id": "c", "type": "function",
+                    "function": {"name": name, "arguments": format!("{{\"city\":\"{city}\"}}")}}]}})
         };
         let line = serde_json::json!({"prompt_id": "t", "prompt": "Weather in Paris?",
             "tools": [{"type": "function", "function": {"name": "get_weather",

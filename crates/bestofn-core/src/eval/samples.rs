@@ -6,8 +6,8 @@ use std::path::Path;
 
 use super::bon::Prompt;
 use super::input::{InputError, read_csv, read_jsonl};
-use crate::samples::{CandidateRecord, SampleRecord};
-use crate::score::{CandidateMessage, ResponseFormat, Tools};
+use crate::samples::SampleRecord;
+use crate::score::{ResponseFormat, Tools};
 
 /// One line of a samples file, with where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,11 +31,6 @@ impl RecordedRow {
     /// error, as the proxy refuses such a request at N > 1.
     pub fn tools(&self) -> Result<Option<Tools>, crate::error::Error> {
         Tools::prepare(self.record.tools.as_ref(), self.record.tool_choice.as_ref())
-    }
-
-    /// The candidates as whole messages: each one's recorded `message`, else its text as content.
-    pub fn messages(&self) -> Vec<CandidateMessage> {
-        self.record.candidates.iter().map(CandidateRecord::candidate_message).collect()
     }
 }
 
