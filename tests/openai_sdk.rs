@@ -13,16 +13,7 @@ async fn the_openai_python_sdk_works_unchanged() {
     let rm = FakeServer::start(rm_handler()).await;
     let proxy = Bestofn::start(&config(&upstream, &rm, "auto", 3));
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/chat_client.py");
-    let output = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(proxy.url("/v1"))
-        .output()
-        .await
-        .expect("python3 must be installed (.ci/run installs it with the openai package)");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the SDK client failed (is `pip install openai` done?):\n{stderr}");
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen = sdk_client("chat_client.py", &[&proxy.url("/v1")]).await;
 
     let bestofn = &seen["bestofn"];
     let qualities: Vec<f64> = (40..45).map(quality).collect();
@@ -60,18 +51,8 @@ async fn the_openai_python_sdk_reads_reasoning_and_parallel_tool_calls() {
     let upstream = FakeServer::start(agent_upstream()).await;
     let rm = FakeServer::start(rm_handler()).await;
     let proxy = Bestofn::start(&config(&upstream, &rm, "n", 4));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/agent_client.py");
     for winner in [2u32, 1] {
-        let output = tokio::process::Command::new("python3")
-            .arg(script)
-            .arg(proxy.url("/v1"))
-            .arg(format!("win-{winner}"))
-            .output()
-            .await
-            .expect("python3 must be installed (.ci/run installs it with the openai package)");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "the SDK client failed (is `pip install openai` done?):\n{stderr}");
-        let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let seen = sdk_client("agent_client.py", &[&proxy.url("/v1"), &format!("win-{winner}")]).await;
         let sent = agent_message(winner, 9.0);
         let field = if winner == 1 { "reasoning" } else { "reasoning_content" };
         let calls: Vec<Value> = sent["tool_calls"]
@@ -99,4 +80,18 @@ async fn the_openai_python_sdk_reads_reasoning_and_parallel_tool_calls() {
         assert_eq!(seen["stream"]["reasoning_read"], sent[field], "{seen}");
         assert!(seen["stream"]["reasoning_deltas"].as_u64().unwrap() > 1, "{seen}");
     }
+}
+
+/// Runs the official OpenAI SDK client `tests/sdk/SCRIPT` with `args`; what it printed, as JSON.
+async fn sdk_client(script: &str, args: &[&str]) -> Value {
+    let script = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .await
+        .expect("python3 must be installed (.ci/run installs it with the openai package)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the SDK client failed (is `pip install openai` done?):\n{stderr}");
+    serde_json::from_slice(&output.stdout).unwrap()
 }
