@@ -575,29 +575,34 @@ impl Upstream {
             .and_then(|u| u.get("completion_tokens_details"))
             .and_then(|d| d.get("reasoning_tokens"))
             .and_then(Value::as_u64);
-        // What each candidate generated, reasoning included, for a recount or an estimate.
-        let generated: Vec<String> = call.choices.iter().map(|c| c.message.render(true)).collect();
-        let texts: Vec<&str> = generated.iter().map(String::as_str).collect();
-        let estimate = || texts.iter().map(|t| estimate_tokens(t)).sum::<u64>();
-        let mut per_candidate: Vec<Option<u64>> = vec![None; texts.len()];
+        // What each candidate generated, reasoning included: rendered only for a recount or an
+        // estimate, which a call that reports its usage (the common case) needs neither of.
+        let generated = || -> Vec<String> { call.choices.iter().map(|c| c.message.render(true)).collect() };
+        let estimate = |texts: &[String]| texts.iter().map(|t| estimate_tokens(t)).sum::<u64>();
+        let count = call.choices.len();
+        let mut per_candidate: Vec<Option<u64>> = vec![None; count];
         let completion = match reported {
             None => {
                 samples.usage.completion_tokens_estimated = true;
-                estimate()
+                estimate(&generated())
             }
-            Some(r) if self.needs_recount(&call.envelope, texts.len()) => match self.tokenize(&texts).await {
-                Some(counts) => {
-                    samples.usage.completion_tokens_recounted = true;
-                    per_candidate = counts.iter().copied().map(Some).collect();
-                    counts.iter().sum()
+            Some(r) if self.needs_recount(&call.envelope, count) => {
+                let generated = generated();
+                let texts: Vec<&str> = generated.iter().map(String::as_str).collect();
+                match self.tokenize(&texts).await {
+                    Some(counts) => {
+                        samples.usage.completion_tokens_recounted = true;
+                        per_candidate = counts.iter().copied().map(Some).collect();
+                        counts.iter().sum()
+                    }
+                    None => {
+                        samples.usage.completion_tokens_estimated = true;
+                        estimate(&generated).max(r)
+                    }
                 }
-                None => {
-                    samples.usage.completion_tokens_estimated = true;
-                    estimate().max(r)
-                }
-            },
+            }
             Some(r) => {
-                if texts.len() == 1 {
+                if count == 1 {
                     per_candidate[0] = Some(r);
                 }
                 r
