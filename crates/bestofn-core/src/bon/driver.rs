@@ -10,7 +10,7 @@ use std::time::Instant;
 use super::adaptive::{AdaptiveRun, AdaptiveSettings, StopReason};
 use super::engine::{AdaptiveReport, Outcome, Timings};
 use super::select::{Selection, eligible, select_among, unscored_order};
-use super::{Arrival, BoxFuture, Candidate, Fused, Fuser, Plan, Samples, ScorerFailurePolicy, Wave, score_candidates};
+use super::{Arrival, BoxFuture, Fused, Fuser, Plan, Samples, ScorerFailurePolicy, Wave, score_candidates};
 use crate::error::{Error, Party};
 use crate::score::validity::is_valid;
 use crate::score::{
@@ -77,8 +77,9 @@ impl RunSpec<'_> {
     }
 
     /// Whether each of `messages` is valid, when the run checks validity.
-    fn validity(&self, messages: &[CandidateMessage]) -> Option<Vec<bool>> {
-        self.checks_validity().then(|| messages.iter().map(|m| is_valid(m, self.tools, self.response_format)).collect())
+    fn validity<'m>(&self, messages: impl IntoIterator<Item = &'m CandidateMessage>) -> Option<Vec<bool>> {
+        self.checks_validity()
+            .then(|| messages.into_iter().map(|m| is_valid(m, self.tools, self.response_format)).collect())
     }
 
     /// What the scorer is asked about `candidates`.
@@ -91,11 +92,6 @@ impl RunSpec<'_> {
             tools: self.tools,
         }
     }
-}
-
-/// Each candidate's whole message, parsed once on its arrival.
-pub fn candidate_messages(candidates: &[Candidate]) -> Vec<CandidateMessage> {
-    candidates.iter().map(|c| c.message.clone()).collect()
 }
 
 fn ms_since(t: Instant) -> f64 {
@@ -129,14 +125,13 @@ pub async fn drive(spec: &RunSpec<'_>, source: &dyn CandidateSource) -> Result<O
     }
 
     let scoring_started = Instant::now();
-    let messages = candidate_messages(&samples.candidates);
+    let (texts, messages) = rendered(&samples, 0);
     let valid = spec.validity(&messages);
     let may_win = eligible(valid.as_deref(), plan.require_valid);
     let mut scorer_error = None;
     let (scores, scorer_usage) = if let Some(early) = early_scores.filter(|_| samples.candidates.len() > 1) {
         (early.scores, early.usage)
     } else if samples.candidates.len() > 1 {
-        let texts: Vec<String> = samples.candidates.iter().map(|c| c.text.clone()).collect();
         match score_candidates(&*plan.scorer.scorer, spec.score_input(&texts, &messages)).await {
             Ok(out) => (out.scores, out.usage),
             Err(e) if spec.on_scorer_failure == ScorerFailurePolicy::Fail => return Err(e),
@@ -368,10 +363,9 @@ fn note_answers(spec: &RunSpec<'_>, run: &mut AdaptiveRun, samples: &Samples, fr
         arrived.iter().for_each(|_| run.arrived(None));
         return;
     }
-    let messages = candidate_messages(arrived);
-    let valid = spec.validity(&messages).filter(|_| spec.plan.require_valid);
-    for (i, (c, m)) in arrived.iter().zip(&messages).enumerate() {
+    let valid = spec.validity(arrived.iter().map(|c| &c.message)).filter(|_| spec.plan.require_valid);
+    for (i, c) in arrived.iter().enumerate() {
         let counts = valid.as_ref().is_none_or(|v| v[i]);
-        run.arrived(if counts { answer_key(&c.text, m) } else { None });
+        run.arrived(if counts { answer_key(&c.text, &c.message) } else { None });
     }
 }

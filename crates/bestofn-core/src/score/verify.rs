@@ -149,7 +149,7 @@ impl Scorer for VerifyScorer {
     }
 
     fn score<'a>(&'a self, input: ScoreInput<'a>) -> BoxFuture<'a, Result<ScoreOutput, Error>> {
-        let prompt = input.conversation.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
+        let prompt = super::last_user_message(input.conversation);
         // The request's own checks (the pattern) here; the prompt's instructions are read with the
         // scoring, off the I/O threads (a long prompt takes milliseconds). `response_format` is
         // part of validity, the gate.
