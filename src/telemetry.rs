@@ -142,12 +142,6 @@ pub fn capture_content() -> bool {
     SETTINGS.get().is_some_and(|s| s.capture_content)
 }
 
-/// An error as logs and spans may show it: [`crate::Error::loggable`], with this process's
-/// `capture_content` (the core keeps the flag so that its own log lines withhold the same).
-pub fn loggable(e: &crate::Error) -> String {
-    e.loggable()
-}
-
 fn provider_name() -> &'static str {
     SETTINGS.get().map_or(DEFAULT_PROVIDER_NAME, |s| s.provider_name.as_str())
 }
@@ -701,10 +695,10 @@ mod tests {
         let failed = Error::bad_gateway(crate::error::Party::Scorer, "scorer rm", format!("HTTP 500: echo {secret}"));
         for e in [&invalid, &rejected, &failed] {
             assert!(e.to_string().contains(secret));
-            assert!(!loggable(e).contains(secret), "{}", loggable(e));
+            assert!(!e.loggable().contains(secret), "{}", e.loggable());
         }
-        assert!(loggable(&rejected).contains("422") && loggable(&failed).contains("HTTP 500"));
+        assert!(rejected.loggable().contains("422") && failed.loggable().contains("HTTP 500"));
         let unreachable = Error::bad_gateway(crate::error::Party::Upstream, "the upstream", "cannot reach it");
-        assert_eq!(loggable(&unreachable), unreachable.to_string());
+        assert_eq!(unreachable.loggable(), unreachable.to_string());
     }
 }

@@ -99,28 +99,22 @@ impl HttpClient {
     /// Sends `request` and returns the answer once its head is in. The error names no URL
     /// (reqwest's would): a client may read it, and the caller knows the endpoint.
     pub async fn send(&self, request: http::Request<Bytes>) -> Result<Reply, reqwest::Error> {
-        let request = reqwest::Request::try_from(request).map_err(without_url)?;
+        let request = reqwest::Request::try_from(request).map_err(reqwest::Error::without_url)?;
         // Boxed: reqwest's future is large, and every async layer above would otherwise copy it
         // into its own state as it is created (callgrind: 237K instructions a pass-through
         // before, 204K after).
-        Ok(Box::pin(self.client.execute(request)).await.map_err(without_url)?.into())
+        Ok(Box::pin(self.client.execute(request)).await.map_err(reqwest::Error::without_url)?.into())
     }
 }
 
-/// reqwest's error without the URL its text would quote ("error sending request for url
-/// (http://10.0.0.5:8000/v1/...)"): errors name the party to the client and carry the endpoint
-/// apart, for logs.
-pub(crate) fn without_url(e: reqwest::Error) -> reqwest::Error {
-    e.without_url()
-}
-
-/// As [`without_url`], for an error of a body read (boxed by the body combinators): a reqwest
-/// error inside loses its URL, any other is returned as it is.
+/// A body read's error (boxed by the body combinators) without the URL a reqwest error's text
+/// would quote ("error sending request for url (http://10.0.0.5:8000/v1/...)"): a reqwest error
+/// inside loses its URL, any other is returned as it is.
 pub(crate) fn boxed_without_url(
     e: Box<dyn std::error::Error + Send + Sync>,
 ) -> Box<dyn std::error::Error + Send + Sync> {
     match e.downcast::<reqwest::Error>() {
-        Ok(e) => Box::new(without_url(*e)),
+        Ok(e) => Box::new(e.without_url()),
         Err(other) => other,
     }
 }

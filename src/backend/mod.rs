@@ -618,9 +618,7 @@ impl Backend {
         let stream = stream.map(move |chunk| {
             let _held = &slot;
             let chunk = chunk.map_err(|e| {
-                Error::bad_gateway(party, name.clone(), "stream broke off")
-                    .caused_by(client::without_url(e))
-                    .at(&endpoint)
+                Error::bad_gateway(party, name.clone(), "stream broke off").caused_by(e.without_url()).at(&endpoint)
             })?;
             read += chunk.len() as u64;
             if read > limit {

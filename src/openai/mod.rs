@@ -12,8 +12,6 @@ use serde_json::Value;
 
 use crate::error::Rejection;
 
-pub use crate::score::message::content_text;
-
 const MAX_RAW_ERROR_CHARS: usize = 500;
 
 /// Normalises the error bodies seen in the wild to OpenAI's fields: OpenAI and current vLLM
@@ -159,17 +157,5 @@ mod tests {
             assert_eq!(e.param.as_deref(), param, "{body}");
             assert_eq!(e.code.unwrap_or(Value::Null), code, "{body}");
         }
-    }
-
-    #[test]
-    fn content_text_joins_text_parts_and_ignores_others() {
-        let parts = serde_json::json!([
-            {"type": "text", "text": "a"},
-            {"type": "image_url", "image_url": {"url": "x"}},
-            {"type": "text", "text": "b"}
-        ]);
-        assert_eq!(content_text(Some(&parts)), "a\nb");
-        assert_eq!(content_text(Some(&Value::Null)), "");
-        assert_eq!(content_text(Some(&Value::String("hi".into()))), "hi");
     }
 }

@@ -32,7 +32,7 @@ impl JudgeClassifier {
         let answer = match call.send(&self.backend).await {
             Ok(r) => r.text.to_lowercase(),
             Err(e) => {
-                tracing::debug!(error = %crate::telemetry::loggable(&e), "judge classifier failed; using the rules");
+                tracing::debug!(error = %e.loggable(), "judge classifier failed; using the rules");
                 return None;
             }
         };

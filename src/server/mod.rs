@@ -97,9 +97,9 @@ async fn handle_in_context(
     let mut response = result.unwrap_or_else(|e| {
         let status = status_of(&e);
         if status.is_server_error() {
-            tracing::warn!(request_id = %id, %peer, status = status.as_u16(), error = %telemetry::loggable(&e), "request failed");
+            tracing::warn!(request_id = %id, %peer, status = status.as_u16(), error = %e.loggable(), "request failed");
         } else {
-            tracing::info!(request_id = %id, %peer, status = status.as_u16(), error = %telemetry::loggable(&e), "request rejected");
+            tracing::info!(request_id = %id, %peer, status = status.as_u16(), error = %e.loggable(), "request rejected");
         }
         let mut response = error_response(&e);
         // The rest of such a request's bytes cannot be trusted or were not read: the next
@@ -514,7 +514,7 @@ async fn pass_through_stream(
         match source.next().await {
             Some(Ok(bytes)) => Some((Ok::<_, Infallible>(Frame::data(bytes)), Some((source, observer)))),
             Some(Err(e)) => {
-                tracing::warn!(error = %telemetry::loggable(&e), "upstream stream failed mid-way");
+                tracing::warn!(error = %e.loggable(), "upstream stream failed mid-way");
                 observer.fail(&e);
                 Some((Ok(Frame::data(stream::error_events(&e).concat().into())), None))
             }
@@ -581,7 +581,7 @@ fn best_of_n_stream(
                 tracing::warn!(
                     request_id = %id,
                     status = status_of(&e).as_u16(),
-                    error = %telemetry::loggable(&e),
+                    error = %e.loggable(),
                     "best-of-n stream failed"
                 );
                 Finished::Failed(Box::new(move |observer: &mut RequestObserver| {

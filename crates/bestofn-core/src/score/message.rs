@@ -251,6 +251,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn content_text_joins_text_parts_and_ignores_others() {
+        let parts = json!([
+            {"type": "text", "text": "a"},
+            {"type": "image_url", "image_url": {"url": "x"}},
+            {"type": "text", "text": "b"}
+        ]);
+        assert_eq!(content_text(Some(&parts)), "a\nb");
+        assert_eq!(content_text(Some(&Value::Null)), "");
+        assert_eq!(content_text(Some(&Value::String("hi".into()))), "hi");
+    }
+
+    #[test]
     fn canonical_json_sorts_keys_at_every_depth_and_normalises_numbers() {
         let a: Value = serde_json::from_str(r#"{"b": 1.0, "a": {"y": [2e0, 0.5], "x": "s"}}"#).unwrap();
         let b: Value = serde_json::from_str(r#"{"a":{"x":"s","y":[2,0.50]},"b":1}"#).unwrap();
