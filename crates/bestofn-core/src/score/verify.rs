@@ -83,7 +83,6 @@ use self::instructions::{Cmp, Divider};
 
 use regex::Regex;
 
-use super::json_schema::{CompiledSchema, FormatCheck, ResponseFormat, reply_json};
 use super::validity::{has_requirements, is_valid};
 use super::{BoxFuture, ScoreInput, ScoreOutput, Scorer, ScorerUsage};
 use crate::error::Error;
@@ -104,10 +103,6 @@ pub enum Check {
     Instruction(Instruction),
     /// Matches the configured regex.
     Pattern,
-    /// A JSON object (response_format json_object).
-    JsonObject,
-    /// A JSON value conforming to this schema (response_format json_schema).
-    JsonSchema(CompiledSchema),
 }
 
 /// The checks a prompt states: the instructions it gives, one check each.
@@ -120,19 +115,13 @@ pub fn passes(check: &Check, reply: &str, pattern: Option<&Regex>) -> bool {
     match check {
         Check::Instruction(instruction) => instruction.holds(reply),
         Check::Pattern => pattern.is_some_and(|r| r.is_match(reply)),
-        Check::JsonObject => reply_json(reply).is_some_and(|v| v.is_object()),
-        Check::JsonSchema(schema) => reply_json(reply).is_some_and(|v| schema.is_valid(&v)),
     }
 }
 
-/// The checks for a request: stated constraints, `response_format`, the configured pattern.
-pub fn checks_for(prompt: &str, response_format: Option<&ResponseFormat>, has_pattern: bool) -> Vec<Check> {
+/// The checks for a request: stated constraints and the configured pattern (`response_format`
+/// is part of validity, the gate).
+pub fn checks_for(prompt: &str, has_pattern: bool) -> Vec<Check> {
     let mut checks = parse_constraints(prompt);
-    match response_format.map(ResponseFormat::check) {
-        Some(FormatCheck::JsonObject) => checks.push(Check::JsonObject),
-        Some(FormatCheck::Schema(schema)) => checks.push(Check::JsonSchema(schema.clone())),
-        _ => {}
-    }
     if has_pattern {
         checks.push(Check::Pattern);
     }
@@ -153,7 +142,7 @@ impl Scorer for VerifyScorer {
         // The request's own checks (the pattern) here; the prompt's instructions are read with the
         // scoring, off the I/O threads (a long prompt takes milliseconds). `response_format` is
         // part of validity, the gate.
-        let mut checks = checks_for("", None, self.pattern.is_some());
+        let mut checks = checks_for("", self.pattern.is_some());
         let prompt = prompt.to_string();
         let (candidates, pattern) = (input.candidates.to_vec(), self.pattern.clone());
         let gate = has_requirements(input.tools, input.response_format)
@@ -189,6 +178,7 @@ impl Scorer for VerifyScorer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::score::ResponseFormat;
 
     fn i(instruction: Instruction) -> Check {
         Check::Instruction(instruction)
@@ -244,7 +234,7 @@ mod tests {
             "tea is a drink brewed from leaves; it comes in green, black and oolong.".to_string(),
             ("tea ".repeat(60)).to_string(),
         ];
-        let checks = checks_for(prompt, None, false);
+        let checks = checks_for(prompt, false);
         let scores: Vec<f64> = candidates
             .iter()
             .map(|c| checks.iter().filter(|k| passes(k, c, None)).count() as f64 / checks.len() as f64)
@@ -258,8 +248,7 @@ mod tests {
             "properties": {"name": {"type": "string", "minLength": 1}, "age": {"type": "integer", "minimum": 0}}});
         let rf = serde_json::json!({"type": "json_schema", "json_schema": {"name": "p", "schema": schema}});
         let rf = ResponseFormat::prepare(&rf).unwrap();
-        let checks = checks_for("Give me a person.", Some(&rf), false);
-        let ok = |reply: &str| checks.iter().all(|k| passes(k, reply, None));
+        let ok = |reply: &str| rf.check().passes(reply);
         assert!(ok(r#"{"name": "Ada", "age": 36}"#));
         assert!(ok("```json\n{\"name\": \"Ada\", \"age\": 36}\n```"));
         assert!(!ok(r#"{"name": "Ada"}"#), "missing required");
