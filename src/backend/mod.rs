@@ -637,7 +637,7 @@ impl Backend {
     }
 
     /// A failure of this backend at `endpoint`: the client reads the party, logs the endpoint.
-    fn failure(&self, endpoint: &Arc<str>, message: impl Into<String>) -> Error {
+    pub(crate) fn failure(&self, endpoint: &Arc<str>, message: impl Into<String>) -> Error {
         Error::bad_gateway(self.party, self.party_name.as_str(), message).at(endpoint)
     }
 

@@ -443,10 +443,6 @@ impl Upstream {
         self.n_cap.load(Ordering::Relaxed)
     }
 
-    fn garbage(&self, what: impl std::fmt::Display) -> Error {
-        Error::bad_gateway(self.backend.party, self.backend.party_name.as_str(), format!("unusable answer: {what}"))
-    }
-
     /// One generation call asking for `choices` choices of `model`, in a span of the GenAI
     /// conventions (its usage recorded when the answer reports it).
     async fn call(&self, api: Api, body: Bytes, model: Option<&str>, choices: u32) -> Result<ChatCall, Error> {
@@ -458,8 +454,8 @@ impl Upstream {
         let traced = span.clone();
         crate::telemetry::in_span(span, async move {
             let reply = self.backend.post_bytes(api.path(), body).await?;
-            let Reply { envelope, choices } =
-                parse_reply(api, &reply.body).map_err(|what| self.garbage(what).at(&reply.endpoint))?;
+            let Reply { envelope, choices } = parse_reply(api, &reply.body)
+                .map_err(|what| self.backend.failure(&reply.endpoint, format!("unusable answer: {what}")))?;
             if let Some(usage) = envelope.object("usage") {
                 let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
                 crate::telemetry::record_usage(&traced, count("prompt_tokens"), count("completion_tokens"));
@@ -733,7 +729,8 @@ impl Sampler for Upstream {
         Box::pin(async move {
             let answer = self.backend.post_bytes(api.path(), body).await?;
             let endpoint = answer.endpoint;
-            let forwarded = Forwarded::from_json(answer.body).map_err(|what| self.garbage(what).at(&endpoint))?;
+            let forwarded = Forwarded::from_json(answer.body)
+                .map_err(|what| self.backend.failure(&endpoint, format!("unusable answer: {what}")))?;
             Ok(Forwarded { headers: header_pairs(&answer.headers), ..forwarded })
         })
     }
